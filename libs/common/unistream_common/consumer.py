@@ -1,0 +1,470 @@
+"""The consumer runtime: the design's ``register_consumer(name, callback, data_types)`` on consumer groups.
+
+One registered consumer is one Redis consumer group (``name``) over the streams of its data
+types; this process is one consumer in that group, under a name that stays the same across
+restarts of the same process slot. The life of a batch:
+
+1. read: first this consumer's own pending entries (ID ``0``), then new ones (``>``), in batches;
+   every ``claim_every_s`` also entries left idle by dead consumers (XAUTOCLAIM);
+2. decode: an entry that does not decode is dead-lettered at once (``<stream>:dlq``) with the
+   reason, and acknowledged, in one MULTI;
+3. call back: ``callback(messages) -> Result`` returns the packets to write and, optionally,
+   which of the delivered entries to acknowledge now (a callback that holds entries in open
+   state, like the aggregator's open bar, acknowledges them later from ``on_timer`` or a later
+   call);
+4. commit: writes and acknowledgements go out in one MULTI, so an entry is acknowledged only
+   together with what it produced. Writes with an explicit id that Redis refuses as "equal or
+   smaller than the top item" are counted as already written.
+
+A callback that raises is retried entry by entry to isolate the poison; an entry that keeps
+failing, or that was delivered more than ``max_deliveries`` times (it may have crashed its
+consumers), is dead-lettered. A lost connection or a Redis restart makes the runtime reconnect
+with backoff and re-read its pending entries; ``on_rewind`` tells the callback to forget state
+built from unacknowledged entries, which come again. NOGROUP (Redis lost its data) recreates
+the group from ``0``: whatever the stream now holds has not been processed by this group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from unistream_common import codec, keys
+from unistream_common.packets import Packet
+from unistream_common.redisio import (
+    autoclaim_reply,
+    blocking_client,
+    command_client,
+    is_id_too_small,
+    read_reply,
+    s,
+)
+from unistream_common.stats import Stats
+
+log = logging.getLogger(__name__)
+
+DLQ_MAXLEN = 100_000
+CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One decoded entry handed to a callback."""
+
+    stream: str
+    id: str
+    packet: Packet
+    deliveries: int = 1
+    fields: dict[bytes, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Write:
+    """A packet to append to ``stream``; ``id`` explicit (``<ms>-0``) for idempotent writes."""
+
+    stream: str
+    packet: Packet
+    id: str = "*"
+    maxlen: int | None = None
+
+
+@dataclass
+class Result:
+    """What a callback produced. ``ack=None`` acknowledges every message it was given."""
+
+    writes: list[Write] = field(default_factory=list)
+    ack: list[tuple[str, str]] | None = None
+
+
+Callback = Callable[[list[Message]], "Awaitable[Result | None] | Result | None"]
+TimerCallback = Callable[[int], "Awaitable[Result | None] | Result | None"]
+
+
+@dataclass
+class ConsumerOptions:
+    """Tuning of one registered consumer. Times in the unit of their suffix."""
+
+    batch_size: int = 500
+    block_ms: int = 2_000  # keep short: see the field notes on blocking reads
+    claim_idle_ms: int = 60_000  # entries idle this long on another consumer are taken over
+    claim_every_s: float = 5.0
+    max_deliveries: int = 5  # a failing entry is dead-lettered after this many attempts
+    start_id: str = "0"  # where a new group starts: 0 = everything retained
+    timer_interval_s: float = 0.0  # 0: no on_timer calls
+    backoff_min_s: float = 0.1
+    backoff_max_s: float = 5.0
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class GroupConsumer:
+    """One registered consumer (a consumer group) and its read-process-commit loop."""
+
+    def __init__(
+        self,
+        runtime: StreamRuntime,
+        name: str,
+        callback: Callback,
+        streams: Sequence[str],
+        options: ConsumerOptions,
+        on_timer: TimerCallback | None = None,
+        on_rewind: Callable[[], Any] | None = None,
+        packet_types: Iterable[type] | None = None,
+    ) -> None:
+        if not streams:
+            raise ValueError(f"consumer {name!r} reads no streams")
+        self.runtime = runtime
+        self.group = name
+        self.callback = callback
+        self.streams = list(streams)
+        self.options = options
+        self.on_timer = on_timer
+        self.on_rewind = on_rewind
+        self.packet_types = tuple(packet_types) if packet_types else None
+        self.connected = False
+        self.held: set[tuple[str, str]] = set()  # delivered, not yet acknowledged by the callback
+        self._next_claim = 0.0
+        self._next_timer = 0.0
+        self._labels = {"group": name}
+
+    @property
+    def consumer(self) -> str:
+        return self.runtime.consumer
+
+    @property
+    def stats(self) -> Stats:
+        return self.runtime.stats
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting through Redis outages."""
+        delay = self.options.backoff_min_s
+        while True:
+            try:
+                await self._setup()
+                await self._rewind()
+                await self._drain_pending()
+                self.connected = True
+                delay = self.options.backoff_min_s
+                await self._loop()
+            except asyncio.CancelledError:
+                self.connected = False
+                raise
+            except CONNECTION_ERRORS as exc:
+                self.connected = False
+                self.stats.inc("consumer_reconnects", **self._labels)
+                log.warning("%s/%s: Redis unreachable (%s); retrying in %.1fs", self.group, self.consumer, exc, delay)
+            except ResponseError as exc:
+                self.connected = False
+                # NOGROUP: the group is gone; UNBLOCKED: the key vanished under a blocked read.
+                if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                    self.stats.inc("consumer_nogroup_recoveries", **self._labels)
+                    log.warning("%s: group or stream vanished (%s); recreating from 0", self.group, exc)
+                    continue
+                self.stats.inc("consumer_redis_errors", **self._labels)
+                log.error("%s/%s: Redis error %s; retrying in %.1fs", self.group, self.consumer, exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.options.backoff_max_s)
+
+    async def _setup(self) -> None:
+        cmd = self.runtime.cmd
+        for stream in self.streams:
+            try:
+                await cmd.xgroup_create(stream, self.group, id=self.options.start_id, mkstream=True)
+                log.info("created group %s on %s from %s", self.group, stream, self.options.start_id)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
+
+    async def _rewind(self) -> None:
+        self.held.clear()
+        if self.on_rewind is not None:
+            await _maybe_await(self.on_rewind())
+
+    async def _loop(self) -> None:
+        opts = self.options
+        while True:
+            now = time.monotonic()
+            if now >= self._next_claim:
+                self._next_claim = now + opts.claim_every_s
+                await self._claim()
+            block_ms = opts.block_ms
+            if self.on_timer is not None and opts.timer_interval_s > 0:
+                if now >= self._next_timer:
+                    self._next_timer = now + opts.timer_interval_s
+                    await self._run_timer()
+                block_ms = max(1, min(block_ms, int((self._next_timer - time.monotonic()) * 1000)))
+            reply = await asyncio.wait_for(
+                self.runtime.reader.xreadgroup(
+                    self.group, self.consumer, {st: ">" for st in self.streams}, count=opts.batch_size, block=block_ms
+                ),
+                timeout=block_ms / 1000 + 10,
+            )
+            batch = read_reply(reply)
+            if batch:
+                await self._deliver(batch, {})
+            self.stats.set("consumer_last_read_ms", time.time() * 1000, **self._labels)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _drain_pending(self) -> None:
+        """Deliver this consumer's own pending entries (left by a previous run) before new ones."""
+        for stream in self.streams:
+            last = "0"
+            while True:
+                reply = await self.runtime.cmd.xreadgroup(
+                    self.group, self.consumer, {stream: last}, count=self.options.batch_size
+                )
+                batch = read_reply(reply)
+                entries = batch[0][1] if batch else []
+                if not entries:
+                    break
+                last = entries[-1][0]
+                self.stats.inc("consumer_pending_redelivered", len(entries), **self._labels)
+                await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
+
+    async def _claim(self) -> None:
+        """Take over entries idle on other (dead) consumers for longer than claim_idle_ms."""
+        for stream in self.streams:
+            cursor = "0-0"
+            while True:
+                reply = await self.runtime.cmd.xautoclaim(
+                    stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.options.claim_idle_ms,
+                    start_id=cursor,
+                    count=self.options.batch_size,
+                )
+                cursor, entries, deleted = autoclaim_reply(reply)
+                if deleted:
+                    self.stats.inc("consumer_trimmed_pending", len(deleted), **self._labels)
+                entries = [e for e in entries if (stream, e[0]) not in self.held]
+                if entries:
+                    self.stats.inc("consumer_claimed", len(entries), **self._labels)
+                    log.info("%s/%s claimed %d idle entries of %s", self.group, self.consumer, len(entries), stream)
+                    await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
+                if cursor in ("0-0", "0"):
+                    break
+
+    async def _deliveries(self, stream: str, entries: list[tuple[str, Any]]) -> dict[str, int]:
+        rows = await self.runtime.cmd.xpending_range(
+            stream, self.group, min=entries[0][0], max=entries[-1][0], count=len(entries) + 10
+        )
+        return {s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    # --- processing ------------------------------------------------------------------------
+
+    async def _deliver(self, batch: list[tuple[str, list[tuple[str, Any]]]], deliveries: dict[str, int]) -> None:
+        messages: list[Message] = []
+        dead: list[tuple[str, str, dict[bytes, bytes], str]] = []
+        ack_only: list[tuple[str, str]] = []
+        max_d = self.options.max_deliveries
+        for stream, entries in batch:
+            for eid, fields in entries:
+                if not fields:
+                    ack_only.append((stream, eid))  # trimmed before we processed it
+                    self.stats.inc("consumer_trimmed_pending", **self._labels)
+                    continue
+                try:
+                    packet = codec.decode(fields)
+                except codec.DecodeError as exc:
+                    self.stats.inc("consumer_decode_errors", stream=stream, **self._labels)
+                    dead.append((stream, eid, fields, f"undecodable: {exc}"))
+                    continue
+                if self.packet_types is not None and not isinstance(packet, self.packet_types):
+                    ack_only.append((stream, eid))
+                    self.stats.inc("consumer_skipped", **self._labels)
+                    continue
+                n = deliveries.get(eid, 1)
+                if n > max_d:
+                    dead.append((stream, eid, fields, f"delivered {n} times without being acknowledged"))
+                    continue
+                messages.append(Message(stream, eid, packet, n, fields))
+        self.stats.inc("consumer_delivered", len(messages), **self._labels)
+        if dead:
+            await self._dead_letter(dead)
+        if ack_only:
+            await self._commit(Result(ack=ack_only), [])
+        if messages:
+            await self._process(messages)
+
+    async def _process(self, messages: list[Message]) -> None:
+        try:
+            result = await _maybe_await(self.callback(messages))
+        except Exception as exc:  # noqa: BLE001 - poison isolation: any callback failure
+            self.stats.inc("consumer_callback_errors", **self._labels)
+            if len(messages) == 1:
+                await self._retry_one(messages[0], exc)
+            else:
+                log.warning("%s: batch of %d failed (%r); retrying entry by entry", self.group, len(messages), exc)
+                for m in messages:
+                    await self._process_one(m)
+            return
+        await self._commit(result or Result(), messages)
+
+    async def _process_one(self, message: Message) -> None:
+        try:
+            result = await _maybe_await(self.callback([message]))
+        except Exception as exc:  # noqa: BLE001
+            self.stats.inc("consumer_callback_errors", **self._labels)
+            await self._retry_one(message, exc)
+            return
+        await self._commit(result or Result(), [message])
+
+    async def _retry_one(self, message: Message, exc: BaseException) -> None:
+        attempt = message.deliveries
+        while attempt < self.options.max_deliveries:
+            attempt += 1
+            await asyncio.sleep(min(0.01 * 2**attempt, 1.0))
+            try:
+                result = await _maybe_await(self.callback([message]))
+            except Exception as again:  # noqa: BLE001
+                self.stats.inc("consumer_callback_errors", **self._labels)
+                exc = again
+                continue
+            await self._commit(result or Result(), [message])
+            return
+        log.error("%s: %s %s failed %d times, dead-lettered: %r", self.group, message.stream, message.id, attempt, exc)
+        await self._dead_letter([(message.stream, message.id, message.fields, f"callback failed: {exc!r}")])
+
+    async def _run_timer(self) -> None:
+        assert self.on_timer is not None
+        result = await _maybe_await(self.on_timer(int(time.time() * 1000)))
+        if result is not None and (result.writes or result.ack):
+            await self._commit(result, [])
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def _commit(self, result: Result, delivered: list[Message]) -> None:
+        """Write the result's packets and acknowledge entries in one MULTI."""
+        acks = result.ack if result.ack is not None else [(m.stream, m.id) for m in delivered]
+        acked = set(acks)
+        for m in delivered:
+            if (m.stream, m.id) not in acked:
+                self.held.add((m.stream, m.id))
+        self.held.difference_update(acked)
+        if not result.writes and not acks:
+            return
+        by_stream: dict[str, list[str]] = defaultdict(list)
+        for stream, eid in acks:
+            by_stream[stream].append(eid)
+        pipe = self.runtime.cmd.pipeline(transaction=True)
+        for w in result.writes:
+            pipe.xadd(w.stream, codec.encode(w.packet), id=w.id, maxlen=w.maxlen, approximate=True)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        replies = await pipe.execute(raise_on_error=False)
+        for w, reply in zip(result.writes, replies):
+            if isinstance(reply, Exception):
+                if is_id_too_small(reply):
+                    self.stats.inc("consumer_duplicate_writes", stream=w.stream, **self._labels)
+                    continue
+                raise reply
+            self.stats.inc("consumer_written", stream=w.stream, **self._labels)
+        for reply in replies[len(result.writes) :]:
+            if isinstance(reply, Exception):
+                raise reply
+        self.stats.inc("consumer_acked", len(acks), **self._labels)
+
+    async def _dead_letter(self, dead: list[tuple[str, str, dict[bytes, bytes], str]]) -> None:
+        pipe = self.runtime.cmd.pipeline(transaction=True)
+        now = str(int(time.time() * 1000)).encode()
+        for stream, eid, fields, reason in dead:
+            entry = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in (fields or {}).items()}
+            entry.update(
+                {
+                    b"dlq_reason": reason.encode(),
+                    b"dlq_stream": stream.encode(),
+                    b"dlq_id": eid.encode(),
+                    b"dlq_group": self.group.encode(),
+                    b"dlq_consumer": self.consumer.encode(),
+                    b"dlq_ts_ms": now,
+                }
+            )
+            pipe.xadd(keys.dlq(stream), entry, maxlen=DLQ_MAXLEN, approximate=True)
+            pipe.xack(stream, self.group, eid)
+            log.warning("%s: dead-lettered %s %s: %s", self.group, stream, eid, reason)
+        await pipe.execute()
+        for stream, eid, _, _ in dead:
+            self.held.discard((stream, eid))
+        self.stats.inc("consumer_dead_lettered", len(dead), **self._labels)
+
+
+class StreamRuntime:
+    """The registered consumers of one process, with their Redis clients.
+
+    ``register_consumer`` mirrors the design's API; ``run`` drives every registered consumer
+    until cancelled. ``ready`` is true when each one is connected and its task alive.
+    """
+
+    def __init__(self, redis_url: str, consumer: str, symbols: Sequence[str], stats: Stats) -> None:
+        self.redis_url = redis_url
+        self.consumer = consumer
+        self.symbols = list(symbols)
+        self.stats = stats
+        self.cmd: aioredis.Redis = command_client(redis_url, name=consumer)
+        self.reader: aioredis.Redis = blocking_client(redis_url, name=consumer + ":reader")
+        self.consumers: list[GroupConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def register_consumer(
+        self,
+        consumer_name: str,
+        callback: Callback,
+        data_types: Sequence[str],
+        *,
+        options: ConsumerOptions | None = None,
+        on_timer: TimerCallback | None = None,
+        on_rewind: Callable[[], Any] | None = None,
+        packet_types: Iterable[type] | None = None,
+        streams: Sequence[str] | None = None,
+    ) -> GroupConsumer:
+        """Register ``callback`` as consumer group ``consumer_name`` over ``data_types``.
+
+        ``data_types`` are names from :data:`unistream_common.keys.DATA_TYPES` (``ticks``,
+        ``bars:1s``, ``training``...) expanded over the configured symbols; ``streams`` replaces
+        them with explicit stream names.
+        """
+        names = list(streams) if streams is not None else keys.streams_for(data_types, self.symbols)
+        gc = GroupConsumer(
+            self, consumer_name, callback, names, options or ConsumerOptions(), on_timer, on_rewind, packet_types
+        )
+        self.consumers.append(gc)
+        return gc
+
+    async def run(self) -> None:
+        """Run every registered consumer; returns (or raises) when one of them stops."""
+        self._tasks = [asyncio.create_task(gc.run(), name=f"consumer:{gc.group}") for gc in self.consumers]
+        try:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.consumers) and all(gc.connected for gc in self.consumers)
+
+    async def close(self) -> None:
+        await self.cmd.aclose()
+        await self.reader.aclose()

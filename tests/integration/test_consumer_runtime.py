@@ -1,0 +1,311 @@
+"""The consumer runtime against a real Redis: recovery, claiming, dead letters, NOGROUP, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from unistream_common import codec, keys
+from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write
+from unistream_common.packets import MetricsPacket
+from unistream_common.redis_server import RedisServer, start_redis
+from unistream_common.redisio import command_client
+from unistream_common.stats import Stats
+
+SRC = keys.METRICS
+OUT = "test:out"
+FAST = ConsumerOptions(batch_size=50, block_ms=50, claim_idle_ms=200, claim_every_s=0.1, max_deliveries=3)
+
+
+def metric(step: int) -> MetricsPacket:
+    return MetricsPacket(producer="t", ts_ms=1_700_000_000_000 + step, step=step, metrics={"x": float(step)})
+
+
+async def publish(client: aioredis.Redis, steps: range, stream: str = SRC) -> list[str]:
+    ids = []
+    for i in steps:
+        ids.append((await client.xadd(stream, codec.encode(metric(i)))).decode())
+    return ids
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def echo_callback(seen: list[int]) -> Callable[[list[Message]], Result]:
+    def cb(messages: list[Message]) -> Result:
+        seen.extend(m.packet.step for m in messages)
+        return Result(writes=[Write(OUT, m.packet) for m in messages])
+
+    return cb
+
+
+def runtime(url: str, name: str = "c1") -> StreamRuntime:
+    return StreamRuntime(url, name, ["ETHUSDT"], Stats("test"))
+
+
+async def pending_count(client: aioredis.Redis, group: str = "g") -> int:
+    info = await client.xpending(SRC, group)
+    return int(info["pending"])
+
+
+async def test_batch_is_processed_written_and_acknowledged_together(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(20))
+    rt = runtime(redis_url)
+    seen: list[int] = []
+    rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _eq(client.xlen(OUT), 20))
+    assert sorted(seen) == list(range(20))
+    assert await pending_count(client) == 0
+    assert rt.ready
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def _eq(aw: Awaitable[int], value: int) -> bool:
+    return await aw == value
+
+
+async def test_restarted_consumer_reprocesses_its_own_pending_entries_first(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(10))
+    gate = asyncio.Event()
+    got: list[int] = []
+
+    async def stuck(messages: list[Message]) -> Result:
+        got.extend(m.packet.step for m in messages)
+        await gate.wait()  # never set: the process "dies" here, before committing
+        return Result()
+
+    rt = runtime(redis_url, "slot-1")
+    rt.register_consumer("g", stuck, ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _true(len(got) == 10))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    assert await pending_count(client) == 10
+
+    await publish(client, range(10, 15))
+    seen: list[int] = []
+    rt2 = runtime(redis_url, "slot-1")  # same stable consumer name
+    rt2.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
+    task2 = asyncio.create_task(rt2.run())
+    await wait_for(lambda: _eq(client.xlen(OUT), 15))
+    assert seen[:10] == list(range(10)), "own pending entries come before new ones"
+    assert sorted(seen) == list(range(15))
+    assert await pending_count(client) == 0
+    task2.cancel()
+    await asyncio.gather(task2, return_exceptions=True)
+    await rt2.close()
+    await client.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_entries_idle_on_a_dead_consumer_are_claimed_and_processed(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await client.xgroup_create(SRC, "g", id="0", mkstream=True)
+    await publish(client, range(8))
+    # A consumer that read and died without acknowledging.
+    await client.xreadgroup("g", "dead-one", {SRC: ">"}, count=100)
+    assert await pending_count(client) == 8
+    seen: list[int] = []
+    rt = runtime(redis_url, "alive")
+    rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _eq(client.xlen(OUT), 8))
+    assert sorted(seen) == list(range(8))
+    assert await pending_count(client) == 0
+    assert rt.stats.total("consumer_claimed") == 8
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_poison_entries_are_dead_lettered_and_the_rest_flow_on(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(3))
+    await client.xadd(SRC, {b"type": b"metrics", b"v": b"1", b"data": b"\xc1 not msgpack"})
+    await client.xadd(SRC, {b"type": b"metrics", b"v": b"99", b"data": b""})
+    await publish(client, range(3, 6))  # step 4 makes the callback raise every time
+
+    seen: list[int] = []
+
+    def picky(messages: list[Message]) -> Result:
+        if any(m.packet.step == 4 for m in messages):
+            raise RuntimeError("cannot handle step 4")
+        seen.extend(m.packet.step for m in messages)
+        return Result(writes=[Write(OUT, m.packet) for m in messages])
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g", picky, ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _eq(client.xlen(keys.dlq(SRC)), 3))
+    await wait_for(lambda: _eq(client.xlen(OUT), 5))
+    assert sorted(seen) == [0, 1, 2, 3, 5]
+    dead = await client.xrange(keys.dlq(SRC))
+    reasons = [fields[b"dlq_reason"].decode() for _, fields in dead]
+    assert any("undecodable" in r and "metrics rejected" in r for r in reasons)
+    assert any("schema version 99" in r for r in reasons)
+    assert any("cannot handle step 4" in r for r in reasons)
+    assert all(fields[b"dlq_stream"] == SRC.encode() for _, fields in dead)
+    assert await pending_count(client) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_entry_redelivered_past_the_limit_is_dead_lettered_without_calling_back(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await client.xgroup_create(SRC, "g", id="0", mkstream=True)
+    await publish(client, range(1))
+    for _ in range(4):  # four consumers crashed on it
+        await client.xreadgroup("g", "slot-1", {SRC: "0" if _ else ">"}, count=10)
+    called: list[int] = []
+
+    def cb(messages: list[Message]) -> Result:
+        called.extend(m.packet.step for m in messages)
+        return Result()
+
+    rt = runtime(redis_url, "slot-1")
+    rt.register_consumer("g", cb, ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _eq(client.xlen(keys.dlq(SRC)), 1))
+    assert called == []
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_group_is_recreated_after_flushall_and_new_entries_flow(redis_url: str) -> None:
+    client = command_client(redis_url)
+    seen: list[int] = []
+    rt = runtime(redis_url)
+    rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await publish(client, range(3))
+    await wait_for(lambda: _true(len(seen) == 3))
+    await client.flushall()
+    await asyncio.sleep(0.2)
+    await publish(client, range(100, 103))
+    await wait_for(lambda: _true(len(seen) == 6), timeout=15)
+    assert seen[3:] == [100, 101, 102]
+    assert rt.stats.total("consumer_nogroup_recoveries") >= 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> None:  # noqa: ANN001
+    server: RedisServer = start_redis(tmp_path / "r", appendonly=True)
+    port = server.port
+    try:
+        client = command_client(server.url)
+        seen: list[int] = []
+        rt = runtime(server.url)
+        rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
+        task = asyncio.create_task(rt.run())
+        await publish(client, range(5))
+        await wait_for(lambda: _true(len(seen) == 5))
+        await asyncio.sleep(1.2)  # let AOF everysec reach the disk
+        server.kill()
+        await asyncio.sleep(0.5)
+        assert not rt.ready
+        server = start_redis(tmp_path / "r", port=port, appendonly=True)
+        await client.aclose()
+        client = command_client(server.url)
+        await publish(client, range(5, 8))
+        await wait_for(lambda: _true(set(range(8)) <= set(seen)), timeout=20)
+        await wait_for(lambda: _true(rt.ready))
+        assert rt.stats.total("consumer_reconnects") >= 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rt.close()
+        await client.aclose()
+    finally:
+        server.stop()
+
+
+async def test_rewritten_explicit_id_counts_as_already_written(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(4))
+
+    def fixed_id(messages: list[Message]) -> Result:
+        return Result(writes=[Write(OUT, m.packet, id="1000-0") for m in messages])
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g", fixed_id, ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await wait_for(lambda: _true(rt.stats.total("consumer_acked") == 4))
+    assert await pending_count(client) == 0
+    assert await client.xlen(OUT) == 1
+    assert rt.stats.total("consumer_duplicate_writes") == 3
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_held_entries_stay_pending_until_the_timer_acknowledges_them(redis_url: str) -> None:
+    client = command_client(redis_url)
+    held: list[tuple[str, str]] = []
+    release = {"now": False}
+
+    def hold(messages: list[Message]) -> Result:
+        held.extend((m.stream, m.id) for m in messages)
+        return Result(ack=[])
+
+    def timer(now_ms: int) -> Result | None:
+        if release["now"] and held:
+            acks = list(held)
+            held.clear()
+            return Result(writes=[Write(OUT, metric(now_ms % 1000))], ack=acks)
+        return None
+
+    opts = ConsumerOptions(batch_size=50, block_ms=50, timer_interval_s=0.05, claim_idle_ms=60_000)
+    rt = runtime(redis_url)
+    rt.register_consumer("g", hold, ["metrics"], options=opts, on_timer=timer)
+    task = asyncio.create_task(rt.run())
+    await publish(client, range(6))
+    await wait_for(lambda: _true(len(held) == 6))
+    await asyncio.sleep(0.3)
+    assert await pending_count(client) == 6
+    release["now"] = True
+    await wait_for(lambda: _eq(pending_count(client), 0))
+    assert await client.xlen(OUT) == 1
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+@pytest.mark.parametrize("dt", ["ticks", "bars:1s", "training", "ui"])
+def test_data_types_expand_to_the_public_stream_names(dt: str) -> None:
+    names = keys.streams_for([dt], ["ETHUSDT", "BTCUSDT"])
+    expected = {
+        "ticks": ["md:ticks:{ETHUSDT}", "md:ticks:{BTCUSDT}"],
+        "bars:1s": ["md:bars:{ETHUSDT}:1s", "md:bars:{BTCUSDT}:1s"],
+        "training": ["ml:training"],
+        "ui": ["ui:packets"],
+    }[dt]
+    assert names == expected
