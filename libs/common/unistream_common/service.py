@@ -110,6 +110,15 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a handled SIGINT/SIGTERM after shutting down; a requested stop is a
+    clean stop here, so the process exits 0 and supervisors do not count it as a crash."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
 def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stats | None = None) -> int:
     """Serve probes and run ``worker`` until SIGINT/SIGTERM (exit 0) or the worker fails (exit 1)."""
     setup_logging(settings.log_level)
@@ -120,7 +129,7 @@ def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stat
         redis=command_client(settings.redis_url, name=f"{name}:probe", timeout_s=2.0),
     )
     port = settings.http_port or DEFAULT_PORTS.get(name, 8000)
-    server: uvicorn.Server | None = None
+    server: _Server | None = None
 
     def stop() -> None:
         if server is not None:
@@ -128,7 +137,7 @@ def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stat
 
     app = create_app(ctx, worker, on_worker_exit=stop)
     config = uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info("%s: probes on http://%s:%d, redis %s", name, settings.http_host, port, settings.redis_url)
     server.run()
     if ctx.worker_error is not None:

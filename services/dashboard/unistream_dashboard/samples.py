@@ -1,0 +1,241 @@
+"""Plausible packets of every kind the dashboard reads, for its tests and for trying the page
+without the rest of the system running.
+
+Builders take the numbers a test wants to see on screen and fill in the rest consistently;
+:func:`write_snapshot` puts a whole picture (status, ticks, bars, metrics, a model, groups)
+into Redis through the shared codec, exactly as the producing services would.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import redis
+
+from unistream_common import codec, keys
+from unistream_common.packets import (
+    Bar,
+    MetricsPacket,
+    ModelAnnouncement,
+    ModelStatus,
+    Packet,
+    Tick,
+    TickBatch,
+    UIDataPacket,
+)
+
+
+def ui_packet(
+    symbol: str,
+    *,
+    ts_ms: int,
+    last_price: float,
+    ticks_seen: int,
+    tick_cache_size: int | None = None,
+    tick_cache_capacity: int = 5_000,
+    bars_seen: int = 0,
+    bars_1s_size: int | None = None,
+    bars_1s_capacity: int = 3_600,
+    training_packets: int = 0,
+    source: str = "REAL",
+    cnn_state: str = "TRAINING",
+    cnn_version: str = "v1",
+    cnn_parameters: int = 123_456,
+    rl_state_dim: int = 512,
+    predictions: dict[str, float] | None = None,
+) -> UIDataPacket:
+    """A status packet; cache sizes default to the totals capped at the capacities."""
+    predictions = {"top": 0.12, "bottom": 0.08} if predictions is None else predictions
+    return UIDataPacket(
+        symbol=symbol,
+        ts_ms=ts_ms,
+        source=source,  # type: ignore[arg-type]
+        last_price=last_price,
+        last_tick_ms=ts_ms,
+        tick_cache_size=min(ticks_seen, tick_cache_capacity) if tick_cache_size is None else tick_cache_size,
+        tick_cache_capacity=tick_cache_capacity,
+        ticks_seen=ticks_seen,
+        bars_1s_size=min(bars_seen, bars_1s_capacity) if bars_1s_size is None else bars_1s_size,
+        bars_1s_capacity=bars_1s_capacity,
+        bars_seen=bars_seen,
+        training_packets=training_packets,
+        cnn=ModelStatus(
+            name="extrema-cnn",
+            version=cnn_version,
+            state=cnn_state,  # type: ignore[arg-type]
+            parameters=cnn_parameters,
+            updated_ms=ts_ms,
+        ),
+        rl_state_dim=rl_state_dim,
+        cnn_predictions=codec.f32_to_bytes(list(predictions.values())),
+        prediction_names=list(predictions),
+    )
+
+
+def tick_batch(symbol: str, *, first_trade_id: int, prices: list[float], ts_ms: int, source: str = "REAL") -> TickBatch:
+    """Consecutive trades at ``prices``, one millisecond apart, the last one at ``ts_ms``."""
+    n = len(prices)
+    ticks = [
+        Tick(
+            trade_id=first_trade_id + i,
+            price=price,
+            size=0.01 * (1 + i % 5),
+            aggressor_side="BUY" if i % 2 == 0 else "SELL",
+            ts_event_ms=ts_ms - (n - 1 - i),
+            ts_recv_ms=ts_ms - (n - 1 - i),
+        )
+        for i, price in enumerate(prices)
+    ]
+    return TickBatch(symbol=symbol, source=source, ticks=ticks)  # type: ignore[arg-type]
+
+
+def bar_walk(
+    symbol: str, *, end_open_ms: int, count: int, start_price: float, seed: int = 7, source: str = "REAL"
+) -> list[Bar]:
+    """``count`` consecutive 1s bars of a random walk, the last one opening at ``end_open_ms``."""
+    rng = random.Random(seed)
+    first = (end_open_ms // 1000 - count + 1) * 1000
+    price = start_price
+    out = []
+    for i in range(count):
+        open_ = price
+        close = round(max(open_ * (1 + rng.gauss(0, 0.0008)), 0.01), 2)
+        high = round(max(open_, close) * (1 + abs(rng.gauss(0, 0.0003))), 2)
+        low = round(min(open_, close) * (1 - abs(rng.gauss(0, 0.0003))), 2)
+        volume = round(rng.uniform(0.5, 20.0), 4)
+        out.append(
+            Bar(
+                symbol=symbol,
+                timeframe="1s",
+                open_time_ms=first + i * 1000,
+                close_time_ms=first + (i + 1) * 1000,
+                open=open_,
+                high=high,
+                low=low,
+                close=close,
+                volume=volume,
+                quote_volume=round(volume * close, 4),
+                trade_count=rng.randint(1, 40),
+                vwap=round((open_ + close) / 2, 2),
+                taker_buy_volume=round(volume * rng.uniform(0.2, 0.8), 4),
+                filled=False,
+                source=source,  # type: ignore[arg-type]
+            )
+        )
+        price = close
+    return out
+
+
+def metrics_packet(
+    producer: str, *, ts_ms: int, step: int, td_loss: float, updates: int, epsilon: float = 0.05, packets: int = 0
+) -> MetricsPacket:
+    """A trainer replica's metrics under the namespaces the dashboard knows."""
+    return MetricsPacket(
+        producer=producer,
+        ts_ms=ts_ms,
+        step=step,
+        metrics={
+            "losses/td_loss": td_loss,
+            "charts/epsilon": epsilon,
+            "charts/updates": float(updates),
+            "charts/packets": float(packets),
+        },
+    )
+
+
+def model_announcement(name: str, version: str, *, ts_ms: int, producer: str, parameters: int) -> ModelAnnouncement:
+    """An announced checkpoint (the uri and hash are placeholders: nothing is downloaded)."""
+    return ModelAnnouncement(
+        name=name,
+        version=version,
+        ts_ms=ts_ms,
+        uri=f"file:///models/{name}/{version}.safetensors",
+        sha256="0" * 64,
+        producer=producer,
+        parameters=parameters,
+        metrics={"td_loss": 0.0123},
+    )
+
+
+def write(client: redis.Redis, stream: str, packet: Packet, entry_id: str = "*") -> str:
+    """XADD one packet through the shared codec; returns the entry id."""
+    return client.xadd(stream, codec.encode(packet), id=entry_id).decode()  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class SymbolSnapshot:
+    """The numbers one symbol's card should show after :func:`write_snapshot`."""
+
+    symbol: str
+    price: float
+    ticks_seen: int
+    bars_seen: int
+    training_packets: int
+
+
+def write_snapshot(
+    client: redis.Redis,
+    symbols: dict[str, SymbolSnapshot],
+    *,
+    now_ms: int,
+    bars: int = 120,
+    replicas: int = 2,
+    updates_per_replica: int = 500,
+    source: str = "REAL",
+) -> None:
+    """Write a consistent picture of a running system: per symbol a status packet, a tick batch
+    ending at ``price`` and ``bars`` 1s bars; trainer metrics and a model announcement; and the
+    consumer groups the services register (with one consumer each)."""
+    for i, snap in enumerate(symbols.values()):
+        s = snap.symbol
+        walk = bar_walk(s, end_open_ms=now_ms - 1000, count=bars, start_price=snap.price, seed=i, source=source)
+        pipe = client.pipeline(transaction=False)
+        for bar in walk:
+            pipe.xadd(keys.bars(s, "1s"), codec.encode(bar), id=f"{bar.open_time_ms}-0")
+        batch = tick_batch(
+            s,
+            first_trade_id=snap.ticks_seen - 2,
+            prices=[snap.price * 0.9999, snap.price * 1.0001, snap.price],
+            ts_ms=now_ms,
+            source=source,
+        )
+        pipe.xadd(keys.ticks(s), codec.encode(batch))
+        status = ui_packet(
+            s,
+            ts_ms=now_ms,
+            last_price=snap.price,
+            ticks_seen=snap.ticks_seen,
+            bars_seen=snap.bars_seen,
+            training_packets=snap.training_packets,
+            source=source,
+        )
+        pipe.xadd(keys.UI, codec.encode(status), maxlen=50, approximate=False)
+        pipe.execute()
+    for r in range(replicas):
+        for k in range(5):
+            packet = metrics_packet(
+                f"trainer-{r}",
+                ts_ms=now_ms - (4 - k) * 1000,
+                step=(updates_per_replica // 5) * (k + 1),
+                td_loss=0.5 / (k + 1 + r),
+                updates=(updates_per_replica // 5) * (k + 1),
+                packets=(updates_per_replica // 5) * (k + 1) * 4,
+            )
+            write(client, keys.METRICS, packet)
+    write(
+        client, keys.MODELS, model_announcement("dqn", "v3", ts_ms=now_ms, producer="trainer-0", parameters=3_500_000)
+    )
+    for symbol in symbols:
+        for group, stream in ((keys.GROUP_AGGREGATOR, keys.ticks(symbol)), (keys.GROUP_FEATURES, keys.ticks(symbol))):
+            ensure_group(client, stream, group)
+            client.xreadgroup(group, f"{group}-1", {stream: ">"}, count=1)
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str, start_id: str = "0") -> None:
+    """Create ``group`` on ``stream`` (and the stream) unless it exists."""
+    try:
+        client.xgroup_create(stream, group, id=start_id, mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

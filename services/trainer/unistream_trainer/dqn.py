@@ -1,0 +1,329 @@
+"""DQN on the training stream, in one file: double DQN, dueling head, n-step returns, Huber loss.
+
+Read top to bottom: hyperparameters, the Q-network, the replay buffer, n-step returns, the
+epsilon schedule, the TD target and the update step, then :class:`DQNAgent` which ties them
+together. Names follow the papers (Mnih et al. 2015; van Hasselt et al. 2016, double DQN; Wang et
+al. 2016, dueling networks; Sutton 1988 / Hessel et al. 2018 for n-step returns). Unlike a
+CleanRL script there is no environment loop here: observations arrive from the stream, and
+:mod:`unistream_trainer.core` turns them into transitions. The network and the update step are
+importable so the unit tests can run them on hand-made batches.
+
+The market does not react to the agent's actions, so an "episode" is just a run of consecutive
+states of one symbol; it never terminates, and a run that breaks (a gap, a restart) is cut
+without bootstrapping past the cut.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_ACTIONS = 3
+ACTION_NAMES: tuple[str, ...] = ("flat", "long", "short")
+ACTION_POSITION: tuple[int, ...] = (0, 1, -1)  # target position of each action
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Hyperparameters of the DQN learner."""
+
+    seed: int = 7
+    """seed of the network initialisation, the replay sampling and the exploration"""
+    learning_rate: float = 1e-4
+    """Adam learning rate"""
+    gamma: float = 0.99
+    """discount per step (one step = one 1s bar)"""
+    n_step: int = 3
+    """steps summed into one return before bootstrapping from the target network"""
+    buffer_size: int = 5_000
+    """replay capacity, transitions; memory = 2 x buffer_size x obs_dim x 4 bytes (about 112 MB at 2,794)"""
+    batch_size: int = 64
+    """transitions per gradient step"""
+    learning_starts: int = 64
+    """transitions in the replay buffer before the first gradient step"""
+    updates_per_transition: float = 4.0
+    """gradient steps owed per new transition (the replay ratio)"""
+    max_updates_per_batch: int = 16
+    """at most this many gradient steps per consumed batch, so the consumer keeps up with the stream"""
+    tau: float = 0.005
+    """target network update rate: 1.0 copies the weights, smaller values are Polyak averaging"""
+    target_network_frequency: int = 1
+    """gradient steps between target network updates"""
+    max_grad_norm: float = 10.0
+    """global L2 norm gradients are clipped to"""
+    start_e: float = 1.0
+    """exploration epsilon at the first transition"""
+    end_e: float = 0.05
+    """exploration epsilon after ``exploration_steps`` transitions"""
+    exploration_steps: int = 20_000
+    """transitions over which epsilon falls linearly from start_e to end_e"""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """widths of the Q-network's shared layers; the first one holds nearly all the parameters"""
+    fee: float = 0.001
+    """fee per side as a fraction of notional (Binance spot: 0.1 %)"""
+    reward_scale: float = 100.0
+    """rewards are stored multiplied by this (100: percent), so TD errors sit where Huber is quadratic"""
+
+    def __post_init__(self) -> None:
+        if self.n_step < 1:
+            raise ValueError(f"n_step must be at least 1, was {self.n_step}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], was {self.tau}")
+        if self.batch_size > self.buffer_size:
+            raise ValueError(f"batch_size ({self.batch_size}) exceeds buffer_size ({self.buffer_size})")
+        if self.learning_starts < self.batch_size:
+            raise ValueError(f"learning_starts ({self.learning_starts}) is below batch_size ({self.batch_size})")
+        if not self.hidden_sizes:
+            raise ValueError("hidden_sizes is empty")
+
+
+# --- the Q-network ------------------------------------------------------------------------------
+
+
+class QNetwork(nn.Module):
+    """Dueling MLP: shared ReLU layers, then Q(s, a) = V(s) + A(s, a) - mean_a A(s, a)."""
+
+    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int] = (256, 256), n_actions: int = N_ACTIONS) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for h in hidden_sizes:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.value = nn.Linear(width, 1)
+        self.advantage = nn.Linear(width, n_actions)
+        self.obs_dim = obs_dim
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """(batch, obs_dim) -> Q-values (batch, n_actions)."""
+        z = self.trunk(obs)
+        advantage = self.advantage(z)
+        return self.value(z) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# --- replay buffer ------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    obs: torch.Tensor  # (B, obs_dim) float32
+    actions: torch.Tensor  # (B,) int64
+    rewards: torch.Tensor  # (B,) float32, n-step discounted sum (scaled)
+    next_obs: torch.Tensor  # (B, obs_dim) float32, the state n steps later
+    discounts: torch.Tensor  # (B,) float32, gamma ** steps; 0 would mean terminal
+
+
+class ReplayBuffer:
+    """Fixed-capacity ring of n-step transitions in preallocated numpy arrays; the oldest is overwritten."""
+
+    def __init__(self, capacity: int, obs_dim: int) -> None:
+        self.capacity = capacity
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.actions = np.zeros(capacity, np.int64)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.discounts = np.zeros(capacity, np.float32)
+        self.pos = 0  # next slot to write
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, discount: float) -> None:
+        i = self.pos
+        self.obs[i] = obs
+        self.actions[i] = action
+        self.rewards[i] = reward
+        self.next_obs[i] = next_obs
+        self.discounts[i] = discount
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        idx = rng.integers(0, self.size, size=batch_size)
+        return Batch(
+            obs=torch.from_numpy(self.obs[idx]),
+            actions=torch.from_numpy(self.actions[idx]),
+            rewards=torch.from_numpy(self.rewards[idx]),
+            next_obs=torch.from_numpy(self.next_obs[idx]),
+            discounts=torch.from_numpy(self.discounts[idx]),
+        )
+
+
+# --- n-step returns -----------------------------------------------------------------------------
+
+
+def n_step_return(rewards: Sequence[float], gamma: float) -> float:
+    """sum_k gamma**k * rewards[k]: the discounted return of consecutive rewards."""
+    g = 0.0
+    for r in reversed(rewards):
+        g = r + gamma * g
+    return g
+
+
+@dataclass
+class NStepTransition:
+    obs: np.ndarray
+    action: int
+    reward: float  # n_step_return of the rewards it spans
+    next_obs: np.ndarray  # observation after the last reward it spans
+    discount: float  # gamma ** (rewards spanned): what the bootstrap value is multiplied by
+
+
+@dataclass
+class NStepAccumulator:
+    """Turns one symbol's 1-step transitions into n-step ones, oldest first."""
+
+    n: int
+    gamma: float
+    pending: deque[tuple[np.ndarray, int, float, np.ndarray]] = field(default_factory=deque)
+
+    def push(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray) -> list[NStepTransition]:
+        """Add a 1-step transition; returns the n-step transition that became complete, if any."""
+        self.pending.append((obs, action, reward, next_obs))
+        if len(self.pending) < self.n:
+            return []
+        out = self._head(self.n)
+        self.pending.popleft()
+        return [out]
+
+    def flush(self) -> list[NStepTransition]:
+        """At a cut: the shorter transitions still pending (1..n-1 steps), bootstrapped where they end."""
+        out = []
+        while self.pending:
+            out.append(self._head(len(self.pending)))
+            self.pending.popleft()
+        return out
+
+    def _head(self, steps: int) -> NStepTransition:
+        first = self.pending[0]
+        rewards = [self.pending[k][2] for k in range(steps)]
+        return NStepTransition(
+            obs=first[0],
+            action=first[1],
+            reward=n_step_return(rewards, self.gamma),
+            next_obs=self.pending[steps - 1][3],
+            discount=self.gamma**steps,
+        )
+
+
+# --- exploration --------------------------------------------------------------------------------
+
+
+def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> float:
+    """Epsilon after ``t`` steps, falling linearly from start_e to end_e over ``duration`` steps."""
+    if duration <= 0:
+        return end_e
+    slope = (end_e - start_e) / duration
+    return max(slope * t + start_e, end_e) if end_e <= start_e else min(slope * t + start_e, end_e)
+
+
+# --- the update ---------------------------------------------------------------------------------
+
+
+def double_dqn_td_target(
+    next_q_online: torch.Tensor, next_q_target: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor
+) -> torch.Tensor:
+    """td_target = r + discount * Q_target(s', argmax_a Q_online(s', a)).
+
+    The online network chooses the next action and the target network values it: taking the max
+    of one noisy estimate overestimates, and decoupling the two removes most of that bias.
+    """
+    next_actions = next_q_online.argmax(dim=1, keepdim=True)
+    return rewards + discounts * next_q_target.gather(1, next_actions).squeeze(1)
+
+
+def td_loss(q_network: QNetwork, target_network: QNetwork, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Huber TD loss, Q(s, a) of the batch); gradients flow only through Q(s, a)."""
+    with torch.no_grad():
+        td_target = double_dqn_td_target(
+            q_network(batch.next_obs), target_network(batch.next_obs), batch.rewards, batch.discounts
+        )
+    old_val = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    return F.smooth_l1_loss(old_val, td_target), old_val
+
+
+def soft_update(target_network: nn.Module, q_network: nn.Module, tau: float) -> None:
+    """target <- tau * online + (1 - tau) * target (tau = 1 copies)."""
+    with torch.no_grad():
+        for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+            target_param.lerp_(param, tau)
+
+
+def train_step(
+    q_network: QNetwork,
+    target_network: QNetwork,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    max_grad_norm: float,
+) -> tuple[float, float]:
+    """One gradient step on ``batch``; returns (TD loss before the step, mean Q(s, a))."""
+    loss, old_val = td_loss(q_network, target_network, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
+    optimizer.step()
+    return float(loss.detach()), float(old_val.detach().mean())
+
+
+# --- the agent ----------------------------------------------------------------------------------
+
+
+class DQNAgent:
+    """Q-network, target network, optimiser, replay and exploration for one observation size."""
+
+    def __init__(self, obs_dim: int, hp: Hyperparameters) -> None:
+        self.hp = hp
+        self.obs_dim = obs_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp.seed)
+            self.q_network = QNetwork(obs_dim, hp.hidden_sizes)
+        self.target_network = copy.deepcopy(self.q_network)
+        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=hp.learning_rate)
+        self.replay = ReplayBuffer(hp.buffer_size, obs_dim)
+        self.rng = np.random.default_rng(hp.seed)
+        self.updates = 0  # gradient steps taken
+        self.transitions = 0  # 1-step transitions seen (drives epsilon)
+
+    @property
+    def epsilon(self) -> float:
+        hp = self.hp
+        return linear_schedule(hp.start_e, hp.end_e, hp.exploration_steps, self.transitions)
+
+    def act(self, obs: np.ndarray) -> int:
+        """Epsilon-greedy action for one observation."""
+        if self.rng.random() < self.epsilon:
+            return int(self.rng.integers(N_ACTIONS))
+        with torch.no_grad():
+            q_values = self.q_network(torch.from_numpy(np.asarray(obs, np.float32)).unsqueeze(0))
+        return int(q_values.argmax(dim=1).item())
+
+    def learn(self, n_updates: int) -> list[tuple[float, float]]:
+        """Up to ``n_updates`` gradient steps (none before learning_starts); (td_loss, q_value) of each."""
+        if len(self.replay) < self.hp.learning_starts:
+            return []
+        out = []
+        for _ in range(n_updates):
+            batch = self.replay.sample(self.hp.batch_size, self.rng)
+            out.append(train_step(self.q_network, self.target_network, self.optimizer, batch, self.hp.max_grad_norm))
+            self.updates += 1
+            if self.updates % self.hp.target_network_frequency == 0:
+                soft_update(self.target_network, self.q_network, self.hp.tau)
+        return out
+
+    def load_q_network(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Resume from saved online weights; the target network starts as a copy of them."""
+        self.q_network.load_state_dict(state_dict, strict=True)
+        self.target_network.load_state_dict(state_dict, strict=True)

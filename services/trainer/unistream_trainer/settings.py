@@ -1,0 +1,98 @@
+"""Settings of the trainer service (``UNISTREAM_*`` environment variables).
+
+The DQN hyperparameters are ``UNISTREAM_DQN_*``; :meth:`TrainerSettings.hyperparameters` turns
+them into :class:`unistream_trainer.dqn.Hyperparameters` (whose docstrings explain each one).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import NoDecode
+
+from unistream_common.settings import CommonSettings
+from unistream_trainer.dqn import Hyperparameters
+
+
+class TrainerSettings(CommonSettings):
+    """DQN hyperparameters, publishing and checkpointing of the trainer."""
+
+    model_dir: str = Field("models", description="Checkpoints go to <model_dir>/dqn/<version>.safetensors")
+    dqn_hidden_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
+        (256, 256), description="Comma-separated widths of the Q-network's shared layers, e.g. 256,256"
+    )
+    dqn_learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate")
+    dqn_gamma: float = Field(0.99, gt=0, le=1, description="Discount per 1s step")
+    dqn_n_step: int = Field(3, ge=1, le=20, description="Steps per n-step return")
+    dqn_buffer_size: int = Field(5_000, ge=1, description="Replay capacity, transitions")
+    dqn_batch_size: int = Field(64, ge=1, description="Transitions per gradient step")
+    dqn_learning_starts: int = Field(64, ge=1, description="Replay size before the first gradient step")
+    dqn_updates_per_transition: float = Field(4.0, ge=0, description="Gradient steps per new transition")
+    dqn_max_updates_per_batch: int = Field(16, ge=0, description="Most gradient steps per consumed batch")
+    dqn_tau: float = Field(0.005, gt=0, le=1, description="Target network update rate (1: copy)")
+    dqn_target_network_frequency: int = Field(1, ge=1, description="Gradient steps between target updates")
+    dqn_max_grad_norm: float = Field(10.0, gt=0, description="Gradient clipping norm")
+    dqn_start_e: float = Field(1.0, ge=0, le=1, description="Initial exploration epsilon")
+    dqn_end_e: float = Field(0.05, ge=0, le=1, description="Final exploration epsilon")
+    dqn_exploration_steps: int = Field(20_000, ge=0, description="Transitions over which epsilon decays")
+    fee: float = Field(0.001, ge=0, lt=0.1, description="Fee per side, fraction of notional")
+    reward_scale: float = Field(100.0, gt=0, description="Multiplier of stored rewards (100: percent)")
+    max_gap_ms: int = Field(5_000, ge=1, description="Larger gaps between a symbol's states cut its run, ms")
+    metrics_every_s: float = Field(5.0, gt=0, description="Seconds between MetricsPackets")
+    checkpoint_every_updates: int = Field(500, ge=1, description="Gradient steps between checkpoints")
+    checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between checkpoints (when steps were taken)")
+    checkpoint_keep: int = Field(5, ge=1, description="Newest checkpoint files kept on disk")
+    metrics_maxlen: int = Field(10_000, ge=10, description="Approximate retention of the metrics stream, entries")
+    models_maxlen: int = Field(1_000, ge=10, description="Approximate retention of the model registry stream, entries")
+
+    @field_validator("dqn_hidden_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: object) -> tuple[int, ...]:
+        if isinstance(value, str):
+            try:
+                value = [int(x) for x in value.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError("use comma-separated positive integers, e.g. 256,256") from None
+        sizes = tuple(int(x) for x in value)  # type: ignore[union-attr]
+        if not sizes or any(x < 1 for x in sizes):
+            raise ValueError("use comma-separated positive integers, e.g. 256,256")
+        return sizes
+
+    @field_validator("dqn_batch_size")
+    @classmethod
+    def _batch_fits_replay(cls, value: int, info: ValidationInfo) -> int:
+        capacity = info.data.get("dqn_buffer_size")
+        if capacity is not None and value > capacity:
+            raise ValueError(f"the batch ({value}) must not exceed UNISTREAM_DQN_BUFFER_SIZE ({capacity})")
+        return value
+
+    @field_validator("dqn_learning_starts")
+    @classmethod
+    def _starts_after_one_batch(cls, value: int, info: ValidationInfo) -> int:
+        batch = info.data.get("dqn_batch_size")
+        if batch is not None and value < batch:
+            raise ValueError(f"must be at least UNISTREAM_DQN_BATCH_SIZE ({batch}): a batch is sampled from the replay")
+        return value
+
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(
+            seed=self.seed,
+            learning_rate=self.dqn_learning_rate,
+            gamma=self.dqn_gamma,
+            n_step=self.dqn_n_step,
+            buffer_size=self.dqn_buffer_size,
+            batch_size=self.dqn_batch_size,
+            learning_starts=self.dqn_learning_starts,
+            updates_per_transition=self.dqn_updates_per_transition,
+            max_updates_per_batch=self.dqn_max_updates_per_batch,
+            tau=self.dqn_tau,
+            target_network_frequency=self.dqn_target_network_frequency,
+            max_grad_norm=self.dqn_max_grad_norm,
+            start_e=self.dqn_start_e,
+            end_e=self.dqn_end_e,
+            exploration_steps=self.dqn_exploration_steps,
+            hidden_sizes=self.dqn_hidden_sizes,
+            fee=self.fee,
+            reward_scale=self.reward_scale,
+        )

@@ -1,0 +1,297 @@
+"""DQN pieces and the trainer core: returns, targets, updates, replay, rewards, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unistream_common import codec
+from unistream_common.packets import TrainingDataPacket
+from unistream_trainer import checkpoint as ck
+from unistream_trainer.core import TrainerCore, observation, step_reward
+from unistream_trainer.dqn import (
+    Batch,
+    Hyperparameters,
+    NStepAccumulator,
+    QNetwork,
+    ReplayBuffer,
+    double_dqn_td_target,
+    linear_schedule,
+    n_step_return,
+    soft_update,
+    td_loss,
+    train_step,
+)
+
+torch.set_num_threads(1)
+
+T0 = 1_700_000_000_000
+
+
+def small_hp(**kw: object) -> Hyperparameters:
+    base: dict[str, object] = {
+        "buffer_size": 200,
+        "batch_size": 8,
+        "learning_starts": 8,
+        "hidden_sizes": (16,),
+        "exploration_steps": 100,
+        "updates_per_transition": 1.0,
+        "max_updates_per_batch": 4,
+        "learning_rate": 1e-3,
+    }
+    base.update(kw)
+    return Hyperparameters(**base)  # type: ignore[arg-type]
+
+
+def packet(t: int, price: float, dim: int = 6, symbol: str = "ETHUSDT", value: float = 0.1) -> TrainingDataPacket:
+    state = np.full(dim, value, np.float32)
+    return TrainingDataPacket(
+        symbol=symbol, ts_event_ms=T0 + 1000 * t, price=price, source="SYNTHETIC", state_dim=dim,
+        state=codec.f32_to_bytes(state), cnn_features=b"", cnn_predictions=b"", prediction_names=[],
+        model_version="cnn-init-7", window_fill=1.0,
+    )  # fmt: skip
+
+
+# --- returns and targets ----------------------------------------------------------------------
+
+
+def test_n_step_return_discounts_each_later_reward_by_one_more_gamma():
+    assert n_step_return([1.0, 2.0, 3.0], 0.5) == pytest.approx(1 + 0.5 * 2 + 0.25 * 3)
+    assert n_step_return([], 0.9) == 0.0
+
+
+def test_n_step_accumulator_emits_after_n_steps_and_flushes_short_tails_with_their_own_discount():
+    acc = NStepAccumulator(n=3, gamma=0.9)
+    s = [np.full(2, float(k), np.float32) for k in range(6)]
+    out = []
+    for k in range(4):
+        out += acc.push(s[k], k % 3, float(k + 1), s[k + 1])
+    assert len(out) == 2
+    first = out[0]
+    assert first.obs[0] == 0 and first.action == 0 and first.next_obs[0] == 3
+    assert first.reward == pytest.approx(1 + 0.9 * 2 + 0.81 * 3)
+    assert first.discount == pytest.approx(0.9**3)
+    tail = acc.flush()
+    assert [t.obs[0] for t in tail] == [2.0, 3.0]
+    assert tail[0].reward == pytest.approx(3 + 0.9 * 4) and tail[0].discount == pytest.approx(0.81)
+    assert tail[1].reward == pytest.approx(4.0) and tail[1].discount == pytest.approx(0.9)
+    assert tail[1].next_obs[0] == 4
+    assert acc.flush() == []
+
+
+def test_double_dqn_target_takes_the_online_argmax_valued_by_the_target_network():
+    next_q_online = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    next_q_target = torch.tensor([[10.0, 20.0, 30.0], [7.0, 8.0, 9.0]])
+    rewards = torch.tensor([1.0, -1.0])
+    discounts = torch.tensor([0.5, 0.0])
+    td_target = double_dqn_td_target(next_q_online, next_q_target, rewards, discounts)
+    # Row 0: online picks action 1 -> target value 20 (not the target's own max 30): 1 + 0.5 * 20.
+    # Row 1: discount 0 (terminal) -> just the reward.
+    assert td_target.tolist() == [11.0, -1.0]
+
+
+def test_linear_schedule_falls_from_start_to_end_and_stays():
+    assert linear_schedule(1.0, 0.1, 100, 0) == 1.0
+    assert linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
+    assert linear_schedule(1.0, 0.1, 100, 10_000) == pytest.approx(0.1)
+
+
+def test_dueling_q_network_advantages_average_to_the_state_value():
+    torch.manual_seed(0)
+    net = QNetwork(5, (8, 8))
+    obs = torch.randn(4, 5)
+    q = net(obs)
+    v = net.value(net.trunk(obs))
+    assert q.shape == (4, 3)
+    torch.testing.assert_close(q.mean(dim=1, keepdim=True), v)
+
+
+def test_one_gradient_step_reduces_the_td_loss_on_a_fixed_batch():
+    torch.manual_seed(1)
+    q_network, target_network = QNetwork(6, (32,)), QNetwork(6, (32,))
+    target_network.load_state_dict(q_network.state_dict())
+    g = torch.Generator().manual_seed(2)
+    batch = Batch(
+        obs=torch.randn(32, 6, generator=g),
+        actions=torch.randint(0, 3, (32,), generator=g),
+        rewards=torch.randn(32, generator=g),
+        next_obs=torch.randn(32, 6, generator=g),
+        discounts=torch.full((32,), 0.97),
+    )
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-2)
+    before = td_loss(q_network, target_network, batch)[0].item()
+    reported, _ = train_step(q_network, target_network, optimizer, batch, max_grad_norm=10.0)
+    after = td_loss(q_network, target_network, batch)[0].item()
+    assert reported == pytest.approx(before)
+    assert after < 0.95 * before
+
+
+def test_soft_update_moves_the_target_a_tau_fraction_and_tau_one_copies():
+    a, b = QNetwork(3, (4,)), QNetwork(3, (4,))
+    wa, wb = a.value.weight.detach().clone(), b.value.weight.detach().clone()
+    soft_update(b, a, 0.25)
+    torch.testing.assert_close(b.value.weight, wb + 0.25 * (wa - wb))
+    soft_update(b, a, 1.0)
+    torch.testing.assert_close(b.value.weight, wa)
+
+
+def test_replay_ring_overwrites_the_oldest_after_wrapping_around():
+    rb = ReplayBuffer(capacity=4, obs_dim=2)
+    for k in range(6):
+        rb.add(np.full(2, k, np.float32), k % 3, float(k), np.full(2, k + 1, np.float32), 0.9)
+    assert len(rb) == 4 and rb.pos == 2
+    assert sorted(rb.rewards.tolist()) == [2.0, 3.0, 4.0, 5.0]
+    assert rb.obs[0, 0] == 4 and rb.obs[1, 0] == 5 and rb.obs[2, 0] == 2
+    batch = rb.sample(64, np.random.default_rng(0))
+    assert set(batch.rewards.tolist()) <= {2.0, 3.0, 4.0, 5.0}
+    assert batch.obs.shape == (64, 2) and batch.actions.dtype == torch.int64
+
+
+# --- rewards and the core ---------------------------------------------------------------------
+
+
+def test_reward_is_position_times_log_return_less_fee_per_unit_traded():
+    assert step_reward(1, 0, 100.0, 101.0, 0.001) == pytest.approx(math.log(1.01) - 0.001)
+    assert step_reward(-1, 1, 100.0, 99.0, 0.001) == pytest.approx(-math.log(0.99) - 0.002)
+    assert step_reward(0, 0, 100.0, 150.0, 0.001) == 0.0
+    assert step_reward(1, 1, 100.0, 100.0, 0.001) == 0.0
+
+
+def test_observation_appends_a_one_hot_of_the_position():
+    obs = observation(np.array([0.5, -0.5], np.float32), -1)
+    assert obs.tolist() == [0.5, -0.5, 0.0, 0.0, 1.0]
+
+
+def test_core_turns_consecutive_packets_into_rewarded_transitions_with_the_held_position():
+    core = TrainerCore(small_hp(n_step=1, start_e=0.0, end_e=0.0, reward_scale=1.0, fee=0.001))
+    prices = [100.0, 101.0, 100.0, 102.0]
+    for t, p in enumerate(prices):
+        core.observe(packet(t, p))
+    agent = core.agent
+    assert agent is not None and len(agent.replay) == 3 and core.transitions == 3
+    positions = [0]
+    for k in range(3):
+        obs, action = agent.replay.obs[k], int(agent.replay.actions[k])
+        held = [0, 1, -1][int(np.argmax(obs[6:]))]
+        assert held == positions[-1], "the observation carries the position held when acting"
+        pos = [0, 1, -1][action]
+        expected = step_reward(pos, held, prices[k], prices[k + 1], 0.001)
+        assert agent.replay.rewards[k] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        positions.append(pos)
+
+
+def test_core_cuts_a_run_at_a_gap_and_skips_stale_packets():
+    core = TrainerCore(small_hp(n_step=3), max_gap_ms=5_000)
+    for t in range(3):
+        core.observe(packet(t, 100.0 + t))
+    core.observe(packet(1, 100.0))  # not newer than the last one
+    core.observe(packet(60, 100.0))  # a minute later: new run
+    assert core.events["skipped_stale"] == 1 and core.events["runs_cut"] == 1
+    # Two 1-step transitions before the cut, flushed as a 2-step and a 1-step transition.
+    assert core.agent is not None and len(core.agent.replay) == 2
+    assert sorted(core.agent.replay.discounts[:2].tolist()) == pytest.approx([0.99**2, 0.99])
+
+
+def test_core_reinitialises_when_the_state_dim_changes_and_counts_it():
+    core = TrainerCore(small_hp())
+    for t in range(5):
+        core.observe(packet(t, 100.0))
+    first = core.agent
+    core.observe(packet(5, 100.0, dim=9))
+    assert core.agent is not first and core.agent is not None and core.agent.obs_dim == 12
+    assert core.state_dim == 9 and core.state_dim_changes == 1 and len(core.agent.replay) == 0
+
+
+def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
+    core = TrainerCore(small_hp(learning_starts=8, updates_per_transition=2.0, max_updates_per_batch=4))
+    assert core.process([packet(t, 100.0 + (t % 3)) for t in range(6)]) == 0, "replay below learning_starts"
+    steps = core.process([packet(t, 100.0 + (t % 3)) for t in range(6, 40)])
+    assert steps == 4, "bounded by max_updates_per_batch"
+    m = core.metrics(T0)
+    assert m["charts/updates"] == 4 and "losses/td_loss" in m and math.isfinite(m["losses/td_loss"])
+    assert m["charts/packets"] == 40 and m["charts/replay_size"] == len(core.agent.replay)  # type: ignore[union-attr]
+    assert 0 < m["charts/epsilon"] < 1
+    core.process([packet(40, 100.0), packet(41, 101.0)])
+    assert core.metrics(T0 + 2000)["charts/updates_per_s"] == pytest.approx(4 / 2)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def trained_core() -> TrainerCore:
+    core = TrainerCore(small_hp())
+    core.process([packet(t, 100.0 + (t % 4)) for t in range(30)])
+    assert core.updates > 0
+    return core
+
+
+def test_checkpoint_round_trip_restores_weights_counters_and_shape(tmp_path: Path):
+    core = trained_core()
+    version = ck.checkpoint_version(T0, core.updates)
+    data, params = core.checkpoint(version, "trainer-test")
+    path = tmp_path / "dqn" / f"{version}.safetensors"
+    ck.write_atomic(path, data)
+    restored, problems = ck.load_newest(tmp_path / "dqn")
+    assert problems == [] and restored is not None
+    assert restored.version == version and restored.sha256 == ck.sha256_hex(data)
+    assert (restored.obs_dim, restored.state_dim, restored.hidden_sizes) == (9, 6, (16,))
+    assert (restored.updates, restored.transitions) == (core.updates, core.transitions)
+    assert params == sum(t.numel() for t in restored.tensors.values())
+
+    resumed = TrainerCore(small_hp(), resume=restored)
+    resumed.observe(packet(100, 100.0))
+    assert resumed.resumed_from == version and resumed.updates == core.updates
+    for name, tensor in core.agent.q_network.state_dict().items():  # type: ignore[union-attr]
+        assert torch.equal(resumed.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+
+
+def test_checkpoint_with_a_different_sha256_is_rejected():
+    data, _ = trained_core().checkpoint("dqn-x", "p")
+    with pytest.raises(ck.CheckpointError, match="sha256"):
+        ck.decode_checkpoint(data, expected_sha256="f" * 64)
+    with pytest.raises(ck.CheckpointError):
+        ck.decode_checkpoint(b"\x80\x04 a pickle, not safetensors")
+
+
+def test_checkpoint_of_another_state_size_is_not_resumed():
+    data, _ = trained_core().checkpoint("dqn-x", "p")
+    core = TrainerCore(small_hp(), resume=ck.decode_checkpoint(data))
+    core.observe(packet(0, 100.0, dim=7))
+    assert core.resumed_from == "" and core.events["resume_rejected"] == 1 and "observations of 9" in core.resume_error
+
+
+def test_newest_checkpoints_are_kept_and_older_pruned(tmp_path: Path):
+    names = [f"{ck.checkpoint_version(T0 + k, k, 'trainer-' + 'ab'[k % 2])}.safetensors" for k in range(4)]
+    for name in reversed(names):
+        ck.write_atomic(tmp_path / name, b"x")
+    (tmp_path / "unrelated.txt").write_text("kept")
+    gone = ck.prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in gone] == names[:2], "the oldest go first, whichever replica wrote them"
+    assert len(ck.list_checkpoints(tmp_path)) == 2 and (tmp_path / "unrelated.txt").exists()
+    assert not list(tmp_path.glob("*.tmp")), "atomic writes leave no temporary files"
+
+
+def test_checkpoint_versions_sort_by_time_and_carry_a_file_safe_producer():
+    v = ck.checkpoint_version(T0, 12, "trainer/host 1")
+    assert v == f"dqn-{T0}-u000000012-trainer_host_1"
+    assert ck.checkpoint_version(T0 + 1, 1) > ck.checkpoint_version(T0, 999, "z")
+
+
+def test_trainer_settings_parse_hidden_sizes_and_refuse_learning_before_one_batch(monkeypatch: pytest.MonkeyPatch):
+    from pydantic import ValidationError
+
+    from unistream_trainer.settings import TrainerSettings
+
+    monkeypatch.setenv("UNISTREAM_DQN_HIDDEN_SIZES", "128, 64")
+    monkeypatch.setenv("UNISTREAM_MODEL_DIR", "/tmp/m")
+    settings = TrainerSettings()
+    assert settings.hyperparameters().hidden_sizes == (128, 64) and settings.model_dir == "/tmp/m"
+    assert settings.hyperparameters().buffer_size == 5_000 and settings.hyperparameters().n_step == 3
+    with pytest.raises(ValidationError, match="UNISTREAM_DQN_BATCH_SIZE"):
+        TrainerSettings(dqn_batch_size=64, dqn_learning_starts=10)
+    with pytest.raises(ValidationError, match="positive integers"):
+        TrainerSettings(dqn_hidden_sizes="256,0")
