@@ -216,7 +216,7 @@ async def test_group_is_recreated_after_flushall_and_new_entries_flow(redis_url:
     await client.aclose()
 
 
-async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> None:  # noqa: ANN001
+async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> None:
     server: RedisServer = start_redis(tmp_path / "r", appendonly=True)
     port = server.port
     try:

@@ -25,11 +25,11 @@ from unistream_common.settings import CommonSettings, ConfigError, load_settings
 
 
 def bar(**kw: object) -> Bar:
-    base = dict(
-        symbol="ETHUSDT", timeframe="1s", open_time_ms=1_700_000_000_000, close_time_ms=1_700_000_001_000,
-        open=3000.0, high=3001.0, low=2999.5, close=3000.5, volume=2.0, quote_volume=6001.0, trade_count=3,
-        vwap=3000.5, taker_buy_volume=1.0, filled=False, source="SYNTHETIC",
-    )  # fmt: skip
+    base = {
+        "symbol": "ETHUSDT", "timeframe": "1s", "open_time_ms": 1_700_000_000_000, "close_time_ms": 1_700_000_001_000,
+        "open": 3000.0, "high": 3001.0, "low": 2999.5, "close": 3000.5, "volume": 2.0, "quote_volume": 6001.0, "trade_count": 3,
+        "vwap": 3000.5, "taker_buy_volume": 1.0, "filled": False, "source": "SYNTHETIC",
+    }  # fmt: skip
     base.update(kw)
     return Bar(**base)  # type: ignore[arg-type]
 
@@ -46,7 +46,9 @@ def test_every_packet_type_round_trips_through_the_codec() -> None:
         state=codec.f32_to_bytes([1, 2, 3]), cnn_features=codec.f32_to_bytes([0.5]),
         cnn_predictions=codec.f32_to_bytes([0.2]), prediction_names=["p"], model_version="v0", window_fill=0.5,
     )  # fmt: skip
-    ticks = TickBatch("ETHUSDT", "REAL", [Tick(1, 3012.55, 0.012, "SELL", 10, 11), Tick(2, 3012.56, 1.0, "BUY", 12, 13)])
+    ticks = TickBatch(
+        "ETHUSDT", "REAL", [Tick(1, 3012.55, 0.012, "SELL", 10, 11), Tick(2, 3012.56, 1.0, "BUY", 12, 13)]
+    )
     metrics = MetricsPacket(producer="trainer-1", ts_ms=9, step=3, metrics={"losses/td_loss": 0.25})
     for packet in (bar(), ui, training, ticks, metrics):
         fields = codec.encode(packet)
@@ -137,7 +139,12 @@ def test_stream_names_are_the_public_ones() -> None:
     assert keys.ticks("ETHUSDT") == "md:ticks:{ETHUSDT}"
     assert keys.bars("BTCUSDT", "1h") == "md:bars:{BTCUSDT}:1h"
     assert keys.dlq(keys.TRAINING) == "ml:training:dlq"
-    assert (keys.TRAINING, keys.UI, keys.METRICS, keys.MODELS) == ("ml:training", "ui:packets", "ml:metrics", "ml:models")
+    assert (keys.TRAINING, keys.UI, keys.METRICS, keys.MODELS) == (
+        "ml:training",
+        "ui:packets",
+        "ml:metrics",
+        "ml:models",
+    )
     assert keys.parse_ticks("md:ticks:{ETHUSDT}") == "ETHUSDT"
     assert keys.parse_bars("md:bars:{ETHUSDT}:1m") == ("ETHUSDT", "1m")
     assert keys.parse_ticks("md:ticks:ETHUSDT") is None

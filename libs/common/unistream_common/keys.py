@@ -45,9 +45,7 @@ _BARS_RE = re.compile(r"^md:bars:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
 def check_symbol(symbol: str) -> str:
     """Return ``symbol`` if it is a venue symbol such as ``ETHUSDT``, else raise ValueError."""
     if not SYMBOL_RE.match(symbol):
-        raise ValueError(
-            f"{symbol!r} is not a valid symbol: use 2-20 upper-case letters and digits, e.g. ETHUSDT"
-        )
+        raise ValueError(f"{symbol!r} is not a valid symbol: use 2-20 upper-case letters and digits, e.g. ETHUSDT")
     return symbol
 
 

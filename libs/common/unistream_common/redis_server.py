@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,14 @@ def start_redis(
     binary: str | None = None,
     timeout: float = 15.0,
     extra_args: list[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> RedisServer:
-    """Start redis-server on 127.0.0.1:``port`` (a free one when None) and wait until it answers."""
+    """Start redis-server on 127.0.0.1:``port`` (a free one when None) and wait until it answers.
+
+    ``preexec_fn`` runs in the child before exec; ``unistream run`` uses it to put Redis in its
+    own process group (a terminal's Ctrl-C must not stop Redis before the services) and to have
+    it die with the supervisor.
+    """
     if port == 6379:
         raise ValueError("refusing port 6379: it may belong to a server this program did not start")
     binary = binary or find_redis_server()
@@ -120,7 +127,14 @@ def start_redis(
         "--logfile", str(data_dir / "redis.log"),
         *(extra_args or []),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # preexec_fn is unsafe only when other threads run; unistream run is single-threaded.
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec_fn,  # noqa: PLW1509
+    )
     server = RedisServer(port=port, data_dir=data_dir, process=proc, binary=binary)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,11 +143,10 @@ def start_redis(
             log_file = data_dir / "redis.log"
             tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
             raise RuntimeError(f"redis-server exited with {proc.returncode}: {err}{tail}")
-        with contextlib.suppress(OSError):
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return server
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return server
         time.sleep(0.05)
     server.kill()
     raise RuntimeError(f"redis-server did not answer on port {port} within {timeout}s")

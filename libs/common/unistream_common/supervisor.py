@@ -1,0 +1,721 @@
+"""``unistream run``: the whole system on this machine, planned from deploy/docker-compose.yml.
+
+Two halves:
+
+- the plan (pure): :func:`build_plan` turns the compose dict, an environment and the options
+  into one :class:`ProcessSpec` per process. Each service's ``command`` and ``environment`` come
+  from the compose file, so a local run and the containers cannot drift; the only differences
+  are :data:`LOCAL_OVERRIDES`;
+- the processes: :class:`Supervisor` starts the plan, prefixes and logs every output line,
+  announces the system once compose's healthchecks pass, restarts a process that exits (like
+  compose's ``restart: unless-stopped``, with capped backoff), and on SIGINT/SIGTERM stops
+  everything (SIGTERM to each process group, SIGKILL after a grace period), Redis last.
+
+The supervisor is one thread: it multiplexes the children's pipes with ``selectors``. Two things
+rely on that: ``preexec_fn`` (forking a process that runs other threads can deadlock the child)
+and PR_SET_PDEATHSIG (it fires when the *thread* that forked exits, so every fork happens on the
+main thread, which lives as long as the supervisor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import http.client
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from unistream_common import compose as composefile
+from unistream_common.redis_server import RedisNotFound, RedisServer, free_port, port_is_free, start_redis
+
+# Environment variables whose compose value does not fit a local run, and what replaces it.
+# These are the ONLY differences between `unistream run` and `docker compose up`.
+LOCAL_OVERRIDES: dict[str, str] = {
+    "UNISTREAM_REDIS_URL": "the local Redis: $UNISTREAM_REDIS_URL when set, else the redis-server started by run",
+    "UNISTREAM_HTTP_HOST": "127.0.0.1: probes stay on this machine",
+    "UNISTREAM_HTTP_PORT": "compose's port + --port-offset + replica - 1 (only where compose sets a port)",
+    "UNISTREAM_MODEL_DIR": "<run dir>/models (only where compose sets a model dir)",
+    "UNISTREAM_CONSUMER_NAME": "<service>-<replica>: stable per process slot, so restarts resume pending entries",
+}
+
+# Compose services that `run` replaces with a local equivalent instead of running their command.
+INFRASTRUCTURE: tuple[str, ...] = ("redis",)
+
+# The Dockerfile's ENV that matters to a process's behaviour: unbuffered output, so log lines
+# reach the supervisor (and compose's log driver) as they are written.
+IMAGE_ENV: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
+
+DEFAULT_REDIS_PORT = 6390
+ENV_PREFIX = "UNISTREAM_"
+
+
+class PlanError(ValueError):
+    """The options and the compose file do not make a runnable plan; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a local run changes with respect to compose (see :data:`LOCAL_OVERRIDES`)."""
+
+    redis_url: str
+    run_dir: Path  # absolute; holds logs/, models/, redis/
+    bin_dir: Path  # where the `unistream` script lives (beside sys.executable)
+    python: str  # interpreter for commands that start with python/python3
+    scale: Mapping[str, int] = field(default_factory=dict)  # replicas per service (compose's default otherwise)
+    port_offset: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process slot: replica number ``replica`` (1, 2, ... as compose numbers them) of ``service``."""
+
+    service: str
+    replica: int
+    argv: tuple[str, ...]
+    environment: Mapping[str, str]  # compose's environment with the local overrides applied
+    http_port: int | None
+    log_path: Path
+    health_url: str | None = None  # compose's healthcheck URL, moved to this replica's local port
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.replica}"
+
+
+def parse_scale(items: list[str]) -> dict[str, int]:
+    """``["trainer=3"]`` -> ``{"trainer": 3}``; raises PlanError on anything else."""
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, count = item.partition("=")
+        if not sep or not name or not count.isdigit():
+            raise PlanError(f"--scale {item!r}: use SERVICE=N, e.g. --scale trainer=3")
+        out[name] = int(count)
+    return out
+
+
+def resolve_argv0(argv0: str, options: RunOptions) -> str:
+    """The program to run for a compose command's first word.
+
+    ``unistream`` is the script installed beside this interpreter (the image has it on PATH);
+    ``python``/``python3`` is this interpreter, which has the same packages the image has.
+    """
+    if argv0 == "unistream":
+        return str(options.bin_dir / "unistream")
+    if argv0 in ("python", "python3"):
+        return options.python
+    return argv0
+
+
+def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> list[ProcessSpec]:
+    """Every process to start, in dependency order, with its argv and environment.
+
+    ``environ`` interpolates ``${VAR:-default}`` in the compose file, as Compose does with the
+    shell environment. Raises PlanError (or ComposeError) when the plan cannot run.
+    """
+    resolved = composefile.interpolate_tree(compose, environ)
+    names = [name for name in resolved["services"] if name not in INFRASTRUCTURE]
+    unknown = sorted(set(options.scale) - set(names))
+    if unknown:
+        raise PlanError(f"--scale names unknown service(s) {', '.join(unknown)}; services: {', '.join(names)}")
+    if options.port_offset < 0:
+        raise PlanError("--port-offset must be >= 0")
+    plan: list[ProcessSpec] = []
+    for name in composefile.start_order(resolved, names):
+        argv = composefile.command(resolved, name)
+        argv[0] = resolve_argv0(argv[0], options)
+        declared = composefile.environment(resolved, name, environ)
+        base_port = _port(declared, name)
+        health = composefile.healthcheck_url(resolved, name)
+        count = options.scale.get(name, composefile.replicas(resolved, name))
+        for replica in range(1, count + 1):
+            env = dict(declared)
+            env["UNISTREAM_REDIS_URL"] = options.redis_url
+            env["UNISTREAM_HTTP_HOST"] = "127.0.0.1"
+            port = None
+            if base_port is not None:
+                # the first replica keeps compose's port, further ones take the next ports
+                port = base_port + options.port_offset + replica - 1
+                env["UNISTREAM_HTTP_PORT"] = str(port)
+            if "UNISTREAM_MODEL_DIR" in declared:
+                env["UNISTREAM_MODEL_DIR"] = str(options.run_dir / "models")
+            env["UNISTREAM_CONSUMER_NAME"] = f"{name}-{replica}"
+            plan.append(
+                ProcessSpec(
+                    service=name,
+                    replica=replica,
+                    argv=tuple(argv),
+                    environment=env,
+                    http_port=port,
+                    log_path=options.run_dir / "logs" / f"{name}-{replica}.log",
+                    health_url=(
+                        f"http://127.0.0.1:{health[0] + options.port_offset + replica - 1}{health[1]}"
+                        if health
+                        else None
+                    ),
+                )
+            )
+    _check_ports(plan)
+    return plan
+
+
+def _port(env: Mapping[str, str], service: str) -> int | None:
+    value = env.get("UNISTREAM_HTTP_PORT")
+    if value is None:
+        return None
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise PlanError(f"service {service!r}: UNISTREAM_HTTP_PORT={value!r} is not a port number")
+    return int(value)
+
+
+def _check_ports(plan: list[ProcessSpec]) -> None:
+    owner: dict[int, str] = {}
+    for spec in plan:
+        if spec.http_port is None:
+            continue
+        if spec.http_port > 65535:
+            raise PlanError(f"{spec.name} would listen on port {spec.http_port}: lower --port-offset")
+        if spec.http_port in owner:
+            raise PlanError(
+                f"{spec.name} and {owner[spec.http_port]} would both listen on port {spec.http_port}: "
+                "scaling a service moves its replicas to the next ports; scale less or change the ports in compose"
+            )
+        owner[spec.http_port] = spec.name
+
+
+def child_environment(spec: ProcessSpec, environ: Mapping[str, str]) -> dict[str, str]:
+    """The full environment of ``spec``'s process.
+
+    The inherited environment (PATH, HOME, ...) plus :data:`IMAGE_ENV` plus the plan's. Inherited
+    ``UNISTREAM_*`` variables that the compose service does not declare are dropped: a container
+    would not see them either. To pass one, declare it in compose's ``environment``.
+    """
+    env = {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+    env.update(IMAGE_ENV)
+    env.update(spec.environment)
+    return env
+
+
+# --------------------------------------------------------------------------- processes
+
+PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up before any fork (a preexec_fn must do as little as possible)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def make_preexec(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child its own process group and ties it to ``parent_pid``.
+
+    Own group: a terminal's Ctrl-C reaches only the supervisor, which then stops the children in
+    order, and killpg reaches whatever the child starts itself. PR_SET_PDEATHSIG=SIGTERM: a
+    SIGKILLed supervisor leaves no children behind. If the parent already died between fork and
+    prctl, the signal would never come, so the child exits at once.
+    """
+    prctl = _load_prctl()
+
+    def preexec() -> None:
+        os.setpgid(0, 0)
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    return preexec
+
+
+@dataclass
+class Backoff:
+    """Delay before restarting a process that exited, like Docker's restart policy.
+
+    ``initial_s`` doubles with every exit in a row, up to ``max_s``; a process that stayed up for
+    ``reset_after_s`` starts the series again.
+    """
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    reset_after_s: float = 10.0
+
+    def delay(self, exits_in_row: int) -> float:
+        return min(self.max_s, self.initial_s * 2 ** max(0, exits_in_row - 1))
+
+
+@dataclass
+class _Slot:
+    spec: ProcessSpec
+    log: IO[bytes]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    exits_in_row: int = 0
+    restart_at: float | None = None
+    healthy: bool = False
+
+
+@dataclass
+class _Pipe:
+    slot: _Slot
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class Supervisor:
+    """Runs a plan until :meth:`request_stop`, restarting processes that exit."""
+
+    MAX_LINE = 64 * 1024  # a longer run without a newline is emitted as its own line
+
+    def __init__(
+        self,
+        plan: list[ProcessSpec],
+        environ: Mapping[str, str],
+        out: IO[bytes],
+        state_path: Path | None = None,
+        stop_timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.plan = plan
+        self.environ = dict(environ)
+        self.out = out
+        self.state_path = state_path
+        self.stop_timeout_s = stop_timeout_s
+        self.backoff = backoff or Backoff()
+        self.extra_state = dict(extra_state or {})
+        self.ready_timeout_s = ready_timeout_s
+        self.stop_requests = 0
+        self._selector = selectors.DefaultSelector()
+        self._preexec = make_preexec(os.getpid())
+        self._slots: list[_Slot] = []
+        self._out_broken = False
+
+    # -- life cycle
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (signal-handler safe: it only counts)."""
+        self.stop_requests += 1
+
+    def run(self, on_started: Callable[[], None] = lambda: None) -> None:
+        """Start every process, supervise until a stop is requested, then stop them all.
+
+        ``on_started`` is called once every process with a healthcheck passed it (or after
+        ``ready_timeout_s``, naming the ones that did not), so a printed URL already answers.
+        """
+        try:
+            for spec in self.plan:
+                spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+                slot = _Slot(spec=spec, log=spec.log_path.open("ab"))
+                self._slots.append(slot)
+                self._spawn(slot)
+            self._write_state()
+            started_at = time.monotonic()
+            announced = False
+            next_probe = started_at
+            while not self.stop_requests:
+                self._pump(0.2)
+                self._supervise()
+                if not announced and time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + 0.5
+                    announced = self._check_ready(time.monotonic() - started_at)
+                    if announced:
+                        on_started()
+        finally:
+            self._shutdown()
+
+    def _check_ready(self, elapsed_s: float) -> bool:
+        """Probe processes not yet healthy; True once all are, or when out of patience."""
+        waiting = []
+        for slot in self._slots:
+            spec = slot.spec
+            if slot.healthy or spec.health_url is None:
+                continue
+            if slot.proc is not None and probe(spec.health_url):
+                slot.healthy = True
+                self.say(f"{spec.name} is healthy ({spec.health_url}, {elapsed_s:.1f} s after start)")
+            else:
+                waiting.append(spec.name)
+        if waiting and elapsed_s < self.ready_timeout_s:
+            return False
+        if waiting:
+            self.say(f"not healthy after {self.ready_timeout_s:.0f} s: {', '.join(waiting)}; see their logs")
+        return True
+
+    def restarts(self) -> dict[str, int]:
+        """Restarts so far per process name."""
+        return {slot.spec.name: slot.restarts for slot in self._slots}
+
+    # -- output
+
+    def say(self, text: str) -> None:
+        """A line of the supervisor's own."""
+        self._emit(b"supervisor", text.encode())
+
+    def _emit(self, name: bytes, line: bytes) -> None:
+        if self._out_broken:
+            return
+        try:
+            self.out.write(b"[" + name + b"] " + line + b"\n")
+            self.out.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            # the reader went away (e.g. `| head`): keep supervising and logging to files
+            self._out_broken = True
+
+    def _line(self, slot: _Slot, line: bytes) -> None:
+        self._emit(slot.spec.name.encode(), line)
+        with contextlib.suppress(OSError):
+            slot.log.write(line + b"\n")
+            slot.log.flush()
+
+    def _pump(self, timeout: float) -> None:
+        """Move whatever the children wrote to stdout and the log files."""
+        if not self._selector.get_map():
+            time.sleep(timeout)
+            return
+        for key, _ in self._selector.select(timeout):
+            pipe: _Pipe = key.data
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                if pipe.buffer:
+                    self._line(pipe.slot, bytes(pipe.buffer))
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+                continue
+            pipe.buffer += chunk
+            while True:
+                cut = pipe.buffer.find(b"\n")
+                if cut < 0:
+                    if len(pipe.buffer) >= self.MAX_LINE:
+                        self._line(pipe.slot, bytes(pipe.buffer))
+                        pipe.buffer.clear()
+                    break
+                self._line(pipe.slot, bytes(pipe.buffer[:cut]).rstrip(b"\r"))
+                del pipe.buffer[: cut + 1]
+
+    # -- processes
+
+    def _spawn(self, slot: _Slot) -> None:
+        spec = slot.spec
+        try:
+            proc = subprocess.Popen(
+                list(spec.argv),
+                env=child_environment(spec, self.environ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # one stream keeps a traceback's lines in order with the log lines
+                preexec_fn=self._preexec,  # noqa: PLW1509 - this process has one thread (module docstring)
+                close_fds=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            # e.g. the program is missing: treat like an immediate exit, so backoff applies
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.say(f"{spec.name}: cannot start {spec.argv[0]}: {reason}")
+            slot.proc = None
+            slot.started_at = time.monotonic()
+            self._schedule_restart(slot, ran_s=0.0)
+            return
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        self._selector.register(proc.stdout, selectors.EVENT_READ, _Pipe(slot))
+        slot.proc = proc
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        port = f", probes on 127.0.0.1:{spec.http_port}" if spec.http_port else ""
+        self.say(f"started {spec.name} (pid {proc.pid}{port}, log {spec.log_path})")
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.poll() is not None:
+                proc, slot.proc = slot.proc, None
+                ran_s = now - slot.started_at
+                _kill_group(proc.pid, signal.SIGKILL)  # whatever it started must not hold its port
+                self.say(f"{slot.spec.name} {_describe_exit(proc.returncode)} after {ran_s:.1f} s")
+                self._schedule_restart(slot, ran_s)
+                changed = True
+            if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
+                slot.restarts += 1
+                with contextlib.suppress(OSError):
+                    slot.log.write(f"--- restart {slot.restarts} ---\n".encode())
+                self._spawn(slot)
+                changed = True
+        if changed:
+            self._write_state()
+
+    def _schedule_restart(self, slot: _Slot, ran_s: float) -> None:
+        slot.exits_in_row = 1 if ran_s >= self.backoff.reset_after_s else slot.exits_in_row + 1
+        delay = self.backoff.delay(slot.exits_in_row)
+        slot.restart_at = time.monotonic() + delay
+        self.say(f"restarting {slot.spec.name} in {delay:.1f} s (restart #{slot.restarts + 1})")
+
+    def _shutdown(self) -> None:
+        running = [slot for slot in self._slots if slot.proc is not None]
+        if running:
+            self.say(f"stopping {len(running)} processes (SIGTERM, SIGKILL after {self.stop_timeout_s:.0f} s)")
+        for slot in running:
+            _kill_group(slot.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.stop_timeout_s
+        count_at_start = self.stop_requests
+        while any(slot.proc.poll() is None for slot in running):  # type: ignore[union-attr]
+            if time.monotonic() >= deadline or self.stop_requests > max(count_at_start, 1):
+                break  # out of patience, or a second Ctrl-C: kill now
+            self._pump(0.1)
+        for slot in running:
+            proc = slot.proc
+            assert proc is not None
+            if proc.poll() is None:
+                self.say(f"{slot.spec.name} did not stop in time: SIGKILL")
+            # the whole group, also when the leader exited: a grandchild must not outlive us
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            slot.proc = None
+        drain_until = time.monotonic() + 1.0
+        while self._selector.get_map() and time.monotonic() < drain_until:
+            self._pump(0.05)
+        for key in list(self._selector.get_map().values()):
+            self._selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+        for slot in self._slots:
+            slot.log.close()
+        if self.state_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.state_path.unlink()
+
+    def _write_state(self) -> None:
+        """``<run dir>/run.json``: pids, ports and restarts, for operators and tests."""
+        if self.state_path is None:
+            return
+        state = {
+            "supervisor_pid": os.getpid(),
+            **self.extra_state,
+            "processes": [
+                {
+                    "name": slot.spec.name,
+                    "pid": slot.proc.pid if slot.proc else None,
+                    "restarts": slot.restarts,
+                    "http_port": slot.spec.http_port,
+                    "log": str(slot.spec.log_path),
+                }
+                for slot in self._slots
+            ],
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+
+# Probes go straight to 127.0.0.1: an http_proxy in the environment must not intercept them.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def probe(url: str, timeout_s: float = 0.5) -> bool:
+    """True when ``url`` answers with a status below 400 (what compose's urlopen healthchecks test)."""
+    try:
+        with _DIRECT.open(url, timeout=timeout_s) as response:
+            return response.status < 400
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+        return False
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def default_compose_path() -> Path:
+    """deploy/docker-compose.yml under the working directory, else of the source checkout."""
+    here = Path.cwd() / composefile.DEFAULT_COMPOSE
+    if here.exists():
+        return here
+    checkout = Path(__file__).resolve().parents[3] / composefile.DEFAULT_COMPOSE
+    return checkout if checkout.exists() else here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    overrides = "\n".join(f"  {name}: {text}" for name, text in LOCAL_OVERRIDES.items())
+    parser = argparse.ArgumentParser(
+        prog="unistream run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Run Redis and every service on this machine, as deploy/docker-compose.yml defines them: "
+            "each service's command and environment come from the compose file (with ${VAR:-default} "
+            "taken from this shell). Ctrl-C stops everything."
+        ),
+        epilog=(
+            "Local overrides (the only differences from `docker compose up`):\n"
+            f"{overrides}\n"
+            "Inherited UNISTREAM_* variables that compose does not declare for a service are not passed\n"
+            "to it (a container would not see them); PYTHONUNBUFFERED=1 mirrors the image.\n"
+            "Replicas are numbered from 1, as compose numbers them. Logs: <run dir>/logs/<service>-<replica>.log;\n"
+            "pids and restarts: <run dir>/run.json."
+        ),
+    )
+    parser.add_argument(
+        "--scale", action="append", default=[], metavar="SERVICE=N",
+        help="run N replicas of SERVICE (repeatable), e.g. --scale trainer=3",
+    )  # fmt: skip
+    parser.add_argument("--port-offset", type=int, default=0, metavar="K", help="add K to every HTTP probe port")
+    parser.add_argument(
+        "--redis-port", type=int, default=None, metavar="P",
+        help=f"port of the Redis that run starts (default {DEFAULT_REDIS_PORT}; 0 or a busy port: a free one); "
+        "ignored when UNISTREAM_REDIS_URL is set",
+    )  # fmt: skip
+    parser.add_argument("--compose", type=Path, default=None, help="compose file (default deploy/docker-compose.yml)")
+    parser.add_argument("--run-dir", type=Path, default=Path(".run"), help="logs, models and Redis data (default .run)")
+    parser.add_argument(
+        "--stop-timeout", type=float, default=10.0, metavar="S",
+        help="seconds a process gets to exit after SIGTERM before SIGKILL (default 10, as compose)",
+    )  # fmt: skip
+    return parser
+
+
+def _unistream_script() -> Path:
+    beside = Path(sys.executable).parent
+    if (beside / "unistream").exists():
+        return beside
+    found = shutil.which("unistream")
+    return Path(found).parent if found else beside
+
+
+def _start_redis(requested_port: int | None, run_dir: Path, parent_pid: int) -> RedisServer:
+    """Our own redis-server with AOF under ``<run dir>/redis``, tied to this process."""
+    port = DEFAULT_REDIS_PORT if requested_port is None else requested_port
+    if port == 0:
+        port = free_port()
+    elif not port_is_free(port):
+        chosen = free_port()
+        print(f"[supervisor] port {port} is busy: Redis goes on port {chosen}", flush=True)
+        port = chosen
+    server = start_redis(run_dir / "redis", port=port, appendonly=True, preexec_fn=make_preexec(parent_pid))
+    print(
+        f"[supervisor] redis-server pid {server.process.pid} on {server.url} "
+        f"(data in {server.data_dir}, binary {server.binary})",
+        flush=True,
+    )
+    return server
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``unistream run``: plan, Redis, supervise until a signal, clean up."""
+    args = build_parser().parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    environ = dict(os.environ)
+    given_redis_url = environ.get("UNISTREAM_REDIS_URL", "")
+    try:
+        if args.redis_port is not None and not 0 <= args.redis_port < 65536:
+            raise PlanError(f"--redis-port {args.redis_port} is not a port number")
+        compose = composefile.load(args.compose or default_compose_path())
+        options = RunOptions(
+            # until our Redis is up its URL is unknown; nothing else in the plan depends on it
+            redis_url=given_redis_url or "redis://127.0.0.1:0/0",
+            run_dir=run_dir,
+            bin_dir=_unistream_script(),
+            python=sys.executable,
+            scale=parse_scale(args.scale),
+            port_offset=args.port_offset,
+        )
+        plan = build_plan(compose, environ, options)
+    except (composefile.ComposeError, PlanError) as exc:
+        print(f"unistream run: {exc}", file=sys.stderr)
+        return 2
+    busy = [spec for spec in plan if spec.http_port and not port_is_free(spec.http_port)]
+    if busy:
+        names = ", ".join(f"{spec.name} ({spec.http_port})" for spec in busy)
+        print(f"unistream run: port(s) in use: {names}; stop what holds them or pass --port-offset", file=sys.stderr)
+        return 1
+
+    server: RedisServer | None = None
+    supervisor: Supervisor | None = None
+
+    def on_signal(signum: int, frame: object) -> None:
+        if supervisor is None:
+            raise KeyboardInterrupt  # still starting: nothing to stop in order yet
+        supervisor.request_stop()
+
+    # SIGHUP too: a closed terminal should stop the services as cleanly as Ctrl-C does
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    try:
+        if given_redis_url:
+            print(
+                f"[supervisor] using Redis at {given_redis_url} (UNISTREAM_REDIS_URL; not started by run)", flush=True
+            )
+        else:
+            try:
+                server = _start_redis(args.redis_port, run_dir, os.getpid())
+            except (RedisNotFound, RuntimeError, ValueError) as exc:
+                print(f"unistream run: cannot start Redis: {exc}", file=sys.stderr)
+                return 1
+            plan = build_plan(compose, environ, dataclasses.replace(options, redis_url=server.url))
+        redis_url = server.url if server else given_redis_url
+        dashboard = next((spec for spec in plan if spec.service == "dashboard" and spec.http_port), None)
+
+        def announce() -> None:
+            if dashboard is not None:
+                print(f"unistream is running: dashboard at http://127.0.0.1:{dashboard.http_port}", flush=True)
+            else:
+                print(f"unistream is running: {len(plan)} processes", flush=True)
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if any("UNISTREAM_MODEL_DIR" in spec.environment for spec in plan):
+            (run_dir / "models").mkdir(exist_ok=True)  # compose's named volume exists before the services too
+        supervisor = Supervisor(
+            plan,
+            environ,
+            sys.stdout.buffer,
+            state_path=run_dir / "run.json",
+            stop_timeout_s=args.stop_timeout,
+            extra_state={"redis_url": redis_url, "redis_pid": server.process.pid if server else None},
+        )
+        supervisor.run(on_started=announce)
+        restarts = {name: n for name, n in supervisor.restarts().items() if n}
+        if restarts:
+            print(f"[supervisor] restarts: {', '.join(f'{k}={v}' for k, v in restarts.items())}", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+            print("[supervisor] redis-server stopped", flush=True)

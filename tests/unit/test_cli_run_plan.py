@@ -1,0 +1,172 @@
+"""The pure half of `unistream run`: options and a compose dict in, a process plan out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unistream_common.compose import ComposeError
+from unistream_common.supervisor import (
+    Backoff,
+    PlanError,
+    ProcessSpec,
+    RunOptions,
+    build_parser,
+    build_plan,
+    child_environment,
+    parse_scale,
+)
+
+RUN_DIR = Path("/tmp/unistream-run")
+
+
+def options(**kw: object) -> RunOptions:
+    base: dict[str, object] = {
+        "redis_url": "redis://127.0.0.1:7000/0",
+        "run_dir": RUN_DIR,
+        "bin_dir": Path("/venv/bin"),
+        "python": "/venv/bin/python",
+    }
+    base.update(kw)
+    return RunOptions(**base)  # type: ignore[arg-type]
+
+
+def small_compose() -> dict:
+    return {
+        "services": {
+            "redis": {"image": "redis:7.4", "command": ["redis-server"]},
+            "web": {
+                "command": ["unistream", "dashboard"],
+                "environment": {"UNISTREAM_HTTP_PORT": "8501", "UNISTREAM_SYMBOLS": "${SYMS:-ETHUSDT}"},
+                "depends_on": {"worker": {"condition": "service_started"}},
+            },
+            "worker": {
+                "command": ["python", "-c", "print(1)"],
+                "environment": ["UNISTREAM_HTTP_PORT=9000", "UNISTREAM_MODEL_DIR=/models", "EXTRA=${EXTRA}"],
+            },
+            "job": {"command": "sh -c 'exit 0'"},
+        }
+    }
+
+
+def test_plan_starts_dependencies_first_and_skips_redis() -> None:
+    plan = build_plan(small_compose(), {}, options())
+    assert [spec.name for spec in plan] == ["worker-1", "web-1", "job-1"]
+
+
+def test_argv0_unistream_and_python_resolve_beside_this_interpreter() -> None:
+    plan = {spec.service: spec for spec in build_plan(small_compose(), {}, options())}
+    assert plan["web"].argv == ("/venv/bin/unistream", "dashboard")
+    assert plan["worker"].argv == ("/venv/bin/python", "-c", "print(1)")
+    assert plan["job"].argv == ("sh", "-c", "exit 0")
+
+
+def test_environment_is_interpolated_from_the_given_environment() -> None:
+    plan = {spec.service: spec for spec in build_plan(small_compose(), {"SYMS": "BTCUSDT", "EXTRA": "x"}, options())}
+    assert plan["web"].environment["UNISTREAM_SYMBOLS"] == "BTCUSDT"
+    assert plan["worker"].environment["EXTRA"] == "x"
+    plan = {spec.service: spec for spec in build_plan(small_compose(), {}, options())}
+    assert plan["web"].environment["UNISTREAM_SYMBOLS"] == "ETHUSDT"
+    assert plan["worker"].environment["EXTRA"] == ""
+
+
+def test_scale_and_port_offset_give_each_replica_from_1_its_own_port_and_consumer_name() -> None:
+    plan = build_plan(small_compose(), {}, options(scale={"worker": 3}, port_offset=10))
+    workers = [spec for spec in plan if spec.service == "worker"]
+    assert [spec.http_port for spec in workers] == [9010, 9011, 9012]
+    assert [spec.environment["UNISTREAM_HTTP_PORT"] for spec in workers] == ["9010", "9011", "9012"]
+    assert [spec.environment["UNISTREAM_CONSUMER_NAME"] for spec in workers] == ["worker-1", "worker-2", "worker-3"]
+    assert [spec.log_path for spec in workers] == [RUN_DIR / "logs" / f"worker-{i}.log" for i in (1, 2, 3)]
+    web = next(spec for spec in plan if spec.service == "web")
+    assert web.http_port == 8511
+
+
+def test_scale_zero_leaves_a_service_out() -> None:
+    plan = build_plan(small_compose(), {}, options(scale={"web": 0}))
+    assert "web" not in {spec.service for spec in plan}
+
+
+def test_services_without_a_port_get_no_port_but_still_the_other_overrides() -> None:
+    job = next(spec for spec in build_plan(small_compose(), {}, options()) if spec.service == "job")
+    assert job.http_port is None
+    assert job.environment == {
+        "UNISTREAM_REDIS_URL": "redis://127.0.0.1:7000/0",
+        "UNISTREAM_HTTP_HOST": "127.0.0.1",
+        "UNISTREAM_CONSUMER_NAME": "job-1",
+    }
+
+
+def test_model_dir_is_moved_under_the_run_dir_only_where_compose_sets_one() -> None:
+    plan = {spec.service: spec for spec in build_plan(small_compose(), {}, options())}
+    assert plan["worker"].environment["UNISTREAM_MODEL_DIR"] == str(RUN_DIR / "models")
+    assert "UNISTREAM_MODEL_DIR" not in plan["web"].environment
+
+
+def test_replicas_that_would_share_a_port_are_refused() -> None:
+    doc = small_compose()
+    doc["services"]["web"]["environment"]["UNISTREAM_HTTP_PORT"] = "9001"
+    with pytest.raises(PlanError, match="worker-2 and web-1|web-1 and worker-2"):
+        build_plan(doc, {}, options(scale={"worker": 2}))
+
+
+def test_bad_options_are_refused_with_a_reason() -> None:
+    with pytest.raises(PlanError, match="unknown service"):
+        build_plan(small_compose(), {}, options(scale={"trainer": 2}))
+    with pytest.raises(PlanError, match="port-offset"):
+        build_plan(small_compose(), {}, options(port_offset=-1))
+    with pytest.raises(PlanError, match="lower --port-offset"):
+        build_plan(small_compose(), {}, options(port_offset=60000))
+    doc = small_compose()
+    doc["services"]["web"]["environment"]["UNISTREAM_HTTP_PORT"] = "http"
+    with pytest.raises(PlanError, match="not a port number"):
+        build_plan(doc, {}, options())
+    doc = small_compose()
+    doc["services"]["web"]["environment"]["UNISTREAM_SYMBOLS"] = "${SYMS:?set SYMS}"
+    with pytest.raises(ComposeError, match="set SYMS"):
+        build_plan(doc, {}, options())
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [([], {}), (["trainer=3"], {"trainer": 3}), (["trainer=3", "ingest=0", "trainer=2"], {"trainer": 2, "ingest": 0})],
+)
+def test_parse_scale_reads_service_equals_count(items: list[str], expected: dict[str, int]) -> None:
+    assert parse_scale(items) == expected
+
+
+@pytest.mark.parametrize("item", ["trainer", "trainer=", "=3", "trainer=-1", "trainer=x"])
+def test_parse_scale_refuses_anything_else(item: str) -> None:
+    with pytest.raises(PlanError, match="SERVICE=N"):
+        parse_scale([item])
+
+
+def test_child_environment_keeps_the_shell_but_only_the_declared_unistream_variables() -> None:
+    spec = ProcessSpec(
+        service="web",
+        replica=1,
+        argv=("x",),
+        environment={"UNISTREAM_HTTP_PORT": "8501"},
+        http_port=8501,
+        log_path=RUN_DIR / "web-1.log",
+    )
+    inherited = {"PATH": "/bin", "UNISTREAM_LOG_LEVEL": "DEBUG", "UNISTREAM_HTTP_PORT": "1"}
+    env = child_environment(spec, inherited)
+    assert env == {"PATH": "/bin", "PYTHONUNBUFFERED": "1", "UNISTREAM_HTTP_PORT": "8501"}
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    backoff = Backoff(initial_s=0.5, max_s=4.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_help_lists_every_local_override() -> None:
+    text = build_parser().format_help()
+    for name in (
+        "UNISTREAM_REDIS_URL",
+        "UNISTREAM_HTTP_HOST",
+        "UNISTREAM_HTTP_PORT",
+        "UNISTREAM_MODEL_DIR",
+        "UNISTREAM_CONSUMER_NAME",
+    ):
+        assert name in text
