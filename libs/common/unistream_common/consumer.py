@@ -111,6 +111,18 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def _honour_cancel() -> None:
+    """Re-raise a cancellation that an inner ``asyncio.wait_for`` swallowed.
+
+    redis-py wraps commands in ``wait_for`` when a socket timeout is set, and on Python 3.11
+    that can lose a ``cancel()`` (CPython gh-86296, fixed in 3.12): the loop would run on after
+    shutdown asked it to stop. Checked once per loop iteration.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class GroupConsumer:
     """One registered consumer (a consumer group) and its read-process-commit loop."""
 
@@ -137,6 +149,9 @@ class GroupConsumer:
         self.packet_types = tuple(packet_types) if packet_types else None
         self.connected = False
         self.held: set[tuple[str, str]] = set()  # delivered, not yet acknowledged by the callback
+        # Entries the callback was holding when the runtime last rewound: their redelivery is
+        # the runtime's doing, not a sign of poison, so it does not count towards max_deliveries.
+        self._rewound: set[tuple[str, str]] = set()
         self._next_claim = 0.0
         self._next_timer = 0.0
         self._labels = {"group": name}
@@ -159,6 +174,7 @@ class GroupConsumer:
                 await self._setup()
                 await self._rewind()
                 await self._drain_pending()
+                self._rewound.clear()
                 self.connected = True
                 delay = self.options.backoff_min_s
                 await self._loop()
@@ -193,6 +209,7 @@ class GroupConsumer:
             await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
 
     async def _rewind(self) -> None:
+        self._rewound = set(self.held)
         self.held.clear()
         if self.on_rewind is not None:
             await _maybe_await(self.on_rewind())
@@ -200,6 +217,7 @@ class GroupConsumer:
     async def _loop(self) -> None:
         opts = self.options
         while True:
+            _honour_cancel()
             now = time.monotonic()
             if now >= self._next_claim:
                 self._next_claim = now + opts.claim_every_s
@@ -228,6 +246,7 @@ class GroupConsumer:
         for stream in self.streams:
             last = "0"
             while True:
+                _honour_cancel()
                 reply = await self.runtime.cmd.xreadgroup(
                     self.group, self.consumer, {stream: last}, count=self.options.batch_size
                 )
@@ -244,6 +263,7 @@ class GroupConsumer:
         for stream in self.streams:
             cursor = "0-0"
             while True:
+                _honour_cancel()
                 reply = await self.runtime.cmd.xautoclaim(
                     stream,
                     self.group,
@@ -293,7 +313,7 @@ class GroupConsumer:
                     self.stats.inc("consumer_skipped", **self._labels)
                     continue
                 n = deliveries.get(eid, 1)
-                if n > max_d:
+                if n > max_d and (stream, eid) not in self._rewound:
                     dead.append((stream, eid, fields, f"delivered {n} times without being acknowledged"))
                     continue
                 messages.append(Message(stream, eid, packet, n, fields))

@@ -33,7 +33,8 @@ class CommonSettings(BaseSettings):
         ("ETHUSDT", "BTCUSDT"), description="Comma-separated venue symbols"
     )
     source: Literal["auto", "synthetic"] = Field(
-        "auto", description="Market data source: auto (live when reachable, else synthetic) or synthetic"
+        "auto",
+        description="Market data source: synthetic, or auto (in this build the synthetic market, logged as such)",
     )
     http_host: str = Field("127.0.0.1", description="Address of the service's HTTP probes")
     http_port: int = Field(0, ge=0, le=65535, description="Port of the HTTP probes (0: the service's default)")

@@ -1,0 +1,21 @@
+"""Settings of the aggregator service (``UNISTREAM_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from unistream_common.settings import CommonSettings
+
+
+class AggregatorSettings(CommonSettings):
+    """Aggregator: 1 s bars from ticks into ``md:bars:{SYMBOL}:1s``."""
+
+    bar_retention: int = Field(
+        86_400, ge=1, description="Bars kept per stream (XADD MAXLEN ~), 86,400 = one day of 1s bars"
+    )
+    grace_ms: int = Field(
+        250, ge=0, le=60_000, description="Wall-clock wait after a bar's end before the timer closes it, ms"
+    )
+    max_fill_gap_s: int = Field(
+        3_600, ge=0, description="Longest run of empty seconds filled with flat bars; longer gaps stay visible"
+    )

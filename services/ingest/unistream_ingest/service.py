@@ -1,0 +1,282 @@
+"""I/O shell of the ingest service: the synthetic market's trades into ``md:ticks:{SYMBOL}``.
+
+Every ``flush_interval_ms`` the writer advances the market to wall-clock now, buffers the new
+trades, and writes one :class:`~unistream_common.packets.TickBatch` entry per symbol (split at
+``max_batch_ticks``) with ``XADD * MINID ~ now-retention`` in one pipelined round trip.
+
+Failure policy (never silent):
+
+- A Redis error keeps the unsent ticks in a bounded :class:`~unistream_ingest.core.TickBuffer`
+  and retries with capped exponential backoff; each failed attempt counts ``ingest_write_errors``.
+  Ticks pushed out of a full buffer count ``ingest_ticks_dropped``.
+- When a write's outcome is unknown (the connection broke mid-pipeline), the writer reads each
+  symbol's top entry before retrying and discards buffered ticks whose trade id is already
+  there (``ingest_ticks_already_written``), so a retry never writes a trade twice. This relies
+  on one writer per tick stream and on Redis executing a pipeline's commands in order.
+
+Live Binance and replay come in a later build: ``UNISTREAM_SOURCE=auto`` uses the simulator and
+says so in the log, and every batch carries ``source="SYNTHETIC"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from unistream_common import codec, keys
+from unistream_common.packets import Tick, TickBatch
+from unistream_common.redisio import command_client
+from unistream_common.service import ServiceContext
+from unistream_common.stats import Stats
+from unistream_ingest.core import SyntheticMarket, TickBuffer
+from unistream_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "ingest"
+SOURCE = "SYNTHETIC"
+READY_WINDOW_S = 5.0  # ready while the last successful Redis round trip is this recent
+IDLE_PING_S = 1.0  # with nothing to write, PING this often so readiness still means "Redis answers"
+BACKOFF_MIN_S = 0.1
+SHUTDOWN_FLUSH_S = 1.0  # on SIGTERM, try this long to write what is buffered
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def wall_ms() -> int:
+    """Wall-clock time, ms since the epoch."""
+    return int(time.time() * 1000)
+
+
+def raise_if_cancel_lost() -> None:
+    """Raise CancelledError if this task was cancelled but a library swallowed the cancellation.
+
+    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses for every socket write when a socket
+    timeout is set) loses a ``cancel()`` that lands as the write completes (CPython gh-86296,
+    fixed in 3.12). The task then runs on with ``cancelling() > 0`` and a shutdown that awaits it
+    hangs. Calling this once per loop iteration turns such a lost cancel back into a stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class IngestWriter:
+    """Advances the market on a fixed cadence and writes its trades to Redis."""
+
+    def __init__(self, settings: IngestSettings, stats: Stats, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.stats = stats
+        self.redis = redis
+        self.symbols = list(settings.symbols)
+        self.buffer = TickBuffer(settings.max_buffer_ticks)
+        self.market: SyntheticMarket | None = None
+        self._last_ok = -float("inf")  # monotonic time of the last successful round trip
+        self._uncertain = True  # unknown what the stream holds: resolve before the first write
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_MIN_S
+        self._last_error = ""  # last Redis error, "" once writes succeed again
+        self._dropping: set[str] = set()  # symbols whose buffer overflowed since the last good write
+        stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
+        stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
+        stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
+
+    # --- probes ----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True while the last successful Redis round trip was less than READY_WINDOW_S ago."""
+        return time.monotonic() - self._last_ok < READY_WINDOW_S
+
+    def info(self) -> dict[str, Any]:
+        """State for /stats."""
+        m = self.market
+        return {
+            "source": SOURCE,
+            "configured_source": self.settings.source,
+            "seed": self.settings.seed,
+            "start_ms": m.start_ms if m else None,
+            "released_to_ms": m.released_to_ms if m else None,
+            "buffered_ticks": self.buffer.size(),
+            "last_error": self._last_error,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the market, continuing each symbol's price and trade ids from Redis.
+
+        Waits (with backoff) until Redis answers: there is nothing to do without it.
+        """
+        if self.settings.source == "auto":
+            log.warning(
+                "UNISTREAM_SOURCE=auto: live Binance is not implemented in this build; using the seeded "
+                "synthetic market (every batch is marked SYNTHETIC)"
+            )
+        else:
+            log.info("UNISTREAM_SOURCE=synthetic: seeded synthetic market")
+        delay = BACKOFF_MIN_S
+        while True:
+            try:
+                tops = await self._read_tops()
+                break
+            except REDIS_ERRORS as exc:
+                self._note_error(exc)
+                raise_if_cancel_lost()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_backoff_max_ms / 1000)
+        self._uncertain = False
+        self._last_ok = time.monotonic()
+        start_ms = wall_ms()
+        prices = {s: t.price for s, t in tops.items() if t is not None}
+        # ids continue upwards with a visible gap: the market was not observed while we were down
+        first_ids = {s: max(start_ms, t.trade_id + 2) for s, t in tops.items() if t is not None}
+        self.market = SyntheticMarket(self.symbols, self.settings.seed, start_ms, prices, first_ids)
+        log.info(
+            "synthetic market for %s, seed %d, start %d, continuing from %s",
+            ",".join(self.symbols), self.settings.seed, start_ms, prices or "the default prices",
+        )  # fmt: skip
+
+    async def run(self) -> None:
+        """Start, then advance and write every flush interval until cancelled."""
+        await self.start()
+        interval = self.settings.flush_interval_ms / 1000
+        next_at = time.monotonic()
+        try:
+            while True:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay < -interval:  # fell behind (a slow write): do not try to catch up in a burst
+                    next_at = time.monotonic()
+                await asyncio.sleep(max(0.0, delay))
+                await self.cycle(wall_ms())
+                raise_if_cancel_lost()
+        except asyncio.CancelledError:
+            with contextlib.suppress(*REDIS_ERRORS):
+                if self.buffer.size():
+                    await asyncio.wait_for(self._write(wall_ms()), SHUTDOWN_FLUSH_S)
+            if self.buffer.size():
+                log.warning("stopping with %d unwritten ticks", self.buffer.size())
+            else:
+                log.info("stopped; every generated tick was written")
+            raise
+
+    async def cycle(self, now_ms: int) -> None:
+        """One cycle: release the market's trades up to ``now_ms``, then write if not backing off."""
+        assert self.market is not None, "start() first"
+        for symbol, ticks in self.market.advance(now_ms).items():
+            if not ticks:
+                continue
+            self.stats.inc("ingest_ticks_generated", len(ticks), symbol=symbol)
+            dropped = self.buffer.extend(symbol, ticks)
+            if dropped:
+                self.stats.inc("ingest_ticks_dropped", dropped, symbol=symbol)
+                if symbol not in self._dropping:  # once per outage, not every cycle
+                    self._dropping.add(symbol)
+                    log.warning("%s: send buffer full; dropping the oldest unsent ticks (ingest_ticks_dropped)", symbol)
+        self.stats.set("ingest_buffered_ticks", self.buffer.size())
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            await self._write(now_ms)
+        except REDIS_ERRORS as exc:
+            self._note_error(exc)
+            self._retry_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, self.settings.retry_backoff_max_ms / 1000)
+            return
+        self._backoff = BACKOFF_MIN_S
+
+    # --- Redis -----------------------------------------------------------------------------
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.stats.inc("ingest_write_errors")
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_error:
+            log.warning("Redis write failed (%s); ticks kept for retry", text)
+        self._last_error = text
+
+    async def _read_tops(self) -> dict[str, Tick | None]:
+        """Last trade written to each symbol's tick stream (None if empty or unreadable)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for symbol in self.symbols:
+            pipe.xrevrange(keys.ticks(symbol), count=1)
+        replies = await pipe.execute()
+        out: dict[str, Tick | None] = {}
+        for symbol, reply in zip(self.symbols, replies):
+            out[symbol] = None
+            if not reply:
+                continue
+            try:
+                packet = codec.decode(reply[0][1])
+            except codec.DecodeError as exc:
+                log.warning("%s: top entry of %s is unreadable (%s); not continuing from it", symbol,
+                            keys.ticks(symbol), exc)  # fmt: skip
+                continue
+            if isinstance(packet, TickBatch):
+                out[symbol] = packet.ticks[-1]
+        return out
+
+    async def _write(self, now_ms: int) -> None:
+        """Write everything buffered; raise a Redis error if any part failed (kept for retry)."""
+        if self._uncertain:
+            tops = await self._read_tops()
+            for symbol, top in tops.items():
+                if top is not None:
+                    n = self.buffer.discard_through(symbol, top.trade_id)
+                    if n:
+                        self.stats.inc("ingest_ticks_already_written", n, symbol=symbol)
+            self._uncertain = False
+        chunks = self.buffer.chunks(self.settings.max_batch_ticks)
+        if not chunks:
+            if time.monotonic() - self._last_ok >= IDLE_PING_S:
+                await self.redis.ping()
+                self._last_ok = time.monotonic()
+            return
+        min_id = max(0, now_ms - self.settings.tick_retention_s * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for symbol, ticks in chunks:
+            batch = TickBatch(symbol=symbol, source=SOURCE, ticks=ticks)
+            pipe.xadd(keys.ticks(symbol), codec.encode(batch), id="*", minid=min_id, approximate=True)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._uncertain = True  # some commands may have run before the connection broke
+            raise
+        failure: BaseException | None = None
+        for (symbol, ticks), reply in zip(chunks, replies):
+            if isinstance(reply, Exception):
+                # Later chunks of this symbol may still succeed: they are written out of order
+                # rather than twice; the aggregator counts any tick that arrives too late.
+                failure = reply
+                continue
+            self.buffer.discard(symbol, ticks)
+            self.stats.inc("ingest_ticks_written", len(ticks), symbol=symbol)
+            self.stats.inc("ingest_batches_written", symbol=symbol)
+            self.stats.set("ingest_last_price", ticks[-1].price, symbol=symbol)
+            self.stats.set("ingest_last_trade_ms", ticks[-1].ts_event_ms, symbol=symbol)
+        self.stats.set("ingest_buffered_ticks", self.buffer.size())
+        if failure is not None:
+            raise failure
+        self._last_ok = time.monotonic()
+        if self._last_error:
+            log.info("Redis writes succeed again")
+            self._last_error = ""
+        self._dropping.clear()
+
+
+async def worker(ctx: ServiceContext) -> None:
+    """Service worker for :func:`unistream_common.service.run_service`."""
+    settings = ctx.settings
+    assert isinstance(settings, IngestSettings)
+    redis = command_client(settings.redis_url, name=f"{SERVICE}:writer", timeout_s=2.0)
+    writer = IngestWriter(settings, ctx.stats, redis)
+    ctx.ready = writer.ready
+    ctx.info = writer.info
+    try:
+        await writer.run()
+    finally:
+        await redis.aclose()

@@ -1,0 +1,228 @@
+"""The whole system, started the way a user starts it and observed the way a user observes it.
+
+``unistream run`` brings up Redis and the five services; the dashboard is read in a real
+headless Chromium; ``unistream status`` lists the groups; a service killed with SIGKILL comes
+back by itself and the bars carry on without a doubled or missing interval; Ctrl-C (SIGINT)
+stops every process that was started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import itertools
+
+from browser import CHROMIUM, chromium, number, open_app, unistream_command, wait_for_text
+
+from unistream_common import codec, keys
+from unistream_common.redis_server import free_port, port_is_free
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_PORTS = (8001, 8002, 8003, 8004, 8005, 8501)  # two trainers: 8004 and 8005
+SYMBOLS = ("ETHUSDT", "BTCUSDT")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (make test installs it as root)"
+    ),
+]
+
+
+def pick_port_offset() -> int:
+    for _ in range(200):
+        offset = random.randrange(20_000, 50_000)
+        if all(port_is_free(p + offset) for p in SERVICE_PORTS):
+            return offset
+    raise RuntimeError("no free block of ports")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.add(child)
+            stack.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[dict[str, object]]:
+    """``unistream run --scale trainer=2`` in a scratch directory, its own Redis on a free port."""
+    redis_port = free_port()
+    offset = pick_port_offset()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
+    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO"})
+    log_path = tmp_path / "run.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            *unistream_command(), "run",
+            "--compose", str(REPO / "deploy" / "docker-compose.yml"),
+            "--scale", "trainer=2",
+            "--port-offset", str(offset),
+            "--redis-port", str(redis_port),
+        ],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    info: dict[str, object] = {
+        "proc": proc,
+        "log": log_path,
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+        "dashboard": f"http://127.0.0.1:{8501 + offset}",
+        "cwd": tmp_path,
+    }
+    try:
+        yield info
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"unistream run exited {proc.returncode}:\n{path.read_text()[-4000:]}")
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in the log after {timeout_s}s:\n{path.read_text()[-4000:]}")
+
+
+def status_json(redis_url: str) -> dict[str, object]:
+    out = subprocess.run(
+        [*unistream_command(), "status", "--json"],
+        env={**os.environ, "UNISTREAM_REDIS_URL": redis_url},
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def bar_open_times(client: redis.Redis, symbol: str) -> list[int]:
+    return [int(eid.split(b"-")[0]) for eid, _ in client.xrange(keys.bars(symbol, "1s"))]
+
+
+def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_cleanly(
+    system: dict[str, object],
+) -> None:
+    proc: subprocess.Popen[bytes] = system["proc"]  # type: ignore[assignment]
+    log_path: Path = system["log"]  # type: ignore[assignment]
+    url: str = system["dashboard"]  # type: ignore[assignment]
+    started = time.monotonic()
+    wait_log(log_path, f"dashboard at {url}", proc, timeout_s=90)
+
+    # The dashboard, in a real browser: counts are non-zero and grow, prices are live.
+    with chromium() as browser, open_app(browser, url, timeout_s=60) as page:
+        first: dict[str, tuple[int, int]] = {}
+        for sym in SYMBOLS:
+            card = f".st-key-tds-{sym}"
+            ticks = wait_for_text(page, card, r"Tick cache: [\d,]+ / [\d,]+ \(total ([\d,]+)\)", 90,
+                                  accept=lambda m: number(m.group(1)) > 0)  # fmt: skip
+            bars = wait_for_text(page, card, r"1s bars: [\d,]+ / [\d,]+ \(total ([\d,]+)\)", 60,
+                                 accept=lambda m: number(m.group(1)) > 0)  # fmt: skip
+            wait_for_text(page, card, r"Stream: LIVE", 30)
+            wait_for_text(page, card, r"Source: SYNTHETIC", 10)
+            wait_for_text(page, card, r"Price: [\d,]+\.\d+", 10)
+            first[sym] = (number(ticks.group(1)), number(bars.group(1)))
+        assert time.monotonic() - started < 60, "the dashboard must show live numbers within 60 s"
+        for sym in SYMBOLS:
+            card = f".st-key-tds-{sym}"
+            t0, b0 = first[sym]
+            wait_for_text(page, card, r"Tick cache: [\d,]+ / [\d,]+ \(total ([\d,]+)\)", 30,
+                          accept=lambda m, t0=t0: number(m.group(1)) > t0)  # fmt: skip
+            wait_for_text(page, card, r"1s bars: [\d,]+ / [\d,]+ \(total ([\d,]+)\)", 30,
+                          accept=lambda m, b0=b0: number(m.group(1)) > b0)  # fmt: skip
+        assert "REAL MARKET DATA" not in page.locator(".st-key-tds").first.inner_text()
+
+    # Operators see every group with its consumers.
+    status = status_json(system["redis_url"])  # type: ignore[arg-type]
+    groups = {(g["stream"], g["name"]): g for g in status["groups"]}  # type: ignore[index]
+    for sym in SYMBOLS:
+        assert groups[(keys.ticks(sym), "aggregator")]["consumers"] >= 1
+        assert groups[(keys.ticks(sym), "features")]["consumers"] >= 1
+        assert groups[(keys.bars(sym, "1s"), "features")]["consumers"] >= 1
+    assert groups[(keys.TRAINING, "trainer")]["consumers"] == 2
+
+    # The trainers learn: metrics arrive from both replicas.
+    client = redis.Redis.from_url(system["redis_url"], protocol=2)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 120
+    producers: set[str] = set()
+    while time.monotonic() < deadline and len(producers) < 2:
+        for _, fields in client.xrevrange(keys.METRICS, count=50):
+            producers.add(codec.decode(fields).producer)  # type: ignore[union-attr]
+        time.sleep(1)
+    assert producers == {"trainer-1", "trainer-2"}
+
+    # SIGKILL the aggregator: the supervisor restarts it and bars carry on, exactly once.
+    sup = proc.pid
+    aggregator = [p for p in descendants(sup) if "unistream aggregator" in cmdline(p)]
+    assert len(aggregator) == 1, [cmdline(p) for p in descendants(sup)]
+    before = {sym: len(bar_open_times(client, sym)) for sym in SYMBOLS}
+    os.kill(aggregator[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        again = [p for p in descendants(sup) if "unistream aggregator" in cmdline(p) and p != aggregator[0]]
+        if again and all(len(bar_open_times(client, s)) > before[s] + 3 for s in SYMBOLS):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"aggregator did not come back:\n{log_path.read_text()[-4000:]}")
+    for sym in SYMBOLS:
+        opens = bar_open_times(client, sym)
+        steps = {b - a for a, b in itertools.pairwise(opens)}
+        assert steps == {1000}, f"{sym}: bar intervals not consecutive after the kill: {sorted(steps)[:5]}"
+
+    # Ctrl-C: every process started goes away, and the supervisor exits 0.
+    tree = descendants(sup)
+    assert len(tree) >= 7  # redis + ingest + aggregator + features + 2 trainers + dashboard
+    os.killpg(sup, signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(p) for p in tree):
+        time.sleep(0.2)
+    left = [cmdline(p) for p in tree if alive(p)]
+    assert not left, f"orphans left after Ctrl-C: {left}"
+    client.close()
