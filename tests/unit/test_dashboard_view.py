@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from unistream_common.packets import MetricsPacket
+from unistream_common.redisio import safe_url
 from unistream_dashboard import charts, samples, view
 from unistream_dashboard.view import ConsumerInfo, GroupInfo, Skipped, StreamInfo
 
@@ -115,8 +116,8 @@ def test_md_escape_neutralises_markdown_in_external_names() -> None:
 
 
 def test_redacted_hides_the_password_only() -> None:
-    assert view.redacted("redis://user:secret@redis:6379/0") == "redis://user:***@redis:6379/0"
-    assert view.redacted("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
+    assert safe_url("redis://user:secret@redis:6379/0") == "redis://user:***@redis:6379/0"
+    assert safe_url("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
 
 
 def test_id_key_orders_ids_as_redis_does() -> None:

@@ -264,6 +264,17 @@ def test_engine_after_rebuild_emits_only_bars_newer_than_the_emission_mark():
     np.testing.assert_allclose(state[: window.size], window.reshape(-1), atol=1e-6)
 
 
+def test_totals_after_a_rebuild_are_never_below_the_cache_sizes():
+    engine = small_engine()
+    engine.rebuild("ETHUSDT", random_walk_bars(20), [make_ticks(50, T0)], emitted_until_ms=0)
+    st = engine.symbol("ETHUSDT")
+    assert (st.ticks_seen, st.bars_seen) == (50, 20)
+    engine.on_ticks(make_ticks(5, T0 + 60_000, first_id=1_000))
+    assert st.ticks_seen == 55
+    engine.rebuild("ETHUSDT", random_walk_bars(20), [make_ticks(50, T0)], emitted_until_ms=0)
+    assert st.ticks_seen == 55, "a second rebuild does not count the same trades again"
+
+
 def test_engine_trims_the_bar_buffer_to_capacity():
     engine = small_engine()
     for b in random_walk_bars(130):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -84,3 +85,12 @@ async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
     """Redis server version as a tuple of ints."""
     info = await client.info("server")
     return tuple(int(x) for x in str(info["redis_version"]).split(".")[:3])
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for logs, messages and pages."""
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+        return urlunparse(parsed._replace(netloc=netloc))
+    return url

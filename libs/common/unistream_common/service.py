@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from unistream_common.redisio import command_client
+from unistream_common.redisio import command_client, safe_url
 from unistream_common.settings import CommonSettings
 from unistream_common.stats import Stats
 
@@ -140,7 +140,7 @@ def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stat
     app = create_app(ctx, worker, on_worker_exit=stop)
     config = uvicorn.Config(app, host=settings.http_host, port=port, log_level="warning", lifespan="on")
     server = _Server(config)
-    log.info("%s: probes on http://%s:%d, redis %s", name, settings.http_host, port, settings.redis_url)
+    log.info("%s: probes on http://%s:%d, redis %s", name, settings.http_host, port, safe_url(settings.redis_url))
     server.run()
     if ctx.worker_error is not None:
         return 1

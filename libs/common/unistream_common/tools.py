@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlparse, urlunparse
 
 import redis
 from redis.backoff import NoBackoff
@@ -23,7 +22,7 @@ from redis.retry import Retry
 
 from unistream_common import codec, keys
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redisio import PROTOCOL, s
+from unistream_common.redisio import PROTOCOL, s, safe_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # CommonSettings' default
 DEFAULT_SYMBOLS = "ETHUSDT,BTCUSDT"
@@ -51,15 +50,6 @@ def redis_url_from(explicit: str | None, environ: Mapping[str, str], run_state: 
     if isinstance(url, str) and url:
         return url, str(run_state)
     return DEFAULT_REDIS_URL, "default"
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password masked, for messages."""
-    parsed = urlparse(url)
-    if parsed.password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-        return urlunparse(parsed._replace(netloc=netloc))
-    return url
 
 
 def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from unistream_common.redisio import safe_url
 from unistream_common.settings import load_settings
 from unistream_dashboard.settings import DashboardSettings
-from unistream_dashboard.view import redacted
 
 APP = Path(__file__).with_name("app.py")
 
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
     args = streamlit_argv(settings, argv)
     print(
         f"unistream dashboard: serving on http://{settings.http_host}:{settings.port} "
-        f"(Redis {redacted(settings.redis_url)}, symbols {','.join(settings.symbols)})",
+        f"(Redis {safe_url(settings.redis_url)}, symbols {','.join(settings.symbols)})",
         file=sys.stderr,
         flush=True,
     )

@@ -22,6 +22,7 @@ import redis
 import streamlit as st
 from pydantic import ValidationError
 
+from unistream_common.redisio import safe_url
 from unistream_common.settings import describe_errors
 from unistream_dashboard import charts, data, view
 from unistream_dashboard.settings import DashboardSettings
@@ -38,7 +39,7 @@ def _now_ms() -> int:
 
 def _redis_failed(settings: DashboardSettings, exc: redis.RedisError) -> None:
     """Banner for a failed read; the panel's next scheduled refresh simply tries again."""
-    where = view.redacted(settings.redis_url)
+    where = safe_url(settings.redis_url)
     reason = str(exc).rstrip(".")
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         st.error(
@@ -202,7 +203,7 @@ def main() -> None:
         st.stop()
     st.title("unistream")
     st.caption(
-        f"Live market data → RL training data{view.SEP}Redis {view.redacted(settings.redis_url)}"
+        f"Live market data → RL training data{view.SEP}Redis {safe_url(settings.redis_url)}"
         f"{view.SEP}symbols {', '.join(settings.symbols)}{view.SEP}refresh every {settings.refresh_s:g} s"
     )
     _live(training_data_stream, settings)

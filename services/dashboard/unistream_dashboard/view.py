@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from urllib.parse import urlparse
 
 from unistream_common import codec
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
@@ -116,15 +115,6 @@ def fmt_utc(ts_ms: int | None) -> str:
 def utc_datetime(ts_ms: int) -> datetime:
     """Timezone-aware UTC datetime of an epoch-ms timestamp (chart axes)."""
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password, for error messages shown on the page."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-    return parsed._replace(netloc=netloc).geturl()
 
 
 def id_ms(entry_id: str) -> int:

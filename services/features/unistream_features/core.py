@@ -56,8 +56,10 @@ class SymbolState:
     ticks: micro.TickCache
     bars: list[Bar] = field(default_factory=list)  # sorted by open_time_ms, unique
     opens: list[int] = field(default_factory=list)  # open_time_ms of ``bars``, for bisect
-    ticks_seen: int = 0  # trades accepted from the stream by this process (rebuilt ones excluded)
-    bars_seen: int = 0  # new 1s bars accepted from the stream by this process
+    # Trades / new 1s bars taken in by this process. A rebuild from the streams counts what it
+    # loaded (never below the cache's size), so the dashboard's total is never below the cache.
+    ticks_seen: int = 0
+    bars_seen: int = 0
     training_packets: int = 0  # training packets produced by this process
     emitted_until_ms: int = 0  # close time of the newest bar a training packet exists for
     last_price: float = 0.0
@@ -114,6 +116,8 @@ class FeatureEngine:
             st.source = ordered[-1].source
         self.events["rebuilt_bars"] += len(ordered)
         self.events["rebuilt_ticks"] += len(st.ticks)
+        st.ticks_seen = max(st.ticks_seen, len(st.ticks))
+        st.bars_seen = max(st.bars_seen, len(st.bars))
 
     def on_ticks(self, batch: TickBatch) -> None:
         """Add a batch of trades to its symbol's cache."""
