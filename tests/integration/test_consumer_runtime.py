@@ -13,7 +13,7 @@ from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write
 from unistream_common.packets import MetricsPacket
 from unistream_common.redis_server import RedisServer, start_redis
-from unistream_common.redisio import command_client
+from unistream_common.redisio import command_client, s
 from unistream_common.stats import Stats
 
 SRC = keys.METRICS
@@ -133,6 +133,28 @@ async def test_entries_idle_on_a_dead_consumer_are_claimed_and_processed(redis_u
     assert sorted(seen) == list(range(8))
     assert await pending_count(client) == 0
     assert rt.stats.total("consumer_claimed") == 8
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_departed_idle_consumers_without_pending_are_forgotten_others_kept(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await client.xgroup_create(SRC, "g", id="0", mkstream=True)
+    await publish(client, range(2))
+    await client.xgroup_createconsumer(SRC, "g", "gone-clean")
+    await client.xreadgroup("g", "gone-with-pending", {SRC: ">"}, count=1)
+    opts = ConsumerOptions(block_ms=50, claim_every_s=0.1, claim_idle_ms=60_000, forget_idle_ms=300)
+    rt = runtime(redis_url, "alive")
+    rt.register_consumer("g", echo_callback([]), ["metrics"], options=opts)
+    task = asyncio.create_task(rt.run())
+
+    async def names() -> set[str]:
+        return {s(c["name"]) for c in await client.xinfo_consumers(SRC, "g")}
+
+    await wait_for(lambda: _true(rt.stats.total("consumer_forgotten") >= 1))
+    assert await names() == {"alive", "gone-with-pending"}, "a consumer with pending entries is never dropped"
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await rt.close()

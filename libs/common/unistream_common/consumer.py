@@ -102,6 +102,9 @@ class ConsumerOptions:
     claim_every_s: float = 5.0
     max_deliveries: int = 5  # a failing entry is dead-lettered after this many attempts
     start_id: str = "0"  # where a new group starts: 0 = everything retained
+    # Consumers idle this long with nothing pending are removed from the group, so replicas that
+    # went away (containers recreated under new names) do not pile up in XINFO and status.
+    forget_idle_ms: int = 3_600_000
     timer_interval_s: float = 0.0  # 0: no on_timer calls
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
@@ -282,6 +285,22 @@ class GroupConsumer:
                     await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
                 if cursor in ("0-0", "0"):
                     break
+        await self._forget_departed()
+
+    async def _forget_departed(self) -> None:
+        """Delete other consumers that hold nothing and have been idle for forget_idle_ms."""
+        for stream in self.streams:
+            for info in await self.runtime.cmd.xinfo_consumers(stream, self.group):
+                name = s(info["name"])
+                if (
+                    name != self.consumer
+                    and int(info["pending"]) == 0
+                    and int(info["idle"]) >= self.options.forget_idle_ms
+                ):
+                    # DELCONSUMER drops a consumer's pending entries, hence only when it has none.
+                    await self.runtime.cmd.xgroup_delconsumer(stream, self.group, name)
+                    self.stats.inc("consumer_forgotten", **self._labels)
+                    log.info("%s: removed departed consumer %s from %s", self.group, name, stream)
 
     async def _deliveries(self, stream: str, entries: list[tuple[str, Any]]) -> dict[str, int]:
         rows = await self.runtime.cmd.xpending_range(
