@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
+from helpers import eventually
 
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write
@@ -30,15 +30,6 @@ async def publish(client: aioredis.Redis, steps: range, stream: str = SRC) -> li
     for i in steps:
         ids.append((await client.xadd(stream, codec.encode(metric(i)))).decode())
     return ids
-
-
-async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def echo_callback(seen: list[int]) -> Callable[[list[Message]], Result]:
@@ -65,7 +56,7 @@ async def test_batch_is_processed_written_and_acknowledged_together(redis_url: s
     seen: list[int] = []
     rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _eq(client.xlen(OUT), 20))
+    await eventually(lambda: _eq(client.xlen(OUT), 20))
     assert sorted(seen) == list(range(20))
     assert await pending_count(client) == 0
     assert rt.ready
@@ -93,7 +84,7 @@ async def test_restarted_consumer_reprocesses_its_own_pending_entries_first(redi
     rt = runtime(redis_url, "slot-1")
     rt.register_consumer("g", stuck, ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _true(len(got) == 10))
+    await eventually(lambda: _true(len(got) == 10))
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await rt.close()
@@ -104,7 +95,7 @@ async def test_restarted_consumer_reprocesses_its_own_pending_entries_first(redi
     rt2 = runtime(redis_url, "slot-1")  # same stable consumer name
     rt2.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
     task2 = asyncio.create_task(rt2.run())
-    await wait_for(lambda: _eq(client.xlen(OUT), 15))
+    await eventually(lambda: _eq(client.xlen(OUT), 15))
     assert seen[:10] == list(range(10)), "own pending entries come before new ones"
     assert sorted(seen) == list(range(15))
     assert await pending_count(client) == 0
@@ -129,7 +120,7 @@ async def test_entries_idle_on_a_dead_consumer_are_claimed_and_processed(redis_u
     rt = runtime(redis_url, "alive")
     rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _eq(client.xlen(OUT), 8))
+    await eventually(lambda: _eq(client.xlen(OUT), 8))
     assert sorted(seen) == list(range(8))
     assert await pending_count(client) == 0
     assert rt.stats.total("consumer_claimed") == 8
@@ -153,7 +144,7 @@ async def test_departed_idle_consumers_without_pending_are_forgotten_others_kept
     async def names() -> set[str]:
         return {s(c["name"]) for c in await client.xinfo_consumers(SRC, "g")}
 
-    await wait_for(lambda: _true(rt.stats.total("consumer_forgotten") >= 1))
+    await eventually(lambda: _true(rt.stats.total("consumer_forgotten") >= 1))
     assert await names() == {"alive", "gone-with-pending"}, "a consumer with pending entries is never dropped"
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -179,8 +170,8 @@ async def test_poison_entries_are_dead_lettered_and_the_rest_flow_on(redis_url: 
     rt = runtime(redis_url)
     rt.register_consumer("g", picky, ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _eq(client.xlen(keys.dlq(SRC)), 3))
-    await wait_for(lambda: _eq(client.xlen(OUT), 5))
+    await eventually(lambda: _eq(client.xlen(keys.dlq(SRC)), 3))
+    await eventually(lambda: _eq(client.xlen(OUT), 5))
     assert sorted(seen) == [0, 1, 2, 3, 5]
     dead = await client.xrange(keys.dlq(SRC))
     reasons = [fields[b"dlq_reason"].decode() for _, fields in dead]
@@ -210,7 +201,7 @@ async def test_entry_redelivered_past_the_limit_is_dead_lettered_without_calling
     rt = runtime(redis_url, "slot-1")
     rt.register_consumer("g", cb, ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _eq(client.xlen(keys.dlq(SRC)), 1))
+    await eventually(lambda: _eq(client.xlen(keys.dlq(SRC)), 1))
     assert called == []
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -225,11 +216,11 @@ async def test_group_is_recreated_after_flushall_and_new_entries_flow(redis_url:
     rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
     await publish(client, range(3))
-    await wait_for(lambda: _true(len(seen) == 3))
+    await eventually(lambda: _true(len(seen) == 3))
     await client.flushall()
     await asyncio.sleep(0.2)
     await publish(client, range(100, 103))
-    await wait_for(lambda: _true(len(seen) == 6), timeout=15)
+    await eventually(lambda: _true(len(seen) == 6), timeout=15)
     assert seen[3:] == [100, 101, 102]
     assert rt.stats.total("consumer_nogroup_recoveries") >= 1
     task.cancel()
@@ -248,7 +239,7 @@ async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> Non
         rt.register_consumer("g", echo_callback(seen), ["metrics"], options=FAST)
         task = asyncio.create_task(rt.run())
         await publish(client, range(5))
-        await wait_for(lambda: _true(len(seen) == 5))
+        await eventually(lambda: _true(len(seen) == 5))
         await asyncio.sleep(1.2)  # let AOF everysec reach the disk
         server.kill()
         await asyncio.sleep(0.5)
@@ -257,8 +248,8 @@ async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> Non
         await client.aclose()
         client = command_client(server.url)
         await publish(client, range(5, 8))
-        await wait_for(lambda: _true(set(range(8)) <= set(seen)), timeout=20)
-        await wait_for(lambda: _true(rt.ready))
+        await eventually(lambda: _true(set(range(8)) <= set(seen)), timeout=20)
+        await eventually(lambda: _true(rt.ready))
         assert rt.stats.total("consumer_reconnects") >= 1
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -278,7 +269,7 @@ async def test_rewritten_explicit_id_counts_as_already_written(redis_url: str) -
     rt = runtime(redis_url)
     rt.register_consumer("g", fixed_id, ["metrics"], options=FAST)
     task = asyncio.create_task(rt.run())
-    await wait_for(lambda: _true(rt.stats.total("consumer_acked") == 4))
+    await eventually(lambda: _true(rt.stats.total("consumer_acked") == 4))
     assert await pending_count(client) == 0
     assert await client.xlen(OUT) == 1
     assert rt.stats.total("consumer_duplicate_writes") == 3
@@ -309,11 +300,11 @@ async def test_held_entries_stay_pending_until_the_timer_acknowledges_them(redis
     rt.register_consumer("g", hold, ["metrics"], options=opts, on_timer=timer)
     task = asyncio.create_task(rt.run())
     await publish(client, range(6))
-    await wait_for(lambda: _true(len(held) == 6))
+    await eventually(lambda: _true(len(held) == 6))
     await asyncio.sleep(0.3)
     assert await pending_count(client) == 6
     release["now"] = True
-    await wait_for(lambda: _eq(pending_count(client), 0))
+    await eventually(lambda: _eq(pending_count(client), 0))
     assert await client.xlen(OUT) == 1
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import torch
+from helpers import eventually
 from safetensors.torch import save as save_safetensors
 
 from unistream_common import codec, keys
@@ -56,15 +56,6 @@ async def read_all(r: aioredis.Redis, stream: str) -> list[Any]:
     return [codec.decode(fields) for _, fields in await r.xrange(stream)]
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout:.0f}s")
-
-
 @contextlib.asynccontextmanager
 async def running_features(settings: FeaturesSettings) -> AsyncIterator[ServiceContext]:
     ctx = ServiceContext(name="features", settings=settings, stats=Stats("features"),
@@ -95,10 +86,10 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
     try:
         await write_seconds(r, 0, 20, prices)  # history before the service starts
         async with running_features(settings) as ctx:
-            await wait_for(lambda: _count(r, keys.TRAINING, 20 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.TRAINING, 20 - MIN_BARS + 1))
             await write_seconds(r, 20, 30, prices)  # live bars
-            await wait_for(lambda: _count(r, keys.TRAINING, 30 - MIN_BARS + 1))
-            await wait_for(lambda: _count(r, keys.UI, 3))
+            await eventually(lambda: _count(r, keys.TRAINING, 30 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.UI, 3))
             assert ctx.ready()
             assert ctx.stats.total("features_training_packets") == 30 - MIN_BARS + 1
 
@@ -123,9 +114,9 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
         # Restart: the buffers come back from Redis, and bars written while it was down are emitted once.
         await write_seconds(r, 30, 35, prices)
         async with running_features(settings) as ctx:
-            await wait_for(lambda: _count(r, keys.TRAINING, 35 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.TRAINING, 35 - MIN_BARS + 1))
             await write_seconds(r, 35, 40, prices)
-            await wait_for(lambda: _count(r, keys.TRAINING, 40 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.TRAINING, 40 - MIN_BARS + 1))
             await asyncio.sleep(0.3)  # would any duplicate follow?
             assert ctx.stats.total("features_rebuilt_bars") == 35
         ends = [p.ts_event_ms for p in await read_all(r, keys.TRAINING)]
@@ -135,9 +126,9 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
         for stream in (keys.ticks(SYMBOL), keys.bars(SYMBOL, "1s")):
             await r.xgroup_destroy(stream, keys.GROUP_FEATURES)
         async with running_features(settings) as ctx:
-            await wait_for(lambda: _stat(ctx, "features_bars_duplicate", 40))
+            await eventually(lambda: _stat(ctx, "features_bars_duplicate", 40))
             await write_seconds(r, 40, 41, prices)
-            await wait_for(lambda: _count(r, keys.TRAINING, 41 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.TRAINING, 41 - MIN_BARS + 1))
             await asyncio.sleep(0.3)
         assert await r.xlen(keys.TRAINING) == 41 - MIN_BARS + 1
     finally:
@@ -154,22 +145,22 @@ async def test_announced_cnn_weights_are_loaded_and_used_and_a_bad_checksum_is_r
     try:
         await write_seconds(r, 0, 10, prices)
         async with running_features(settings) as ctx:
-            await wait_for(lambda: _count(r, keys.TRAINING, 10 - MIN_BARS + 1))
+            await eventually(lambda: _count(r, keys.TRAINING, 10 - MIN_BARS + 1))
             bad = ModelAnnouncement(
                 name="cnn", version="cnn-1", ts_ms=T0, uri="cnn/cnn-2.safetensors",
                 sha256="0" * 64, producer="test", parameters=1,
             )  # fmt: skip
             await r.xadd(keys.MODELS, codec.encode(bad))
-            await wait_for(lambda: _stat(ctx, "features_model_rejected", 1))
+            await eventually(lambda: _stat(ctx, "features_model_rejected", 1))
             good = ModelAnnouncement(
                 name="cnn", version="cnn-2", ts_ms=T0 + 1, uri=(tmp_path / "cnn" / "cnn-2.safetensors").as_uri(),
                 sha256=sha256_hex(data), producer="test", parameters=1,
             )  # fmt: skip
             await r.xadd(keys.MODELS, codec.encode(good))
-            await wait_for(lambda: _stat(ctx, "features_model_loaded", 1))
+            await eventually(lambda: _stat(ctx, "features_model_loaded", 1))
             await write_seconds(r, 10, 12, prices)
-            await wait_for(lambda: _count(r, keys.TRAINING, 12 - MIN_BARS + 1))
-            await wait_for(lambda: _ui_state(r, "LOADED"))
+            await eventually(lambda: _count(r, keys.TRAINING, 12 - MIN_BARS + 1))
+            await eventually(lambda: _ui_state(r, "LOADED"))
         training = await read_all(r, keys.TRAINING)
         assert [p.model_version for p in training[-2:]] == ["cnn-2", "cnn-2"]
         assert training[0].model_version == "cnn-init-7"

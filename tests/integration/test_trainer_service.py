@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import torch
+from helpers import eventually
 
 from unistream_common import codec, keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
@@ -47,15 +48,6 @@ async def write_training(r: aioredis.Redis, first: int, last: int, rng: np.rando
         for symbol in SYMBOLS:
             pipe.xadd(keys.TRAINING, codec.encode(training_packet(symbol, t, rng)))
     await pipe.execute()
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout:.0f}s")
 
 
 @contextlib.asynccontextmanager
@@ -99,7 +91,7 @@ async def test_trainer_publishes_growing_updates_checkpoints_announces_and_resum
                 await write_training(r, t, t + 10, rng)
                 t += 10
                 await asyncio.sleep(0.2)
-            await wait_for(lambda: _metrics_with_loss(r))
+            await eventually(lambda: _metrics_with_loss(r))
             assert ctx.ready()
             info = ctx.info()
             assert info["state_dim"] == DIM and info["updates"] >= 40
@@ -134,7 +126,7 @@ async def test_trainer_publishes_growing_updates_checkpoints_announces_and_resum
         # A restart resumes from the newest checkpoint once a packet shows the state size fits.
         async with running_trainer(settings) as ctx:
             await write_training(r, t, t + 3, rng)
-            await wait_for(lambda: _info(ctx, "resumed_from", newest.version))
+            await eventually(lambda: _info(ctx, "resumed_from", newest.version))
             assert ctx.info()["updates"] >= ckpt.updates
     finally:
         await r.aclose()

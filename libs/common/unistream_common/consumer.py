@@ -114,7 +114,7 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-def _honour_cancel() -> None:
+def raise_if_cancel_lost() -> None:
     """Re-raise a cancellation that an inner ``asyncio.wait_for`` swallowed.
 
     redis-py wraps commands in ``wait_for`` when a socket timeout is set, and on Python 3.11
@@ -220,7 +220,7 @@ class GroupConsumer:
     async def _loop(self) -> None:
         opts = self.options
         while True:
-            _honour_cancel()
+            raise_if_cancel_lost()
             now = time.monotonic()
             if now >= self._next_claim:
                 self._next_claim = now + opts.claim_every_s
@@ -249,7 +249,7 @@ class GroupConsumer:
         for stream in self.streams:
             last = "0"
             while True:
-                _honour_cancel()
+                raise_if_cancel_lost()
                 reply = await self.runtime.cmd.xreadgroup(
                     self.group, self.consumer, {stream: last}, count=self.options.batch_size
                 )
@@ -266,7 +266,7 @@ class GroupConsumer:
         for stream in self.streams:
             cursor = "0-0"
             while True:
-                _honour_cancel()
+                raise_if_cancel_lost()
                 reply = await self.runtime.cmd.xautoclaim(
                     stream,
                     self.group,

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from unistream_aggregator.core import AggregatorOutput, BarAggregator
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
-from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write
+from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write, raise_if_cancel_lost
 from unistream_common.packets import Bar, TickBatch
 from unistream_common.redisio import s
 from unistream_common.service import ServiceContext
@@ -46,19 +46,6 @@ TIMEFRAME = "1s"
 TIMER_INTERVAL_S = 0.1
 BLOCK_MS = 1_000
 BATCH_SIZE = 500
-
-
-def raise_if_cancel_lost() -> None:
-    """Raise CancelledError if this task was cancelled but a library swallowed the cancellation.
-
-    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses for every socket write when a socket
-    timeout is set) loses a ``cancel()`` that lands as the write completes (CPython gh-86296,
-    fixed in 3.12). The task then runs on with ``cancelling() > 0`` and a shutdown that awaits it
-    hangs. Calling this once per loop iteration turns such a lost cancel back into a stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timeframe: str) -> dict[str, Bar | None]:

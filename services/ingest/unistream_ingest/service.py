@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from unistream_common import codec, keys
+from unistream_common.consumer import raise_if_cancel_lost
 from unistream_common.packets import Tick, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
@@ -51,19 +52,6 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 def wall_ms() -> int:
     """Wall-clock time, ms since the epoch."""
     return int(time.time() * 1000)
-
-
-def raise_if_cancel_lost() -> None:
-    """Raise CancelledError if this task was cancelled but a library swallowed the cancellation.
-
-    On Python 3.11, ``asyncio.wait_for`` (which redis-py uses for every socket write when a socket
-    timeout is set) loses a ``cancel()`` that lands as the write completes (CPython gh-86296,
-    fixed in 3.12). The task then runs on with ``cancelling() > 0`` and a shutdown that awaits it
-    hangs. Calling this once per loop iteration turns such a lost cancel back into a stop.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class IngestWriter:
