@@ -8,23 +8,19 @@ stops every process that was started.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import itertools
-
-from browser import CHROMIUM, chromium, number, open_app, unistream_command, wait_for_text
+from browser import chromium, needs_chromium, number, open_app, unistream_command, wait_for_text
 
 from unistream_common import codec, keys
 from unistream_common.redis_server import free_port, port_is_free
@@ -35,9 +31,7 @@ SYMBOLS = ("ETHUSDT", "BTCUSDT")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (make test installs it as root)"
-    ),
+    needs_chromium,
 ]
 
 

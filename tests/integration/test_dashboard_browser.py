@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from browser import chromium, number, open_app, streamlit_server, unistream_command, wait_for_text
+from browser import chromium, needs_chromium, number, open_app, streamlit_server, unistream_command, wait_for_text
 
 from unistream_common import keys
 from unistream_common.redis_server import RedisServer, free_port, start_redis
 from unistream_dashboard import samples
 from unistream_dashboard.samples import SymbolSnapshot
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, needs_chromium]
 
 SNAPSHOTS = {
     "ETHUSDT": SymbolSnapshot("ETHUSDT", price=3012.55, ticks_seen=45_678, bars_seen=4_321, training_packets=1_234),
