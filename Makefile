@@ -11,7 +11,7 @@ COMPOSE := docker compose -f deploy/docker-compose.yml
 N ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system run test lint up down logs scale-trainer
+.PHONY: help venv system run test bench lint up down logs scale-trainer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ run: venv system ## run Redis and every service locally (ARGS="--scale trainer=2
 
 test: venv system ## the whole test suite
 	$(VENV)/bin/pytest -q
+
+bench: venv system ## measured rows beside their references (medians of 5 runs; bench-results/*.json)
+	$(VENV)/bin/python bench/run.py $(ARGS)
 
 lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose spec, ruff
 	$(VENV)/bin/hadolint --config .hadolint.yaml deploy/Dockerfile
