@@ -42,7 +42,9 @@ T0 = 1_760_000_000_000
 def make_ticks(n: int, first_id: int = 1) -> list[Tick]:
     """``n`` plausible trades with consecutive ids, 1 ms apart."""
     return [
-        Tick(first_id + i, 3000.0 + (i % 97) * 0.01, 0.001 * (1 + i % 13), "BUY" if i % 3 else "SELL", T0 + i, T0 + i + 1)
+        Tick(
+            first_id + i, 3000.0 + (i % 97) * 0.01, 0.001 * (1 + i % 13), "BUY" if i % 3 else "SELL", T0 + i, T0 + i + 1
+        )
         for i in range(n)
     ]
 
@@ -94,7 +96,7 @@ async def redis_benchmark_xadd(url: str, n: int, batch: int) -> float:
     if binary is None:
         raise RuntimeError("redis-benchmark not installed")
     port = url.rsplit(":", 1)[1].split("/")[0]
-    out = subprocess.run(
+    out = subprocess.run(  # noqa: ASYNC221 - rows run one at a time; nothing else shares the loop
         [binary, "-p", port, "-n", str(n), "-P", "100", "-c", "4", "-q", "--csv",
          "XADD", "bench:rb", "*", "f", "v"],
         capture_output=True, text=True, check=True, timeout=120,
@@ -167,7 +169,12 @@ def main() -> int:
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "ticks": args.ticks, "batch": args.batch}
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "ticks": args.ticks,
+        "batch": args.batch,
+    }
     (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
 
