@@ -39,11 +39,12 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from unistream_common.keys import check_symbol
-from unistream_common.packets import Tick
+from unistream_common.packets import Source, Tick
 
 BLOCK_MS = 1_000  # one GARCH update and one batch of random draws per block
 STEP_MS = 100  # Poisson arrivals and the diffusion advance on this grid
@@ -152,6 +153,20 @@ class _SymbolState:
         self.last_price = price
 
 
+class TickSource(Protocol):
+    """What the ingest writer pulls trades from (see :mod:`unistream_ingest.service`)."""
+
+    label: Source
+
+    def advance(self, now_ms: int) -> dict[str, list[Tick]]:
+        """Trades released up to ``now_ms`` (ms since the epoch), per symbol, in trade order."""
+        ...
+
+    def info(self) -> dict[str, object]:
+        """State for /stats."""
+        ...
+
+
 class SyntheticMarket:
     """A seeded synthetic spot market for several symbols (see the module docstring).
 
@@ -164,6 +179,8 @@ class SyntheticMarket:
             keep increasing across restarts (at fewer than 1,000 trades/s) and a restart shows
             as an id gap rather than a false continuity.
     """
+
+    label = "SYNTHETIC"  # the source recorded on every batch it produces
 
     def __init__(
         self,
@@ -209,6 +226,10 @@ class SyntheticMarket:
     def last_prices(self) -> dict[str, float]:
         """Price of the last simulated trade (or the start price) per symbol."""
         return {st.symbol: st.last_price for st in self._symbols}
+
+    def info(self) -> dict[str, object]:
+        """State for /stats."""
+        return {"start_ms": self.start_ms, "released_to_ms": self.released_to_ms}
 
     def advance(self, now_ms: int) -> dict[str, list[Tick]]:
         """Trades with ``previous now < ts_event_ms <= now_ms`` per symbol, in trade-id order.

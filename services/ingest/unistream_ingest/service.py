@@ -1,6 +1,8 @@
-"""I/O shell of the ingest service: the synthetic market's trades into ``md:ticks:{SYMBOL}``.
+"""I/O shell of the ingest service: a tick source's trades into ``md:ticks:{SYMBOL}``.
 
-Every ``flush_interval_ms`` the writer advances the market to wall-clock now, buffers the new
+A source is anything with a ``label`` (REAL, REPLAY or SYNTHETIC, recorded on every batch), an
+``advance(now_ms) -> {symbol: [Tick]}`` that releases what it has up to ``now_ms``, and an
+``info()`` for /stats. Every ``flush_interval_ms`` the writer advances the source, buffers the new
 trades, and writes one :class:`~unistream_common.packets.TickBatch` entry per symbol (split at
 ``max_batch_ticks``) with ``XADD * MINID ~ now-retention`` in one pipelined round trip.
 
@@ -35,13 +37,12 @@ from unistream_common.packets import Tick, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
-from unistream_ingest.core import SyntheticMarket, TickBuffer
+from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
 from unistream_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE = "ingest"
-SOURCE = "SYNTHETIC"
 READY_WINDOW_S = 5.0  # ready while the last successful Redis round trip is this recent
 IDLE_PING_S = 1.0  # with nothing to write, PING this often so readiness still means "Redis answers"
 BACKOFF_MIN_S = 0.1
@@ -55,7 +56,7 @@ def wall_ms() -> int:
 
 
 class IngestWriter:
-    """Advances the market on a fixed cadence and writes its trades to Redis."""
+    """Advances the tick source on a fixed cadence and writes its trades to Redis."""
 
     def __init__(self, settings: IngestSettings, stats: Stats, redis: aioredis.Redis) -> None:
         self.settings = settings
@@ -63,7 +64,7 @@ class IngestWriter:
         self.redis = redis
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.max_buffer_ticks)
-        self.market: SyntheticMarket | None = None
+        self.source: TickSource | None = None
         self._last_ok = -float("inf")  # monotonic time of the last successful round trip
         self._uncertain = True  # unknown what the stream holds: resolve before the first write
         self._retry_at = 0.0
@@ -82,13 +83,12 @@ class IngestWriter:
 
     def info(self) -> dict[str, Any]:
         """State for /stats."""
-        m = self.market
+        src = self.source
         return {
-            "source": SOURCE,
+            "source": src.label if src else None,
             "configured_source": self.settings.source,
             "seed": self.settings.seed,
-            "start_ms": m.start_ms if m else None,
-            "released_to_ms": m.released_to_ms if m else None,
+            **(src.info() if src else {}),
             "buffered_ticks": self.buffer.size(),
             "last_error": self._last_error,
         }
@@ -123,7 +123,7 @@ class IngestWriter:
         prices = {s: t.price for s, t in tops.items() if t is not None}
         # ids continue upwards with a visible gap: the market was not observed while we were down
         first_ids = {s: max(start_ms, t.trade_id + 2) for s, t in tops.items() if t is not None}
-        self.market = SyntheticMarket(self.symbols, self.settings.seed, start_ms, prices, first_ids)
+        self.source = SyntheticMarket(self.symbols, self.settings.seed, start_ms, prices, first_ids)
         log.info(
             "synthetic market for %s, seed %d, start %d, continuing from %s",
             ",".join(self.symbols), self.settings.seed, start_ms, prices or "the default prices",
@@ -154,9 +154,9 @@ class IngestWriter:
             raise
 
     async def cycle(self, now_ms: int) -> None:
-        """One cycle: release the market's trades up to ``now_ms``, then write if not backing off."""
-        assert self.market is not None, "start() first"
-        for symbol, ticks in self.market.advance(now_ms).items():
+        """One cycle: release the source's trades up to ``now_ms``, then write if not backing off."""
+        assert self.source is not None, "start() first"
+        for symbol, ticks in self.source.advance(now_ms).items():
             if not ticks:
                 continue
             self.stats.inc("ingest_ticks_generated", len(ticks), symbol=symbol)
@@ -227,7 +227,7 @@ class IngestWriter:
         min_id = max(0, now_ms - self.settings.tick_retention_s * 1000)
         pipe = self.redis.pipeline(transaction=False)
         for symbol, ticks in chunks:
-            batch = TickBatch(symbol=symbol, source=SOURCE, ticks=ticks)
+            batch = TickBatch(symbol=symbol, source=self.source.label, ticks=ticks)
             pipe.xadd(keys.ticks(symbol), codec.encode(batch), id="*", minid=min_id, approximate=True)
         try:
             replies = await pipe.execute(raise_on_error=False)
