@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from unistream_common.redisio import command_client, safe_url
@@ -40,6 +40,8 @@ class ServiceContext:
     redis: aioredis.Redis
     ready: Callable[[], bool] = lambda: True
     info: Callable[[], dict[str, Any]] = dict
+    # Extra HTTP routes of the service (e.g. ingest's /v1/ticks), mounted beside the probes.
+    routers: list[APIRouter] = field(default_factory=list)
     worker_error: BaseException | None = field(default=None, init=False)
 
 
@@ -109,6 +111,8 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
     async def stats() -> dict[str, Any]:
         return {**ctx.stats.as_dict(), "info": ctx.info()}
 
+    for router in ctx.routers:
+        app.include_router(router)
     return app
 
 
@@ -121,14 +125,21 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def run_service(name: str, settings: CommonSettings, worker: Worker, stats: Stats | None = None) -> int:
-    """Serve probes and run ``worker`` until SIGINT/SIGTERM (exit 0) or the worker fails (exit 1)."""
+def run_service(
+    name: str,
+    settings: CommonSettings,
+    worker: Worker,
+    stats: Stats | None = None,
+    routers: list[APIRouter] | None = None,
+) -> int:
+    """Serve probes (and ``routers``) and run ``worker`` until SIGINT/SIGTERM (exit 0) or it fails (exit 1)."""
     setup_logging(settings.log_level)
     ctx = ServiceContext(
         name=name,
         settings=settings,
         stats=stats or Stats(name),
         redis=command_client(settings.redis_url, name=f"{name}:probe", timeout_s=2.0),
+        routers=list(routers or []),
     )
     port = settings.http_port or DEFAULT_PORTS.get(name, 8000)
     server: _Server | None = None
