@@ -11,7 +11,11 @@ Rows (ticks/s unless stated):
 - ``redis_benchmark_xadd`` (ceiling): redis-benchmark's own XADD, pipelined x100, no Python;
 - ``tickbatch_xadd``: unistream's write path, TickBatch entries of ``--batch`` ticks encoded by
   the codec, pipelined;
-- ``tickbatch_codec``: encode + decode of TickBatch entries, no Redis (ticks/s).
+- ``tickbatch_codec``: encode + decode of TickBatch entries, no Redis (ticks/s);
+- ``replay_max``: ``unistream ingest``'s replay at max speed (archive CSV parsed, validated,
+  batched, written) in-process, from start to the last tick written (ticks/s);
+- ``replay_peak_rss_mib``: peak resident memory of a whole ``unistream ingest --source replay``
+  process over the same file (MiB; reference: a bare ``python -c pass``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -106,12 +111,82 @@ async def redis_benchmark_xadd(url: str, n: int, batch: int) -> float:
     return float(line.split(",")[1].strip('"'))
 
 
+def archive_file(n: int) -> Path:
+    """A header-less Binance trades CSV of ``n`` rows (cached per size under the temp dir)."""
+    path = Path(tempfile.gettempdir()) / f"unistream-bench-ETHUSDT-trades-{n}.csv"
+    if not path.exists():
+        with path.open("w") as f:
+            for i in range(n):
+                f.write(
+                    f"{1 + i},{3000 + (i % 997) / 100:.2f},{0.001 * (1 + i % 13):.3f},1.0,{T0 + i},{i % 2 == 0},True\n"
+                )
+    return path
+
+
+async def replay_max(url: str, n: int, batch: int) -> float:
+    from unistream_common.redisio import command_client
+    from unistream_common.stats import Stats
+    from unistream_ingest.service import IngestWriter
+    from unistream_ingest.settings import IngestSettings
+
+    settings = IngestSettings(
+        redis_url=url, source="replay", replay_paths=(str(archive_file(n)),), symbols=("ETHUSDT",),
+        max_batch_ticks=batch,
+    )  # fmt: skip
+    client = command_client(url)
+    await client.flushall()
+    writer = IngestWriter(settings, Stats("bench"), client)
+    start = time.perf_counter()
+    await writer.run()
+    elapsed = time.perf_counter() - start
+    await client.aclose()
+    return n / elapsed
+
+
+# A small launcher runs the command and reports its children's peak RSS. ru_maxrss survives exec,
+# so a child forked straight from this (large) process would start at this process's size.
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
+    "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+)
+
+
+def _peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
+    """Peak RSS of ``cmd`` run to completion, MiB."""
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True, check=True)
+    rc, kib = out.stdout.split()
+    if rc != "0":
+        raise RuntimeError(f"{cmd[:4]} exited {rc}")
+    return int(kib) / 1024
+
+
+async def replay_peak_rss_mib(url: str, n: int, batch: int) -> float:
+    from unistream_common.redis_server import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
+    env.update({"UNISTREAM_REDIS_URL": url, "UNISTREAM_HTTP_PORT": str(free_port())})
+    client = aioredis.Redis.from_url(url)
+    await client.flushall()
+    await client.aclose()
+    cmd = [sys.executable, "-m", "unistream_common.cli", "ingest", "--source", "replay",
+           "--path", str(archive_file(n)), "--symbol", "ETHUSDT", "--speed", "max"]  # fmt: skip
+    return await asyncio.to_thread(_peak_rss_mib, cmd, env)
+
+
+async def python_rss_mib(url: str, n: int, batch: int) -> float:
+    return await asyncio.to_thread(_peak_rss_mib, [sys.executable, "-c", "pass"], dict(os.environ))
+
+
 Row = Callable[[str, int, int], Awaitable[float]]
 ROWS: dict[str, tuple[Row, str | None, str]] = {
     "xadd_per_tick": (xadd_per_tick, None, "ticks/s"),
     "redis_benchmark_xadd": (redis_benchmark_xadd, "xadd_per_tick", "entries/s"),
     "tickbatch_xadd": (tickbatch_xadd, "xadd_per_tick", "ticks/s"),
     "tickbatch_codec": (tickbatch_codec, "xadd_per_tick", "ticks/s"),
+    "replay_max": (replay_max, "xadd_per_tick", "ticks/s"),
+    "python_rss_mib": (python_rss_mib, None, "MiB"),
+    "replay_peak_rss_mib": (replay_peak_rss_mib, "python_rss_mib", "MiB"),
 }
 
 

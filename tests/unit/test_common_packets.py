@@ -174,7 +174,6 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("UNISTREAM_SYMBOLS", " , ", "UNISTREAM_SYMBOLS: no symbols given"),
         ("UNISTREAM_SYMBOLS", "ETHUSDT,ETHUSDT", "listed twice"),
         ("UNISTREAM_REDIS_URL", "localhost:6379", "UNISTREAM_REDIS_URL: 'localhost:6379' is not a Redis URL"),
-        ("UNISTREAM_SOURCE", "kraken", "UNISTREAM_SOURCE: Input should be 'auto' or 'synthetic'"),
         ("UNISTREAM_HTTP_PORT", "99999", "UNISTREAM_HTTP_PORT"),
     ],
 )

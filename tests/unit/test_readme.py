@@ -19,8 +19,9 @@ def test_readme_configuration_table_matches_the_settings_classes() -> None:
 
 def test_every_setting_has_a_description_and_the_required_ones_exist() -> None:
     table = {var: (who, default, text) for var, who, default, text in rows()}
-    for var in ("UNISTREAM_REDIS_URL", "UNISTREAM_SYMBOLS", "UNISTREAM_SOURCE"):
+    for var in ("UNISTREAM_REDIS_URL", "UNISTREAM_SYMBOLS"):
         assert table[var][0] == "all"
+    assert table["UNISTREAM_SOURCE"][0] == "ingest"
     assert table["UNISTREAM_SYMBOLS"][1] == "ETHUSDT,BTCUSDT"
     assert all(text for _, _, text in table.values()), [v for v, (_, _, t) in table.items() if not t]
 

@@ -3,7 +3,8 @@
 ``create_app`` gives ``/healthz`` (liveness, no dependencies), ``/readyz`` (Redis reachable and
 the worker alive and ready, else 503), ``/metrics`` (Prometheus text) and ``/stats`` (JSON).
 ``run_service`` serves that app with uvicorn and runs the worker from the app's lifespan; when
-the worker dies the process exits non-zero so the supervisor (or compose) restarts it.
+the worker dies the process exits non-zero so the supervisor (or compose) restarts it, and when
+it returns (a finite job such as a replay) the process exits 0.
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
         app.state.worker_task = task
 
         def done(t: asyncio.Task[None]) -> None:
-            if not t.cancelled():
-                ctx.worker_error = t.exception() or RuntimeError("worker returned")
+            if t.cancelled():
+                return
+            if t.exception() is None:  # a finite job (a replay) finished: a clean exit
+                log.info("%s worker finished", ctx.name)
+            else:
+                ctx.worker_error = t.exception()
                 log.error("%s worker stopped: %r", ctx.name, ctx.worker_error, exc_info=t.exception())
-                on_worker_exit()
+            on_worker_exit()
 
         task.add_done_callback(done)
         try:

@@ -32,10 +32,6 @@ class CommonSettings(BaseSettings):
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         ("ETHUSDT", "BTCUSDT"), description="Comma-separated venue symbols"
     )
-    source: Literal["auto", "synthetic"] = Field(
-        "auto",
-        description="Market data source: synthetic, or auto (in this build the synthetic market, logged as such)",
-    )
     http_host: str = Field("127.0.0.1", description="Address of the service's HTTP probes")
     http_port: int = Field(0, ge=0, le=65535, description="Port of the HTTP probes (0: the service's default)")
     consumer_name: str = Field("", description="Stable consumer name in the group (default: service-hostname)")
@@ -79,9 +75,11 @@ def describe_errors(cls: type[BaseSettings], exc: ValidationError) -> str:
     prefix = cls.model_config.get("env_prefix", "")
     lines = ["bad configuration:"]
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        var = (prefix + field).upper()
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across several variables: its message names them
+            lines.append(f"  {msg}")
+            continue
+        var = (prefix + str(err["loc"][0])).upper()
         got = err.get("input")
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
         lines.append(f"  {var}: {msg}{shown}")

@@ -38,6 +38,7 @@ from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
+from unistream_ingest.replay import ReplaySource
 from unistream_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class IngestWriter:
         self._backoff = BACKOFF_MIN_S
         self._last_error = ""  # last Redis error, "" once writes succeed again
         self._dropping: set[str] = set()  # symbols whose buffer overflowed since the last good write
+        self._top_sources: dict[str, str] = {}  # source label of each tick stream's newest batch
         stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
@@ -96,17 +98,10 @@ class IngestWriter:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the market, continuing each symbol's price and trade ids from Redis.
+        """Create the source, continuing from what the tick streams already hold.
 
         Waits (with backoff) until Redis answers: there is nothing to do without it.
         """
-        if self.settings.source == "auto":
-            log.warning(
-                "UNISTREAM_SOURCE=auto: live Binance is not implemented in this build; using the seeded "
-                "synthetic market (every batch is marked SYNTHETIC)"
-            )
-        else:
-            log.info("UNISTREAM_SOURCE=synthetic: seeded synthetic market")
         delay = BACKOFF_MIN_S
         while True:
             try:
@@ -119,27 +114,53 @@ class IngestWriter:
                 delay = min(delay * 2, self.settings.retry_backoff_max_ms / 1000)
         self._uncertain = False
         self._last_ok = time.monotonic()
-        start_ms = wall_ms()
+        self.source = self._make_source(tops, wall_ms())
+
+    def _make_source(self, tops: dict[str, Tick | None], start_ms: int) -> TickSource:
+        settings = self.settings
+        if settings.source == "replay":
+            symbol = settings.replay_target
+            source = ReplaySource(settings.replay_paths, symbol, settings.replay_factor, start_ms)
+            top = tops.get(symbol)
+            if top is not None and self._top_sources.get(symbol) != "SYNTHETIC":
+                # Replaying files already written is a no-op: their ids are not above the stream's.
+                source.validator.resume(symbol, top.trade_id)
+            log.info(
+                "replaying %d file(s) into %s at %s speed%s", len(settings.replay_paths), keys.ticks(symbol),
+                settings.replay_speed, f", after trade id {top.trade_id}" if top is not None else "",
+            )  # fmt: skip
+            return source
+        if settings.source == "auto":
+            log.warning(
+                "UNISTREAM_SOURCE=auto: live Binance is not implemented in this build; using the seeded "
+                "synthetic market (every batch is marked SYNTHETIC)"
+            )
         prices = {s: t.price for s, t in tops.items() if t is not None}
         # ids continue upwards with a visible gap: the market was not observed while we were down
         first_ids = {s: max(start_ms, t.trade_id + 2) for s, t in tops.items() if t is not None}
-        self.source = SyntheticMarket(self.symbols, self.settings.seed, start_ms, prices, first_ids)
         log.info(
             "synthetic market for %s, seed %d, start %d, continuing from %s",
-            ",".join(self.symbols), self.settings.seed, start_ms, prices or "the default prices",
+            ",".join(self.symbols), settings.seed, start_ms, prices or "the default prices",
         )  # fmt: skip
+        return SyntheticMarket(self.symbols, settings.seed, start_ms, prices, first_ids)
 
     async def run(self) -> None:
-        """Start, then advance and write every flush interval until cancelled."""
+        """Start, then advance and write every flush interval until cancelled or a finite source is written."""
         await self.start()
+        assert self.source is not None
         interval = self.settings.flush_interval_ms / 1000
         next_at = time.monotonic()
         try:
             while True:
+                if self._finished():
+                    log.info("source exhausted and every tick written: %s", self.source.info())
+                    return
                 next_at += interval
                 delay = next_at - time.monotonic()
-                if delay < -interval:  # fell behind (a slow write): do not try to catch up in a burst
+                if delay < -interval or self._eager():
+                    # behind (a slow write), or a replay at max speed: no catching up in a burst, no pacing
                     next_at = time.monotonic()
+                    delay = 0.0
                 await asyncio.sleep(max(0.0, delay))
                 await self.cycle(wall_ms())
                 raise_if_cancel_lost()
@@ -153,10 +174,29 @@ class IngestWriter:
                 log.info("stopped; every generated tick was written")
             raise
 
+    def _finite(self) -> bool:
+        return getattr(self.source, "done", None) is not None
+
+    def _finished(self) -> bool:
+        return bool(getattr(self.source, "done", False)) and self.buffer.size() == 0
+
+    def _eager(self) -> bool:
+        """A finite source at max speed that still has trades, while writes succeed."""
+        return (
+            self._finite()
+            and getattr(self.source, "speed", 0) is None
+            and not getattr(self.source, "done", True)
+            and time.monotonic() >= self._retry_at
+        )
+
     async def cycle(self, now_ms: int) -> None:
         """One cycle: release the source's trades up to ``now_ms``, then write if not backing off."""
         assert self.source is not None, "start() first"
-        for symbol, ticks in self.source.advance(now_ms).items():
+        # A finite source can wait: while Redis is slow or down it is not advanced past half the
+        # buffer, so nothing it yields is ever dropped. A live source cannot wait.
+        held_back = self._finite() and self.buffer.size() >= self.settings.max_buffer_ticks // 2
+        released = {} if held_back else self.source.advance(now_ms)
+        for symbol, ticks in released.items():
             if not ticks:
                 continue
             self.stats.inc("ingest_ticks_generated", len(ticks), symbol=symbol)
@@ -206,6 +246,7 @@ class IngestWriter:
                 continue
             if isinstance(packet, TickBatch):
                 out[symbol] = packet.ticks[-1]
+                self._top_sources[symbol] = packet.source
         return out
 
     async def _write(self, now_ms: int) -> None:

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
 
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from unistream_common.keys import check_symbol
 from unistream_common.settings import CommonSettings
 
 
 class IngestSettings(CommonSettings):
     """Ingest: where ticks come from and how they are written to ``md:ticks:{SYMBOL}``."""
+
+    source: Literal["auto", "synthetic", "replay"] = Field(
+        "auto",
+        description="Market data source: synthetic; replay (archive files, see UNISTREAM_REPLAY_PATHS); "
+        "auto (in this build the synthetic market, logged as such)",
+    )
+    replay_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Comma-separated Binance archive files (.csv or .zip, trades or aggTrades) to replay"
+    )
+    replay_symbol: str = Field("", description="Symbol the replay files hold (default: the first of UNISTREAM_SYMBOLS)")
+    replay_speed: str = Field("max", description="Replay pace: max, or a factor of real time such as 1 or 60")
 
     tick_retention_s: int = Field(
         3_600, ge=1, description="Keep ticks this many seconds (XADD MINID ~ now - retention)"
@@ -19,3 +34,56 @@ class IngestSettings(CommonSettings):
         100_000, ge=1, description="Most unsent ticks kept per symbol while Redis is unreachable (oldest dropped)"
     )
     retry_backoff_max_ms: int = Field(2_000, ge=1, description="Longest wait between write retries, ms")
+    # The door for other producers (POST and websocket /v1/ticks, see unistream_ingest.door).
+    ingest_token: str = Field(
+        "",
+        description="Bearer token that POST and websocket /v1/ticks require (empty: the door is open to anyone)",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1_024, le=64 * 1_048_576, description="Largest /v1/ticks request body or websocket message, bytes"
+    )
+    max_batch_items: int = Field(
+        1_000, ge=1, le=100_000, description="Most ticks in one /v1/ticks request or message (written as one entry)"
+    )
+
+    @field_validator("replay_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        return tuple(value)  # type: ignore[arg-type]
+
+    @field_validator("replay_speed")
+    @classmethod
+    def _check_speed(cls, value: str) -> str:
+        if value != "max":
+            try:
+                factor = float(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a speed; use max or a positive factor such as 1 or 60") from None
+            if not factor > 0:
+                raise ValueError(f"{value!r} is not a speed; use max or a positive factor such as 1 or 60")
+        return value
+
+    @model_validator(mode="after")
+    def _check_replay(self) -> IngestSettings:
+        if self.replay_symbol:
+            check_symbol(self.replay_symbol)
+            if self.replay_symbol not in self.symbols:
+                raise ValueError(
+                    f"UNISTREAM_REPLAY_SYMBOL {self.replay_symbol} is not in UNISTREAM_SYMBOLS "
+                    f"({','.join(self.symbols)}): add it there so the other services consume it"
+                )
+        if self.source == "replay" and not self.replay_paths:
+            raise ValueError("UNISTREAM_SOURCE=replay needs files: set UNISTREAM_REPLAY_PATHS or pass --path FILE...")
+        return self
+
+    @property
+    def replay_factor(self) -> float | None:
+        """Replay speed as a factor of real time, None for as fast as possible."""
+        return None if self.replay_speed == "max" else float(self.replay_speed)
+
+    @property
+    def replay_target(self) -> str:
+        """The symbol replayed files are written as."""
+        return self.replay_symbol or self.symbols[0]

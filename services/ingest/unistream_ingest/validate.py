@@ -1,0 +1,219 @@
+"""Decides which parsed trades become ticks: pure, with time passed in (``recv_ms``, integer ms, UTC).
+
+:class:`Validator` is the one place where ingest counts what it refused and why: rejected trades
+(:meth:`Validator.check`) and unparseable messages (:meth:`Validator.reject_raw`) land in the same
+``counts`` and the same bounded sample, so /stats shows one picture.
+
+Trade ids are consecutive per symbol on Binance spot (aggregate ids too, on their own sequence).
+So an id at or below the last accepted one is a repeat (typically the overlap of an old and a new
+connection) and an id more than one above it means trades were missed: the trade is accepted and
+a :class:`Gap` is recorded for backfill (or for an explicit gap marker when backfill fails).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from unistream_common.packets import Tick
+from unistream_ingest.venue import RawTrade
+
+# Binance opened in July 2017: an earlier trade time is a unit error, not an old trade.
+EARLIEST_TRADE_MS = 1_498_867_200_000  # 2017-07-01T00:00:00Z
+LATEST_EPOCH_MS = 10**14  # the packets' EpochMs bound
+SAMPLE_ITEM_CHARS = 300  # raw messages are cut to this in the sample
+RECENT_GAPS_KEPT = 64  # per symbol, to tell a late trade (inside a known gap) from a repeat
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A trade that was not accepted; ``reason`` is a short, countable label."""
+
+    reason: str
+    trade: RawTrade
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Trade ids ``from_id``..``to_id`` (inclusive) of ``symbol`` were never seen.
+
+    ``ts_ms`` is the venue time (ms) of the first trade after the gap: the missing trades happened
+    at or before it.
+    """
+
+    symbol: str
+    from_id: int
+    to_id: int
+    ts_ms: int
+
+    @property
+    def size(self) -> int:
+        """Number of missing ids."""
+        return self.to_id - self.from_id + 1
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedSample:
+    """One rejected item kept for inspection: a :class:`RawTrade`, or a raw message cut to 300 chars."""
+
+    reason: str
+    item: RawTrade | str
+    detail: str = ""
+
+
+class Validator:
+    """Accepts well-formed, new, plausible trades of known symbols and converts them to :class:`Tick`.
+
+    Args:
+        symbols: the symbols to accept (``ETHUSDT``...); others are rejected as ``unknown_symbol``.
+        max_future_skew_ms: a trade time more than this ahead of ``recv_ms`` is ``future_ts``
+            (our clock or theirs is wrong).
+        max_past_ms: a trade time more than this before ``recv_ms`` is ``stale_ts``; ``None``
+            disables the check (archive replay, where recv time is replay time). The default of
+            7 days leaves room for REST backfill after a long outage.
+        sample_size: how many recent rejected items to keep.
+        skew_window: how many recent skews the running median is taken over.
+
+    Rejection reasons: ``unknown_symbol``, ``bad_price``, ``bad_size``, ``bad_ts``, ``future_ts``,
+    ``stale_ts``, ``duplicate`` (id at or below the last accepted one), ``out_of_order`` (id inside
+    a recorded gap: late, never seen, but behind the stream; backfill owns it), plus whatever
+    :meth:`reject_raw` is called with.
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        max_future_skew_ms: int = 5_000,
+        max_past_ms: int | None = 7 * 86_400_000,
+        sample_size: int = 20,
+        skew_window: int = 1_001,
+    ) -> None:
+        self.symbols = frozenset(symbols)
+        if not self.symbols:
+            raise ValueError("the validator needs at least one symbol")
+        if max_future_skew_ms < 0 or (max_past_ms is not None and max_past_ms <= 0):
+            raise ValueError("max_future_skew_ms must be >= 0 and max_past_ms > 0 (or None)")
+        self.max_future_skew_ms = max_future_skew_ms
+        self.max_past_ms = max_past_ms
+        self.counts: dict[str, int] = {}
+        self.accepted = 0
+        self.samples: deque[RejectedSample] = deque(maxlen=sample_size)
+        self.last_ids: dict[str, int] = {}
+        self.gaps_total = 0
+        self.missing_ids_total = 0
+        self._pending_gaps: list[Gap] = []
+        self._recent_gaps: dict[str, deque[Gap]] = {}
+        self._skews: deque[int] = deque(maxlen=skew_window)
+        self.skew_last_ms: int | None = None
+        self.skew_min_ms: int | None = None
+        self.skew_max_ms: int | None = None
+        self.skew_ewma_ms: float | None = None
+
+    def resume(self, symbol: str, last_id: int) -> None:
+        """Continue after ``last_id`` (e.g. from a recording or the stream's last tick) so a restart sees gaps."""
+        self.last_ids[symbol] = last_id
+
+    def check(self, trade: RawTrade, recv_ms: int) -> Tick | Rejection:
+        """Accept ``trade`` (received at ``recv_ms``) as a Tick, or say why not.
+
+        An accepted trade whose id skips ahead also records a :class:`Gap` (see :meth:`take_gaps`).
+        """
+        if not 0 <= recv_ms <= LATEST_EPOCH_MS:
+            raise ValueError(f"recv_ms {recv_ms} is not epoch milliseconds")
+        symbol = trade.symbol
+        if symbol not in self.symbols:
+            return self._reject("unknown_symbol", trade)
+        if not (trade.price > 0 and math.isfinite(trade.price)):
+            return self._reject("bad_price", trade, repr(trade.price))
+        if not (trade.size > 0 and math.isfinite(trade.size)):
+            return self._reject("bad_size", trade, repr(trade.size))
+        ts = trade.ts_event_ms
+        if not EARLIEST_TRADE_MS <= ts <= LATEST_EPOCH_MS:
+            return self._reject("bad_ts", trade, str(ts))
+        if ts - recv_ms > self.max_future_skew_ms:
+            return self._reject("future_ts", trade, f"{ts - recv_ms} ms ahead")
+        if self.max_past_ms is not None and recv_ms - ts > self.max_past_ms:
+            return self._reject("stale_ts", trade, f"{recv_ms - ts} ms old")
+        tid = trade.trade_id
+        last = self.last_ids.get(symbol)
+        if last is not None:
+            if tid <= last:
+                return self._reject(self._repeat_reason(symbol, tid), trade, f"last accepted id {last}")
+            if tid > last + 1:
+                gap = Gap(symbol, last + 1, tid - 1, ts)
+                self._pending_gaps.append(gap)
+                self._recent_gaps.setdefault(symbol, deque(maxlen=RECENT_GAPS_KEPT)).append(gap)
+                self.gaps_total += 1
+                self.missing_ids_total += gap.size
+        self.last_ids[symbol] = tid
+        self.accepted += 1
+        self._observe_skew(recv_ms - ts)
+        return Tick(tid, trade.price, trade.size, "SELL" if trade.buyer_is_maker else "BUY", ts, recv_ms)
+
+    def reject_raw(self, reason: str, raw: str | bytes, detail: str = "") -> None:
+        """Count an item that never became a trade (a ParseError's reason and the message)."""
+        if isinstance(raw, bytes):
+            raw = raw[:SAMPLE_ITEM_CHARS].decode("utf-8", "replace")
+        self._count(reason)
+        self.samples.append(RejectedSample(reason, raw[:SAMPLE_ITEM_CHARS], detail))
+
+    def take_gaps(self) -> list[Gap]:
+        """Gaps recorded since the last call, oldest first (the validator forgets them)."""
+        gaps, self._pending_gaps = self._pending_gaps, []
+        return gaps
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and clock skew (recv - trade time, ms) for /stats; plain JSON-able values."""
+        return {
+            "accepted": self.accepted,
+            "rejected": dict(self.counts),
+            "gaps": self.gaps_total,
+            "missing_ids": self.missing_ids_total,
+            "last_ids": dict(self.last_ids),
+            "skew_ms": {
+                "last": self.skew_last_ms,
+                "min": self.skew_min_ms,
+                "max": self.skew_max_ms,
+                "ewma": None if self.skew_ewma_ms is None else round(self.skew_ewma_ms, 1),
+                "p50_recent": median(self._skews) if self._skews else None,
+            },
+            "samples": [
+                {
+                    "reason": s.reason,
+                    "item": repr(s.item) if isinstance(s.item, RawTrade) else s.item,
+                    "detail": s.detail,
+                }
+                for s in self.samples
+            ],
+        }
+
+    def _repeat_reason(self, symbol: str, trade_id: int) -> str:
+        for gap in self._recent_gaps.get(symbol, ()):
+            if gap.from_id <= trade_id <= gap.to_id:
+                return "out_of_order"
+        return "duplicate"
+
+    def _reject(self, reason: str, trade: RawTrade, detail: str = "") -> Rejection:
+        self._count(reason)
+        self.samples.append(RejectedSample(reason, trade, detail))
+        return Rejection(reason, trade, detail)
+
+    def _count(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def _observe_skew(self, skew_ms: int) -> None:
+        self.skew_last_ms = skew_ms
+        self._skews.append(skew_ms)
+        if self.skew_min_ms is None or skew_ms < self.skew_min_ms:
+            self.skew_min_ms = skew_ms
+        if self.skew_max_ms is None or skew_ms > self.skew_max_ms:
+            self.skew_max_ms = skew_ms
+        # alpha 0.01: about the last 100 trades, smooth enough to read, quick enough to show a drift.
+        self.skew_ewma_ms = (
+            skew_ms if self.skew_ewma_ms is None else self.skew_ewma_ms + 0.01 * (skew_ms - self.skew_ewma_ms)
+        )
