@@ -1,15 +1,20 @@
-"""``unistream ingest --source replay`` as a script would run it: every tick written once, then exit 0."""
+"""``unistream ingest`` sources as a script would run them: replay writes every tick once then exits 0;
+external writes only what producers post."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import redis
+from helpers import probe
 
 from unistream_common import codec, keys
 from unistream_common.redis_server import free_port
@@ -71,3 +76,31 @@ def test_replay_with_a_missing_file_stops_with_the_reason(redis_url: str, tmp_pa
     done = replay(redis_url, tmp_path / "ETHUSDT-trades-2025-01-01.zip")
     assert done.returncode != 0
     assert "replay files not found" in done.stderr
+
+
+def test_external_source_writes_nothing_itself_and_stays_ready(redis_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
+    port = free_port()
+    env.update({"UNISTREAM_REDIS_URL": redis_url, "UNISTREAM_HTTP_PORT": str(port), "UNISTREAM_SOURCE": "external"})
+    proc = subprocess.Popen([sys.executable, "-m", "unistream_common.cli", "ingest"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while probe(port)[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        tick = {"trade_id": 5, "price": "2500.10", "size": "0.5", "side": "BUY", "ts_event_ms": int(time.time() * 1000)}
+        body = json.dumps({"symbol": "BTCUSDT", "source": "REAL", "ticks": [tick]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/ticks", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert json.loads(resp.read())["accepted"] == 1
+        time.sleep(0.5)
+        client = redis.Redis.from_url(redis_url)
+        assert client.xlen(keys.ticks("ETHUSDT")) == 0, "no built-in source writes"
+        assert [codec.decode(f).source for _, f in client.xrange(keys.ticks("BTCUSDT"))] == ["REAL"]
+        client.close()
+        info = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5).read())["info"]
+        assert info["source"].startswith("external")
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0

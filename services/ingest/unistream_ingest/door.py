@@ -161,11 +161,14 @@ def _decode_message(exc: msgspec.DecodeError) -> str:
     return str(exc)[:200]
 
 
-def parse_batch(body: bytes, symbols: frozenset[str], max_items: int) -> ParsedBatch:
+def parse_batch(
+    body: bytes, symbols: frozenset[str], max_items: int, busy: frozenset[str] = frozenset()
+) -> ParsedBatch:
     """Decode one request body (pure: no clock, no Redis).
 
+    ``symbols`` are those the door serves; ``busy`` those the ingest's own source writes.
     Raises :class:`BodyError` when the body as a whole is unusable (not JSON 400; too many
-    items 413; wrong envelope, unknown symbol, no ticks 422). Items that do not parse, or whose
+    items 413; wrong envelope, unknown or busy symbol, no ticks 422). Items that do not parse, or whose
     trade id does not increase, are returned in ``errors``; the others in ``trades``.
     """
     try:
@@ -177,10 +180,17 @@ def parse_batch(body: bytes, symbols: frozenset[str], max_items: int) -> ParsedB
     except RecursionError:  # msgspec's depth guard: '[[[[...' is refused, not a crash
         raise BodyError(422, "too_deep", "the JSON is nested too deeply") from None
     if envelope.symbol not in symbols:
+        if envelope.symbol in busy:
+            raise BodyError(
+                422,
+                "source_conflict",
+                f"{envelope.symbol} is written by this ingest's own source; one writer per tick stream keeps ids "
+                "in order: run an ingest with UNISTREAM_SOURCE=external for symbols you bring",
+            )
         raise BodyError(
             422,
             "unknown_symbol",
-            f"{envelope.symbol[:40]!r} is not served here; use one of {', '.join(sorted(symbols))}",
+            f"{envelope.symbol[:40]!r} is not served here; use one of {', '.join(sorted(symbols)) or '(none)'}",
         )
     raw_items = [body] if envelope.ticks is None else [bytes(raw) for raw in envelope.ticks]
     if not raw_items:
@@ -252,7 +262,8 @@ class Door:
 
     def __post_init__(self) -> None:
         self.validator = Validator(self.settings.symbols)
-        self._symbols = frozenset(self.settings.symbols)
+        self._symbols = frozenset(self.settings.door_symbols)
+        self._busy = frozenset(self.settings.symbols) - self._symbols  # written by the built-in source
         self._token = self.settings.ingest_token.encode()
         describe = self.stats.describe
         describe("door_requests", "requests and websocket messages at /v1/ticks, by transport and status")
@@ -351,7 +362,7 @@ class Door:
     async def submit(self, body: bytes) -> Answer:
         """Validate one batch and write it whole, or refuse it whole; the answer says which."""
         try:
-            parsed = parse_batch(body, self._symbols, self.settings.max_batch_items)
+            parsed = parse_batch(body, self._symbols, self.settings.max_batch_items, self._busy)
         except BodyError as exc:
             return self._refuse(exc.error, exc.detail, exc.status, body)
         recv_ms = wall_ms()

@@ -56,6 +56,18 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ExternalProducers:
+    """UNISTREAM_SOURCE=external: no built-in source; producers write through /v1/ticks (the door)."""
+
+    label = "REAL"  # never written: this source releases nothing; the door records each batch's own
+
+    def advance(self, now_ms: int) -> dict[str, list[Tick]]:
+        return {}
+
+    def info(self) -> dict[str, object]:
+        return {"source": "external producers (POST or websocket /v1/ticks)"}
+
+
 class IngestWriter:
     """Advances the tick source on a fixed cadence and writes its trades to Redis."""
 
@@ -118,6 +130,9 @@ class IngestWriter:
 
     def _make_source(self, tops: dict[str, Tick | None], start_ms: int) -> TickSource:
         settings = self.settings
+        if settings.source == "external":
+            log.info("UNISTREAM_SOURCE=external: ticks come only from producers at /v1/ticks")
+            return ExternalProducers()
         if settings.source == "replay":
             symbol = settings.replay_target
             source = ReplaySource(settings.replay_paths, symbol, settings.replay_factor, start_ms)

@@ -14,10 +14,10 @@ from unistream_common.settings import CommonSettings
 class IngestSettings(CommonSettings):
     """Ingest: where ticks come from and how they are written to ``md:ticks:{SYMBOL}``."""
 
-    source: Literal["auto", "synthetic", "replay"] = Field(
+    source: Literal["auto", "synthetic", "replay", "external"] = Field(
         "auto",
         description="Market data source: synthetic; replay (archive files, see UNISTREAM_REPLAY_PATHS); "
-        "auto (in this build the synthetic market, logged as such)",
+        "external (only producers posting to /v1/ticks); auto (in this build the synthetic market, logged as such)",
     )
     replay_paths: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated Binance archive files (.csv or .zip, trades or aggTrades) to replay"
@@ -82,6 +82,15 @@ class IngestSettings(CommonSettings):
     def replay_factor(self) -> float | None:
         """Replay speed as a factor of real time, None for as fast as possible."""
         return None if self.replay_speed == "max" else float(self.replay_speed)
+
+    @property
+    def door_symbols(self) -> tuple[str, ...]:
+        """Symbols /v1/ticks accepts: those no built-in source writes (one writer per tick stream)."""
+        if self.source == "external":
+            return self.symbols
+        if self.source == "replay":
+            return tuple(s for s in self.symbols if s != self.replay_target)
+        return ()
 
     @property
     def replay_target(self) -> str:
