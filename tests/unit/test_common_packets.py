@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from unistream_common import codec, keys
 from unistream_common.packets import (
     Bar,
+    GapMarker,
     MetricsPacket,
     ModelStatus,
     Tick,
@@ -185,3 +186,13 @@ def test_bad_configuration_stops_with_what_to_change(
         load_settings(CommonSettings)
     assert err.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_gap_marker_round_trips_and_refuses_backward_ranges() -> None:
+    gap = GapMarker(
+        symbol="ETHUSDT", source="REAL", from_trade_id=101, to_trade_id=157, ts_from_ms=1_000,
+        ts_to_ms=2_000, reason="backfill_failed", ts_recv_ms=2_100,
+    )  # fmt: skip
+    assert codec.decode(codec.encode(gap)) == gap and gap.missing == 57
+    with pytest.raises(ValueError, match="to_trade_id 5 was below from_trade_id 9"):
+        GapMarker("ETHUSDT", "REAL", 9, 5, 0, 0, "x", 0)

@@ -147,6 +147,7 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
         "ETHUSDT · Source: REAL MARKET DATA",
         "ETHUSDT · Price: 3,013.00",
         "ETHUSDT · Training packets: 987",
+        "ETHUSDT · Gaps: none",
         "ETHUSDT · CNN model: TRAINING, version v1, 123,456 parameters",
         "ETHUSDT · RL agent: training (1,234 updates), 512 features",
     ]
@@ -154,6 +155,11 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
     assert card.live and card.badge == ":green-badge[LIVE] :green-badge[REAL MARKET DATA]"
     assert card.predictions == "CNN predictions: top 0.120 · bottom 0.080"
     assert card.status_age_ms == 100
+
+
+def test_unrecoverable_gaps_are_counted_on_the_card() -> None:
+    card = view.symbol_status("ETHUSDT", _ui(gaps_seen=2, trades_missing=1_057), _ticks(), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    assert card.line("gaps") == "ETHUSDT · Gaps: 2 (1,057 trades missing)"
 
 
 def test_price_and_age_come_from_the_tick_stream_when_it_is_there() -> None:
@@ -192,6 +198,7 @@ def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
         "BTCUSDT · Source: n/a",
         "BTCUSDT · Price: n/a",
         "BTCUSDT · Training packets: n/a",
+        "BTCUSDT · Gaps: n/a",
         "BTCUSDT · CNN model: n/a",
         "BTCUSDT · RL agent: waiting (no updates yet), n/a features",
     ]

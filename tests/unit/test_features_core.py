@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 
 from unistream_common import codec
-from unistream_common.packets import Bar, Tick, TickBatch
+from unistream_common.packets import Bar, GapMarker, Tick, TickBatch
 from unistream_features import microstructure as micro
 from unistream_features.cnn import HIDDEN, PREDICTION_NAMES, CnnRunner, ModelRejected, init_model, sha256_hex
 from unistream_features.core import FeatureConfig, FeatureEngine
@@ -327,3 +327,12 @@ def test_model_uris_resolve_file_urls_absolute_and_relative_paths_and_refuse_rem
     assert resolve_model_uri("cnn/x.safetensors", str(tmp_path)) == tmp_path / "cnn" / "x.safetensors"
     with pytest.raises(ModelRejected, match="https"):
         resolve_model_uri("https://example.com/x.safetensors", str(tmp_path))
+
+
+def test_gap_markers_are_counted_into_the_status_packet():
+    engine = small_engine()
+    engine.on_ticks(make_ticks(3, T0))
+    engine.on_gap(GapMarker("ETHUSDT", "REAL", 4, 10, T0, T0 + 500, "backfill_failed", T0 + 600))
+    engine.on_gap(GapMarker("ETHUSDT", "REAL", 20, 20, T0 + 900, T0 + 950, "backfill_failed", T0 + 990))
+    (ui,) = engine.ui_packets(T0 + 1_000, ["ETHUSDT"])
+    assert (ui.gaps_seen, ui.trades_missing) == (2, 8)

@@ -57,6 +57,37 @@ class TickBatch(msgspec.Struct, frozen=True):
             raise ValueError("a tick batch holds no ticks")
 
 
+class GapMarker(msgspec.Struct, frozen=True):
+    """Trades ``from_trade_id``..``to_trade_id`` (inclusive) of one symbol are known to be missing.
+
+    Written on the symbol's tick stream, in order with its ticks, when ingest could not recover
+    them (REST backfill failed or the venue no longer serves them). ``ts_from_ms`` and
+    ``ts_to_ms`` bound the missing trades' times: the last trade before the gap and the first
+    after it (0 when unknown), so consumers can flag the bars that rest on incomplete data.
+    """
+
+    TYPE: ClassVar[str] = "gap"
+    symbol: Symbol
+    source: Source
+    from_trade_id: NonNegInt
+    to_trade_id: NonNegInt
+    ts_from_ms: EpochMs
+    ts_to_ms: EpochMs
+    reason: str
+    ts_recv_ms: EpochMs
+
+    def __post_init__(self) -> None:
+        if self.to_trade_id < self.from_trade_id:
+            raise ValueError(f"to_trade_id {self.to_trade_id} was below from_trade_id {self.from_trade_id}")
+        if self.ts_from_ms and self.ts_to_ms and self.ts_to_ms < self.ts_from_ms:
+            raise ValueError(f"ts_to_ms {self.ts_to_ms} was before ts_from_ms {self.ts_from_ms}")
+
+    @property
+    def missing(self) -> int:
+        """How many trades the gap spans."""
+        return self.to_trade_id - self.from_trade_id + 1
+
+
 class Bar(msgspec.Struct, frozen=True):
     """OHLCV bar over the left-closed UTC interval [open_time_ms, close_time_ms)."""
 
@@ -166,6 +197,8 @@ class UIDataPacket(msgspec.Struct, frozen=True):
     rl_state_dim: NonNegInt
     cnn_predictions: bytes  # float32 LE
     prediction_names: list[str]
+    gaps_seen: NonNegInt = 0  # GapMarkers on the tick stream: runs of trades ingest could not recover
+    trades_missing: NonNegInt = 0  # trades those gaps span
 
 
 class ModelAnnouncement(msgspec.Struct, frozen=True):
@@ -192,5 +225,13 @@ class MetricsPacket(msgspec.Struct, frozen=True):
     metrics: dict[str, float]
 
 
-Packet = TickBatch | Bar | TrainingDataPacket | UIDataPacket | ModelAnnouncement | MetricsPacket
-PACKET_TYPES: tuple[type, ...] = (TickBatch, Bar, TrainingDataPacket, UIDataPacket, ModelAnnouncement, MetricsPacket)
+Packet = TickBatch | GapMarker | Bar | TrainingDataPacket | UIDataPacket | ModelAnnouncement | MetricsPacket
+PACKET_TYPES: tuple[type, ...] = (
+    TickBatch,
+    GapMarker,
+    Bar,
+    TrainingDataPacket,
+    UIDataPacket,
+    ModelAnnouncement,
+    MetricsPacket,
+)

@@ -44,6 +44,8 @@ def ui_packet(
     cnn_parameters: int = 123_456,
     rl_state_dim: int = 512,
     predictions: dict[str, float] | None = None,
+    gaps_seen: int = 0,
+    trades_missing: int = 0,
 ) -> UIDataPacket:
     """A status packet; cache sizes default to the totals capped at the capacities."""
     predictions = {"top": 0.12, "bottom": 0.08} if predictions is None else predictions
@@ -60,6 +62,8 @@ def ui_packet(
         bars_1s_capacity=bars_1s_capacity,
         bars_seen=bars_seen,
         training_packets=training_packets,
+        gaps_seen=gaps_seen,
+        trades_missing=trades_missing,
         cnn=ModelStatus(
             name="extrema-cnn",
             version=cnn_version,

@@ -296,6 +296,7 @@ def symbol_status(
     - ``S · Source: REAL MARKET DATA`` | ``REPLAY (...)`` | ``SYNTHETIC (...)`` | ``n/a``
     - ``S · Price: 3,012.55``
     - ``S · Training packets: 1,234``
+    - ``S · Gaps: none`` or ``S · Gaps: 2 (57 trades missing)``: runs of trades ingest could not recover
     - ``S · CNN model: TRAINING, version v3, 123,456 parameters``
     - ``S · RL agent: training (1,234 updates), 512 features``
     """
@@ -313,7 +314,7 @@ def symbol_status(
         stream = f"{'LIVE' if live else 'OFFLINE'} (last tick {fmt_age(age)} ago)"
 
     if ui is None:
-        tick_cache = bars = training = cnn = NA
+        tick_cache = bars = training = cnn = gaps = NA
         features = NA
     else:
         tick_cache = (
@@ -321,6 +322,7 @@ def symbol_status(
         )
         bars = f"{fmt_int(ui.bars_1s_size)} / {fmt_int(ui.bars_1s_capacity)} (total {fmt_int(ui.bars_seen)})"
         training = fmt_int(ui.training_packets)
+        gaps = "none" if not ui.gaps_seen else f"{fmt_int(ui.gaps_seen)} ({fmt_int(ui.trades_missing)} trades missing)"
         cnn = f"{ui.cnn.state}, version {md_escape(ui.cnn.version)}, {fmt_int(ui.cnn.parameters)} parameters"
         features = fmt_int(ui.rl_state_dim)
 
@@ -331,6 +333,7 @@ def symbol_status(
         StatusLine("source", f"{head}Source: {SOURCE_LABELS.get(source, source) if source else NA}"),
         StatusLine("price", f"{head}Price: {fmt_price(price)}"),
         StatusLine("training", f"{head}Training packets: {training}"),
+        StatusLine("gaps", f"{head}Gaps: {gaps}"),
         StatusLine("cnn", f"{head}CNN model: {cnn}"),
         StatusLine("rl", f"{head}RL agent: {rl.text}, {features} features"),
     )

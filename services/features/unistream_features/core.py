@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unistream_common import codec
-from unistream_common.packets import Bar, ModelStatus, Source, TickBatch, TrainingDataPacket, UIDataPacket
+from unistream_common.packets import Bar, GapMarker, ModelStatus, Source, TickBatch, TrainingDataPacket, UIDataPacket
 from unistream_features import microstructure as micro
 from unistream_features.cnn import MODEL_NAME, PREDICTION_NAMES, CnnRunner
 from unistream_features.state import StateLayout, assemble, make_layout
@@ -59,6 +59,8 @@ class SymbolState:
     # Trades / new 1s bars taken in by this process. A rebuild from the streams counts what it
     # loaded (never below the cache's size), so the dashboard's total is never below the cache.
     ticks_seen: int = 0
+    gaps_seen: int = 0  # GapMarkers read from the tick stream
+    trades_missing: int = 0  # trades they span
     bars_seen: int = 0
     training_packets: int = 0  # training packets produced by this process
     emitted_until_ms: int = 0  # close time of the newest bar a training packet exists for
@@ -118,6 +120,12 @@ class FeatureEngine:
         self.events["rebuilt_ticks"] += len(st.ticks)
         st.ticks_seen = max(st.ticks_seen, len(st.ticks))
         st.bars_seen = max(st.bars_seen, len(st.bars))
+
+    def on_gap(self, gap: GapMarker) -> None:
+        """Count a run of trades ingest could not recover (shown on the dashboard)."""
+        st = self.symbol(gap.symbol)
+        st.gaps_seen += 1
+        st.trades_missing += gap.missing
 
     def on_ticks(self, batch: TickBatch) -> None:
         """Add a batch of trades to its symbol's cache."""
@@ -225,6 +233,8 @@ class FeatureEngine:
                     tick_cache_size=len(st.ticks),
                     tick_cache_capacity=self.config.tick_capacity,
                     ticks_seen=st.ticks_seen,
+                    gaps_seen=st.gaps_seen,
+                    trades_missing=st.trades_missing,
                     bars_1s_size=len(st.bars),
                     bars_1s_capacity=self.config.bar_capacity,
                     bars_seen=st.bars_seen,

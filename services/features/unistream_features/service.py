@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
-from unistream_common.packets import Bar, ModelAnnouncement, TickBatch, TrainingDataPacket
+from unistream_common.packets import Bar, GapMarker, ModelAnnouncement, TickBatch, TrainingDataPacket
 from unistream_common.redisio import s
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
@@ -89,7 +89,7 @@ class FeaturesService:
             options=ConsumerOptions(timer_interval_s=self.settings.cycle_ms / 1000),
             on_timer=self.on_timer,
             on_rewind=self.on_rewind,
-            packet_types=(TickBatch, Bar),
+            packet_types=(TickBatch, GapMarker, Bar),
         )
 
     # --- start and rewind ------------------------------------------------------------------
@@ -162,6 +162,8 @@ class FeaturesService:
             packet = m.packet
             if isinstance(packet, TickBatch):
                 self.engine.on_ticks(packet)
+            elif isinstance(packet, GapMarker):
+                self.engine.on_gap(packet)
             elif isinstance(packet, Bar):
                 training = self.engine.on_bar(packet)
                 if training is not None:
