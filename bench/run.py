@@ -14,6 +14,10 @@ Rows (ticks/s unless stated):
 - ``tickbatch_codec``: encode + decode of TickBatch entries, no Redis (ticks/s);
 - ``replay_max``: ``unistream ingest``'s replay at max speed (archive CSV parsed, validated,
   batched, written) in-process, from start to the last tick written (ticks/s);
+- ``live_p50_ms`` / ``live_p99_ms``: a trade sent by the local test exchange (websocket, 2,000
+  messages/s over two symbols) until it is readable in ``md:ticks:{SYMBOL}``, with ``unistream
+  ingest --source binance`` as its own process (ms); reference: ``redis_hop_p99_ms``, one XADD
+  until a blocked XREAD on another connection returns it;
 - ``replay_peak_rss_mib``: peak resident memory of a whole ``unistream ingest --source replay``
   process over the same file (MiB; reference: a bare ``python -c pass``).
 """
@@ -34,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -178,6 +183,113 @@ async def python_rss_mib(url: str, n: int, batch: int) -> float:
     return await asyncio.to_thread(_peak_rss_mib, [sys.executable, "-c", "pass"], dict(os.environ))
 
 
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+_LIVE_CACHE: dict[str, list[float]] = {}
+
+
+async def _live_latencies(url: str, seconds: float = 6.0) -> list[float]:
+    """Latencies (ms) of every trade from exchange send to readable in Redis, one measured run."""
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from exchange import TestExchange  # the local exchange that speaks Binance's protocol
+
+    from unistream_common.redis_server import free_port
+
+    ready = threading.Event()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with TestExchange(("ETHUSDT", "BTCUSDT"), rate_per_s=1_000) as ex:
+                box["ex"] = ex
+                ready.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    ex = box["ex"]
+    client = aioredis.Redis.from_url(url)
+    await client.flushall()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
+    env.update({
+        "UNISTREAM_REDIS_URL": url, "UNISTREAM_HTTP_PORT": str(free_port()), "UNISTREAM_SOURCE": "binance",
+        "UNISTREAM_BINANCE_WS_URL": ex.ws_url, "UNISTREAM_BINANCE_REST_URL": ex.rest_url, "UNISTREAM_LOG_LEVEL": "WARNING",
+    })  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "unistream_common.cli", "ingest"], env=env)  # noqa: ASYNC220 - returns at once
+    seen: dict[tuple[str, int], float] = {}
+    last = {"md:ticks:{ETHUSDT}": "$", "md:ticks:{BTCUSDT}": "$"}
+    reader = aioredis.Redis.from_url(url, socket_timeout=None)
+    deadline = time.monotonic() + seconds + 8
+    start_measure = None
+    while time.monotonic() < deadline:
+        reply = await reader.xread(last, block=500)
+        now = time.time()
+        for stream, entries in reply or []:
+            name = stream.decode()
+            for eid, fields in entries:
+                last[name] = eid
+                batch = codec.decode(fields)
+                if isinstance(batch, TickBatch):
+                    for tick in batch.ticks:
+                        seen[(batch.symbol, tick.trade_id)] = now
+        if seen and start_measure is None:
+            start_measure = time.monotonic()  # the feed is up: measure from here
+        if start_measure is not None and time.monotonic() - start_measure > seconds:
+            break
+    proc.terminate()
+    proc.wait(10)
+    stop.set()
+    thread.join(5)
+    await reader.aclose()
+    await client.aclose()
+    out = []
+    for symbol, trades in ex.log.items():
+        for trade in trades:
+            got = seen.get((symbol, trade.trade_id))
+            if got is not None and trade.sent_s is not None:
+                out.append((got - trade.sent_s) * 1000)
+    # the first second holds the connection's start-up and any backfill: steady state only
+    return out[len(out) // 6 :] if out else out
+
+
+async def live_p50_ms(url: str, n: int, batch: int) -> float:
+    _LIVE_CACHE["last"] = await _live_latencies(url)
+    return _percentile(_LIVE_CACHE["last"], 0.50)
+
+
+async def live_p99_ms(url: str, n: int, batch: int) -> float:
+    values = _LIVE_CACHE.pop("last", None) or await _live_latencies(url)
+    return _percentile(values, 0.99)
+
+
+async def redis_hop_p99_ms(url: str, n: int, batch: int) -> float:
+    writer = aioredis.Redis.from_url(url)
+    reader = aioredis.Redis.from_url(url, socket_timeout=None)
+    hops = []
+    last = "$"
+    for _ in range(2_000):
+        read = asyncio.create_task(reader.xread({"bench:hop": last}, block=1_000))
+        await asyncio.sleep(0)
+        sent = time.perf_counter()
+        await writer.xadd("bench:hop", {"f": "v"})
+        reply = await read
+        hops.append((time.perf_counter() - sent) * 1000)
+        last = reply[0][1][-1][0] if reply else last
+    await writer.aclose()
+    await reader.aclose()
+    return _percentile(hops, 0.99)
+
+
 Row = Callable[[str, int, int], Awaitable[float]]
 ROWS: dict[str, tuple[Row, str | None, str]] = {
     "xadd_per_tick": (xadd_per_tick, None, "ticks/s"),
@@ -185,6 +297,9 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "tickbatch_xadd": (tickbatch_xadd, "xadd_per_tick", "ticks/s"),
     "tickbatch_codec": (tickbatch_codec, "xadd_per_tick", "ticks/s"),
     "replay_max": (replay_max, "xadd_per_tick", "ticks/s"),
+    "redis_hop_p99_ms": (redis_hop_p99_ms, None, "ms"),
+    "live_p50_ms": (live_p50_ms, "redis_hop_p99_ms", "ms"),
+    "live_p99_ms": (live_p99_ms, "redis_hop_p99_ms", "ms"),
     "python_rss_mib": (python_rss_mib, None, "MiB"),
     "replay_peak_rss_mib": (replay_peak_rss_mib, "python_rss_mib", "MiB"),
 }
@@ -240,7 +355,9 @@ def main() -> int:
     print(f"{'row':24} {'median':>14} {'min':>14} {'max':>14}  unit        x reference")
     for r in rows:
         ratio = f"{r['ratio_to_reference']:.2f} x {r['reference']}" if r["ratio_to_reference"] else "(reference)"
-        print(f"{r['row']:24} {r['median']:>14,.0f} {r['min']:>14,.0f} {r['max']:>14,.0f}  {r['unit']:10}  {ratio}")
+        fmt = "{:>14,.2f}" if r["max"] < 100 else "{:>14,.0f}"  # ms and MiB rows need their decimals
+        cells = " ".join(fmt.format(r[k]) for k in ("median", "min", "max"))
+        print(f"{r['row']:24} {cells}  {r['unit']:10}  {ratio}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

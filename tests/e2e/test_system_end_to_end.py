@@ -85,7 +85,8 @@ def system(tmp_path: Path) -> Iterator[dict[str, object]]:
     redis_port = free_port()
     offset = pick_port_offset()
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
-    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO"})
+    # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
+    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
     log_path = tmp_path / "run.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

@@ -80,7 +80,7 @@ def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes
         codes = {name: proc.wait(10) for name, proc in procs.items()}
         client.close()
     assert codes == {"ingest": 0, "aggregator": 0}
-    assert "live Binance is not implemented" in logs["ingest"].read_text()
+    assert "using the seeded synthetic market" in logs["ingest"].read_text()
     assert "stopped; every generated tick was written" in logs["ingest"].read_text()
     assert "stopped with" in logs["aggregator"].read_text()
 

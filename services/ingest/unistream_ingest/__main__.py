@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unistream ingest",
         description="Market trades into md:ticks:{SYMBOL}. Every option overrides its UNISTREAM_* variable.",
     )
-    parser.add_argument("--source", choices=["auto", "synthetic", "replay"], help="UNISTREAM_SOURCE")
+    parser.add_argument(
+        "--source", choices=["auto", "binance", "synthetic", "replay", "external"], help="UNISTREAM_SOURCE"
+    )
+    parser.add_argument("--record", metavar="DIR", help="record live trades as daily CSV files (UNISTREAM_RECORD_DIR)")
     parser.add_argument("--path", nargs="+", metavar="FILE", help="files to replay (UNISTREAM_REPLAY_PATHS)")
     parser.add_argument("--symbol", help="symbol of the replayed files (UNISTREAM_REPLAY_SYMBOL)")
     parser.add_argument("--speed", help="replay pace: max, or a factor of real time (UNISTREAM_REPLAY_SPEED)")
@@ -41,6 +44,8 @@ def main(argv: list[str]) -> int:
             overrides["symbols"] = (args.symbol.upper(),)
     if args.speed:
         overrides["replay_speed"] = args.speed
+    if args.record:
+        overrides["record_dir"] = args.record
     settings = load_settings(IngestSettings, **overrides)
     stats = Stats(SERVICE)
     return run_service(SERVICE, settings, worker, stats, routers=[make_door_router(settings, stats)])

@@ -33,11 +33,14 @@ from redis.exceptions import RedisError
 
 from unistream_common import codec, keys
 from unistream_common.consumer import raise_if_cancel_lost
-from unistream_common.packets import Tick, TickBatch
+from unistream_common.packets import GapMarker, Tick, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
+from unistream_ingest.live import BinanceLiveSource, reachable
+from unistream_ingest.livefeed import LiveFeed
+from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
 from unistream_ingest.settings import IngestSettings
 
@@ -85,6 +88,8 @@ class IngestWriter:
         self._last_error = ""  # last Redis error, "" once writes succeed again
         self._dropping: set[str] = set()  # symbols whose buffer overflowed since the last good write
         self._top_sources: dict[str, str] = {}  # source label of each tick stream's newest batch
+        self._top_markers: dict[str, GapMarker] = {}  # a gap marker at a stream's top (uncertain writes)
+        self._markers: list[GapMarker] = []  # gap markers not yet written
         stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
@@ -126,10 +131,17 @@ class IngestWriter:
                 delay = min(delay * 2, self.settings.retry_backoff_max_ms / 1000)
         self._uncertain = False
         self._last_ok = time.monotonic()
-        self.source = self._make_source(tops, wall_ms())
+        self.source = await self._make_source(tops, wall_ms())
 
-    def _make_source(self, tops: dict[str, Tick | None], start_ms: int) -> TickSource:
+    async def _make_source(self, tops: dict[str, Tick | None], start_ms: int) -> TickSource:
         settings = self.settings
+        if settings.source == "binance" or settings.source == "auto":
+            if settings.source == "binance" or await reachable(settings.binance_rest_url, timeout=3.0):
+                return self._live_source(tops)
+            log.warning(
+                "UNISTREAM_SOURCE=auto: Binance REST at %s is not reachable; using the seeded synthetic market "
+                "(every batch is marked SYNTHETIC)", settings.binance_rest_url,
+            )  # fmt: skip
         if settings.source == "external":
             log.info("UNISTREAM_SOURCE=external: ticks come only from producers at /v1/ticks")
             return ExternalProducers()
@@ -145,11 +157,6 @@ class IngestWriter:
                 settings.replay_speed, f", after trade id {top.trade_id}" if top is not None else "",
             )  # fmt: skip
             return source
-        if settings.source == "auto":
-            log.warning(
-                "UNISTREAM_SOURCE=auto: live Binance is not implemented in this build; using the seeded "
-                "synthetic market (every batch is marked SYNTHETIC)"
-            )
         prices = {s: t.price for s, t in tops.items() if t is not None}
         # ids continue upwards with a visible gap: the market was not observed while we were down
         first_ids = {s: max(start_ms, t.trade_id + 2) for s, t in tops.items() if t is not None}
@@ -159,27 +166,67 @@ class IngestWriter:
         )  # fmt: skip
         return SyntheticMarket(self.symbols, settings.seed, start_ms, prices, first_ids)
 
+    def _live_source(self, tops: dict[str, Tick | None]) -> LiveFeed:
+        settings = self.settings
+        # Continue after the last live trade written: the ids since are backfilled by REST.
+        resume = {s: t.trade_id for s, t in tops.items() if t is not None and self._top_sources.get(s) == "REAL"}
+        recorder = Recorder(settings.record_dir) if settings.record_dir else None
+
+        def client(on_trades: Any, on_event: Any, resume_from: Any) -> BinanceLiveSource:
+            return BinanceLiveSource(
+                settings.binance_ws_url, settings.binance_rest_url, settings.symbols, on_trades, on_event,
+                silence_s=settings.binance_silence_s, resume_from=resume_from,
+            )  # fmt: skip
+
+        log.info(
+            "live Binance trades for %s from %s (REST %s)%s%s", ",".join(settings.symbols), settings.binance_ws_url,
+            settings.binance_rest_url, f", resuming after {resume}" if resume else "",
+            f", recording to {settings.record_dir}" if recorder else "",
+        )  # fmt: skip
+        return LiveFeed(client, settings.symbols, resume, recorder)
+
     async def run(self) -> None:
-        """Start, then advance and write every flush interval until cancelled or a finite source is written."""
+        """Start, then advance and write every flush interval until cancelled or a finite source is written.
+
+        A live source wakes the loop when trades arrive; they wait ``live_batch_ms`` for company
+        (a micro-batch) and are written at once.
+        """
         await self.start()
         assert self.source is not None
         interval = self.settings.flush_interval_ms / 1000
+        wake: asyncio.Event | None = getattr(self.source, "wake", None)
+        feed = asyncio.create_task(self.source.run()) if hasattr(self.source, "run") else None
         next_at = time.monotonic()
         try:
             while True:
                 if self._finished():
                     log.info("source exhausted and every tick written: %s", self.source.info())
                     return
+                if feed is not None and feed.done():
+                    feed.result()  # a live feed that stopped is an error: raise it
+                    raise RuntimeError("the live feed stopped")
                 next_at += interval
                 delay = next_at - time.monotonic()
                 if delay < -interval or self._eager():
                     # behind (a slow write), or a replay at max speed: no catching up in a burst, no pacing
                     next_at = time.monotonic()
                     delay = 0.0
-                await asyncio.sleep(max(0.0, delay))
+                if wake is not None and time.monotonic() >= self._retry_at:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), max(0.0, delay))
+                    if wake.is_set():
+                        wake.clear()
+                        await asyncio.sleep(self.settings.live_batch_ms / 1000)
+                else:
+                    await asyncio.sleep(max(0.0, delay))
                 await self.cycle(wall_ms())
                 raise_if_cancel_lost()
         except asyncio.CancelledError:
+            if feed is not None:  # stop the feed, then keep what it already handed over
+                feed.cancel()
+                await asyncio.wait({feed}, timeout=5)
+                for symbol, ticks in self.source.advance(wall_ms()).items():
+                    self.buffer.extend(symbol, ticks)
             with contextlib.suppress(*REDIS_ERRORS):
                 if self.buffer.size():
                     await asyncio.wait_for(self._write(wall_ms()), SHUTDOWN_FLUSH_S)
@@ -188,6 +235,10 @@ class IngestWriter:
             else:
                 log.info("stopped; every generated tick was written")
             raise
+        finally:
+            if feed is not None:
+                feed.cancel()
+                await asyncio.wait({feed}, timeout=5)
 
     def _finite(self) -> bool:
         return getattr(self.source, "done", None) is not None
@@ -262,18 +313,26 @@ class IngestWriter:
             if isinstance(packet, TickBatch):
                 out[symbol] = packet.ticks[-1]
                 self._top_sources[symbol] = packet.source
+            elif isinstance(packet, GapMarker):
+                self._top_markers[symbol] = packet
         return out
 
     async def _write(self, now_ms: int) -> None:
         """Write everything buffered; raise a Redis error if any part failed (kept for retry)."""
         if self._uncertain:
             tops = await self._read_tops()
+            self._markers = [m for m in self._markers if self._top_markers.get(m.symbol) != m]
             for symbol, top in tops.items():
                 if top is not None:
                     n = self.buffer.discard_through(symbol, top.trade_id)
                     if n:
                         self.stats.inc("ingest_ticks_already_written", n, symbol=symbol)
             self._uncertain = False
+        take = getattr(self.source, "take_markers", None)
+        if take is not None:
+            self._markers.extend(take())
+        if self._markers:
+            await self._write_markers(now_ms)
         chunks = self.buffer.chunks(self.settings.max_batch_ticks)
         if not chunks:
             if time.monotonic() - self._last_ok >= IDLE_PING_S:
@@ -310,6 +369,22 @@ class IngestWriter:
             log.info("Redis writes succeed again")
             self._last_error = ""
         self._dropping.clear()
+
+    async def _write_markers(self, now_ms: int) -> None:
+        """Write pending gap markers (before the ticks buffered with them); kept for retry on failure."""
+        min_id = max(0, now_ms - self.settings.tick_retention_s * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for marker in self._markers:
+            pipe.xadd(keys.ticks(marker.symbol), codec.encode(marker), id="*", minid=min_id, approximate=True)
+        try:
+            await pipe.execute()
+        except BaseException:
+            self._uncertain = True
+            raise
+        for marker in self._markers:
+            self.stats.inc("ingest_gap_markers", symbol=marker.symbol)
+            self.stats.inc("ingest_trades_unrecoverable", marker.missing, symbol=marker.symbol)
+        self._markers.clear()
 
 
 async def worker(ctx: ServiceContext) -> None:

@@ -14,11 +14,21 @@ from unistream_common.settings import CommonSettings
 class IngestSettings(CommonSettings):
     """Ingest: where ticks come from and how they are written to ``md:ticks:{SYMBOL}``."""
 
-    source: Literal["auto", "synthetic", "replay", "external"] = Field(
+    source: Literal["auto", "binance", "synthetic", "replay", "external"] = Field(
         "auto",
-        description="Market data source: synthetic; replay (archive files, see UNISTREAM_REPLAY_PATHS); "
-        "external (only producers posting to /v1/ticks); auto (in this build the synthetic market, logged as such)",
+        description="Market data source: binance (live trades); auto (binance when its REST answers, else "
+        "synthetic, logged); synthetic; replay (archive files, see UNISTREAM_REPLAY_PATHS); external "
+        "(only producers posting to /v1/ticks)",
     )
+    binance_ws_url: str = Field(
+        "wss://stream.binance.com:9443", description="Binance websocket base (combined streams are added)"
+    )
+    binance_rest_url: str = Field("https://api.binance.com", description="Binance REST base (backfill, time)")
+    binance_silence_s: float = Field(60.0, gt=0, description="A websocket with no message for this long is replaced, s")
+    live_batch_ms: float = Field(
+        1.0, ge=0, le=1_000, description="Live trades wait this long for company before they are written, ms"
+    )
+    record_dir: str = Field("", description="Record live trades as daily Binance trades CSV files here (--record)")
     replay_paths: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated Binance archive files (.csv or .zip, trades or aggTrades) to replay"
     )
@@ -91,6 +101,20 @@ class IngestSettings(CommonSettings):
         if self.source == "replay":
             return tuple(s for s in self.symbols if s != self.replay_target)
         return ()
+
+    @field_validator("binance_ws_url")
+    @classmethod
+    def _check_ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{value!r} is not a websocket URL; use e.g. wss://stream.binance.com:9443")
+        return value.rstrip("/")
+
+    @field_validator("binance_rest_url")
+    @classmethod
+    def _check_rest_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an HTTP URL; use e.g. https://api.binance.com")
+        return value.rstrip("/")
 
     @property
     def replay_target(self) -> str:
