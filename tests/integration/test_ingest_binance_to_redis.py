@@ -103,6 +103,13 @@ async def test_live_trades_reach_redis_once_in_order_across_a_dropped_connection
         info = writer.info()
         assert info["source"] == "REAL"
         assert info["binance"]["trades_backfilled"] > 0 and info["binance"]["reconnects"] >= 1
+        await asyncio.sleep(1.1)  # the source's counters reach /metrics once a second
+        metrics = writer.stats.prometheus()
+        for line in ("unistream_ingest_binance_trades_backfilled_total", "unistream_ingest_ticks_accepted_total",
+                     'unistream_ingest_clock_skew_ms{service="ingest",stat="p50_recent"}',
+                     "unistream_ingest_write_seconds_total", "unistream_ingest_binance_reconnects_total"):  # fmt: skip
+            assert line in metrics, line
+        assert writer.stats.total("ingest_binance_trades_backfilled") == writer.info()["binance"]["trades_backfilled"]
     await client.aclose()
 
 

@@ -31,6 +31,10 @@ class Stats:
         series = self._counters[name]
         series[key] = series.get(key, 0) + value
 
+    def count_to(self, name: str, total: float, **labels: str) -> None:
+        """Set a counter to a running total kept elsewhere (e.g. a client library's own count)."""
+        self._counters[name][tuple(sorted(labels.items()))] = total
+
     def set(self, name: str, value: float, **labels: str) -> None:
         """Set a gauge."""
         self._gauges[name][tuple(sorted(labels.items()))] = value

@@ -90,9 +90,15 @@ class IngestWriter:
         self._top_sources: dict[str, str] = {}  # source label of each tick stream's newest batch
         self._top_markers: dict[str, GapMarker] = {}  # a gap marker at a stream's top (uncertain writes)
         self._markers: list[GapMarker] = []  # gap markers not yet written
+        self._next_export = 0.0  # monotonic time of the next copy of the source's counters
         stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
+        stats.describe("ingest_ticks_accepted", "trades the validator accepted")
+        stats.describe("ingest_ticks_rejected", "trades the validator refused, by reason")
+        stats.describe("ingest_clock_skew_ms", "receive time minus venue trade time, ms (last, min, max, ewma, p50)")
+        stats.describe("ingest_write_seconds", "time spent in tick write round trips, s (divide by ingest_writes)")
+        stats.describe("ingest_write_latency_ms", "duration of the last tick write round trip, ms")
 
     # --- probes ----------------------------------------------------------------------------
 
@@ -273,6 +279,7 @@ class IngestWriter:
                     self._dropping.add(symbol)
                     log.warning("%s: send buffer full; dropping the oldest unsent ticks (ingest_ticks_dropped)", symbol)
         self.stats.set("ingest_buffered_ticks", self.buffer.size())
+        self._export_source_stats()
         if time.monotonic() < self._retry_at:
             return
         try:
@@ -344,11 +351,16 @@ class IngestWriter:
         for symbol, ticks in chunks:
             batch = TickBatch(symbol=symbol, source=self.source.label, ticks=ticks)
             pipe.xadd(keys.ticks(symbol), codec.encode(batch), id="*", minid=min_id, approximate=True)
+        started = time.perf_counter()
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException:
             self._uncertain = True  # some commands may have run before the connection broke
             raise
+        elapsed = time.perf_counter() - started
+        self.stats.inc("ingest_write_seconds", elapsed)
+        self.stats.inc("ingest_writes")
+        self.stats.set("ingest_write_latency_ms", elapsed * 1000)
         failure: BaseException | None = None
         for (symbol, ticks), reply in zip(chunks, replies):
             if isinstance(reply, Exception):
@@ -369,6 +381,35 @@ class IngestWriter:
             log.info("Redis writes succeed again")
             self._last_error = ""
         self._dropping.clear()
+
+    def _export_source_stats(self) -> None:
+        """Copy the source's own counters into /metrics, at most once a second."""
+        now = time.monotonic()
+        if now < self._next_export:
+            return
+        self._next_export = now + 1.0
+        validator = getattr(self.source, "validator", None)
+        if validator is not None:
+            st = validator.stats()
+            self.stats.count_to("ingest_ticks_accepted", st["accepted"])
+            for reason, n in st["rejected"].items():
+                self.stats.count_to("ingest_ticks_rejected", n, reason=reason)
+            for key, value in st["skew_ms"].items():
+                if value is not None:  # receive time minus trade time: our clock vs the venue's, plus transit
+                    self.stats.set("ingest_clock_skew_ms", value, stat=key)
+        client = getattr(self.source, "client", None)
+        if client is not None:
+            live = client.stats
+            for key in (
+                "messages", "trades_live", "trades_backfilled", "duplicates", "reconnects", "rotations",
+                "silent_closes", "server_shutdowns", "connect_failures", "gaps_unrecoverable", "ids_unrecoverable",
+                "rest_requests", "rest_429", "rest_418", "rest_errors",
+            ):  # fmt: skip
+                self.stats.count_to(f"ingest_binance_{key}", live[key])
+            for reason, n in live["parse_errors"].items():
+                self.stats.count_to("ingest_binance_parse_errors", n, reason=reason)
+            self.stats.set("ingest_binance_connected", live["connected"])
+            self.stats.set("ingest_binance_pending_trades", live["pending"])
 
     async def _write_markers(self, now_ms: int) -> None:
         """Write pending gap markers (before the ticks buffered with them); kept for retry on failure."""
