@@ -7,7 +7,9 @@ What it serves (free ports, loopback only):
   Binance's field names and types (``p``/``q`` decimal strings, times in integer ms, per-symbol
   consecutive trade ids);
 - REST ``GET /api/v3/time``, ``GET /api/v3/historicalTrades?symbol=&fromId=&limit=`` (limit <= 1000,
-  served from the full trade log) and ``GET /api/v3/klines`` (1m, from the log).
+  served from the full trade log) and ``GET /api/v3/klines?symbol=&interval=&limit=`` (1m, 1h or 1d;
+  built from the log, after any past klines a test added with :meth:`TestExchange.add_past_klines`;
+  the last row is the interval still open, as on Binance).
 
 Trades are generated at ``rate_per_s`` per symbol whether or not anybody is connected, like a real
 market: what a client misses while disconnected must be backfilled. Every trade is kept in
@@ -16,8 +18,8 @@ market: what a client misses while disconnected must be backfilled. Every trade 
 Controls for tests: :meth:`drop_all` (abrupt TCP abort), :meth:`refuse_connections_for`,
 :meth:`server_shutdown` (send ``serverShutdown``, close after a delay), :meth:`go_silent` (socket
 stays open, nothing is sent, client pings go unanswered), :meth:`rest_rate_limit` (429 with
-Retry-After for the next N calls; 418 for a call made while Retry-After runs), :meth:`refuse_history`
-and :meth:`inject` (raw, possibly malformed, frames).
+Retry-After for the next N calls; 418 for a call made while Retry-After runs), :meth:`refuse_history`,
+:meth:`inject` (raw, possibly malformed, frames) and :meth:`add_past_klines` (history before the log).
 
 Use it as an async context manager::
 
@@ -64,6 +66,7 @@ GARBAGE: tuple[str | bytes, ...] = (
 
 
 IN_FLIGHT_GRACE_S = 0.1  # REST calls this soon after a 429 count as already in flight
+KLINE_INTERVAL_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}  # the intervals served
 
 
 @dataclass(slots=True)
@@ -123,6 +126,7 @@ class TestExchange:
         self._ban_s = 0
         self._history_refusal: int | None = None
         self._history_floor: dict[str, int] = {}
+        self._past_klines: dict[tuple[str, str], dict[int, list[Any]]] = {}
         self.rest_calls: list[tuple[float, str, int]] = []  # (monotonic s, path with query, status)
         self.connections_total = 0
         self._ws_server: Server | None = None
@@ -228,6 +232,13 @@ class TestExchange:
         """historicalTrades of ``symbol`` serves only ids >= ``trade_id`` from now on (a fromId below it
         gets the page that starts at ``trade_id``), as a venue that pruned its history would."""
         self._history_floor[symbol] = trade_id
+
+    def add_past_klines(self, symbol: str, interval: str, rows: Iterable[list[Any]]) -> None:
+        """Serve these klines (Binance's 12-value rows) of ``symbol`` and ``interval`` before those built from
+        the trade log, as a venue with a past would; a row at an open time the log also has is replaced by it."""
+        past = self._past_klines.setdefault((symbol.upper(), interval), {})
+        for row in rows:
+            past[int(row[0])] = list(row)
 
     def inject(self, messages: Iterable[str | bytes]) -> None:
         """Queue raw frames (str: text, bytes: binary) to every current client, between its trades."""
@@ -396,22 +407,35 @@ class TestExchange:
 
     def _klines(self, query: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         symbol = query.get("symbol", "").upper()
-        if symbol not in self.log or query.get("interval", "1m") != "1m":
-            return 400, _error(-1100, "only 1m klines of known symbols"), {}
+        interval = query.get("interval", "1m")
+        if symbol not in self.log or interval not in KLINE_INTERVAL_MS:
+            return 400, _error(-1100, "only 1m, 1h and 1d klines of known symbols"), {}
+        try:
+            limit = int(query.get("limit", "500"))
+        except ValueError:
+            return 400, _error(-1100, "Illegal characters found in a parameter."), {}
+        if not 1 <= limit <= 1000:
+            return 400, _error(-1100, "limit must be within 1..1000"), {}
+        span = KLINE_INTERVAL_MS[interval]
         bars: dict[int, list[Any]] = {}
         for t in self.log[symbol]:
-            open_ms = t.time_ms - t.time_ms % 60_000
+            open_ms = t.time_ms - t.time_ms % span
             price, qty = Decimal(t.price), Decimal(t.qty)
             bar = bars.get(open_ms)
             if bar is None:
-                bar = bars[open_ms] = [open_ms, price, price, price, price, Decimal(0), open_ms + 59_999, Decimal(0), 0]
+                z, last_ms = Decimal(0), open_ms + span - 1  # Binance: close time = last ms inside the kline
+                bar = bars[open_ms] = [open_ms, price, price, price, price, z, last_ms, z, 0, z, z]
             bar[2], bar[3], bar[4] = max(bar[2], price), min(bar[3], price), price
             bar[5] += qty
             bar[7] += price * qty
             bar[8] += 1
-        limit = int(query.get("limit", "500"))
-        rows = [[b[0], *map(str, b[1:6]), b[6], str(b[7]), b[8], "0", "0", "0"] for b in list(bars.values())[-limit:]]
-        return 200, json.dumps(rows).encode(), {}
+            if not t.buyer_is_maker:  # the taker bought
+                bar[9] += qty
+                bar[10] += price * qty
+        built = [[b[0], *map(str, b[1:6]), b[6], str(b[7]), b[8], str(b[9]), str(b[10]), "0"] for b in bars.values()]
+        rows = {**self._past_klines.get((symbol, interval), {}), **{r[0]: r for r in built}}
+        body = [rows[t] for t in sorted(rows)][-limit:]
+        return 200, json.dumps(body).encode(), {}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -425,3 +449,15 @@ def _now_ms() -> int:
 
 def _error(code: int, msg: str) -> bytes:
     return json.dumps({"code": code, "msg": msg}).encode()
+
+
+def past_kline_rows(tf: str, n: int, before_ms: int, price: float) -> list[list[Any]]:
+    """``n`` closed Binance kline rows (for :meth:`TestExchange.add_past_klines`) ending at the
+    interval before the one holding ``before_ms``."""
+    span = KLINE_INTERVAL_MS[tf]
+    first = before_ms - before_ms % span - n * span
+    return [
+        [first + i * span, f"{price:.2f}", f"{price + 5:.2f}", f"{price - 5:.2f}", f"{price + 1:.2f}", "2.5",
+         first + (i + 1) * span - 1, f"{2.5 * price:.4f}", 10, "1.25", f"{1.25 * price:.4f}", "0"]
+        for i in range(n)
+    ]  # fmt: skip

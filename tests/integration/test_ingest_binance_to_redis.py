@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from exchange import TestExchange
+from exchange import TestExchange, past_kline_rows
 from helpers import eventually
 
 from unistream_common import codec, keys
@@ -88,29 +89,41 @@ async def settle(client: aioredis.Redis, ex: TestExchange, symbol: str) -> list[
 
 async def test_live_trades_reach_redis_once_in_order_across_a_dropped_connection(redis_url: str) -> None:
     client = command_client(redis_url)
-    async with TestExchange(SYMBOLS, rate_per_s=200) as ex, ingest(live_settings(redis_url, ex)) as writer:
-        for symbol in SYMBOLS:
-            await settle(client, ex, symbol)
-        ex.drop_all()
-        ex.refuse_connections_for(0.8)  # trades keep coming while nobody is connected: backfill owns them
-        await asyncio.sleep(1.5)
-        for symbol in SYMBOLS:
-            ids = await settle(client, ex, symbol)
-            log_ids = expected(ex, symbol, ids[0])
-            assert ids == log_ids[: len(ids)], f"{symbol}: trades missing or repeated after the reconnect"
-            _, gaps, sources = await read_stream(client, symbol)
-            assert gaps == [] and sources == {"REAL"}
-        info = writer.info()
-        assert info["source"] == "REAL"
-        assert info["binance"]["trades_backfilled"] > 0 and info["binance"]["reconnects"] >= 1
-        await asyncio.sleep(1.1)  # the source's counters reach /metrics once a second
-        metrics = writer.stats.prometheus()
-        for line in ("unistream_ingest_binance_trades_backfilled_total", "unistream_ingest_ticks_accepted_total",
-                     'unistream_ingest_clock_skew_ms{service="ingest",stat="p50_recent"}',
-                     "unistream_ingest_write_seconds_total", "unistream_ingest_binance_reconnects_total"):  # fmt: skip
-            assert line in metrics, line
-        assert writer.stats.total("ingest_binance_trades_backfilled") == writer.info()["binance"]["trades_backfilled"]
+    async with TestExchange(SYMBOLS, rate_per_s=200) as ex:
+        now = int(time.time() * 1000)
+        for tf in ("1m", "1h", "1d"):
+            ex.add_past_klines("ETHUSDT", tf, past_kline_rows(tf, 5, now, 3000.0))
+        async with ingest(live_settings(redis_url, ex)) as writer:
+            await _check_dropped_connection(client, ex, writer)
     await client.aclose()
+
+
+async def _check_dropped_connection(client: aioredis.Redis, ex: TestExchange, writer: IngestWriter) -> None:
+    """Settle, drop every connection, and check Redis holds each trade once, plus history and metrics."""
+    for symbol in SYMBOLS:
+        await settle(client, ex, symbol)
+    ex.drop_all()
+    ex.refuse_connections_for(0.8)  # trades keep coming while nobody is connected: backfill owns them
+    await asyncio.sleep(1.5)
+    for symbol in SYMBOLS:
+        ids = await settle(client, ex, symbol)
+        log_ids = expected(ex, symbol, ids[0])
+        assert ids == log_ids[: len(ids)], f"{symbol}: trades missing or repeated after the reconnect"
+        _, gaps, sources = await read_stream(client, symbol)
+        assert gaps == [] and sources == {"REAL"}
+    info = writer.info()
+    assert info["source"] == "REAL"
+    for tf in ("1m", "1h", "1d"):  # warm-up history from the exchange's klines
+        bars = [codec.decode(f) for _, f in await client.xrange(keys.history("ETHUSDT", tf))]
+        assert bars and all(b.is_history and b.source == "REAL" and b.timeframe == tf for b in bars)
+    assert info["binance"]["trades_backfilled"] > 0 and info["binance"]["reconnects"] >= 1
+    await asyncio.sleep(1.1)  # the source's counters reach /metrics once a second
+    metrics = writer.stats.prometheus()
+    for line in ("unistream_ingest_binance_trades_backfilled_total", "unistream_ingest_ticks_accepted_total",
+                 'unistream_ingest_clock_skew_ms{service="ingest",stat="p50_recent"}',
+                 "unistream_ingest_write_seconds_total", "unistream_ingest_binance_reconnects_total"):  # fmt: skip
+        assert line in metrics, line
+    assert writer.stats.total("ingest_binance_trades_backfilled") == writer.info()["binance"]["trades_backfilled"]
 
 
 async def test_unrecoverable_trades_become_a_gap_marker_with_the_exact_range(redis_url: str) -> None:

@@ -64,6 +64,9 @@ def test_replay_of_two_archive_days_writes_every_trade_once_in_order_and_exits_0
     assert stream_ids(client) == list(range(1_000, 51_000))
     entries = client.xlen(keys.ticks("ETHUSDT"))
     assert entries < 1_000, "ticks travel in batches, not one entry each"
+    history = [codec.decode(f) for _, f in client.xrange(keys.history("ETHUSDT", "1m"))]
+    assert history and all(b.is_history and b.source == "REPLAY" for b in history), "warm-up bars from the files"
+    assert not client.exists(keys.bars("ETHUSDT", "1m")), "history never goes to the aggregator's streams"
 
     again = replay(redis_url, day1, day2)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -239,3 +239,12 @@ def test_server_time_parses_and_errors_are_parse_errors() -> None:
         with pytest.raises(ParseError) as info:
             parse_server_time(body)
         assert info.value.reason == reason
+
+
+def test_retry_after_adds_a_margin_and_falls_back_to_the_default() -> None:
+    from unistream_ingest.binance import RETRY_AFTER_MARGIN_S, retry_after_s
+
+    assert retry_after_s({"Retry-After": "2"}, 9.0) == 2.0 + RETRY_AFTER_MARGIN_S
+    assert retry_after_s({}, 9.0) == 9.0
+    assert retry_after_s({"Retry-After": "soon"}, 9.0) == 9.0
+    assert retry_after_s({"Retry-After": "-5"}, 9.0) == RETRY_AFTER_MARGIN_S

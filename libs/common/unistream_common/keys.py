@@ -3,6 +3,10 @@
 Stream names are public: other programs read them. Per-symbol names carry the symbol in
 braces, which Redis Cluster treats as a hash tag, so one symbol's ticks and bars (and the
 MULTI that writes bars and acknowledges ticks) live in one slot.
+
+Ownership: ingest writes ``md:ticks:*`` and ``md:history:*``, the aggregator ``md:bars:*``. History
+(bars from before the system started, for warm-up) has streams of its own so that a live bar and
+a history bar never compete for one entry id: both use ``<open_time_ms>-0``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Iterable
 
 TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
 TIMEFRAME_MS: dict[str, int] = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
+HISTORY_TIMEFRAMES: tuple[str, ...] = ("1m", "1h", "1d")  # warm-up history: 1s is built live only
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
@@ -40,6 +45,7 @@ DATA_TYPES: tuple[str, ...] = (
 
 _TICKS_RE = re.compile(r"^md:ticks:\{([A-Z0-9]{2,20})\}$")
 _BARS_RE = re.compile(r"^md:bars:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
+_HISTORY_RE = re.compile(r"^md:history:\{([A-Z0-9]{2,20})\}:(1m|1h|1d)$")
 
 
 def check_symbol(symbol: str) -> str:
@@ -66,6 +72,24 @@ def bars(symbol: str, timeframe: str) -> str:
     return f"md:bars:{{{check_symbol(symbol)}}}:{check_timeframe(timeframe)}"
 
 
+def history(symbol: str, timeframe: str) -> str:
+    """History stream of one symbol and timeframe: ``md:history:{SYMBOL}:TF`` (TF one of 1m, 1h, 1d).
+
+    Written by ingest at start-up: closed bars from before the system ran (exchange klines, the
+    replay files, or the simulator's own past), oldest first, each a ``Bar`` with
+    ``is_history=True`` under the entry id ``<open_time_ms>-0``. Never a live bar: those are in
+    :func:`bars`, owned by the aggregator.
+    """
+    if timeframe not in HISTORY_TIMEFRAMES:
+        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(HISTORY_TIMEFRAMES)}")
+    return f"md:history:{{{check_symbol(symbol)}}}:{timeframe}"
+
+
+def history_streams(symbols: Iterable[str]) -> list[str]:
+    """Every history stream of these symbols, per symbol in the order 1m, 1h, 1d."""
+    return [history(s, tf) for s in symbols for tf in HISTORY_TIMEFRAMES]
+
+
 def dlq(stream: str) -> str:
     """Dead-letter stream for entries of ``stream`` that could not be processed."""
     return stream + DLQ_SUFFIX
@@ -80,6 +104,12 @@ def parse_ticks(stream: str) -> str | None:
 def parse_bars(stream: str) -> tuple[str, str] | None:
     """(symbol, timeframe) of a bar stream name, or None if ``stream`` is not one."""
     m = _BARS_RE.match(stream)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def parse_history(stream: str) -> tuple[str, str] | None:
+    """(symbol, timeframe) of a history stream name, or None if ``stream`` is not one."""
+    m = _HISTORY_RE.match(stream)
     return (m.group(1), m.group(2)) if m else None
 
 
@@ -106,5 +136,5 @@ def streams_for(data_types: Iterable[str], symbols: Iterable[str]) -> list[str]:
 
 
 def all_streams(symbols: Iterable[str]) -> list[str]:
-    """Every data stream the system writes for these symbols (dead-letter streams excluded)."""
+    """Every data stream the system writes for these symbols (dead-letter and history streams excluded)."""
     return streams_for(DATA_TYPES, symbols)

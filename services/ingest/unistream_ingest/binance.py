@@ -24,7 +24,7 @@ generic decode that finds the precise reason. Both paths build events with the s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -421,3 +421,15 @@ def parse_server_time(body: bytes | str) -> int:
         return epoch_to_ms(_decode_server_time(body).serverTime)
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _rest_error(body, exc) from None
+
+
+RETRY_AFTER_MARGIN_S = 0.05  # arriving a hair before the venue's window ends earns a 418 ban: wait a little longer
+
+
+def retry_after_s(headers: Mapping[str, str], default: float) -> float:
+    """Seconds to wait after a 429/418: ``Retry-After`` (Binance sends whole seconds) plus a small
+    margin for clock and timer granularity; ``default`` when the header is absent or unreadable."""
+    try:
+        return max(float(headers["Retry-After"]), 0.0) + RETRY_AFTER_MARGIN_S
+    except (KeyError, ValueError):
+        return default

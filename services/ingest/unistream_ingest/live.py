@@ -46,6 +46,7 @@ from unistream_ingest.binance import (
     parse_rest_trades,
     parse_server_time,
     parse_ws,
+    retry_after_s,
 )
 from unistream_ingest.venue import ParseError, RawTrade, ShutdownEvent, TradeEvent
 
@@ -793,7 +794,7 @@ class BinanceLiveSource:
                         failure = "rest_failed"
                 elif status in (418, 429):
                     self._counts[f"rest_{status}"] += 1
-                    wait = _retry_after_s(resp, BAN_DEFAULT_S if status == 418 else self.backoff_min_s)
+                    wait = retry_after_s(resp.headers, BAN_DEFAULT_S if status == 418 else self.backoff_min_s)
                     self._rest_blocked_until = max(self._rest_blocked_until, _loop_time() + wait)
                     if waited + wait > self.rest_max_wait_s:
                         raise _BackfillFailed("banned" if status == 418 else "rate_limited")
@@ -842,14 +843,6 @@ class BinanceLiveSource:
 def _loop_time() -> float:
     # The event loop's clock (asyncio's default loop uses time.monotonic), readable outside the loop too.
     return time.monotonic()
-
-
-def _retry_after_s(resp: httpx.Response, default: float) -> float:
-    """Retry-After in seconds (Binance sends an integer); ``default`` when absent or unreadable."""
-    try:
-        return max(float(resp.headers["Retry-After"]), 0.0)
-    except (KeyError, ValueError):
-        return default
 
 
 async def reachable(rest_url: str, timeout: float = 3.0) -> bool:

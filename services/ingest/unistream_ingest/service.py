@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -38,6 +38,7 @@ from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
+from unistream_ingest.history import provide_history
 from unistream_ingest.live import BinanceLiveSource, reachable
 from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
@@ -50,7 +51,8 @@ SERVICE = "ingest"
 READY_WINDOW_S = 5.0  # ready while the last successful Redis round trip is this recent
 IDLE_PING_S = 1.0  # with nothing to write, PING this often so readiness still means "Redis answers"
 BACKOFF_MIN_S = 0.1
-SHUTDOWN_FLUSH_S = 1.0  # on SIGTERM, try this long to write what is buffered
+SHUTDOWN_FLUSH_S = 1.0
+HISTORY_WAIT_S = 120.0  # a finished replay waits this long for its warm-up history before exiting  # on SIGTERM, try this long to write what is buffered
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -91,6 +93,9 @@ class IngestWriter:
         self._top_markers: dict[str, GapMarker] = {}  # a gap marker at a stream's top (uncertain writes)
         self._markers: list[GapMarker] = []  # gap markers not yet written
         self._next_export = 0.0  # monotonic time of the next copy of the source's counters
+        self._history_kind: Literal["binance", "replay", "synthetic"] | None = None  # warm-up bars from where
+        self._history_prices: dict[str, float] | None = None
+        self._history_task: asyncio.Task[dict[str, int]] | None = None
         stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
@@ -137,12 +142,22 @@ class IngestWriter:
                 delay = min(delay * 2, self.settings.retry_backoff_max_ms / 1000)
         self._uncertain = False
         self._last_ok = time.monotonic()
-        self.source = await self._make_source(tops, wall_ms())
+        start_ms = wall_ms()
+        self.source = await self._make_source(tops, start_ms)
+        if self._history_kind is not None and self.settings.history_bars:
+            # Beside the ticks, never in their way: a slow venue or a large file only delays history.
+            self._history_task = asyncio.create_task(
+                provide_history(
+                    self.settings, self.redis, source_kind=self._history_kind, now_ms=start_ms,
+                    start_prices=self._history_prices, stats=self.stats,
+                )
+            )  # fmt: skip
 
     async def _make_source(self, tops: dict[str, Tick | None], start_ms: int) -> TickSource:
         settings = self.settings
         if settings.source == "binance" or settings.source == "auto":
             if settings.source == "binance" or await reachable(settings.binance_rest_url, timeout=3.0):
+                self._history_kind = "binance"
                 return self._live_source(tops)
             log.warning(
                 "UNISTREAM_SOURCE=auto: Binance REST at %s is not reachable; using the seeded synthetic market "
@@ -162,8 +177,10 @@ class IngestWriter:
                 "replaying %d file(s) into %s at %s speed%s", len(settings.replay_paths), keys.ticks(symbol),
                 settings.replay_speed, f", after trade id {top.trade_id}" if top is not None else "",
             )  # fmt: skip
+            self._history_kind = "replay"
             return source
         prices = {s: t.price for s, t in tops.items() if t is not None}
+        self._history_kind, self._history_prices = "synthetic", prices
         # ids continue upwards with a visible gap: the market was not observed while we were down
         first_ids = {s: max(start_ms, t.trade_id + 2) for s, t in tops.items() if t is not None}
         log.info(
@@ -207,6 +224,8 @@ class IngestWriter:
             while True:
                 if self._finished():
                     log.info("source exhausted and every tick written: %s", self.source.info())
+                    if self._history_task is not None:  # a chained script expects the history too
+                        await asyncio.wait({self._history_task}, timeout=HISTORY_WAIT_S)
                     return
                 if feed is not None and feed.done():
                     feed.result()  # a live feed that stopped is an error: raise it
@@ -242,9 +261,10 @@ class IngestWriter:
                 log.info("stopped; every generated tick was written")
             raise
         finally:
-            if feed is not None:
-                feed.cancel()
-                await asyncio.wait({feed}, timeout=5)
+            for task in (feed, self._history_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.wait({task}, timeout=5)
 
     def _finite(self) -> bool:
         return getattr(self.source, "done", None) is not None

@@ -29,6 +29,16 @@ class IngestSettings(CommonSettings):
         1.0, ge=0, le=1_000, description="Live trades wait this long for company before they are written, ms"
     )
     record_dir: str = Field("", description="Record live trades as daily Binance trades CSV files here (--record)")
+    history_bars: int = Field(
+        300,
+        ge=0,
+        le=1_000,
+        description="Closed 1m, 1h and 1d bars of warm-up history written per symbol to md:history:{SYMBOL}:TF "
+        "at start (0: none)",
+    )
+    history_maxlen: int = Field(
+        2_000, ge=1, description="Keep about this many entries per history stream (XADD MAXLEN ~)"
+    )
     replay_paths: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Comma-separated Binance archive files (.csv or .zip, trades or aggTrades) to replay"
     )
