@@ -86,7 +86,7 @@ def test_status_lists_every_stream_of_the_symbols_and_the_dead_letter_streams(
 ) -> None:
     status = status_json(server.url, capsys)
     names = [st["name"] for st in status["streams"]]
-    assert names == [*keys.all_streams(["ETHUSDT"]), keys.dlq(STREAM)]
+    assert names == [*keys.all_streams(["ETHUSDT"]), *keys.history_streams(["ETHUSDT"]), keys.dlq(STREAM)]
     ticks = status["streams"][0]
     assert (ticks["exists"], ticks["length"], ticks["first_id"], ticks["last_id"]) == (True, 5, "6-0", "10-0")
     assert ticks["last_entry_age_ms"] > 1_000_000_000  # ids at 1970 + 10 ms: very old

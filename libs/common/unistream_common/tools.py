@@ -242,7 +242,7 @@ def group_overrun(
 
 
 def _stream_names(client: redis.Redis, symbols: list[str]) -> list[str]:
-    names = keys.all_streams(symbols)
+    names = keys.all_streams(symbols) + keys.history_streams(symbols)
     dlqs = sorted({s(k) for k in client.scan_iter(match="*" + keys.DLQ_SUFFIX, _type="stream", count=1000)})
     return names + [d for d in dlqs if d not in names]
 
