@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from datetime import date
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from unistream_ingest import archive
 from unistream_ingest.archive import (
     ArchiveReport,
     archive_url,
@@ -16,6 +20,7 @@ from unistream_ingest.archive import (
     merge_in_time_order,
     read_archive,
     read_archive_batches,
+    read_archive_columns,
     verify_checksum,
 )
 from unistream_ingest.venue import RawTrade
@@ -183,3 +188,155 @@ def test_byte_order_mark_does_not_turn_the_first_row_into_a_header(tmp_path: Pat
     path.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "trades_ms.csv").read_bytes())
     report = ArchiveReport()
     assert list(read_archive(path, "ETHUSDT", report=report)) == TRADES_MS and not report.header
+
+
+# --- the block fast path equals the per-line path -------------------------------------------------
+
+_CLEAN_TRADE = "{id},{p},0.0{q},1.5,{ts},{m},True"
+_DIRTY_ROWS = [
+    "",  # blank line
+    "   ",
+    "1,2.5,1.0,3.0,1700000000000,True",  # 6 columns
+    "1,2.5,1.0,3.0,1700000000000,True,True,9",  # 8 columns in a trades file
+    "01,2.5,1.0,3.0,1700000000000,True,True",  # leading zero: the fast path's JSON refuses it
+    "1,02.5,1.0,3.0,1700000000000,true,false",
+    "1,-2.5,1.0,3.0,1700000000000,True,True",  # a sign: syntax ok, the validator refuses it
+    "1,2.5,-0,3.0,1700000000000,True,True",
+    "1,1e-05,1.0,3.0,1700000000000,True,True",  # exponent
+    "1,2.,1.0,3.0,1700000000000,True,True",
+    "1,.5,1.0,3.0,1700000000000,True,True",
+    "1,2..5,1.0,3.0,1700000000000,True,True",
+    "1,2.5,1.0,3.0,1700000000000,yes,True",
+    "1,2.5,1.0,3.0,1700000000000,TRUE,True",
+    "1,2.5,1.0,3.0,-1700000000000,True,True",
+    "1, 2.5,1.0,3.0,1700000000000,True,True",  # a space
+    "1,2.5,1.0,3.0,1700000000000,True,True\r",  # \r\n line end (well-formed)
+    "1,2.5,1.0,3.0,1700000000000,True\rTrue",  # a lone \r ends a line
+    "1,2.5,1.0,3.0,1735689600000000,False,True",  # µs
+    "123456789012345678901234567890,2.5,1.0,3.0,1700000000000,True,True",  # beyond 64 bits
+    "1," + "9" * 400 + ",1.0,3.0,1700000000000,True,True",  # float out of range
+    "x" * 300,
+    "id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch",
+]
+_CLEAN_AGG = "{id},{p},0.0{q},{f},{l},{ts},{m},True"
+_DIRTY_AGG_ROWS = [
+    "5,0,0,-1,-1,1700000000000,True,True",  # invalidated
+    "5,1.5,1.0,10,9,1700000000000,True,True",  # bad range
+    "5,1.5,1.0,-3,9,1700000000000,True,True",
+    "5,1.5,1.0,3,9,1735689600000000,false,true",
+    "5,1.5,1.0,3,9,1700000000000,True",
+    "",
+]
+
+
+def _report_state(r: ArchiveReport) -> tuple[object, ...]:
+    return (r.kind, r.rows, r.invalidated, r.malformed, r.header, r.microseconds, r.reasons, list(r.samples))
+
+
+def _columns(path: Path, fast: bool, block_chars: int, kind: str | None = None) -> tuple[object, ...]:
+    report = ArchiveReport()
+    cols = list(read_archive_columns(path, kind, report, block_chars, _fast=fast))  # type: ignore[arg-type]
+    flat = [(t.trade_id, t.price, t.size, t.buyer_is_maker, t.ts_event_ms, t.count) for c in cols
+            for t in c.trades("ETHUSDT")]  # fmt: skip
+    reprs = [repr(t[1]) + repr(t[2]) for t in flat]  # -0.0 and 0.0 are ==, not the same
+    return flat, reprs, _report_state(report)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    agg=st.booleans(),
+    picks=st.lists(st.one_of(st.integers(0, 40), st.sampled_from(range(-40, 0))), min_size=1, max_size=120),
+    block_chars=st.sampled_from([1, 7, 64, 300, 5_000, 1 << 19]),
+    trailing_newline=st.booleans(),
+    header=st.booleans(),
+    micro=st.booleans(),
+)
+def test_block_fast_path_equals_the_per_line_path_on_mixed_clean_and_dirty_rows(
+    tmp_path_factory: pytest.TempPathFactory, agg: bool, picks: list[int], block_chars: int,
+    trailing_newline: bool, header: bool, micro: bool,
+) -> None:  # fmt: skip
+    dirty = _DIRTY_AGG_ROWS + _DIRTY_ROWS[:3] if agg else _DIRTY_ROWS
+    lines = ["aggId,p,q,f,l,T,m,M" if agg else "id,price,qty,quoteQty,time,isBuyerMaker,isBestMatch"] if header else []
+    for i, pick in enumerate(picks):
+        if pick < 0:
+            lines.append(dirty[pick % len(dirty)])
+            continue
+        ts = 1_735_000_000_000 + i
+        fields = {"id": 100 + i, "p": f"{2000 + pick}.{pick:02d}" if pick % 3 else str(2000 + pick), "q": 1 + pick % 9,
+                  "ts": ts * 1000 if micro and pick % 2 else ts, "m": ["True", "false", "False", "true"][pick % 4],
+                  "f": 10 * i, "l": 10 * i + pick % 3}  # fmt: skip
+        lines.append((_CLEAN_AGG if agg else _CLEAN_TRADE).format(**fields))
+    path = tmp_path_factory.mktemp("fast") / "rows.csv"
+    path.write_bytes(("\n".join(lines) + ("\n" if trailing_newline else "")).encode())
+    slow = _columns(path, fast=False, block_chars=1 << 19)
+    assert _columns(path, fast=True, block_chars=block_chars) == slow
+    assert _columns(path, fast=True, block_chars=block_chars, kind="trades") == _columns(
+        path, fast=False, block_chars=1 << 19, kind="trades"
+    )
+
+
+def test_one_bad_row_in_a_large_clean_file_keeps_its_line_number_and_every_other_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    per_line = []
+    line = archive._RowReader.line
+    monkeypatch.setattr(
+        archive._RowReader, "line", lambda self, no, text, cols: per_line.append(no) or line(self, no, text, cols)
+    )
+    n = 50_000
+    rows = [f"{i},3000.{i % 100:02d},0.5,1.0,{1_735_000_000_000 + i},{i % 2 == 0},True" for i in range(1, n + 1)]
+    rows[31_337] = "31338,3000.00,0.5,1.0,1735000031338,maybe,True"
+    path = tmp_path / "big.csv"
+    path.write_text("\r\n".join(rows) + "\r\n")
+    report = ArchiveReport()
+    cols = list(read_archive_columns(path, report=report, block_chars=65_536))
+    ids = [i for c in cols for i in c.trade_id]
+    assert ids == [i for i in range(1, n + 1) if i != 31_338]
+    assert report.rows == n - 1 and report.malformed == 1
+    assert list(report.samples) == [(31_338, "bad_bool", rows[31_337])]
+    assert cols[0].price[:3] == [3000.01, 3000.02, 3000.03]
+    assert len(per_line) < 200 and 31_338 in per_line, "only the lines around the bad one take the slow path"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.decimals(min_value=0, max_value=10**12, allow_nan=False, places=8), min_size=1, max_size=50))
+def test_fast_path_prices_are_the_floats_float_would_give(
+    tmp_path_factory: pytest.TempPathFactory, values: list
+) -> None:
+    texts = [format(v, "f") for v in values]
+    path = tmp_path_factory.mktemp("dec") / "p.csv"
+    path.write_text("".join(f"{i + 1},{t},{t},1.0,1700000000000,True,True\n" for i, t in enumerate(texts)))
+    report = ArchiveReport()
+    got = [p for c in read_archive_columns(path, report=report) for p in c.price]
+    kept = [t for t in texts if not (len(t.split(".")[0]) > 1 and t.startswith("0"))]
+    assert [repr(p) for p in got] == [repr(float(t)) for t in kept] and report.malformed == 0
+
+
+@given(st.text(alphabet="ab,\r\n", max_size=200), st.integers(1, 50))
+def test_text_blocks_are_whole_lines_that_concatenate_to_the_text(text: str, block_chars: int) -> None:
+    blocks = list(archive._text_blocks(io.StringIO(text, newline=""), block_chars))
+    assert "".join(blocks) == text
+    assert all(blocks) and all(b.endswith("\n") for b in blocks[:-1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    files=st.lists(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2)), max_size=40), min_size=1, max_size=4),
+    block_chars=st.sampled_from([1, 50, 200, 1 << 19]),
+)
+def test_columns_in_time_order_equal_merging_the_trades(
+    tmp_path_factory: pytest.TempPathFactory, files: list[list[tuple[int, int]]], block_chars: int
+) -> None:
+    """Overlapping files, equal (time, id) across files (the files' order decides), several blocks per file."""
+    directory = tmp_path_factory.mktemp("merge")
+    paths = []
+    for k, rows in enumerate(files):
+        ts, tid, lines = 1_700_000_000_000 + k, 0, []
+        for ts_step, id_step in rows:
+            ts, tid = ts + ts_step, tid + id_step
+            lines.append(f"{tid},{k + 1}.5,0.25,1.0,{ts},True,True")
+        paths.append(directory / f"{k}.csv")
+        paths[-1].write_text("".join(line + "\n" for line in lines))
+    merged = [t for c in archive.read_columns_in_time_order(paths, block_chars=block_chars) for t in c.trades("X")]
+    assert merged == list(merge_in_time_order(read_archive(p, "X") for p in paths))
+    assert all(len(c) for c in archive.read_columns_in_time_order(paths, block_chars=block_chars))

@@ -248,3 +248,9 @@ def test_retry_after_adds_a_margin_and_falls_back_to_the_default() -> None:
     assert retry_after_s({}, 9.0) == 9.0
     assert retry_after_s({"Retry-After": "soon"}, 9.0) == 9.0
     assert retry_after_s({"Retry-After": "-5"}, 9.0) == RETRY_AFTER_MARGIN_S
+
+
+@pytest.mark.parametrize("raw", [b'"\x80"', b'{"e": "trade", "s": "\xff"}', b"\xc3"])
+def test_invalid_utf8_is_a_parse_error_not_a_crash(raw: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_ws(raw)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unistream_common.packets import Tick
+from unistream_ingest import validate
 from unistream_ingest.validate import Gap, Rejection, Validator
 from unistream_ingest.venue import RawTrade
 
@@ -171,3 +172,83 @@ def test_accepted_ids_strictly_increase_per_symbol_and_gaps_cover_every_skipped_
         if ids:
             assert missing | set(ids) == set(range(ids[0], ids[-1] + 1))
             assert not missing & set(ids)
+
+
+# --- check_columns: the batch form equals check on each trade --------------------------------------
+
+
+def _validator_state(v: Validator) -> tuple[object, ...]:
+    stats = v.stats()
+    return (stats, v.take_gaps(), [(s.reason, s.item, s.detail) for s in v.samples], v.skew_ewma_ms, list(v._skews))
+
+
+_ODD = [
+    {"price": 0.0}, {"price": -1.0}, {"price": math.nan}, {"price": math.inf}, {"size": 0.0}, {"size": math.nan},
+    {"ts": 1_000}, {"ts": T0 + 10_000_000}, {"ts": T0 - 10 * 86_400_000},
+    {"id_delta": 0}, {"id_delta": -5}, {"id_delta": 3}, {"id_delta": 1_000}, {"buyer_is_maker": 1},
+]  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    picks=st.lists(st.integers(-len(_ODD), 60), min_size=0, max_size=400),
+    resume=st.one_of(st.none(), st.integers(0, 120)),
+    max_past=st.sampled_from([None, 7 * 86_400_000]),
+    sample_size=st.sampled_from([3, 20]),
+    skew_window=st.sampled_from([5, 1_001]),
+    rounds=st.integers(1, 3),
+    split=st.sampled_from([1, 4, validate.MIN_SPLIT_TRADES]),
+)
+def test_check_columns_equals_check_on_each_trade(
+    picks: list[int], resume: int | None, max_past: int | None, sample_size: int, skew_window: int, rounds: int,
+    split: int,
+) -> None:  # fmt: skip
+    trades = []
+    tid = 100
+    for i, pick in enumerate(picks):
+        odd = _ODD[pick] if pick < 0 else {}
+        tid += odd.get("id_delta", 1)
+        trades.append(
+            RawTrade("ETHUSDT", tid, odd.get("price", 2000.0 + pick), odd.get("size", 0.25 + i),
+                     odd.get("buyer_is_maker", pick % 2 == 0), odd.get("ts", T0 + 3 * i - pick), count=1 + pick % 3)
+        )  # fmt: skip
+    one, many = (Validator(["ETHUSDT"], max_past_ms=max_past, sample_size=sample_size, skew_window=skew_window)
+                 for _ in range(2))  # fmt: skip
+    if resume is not None:
+        one.resume("ETHUSDT", resume)
+        many.resume("ETHUSDT", resume)
+    step = max(1, -(-len(trades) // rounds))
+    default_split, validate.MIN_SPLIT_TRADES = validate.MIN_SPLIT_TRADES, split  # isolate down to single trades
+    try:
+        _compare_batches(one, many, trades, step)
+    finally:
+        validate.MIN_SPLIT_TRADES = default_split
+    assert repr(_validator_state(many)) == repr(_validator_state(one))
+
+
+def _compare_batches(one: Validator, many: Validator, trades: list[RawTrade], step: int) -> None:
+    for start in range(0, len(trades), step):
+        part = trades[start : start + step]
+        recv = T0 + 1_000 + start
+        expected = [t for t in (one.check(x, recv) for x in part) if not isinstance(t, Rejection)]
+        got = many.check_columns(
+            "ETHUSDT", [t.trade_id for t in part], [t.price for t in part], [t.size for t in part],
+            [t.buyer_is_maker for t in part], [t.ts_event_ms for t in part], recv, [t.count for t in part],
+        )  # fmt: skip
+        assert got == expected
+
+
+def test_check_columns_of_a_clean_run_takes_no_step_per_trade(monkeypatch: pytest.MonkeyPatch) -> None:
+    v = Validator(["ETHUSDT"])
+    v.resume("ETHUSDT", 10)
+    monkeypatch.setattr(v, "check", lambda *a: pytest.fail("the per-trade path ran"))
+    n = 5_000
+    ticks = v.check_columns("ETHUSDT", list(range(20, 20 + n)), [2000.0] * n, [0.5] * n, [True, False] * (n // 2),
+                            [T0 + i for i in range(n)], T0 + n)  # fmt: skip
+    assert len(ticks) == n and ticks[1] == Tick(21, 2000.0, 0.5, "BUY", T0 + 1, T0 + n)
+    assert v.take_gaps() == [Gap("ETHUSDT", 11, 19, T0)] and v.accepted == n and v.last_ids["ETHUSDT"] == 20 + n - 1
+    with pytest.raises(ValueError, match="recv_ms"):
+        v.check_columns("ETHUSDT", [1], [1.0], [1.0], [True], [T0], -1)
+    monkeypatch.undo()
+    assert v.check_columns("BTCUSDT", [1, 2], [1.0, 1.0], [1.0, 1.0], [True, True], [T0, T0], T0) == []
+    assert v.counts == {"unknown_symbol": 2}

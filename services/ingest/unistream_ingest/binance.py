@@ -233,7 +233,7 @@ def parse_ws(raw: str | bytes) -> VenueEvent:
         if raw[:9] == (b'{"stream"' if isinstance(raw, bytes) else '{"stream"'):
             return _from_struct(_decode_combined(raw).data)
         return _from_struct(_decode_bare(raw))
-    except (msgspec.DecodeError, RecursionError, TypeError):
+    except (msgspec.DecodeError, RecursionError, TypeError, UnicodeDecodeError):
         # Not the common shape (or not valid): the generic path names the precise reason.
         return _parse_ws_generic(raw)
 
@@ -241,7 +241,7 @@ def parse_ws(raw: str | bytes) -> VenueEvent:
 def _parse_ws_generic(raw: str | bytes) -> VenueEvent:
     try:
         obj = _decode_any(raw)
-    except (msgspec.DecodeError, RecursionError, TypeError):
+    except (msgspec.DecodeError, RecursionError, TypeError, UnicodeDecodeError):  # invalid UTF-8 inside a string too
         raise ParseError("bad_json") from None
     if type(obj) is not dict:
         raise ParseError("bad_type", "message is not a JSON object")

@@ -39,6 +39,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
 
 import numpy as np
@@ -338,6 +339,16 @@ class SyntheticMarket:
         st.last_price = float(prices[-1])
 
 
+def _drop_front(q: deque[Tick], n: int) -> None:
+    """Remove the first ``n`` items of ``q`` (the fast idiom: no index or attribute lookup per item)."""
+    if n >= len(q):
+        q.clear()
+        return
+    popleft = q.popleft
+    for _ in repeat(None, n):
+        popleft()
+
+
 class TickBuffer:
     """Ticks waiting to be written, per symbol, bounded so an outage cannot exhaust memory.
 
@@ -356,8 +367,7 @@ class TickBuffer:
         q = self._ticks.setdefault(symbol, deque())
         q.extend(ticks)
         dropped = max(0, len(q) - self.max_ticks)
-        for _ in range(dropped):
-            q.popleft()
+        _drop_front(q, dropped)
         return dropped
 
     def chunks(self, max_batch: int) -> list[tuple[str, list[Tick]]]:
@@ -374,8 +384,7 @@ class TickBuffer:
         if not q or not ticks:
             return
         if len(ticks) <= len(q) and q[0] is ticks[0]:
-            for _ in range(len(ticks)):
-                q.popleft()
+            _drop_front(q, len(ticks))
             return
         written = {id(t) for t in ticks}
         self._ticks[symbol] = deque(t for t in q if id(t) not in written)

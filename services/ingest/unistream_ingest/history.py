@@ -35,7 +35,7 @@ import math
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import httpx
@@ -48,7 +48,7 @@ from unistream_common import codec, keys
 from unistream_common.packets import Bar, Source
 from unistream_common.redisio import is_id_too_small
 from unistream_common.stats import Stats
-from unistream_ingest.archive import merge_in_time_order, read_archive
+from unistream_ingest.archive import read_columns_in_time_order
 from unistream_ingest.binance import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
 from unistream_ingest.core import (
     GARCH_ALPHA,
@@ -241,16 +241,32 @@ def _bar_from_sums(
     )  # fmt: skip
 
 
+TradeRow = tuple[int, float, float, bool, int]  # ts_event_ms, price, size, buyer_is_maker, count
+
+
+def _trade_rows(trades: Iterable[RawTrade]) -> Iterator[TradeRow]:
+    return ((t.ts_event_ms, t.price, t.size, t.buyer_is_maker, t.count) for t in trades)
+
+
+def _file_rows(paths: Sequence[str]) -> Iterator[TradeRow]:
+    """The replay files' trades merged as the replay reads them, as rows: no object per trade (4x faster)."""
+    for c in read_columns_in_time_order(paths):
+        yield from zip(c.ts_event_ms, c.price, c.size, c.buyer_is_maker, c.count)
+
+
 def _minute_bars(trades: Iterable[RawTrade], symbol: str, source: Source, end_ms: int | None) -> list[Bar]:
     """1m bars of time-ordered trades; see :func:`bars_from_trades`."""
+    return _minute_bars_of_rows(_trade_rows(trades), symbol, source, end_ms)
+
+
+def _minute_bars_of_rows(rows: Iterable[TradeRow], symbol: str, source: Source, end_ms: int | None) -> list[Bar]:
     out: list[Bar] = []
     cur = -1  # open time of the bar being built; -1: none yet
     o = h = lo = c = volume = quote = taker = 0.0
     n = 0
-    for t in trades:
-        if not (t.price > 0 and t.size > 0):
+    for ts, p, size, buyer_is_maker, count in rows:
+        if not (p > 0 and size > 0):
             continue  # the replay's validator rejects these too; a bar must not rest on them
-        ts = t.ts_event_ms
         bar_open = ts - ts % MINUTE_MS
         if bar_open != cur:
             if bar_open < cur:
@@ -261,20 +277,19 @@ def _minute_bars(trades: Iterable[RawTrade], symbol: str, source: Source, end_ms
                 for gap_open in range(cur + MINUTE_MS, bar_open, MINUTE_MS):
                     out.append(_bar_from_sums(symbol, "1m", gap_open, c, c, c, c, 0.0, 0.0, 0, 0.0, source))
             cur = bar_open
-            o = h = lo = t.price
+            o = h = lo = p
             volume = quote = taker = 0.0
             n = 0
-        p = t.price
         if p > h:
             h = p
         elif p < lo:
             lo = p
         c = p
-        volume += t.size
-        quote += p * t.size
-        n += t.count
-        if not t.buyer_is_maker:  # Binance m=false: the taker bought
-            taker += t.size
+        volume += size
+        quote += p * size
+        n += count
+        if not buyer_is_maker:  # Binance m=false: the taker bought
+            taker += size
     if cur >= 0 and end_ms is not None and cur + MINUTE_MS <= end_ms:
         out.append(_bar_from_sums(symbol, "1m", cur, o, h, lo, c, volume, quote, n, taker, source))
         last_end = end_ms - end_ms % MINUTE_MS
@@ -515,8 +530,8 @@ SourceKind = Literal["binance", "replay", "synthetic"]
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
-def _replay_history(factory: Callable[[], Iterable[RawTrade]], symbol: str, count: int) -> dict[str, list[Bar]]:
-    minutes = _minute_bars(factory(), symbol, "REPLAY", None)
+def _replay_history(factory: Callable[[], Iterable[TradeRow]], symbol: str, count: int) -> dict[str, list[Bar]]:
+    minutes = _minute_bars_of_rows(factory(), symbol, "REPLAY", None)
     return {tf: rollup_bars(minutes, tf)[-count:] for tf in keys.HISTORY_TIMEFRAMES}
 
 
@@ -587,11 +602,13 @@ async def provide_history(
         symbol = symbols[0]
         paths = settings.replay_paths
 
-        def default_factory() -> Iterable[RawTrade]:
-            return merge_in_time_order(read_archive(p, symbol) for p in paths)
+        def factory() -> Iterable[TradeRow]:
+            if replay_trades_factory is not None:
+                return _trade_rows(replay_trades_factory())
+            return _file_rows(paths)
 
         try:
-            by_tf = await asyncio.to_thread(_replay_history, replay_trades_factory or default_factory, symbol, count)
+            by_tf = await asyncio.to_thread(_replay_history, factory, symbol, count)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             failed(symbol, keys.HISTORY_TIMEFRAMES, f"replay files unreadable: {type(exc).__name__}: {exc}")
         else:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import sub
 from statistics import median
 from typing import Any
 
@@ -27,6 +29,13 @@ EARLIEST_TRADE_MS = 1_498_867_200_000  # 2017-07-01T00:00:00Z
 LATEST_EPOCH_MS = 10**14  # the packets' EpochMs bound
 SAMPLE_ITEM_CHARS = 300  # raw messages are cut to this in the sample
 RECENT_GAPS_KEPT = 64  # per symbol, to tell a late trade (inside a known gap) from a repeat
+MIN_SPLIT_TRADES = 64  # check_columns halves a batch that is not all clean down to this, then goes trade by trade
+_SIDE = {True: "SELL", False: "BUY"}  # buyer_is_maker -> aggressor side
+
+
+def _as_list(values: Sequence[Any]) -> list[Any]:
+    """``values`` itself if it is a list (never modified), else a list of them."""
+    return values if type(values) is list else list(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +164,119 @@ class Validator:
         self._observe_skew(recv_ms - ts)
         return Tick(tid, trade.price, trade.size, "SELL" if trade.buyer_is_maker else "BUY", ts, recv_ms)
 
+    def check_columns(
+        self,
+        symbol: str,
+        trade_ids: Sequence[int],
+        prices: Sequence[float],
+        sizes: Sequence[float],
+        buyer_is_maker: Sequence[bool],
+        ts_event_ms: Sequence[int],
+        recv_ms: int,
+        counts: Sequence[int] | None = None,
+    ) -> list[Tick]:
+        """:meth:`check` for many trades of one symbol given as columns: the accepted ones as Ticks, in order.
+
+        The same outcome as calling :meth:`check` on each trade in turn (ticks, counts, samples,
+        gaps, skew statistics), only faster: a run of clean trades (consecutive ids, plausible
+        values) is checked with a few whole-column conditions and converted without a Python
+        step per trade. A run with anything unusual is halved until the unusual trades are
+        isolated, and those go through :meth:`check` one by one. ``counts`` (raw trades per
+        trade, aggTrades) only shows in rejected samples; 1 when not given.
+        """
+        if not 0 <= recv_ms <= LATEST_EPOCH_MS:
+            raise ValueError(f"recv_ms {recv_ms} is not epoch milliseconds")
+        if not (len(trade_ids) == len(prices) == len(sizes) == len(buyer_is_maker) == len(ts_event_ms)):
+            raise ValueError("check_columns needs columns of one length")
+        out: list[Tick] = []
+        cols = (_as_list(trade_ids), _as_list(prices), _as_list(sizes), _as_list(buyer_is_maker), _as_list(ts_event_ms))
+        self._check_run(symbol, cols, _as_list(counts) if counts is not None else None, recv_ms, out)
+        return out
+
+    def _check_run(
+        self,
+        symbol: str,
+        cols: tuple[list[int], list[float], list[float], list[bool], list[int]],
+        counts: list[int] | None,
+        recv_ms: int,
+        out: list[Tick],
+    ) -> None:
+        n = len(cols[0])
+        if not n:
+            return
+        ticks = self._check_clean(symbol, *cols, recv_ms)
+        if ticks is not None:
+            out.extend(ticks)
+            return
+        if n <= MIN_SPLIT_TRADES:
+            check = self.check
+            for i, (tid, price, size, maker, ts) in enumerate(zip(*cols)):
+                trade = RawTrade(symbol, tid, price, size, maker, ts, counts[i] if counts is not None else 1)
+                tick = check(trade, recv_ms)
+                if not isinstance(tick, Rejection):
+                    out.append(tick)
+            return
+        h = n // 2
+        head = (cols[0][:h], cols[1][:h], cols[2][:h], cols[3][:h], cols[4][:h])
+        tail = (cols[0][h:], cols[1][h:], cols[2][h:], cols[3][h:], cols[4][h:])
+        self._check_run(symbol, head, counts[:h] if counts is not None else None, recv_ms, out)
+        self._check_run(symbol, tail, counts[h:] if counts is not None else None, recv_ms, out)
+
+    def _check_clean(
+        self,
+        symbol: str,
+        ids: list[int],
+        prices: list[float],
+        sizes: list[float],
+        makers: list[bool],
+        ts: list[int],
+        recv_ms: int,
+    ) -> list[Tick] | None:
+        """Ticks of a run in which :meth:`check` would accept every trade; None (nothing changed) otherwise.
+
+        Clean: a known symbol; every price and size finite and > 0 (a finite sum of values that
+        are all > 0 means every one is finite); times in range, not too far ahead or behind; ids
+        consecutive, starting above the last accepted one (one gap before the first is recorded
+        as :meth:`check` would); buyer_is_maker all bools.
+        """
+        n = len(ids)
+        if symbol not in self.symbols:
+            return None
+        try:
+            for col in (prices, sizes):
+                if not (min(col) > 0 and math.isfinite(sum(col))):
+                    return None
+        except (OverflowError, TypeError):  # not floats: check says what it makes of them
+            return None
+        ts_min, ts_max = min(ts), max(ts)
+        if not (EARLIEST_TRADE_MS <= ts_min and ts_max <= LATEST_EPOCH_MS):
+            return None
+        if ts_max - recv_ms > self.max_future_skew_ms:
+            return None
+        if self.max_past_ms is not None and recv_ms - ts_min > self.max_past_ms:
+            return None
+        first = ids[0]
+        if type(first) is not int or ids != list(range(first, first + n)):
+            return None
+        try:
+            sides = list(map(_SIDE.__getitem__, makers))
+        except (KeyError, TypeError):  # not bools (or 0 / 1)
+            return None
+        last = self.last_ids.get(symbol)
+        if last is not None:
+            if first <= last:
+                return None
+            if first > last + 1:
+                gap = Gap(symbol, last + 1, first - 1, ts[0])
+                self._pending_gaps.append(gap)
+                self._recent_gaps.setdefault(symbol, deque(maxlen=RECENT_GAPS_KEPT)).append(gap)
+                self.gaps_total += 1
+                self.missing_ids_total += gap.size
+        self.last_ids[symbol] = ids[-1]
+        self.accepted += n
+        self._observe_skews(recv_ms, ts, ts_min, ts_max)
+        return list(map(Tick, ids, prices, sizes, sides, ts, repeat(recv_ms, n)))
+
     def reject_raw(self, reason: str, raw: str | bytes, detail: str = "") -> None:
         """Count an item that never became a trade (a ParseError's reason and the message)."""
         if isinstance(raw, bytes):
@@ -205,6 +327,25 @@ class Validator:
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
+
+    def _observe_skews(self, recv_ms: int, ts: list[int], ts_min: int, ts_max: int) -> None:
+        """:meth:`_observe_skew` of ``recv_ms - t`` for each ``t`` of ``ts`` in turn (the same floating-point steps)."""
+        self.skew_last_ms = recv_ms - ts[-1]
+        maxlen = self._skews.maxlen
+        tail = ts if maxlen is None or len(ts) <= maxlen else ts[-maxlen:]
+        self._skews.extend(map(sub, repeat(recv_ms, len(tail)), tail))
+        lo, hi = recv_ms - ts_max, recv_ms - ts_min
+        if self.skew_min_ms is None or lo < self.skew_min_ms:
+            self.skew_min_ms = lo
+        if self.skew_max_ms is None or hi > self.skew_max_ms:
+            self.skew_max_ms = hi
+        ewma = self.skew_ewma_ms
+        rest = iter(ts)
+        if ewma is None:
+            ewma = recv_ms - next(rest)
+        for t in rest:
+            ewma = ewma + 0.01 * ((recv_ms - t) - ewma)
+        self.skew_ewma_ms = ewma
 
     def _observe_skew(self, skew_ms: int) -> None:
         self.skew_last_ms = skew_ms
