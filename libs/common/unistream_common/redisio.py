@@ -94,3 +94,26 @@ def safe_url(url: str) -> str:
         netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
         return urlunparse(parsed._replace(netloc=netloc))
     return url
+
+
+async def top_packets(client: aioredis.Redis, streams: list[str]) -> dict[str, Any]:
+    """The newest entry of each stream, decoded, in one round trip.
+
+    Values: the packet; None for an empty or missing stream; a :class:`codec.DecodeError` for
+    an entry that does not decode (the caller decides how loudly to say so).
+    """
+    from unistream_common import codec  # codec is pure; imported here to keep this module's imports minimal
+
+    pipe = client.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xrevrange(stream, count=1)
+    out: dict[str, Any] = {}
+    for stream, reply in zip(streams, await pipe.execute(), strict=True):
+        if not reply:
+            out[stream] = None
+            continue
+        try:
+            out[stream] = codec.decode(reply[0][1])
+        except codec.DecodeError as exc:
+            out[stream] = exc
+    return out

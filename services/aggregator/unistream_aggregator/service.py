@@ -35,7 +35,7 @@ from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write, raise_if_cancel_lost
 from unistream_common.packets import Bar, TickBatch
-from unistream_common.redisio import s
+from unistream_common.redisio import s, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 
@@ -51,25 +51,15 @@ BATCH_SIZE = 500
 async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timeframe: str) -> dict[str, Bar | None]:
     """Newest bar of each symbol's ``timeframe`` stream (None when empty or undecodable)."""
     symbols = list(symbols)
-    pipe = client.pipeline(transaction=False)
-    for symbol in symbols:
-        pipe.xrevrange(keys.bars(symbol, timeframe), count=1)
-    replies = await pipe.execute()
+    tops = await top_packets(client, [keys.bars(symbol, timeframe) for symbol in symbols])
     out: dict[str, Bar | None] = {}
-    for symbol, reply in zip(symbols, replies):
-        out[symbol] = None
-        if not reply:
-            continue
-        try:
-            packet = codec.decode(reply[0][1])
-        except codec.DecodeError as exc:
+    for symbol in symbols:
+        packet = tops[keys.bars(symbol, timeframe)]
+        if isinstance(packet, codec.DecodeError):
             # Re-emitted bars are refused by their explicit ids, so starting blind is safe.
-            log.error(
-                "%s: top of %s is unreadable (%s); starting without it", symbol, keys.bars(symbol, timeframe), exc
-            )
-            continue
-        if isinstance(packet, Bar):
-            out[symbol] = packet
+            log.error("%s: top of %s is unreadable (%s); starting without it", symbol, keys.bars(symbol, timeframe),
+                      packet)  # fmt: skip
+        out[symbol] = packet if isinstance(packet, Bar) else None
     return out
 
 

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from unistream_common import codec, keys
 from unistream_common.consumer import raise_if_cancel_lost
 from unistream_common.packets import GapMarker, Tick, TickBatch
-from unistream_common.redisio import command_client
+from unistream_common.redisio import command_client, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
@@ -322,22 +322,15 @@ class IngestWriter:
 
     async def _read_tops(self) -> dict[str, Tick | None]:
         """Last trade written to each symbol's tick stream (None if empty or unreadable)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for symbol in self.symbols:
-            pipe.xrevrange(keys.ticks(symbol), count=1)
-        replies = await pipe.execute()
+        tops = await top_packets(self.redis, [keys.ticks(symbol) for symbol in self.symbols])
         out: dict[str, Tick | None] = {}
-        for symbol, reply in zip(self.symbols, replies):
+        for symbol in self.symbols:
+            packet = tops[keys.ticks(symbol)]
             out[symbol] = None
-            if not reply:
-                continue
-            try:
-                packet = codec.decode(reply[0][1])
-            except codec.DecodeError as exc:
+            if isinstance(packet, codec.DecodeError):
                 log.warning("%s: top entry of %s is unreadable (%s); not continuing from it", symbol,
-                            keys.ticks(symbol), exc)  # fmt: skip
-                continue
-            if isinstance(packet, TickBatch):
+                            keys.ticks(symbol), packet)  # fmt: skip
+            elif isinstance(packet, TickBatch):
                 out[symbol] = packet.ticks[-1]
                 self._top_sources[symbol] = packet.source
             elif isinstance(packet, GapMarker):
