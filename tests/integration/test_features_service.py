@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +10,13 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import torch
-from helpers import eventually
+from helpers import eventually, running_worker
 from safetensors.torch import save as save_safetensors
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, ModelAnnouncement, Tick, TickBatch, TrainingDataPacket, UIDataPacket
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
-from unistream_common.stats import Stats
 from unistream_features.cnn import init_model, sha256_hex
 from unistream_features.service import worker
 from unistream_features.settings import FeaturesSettings
@@ -56,20 +53,6 @@ async def read_all(r: aioredis.Redis, stream: str) -> list[Any]:
     return [codec.decode(fields) for _, fields in await r.xrange(stream)]
 
 
-@contextlib.asynccontextmanager
-async def running_features(settings: FeaturesSettings) -> AsyncIterator[ServiceContext]:
-    ctx = ServiceContext(name="features", settings=settings, stats=Stats("features"),
-                         redis=command_client(settings.redis_url))  # fmt: skip
-    task = asyncio.create_task(worker(ctx))
-    try:
-        yield ctx
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await ctx.redis.aclose()
-
-
 def make_settings(redis_url: str, tmp_path: Path) -> FeaturesSettings:
     return FeaturesSettings(
         redis_url=redis_url, symbols=(SYMBOL,), consumer_name="features-test", model_dir=str(tmp_path),
@@ -85,7 +68,7 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
     settings = make_settings(redis_url, tmp_path)
     try:
         await write_seconds(r, 0, 20, prices)  # history before the service starts
-        async with running_features(settings) as ctx:
+        async with running_worker("features", settings, worker) as ctx:
             await eventually(lambda: _count(r, keys.TRAINING, 20 - MIN_BARS + 1))
             await write_seconds(r, 20, 30, prices)  # live bars
             await eventually(lambda: _count(r, keys.TRAINING, 30 - MIN_BARS + 1))
@@ -113,7 +96,7 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
 
         # Restart: the buffers come back from Redis, and bars written while it was down are emitted once.
         await write_seconds(r, 30, 35, prices)
-        async with running_features(settings) as ctx:
+        async with running_worker("features", settings, worker) as ctx:
             await eventually(lambda: _count(r, keys.TRAINING, 35 - MIN_BARS + 1))
             await write_seconds(r, 35, 40, prices)
             await eventually(lambda: _count(r, keys.TRAINING, 40 - MIN_BARS + 1))
@@ -125,7 +108,7 @@ async def test_bars_and_trades_become_training_and_ui_packets_and_a_restart_neit
         # The group is lost (NOGROUP recovery recreates it from 0): all bars come again, none is re-emitted.
         for stream in (keys.ticks(SYMBOL), keys.bars(SYMBOL, "1s")):
             await r.xgroup_destroy(stream, keys.GROUP_FEATURES)
-        async with running_features(settings) as ctx:
+        async with running_worker("features", settings, worker) as ctx:
             await eventually(lambda: _stat(ctx, "features_bars_duplicate", 40))
             await write_seconds(r, 40, 41, prices)
             await eventually(lambda: _count(r, keys.TRAINING, 41 - MIN_BARS + 1))
@@ -144,7 +127,7 @@ async def test_announced_cnn_weights_are_loaded_and_used_and_a_bad_checksum_is_r
     (tmp_path / "cnn" / "cnn-2.safetensors").write_bytes(data)
     try:
         await write_seconds(r, 0, 10, prices)
-        async with running_features(settings) as ctx:
+        async with running_worker("features", settings, worker) as ctx:
             await eventually(lambda: _count(r, keys.TRAINING, 10 - MIN_BARS + 1))
             bad = ModelAnnouncement(
                 name="cnn", version="cnn-1", ts_ms=T0, uri="cnn/cnn-2.safetensors",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
-from helpers import wait_ready
+from helpers import service_process, stop_cleanly
 
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
@@ -42,32 +39,18 @@ def test_unistream_trainer_gets_ready_publishes_metrics_and_exits_promptly_on_si
         "UNISTREAM_METRICS_EVERY_S": "0.5",
     }
     log = tmp_path / "trainer.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "unistream_common.cli", "trainer"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            wait_ready(port, proc, log)  # importing torch is slow on a busy machine
-            r = redis.Redis.from_url(redis_url)
-            deadline = time.monotonic() + 60
-            for t in range(100):
-                r.xadd(keys.TRAINING, codec.encode(training(t)))
-            while True:  # until a metrics packet has seen every packet
-                published = [codec.decode(f) for _, f in r.xrange(keys.METRICS)]
-                if any(m.metrics["charts/packets"] == 100 for m in published):
-                    break
-                assert time.monotonic() < deadline, f"no metrics over all packets within 60 s: {published[-1:]}"
-                time.sleep(0.1)
-            r.close()
-            last = published[-1]
-            assert last.producer == "trainer-entrypoint" and last.metrics["charts/state_dim"] == 8
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=15)
-            assert time.monotonic() - started < 10
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert rc == 0, log.read_text()[-2000:]
-    assert "Traceback" not in log.read_text()
+    with service_process("trainer", env, port, log) as proc:
+        r = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 60
+        for t in range(100):
+            r.xadd(keys.TRAINING, codec.encode(training(t)))
+        while True:  # until a metrics packet has seen every packet
+            published = [codec.decode(f) for _, f in r.xrange(keys.METRICS)]
+            if any(m.metrics["charts/packets"] == 100 for m in published):
+                break
+            assert time.monotonic() < deadline, f"no metrics over all packets within 60 s: {published[-1:]}"
+            time.sleep(0.1)
+        r.close()
+        last = published[-1]
+        assert last.producer == "trainer-entrypoint" and last.metrics["charts/state_dim"] == 8
+        stop_cleanly(proc, log)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -13,13 +11,12 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import torch
-from helpers import eventually
+from helpers import eventually, running_worker
 
 from unistream_common import codec, keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
-from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import decode_checkpoint, list_checkpoints
 from unistream_trainer.service import worker
 from unistream_trainer.settings import TrainerSettings
@@ -50,20 +47,6 @@ async def write_training(r: aioredis.Redis, first: int, last: int, rng: np.rando
     await pipe.execute()
 
 
-@contextlib.asynccontextmanager
-async def running_trainer(settings: TrainerSettings) -> AsyncIterator[ServiceContext]:
-    ctx = ServiceContext(name="trainer", settings=settings, stats=Stats("trainer"),
-                         redis=command_client(settings.redis_url))  # fmt: skip
-    task = asyncio.create_task(worker(ctx))
-    try:
-        yield ctx
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await ctx.redis.aclose()
-
-
 async def metrics_packets(r: aioredis.Redis) -> list[MetricsPacket]:
     return [codec.decode(f) for _, f in await r.xrange(keys.METRICS)]  # type: ignore[misc]
 
@@ -82,7 +65,7 @@ async def test_trainer_publishes_growing_updates_checkpoints_announces_and_resum
     r = command_client(redis_url)
     rng = np.random.default_rng(0)
     try:
-        async with running_trainer(settings) as ctx:
+        async with running_worker("trainer", settings, worker) as ctx:
             t = 0
             deadline = time.monotonic() + 30
             # Feed a few seconds of packets at a time, as features would, until two checkpoints exist.
@@ -124,7 +107,7 @@ async def test_trainer_publishes_growing_updates_checkpoints_announces_and_resum
         assert newest.parameters == sum(x.numel() for x in ckpt.tensors.values())
 
         # A restart resumes from the newest checkpoint once a packet shows the state size fits.
-        async with running_trainer(settings) as ctx:
+        async with running_worker("trainer", settings, worker) as ctx:
             await write_training(r, t, t + 3, rng)
             await eventually(lambda: _info(ctx, "resumed_from", newest.version))
             assert ctx.info()["updates"] >= ckpt.updates
