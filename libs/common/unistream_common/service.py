@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -25,6 +25,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from unistream_common.redisio import command_client, safe_url
 from unistream_common.settings import CommonSettings
 from unistream_common.stats import Stats
+
+if TYPE_CHECKING:
+    from unistream_common.consumer import StreamRuntime
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,24 @@ class ServiceContext:
 
 
 Worker = Callable[[ServiceContext], Awaitable[None]]
+
+
+async def run_consumers(
+    ctx: ServiceContext,
+    runtime: StreamRuntime,
+    info: Callable[[], dict[str, Any]],
+    *,
+    ready: Callable[[], bool] | None = None,
+    run: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """A consumer service's worker body: probes report ``runtime`` (or ``ready``) and ``info``;
+    ``run`` (default ``runtime.run``) goes until cancelled; the runtime's clients are closed after."""
+    ctx.ready = ready or (lambda: runtime.ready)
+    ctx.info = info
+    try:
+        await (run() if run is not None else runtime.run())
+    finally:
+        await runtime.close()
 
 
 def setup_logging(level: str) -> None:

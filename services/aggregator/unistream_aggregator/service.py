@@ -36,7 +36,7 @@ from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write, raise_if_cancel_lost
 from unistream_common.packets import Bar, TickBatch
 from unistream_common.redisio import s, top_packets
-from unistream_common.service import ServiceContext
+from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -232,12 +232,13 @@ async def worker(ctx: ServiceContext) -> None:
     runtime = StreamRuntime(settings.redis_url, settings.consumer(SERVICE), settings.symbols, ctx.stats)
     shell = AggregatorShell(settings, ctx.stats, runtime)
     shell.register()
-    ctx.ready = lambda: runtime.ready and shell.core_error is None
-    ctx.info = shell.info
     try:
-        await run_with_restarts(runtime, shell)
+        await run_consumers(
+            ctx, runtime, shell.info,
+            ready=lambda: runtime.ready and shell.core_error is None,
+            run=lambda: run_with_restarts(runtime, shell),
+        )  # fmt: skip
     finally:
-        await runtime.close()
         # Held entries stay pending in Redis: the next start redelivers them (see on_rewind).
         log.info("stopped with %d entries held for open bars", len(shell.core.held()))
 

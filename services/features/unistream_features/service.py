@@ -26,7 +26,7 @@ from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
 from unistream_common.packets import Bar, GapMarker, ModelAnnouncement, TickBatch, TrainingDataPacket
 from unistream_common.redisio import s
-from unistream_common.service import ServiceContext
+from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_features.cnn import MODEL_NAME, ModelRejected
 from unistream_features.core import FeatureConfig, FeatureEngine
@@ -244,9 +244,4 @@ async def worker(ctx: ServiceContext) -> None:
     runtime = StreamRuntime(settings.redis_url, settings.consumer(SERVICE), settings.symbols, ctx.stats)
     service = FeaturesService(settings, runtime, ctx.stats)
     service.register()
-    ctx.ready = lambda: runtime.ready
-    ctx.info = service.info
-    try:
-        await runtime.run()
-    finally:
-        await runtime.close()
+    await run_consumers(ctx, runtime, service.info)

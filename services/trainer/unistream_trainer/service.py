@@ -26,7 +26,7 @@ from typing import Any, cast
 from unistream_common import keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
-from unistream_common.service import ServiceContext
+from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import (
     MODEL_NAME,
@@ -178,9 +178,4 @@ async def worker(ctx: ServiceContext) -> None:
     service = TrainerService(settings, runtime, ctx.stats)
     await service.load_resume()
     service.register()
-    ctx.ready = lambda: runtime.ready
-    ctx.info = service.info
-    try:
-        await runtime.run()
-    finally:
-        await runtime.close()
+    await run_consumers(ctx, runtime, service.info)
