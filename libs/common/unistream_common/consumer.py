@@ -12,9 +12,12 @@ restarts of the same process slot. The life of a batch:
    which of the delivered entries to acknowledge now (a callback that holds entries in open
    state, like the aggregator's open bar, acknowledges them later from ``on_timer`` or a later
    call);
-4. commit: writes and acknowledgements go out in one MULTI, so an entry is acknowledged only
-   together with what it produced. Writes with an explicit id that Redis refuses as "equal or
-   smaller than the top item" are counted as already written.
+4. commit: writes, state keys and acknowledgements go out in one MULTI, so an entry is
+   acknowledged only together with what it produced. Writes with an explicit id that Redis
+   refuses as "equal or smaller than the top item" are counted as already written. A result
+   may name fencing keys (a lease): the MULTI then runs under WATCH and only while each key
+   still holds the value the callback expects, else :class:`FenceLost` is raised and nothing
+   is written.
 
 A callback that raises is retried entry by entry to isolate the poison; an entry that keeps
 failing, or that was delivered more than ``max_deliveries`` times (it may have crashed its
@@ -32,7 +35,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +43,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from unistream_common import codec, keys
 from unistream_common.packets import Packet
@@ -80,12 +84,41 @@ class Write:
     maxlen: int | None = None
 
 
+@dataclass(frozen=True)
+class StateWrite:
+    """A key written in the same MULTI as a result's packets: SET ``value`` (a string key), or
+    HINCRBY ``incr`` and HSET ``fields`` (a hash)."""
+
+    key: str
+    value: bytes | None = None
+    incr: Mapping[str, int] = field(default_factory=dict)
+    fields: Mapping[str, str | bytes | int | float] = field(default_factory=dict)
+
+
 @dataclass
 class Result:
-    """What a callback produced. ``ack=None`` acknowledges every message it was given."""
+    """What a callback produced. ``ack=None`` acknowledges every message it was given.
+
+    ``state`` keys are written with the packets; ``fence`` maps keys to the values they must
+    still hold when the MULTI runs (see :class:`FenceLost`).
+    """
 
     writes: list[Write] = field(default_factory=list)
     ack: list[tuple[str, str]] | None = None
+    state: list[StateWrite] = field(default_factory=list)
+    fence: Mapping[str, str] = field(default_factory=dict)
+
+
+class FenceLost(Exception):
+    """A fencing key no longer held the expected value: the commit was not made.
+
+    ``keys`` are the keys that differed. Nothing of the result was written or acknowledged;
+    the entries stay pending for whoever holds the fence now.
+    """
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"fencing keys changed: {', '.join(keys)}")
+        self.keys = keys
 
 
 Callback = Callable[[list[Message]], "Awaitable[Result | None] | Result | None"]
@@ -98,7 +131,7 @@ class ConsumerOptions:
 
     batch_size: int = 500
     block_ms: int = 2_000  # keep short: see the field notes on blocking reads
-    claim_idle_ms: int = 60_000  # entries idle this long on another consumer are taken over
+    claim_idle_ms: int = 60_000  # entries idle this long on another consumer are taken over (0: never)
     claim_every_s: float = 5.0
     max_deliveries: int = 5  # a failing entry is dead-lettered after this many attempts
     start_id: str = "0"  # where a new group starts: 0 = everything retained
@@ -139,8 +172,9 @@ class GroupConsumer:
         on_timer: TimerCallback | None = None,
         on_rewind: Callable[[], Any] | None = None,
         packet_types: Iterable[type] | None = None,
+        dynamic: bool = False,
     ) -> None:
-        if not streams:
+        if not streams and not dynamic:
             raise ValueError(f"consumer {name!r} reads no streams")
         self.runtime = runtime
         self.group = name
@@ -151,6 +185,7 @@ class GroupConsumer:
         self.on_rewind = on_rewind
         self.packet_types = tuple(packet_types) if packet_types else None
         self.connected = False
+        self.dynamic = dynamic  # streams come and go with add_stream / remove_stream
         self.held: set[tuple[str, str]] = set()  # delivered, not yet acknowledged by the callback
         # Entries the callback was holding when the runtime last rewound: their redelivery is
         # the runtime's doing, not a sign of poison, so it does not count towards max_deliveries.
@@ -184,6 +219,11 @@ class GroupConsumer:
             except asyncio.CancelledError:
                 self.connected = False
                 raise
+            except FenceLost as exc:
+                # Another process holds the fence now: forget everything built on it and start over.
+                self.connected = False
+                log.warning("%s/%s: %s; rewinding", self.group, self.consumer, exc)
+                continue
             except CONNECTION_ERRORS as exc:
                 self.connected = False
                 self.stats.inc("consumer_reconnects", **self._labels)
@@ -217,6 +257,29 @@ class GroupConsumer:
         if self.on_rewind is not None:
             await _maybe_await(self.on_rewind())
 
+    async def add_stream(self, stream: str) -> None:
+        """Start reading ``stream`` (dynamic consumers): create the group, deliver own pending first.
+
+        Call it from a callback or timer of this consumer, which runs inside its loop.
+        """
+        if stream in self.streams:
+            return
+        cmd = self.runtime.cmd
+        try:
+            await cmd.xgroup_create(stream, self.group, id=self.options.start_id, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
+        self.streams.append(stream)
+        await self._drain_pending([stream])
+
+    def remove_stream(self, stream: str) -> None:
+        """Stop reading ``stream``; entries held from it stay pending in Redis for the next reader."""
+        if stream in self.streams:
+            self.streams.remove(stream)
+        self.held = {ref for ref in self.held if ref[0] != stream}
+
     async def _loop(self) -> None:
         opts = self.options
         while True:
@@ -231,6 +294,9 @@ class GroupConsumer:
                     self._next_timer = now + opts.timer_interval_s
                     await self._run_timer()
                 block_ms = max(1, min(block_ms, int((self._next_timer - time.monotonic()) * 1000)))
+            if not self.streams:
+                await asyncio.sleep(block_ms / 1000)  # a dynamic consumer that owns nothing yet
+                continue
             reply = await asyncio.wait_for(
                 self.runtime.reader.xreadgroup(
                     self.group, self.consumer, {st: ">" for st in self.streams}, count=opts.batch_size, block=block_ms
@@ -244,9 +310,9 @@ class GroupConsumer:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def _drain_pending(self) -> None:
+    async def _drain_pending(self, streams: Sequence[str] | None = None) -> None:
         """Deliver this consumer's own pending entries (left by a previous run) before new ones."""
-        for stream in self.streams:
+        for stream in list(self.streams if streams is None else streams):
             last = "0"
             while True:
                 raise_if_cancel_lost()
@@ -263,7 +329,7 @@ class GroupConsumer:
 
     async def _claim(self) -> None:
         """Take over entries idle on other (dead) consumers for longer than claim_idle_ms."""
-        for stream in self.streams:
+        for stream in self.streams if self.options.claim_idle_ms > 0 else []:
             cursor = "0-0"
             while True:
                 raise_if_cancel_lost()
@@ -289,7 +355,7 @@ class GroupConsumer:
 
     async def _forget_departed(self) -> None:
         """Delete other consumers that hold nothing and have been idle for forget_idle_ms."""
-        for stream in self.streams:
+        for stream in list(self.streams):
             for info in await self.runtime.cmd.xinfo_consumers(stream, self.group):
                 name = s(info["name"])
                 if (
@@ -392,24 +458,21 @@ class GroupConsumer:
     # --- writing ---------------------------------------------------------------------------
 
     async def _commit(self, result: Result, delivered: list[Message]) -> None:
-        """Write the result's packets and acknowledge entries in one MULTI."""
+        """Write the result's packets and state, and acknowledge entries, in one MULTI."""
         acks = result.ack if result.ack is not None else [(m.stream, m.id) for m in delivered]
-        acked = set(acks)
-        for m in delivered:
-            if (m.stream, m.id) not in acked:
-                self.held.add((m.stream, m.id))
-        self.held.difference_update(acked)
-        if not result.writes and not acks:
+        if not result.writes and not acks and not result.state:
+            self._hold(delivered, acks)
             return
+        self._hold(delivered, acks)
         by_stream: dict[str, list[str]] = defaultdict(list)
         for stream, eid in acks:
             by_stream[stream].append(eid)
-        pipe = self.runtime.cmd.pipeline(transaction=True)
-        for w in result.writes:
-            pipe.xadd(w.stream, codec.encode(w.packet), id=w.id, maxlen=w.maxlen, approximate=True)
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, self.group, *ids)
-        replies = await pipe.execute(raise_on_error=False)
+        if result.fence:
+            replies = await self._fenced(result, by_stream)
+        else:
+            pipe = self.runtime.cmd.pipeline(transaction=True)
+            self._queue(pipe, result, by_stream)
+            replies = await pipe.execute(raise_on_error=False)
         for w, reply in zip(result.writes, replies):
             if isinstance(reply, Exception):
                 if is_id_too_small(reply):
@@ -421,6 +484,46 @@ class GroupConsumer:
             if isinstance(reply, Exception):
                 raise reply
         self.stats.inc("consumer_acked", len(acks), **self._labels)
+
+    def _hold(self, delivered: list[Message], acks: list[tuple[str, str]]) -> None:
+        acked = set(acks)
+        for m in delivered:
+            if (m.stream, m.id) not in acked:
+                self.held.add((m.stream, m.id))
+        self.held.difference_update(acked)
+
+    def _queue(self, pipe: Any, result: Result, by_stream: Mapping[str, list[str]]) -> None:
+        for w in result.writes:
+            pipe.xadd(w.stream, codec.encode(w.packet), id=w.id, maxlen=w.maxlen, approximate=True)
+        for sw in result.state:
+            if sw.value is not None:
+                pipe.set(sw.key, sw.value)
+            for name, n in sw.incr.items():
+                pipe.hincrby(sw.key, name, n)
+            if sw.fields:
+                pipe.hset(sw.key, mapping=dict(sw.fields))
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+
+    async def _fenced(self, result: Result, by_stream: Mapping[str, list[str]]) -> list[Any]:
+        """The MULTI under WATCH of the fencing keys; FenceLost when one holds another value."""
+        fence_keys = list(result.fence)
+        while True:
+            async with self.runtime.cmd.pipeline(transaction=True) as pipe:
+                await pipe.watch(*fence_keys)
+                values = await pipe.mget(fence_keys)
+                lost = [k for k, v in zip(fence_keys, values) if v is None or s(v) != result.fence[k]]
+                if lost:
+                    await pipe.unwatch()
+                    self.stats.inc("consumer_fence_lost", len(lost), **self._labels)
+                    raise FenceLost(lost)
+                pipe.multi()
+                self._queue(pipe, result, by_stream)
+                try:
+                    return list(await pipe.execute(raise_on_error=False))
+                except WatchError:
+                    # A fencing key was touched (a renewal, or a new holder): look again.
+                    self.stats.inc("consumer_fence_retries", **self._labels)
 
     async def _dead_letter(self, dead: list[tuple[str, str, dict[bytes, bytes], str]]) -> None:
         pipe = self.runtime.cmd.pipeline(transaction=True)
@@ -474,17 +577,20 @@ class StreamRuntime:
         on_rewind: Callable[[], Any] | None = None,
         packet_types: Iterable[type] | None = None,
         streams: Sequence[str] | None = None,
+        dynamic: bool = False,
     ) -> GroupConsumer:
         """Register ``callback`` as consumer group ``consumer_name`` over ``data_types``.
 
         ``data_types`` are names from :data:`unistream_common.keys.DATA_TYPES` (``ticks``,
         ``bars:1s``, ``training``...) expanded over the configured symbols; ``streams`` replaces
-        them with explicit stream names.
+        them with explicit stream names. A ``dynamic`` consumer starts with the given streams
+        (possibly none) and changes them with ``add_stream``/``remove_stream``.
         """
         names = list(streams) if streams is not None else keys.streams_for(data_types, self.symbols)
         gc = GroupConsumer(
-            self, consumer_name, callback, names, options or ConsumerOptions(), on_timer, on_rewind, packet_types
-        )
+            self, consumer_name, callback, names, options or ConsumerOptions(), on_timer, on_rewind, packet_types,
+            dynamic,
+        )  # fmt: skip
         self.consumers.append(gc)
         return gc
 

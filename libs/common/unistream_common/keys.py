@@ -90,6 +90,32 @@ def history_streams(symbols: Iterable[str]) -> list[str]:
     return [history(s, tf) for s in symbols for tf in HISTORY_TIMEFRAMES]
 
 
+# Aggregator coordination and bar quality (all per-symbol keys share the symbol's hash slot).
+AGGREGATOR_MEMBERS = "md:agg:members"  # sorted set: aggregator consumer -> heartbeat expiry (ms)
+
+
+def agg_state(symbol: str) -> str:
+    """Aggregator checkpoint of one symbol: ``md:agg:state:{SYMBOL}`` (written with its bars)."""
+    return f"md:agg:state:{{{check_symbol(symbol)}}}"
+
+
+def agg_owner(symbol: str) -> str:
+    """Lease naming the aggregator that owns one symbol: ``md:agg:owner:{SYMBOL}`` (expires)."""
+    return f"md:agg:owner:{{{check_symbol(symbol)}}}"
+
+
+def forming(symbol: str, timeframe: str) -> str:
+    """The bar of ``timeframe`` still forming (not final): ``md:forming:{SYMBOL}:TF``, a hash
+    holding one encoded :class:`~unistream_common.packets.Bar` (fields type, v, data)."""
+    return f"md:forming:{{{check_symbol(symbol)}}}:{check_timeframe(timeframe)}"
+
+
+def quality(symbol: str) -> str:
+    """Data-quality counters of one symbol's bars: ``md:quality:{SYMBOL}`` (a hash, see
+    :mod:`unistream_common.quality`)."""
+    return f"md:quality:{{{check_symbol(symbol)}}}"
+
+
 def dlq(stream: str) -> str:
     """Dead-letter stream for entries of ``stream`` that could not be processed."""
     return stream + DLQ_SUFFIX

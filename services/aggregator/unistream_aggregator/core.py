@@ -1,40 +1,49 @@
-"""Pure core of the aggregator: trades into time bars, with deferred acknowledgement.
+"""Pure core of the aggregator: trades into 1s, 1m, 1h and 1d bars, exactly once.
 
-No Redis, no clock, no I/O: entries come in as ``(ref, TickBatch)`` where ``ref`` is the
-``(stream, entry id)`` to acknowledge, and time comes in as ``now_ms`` (ms since the epoch, UTC).
+No Redis, no clock, no I/O: entries come in as ``(ref, packet)`` where ``ref`` is the
+``(stream, entry id)`` to acknowledge and ``packet`` a :class:`TickBatch` or a
+:class:`GapMarker`; time comes in as ``now_ms`` (ms since the epoch, UTC).
 
-Bar semantics (per symbol, one timeframe, 1 s in this build):
+Bar semantics (per symbol):
 
-- A bar covers the UTC-aligned, left-closed interval ``[open_time_ms, open_time_ms + span)``.
-  A trade at ``ts_event_ms`` belongs to the bar opening at ``ts_event_ms - ts_event_ms % span``.
-- Fields: open/high/low/close from trade prices in arrival order, ``volume`` (base) and
-  ``quote_volume`` (sum of price x size), ``trade_count``, ``vwap`` = quote_volume / volume
-  (clamped into [low, high] against float rounding),
-  ``taker_buy_volume`` = volume of trades whose aggressor bought.
-- A bar closes (is emitted, final) when a trade for a LATER interval arrives (event time passed
-  its end), or from the timer once wall-clock ``now_ms >= close_time_ms + grace_ms``.
-- Empty intervals between the last emitted bar and a new bar are emitted as flat bars at the
-  previous close: volume 0, trade_count 0, vwap = previous close, ``filled=True``. They are
-  emitted when the new bar STARTS (its first trade proves the empty intervals are over), and
-  only when the gap is at most ``max_fill_bars`` intervals; a longer gap (an outage, most
-  likely) is left visible and counted as ``fill_bars_skipped``. Nothing is filled before the
-  first bar of a symbol is known.
+- A bar covers the UTC-aligned, left-closed interval ``[open_time_ms, open_time_ms + span)``;
+  a trade at ``ts_event_ms`` belongs to the 1s bar opening at ``ts_event_ms - ts_event_ms % 1000``.
+- open/high/low/close are trade prices in trade order; ``volume`` (base), ``quote_volume``
+  (sum of price x size), ``taker_buy_volume`` (trades whose aggressor bought) and ``vwap`` are
+  computed EXACTLY: prices and sizes are taken in units of 1e-8 (Binance's finest step), summed
+  as integers, and each float in a bar is the correctly rounded value of the exact decimal. So
+  a bar does not depend on how its trades were batched, and a reference computation in exact
+  decimal arithmetic agrees to the last digit.
+- A 1s bar closes when a trade of a later interval arrives (event time passed its end), or from
+  the timer once the wall clock reaches its end + ``grace_ms`` (live sources only: see
+  :meth:`BarAggregator.close_due`).
+- Empty 1s intervals are emitted as flat bars at the previous close (volume 0, trade_count 0,
+  ``filled=True``): when the next trade proves them over, or from the timer in live mode. A run
+  of more than ``max_fill_bars`` empty intervals (an outage, most likely) is left visible and
+  counted as ``intervals_skipped``. Nothing is filled before a symbol's first bar.
+- 1m, 1h and 1d bars are the roll-up of their 1s bars: open of the first 1s bar with trades,
+  high/low over 1s bars with trades, close of the last 1s bar, sums of the rest. Filled 1s bars
+  do not set open/high/low; a higher bar made only of filled 1s bars is filled itself. A higher
+  bar is emitted with its last 1s bar, or when a 1s bar of a later interval is emitted (after a
+  skipped gap); intervals with no 1s bar at all (inside a skipped gap) have no higher bar either.
+- ``incomplete`` marks bars whose interval overlaps a :class:`GapMarker`'s time range (trades
+  ingest knows it lost); a higher bar is incomplete when one of its 1s bars is. A bar already
+  emitted when its marker arrives cannot change; the higher bars that contain it still show it.
 
-Late policy: a trade for an interval that has already closed (emitted, filled, or skipped
-over) is LATE: it is counted (``ticks_late``) and NOT applied, because an emitted bar is final
-and the bar stream's explicit ids cannot take an insertion behind the top.
+Late policy: a trade for a 1s interval that already closed (emitted, filled or skipped over) is
+LATE: counted (``ticks_late``) and not applied, because an emitted bar is final and the bar
+stream's explicit ids refuse an insertion behind the top.
 
-Restart policy: :meth:`BarAggregator.restore` drops all state and starts again from the last
-bar of each symbol read back from Redis. Redelivered trades whose interval is at or before that
-restored bar are ``ticks_already_applied`` (they are in the stream already), distinct from
-late. A genuinely late trade that arrives for an interval before the restored bar is counted as
-already applied too: after a restart the two cannot be told apart, and neither is applied.
+Duplicates: trade ids rise per symbol (ingest guarantees it), so a trade whose id is at or below
+the highest id seen is a duplicate (``ticks_duplicate``), whichever way it came twice.
 
-Deferred acknowledgement: an entry is acknowledged in the same output that emits the last bar
-any of its trades went into. While one of its trades sits in an open bar, the entry is held;
-the runtime writes an output's bars and acknowledgements in one MULTI, so after a crash at any
-point each trade of an unacknowledged entry is either in an emitted bar (skipped as already
-applied when the entry is redelivered) or in none (applied again): exactly once either way.
+Exactly once: an entry is acknowledged in the same output that emits the last 1s bar its trades
+went into (or at once when none of its trades is in the open bar); every output also carries
+the symbol's :class:`SymbolCheckpoint` (emitted position and forming higher bars) and the
+counter increments of the entries it acknowledges. The runtime writes bars, checkpoint, counters
+and acknowledgements in one MULTI, so after a crash at any point :meth:`BarAggregator.restore`
+continues from a checkpoint that matches the bar streams, and redelivered trades are either in
+emitted bars (``ticks_already_applied``: ids at or below the checkpoint's) or applied again.
 """
 
 from __future__ import annotations
@@ -44,10 +53,122 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from unistream_common.keys import TIMEFRAME_MS, check_timeframe
-from unistream_common.packets import Bar, Source, TickBatch
+import msgspec
+
+from unistream_common import quality
+from unistream_common.keys import TIMEFRAME_MS
+from unistream_common.packets import Bar, GapMarker, Source, TickBatch
 
 EntryRef = tuple[str, str]  # (stream, entry id)
+
+SCALE = 100_000_000  # prices and sizes in units of 1e-8
+SCALE2 = SCALE * SCALE  # price x size in units of 1e-16
+HIGHER: tuple[str, ...] = ("1m", "1h", "1d")
+SECOND_MS = 1_000
+LIVE_SOURCES: frozenset[str] = frozenset({"REAL", "SYNTHETIC"})  # the timer closes only these
+CHECKPOINT_VERSION = 1
+
+COUNTERS = quality.COUNTERS
+"""Counters of the core, per symbol; every increment arrives with the acknowledgement or bar it
+belongs to, so their committed totals are exact across crashes."""
+
+
+def units(x: float) -> int:
+    """``x`` in integer units of 1e-8 (exact for decimals of at most 8 places below ~2e7)."""
+    return round(x * SCALE)
+
+
+class Acc(msgspec.Struct):
+    """A bar being built: float prices, integer sums (1e-8 units; quote in 1e-16)."""
+
+    open_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int = 0
+    quote: int = 0
+    taker: int = 0
+    count: int = 0
+    real: bool = False  # has trades (or, for higher bars, a 1s bar with trades)
+    incomplete: bool = False
+    source: Source = "SYNTHETIC"
+
+    def to_bar(self, symbol: str, timeframe: str) -> Bar:
+        span = TIMEFRAME_MS[timeframe]
+        if self.real:
+            vwap = min(max(self.quote / (self.volume * SCALE), self.low), self.high) if self.volume else self.close
+        else:
+            vwap = self.close
+        return Bar(
+            symbol=symbol,
+            timeframe=timeframe,  # type: ignore[arg-type]
+            open_time_ms=self.open_ms,
+            close_time_ms=self.open_ms + span,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume / SCALE,
+            quote_volume=self.quote / SCALE2,
+            trade_count=self.count,
+            vwap=vwap,
+            taker_buy_volume=self.taker / SCALE,
+            filled=not self.real,
+            source=self.source,
+            incomplete=self.incomplete,
+        )
+
+
+def acc_of_bar(bar: Bar) -> Acc:
+    """Accumulator of an emitted bar read back from a stream (fallback restore only).
+
+    Integer sums are recovered from the floats: exact for volumes (at most 8 decimals), within
+    a unit in the last place for quote volumes, whose exact sums carry 16 decimals.
+    """
+    return Acc(
+        bar.open_time_ms, bar.open, bar.high, bar.low, bar.close,
+        units(bar.volume), round(bar.quote_volume * SCALE2), units(bar.taker_buy_volume),
+        bar.trade_count, not bar.filled, bar.incomplete, bar.source,
+    )  # fmt: skip
+
+
+def add_into(into: Acc, part: Acc) -> None:
+    """Roll ``part`` (a lower-timeframe bar) into ``into``; filled parts set only the close."""
+    if part.real:
+        if into.real:
+            if part.high > into.high:
+                into.high = part.high
+            if part.low < into.low:
+                into.low = part.low
+        else:
+            into.open, into.high, into.low = part.open, part.high, part.low
+            into.real = True
+        into.source = part.source
+    into.close = part.close
+    into.volume += part.volume
+    into.quote += part.quote
+    into.taker += part.taker
+    into.count += part.count
+    if part.incomplete:
+        into.incomplete = True
+
+
+class SymbolCheckpoint(msgspec.Struct):
+    """What a restart needs of one symbol: its position in the bar streams, nothing open.
+
+    Written with every output that touches the symbol, in the same MULTI as its bars and
+    acknowledgements, so it always matches the bar streams.
+    """
+
+    version: int
+    symbol: str
+    last_open_ms: int | None  # open time of the last emitted 1s bar
+    prev_close: float | None  # its close: the level of filled bars
+    last_trade_id: int  # highest trade id in emitted bars (-1: none)
+    forming: dict[str, Acc]  # higher timeframe -> its bar so far, from emitted 1s bars
+    gaps: list[tuple[int, int]]  # [from_ms, to_ms] time ranges of gap markers still to flag (to 0: open)
+    source: Source | None
 
 
 @dataclass
@@ -55,76 +176,69 @@ class AggregatorOutput:
     """What one call produced.
 
     Attributes:
-        bars: bars that are now final, in order per symbol (write them).
-        ack: entries whose every bar is in ``bars`` or was emitted before (acknowledge them
+        bars: bars that are now final, per symbol in time order, each 1s bar before the higher
+            bars it completed (write them).
+        ack: entries whose every trade is in ``bars`` or was emitted before (acknowledge them
             together with ``bars``).
-        counts: increments of the core's counters, keyed ``(counter, symbol)``; counters are
-            ticks_applied, ticks_late, ticks_already_applied, bars_emitted, bars_filled,
-            fill_bars_skipped.
+        counts: increments of :data:`COUNTERS`, keyed ``(counter, symbol)``, for the
+            acknowledged entries and emitted bars only.
+        checkpoints: the new checkpoint of every symbol this output touched.
     """
 
     bars: list[Bar] = field(default_factory=list)
     ack: list[EntryRef] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    checkpoints: dict[str, SymbolCheckpoint] = field(default_factory=dict)
 
     def extend(self, other: AggregatorOutput) -> None:
         self.bars.extend(other.bars)
         self.ack.extend(other.ack)
         self.counts.update(other.counts)
-
-
-class _OpenBar:
-    """The bar being built: accumulators and the entries that contributed to it."""
-
-    __slots__ = (
-        "close",
-        "high",
-        "low",
-        "open",
-        "open_ms",
-        "quote_volume",
-        "refs",
-        "source",
-        "taker_buy_volume",
-        "trade_count",
-        "volume",
-    )
-
-    def __init__(self, open_ms: int, price: float, source: Source) -> None:
-        self.open_ms = open_ms
-        self.open = self.high = self.low = self.close = price
-        self.volume = 0.0
-        self.quote_volume = 0.0
-        self.trade_count = 0
-        self.taker_buy_volume = 0.0
-        self.source: Source = source
-        self.refs: dict[EntryRef, None] = {}  # ordered set
+        self.checkpoints.update(other.checkpoints)
 
 
 class _SymbolState:
-    """One symbol's position in its bar stream."""
+    """One symbol: emitted position, the open 1s bar, forming higher bars, held entries."""
 
-    __slots__ = ("bar", "horizon_ms", "last_open_ms", "prev_close")
+    __slots__ = (
+        "bar",
+        "forming",
+        "gaps",
+        "held",
+        "horizon_id",
+        "horizon_ms",
+        "last_open_ms",
+        "last_trade_id",
+        "open_max_id",
+        "prev_close",
+        "seen_id",
+        "source",
+    )
 
-    def __init__(self, last_open_ms: int | None = None, prev_close: float | None = None) -> None:
-        self.last_open_ms = last_open_ms  # open time of the last emitted bar
-        self.prev_close = prev_close  # its close: the level of filled bars
-        self.horizon_ms = last_open_ms  # last bar found in Redis at restore: older is "already applied"
-        self.bar: _OpenBar | None = None
+    def __init__(self) -> None:
+        self.last_open_ms: int | None = None
+        self.prev_close: float | None = None
+        self.last_trade_id = -1  # highest id in emitted bars
+        self.seen_id = -1  # highest id seen (applied, late or in the open bar)
+        self.horizon_id = -1  # last_trade_id at restore: redelivered ids at or below are already applied
+        self.horizon_ms = -1  # fallback restore only: trades of 1s intervals up to this one are in the stream
+        self.open_max_id = -1  # highest id in the open bar
+        self.bar: Acc | None = None
+        self.forming: dict[str, Acc] = {}
+        self.gaps: list[list[int]] = []
+        self.held: dict[EntryRef, Counter[str]] = {}  # entries waiting for the open bar, with their counts
+        self.source: Source | None = None
 
 
 class BarAggregator:
-    """Builds time bars for any number of symbols (see the module docstring for the policies).
+    """Builds 1s, 1m, 1h and 1d bars for any number of symbols (module docstring: the policies).
 
     Args:
-        timeframe: bar length, one of the :data:`unistream_common.keys.TIMEFRAMES`.
-        grace_ms: after a bar's end, how long the timer waits for stragglers before closing it.
-        max_fill_bars: longest run of empty intervals that is filled with flat bars.
+        grace_ms: after a 1s bar's end, how long the timer waits for stragglers before closing it.
+        max_fill_bars: longest run of empty 1s intervals that is filled with flat bars.
     """
 
-    def __init__(self, timeframe: str = "1s", grace_ms: int = 250, max_fill_bars: int = 3_600) -> None:
-        self.timeframe = check_timeframe(timeframe)
-        self.span_ms = TIMEFRAME_MS[timeframe]
+    def __init__(self, grace_ms: int = 250, max_fill_bars: int = 3_600) -> None:
         if grace_ms < 0:
             raise ValueError(f"grace_ms was negative ({grace_ms})")
         if max_fill_bars < 0:
@@ -135,175 +249,347 @@ class BarAggregator:
 
     # --- state -----------------------------------------------------------------------------
 
-    def restore(self, last_bars: Mapping[str, Bar | None]) -> None:
-        """Forget everything, then continue each symbol after its last bar in the stream.
+    @property
+    def symbols(self) -> list[str]:
+        return list(self._symbols)
 
-        ``last_bars`` maps symbol -> its newest emitted bar of this timeframe, or None for an
-        empty stream. Open bars and held entries are dropped: the runtime redelivers those
-        entries, and their trades are applied again.
+    def restore(self, symbol: str, checkpoint: SymbolCheckpoint | None) -> None:
+        """Forget ``symbol``'s state and continue from ``checkpoint`` (None: from nothing).
+
+        The open bar and held entries are dropped: the runtime redelivers those entries, and
+        their trades are applied again.
         """
-        self._symbols = {}
-        for symbol, bar in last_bars.items():
-            if bar is None:
-                continue
-            if bar.timeframe != self.timeframe or bar.symbol != symbol:
-                raise ValueError(f"restore got a {bar.bar_type} bar for {symbol}-{self.timeframe}")
-            self._symbols[symbol] = _SymbolState(bar.open_time_ms, bar.close)
+        st = self._symbols[symbol] = _SymbolState()
+        if checkpoint is None:
+            return
+        if checkpoint.symbol != symbol:
+            raise ValueError(f"restore of {symbol} got the checkpoint of {checkpoint.symbol}")
+        if checkpoint.version != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {checkpoint.version} is not {CHECKPOINT_VERSION}")
+        st.last_open_ms = checkpoint.last_open_ms
+        st.prev_close = checkpoint.prev_close
+        st.last_trade_id = st.seen_id = st.horizon_id = checkpoint.last_trade_id
+        st.forming = {tf: msgspec.structs.replace(acc) for tf, acc in checkpoint.forming.items()}
+        st.gaps = [list(g) for g in checkpoint.gaps]
+        st.source = checkpoint.source
+
+    def restore_from_bars(self, symbol: str, last: Mapping[str, Bar | None], tails: Mapping[str, list[Bar]]) -> None:
+        """Fallback when no checkpoint exists: continue from the bar streams themselves.
+
+        ``last`` maps each timeframe to its newest bar (or None); ``tails`` maps each higher
+        timeframe to the bars of the next lower timeframe emitted after that timeframe's newest
+        bar (1m: 1s bars, 1h: 1m bars, 1d: 1h bars), oldest first. Trades are recognised as
+        already applied by time (their 1s interval is at or before the last 1s bar), since
+        trade ids are not in the bars.
+        """
+        st = self._symbols[symbol] = _SymbolState()
+        last_1s = last.get("1s")
+        if last_1s is None:
+            return
+        st.last_open_ms = last_1s.open_time_ms
+        st.prev_close = last_1s.close
+        st.source = last_1s.source
+        st.horizon_ms = last_1s.open_time_ms
+        lower: Acc | None = None
+        for tf in HIGHER:
+            span = TIMEFRAME_MS[tf]
+            open_ms = last_1s.open_time_ms - last_1s.open_time_ms % span
+            acc: Acc | None = None
+            for bar in tails.get(tf, []):
+                if bar.open_time_ms >= open_ms:
+                    part = acc_of_bar(bar)
+                    if acc is None:
+                        acc = Acc(open_ms, part.close, part.close, part.close, part.close)
+                    add_into(acc, part)
+            if lower is not None and lower.open_ms >= open_ms:
+                if acc is None:
+                    acc = Acc(open_ms, lower.close, lower.close, lower.close, lower.close)
+                add_into(acc, lower)
+            if acc is not None and last_1s.close_time_ms < open_ms + span:
+                st.forming[tf] = acc
+            lower = st.forming.get(tf)
+
+    def checkpoint(self, symbol: str) -> SymbolCheckpoint:
+        """The symbol's emitted position, for the state key (see :class:`SymbolCheckpoint`)."""
+        st = self._symbols[symbol]
+        return SymbolCheckpoint(
+            CHECKPOINT_VERSION, symbol, st.last_open_ms, st.prev_close, st.last_trade_id,
+            {tf: msgspec.structs.replace(acc) for tf, acc in st.forming.items()},
+            [(a, b) for a, b in st.gaps], st.source,
+        )  # fmt: skip
+
+    def drop(self, symbol: str) -> list[EntryRef]:
+        """Forget ``symbol`` (another process owns it now); returns the entries it held."""
+        st = self._symbols.pop(symbol, None)
+        return list(st.held) if st else []
 
     def held(self) -> list[EntryRef]:
         """Entries delivered but not yet acknowledgeable (their trades sit in open bars)."""
-        return [ref for st in self._symbols.values() if st.bar for ref in st.bar.refs]
+        return [ref for st in self._symbols.values() for ref in st.held]
+
+    def forming_bars(self, symbol: str) -> dict[str, Bar]:
+        """The bars not yet closed, per timeframe, open 1s trades included (for display)."""
+        st = self._symbols.get(symbol)
+        if st is None:
+            return {}
+        part = st.bar
+        out: dict[str, Bar] = {}
+        if part is not None:
+            out["1s"] = part.to_bar(symbol, "1s")
+        for tf in HIGHER:
+            acc = st.forming.get(tf)
+            view = msgspec.structs.replace(acc) if acc is not None else None
+            if part is not None:
+                span = TIMEFRAME_MS[tf]
+                open_ms = part.open_ms - part.open_ms % span
+                if view is None or view.open_ms != open_ms:  # the open bar starts a newer interval
+                    view = Acc(open_ms, part.close, part.close, part.close, part.close)
+                add_into(view, part)
+            if view is not None:
+                out[tf] = view.to_bar(symbol, tf)
+        return out
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-symbol position, for /stats."""
         return {
             symbol: {
                 "last_bar_open_ms": st.last_open_ms,
+                "last_trade_id": st.last_trade_id,
                 "open_bar_open_ms": st.bar.open_ms if st.bar else None,
-                "open_bar_trades": st.bar.trade_count if st.bar else 0,
-                "held_entries": len(st.bar.refs) if st.bar else 0,
-                "restored_from_ms": st.horizon_ms,
+                "open_bar_trades": st.bar.count if st.bar else 0,
+                "held_entries": len(st.held),
+                "forming": {tf: acc.open_ms for tf, acc in st.forming.items()},
+                "open_gap_ranges": len(st.gaps),
+                "source": st.source,
             }
             for symbol, st in sorted(self._symbols.items())
         }
 
     # --- input -----------------------------------------------------------------------------
 
-    def apply(self, entries: Iterable[tuple[EntryRef, TickBatch]]) -> AggregatorOutput:
-        """Apply tick batches in delivery order; return closed bars and acknowledgeable entries."""
+    def apply(self, entries: Iterable[tuple[EntryRef, TickBatch | GapMarker]]) -> AggregatorOutput:
+        """Apply entries in delivery order; return closed bars and acknowledgeable entries."""
         out = AggregatorOutput()
-        span = self.span_ms
-        for ref, batch in entries:
-            symbol = batch.symbol
+        changed: set[str] = set()
+        for ref, packet in entries:
+            symbol = packet.symbol
             st = self._symbols.get(symbol)
             if st is None:
                 st = self._symbols[symbol] = _SymbolState()
-            contributed = False
-            for tick in batch.ticks:
-                ts = tick.ts_event_ms
-                open_ms = ts - ts % span
-                bar = st.bar
-                if bar is None or open_ms != bar.open_ms:
-                    closed_before = (bar is not None and open_ms < bar.open_ms) or (
-                        st.last_open_ms is not None and open_ms <= st.last_open_ms
-                    )
-                    if closed_before:
-                        if st.horizon_ms is not None and open_ms <= st.horizon_ms:
-                            out.counts["ticks_already_applied", symbol] += 1
-                        else:
-                            out.counts["ticks_late", symbol] += 1
-                        continue
-                    # A later interval: event time has passed the open bar's end.
-                    if bar is not None:
-                        self._emit(symbol, st, out)
-                    self._fill_until(symbol, st, open_ms, batch.source, out)
-                    bar = st.bar = _OpenBar(open_ms, tick.price, batch.source)
-                price, size = tick.price, tick.size
-                if price > bar.high:
-                    bar.high = price
-                elif price < bar.low:
-                    bar.low = price
-                bar.close = price
-                bar.volume += size
-                bar.quote_volume += price * size
-                bar.trade_count += 1
-                if tick.aggressor_side == "BUY":
-                    bar.taker_buy_volume += size
-                contributed = True
-                out.counts["ticks_applied", symbol] += 1
-            if contributed:
-                assert st.bar is not None
-                st.bar.refs[ref] = None
+            n_bars = len(out.bars)
+            counts: Counter[str] = Counter()
+            if isinstance(packet, GapMarker):
+                self._on_gap(st, packet, counts)
+                hold = st.bar is not None  # its flag is on the open bar until that is emitted
+            else:
+                hold = self._apply_batch(symbol, st, packet, counts, out)
+            if hold:
+                prior = st.held.get(ref)
+                if prior is None:
+                    st.held[ref] = counts
+                else:
+                    prior.update(counts)
             else:
                 out.ack.append(ref)
+                for name, n in counts.items():
+                    out.counts[name, symbol] += n
+            if not hold or len(out.bars) > n_bars:
+                changed.add(symbol)
+        for symbol in changed:
+            out.checkpoints[symbol] = self.checkpoint(symbol)
         out.ack = list(dict.fromkeys(out.ack))
         return out
 
+    def _apply_batch(
+        self, symbol: str, st: _SymbolState, batch: TickBatch, counts: Counter[str], out: AggregatorOutput
+    ) -> bool:
+        """Apply one batch; True when one of its trades is in the open bar (hold the entry)."""
+        source = batch.source
+        st.source = source
+        bar = st.bar
+        seen = st.seen_id
+        horizon = st.horizon_id
+        horizon_ms = st.horizon_ms
+        last_open = st.last_open_ms if st.last_open_ms is not None else -1
+        applied = late = dup = already = 0
+        for tick in batch.ticks:
+            tid = tick.trade_id
+            if tid <= seen:
+                if tid <= horizon:
+                    already += 1
+                else:
+                    dup += 1
+                continue
+            seen = tid
+            ts = tick.ts_event_ms
+            open_ms = ts - ts % SECOND_MS
+            if bar is None or open_ms != bar.open_ms:
+                if (bar is not None and open_ms < bar.open_ms) or open_ms <= last_open:
+                    if open_ms <= horizon_ms:
+                        already += 1
+                    else:
+                        late += 1
+                    continue
+                if bar is not None:
+                    self._emit(symbol, st, out)
+                self._fill_until(symbol, st, open_ms, source, out)
+                last_open = st.last_open_ms if st.last_open_ms is not None else -1
+                bar = st.bar = Acc(open_ms, tick.price, tick.price, tick.price, tick.price, real=True, source=source)
+                if st.gaps:
+                    self._close_open_gaps(st, ts)
+                    bar.incomplete = self._in_gap(st, open_ms, open_ms + SECOND_MS)
+            price = tick.price
+            if price > bar.high:
+                bar.high = price
+            elif price < bar.low:
+                bar.low = price
+            bar.close = price
+            q = round(tick.size * SCALE)
+            bar.volume += q
+            bar.quote += round(price * SCALE) * q
+            if tick.aggressor_side == "BUY":
+                bar.taker += q
+            bar.count += 1
+            st.open_max_id = tid
+            applied += 1
+        st.seen_id = seen
+        if applied:
+            counts["ticks_applied"] += applied
+        if late:
+            counts["ticks_late"] += late
+        if dup:
+            counts["ticks_duplicate"] += dup
+        if already:
+            counts["ticks_already_applied"] += already
+        return applied > 0
+
+    def _on_gap(self, st: _SymbolState, gap: GapMarker, counts: Counter[str]) -> None:
+        """Remember the gap's time range; bars overlapping it are flagged incomplete."""
+        counts["gaps"] += 1
+        counts["trades_missing"] += gap.missing
+        start = gap.ts_from_ms
+        if not start:
+            start = st.bar.open_ms if st.bar is not None else (st.last_open_ms or 0) + SECOND_MS
+        rng = [start, gap.ts_to_ms]  # to 0: open until the next trade
+        if rng not in st.gaps:
+            st.gaps.append(rng)
+        if st.bar is not None and self._in_gap(st, st.bar.open_ms, st.bar.open_ms + SECOND_MS):
+            st.bar.incomplete = True
+        for acc in st.forming.values():
+            if self._in_gap(st, acc.open_ms, st.last_open_ms + SECOND_MS if st.last_open_ms is not None else 0):
+                acc.incomplete = True
+
+    @staticmethod
+    def _in_gap(st: _SymbolState, start_ms: int, end_ms: int) -> bool:
+        """Whether [start_ms, end_ms) overlaps a remembered gap range."""
+        for a, b in st.gaps:
+            if a < end_ms and (b == 0 or b >= start_ms):
+                return True
+        return False
+
+    @staticmethod
+    def _close_open_gaps(st: _SymbolState, ts_ms: int) -> None:
+        for g in st.gaps:
+            if g[1] == 0:
+                g[1] = ts_ms
+
     def due_symbols(self, now_ms: int) -> list[str]:
-        """Symbols whose open bar the timer may close at ``now_ms`` (end + grace has passed)."""
-        return [
-            symbol
-            for symbol, st in self._symbols.items()
-            if st.bar is not None and now_ms >= st.bar.open_ms + self.span_ms + self.grace_ms
-        ]
+        """Live symbols whose 1s bars the timer may close or fill at ``now_ms``."""
+        limit = now_ms - self.grace_ms - SECOND_MS  # open time of the newest interval that may close
+        out = []
+        for symbol, st in self._symbols.items():
+            if st.source not in LIVE_SOURCES:
+                continue
+            if st.bar is not None:
+                if st.bar.open_ms <= limit:
+                    out.append(symbol)
+            elif st.last_open_ms is not None and st.last_open_ms < limit:
+                if (limit - st.last_open_ms) // SECOND_MS <= self.max_fill_bars:
+                    out.append(symbol)
+        return out
 
     def close_due(self, now_ms: int, symbols: Iterable[str] | None = None) -> AggregatorOutput:
-        """Timer: close open bars whose end + grace is at or before ``now_ms``.
+        """Timer (live sources): close 1s intervals whose end + grace is at or before ``now_ms``.
 
-        ``symbols`` restricts this to symbols the caller knows have no undelivered trades
-        (closing a bar while its trades are still queued would make them late).
+        The open bar is emitted and the empty intervals after it are filled up to the newest
+        interval that may close, so a quiet market still gets its bars on time. ``symbols``
+        restricts this to symbols the caller knows have no undelivered trades (closing a bar
+        while its trades are still queued would make them late).
         """
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
+        limit = now_ms - self.grace_ms - SECOND_MS
         for symbol in self.due_symbols(now_ms):
-            if symbol in allowed:
-                self._emit(symbol, self._symbols[symbol], out)
+            if symbol not in allowed:
+                continue
+            st = self._symbols[symbol]
+            if st.bar is not None:
+                self._emit(symbol, st, out)
+            target = limit - limit % SECOND_MS + SECOND_MS
+            assert st.source is not None and st.last_open_ms is not None
+            if (target - st.last_open_ms) // SECOND_MS - 1 <= self.max_fill_bars:
+                self._fill_until(symbol, st, target, st.source, out)  # a longer gap waits for a trade to count it
+            out.checkpoints[symbol] = self.checkpoint(symbol)
         return out
 
     # --- output ----------------------------------------------------------------------------
 
     def _emit(self, symbol: str, st: _SymbolState, out: AggregatorOutput) -> None:
-        """Close the open bar: append it to ``out`` and release the entries it held."""
+        """Close the open 1s bar: append it (and the higher bars it completes), release entries."""
         bar = st.bar
         assert bar is not None
-        vwap = min(max(bar.quote_volume / bar.volume, bar.low), bar.high)  # float sums can stray a ulp
-        out.bars.append(
-            Bar(
-                symbol=symbol,
-                timeframe=self.timeframe,  # type: ignore[arg-type]
-                open_time_ms=bar.open_ms,
-                close_time_ms=bar.open_ms + self.span_ms,
-                open=bar.open,
-                high=bar.high,
-                low=bar.low,
-                close=bar.close,
-                volume=bar.volume,
-                quote_volume=bar.quote_volume,
-                trade_count=bar.trade_count,
-                vwap=vwap,
-                taker_buy_volume=min(bar.taker_buy_volume, bar.volume),
-                filled=False,
-                source=bar.source,
-            )
-        )
-        out.counts["bars_emitted", symbol] += 1
-        out.ack.extend(bar.refs)
+        if st.gaps and self._in_gap(st, bar.open_ms, bar.open_ms + SECOND_MS):
+            bar.incomplete = True
+        st.bar = None
+        st.last_trade_id = st.open_max_id
+        for ref, counts in st.held.items():
+            out.ack.append(ref)
+            for name, n in counts.items():
+                out.counts[name, symbol] += n
+        st.held = {}
+        self._close_1s(symbol, st, bar, out)
+
+    def _close_1s(self, symbol: str, st: _SymbolState, bar: Acc, out: AggregatorOutput) -> None:
+        """Append a final 1s bar and roll it into the higher timeframes."""
+        out.bars.append(bar.to_bar(symbol, "1s"))
+        out.counts["bars_1s", symbol] += 1
+        if not bar.real:
+            out.counts["bars_filled", symbol] += 1
+        if bar.incomplete:
+            out.counts["bars_incomplete", symbol] += 1
         st.last_open_ms = bar.open_ms
         st.prev_close = bar.close
-        st.bar = None
+        end = bar.open_ms + SECOND_MS
+        if st.gaps:
+            st.gaps = [g for g in st.gaps if g[1] == 0 or g[1] >= end]
+        for tf in HIGHER:
+            span = TIMEFRAME_MS[tf]
+            open_ms = bar.open_ms - bar.open_ms % span
+            acc = st.forming.get(tf)
+            if acc is not None and acc.open_ms != open_ms:
+                out.bars.append(acc.to_bar(symbol, tf))  # its end passed inside a skipped gap
+                acc = None
+            if acc is None:
+                acc = st.forming[tf] = Acc(open_ms, bar.close, bar.close, bar.close, bar.close, source=bar.source)
+            add_into(acc, bar)
+            if end == open_ms + span:
+                out.bars.append(acc.to_bar(symbol, tf))
+                del st.forming[tf]
 
     def _fill_until(self, symbol: str, st: _SymbolState, open_ms: int, source: Source, out: AggregatorOutput) -> None:
-        """Emit flat bars for the empty intervals between the last emitted bar and ``open_ms``."""
+        """Emit flat bars for the empty 1s intervals between the last emitted bar and ``open_ms``."""
         if st.last_open_ms is None or st.prev_close is None:
             return
-        missing = (open_ms - st.last_open_ms) // self.span_ms - 1
+        missing = (open_ms - st.last_open_ms) // SECOND_MS - 1
         if missing <= 0:
             return
         if missing > self.max_fill_bars:
-            out.counts["fill_bars_skipped", symbol] += missing
+            out.counts["intervals_skipped", symbol] += missing
             return
         level = st.prev_close
-        for k in range(1, missing + 1):
-            t = st.last_open_ms + k * self.span_ms
-            out.bars.append(
-                Bar(
-                    symbol=symbol,
-                    timeframe=self.timeframe,  # type: ignore[arg-type]
-                    open_time_ms=t,
-                    close_time_ms=t + self.span_ms,
-                    open=level,
-                    high=level,
-                    low=level,
-                    close=level,
-                    volume=0.0,
-                    quote_volume=0.0,
-                    trade_count=0,
-                    vwap=level,
-                    taker_buy_volume=0.0,
-                    filled=True,
-                    source=source,
-                )
-            )
-        out.counts["bars_emitted", symbol] += missing
-        out.counts["bars_filled", symbol] += missing
-        st.last_open_ms = open_ms - self.span_ms
+        for _ in range(missing):
+            t = st.last_open_ms + SECOND_MS
+            flat = Acc(t, level, level, level, level, source=source)
+            if st.gaps and self._in_gap(st, t, t + SECOND_MS):
+                flat.incomplete = True
+            self._close_1s(symbol, st, flat, out)

@@ -1,21 +1,30 @@
-"""I/O shell of the aggregator: group ``aggregator`` over the tick streams, 1 s bars out.
+"""I/O shell of the aggregator: group ``aggregator`` over the tick streams, bars of 1s/1m/1h/1d out.
 
-The consumer runtime delivers tick-batch entries; :class:`~unistream_aggregator.core.BarAggregator`
-turns them into bars; each callback returns ``Result(writes=bars, ack=entries)`` and the runtime
-writes the bars (explicit ids ``<open_time_ms>-0``) and acknowledges the entries in one MULTI.
-A re-emitted bar is refused by Redis and counted by the runtime as a duplicate write: that, with
-deferred acknowledgement, makes a crash at any point leave the bar stream as if it never happened.
+Ownership. Each symbol is owned by one aggregator process at a time, through a lease key
+``md:agg:owner:{SYMBOL}`` (value ``<consumer>:<token>``, expiring after ``owner_ttl_ms`` unless
+renewed). Live aggregators heartbeat in ``md:agg:members``; each takes unowned symbols up to
+its fair share (symbols / live members, rounded up) and hands one back when it holds more, so
+symbols spread over the processes and a dead owner's symbols are taken over once its lease
+expires. The consumer reads only the tick streams of the symbols it owns (a dynamic consumer
+of the runtime), so a symbol's trades never split between two open bars.
 
-- ``on_rewind`` (before the runtime redelivers this consumer's pending entries, at start and
-  after every reconnect) restores the core from the last bar of each symbol's stream, and first
-  takes over entries still pending on other consumers of the group. The aggregator runs as ONE
-  instance (two would split a symbol's trades between two open bars), so any other consumer is
-  a dead predecessor under another name (a new hostname, say); leaving its entries to the
-  runtime's idle claim would redeliver them after the bars they belong to were already closed.
-- ``on_timer`` (every 0.1 s) closes bars whose end + grace has passed in wall-clock time, but
-  only for symbols whose tick stream has no undelivered entries: while a backlog is queued
-  (catching up after a restart, say) event time, not the wall clock, decides when bars close,
-  so the result does not depend on how fast the backlog is read.
+Taking a symbol over: claim the entries still pending on other consumers of the group (the old
+owner's, delivery counts kept), restore the core from the checkpoint ``md:agg:state:{SYMBOL}``
+(or, when there is none, from the bar streams themselves), then read this consumer's pending
+entries for it before new ones.
+
+Exactly once. Every callback returns bars (explicit ids ``<open_time_ms>-0``), the checkpoint
+and the quality counters of the symbols it touched, and the acknowledgements, and the runtime
+writes them in one MULTI, fenced on the owner leases: a process that lost a lease cannot write
+for that symbol any more (the runtime rewinds it; see ``FenceLost``). A re-emitted bar is
+refused by Redis and counted as a duplicate write.
+
+- ``on_timer`` (every 0.1 s): leases and membership (every ``owner_ttl_ms / 5``), bars whose end +
+  grace has passed in wall-clock time for live symbols with nothing left to read (while a
+  backlog is queued, event time, not the wall clock, decides when bars close), and the forming
+  bars on ``md:forming:{SYMBOL}:TF`` for the dashboard.
+- ``on_rewind`` (runtime start, reconnect, lost fence) drops every symbol; the next timer takes
+  them back from Redis.
 - If the core ever raises (a bug), the consumer is restarted in-process: its state is rebuilt
   from Redis and the pending entries come again, rather than the runtime retrying entries one
   by one against half-updated state.
@@ -25,16 +34,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import secrets
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
-from unistream_aggregator.core import AggregatorOutput, BarAggregator
+from unistream_aggregator.core import HIGHER, LIVE_SOURCES, AggregatorOutput, BarAggregator, SymbolCheckpoint
 from unistream_aggregator.settings import AggregatorSettings
-from unistream_common import codec, keys
-from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write, raise_if_cancel_lost
-from unistream_common.packets import Bar, TickBatch
+from unistream_common import codec, keys, quality
+from unistream_common.consumer import (
+    ConsumerOptions,
+    GroupConsumer,
+    Message,
+    Result,
+    StateWrite,
+    StreamRuntime,
+    Write,
+    raise_if_cancel_lost,
+)
+from unistream_common.keys import TIMEFRAMES
+from unistream_common.packets import Bar, GapMarker, TickBatch
 from unistream_common.redisio import s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
@@ -42,10 +66,23 @@ from unistream_common.stats import Stats
 log = logging.getLogger(__name__)
 
 SERVICE = "aggregator"
-TIMEFRAME = "1s"
 TIMER_INTERVAL_S = 0.1
 BLOCK_MS = 1_000
 BATCH_SIZE = 500
+FORMING_TTL_MS = 10_000  # forming bars vanish when no owner refreshes them
+
+# JSON: the exact sums outgrow msgpack's 64-bit integers, and a person can read the key.
+_CHECKPOINT = msgspec.json.Decoder(SymbolCheckpoint)
+_ENCODER = msgspec.json.Encoder()
+
+# Compare-and-set scripts on one key (the lease): renew, take over from a former self, release.
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_TAKE = (
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then "
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0"
+)
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timeframe: str) -> dict[str, Bar | None]:
@@ -56,9 +93,7 @@ async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timefra
     for symbol in symbols:
         packet = tops[keys.bars(symbol, timeframe)]
         if isinstance(packet, codec.DecodeError):
-            # Re-emitted bars are refused by their explicit ids, so starting blind is safe.
-            log.error("%s: top of %s is unreadable (%s); starting without it", symbol, keys.bars(symbol, timeframe),
-                      packet)  # fmt: skip
+            log.error("%s: top of %s is unreadable (%s)", symbol, keys.bars(symbol, timeframe), packet)
         out[symbol] = packet if isinstance(packet, Bar) else None
     return out
 
@@ -71,63 +106,86 @@ class AggregatorShell:
         self.stats = stats
         self.runtime = runtime
         self.symbols = list(settings.symbols)
-        self.core = BarAggregator(TIMEFRAME, settings.grace_ms, settings.max_fill_gap_s)
+        self.core = BarAggregator(settings.grace_ms, settings.max_fill_gap_s)
         self.restart_requested = asyncio.Event()
         self.core_error: BaseException | None = None
-        stats.describe("aggregator_ticks_late", "trades for an interval already closed: counted, not applied")
-        stats.describe(
-            "aggregator_ticks_already_applied", "redelivered trades whose bar was already in the stream at restart"
-        )
+        self.token = f"{runtime.consumer}:{secrets.token_hex(6)}"
+        self.owned: dict[str, float] = {}  # symbol -> monotonic time it was taken
+        self.quality: dict[str, dict[str, int]] = {}  # committed totals of owned symbols
+        self.gc: GroupConsumer | None = None
+        self._next_lease_s = 0.0
+        self._published: dict[str, tuple[Any, ...]] = {}
+        stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
+        stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
+        stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
+        stats.describe("aggregator_owned_symbols", "symbols this process owns (aggregates) now")
 
     def register(self) -> None:
-        """Register the consumer group with the runtime."""
-        self.runtime.register_consumer(
+        """Register the (dynamic) consumer group with the runtime; streams come with ownership."""
+        self.gc = self.runtime.register_consumer(
             keys.GROUP_AGGREGATOR,
             self.on_messages,
             ["ticks"],
-            options=ConsumerOptions(timer_interval_s=TIMER_INTERVAL_S, block_ms=BLOCK_MS, batch_size=BATCH_SIZE),
+            options=ConsumerOptions(
+                timer_interval_s=TIMER_INTERVAL_S,
+                block_ms=BLOCK_MS,
+                batch_size=BATCH_SIZE,
+                claim_idle_ms=0,  # entries of a dead owner are claimed when its symbol is taken over
+                # Held trades are redelivered after every restart; only decoding can poison an entry.
+                max_deliveries=1_000_000,
+            ),
             on_timer=self.on_timer,
             on_rewind=self.on_rewind,
-            packet_types=[TickBatch],
+            packet_types=[TickBatch, GapMarker],
+            streams=[],
+            dynamic=True,
         )
+
+    @property
+    def lease_ms(self) -> int:
+        return self.settings.owner_ttl_ms
 
     def info(self) -> dict[str, Any]:
         """State for /stats."""
         return {
-            "timeframe": TIMEFRAME,
             "grace_ms": self.settings.grace_ms,
+            "owner_token": self.token,
+            "owned": sorted(self.owned),
             "symbols": self.core.snapshot(),
+            "quality": {
+                sym: {**counts, "score": quality.score(counts)} for sym, counts in sorted(self.quality.items())
+            },
             "core_error": repr(self.core_error) if self.core_error else None,
         }
+
+    def ready(self) -> bool:
+        return self.runtime.ready and self.core_error is None
 
     # --- callbacks -------------------------------------------------------------------------
 
     async def on_rewind(self) -> None:
-        """Forget all state; continue each symbol after the last bar in its stream."""
-        await self._take_over_pending()
-        last = await read_last_bars(self.runtime.cmd, self.symbols, TIMEFRAME)
-        self.core.restore(last)
+        """Drop every symbol (their held entries stay pending); the timer takes them back."""
+        for symbol in list(self.owned):
+            self._forget(symbol)
         self.core_error = None
-        for symbol, bar in last.items():
-            if bar is not None:
-                self.stats.set("aggregator_last_bar_open_ms", bar.open_time_ms, symbol=symbol)
-        log.info(
-            "restored from the bar streams: %s",
-            {sym: (bar.open_time_ms if bar else None) for sym, bar in last.items()},
-        )
+        self._next_lease_s = 0.0
 
     async def on_messages(self, messages: list[Message]) -> Result:
-        """Apply delivered tick batches; write the bars they closed, ack what is complete."""
+        """Apply delivered entries of owned symbols; write what closed, ack what is complete."""
         raise_if_cancel_lost()
         entries = []
         refused: list[tuple[str, str]] = []
         for m in messages:
-            if isinstance(m.packet, TickBatch) and keys.parse_ticks(m.stream) == m.packet.symbol:
-                entries.append(((m.stream, m.id), m.packet))
+            symbol = keys.parse_ticks(m.stream)
+            packet = m.packet
+            if isinstance(packet, (TickBatch, GapMarker)) and symbol == packet.symbol:
+                if symbol in self.owned:
+                    entries.append(((m.stream, m.id), packet))
+                # else: a symbol given up since the read; the entry stays pending for its owner
             else:
                 # A batch of another symbol in this stream would build bars from the wrong trades.
                 self.stats.inc("aggregator_batches_refused", stream=m.stream)
-                log.warning("%s %s: batch symbol does not match the stream; not applied", m.stream, m.id)
+                log.warning("%s %s: packet symbol does not match the stream; not applied", m.stream, m.id)
                 refused.append((m.stream, m.id))
         result = await self._guarded(lambda: self.core.apply(entries))
         assert result.ack is not None
@@ -135,16 +193,144 @@ class AggregatorShell:
         return result
 
     async def on_timer(self, now_ms: int) -> Result | None:
-        """Close bars past end + grace (wall clock), for symbols with nothing left to read."""
+        """Leases, then bars past end + grace (live symbols, nothing left to read), then forming bars."""
         # The runtime calls this every 0.1 s: the place to notice a cancel lost in its Redis calls.
         raise_if_cancel_lost()
-        due = self.core.due_symbols(now_ms)
-        if not due:
+        if self.core_error is not None:
             return None
-        caught_up = await self._caught_up(due)
-        if not caught_up:
-            return None
-        return await self._guarded(lambda: self.core.close_due(now_ms, caught_up))
+        if time.monotonic() >= self._next_lease_s:
+            self._next_lease_s = time.monotonic() + self.lease_ms / 5_000
+            await self._maintain_leases(now_ms)
+        result = None
+        due = [sym for sym in self.core.due_symbols(now_ms) if sym in self.owned]
+        if due:
+            caught_up = await self._caught_up(due)
+            if caught_up:
+                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up))
+        await self._publish_forming(now_ms)
+        return result
+
+    # --- ownership -------------------------------------------------------------------------
+
+    async def _maintain_leases(self, now_ms: int) -> None:
+        """Heartbeat, renew owned leases, give up lost ones, take or hand back symbols."""
+        cmd = self.runtime.cmd
+        me = self.runtime.consumer
+        pipe = cmd.pipeline(transaction=False)
+        pipe.zadd(keys.AGGREGATOR_MEMBERS, {me: now_ms + self.lease_ms})
+        pipe.zremrangebyscore(keys.AGGREGATOR_MEMBERS, "-inf", now_ms)
+        pipe.zcard(keys.AGGREGATOR_MEMBERS)
+        owned = list(self.owned)
+        for symbol in owned:
+            pipe.eval(_RENEW, 1, keys.agg_owner(symbol), self.token, self.lease_ms)
+        replies = await pipe.execute()
+        members = max(1, int(replies[2]))
+        for symbol, renewed in zip(owned, replies[3:]):
+            if not renewed:
+                log.warning("%s: lease lost (another aggregator owns it now); dropping it", symbol)
+                self.stats.inc("aggregator_leases_lost", symbol=symbol)
+                self._forget(symbol)
+        fair = math.ceil(len(self.symbols) / members)
+        if len(self.owned) > fair and members > 1:
+            symbol = max(self.owned, key=lambda sym: self.owned[sym])  # the newest: least state built
+            log.info("%s: handing over (own %d, fair share %d of %d members)", symbol, len(self.owned), fair, members)
+            self._forget(symbol)
+            await cmd.eval(_RELEASE, 1, keys.agg_owner(symbol), self.token)
+            self.stats.inc("aggregator_handovers", symbol=symbol)
+            return
+        for symbol in self.symbols:
+            if len(self.owned) >= fair:
+                break
+            if symbol in self.owned:
+                continue
+            taken = await cmd.eval(_TAKE, 1, keys.agg_owner(symbol), self.token, self.lease_ms, me + ":")
+            if taken:
+                await self._take(symbol)
+
+    async def _take(self, symbol: str) -> None:
+        """Become the symbol's aggregator: claim its pending entries, restore, read its stream."""
+        started = time.monotonic()
+        stream = keys.ticks(symbol)
+        await self._take_over_pending(stream)
+        await self._restore(symbol)
+        self.owned[symbol] = time.monotonic()
+        self.stats.set("aggregator_owned_symbols", len(self.owned))
+        assert self.gc is not None
+        await self.gc.add_stream(stream)  # delivers this consumer's pending entries first
+        self.stats.inc("aggregator_takeovers", symbol=symbol)
+        self.stats.set("aggregator_takeover_seconds", time.monotonic() - started, symbol=symbol)
+        log.info("%s: owned by %s (took %.3f s)", symbol, self.token, time.monotonic() - started)
+
+    def _forget(self, symbol: str) -> None:
+        self.owned.pop(symbol, None)
+        self.quality.pop(symbol, None)
+        self._published.pop(symbol, None)
+        self.core.drop(symbol)
+        if self.gc is not None:
+            self.gc.remove_stream(keys.ticks(symbol))
+        self.stats.set("aggregator_owned_symbols", len(self.owned))
+
+    async def release_all(self) -> None:
+        """On a clean stop: hand every symbol back at once and leave the members."""
+        cmd = self.runtime.cmd
+        pipe = cmd.pipeline(transaction=False)
+        for symbol in self.owned:
+            pipe.eval(_RELEASE, 1, keys.agg_owner(symbol), self.token)
+        pipe.zrem(keys.AGGREGATOR_MEMBERS, self.runtime.consumer)
+        await pipe.execute()
+
+    async def _restore(self, symbol: str) -> None:
+        """Core state of ``symbol`` from its checkpoint, else from its bar streams."""
+        cmd = self.runtime.cmd
+        raw, qraw = await cmd.pipeline(transaction=False).get(keys.agg_state(symbol)).hgetall(
+            keys.quality(symbol)
+        ).execute()  # fmt: skip
+        self.quality[symbol] = {name: quality.parse(qraw)[name] for name in quality.COUNTERS}
+        checkpoint = None
+        if raw is not None:
+            try:
+                checkpoint = _CHECKPOINT.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("%s: checkpoint unreadable (%s); rebuilding from the bar streams", symbol, exc)
+        if checkpoint is not None:
+            self.core.restore(symbol, checkpoint)
+            log.info("%s: restored from checkpoint at %s", symbol, checkpoint.last_open_ms)
+            return
+        last = {tf: (await read_last_bars(cmd, [symbol], tf))[symbol] for tf in TIMEFRAMES}
+        tails: dict[str, list[Bar]] = {}
+        for tf, lower in zip(HIGHER, TIMEFRAMES):
+            top = last[tf]
+            start = f"({top.open_time_ms}-0" if top is not None else "-"
+            tails[tf] = [b for _, f in await cmd.xrange(keys.bars(symbol, lower), min=start, max="+")
+                         if isinstance(b := _decode_bar(f), Bar)]  # fmt: skip
+        self.core.restore_from_bars(symbol, last, tails)
+        if last["1s"] is None:
+            log.info("%s: no checkpoint and no bars: starting fresh", symbol)
+            return
+        self.stats.inc("aggregator_restored_from_bars", symbol=symbol)
+        log.warning("%s: no checkpoint; continued from the bar streams (last 1s bar %s)", symbol,
+                    last["1s"].open_time_ms)  # fmt: skip
+
+    async def _take_over_pending(self, stream: str) -> None:
+        """Move entries pending on other consumers of the group to this one (delivery counts kept)."""
+        cmd, me = self.runtime.cmd, self.runtime.consumer
+        try:
+            await cmd.xgroup_create(stream, keys.GROUP_AGGREGATOR, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        start = "-"
+        while True:
+            rows = await cmd.xpending_range(stream, keys.GROUP_AGGREGATOR, min=start, max="+", count=1_000)
+            ids = [s(r["message_id"]) for r in rows if s(r["consumer"]) != me]
+            if ids:
+                # JUSTID: no delivery-count increment; the runtime's pending read counts this delivery.
+                await cmd.xclaim(stream, keys.GROUP_AGGREGATOR, me, 0, ids, justid=True)
+                self.stats.inc("aggregator_entries_taken_over", len(ids), stream=stream)
+                log.warning("took over %d entries of %s pending on other consumers", len(ids), stream)
+            if len(rows) < 1_000:
+                break
+            start = "(" + s(rows[-1]["message_id"])
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -157,7 +343,7 @@ class AggregatorShell:
         except Exception as exc:
             self.core_error = exc
             self.stats.inc("aggregator_core_errors")
-            log.exception("aggregator core failed; restarting the consumer from the bar streams")
+            log.exception("aggregator core failed; restarting the consumer from Redis")
             self.restart_requested.set()
             # Wait to be cancelled by run_with_restarts: raising instead would make the runtime
             # retry entries one by one against the broken state, then dead-letter good data.
@@ -166,41 +352,66 @@ class AggregatorShell:
         return self._result(out)
 
     def _result(self, out: AggregatorOutput) -> Result:
+        now_ms = int(time.time() * 1000)
+        retention = self.settings.bar_retention
+        writes = [
+            Write(keys.bars(bar.symbol, bar.timeframe), bar, f"{bar.open_time_ms}-0", retention) for bar in out.bars
+        ]
+        incr: dict[str, dict[str, int]] = {}
         for (name, symbol), n in out.counts.items():
             self.stats.inc(f"aggregator_{name}", n, symbol=symbol)
-        last_open: dict[str, int] = {}
+            incr.setdefault(symbol, {})[name] = n
+        last_1s: dict[str, Bar] = {}
         for bar in out.bars:
-            last_open[bar.symbol] = bar.open_time_ms
-        for symbol, open_ms in last_open.items():
-            self.stats.set("aggregator_last_bar_open_ms", open_ms, symbol=symbol)
+            if bar.timeframe == "1s":
+                last_1s[bar.symbol] = bar
+        state: list[StateWrite] = []
+        symbols = set(out.checkpoints) | set(incr) | set(last_1s)
+        for symbol in sorted(symbols):
+            if symbol in out.checkpoints:
+                state.append(StateWrite(keys.agg_state(symbol), value=_ENCODER.encode(out.checkpoints[symbol])))
+            fields: dict[str, int] = {"updated_ms": now_ms}
+            bar = last_1s.get(symbol)
+            if bar is not None:
+                fields["last_bar_open_ms"] = bar.open_time_ms
+                self.stats.set("aggregator_last_bar_open_ms", bar.open_time_ms, symbol=symbol)
+                if bar.source in LIVE_SOURCES:
+                    latency = max(0, now_ms - bar.close_time_ms)
+                    fields["last_bar_latency_ms"] = latency
+                    self.stats.set("aggregator_last_bar_latency_ms", latency, symbol=symbol)
+            state.append(StateWrite(keys.quality(symbol), incr=incr.get(symbol, {}), fields=fields))
+            totals = self.quality.get(symbol)
+            if totals is not None:
+                for name, n in incr.get(symbol, {}).items():
+                    totals[name] = totals.get(name, 0) + n
         self.stats.set("aggregator_held_entries", len(self.core.held()))
-        writes = [
-            Write(
-                stream=keys.bars(bar.symbol, TIMEFRAME),
-                packet=bar,
-                id=f"{bar.open_time_ms}-0",
-                maxlen=self.settings.bar_retention,
-            )
-            for bar in out.bars
-        ]
-        return Result(writes=writes, ack=out.ack)
+        fence = {keys.agg_owner(symbol): self.token for symbol in symbols}
+        for stream, _ in out.ack:
+            symbol = keys.parse_ticks(stream)
+            if symbol is not None:
+                fence[keys.agg_owner(symbol)] = self.token
+        return Result(writes=writes, ack=out.ack, state=state, fence=fence)
 
-    async def _take_over_pending(self) -> None:
-        """Move entries pending on other consumers of the group to this one (delivery counts kept)."""
-        cmd, me = self.runtime.cmd, self.runtime.consumer
-        for stream in keys.streams_for(["ticks"], self.symbols):
-            start = "-"
-            while True:
-                rows = await cmd.xpending_range(stream, keys.GROUP_AGGREGATOR, min=start, max="+", count=1_000)
-                ids = [s(r["message_id"]) for r in rows if s(r["consumer"]) != me]
-                if ids:
-                    # JUSTID: no delivery-count increment; the runtime's pending read counts this delivery.
-                    await cmd.xclaim(stream, keys.GROUP_AGGREGATOR, me, 0, ids, justid=True)
-                    self.stats.inc("aggregator_entries_taken_over", len(ids), stream=stream)
-                    log.warning("took over %d entries of %s pending on other consumers", len(ids), stream)
-                if len(rows) < 1_000:
-                    break
-                start = "(" + s(rows[-1]["message_id"])
+    async def _publish_forming(self, now_ms: int) -> None:
+        """Write the forming bar of each timeframe of each owned symbol that changed."""
+        pipe = None
+        for symbol in self.owned:
+            forming = self.core.forming_bars(symbol)
+            signature = tuple((tf, b.open_time_ms, b.trade_count, b.close, b.incomplete) for tf, b in forming.items())
+            if self._published.get(symbol) == signature and now_ms % 1_000 >= 100:
+                continue  # unchanged; refreshed once a second so the keys outlive their TTL only when dead
+            self._published[symbol] = signature
+            if pipe is None:
+                pipe = self.runtime.cmd.pipeline(transaction=False)
+            for tf in TIMEFRAMES:
+                bar = forming.get(tf)
+                if bar is None:
+                    pipe.delete(keys.forming(symbol, tf))
+                else:
+                    pipe.hset(keys.forming(symbol, tf), mapping=codec.encode(bar))
+                    pipe.pexpire(keys.forming(symbol, tf), FORMING_TTL_MS)
+        if pipe is not None:
+            await pipe.execute()
 
     async def _caught_up(self, symbols: list[str]) -> list[str]:
         """Symbols whose tick stream holds no entry beyond what this group has been delivered."""
@@ -225,6 +436,14 @@ class AggregatorShell:
         return [symbol for symbol, nxt in zip(delivered, nexts) if not nxt]
 
 
+def _decode_bar(fields: Any) -> Bar | None:
+    try:
+        packet = codec.decode(fields)
+    except codec.DecodeError:
+        return None
+    return packet if isinstance(packet, Bar) else None
+
+
 async def worker(ctx: ServiceContext) -> None:
     """Service worker for :func:`unistream_common.service.run_service`."""
     settings = ctx.settings
@@ -233,14 +452,14 @@ async def worker(ctx: ServiceContext) -> None:
     shell = AggregatorShell(settings, ctx.stats, runtime)
     shell.register()
     try:
-        await run_consumers(
-            ctx, runtime, shell.info,
-            ready=lambda: runtime.ready and shell.core_error is None,
-            run=lambda: run_with_restarts(runtime, shell),
-        )  # fmt: skip
+        await run_consumers(ctx, runtime, shell.info, ready=shell.ready, run=lambda: run_with_restarts(runtime, shell))
     finally:
-        # Held entries stay pending in Redis: the next start redelivers them (see on_rewind).
+        # Held entries stay pending in Redis: the next owner redelivers them (see _take).
         log.info("stopped with %d entries held for open bars", len(shell.core.held()))
+        try:
+            await asyncio.wait_for(shell.release_all(), 2.0)
+        except Exception as exc:  # noqa: BLE001 - best effort: the leases expire anyway
+            log.info("could not hand the symbols back (%r); their leases expire in %d ms", exc, shell.lease_ms)
 
 
 async def run_with_restarts(runtime: StreamRuntime, shell: AggregatorShell) -> None:

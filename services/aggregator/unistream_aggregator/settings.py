@@ -8,14 +8,20 @@ from unistream_common.settings import CommonSettings
 
 
 class AggregatorSettings(CommonSettings):
-    """Aggregator: 1 s bars from ticks into ``md:bars:{SYMBOL}:1s``."""
+    """Aggregator: 1s, 1m, 1h and 1d bars from ticks into ``md:bars:{SYMBOL}:TF``."""
 
     bar_retention: int = Field(
-        86_400, ge=1, description="Bars kept per stream (XADD MAXLEN ~), 86,400 = one day of 1s bars"
+        86_400, ge=1, description="Bars kept per stream and timeframe (XADD MAXLEN ~), 86,400 = one day of 1s bars"
     )
     grace_ms: int = Field(
         250, ge=0, le=60_000, description="Wall-clock wait after a bar's end before the timer closes it, ms"
     )
     max_fill_gap_s: int = Field(
         3_600, ge=0, description="Longest run of empty seconds filled with flat bars; longer gaps stay visible"
+    )
+    owner_ttl_ms: int = Field(
+        5_000,
+        ge=500,
+        le=600_000,
+        description="Lease of an aggregator on a symbol, ms: a dead owner's symbols are taken over after this",
     )
