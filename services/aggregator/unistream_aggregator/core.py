@@ -137,10 +137,8 @@ def add_into(into: Acc, part: Acc) -> None:
     """Roll ``part`` (a lower-timeframe bar) into ``into``; filled parts set only the close."""
     if part.real:
         if into.real:
-            if part.high > into.high:
-                into.high = part.high
-            if part.low < into.low:
-                into.low = part.low
+            into.high = max(into.high, part.high)
+            into.low = min(into.low, part.low)
         else:
             into.open, into.high, into.low = part.open, part.high, part.low
             into.real = True
@@ -503,9 +501,8 @@ class BarAggregator:
             if st.bar is not None:
                 if st.bar.open_ms <= limit:
                     out.append(symbol)
-            elif st.last_open_ms is not None and st.last_open_ms < limit:
-                if (limit - st.last_open_ms) // SECOND_MS <= self.max_fill_bars:
-                    out.append(symbol)
+            elif st.last_open_ms is not None and 0 < limit - st.last_open_ms <= self.max_fill_bars * SECOND_MS:
+                out.append(symbol)
         return out
 
     def close_due(self, now_ms: int, symbols: Iterable[str] | None = None) -> AggregatorOutput:
