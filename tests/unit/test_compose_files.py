@@ -132,10 +132,11 @@ def test_every_depends_on_names_an_existing_service_with_a_condition(compose: di
                 assert "healthcheck" in services[dep], f"{dep} has no healthcheck for {name} to wait on"
 
 
-def test_trainer_can_be_scaled(compose: dict) -> None:
-    trainer = compose["services"]["trainer"]
-    assert "container_name" not in trainer
-    assert "ports" not in trainer
+@pytest.mark.parametrize("name", ["trainer", "aggregator"])
+def test_replicated_services_can_be_scaled(compose: dict, name: str) -> None:
+    service = compose["services"][name]
+    assert "container_name" not in service
+    assert "ports" not in service
 
 
 def test_only_the_dashboard_publishes_a_host_port(compose: dict) -> None:
