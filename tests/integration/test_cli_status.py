@@ -146,3 +146,23 @@ def test_status_with_redis_down_exits_1_with_a_clear_error() -> None:
 def test_status_refuses_a_bad_symbol_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--symbols", "eth-usdt", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
     assert "not a valid symbol" in capsys.readouterr().err
+
+
+def test_status_shows_each_symbols_aggregator_and_bar_quality_with_its_score(
+    client: redis.Redis, server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.set(keys.agg_owner("ETHUSDT"), "aggregator-2:5f0c1d")
+    client.hset(
+        keys.quality("ETHUSDT"),
+        mapping={"ticks_applied": 90, "ticks_late": 10, "bars_1s": 50, "bars_filled": 7, "updated_ms": 1},
+    )
+    (row,) = status_json(server.url, capsys)["bar_quality"]
+    assert row["symbol"] == "ETHUSDT" and row["owner"] == "aggregator-2"
+    assert (row["ticks_applied"], row["ticks_late"], row["bars_filled"], row["intervals_skipped"]) == (90, 10, 7, 0)
+    assert row["score"] == 90.0  # 90 of 100 trades applied, every bar complete and present
+    assert main(["status", "--redis-url", server.url, "--symbols", "ETHUSDT,BTCUSDT"]) == 0
+    text = capsys.readouterr().out
+    eth = next(line for line in text.splitlines() if line.startswith("ETHUSDT "))
+    btc = next(line for line in text.splitlines() if line.startswith("BTCUSDT "))
+    assert eth.split() == ["ETHUSDT", "aggregator-2", "90", "10", "0", "7", "0", "0", "0", "90.0"]
+    assert btc.split()[1] == "(none)" and btc.split()[-1] == "n/a"

@@ -20,7 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from unistream_common import codec, keys
+from unistream_common import codec, keys, quality
 from unistream_common.packets import Tick, TickBatch
 from unistream_common.redisio import PROTOCOL, s, safe_url
 
@@ -315,7 +315,30 @@ def collect_status(client: redis.Redis, symbols: list[str]) -> dict[str, Any]:
         "streams": streams,
         "groups": groups,
         "consumers": consumers,
+        "bar_quality": collect_bar_quality(client, symbols),
     }
+
+
+def collect_bar_quality(client: redis.Redis, symbols: list[str]) -> list[dict[str, Any]]:
+    """Per symbol: the aggregator owning it and its data-quality counters with the score."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.get(keys.agg_owner(symbol))
+        pipe.hgetall(keys.quality(symbol))
+    replies = pipe.execute()
+    rows = []
+    for i, symbol in enumerate(symbols):
+        owner, raw = replies[2 * i], replies[2 * i + 1]
+        counts = quality.parse(raw)
+        rows.append(
+            {
+                "symbol": symbol,
+                "owner": s(owner).rsplit(":", 1)[0] if owner else None,
+                **counts,
+                "score": quality.score(counts) if raw else None,
+            }
+        )
+    return rows
 
 
 def format_age(ms: int | None) -> str:
@@ -360,6 +383,21 @@ def format_status(status: Mapping[str, Any], url: str) -> list[str]:
                     lines.append(
                         f"      consumer {c['name']}: pending {c['pending']}, idle {c['idle_ms']} ms{inactive}"
                     )
+    quality_rows = status.get("bar_quality") or []
+    if quality_rows:
+        lines.append("")
+        header = ("BARS", "OWNER", "TICKS", "LATE", "DUPLICATE", "FILLED", "SKIPPED", "INCOMPLETE", "GAPS", "SCORE")
+        table = [header]
+        for q in quality_rows:
+            table.append(
+                (
+                    q["symbol"], q["owner"] or "(none)", str(q["ticks_applied"]), str(q["ticks_late"]),
+                    str(q["ticks_duplicate"]), str(q["bars_filled"]), str(q["intervals_skipped"]),
+                    str(q["bars_incomplete"]), str(q["gaps"]), _na(q["score"]),
+                )
+            )  # fmt: skip
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table)
     return lines
 
 
