@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -399,6 +401,29 @@ async def test_a_fenced_commit_writes_nothing_once_the_fence_key_changed_and_the
     await asyncio.gather(task, return_exceptions=True)
     await rt.close()
     await client.aclose()
+
+
+async def test_a_timer_can_ask_to_run_sooner_than_its_interval(redis_url: str) -> None:
+    calls: list[float] = []
+    gc_box: list[GroupConsumer] = []
+
+    def timer(now_ms: int) -> None:
+        calls.append(time.time() * 1000)
+        if len(calls) < 4:
+            gc_box[0].wake_ms = calls[-1] + 30  # e.g. a bar's deadline, well before the next interval
+
+    opts = ConsumerOptions(batch_size=50, block_ms=2_000, timer_interval_s=10.0)
+    rt = runtime(redis_url)
+    gc_box.append(rt.register_consumer("g", lambda m: None, ["metrics"], options=opts, on_timer=timer))
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _true(len(calls) >= 4), timeout=5.0, what="four timer calls")
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(25 <= g < 1_000 for g in gaps[:3]), gaps  # on the asked times, not every 10 s
+    await asyncio.sleep(0.3)
+    assert len(calls) == 4, "without a wake-up request the interval applies again"
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
 
 
 def test_fence_lost_names_the_keys() -> None:

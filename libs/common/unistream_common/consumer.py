@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import random
 import time
 from collections import defaultdict
@@ -191,6 +192,9 @@ class GroupConsumer:
         self._rewound: set[tuple[str, str]] = set()
         self._next_claim = 0.0
         self._next_timer = 0.0
+        # Wall-clock ms at which on_timer wants to run next, sooner than its interval (a callback
+        # sets it, e.g. to close a bar right at its deadline); cleared when the timer runs.
+        self.wake_ms: float | None = None
         self._labels = {"group": name}
 
     @property
@@ -291,7 +295,11 @@ class GroupConsumer:
                 if now >= self._next_timer:
                     self._next_timer = now + opts.timer_interval_s
                     await self._run_timer()
-                block_ms = max(1, min(block_ms, int((self._next_timer - time.monotonic()) * 1000)))
+                if self.wake_ms is not None:
+                    wake = time.monotonic() + (self.wake_ms - time.time() * 1000) / 1000
+                    self._next_timer = min(self._next_timer, wake)
+                    self.wake_ms = None
+                block_ms = max(1, min(block_ms, math.ceil((self._next_timer - time.monotonic()) * 1000)))
             if not self.streams:
                 await asyncio.sleep(block_ms / 1000)  # a dynamic consumer that owns nothing yet
                 continue

@@ -505,6 +505,22 @@ class BarAggregator:
                 out.append(symbol)
         return out
 
+    def next_due_ms(self) -> int | None:
+        """Wall-clock ms at which the timer next has a 1s interval of a live symbol to close."""
+        best = None
+        for st in self._symbols.values():
+            if st.source not in LIVE_SOURCES:
+                continue
+            if st.bar is not None:
+                due = st.bar.open_ms + SECOND_MS + self.grace_ms
+            elif st.last_open_ms is not None:
+                due = st.last_open_ms + 2 * SECOND_MS + self.grace_ms
+            else:
+                continue
+            if best is None or due < best:
+                best = due
+        return best
+
     def close_due(self, now_ms: int, symbols: Iterable[str] | None = None) -> AggregatorOutput:
         """Timer (live sources): close 1s intervals whose end + grace is at or before ``now_ms``.
 

@@ -208,6 +208,9 @@ class AggregatorShell:
             if caught_up:
                 result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up))
         await self._publish_forming(now_ms)
+        due = self.core.next_due_ms()
+        if due is not None and self.gc is not None and due > time.time() * 1000:
+            self.gc.wake_ms = due  # close the next bar right at its end + grace, not up to 0.1 s later
         return result
 
     # --- ownership -------------------------------------------------------------------------
