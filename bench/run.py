@@ -20,7 +20,25 @@ Rows (ticks/s unless stated):
   ingest --source binance`` as its own process (ms); reference: ``redis_hop_p99_ms``, one XADD
   until a blocked XREAD on another connection returns it;
 - ``replay_peak_rss_mib``: peak resident memory of a whole ``unistream ingest --source replay``
-  process over the same file (MiB; reference: a bare ``python -c pass``).
+  process over the same file (MiB; reference: a bare ``python -c pass``);
+- ``aggregator_ticks_per_s``: ticks one ``unistream aggregator`` process turns into 1s, 1m, 1h
+  and 1d bars from tick streams filled before it starts (``--ticks`` over two symbols, REPLAY,
+  ~35 trades/s of event time, entries of ``--batch``), from its first lease round (process
+  start-up excluded) until ``ticks_applied`` in ``md:quality:{SYMBOL}`` counts every tick it can
+  (all but the entries holding each symbol's last, still open, 1s bar), those ticks over that
+  time; reference:
+  ``pandas_resample_ticks_per_s``, pandas resampling the same ticks from in-memory arrays into
+  the four timeframes (first/max/min/last/count of price, sum of size). Goal: >= 300,000 ticks/s;
+- ``bar_latency_p50_ms`` / ``bar_latency_p99_ms``: a 1s bar's end (``close_time_ms``) until a
+  blocked XREAD on ``md:bars:{SYMBOL}:1s`` returns it, the aggregator as its own process fed
+  live-like SYNTHETIC trades stamped with the wall clock (200/s on each of two symbols, 9 s a
+  run: ~16 bars, so a run's p99 is its slowest bar); at that rate a bar closes on the next
+  trade, whose wait is included, not on the grace timer (ms); reference: ``bar_latency_goal_ms``,
+  the default ``UNISTREAM_GRACE_MS`` + 20 ms. Goal: p99 under it;
+- ``bar_latency_quiet_p50_ms`` / ``bar_latency_quiet_p99_ms``: the same in a quiet market (0.5
+  trades/s per symbol), where the wall-clock timer closes most bars and fills the empty seconds
+  at end + grace: the figure the goal is about (ms); reference: ``bar_latency_goal_ms``.
+The aggregator rows live in ``bench/aggregator.py``.
 """
 
 from __future__ import annotations
@@ -42,6 +60,15 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from aggregator import (
+    aggregator_ticks_per_s,
+    bar_latency_goal_ms,
+    bar_latency_p50_ms,
+    bar_latency_p99_ms,
+    bar_latency_quiet_p50_ms,
+    bar_latency_quiet_p99_ms,
+    pandas_resample_ticks_per_s,
+)
 
 from unistream_common import codec
 from unistream_common.packets import Tick, TickBatch
@@ -308,6 +335,13 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "live_p99_ms": (live_p99_ms, "redis_hop_p99_ms", "ms"),
     "python_rss_mib": (python_rss_mib, None, "MiB"),
     "replay_peak_rss_mib": (replay_peak_rss_mib, "python_rss_mib", "MiB"),
+    "pandas_resample_ticks_per_s": (pandas_resample_ticks_per_s, None, "ticks/s"),
+    "aggregator_ticks_per_s": (aggregator_ticks_per_s, "pandas_resample_ticks_per_s", "ticks/s"),
+    "bar_latency_goal_ms": (bar_latency_goal_ms, None, "ms"),
+    "bar_latency_p50_ms": (bar_latency_p50_ms, "bar_latency_goal_ms", "ms"),
+    "bar_latency_p99_ms": (bar_latency_p99_ms, "bar_latency_goal_ms", "ms"),
+    "bar_latency_quiet_p50_ms": (bar_latency_quiet_p50_ms, "bar_latency_goal_ms", "ms"),
+    "bar_latency_quiet_p99_ms": (bar_latency_quiet_p99_ms, "bar_latency_goal_ms", "ms"),
 }
 
 
@@ -321,10 +355,11 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
                     if only and name not in only:
                         continue
                     try:
-                        results.setdefault(name, []).append(await fn(server.url, n, batch))
-                    except RuntimeError as exc:
+                        value = await fn(server.url, n, batch)
+                    except RuntimeError as exc:  # this row only: the others still run
                         print(f"{name}: skipped ({exc})", file=sys.stderr)
-                        break
+                    else:
+                        results.setdefault(name, []).append(value)
                     client = aioredis.Redis.from_url(server.url)
                     await client.flushall()
                     await client.aclose()

@@ -410,7 +410,7 @@ async def test_a_timer_can_ask_to_run_sooner_than_its_interval(redis_url: str) -
     def timer(now_ms: int) -> None:
         calls.append(time.time() * 1000)
         if len(calls) < 4:
-            gc_box[0].wake_ms = calls[-1] + 30  # e.g. a bar's deadline, well before the next interval
+            gc_box[0].wake_at(calls[-1] + 30)  # e.g. a bar deadline, well before the next interval
 
     opts = ConsumerOptions(batch_size=50, block_ms=2_000, timer_interval_s=10.0)
     rt = runtime(redis_url)

@@ -30,9 +30,9 @@ the group from ``0``: whatever the stream now holds has not been processed by th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -192,9 +192,9 @@ class GroupConsumer:
         self._rewound: set[tuple[str, str]] = set()
         self._next_claim = 0.0
         self._next_timer = 0.0
-        # Wall-clock ms at which on_timer wants to run next, sooner than its interval (a callback
-        # sets it, e.g. to close a bar right at its deadline); cleared when the timer runs.
-        self.wake_ms: float | None = None
+        self._wake_ms: float | None = None  # see wake_at
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one delivery or timer call at a time
         self._labels = {"group": name}
 
     @property
@@ -283,36 +283,75 @@ class GroupConsumer:
         self.held = {ref for ref in self.held if ref[0] != stream}
 
     async def _loop(self) -> None:
+        """Read and deliver batches; alongside, run the timer on its own clock.
+
+        The timer is a task of its own rather than a step between reads because a blocking read
+        returns on Redis's clock (its timeouts fire at the server's ``hz``, every 100 ms by
+        default), which would make a timer that wants to run at a given millisecond late by up
+        to that much. A lock keeps deliveries and timer calls from interleaving.
+        """
+        tasks = [asyncio.create_task(self._read_loop(), name=f"consumer:{self.group}:read")]
+        if self.on_timer is not None and self.options.timer_interval_s > 0:
+            tasks.append(asyncio.create_task(self._timer_loop(), name=f"consumer:{self.group}:timer"))
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_loop(self) -> None:
         opts = self.options
         while True:
             raise_if_cancel_lost()
             now = time.monotonic()
             if now >= self._next_claim:
                 self._next_claim = now + opts.claim_every_s
-                await self._claim()
-            block_ms = opts.block_ms
-            if self.on_timer is not None and opts.timer_interval_s > 0:
-                if now >= self._next_timer:
-                    self._next_timer = now + opts.timer_interval_s
-                    await self._run_timer()
-                if self.wake_ms is not None:
-                    wake = time.monotonic() + (self.wake_ms - time.time() * 1000) / 1000
-                    self._next_timer = min(self._next_timer, wake)
-                    self.wake_ms = None
-                block_ms = max(1, min(block_ms, math.ceil((self._next_timer - time.monotonic()) * 1000)))
+                async with self._lock:
+                    await self._claim()
             if not self.streams:
-                await asyncio.sleep(block_ms / 1000)  # a dynamic consumer that owns nothing yet
+                await asyncio.sleep(opts.block_ms / 1000)  # a dynamic consumer that owns nothing yet
                 continue
             reply = await asyncio.wait_for(
                 self.runtime.reader.xreadgroup(
-                    self.group, self.consumer, {st: ">" for st in self.streams}, count=opts.batch_size, block=block_ms
+                    self.group, self.consumer, {st: ">" for st in self.streams}, count=opts.batch_size,
+                    block=opts.block_ms,
                 ),
-                timeout=block_ms / 1000 + 10,
-            )
+                timeout=opts.block_ms / 1000 + 10,
+            )  # fmt: skip
             batch = read_reply(reply)
             if batch:
-                await self._deliver(batch, {})
+                async with self._lock:
+                    # A stream removed while the read was under way: its entries stay pending
+                    # for whoever reads that stream next.
+                    batch = [(stream, entries) for stream, entries in batch if stream in self.streams]
+                    await self._deliver(batch, {})
             self.stats.set("consumer_last_read_ms", time.time() * 1000, **self._labels)
+
+    def wake_at(self, wall_ms: float) -> None:
+        """Run the timer at ``wall_ms`` (ms since the epoch) if that is before its next interval."""
+        self._wake_ms = wall_ms if self._wake_ms is None else min(self._wake_ms, wall_ms)
+        self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        interval = self.options.timer_interval_s
+        while True:
+            raise_if_cancel_lost()
+            if self._wake_ms is not None:
+                wake = time.monotonic() + (self._wake_ms - time.time() * 1000) / 1000
+                self._next_timer = min(self._next_timer, wake)
+                self._wake_ms = None
+            delay = self._next_timer - time.monotonic()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            self._next_timer = time.monotonic() + interval
+            async with self._lock:
+                await self._run_timer()
 
     # --- reading ---------------------------------------------------------------------------
 

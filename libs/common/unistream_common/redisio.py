@@ -71,6 +71,12 @@ def autoclaim_reply(reply: Any) -> tuple[str, list[Entry], list[str]]:
     return cursor, entries, deleted
 
 
+def id_pair(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id (str or bytes) as a comparable (ms, sequence) pair."""
+    ms, _, seq = s(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def id_ms(entry_id: str) -> int:
     """Millisecond part of a stream entry id."""
     return int(entry_id.split("-", 1)[0])

@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from unistream_common import codec, keys, quality
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redisio import PROTOCOL, s, safe_url
+from unistream_common.redisio import PROTOCOL, id_pair, s, safe_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # CommonSettings' default
 DEFAULT_SYMBOLS = "ETHUSDT,BTCUSDT"
@@ -205,11 +205,6 @@ def _silence_stdout() -> None:
 # --------------------------------------------------------------------------- status
 
 
-def _id(value: Any) -> tuple[int, int]:
-    ms, _, seq = s(value).partition("-")
-    return int(ms), int(seq or 0)
-
-
 def group_overrun(
     last_delivered_id: str,
     entries_read: int | None,
@@ -227,10 +222,10 @@ def group_overrun(
     and now sits below the first entry is taken as overrun; one that never read (0-0) cannot be
     judged until the stream is empty.
     """
-    delivered = _id(last_delivered_id)
+    delivered = id_pair(last_delivered_id)
     if first_id is None:  # empty stream: everything after last-delivered was removed unread
-        return delivered < _id(last_generated_id)
-    if delivered >= _id(first_id):
+        return delivered < id_pair(last_generated_id)
+    if delivered >= id_pair(first_id):
         return False
     if entries_added is not None:
         removed = entries_added - length
@@ -277,7 +272,7 @@ def collect_status(client: redis.Redis, symbols: list[str]) -> dict[str, Any]:
                 "last_id": last,
                 "last_generated_id": last_generated,
                 "entries_added": entries_added,
-                "last_entry_age_ms": max(0, now_ms - _id(last)[0]) if last else None,
+                "last_entry_age_ms": max(0, now_ms - id_pair(last)[0]) if last else None,
             }
         )
         for g in client.xinfo_groups(name):

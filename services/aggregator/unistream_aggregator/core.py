@@ -501,7 +501,7 @@ class BarAggregator:
             if st.bar is not None:
                 if st.bar.open_ms <= limit:
                     out.append(symbol)
-            elif st.last_open_ms is not None and 0 < limit - st.last_open_ms <= self.max_fill_bars * SECOND_MS:
+            elif st.last_open_ms is not None and SECOND_MS <= limit - st.last_open_ms <= self.max_fill_bars * SECOND_MS:
                 out.append(symbol)
         return out
 

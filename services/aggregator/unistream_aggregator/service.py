@@ -59,7 +59,7 @@ from unistream_common.consumer import (
 )
 from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, TickBatch
-from unistream_common.redisio import s, top_packets
+from unistream_common.redisio import id_pair, s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 
@@ -115,6 +115,7 @@ class AggregatorShell:
         self.gc: GroupConsumer | None = None
         self._next_lease_s = 0.0
         self._published: dict[str, tuple[Any, ...]] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
@@ -181,12 +182,15 @@ class AggregatorShell:
             if isinstance(packet, (TickBatch, GapMarker)) and symbol == packet.symbol:
                 if symbol in self.owned:
                     entries.append(((m.stream, m.id), packet))
+                    self._see(symbol, m.id)
                 # else: a symbol given up since the read; the entry stays pending for its owner
             else:
                 # A batch of another symbol in this stream would build bars from the wrong trades.
                 self.stats.inc("aggregator_batches_refused", stream=m.stream)
                 log.warning("%s %s: packet symbol does not match the stream; not applied", m.stream, m.id)
                 refused.append((m.stream, m.id))
+                if symbol is not None:
+                    self._see(symbol, m.id)
         result = await self._guarded(lambda: self.core.apply(entries))
         assert result.ack is not None
         result.ack.extend(refused)
@@ -210,8 +214,13 @@ class AggregatorShell:
         await self._publish_forming(now_ms)
         due = self.core.next_due_ms()
         if due is not None and self.gc is not None and due > time.time() * 1000:
-            self.gc.wake_ms = due  # close the next bar right at its end + grace, not up to 0.1 s later
+            self.gc.wake_at(due)  # close the next bar right at its end + grace, not up to 0.1 s later
         return result
+
+    def _see(self, symbol: str, entry_id: str) -> None:
+        seen = id_pair(entry_id)
+        if seen > self._seen.get(symbol, (0, 0)):
+            self._seen[symbol] = seen
 
     # --- ownership -------------------------------------------------------------------------
 
@@ -256,6 +265,11 @@ class AggregatorShell:
         stream = keys.ticks(symbol)
         await self._take_over_pending(stream)
         await self._restore(symbol)
+        # Every entry up to the group's last-delivered id was applied by a former owner or is
+        # pending here now (claimed above), and add_stream below delivers those first.
+        for g in await self.runtime.cmd.xinfo_groups(stream):
+            if s(g["name"]) == keys.GROUP_AGGREGATOR:
+                self._seen[symbol] = id_pair(s(g["last-delivered-id"]))
         self.owned[symbol] = time.monotonic()
         self.stats.set("aggregator_owned_symbols", len(self.owned))
         assert self.gc is not None
@@ -268,6 +282,7 @@ class AggregatorShell:
         self.owned.pop(symbol, None)
         self.quality.pop(symbol, None)
         self._published.pop(symbol, None)
+        self._seen.pop(symbol, None)
         self.core.drop(symbol)
         if self.gc is not None:
             self.gc.remove_stream(keys.ticks(symbol))
@@ -417,26 +432,22 @@ class AggregatorShell:
             await pipe.execute()
 
     async def _caught_up(self, symbols: list[str]) -> list[str]:
-        """Symbols whose tick stream holds no entry beyond what this group has been delivered."""
-        cmd = self.runtime.cmd
-        pipe = cmd.pipeline(transaction=False)
+        """Symbols whose tick stream holds no entry beyond what this process has applied.
+
+        Compared with the last entry handed to :meth:`on_messages`, not with the group's
+        last-delivered id: a read may have been delivered by Redis and still wait for the lock
+        while the timer runs, and its trades must not be made late by closing their bar.
+        """
+        pipe = self.runtime.cmd.pipeline(transaction=False)
         for symbol in symbols:
-            pipe.xinfo_groups(keys.ticks(symbol))
-        groups = await pipe.execute(raise_on_error=False)
-        delivered: dict[str, str] = {}
-        for symbol, reply in zip(symbols, groups):
-            if isinstance(reply, Exception):
-                continue  # no stream or group yet: the runtime will create it; decide next tick
-            for g in reply:
-                if s(g["name"]) == keys.GROUP_AGGREGATOR:
-                    delivered[symbol] = s(g["last-delivered-id"])
-        if not delivered:
-            return []
-        pipe = cmd.pipeline(transaction=False)
-        for symbol, last in delivered.items():
-            pipe.xrange(keys.ticks(symbol), min=f"({last}", max="+", count=1)
-        nexts = await pipe.execute()
-        return [symbol for symbol, nxt in zip(delivered, nexts) if not nxt]
+            pipe.xrevrange(keys.ticks(symbol), count=1)
+        tops = await pipe.execute()
+        out = []
+        for symbol, top in zip(symbols, tops):
+            seen = self._seen.get(symbol)
+            if seen is not None and (not top or id_pair(s(top[0][0])) <= seen):
+                out.append(symbol)
+        return out
 
 
 def _decode_bar(fields: Any) -> Bar | None:
