@@ -297,11 +297,11 @@ class BarAggregator:
                 if bar.open_time_ms >= open_ms:
                     part = acc_of_bar(bar)
                     if acc is None:
-                        acc = Acc(open_ms, part.close, part.close, part.close, part.close)
+                        acc = Acc(open_ms, part.close, part.close, part.close, part.close, source=part.source)
                     add_into(acc, part)
             if lower is not None and lower.open_ms >= open_ms:
                 if acc is None:
-                    acc = Acc(open_ms, lower.close, lower.close, lower.close, lower.close)
+                    acc = Acc(open_ms, lower.close, lower.close, lower.close, lower.close, source=lower.source)
                 add_into(acc, lower)
             if acc is not None and last_1s.close_time_ms < open_ms + span:
                 st.forming[tf] = acc
