@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -27,19 +28,74 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 UNISTREAM = REPO / ".venv" / "bin" / "unistream"
+LIVE_SYMBOLS = ("ETHUSDT", "BTCUSDT")
+FORMING_WINDOW_S = 2.0  # how long the forming 1s bar is watched
+FORMING_LAG_S = 0.5  # a trade in the stream this long must be in the forming bar (timer: 0.1 s)
+MINUTE_WAIT_S = 25.0  # wait for a minute boundary only when it is this close
 
 
-def _bars(client: redis.Redis, symbol: str) -> list[Bar]:
+def _bars(client: redis.Redis, symbol: str, timeframe: str = "1s") -> list[Bar]:
     out = []
-    for _, fields in client.xrange(keys.bars(symbol, "1s")):
+    for _, fields in client.xrange(keys.bars(symbol, timeframe)):
         bar = codec.decode(fields)
         assert isinstance(bar, Bar)
         out.append(bar)
     return out
 
 
+def _units(x: float) -> int:
+    return round(x * 100_000_000)
+
+
+def _assert_rollup(minute: Bar, seconds: list[Bar]) -> None:
+    """A 1m bar is the roll-up of its 1s bars (filled ones set only the close)."""
+    assert seconds, f"no 1s bars under the 1m bar {minute}"
+    real = [b for b in seconds if not b.filled]
+    assert minute.trade_count == sum(b.trade_count for b in seconds)
+    assert _units(minute.volume) == sum(_units(b.volume) for b in seconds)
+    assert _units(minute.taker_buy_volume) == sum(_units(b.taker_buy_volume) for b in seconds)
+    assert minute.close == seconds[-1].close
+    assert minute.filled == (not real)
+    if real:
+        assert minute.open == real[0].open
+        assert minute.high == max(b.high for b in real)
+        assert minute.low == min(b.low for b in real)
+
+
+def _watch_forming(
+    client: redis.Redis, symbol: str, window_s: float
+) -> tuple[list[tuple[float, Bar | None]], dict[int, tuple[float, int]]]:
+    """Sample the forming 1s bar every 20 ms for ``window_s``; with each sample, in the same MULTI,
+    the trades that reached the tick stream since the last. Returns the samples (monotonic time,
+    bar, None while no 1s bar is open) and every trade seen: trade id -> (monotonic time first seen,
+    ts_event_ms)."""
+    stream = keys.ticks(symbol)
+    top = client.xrevrange(stream, count=1)
+    last_id = top[0][0].decode() if top else "0-0"
+    samples: list[tuple[float, Bar | None]] = []
+    trades: dict[int, tuple[float, int]] = {}
+    end = time.monotonic() + window_s
+    while time.monotonic() < end:
+        pipe = client.pipeline(transaction=True)
+        pipe.xrange(stream, min=f"({last_id}", max="+")
+        pipe.hgetall(keys.forming(symbol, "1s"))
+        new, fields = pipe.execute()
+        now = time.monotonic()
+        for eid, entry in new:
+            last_id = eid.decode()
+            batch = codec.decode(entry)
+            assert isinstance(batch, TickBatch)
+            for tick in batch.ticks:
+                trades.setdefault(tick.trade_id, (now, tick.ts_event_ms))
+        forming = codec.decode(fields) if fields else None  # no key: the timer closed the bar, no trade since
+        assert forming is None or isinstance(forming, Bar), forming
+        samples.append((now, forming))
+        time.sleep(0.02)
+    return samples, trades
+
+
 @pytest.mark.skipif(not UNISTREAM.exists(), reason="the unistream entry point is not installed in .venv")
-def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes_and_stop_on_sigterm(
+def test_ingest_and_aggregator_processes_write_consecutive_bars_publish_forming_bars_and_stop_on_sigterm(
     redis_url: str, tmp_path: Path
 ) -> None:
     ports = {"ingest": free_port(), "aggregator": free_port()}
@@ -52,12 +108,12 @@ def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes
     client = redis.Redis.from_url(redis_url)
     try:
         deadline = time.monotonic() + 20
-        while len(_bars(client, "ETHUSDT")) < 4 or len(_bars(client, "BTCUSDT")) < 4:
+        while any(len(_bars(client, s)) < 4 for s in LIVE_SYMBOLS):
             for name, proc in procs.items():
                 assert proc.poll() is None, f"{name} exited:\n{logs[name].read_text()}"
             assert time.monotonic() < deadline, {n: logs[n].read_text()[-2000:] for n in logs}
             time.sleep(0.1)
-        for symbol in ("ETHUSDT", "BTCUSDT"):
+        for symbol in LIVE_SYMBOLS:
             bars = _bars(client, symbol)
             opens = [b.open_time_ms for b in bars]
             assert opens == list(range(opens[0], opens[0] + 1_000 * len(opens), 1_000))
@@ -65,6 +121,76 @@ def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes
             assert sum(b.trade_count for b in bars) > 0
             # Bars close within about a second plus the grace of their end (wall clock).
             assert time.time() * 1000 - bars[-1].close_time_ms < 3_000
+
+        # The forming 1s bar follows the trades as they come, within about a timer period.
+        samples, trades = _watch_forming(client, "ETHUSDT", FORMING_WINDOW_S)
+        assert len(trades) >= 5, f"only {len(trades)} trades in {FORMING_WINDOW_S} s: the market is too quiet to judge"
+        shown = [(at, b) for at, b in samples if b is not None]
+        states = [(b.open_time_ms, b.trade_count, b.close) if b is not None else None for _, b in samples]
+        changes = sum(1 for a, b in itertools.pairwise(states) if a != b)
+        assert changes >= 8, (
+            f"the forming 1s bar changed {changes} times in {FORMING_WINDOW_S} s ({len(trades)} trades)"
+        )
+        # At every sample, the trades that reached the stream FORMING_LAG_S before are in the bar shown
+        # (or in bars already closed); with no bar shown, none of them is newer than the last one shown.
+        stale = []
+        shown_end = 0
+        for at, bar in samples:
+            old = [ts for seen, ts in trades.values() if seen <= at - FORMING_LAG_S]
+            if bar is None:
+                behind = any(ts >= shown_end for ts in old)
+            else:
+                shown_end = bar.close_time_ms
+                in_bar = sum(1 for ts in old if bar.open_time_ms <= ts < bar.close_time_ms)
+                behind = any(ts >= bar.close_time_ms for ts in old) or in_bar > bar.trade_count
+            if behind:
+                stale.append((round(at - samples[0][0], 3), bar))
+        assert not stale, f"forming bar behind the trades by more than {FORMING_LAG_S} s: {stale[:3]}"
+        assert len(shown) >= len(samples) // 2
+        for _, bar in shown:
+            assert (bar.symbol, bar.timeframe, bar.source, bar.filled) == ("ETHUSDT", "1s", "SYNTHETIC", False), bar
+        # What the forming bar showed is what the final bar holds (a preview, never a different bar).
+        time.sleep(1.5)
+        final = {b.open_time_ms: b for b in _bars(client, "ETHUSDT")}
+        compared = 0
+        for _, bar in shown:
+            done = final.get(bar.open_time_ms)
+            if done is None:
+                continue
+            compared += 1
+            assert done.open == bar.open and done.trade_count >= bar.trade_count, (bar, done)
+            assert done.high >= bar.high and done.low <= bar.low, (bar, done)
+            if done.trade_count == bar.trade_count:
+                assert done == bar, (bar, done)
+        assert compared == len(shown), "a 1s bar shown as forming was never emitted"
+        for symbol in LIVE_SYMBOLS:
+            for tf in ("1m", "1h", "1d"):
+                # Absent for a moment only when that bar just closed and no trade came since.
+                deadline = time.monotonic() + 3
+                while not (fields := client.hgetall(keys.forming(symbol, tf))):
+                    assert time.monotonic() < deadline, f"no forming {tf} bar for {symbol}"
+                    time.sleep(0.05)
+                higher = codec.decode(fields)
+                assert isinstance(higher, Bar) and higher.timeframe == tf, higher
+                assert higher.open_time_ms <= time.time() * 1000 < higher.close_time_ms + 2_000, higher
+                assert higher.trade_count > 0
+
+        # A minute bar, when a minute boundary has passed or comes soon (the test never waits longer).
+        now_ms = time.time() * 1000
+        boundary_ms = now_ms - now_ms % 60_000 + 60_000
+        if not _bars(client, "ETHUSDT", "1m") and (boundary_ms - now_ms) / 1000 + 2 <= MINUTE_WAIT_S:
+            deadline = time.monotonic() + MINUTE_WAIT_S + 5
+            while not all(_bars(client, s, "1m") for s in LIVE_SYMBOLS):
+                assert time.monotonic() < deadline, "no 1m bar after the minute boundary"
+                time.sleep(0.2)
+        for symbol in LIVE_SYMBOLS:
+            seconds = _bars(client, symbol)
+            for minute in _bars(client, symbol, "1m"):
+                assert minute.source == "SYNTHETIC" and minute.close_time_ms <= seconds[-1].close_time_ms
+                _assert_rollup(
+                    minute, [b for b in seconds if minute.open_time_ms <= b.open_time_ms < minute.close_time_ms]
+                )
+
         for name, port in ports.items():
             base = f"http://127.0.0.1:{port}"
             assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok", "service": name}
@@ -73,6 +199,8 @@ def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes
             stats = httpx.get(f"{base}/stats", timeout=2).json()
             assert stats["service"] == name
         assert httpx.get(f"http://127.0.0.1:{ports['ingest']}/stats").json()["info"]["source"] == "SYNTHETIC"
+        info = httpx.get(f"http://127.0.0.1:{ports['aggregator']}/stats").json()["info"]
+        assert info["owned"] == sorted(LIVE_SYMBOLS)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -86,12 +214,16 @@ def test_ingest_and_aggregator_processes_write_consecutive_1s_bars_answer_probes
 
 
 async def test_a_core_failure_restarts_the_consumer_and_the_bars_stay_exact(redis_url: str) -> None:
-    """A bug that raises half-way through a batch must not corrupt bars or dead-letter good entries."""
-    t0 = (int(time.time() * 1000) // 1_000 - 600) * 1_000
+    """A bug that raises half-way through a batch must not corrupt bars or dead-letter good entries.
+
+    REPLAY data: bars close on event time only, so the end state does not depend on the wall clock
+    (the last 1s bar stays open, its entries pending).
+    """
+    t0 = 1_717_200_000_000 - 120_000  # over a minute boundary or two
     batches = [
         TickBatch(
             symbol="ETHUSDT",
-            source="SYNTHETIC",
+            source="REPLAY",
             ticks=[Tick(i * 3 + j, 100.0 + (i * 3 + j) % 7, 1.0, "BUY", t + j * 150, t + j * 150) for j in range(3)],
         )
         for i, t in enumerate(range(t0, t0 + 400_000, 400))  # 1,000 entries: two reads of 500
@@ -100,8 +232,10 @@ async def test_a_core_failure_restarts_the_consumer_and_the_bars_stay_exact(redi
     for b in batches:
         await client.xadd(keys.ticks("ETHUSDT"), codec.encode(b))
     reference = BarAggregator()
-    expected = reference.apply([(("s", str(i)), b) for i, b in enumerate(batches)]).bars
-    expected += reference.close_due(t0 + 10**7).bars
+    out = reference.apply([(("s", str(i)), b) for i, b in enumerate(batches)])
+    expected = {tf: [b for b in out.bars if b.timeframe == tf] for tf in ("1s", "1m")}
+    held = len(reference.held())
+    assert held and reference.close_due(t0 + 10**7).bars == []  # the timer leaves REPLAY alone
 
     settings = AggregatorSettings(redis_url=redis_url, symbols="ETHUSDT")  # type: ignore[arg-type]
     stats = Stats("aggregator")
@@ -125,8 +259,8 @@ async def test_a_core_failure_restarts_the_consumer_and_the_bars_stay_exact(redi
         deadline = time.monotonic() + 20
         while True:
             top = await client.xrevrange(keys.bars("ETHUSDT", "1s"), count=1)
-            done = top and top[0][0] == f"{expected[-1].open_time_ms}-0".encode()
-            if done and not (await client.xpending(keys.ticks("ETHUSDT"), keys.GROUP_AGGREGATOR))["pending"]:
+            done = top and top[0][0] == f"{expected['1s'][-1].open_time_ms}-0".encode()
+            if done and (await client.xpending(keys.ticks("ETHUSDT"), keys.GROUP_AGGREGATOR))["pending"] == held:
                 break
             assert not task.done(), task
             assert time.monotonic() < deadline, "bars did not complete"
@@ -135,8 +269,10 @@ async def test_a_core_failure_restarts_the_consumer_and_the_bars_stay_exact(redi
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await runtime.close()
-    got = [codec.decode(f) for _, f in await client.xrange(keys.bars("ETHUSDT", "1s"))]
-    assert got == expected
+    for tf, bars in expected.items():
+        got = [(eid.decode(), codec.decode(f)) for eid, f in await client.xrange(keys.bars("ETHUSDT", tf))]
+        assert got == [(f"{b.open_time_ms}-0", b) for b in bars], tf
+    assert len(expected["1m"]) >= 5
     assert stats.total("aggregator_core_errors") == 1
     assert stats.total("aggregator_consumer_restarts") == 1
     assert stats.total("consumer_dead_lettered") == 0
@@ -169,9 +305,10 @@ async def test_a_batch_whose_symbol_does_not_match_its_stream_is_refused_counted
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await runtime.close()
-    [(_, fields)] = await client.xrange(keys.bars("ETHUSDT", "1s"))
-    bar = codec.decode(fields)
-    assert isinstance(bar, Bar) and bar.trade_count == 1 and bar.high == 10.0
+    # The timer closed the good trade's bar and filled the quiet seconds since (a live source).
+    first, *filled = [codec.decode(f) for _, f in await client.xrange(keys.bars("ETHUSDT", "1s"))]
+    assert isinstance(first, Bar) and first.trade_count == 1 and first.high == 10.0 and not first.filled
+    assert all(isinstance(b, Bar) and b.filled and b.close == 10.0 for b in filled)
     assert not await client.exists(keys.bars("BTCUSDT", "1s"))
     assert stats.total("aggregator_batches_refused") == 1
     assert (await client.xpending(keys.ticks("ETHUSDT"), keys.GROUP_AGGREGATOR))["pending"] == 0

@@ -195,6 +195,12 @@ class GroupConsumer:
         self._wake_ms: float | None = None  # see wake_at
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one delivery or timer call at a time
+        self._reading: set[str] = set()  # streams of the blocking read under way
+        self._read_done = asyncio.Event()
+        self._streams_changed = asyncio.Event()
+        # Which of its streams a dynamic consumer may read now (e.g. those whose lease outlasts
+        # the next blocking read); None: all of them.
+        self.readable: Callable[[list[str]], list[str]] | None = None
         self._labels = {"group": name}
 
     @property
@@ -275,12 +281,45 @@ class GroupConsumer:
         await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
         self.streams.append(stream)
         await self._drain_pending([stream])
+        self._streams_changed.set()
 
     def remove_stream(self, stream: str) -> None:
-        """Stop reading ``stream``; entries held from it stay pending in Redis for the next reader."""
+        """Stop reading ``stream``; entries held from it stay pending in Redis for the next reader.
+
+        A blocking read already under way may still take new entries of it: they stay pending
+        on this consumer. Await :meth:`quiesce` before letting another consumer take the stream
+        over (it claims what is pending here).
+        """
         if stream in self.streams:
             self.streams.remove(stream)
         self.held = {ref for ref in self.held if ref[0] != stream}
+
+    async def take_over_pending(self, stream: str, deliver: bool = False) -> int:
+        """Claim the entries of ``stream`` pending on other consumers of the group; how many.
+
+        Delivery counts are kept (JUSTID). With ``deliver`` they are also handed to the callback
+        now, oldest first; without, the next read of this consumer's own pending entries (as
+        :meth:`add_stream` does) delivers them.
+        """
+        cmd, claimed, start = self.runtime.cmd, 0, "-"
+        while True:
+            rows = await cmd.xpending_range(stream, self.group, min=start, max="+", count=1_000)
+            ids = [s(r["message_id"]) for r in rows if s(r["consumer"]) != self.consumer]
+            if ids:
+                await cmd.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
+                claimed += len(ids)
+                if deliver:
+                    entries = [e for eid in ids for e in await cmd.xrange(stream, min=eid, max=eid)]
+                    await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
+            if len(rows) < 1_000:
+                return claimed
+            start = "(" + s(rows[-1]["message_id"])
+
+    async def quiesce(self, stream: str) -> None:
+        """Wait until no read of ``stream`` is under way (at most one blocking read's time)."""
+        while stream in self._reading:
+            self._read_done.clear()
+            await self._read_done.wait()
 
     async def _loop(self) -> None:
         """Read and deliver batches; alongside, run the timer on its own clock.
@@ -311,16 +350,25 @@ class GroupConsumer:
                 self._next_claim = now + opts.claim_every_s
                 async with self._lock:
                     await self._claim()
-            if not self.streams:
-                await asyncio.sleep(opts.block_ms / 1000)  # a dynamic consumer that owns nothing yet
+            streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
+            if not streams:
+                # A dynamic consumer that owns nothing (yet): until add_stream or the next check.
+                self._streams_changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._streams_changed.wait(), opts.block_ms / 1000)
                 continue
-            reply = await asyncio.wait_for(
-                self.runtime.reader.xreadgroup(
-                    self.group, self.consumer, {st: ">" for st in self.streams}, count=opts.batch_size,
-                    block=opts.block_ms,
-                ),
-                timeout=opts.block_ms / 1000 + 10,
-            )  # fmt: skip
+            self._reading = set(streams)
+            try:
+                reply = await asyncio.wait_for(
+                    self.runtime.reader.xreadgroup(
+                        self.group, self.consumer, dict.fromkeys(streams, ">"), count=opts.batch_size,
+                        block=opts.block_ms,
+                    ),
+                    timeout=opts.block_ms / 1000 + 10,
+                )  # fmt: skip
+            finally:
+                self._reading = set()
+                self._read_done.set()
             batch = read_reply(reply)
             if batch:
                 async with self._lock:

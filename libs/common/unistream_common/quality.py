@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 COUNTERS: tuple[str, ...] = (
-    "ticks_applied",  # trades in emitted (or forming) bars
+    "ticks_applied",  # trades in emitted 1s bars (counted with the bar)
     "ticks_late",  # trades for a 1s interval that had already closed: not applied
     "ticks_duplicate",  # trade ids seen before: not applied again
     "ticks_already_applied",  # trades redelivered after a restart, already in the bars

@@ -451,8 +451,6 @@ class BarAggregator:
             st.open_max_id = tid
             applied += 1
         st.seen_id = seen
-        if applied:
-            counts["ticks_applied"] += applied
         if late:
             counts["ticks_late"] += late
         if dup:
@@ -566,6 +564,10 @@ class BarAggregator:
         """Append a final 1s bar and roll it into the higher timeframes."""
         out.bars.append(bar.to_bar(symbol, "1s"))
         out.counts["bars_1s", symbol] += 1
+        # Counted with the bar, not with the entries: an entry whose trades span an emitted bar
+        # and the open one is acknowledged later, and after a crash its trades in the emitted
+        # bar come back as already applied.
+        out.counts["ticks_applied", symbol] += bar.count
         if not bar.real:
             out.counts["bars_filled", symbol] += 1
         if bar.incomplete:

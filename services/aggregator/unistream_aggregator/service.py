@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "aggregator"
 TIMER_INTERVAL_S = 0.1
-BLOCK_MS = 1_000
+BLOCK_MS = 250  # short: a symbol taken over is read from the next read on
 BATCH_SIZE = 500
 FORMING_TTL_MS = 10_000  # forming bars vanish when no owner refreshes them
 
@@ -116,6 +116,7 @@ class AggregatorShell:
         self._next_lease_s = 0.0
         self._published: dict[str, tuple[Any, ...]] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
+        self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
@@ -141,6 +142,7 @@ class AggregatorShell:
             streams=[],
             dynamic=True,
         )
+        self.gc.readable = self.readable
 
     @property
     def lease_ms(self) -> int:
@@ -174,6 +176,7 @@ class AggregatorShell:
     async def on_messages(self, messages: list[Message]) -> Result:
         """Apply delivered entries of owned symbols; write what closed, ack what is complete."""
         raise_if_cancel_lost()
+        await self._claim_older_reads(messages)
         entries = []
         refused: list[tuple[str, str]] = []
         for m in messages:
@@ -235,18 +238,27 @@ class AggregatorShell:
         owned = list(self.owned)
         for symbol in owned:
             pipe.eval(_RENEW, 1, keys.agg_owner(symbol), self.token, self.lease_ms)
+            pipe.xpending(keys.ticks(symbol), keys.GROUP_AGGREGATOR)
+        sent = time.monotonic()
         replies = await pipe.execute()
         members = max(1, int(replies[2]))
-        for symbol, renewed in zip(owned, replies[3:]):
+        for i, symbol in enumerate(owned):
+            renewed, pending = replies[3 + 2 * i], replies[4 + 2 * i]
             if not renewed:
                 log.warning("%s: lease lost (another aggregator owns it now); dropping it", symbol)
                 self.stats.inc("aggregator_leases_lost", symbol=symbol)
                 self._forget(symbol)
+                continue
+            self._valid_until[symbol] = sent + self.lease_ms / 1000
+            if any(s(c["name"]) != me for c in pending.get("consumers") or []):
+                await self._claim_stranded(symbol)
         fair = math.ceil(len(self.symbols) / members)
         if len(self.owned) > fair and members > 1:
             symbol = max(self.owned, key=lambda sym: self.owned[sym])  # the newest: least state built
             log.info("%s: handing over (own %d, fair share %d of %d members)", symbol, len(self.owned), fair, members)
             self._forget(symbol)
+            assert self.gc is not None
+            await self.gc.quiesce(keys.ticks(symbol))  # what a read under way takes stays pending here
             await cmd.eval(_RELEASE, 1, keys.agg_owner(symbol), self.token)
             self.stats.inc("aggregator_handovers", symbol=symbol)
             return
@@ -255,15 +267,26 @@ class AggregatorShell:
                 break
             if symbol in self.owned:
                 continue
+            sent = time.monotonic()
             taken = await cmd.eval(_TAKE, 1, keys.agg_owner(symbol), self.token, self.lease_ms, me + ":")
             if taken:
+                self._valid_until[symbol] = sent + self.lease_ms / 1000
                 await self._take(symbol)
 
     async def _take(self, symbol: str) -> None:
         """Become the symbol's aggregator: claim its pending entries, restore, read its stream."""
         started = time.monotonic()
         stream = keys.ticks(symbol)
-        await self._take_over_pending(stream)
+        assert self.gc is not None
+        try:
+            await self.runtime.cmd.xgroup_create(stream, keys.GROUP_AGGREGATOR, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        claimed = await self.gc.take_over_pending(stream)
+        if claimed:
+            self.stats.inc("aggregator_entries_taken_over", claimed, stream=stream)
+            log.warning("took over %d entries of %s pending on other consumers", claimed, stream)
         await self._restore(symbol)
         # Every entry up to the group's last-delivered id was applied by a former owner or is
         # pending here now (claimed above), and add_stream below delivers those first.
@@ -272,14 +295,50 @@ class AggregatorShell:
                 self._seen[symbol] = id_pair(s(g["last-delivered-id"]))
         self.owned[symbol] = time.monotonic()
         self.stats.set("aggregator_owned_symbols", len(self.owned))
-        assert self.gc is not None
         await self.gc.add_stream(stream)  # delivers this consumer's pending entries first
         self.stats.inc("aggregator_takeovers", symbol=symbol)
         self.stats.set("aggregator_takeover_seconds", time.monotonic() - started, symbol=symbol)
         log.info("%s: owned by %s (took %.3f s)", symbol, self.token, time.monotonic() - started)
 
+    async def _claim_older_reads(self, messages: list[Message]) -> None:
+        """Apply first what a former owner read from these streams after it lost them.
+
+        A former owner frozen (SIGSTOP, a VM pause) between its lease check and its read can
+        still take entries once its lease is gone; they are older than this batch, so they go
+        first, which keeps every trade in its bar. One XPENDING summary per stream and batch.
+        """
+        streams = sorted({m.stream for m in messages if keys.parse_ticks(m.stream) in self.owned})
+        if not streams:
+            return
+        pipe = self.runtime.cmd.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xpending(stream, keys.GROUP_AGGREGATOR)
+        me = self.runtime.consumer
+        for stream, summary in zip(streams, await pipe.execute()):
+            if any(s(c["name"]) != me for c in summary.get("consumers") or []):
+                await self._claim_stranded(keys.parse_ticks(stream) or "")
+
+    async def _claim_stranded(self, symbol: str) -> None:
+        """Claim and apply now the entries of an owned stream pending on another consumer."""
+        assert self.gc is not None
+        claimed = await self.gc.take_over_pending(keys.ticks(symbol), deliver=True)
+        if claimed:
+            self.stats.inc("aggregator_stranded_entries", claimed, symbol=symbol)
+            log.warning("%s: claimed %d entries a former owner read after losing it", symbol, claimed)
+
+    def readable(self, streams: list[str]) -> list[str]:
+        """Tick streams whose lease outlasts a blocking read from now, with a margin.
+
+        A read that took entries after the lease ran out would leave them pending on this
+        consumer, unseen by the new owner: reads stop before that can happen.
+        """
+        # Renewals come every lease/5: a margin of lease/4 tolerates one late renewal.
+        limit = time.monotonic() + (BLOCK_MS + self.lease_ms / 4) / 1000
+        return [st for st in streams if self._valid_until.get(keys.parse_ticks(st) or "", 0.0) > limit]
+
     def _forget(self, symbol: str) -> None:
         self.owned.pop(symbol, None)
+        self._valid_until.pop(symbol, None)
         self.quality.pop(symbol, None)
         self._published.pop(symbol, None)
         self._seen.pop(symbol, None)
@@ -328,27 +387,6 @@ class AggregatorShell:
         self.stats.inc("aggregator_restored_from_bars", symbol=symbol)
         log.warning("%s: no checkpoint; continued from the bar streams (last 1s bar %s)", symbol,
                     last["1s"].open_time_ms)  # fmt: skip
-
-    async def _take_over_pending(self, stream: str) -> None:
-        """Move entries pending on other consumers of the group to this one (delivery counts kept)."""
-        cmd, me = self.runtime.cmd, self.runtime.consumer
-        try:
-            await cmd.xgroup_create(stream, keys.GROUP_AGGREGATOR, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        start = "-"
-        while True:
-            rows = await cmd.xpending_range(stream, keys.GROUP_AGGREGATOR, min=start, max="+", count=1_000)
-            ids = [s(r["message_id"]) for r in rows if s(r["consumer"]) != me]
-            if ids:
-                # JUSTID: no delivery-count increment; the runtime's pending read counts this delivery.
-                await cmd.xclaim(stream, keys.GROUP_AGGREGATOR, me, 0, ids, justid=True)
-                self.stats.inc("aggregator_entries_taken_over", len(ids), stream=stream)
-                log.warning("took over %d entries of %s pending on other consumers", len(ids), stream)
-            if len(rows) < 1_000:
-                break
-            start = "(" + s(rows[-1]["message_id"])
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ class AggregatorSettings(CommonSettings):
     )
     owner_ttl_ms: int = Field(
         5_000,
-        ge=500,
+        ge=1_000,
         le=600_000,
         description="Lease of an aggregator on a symbol, ms: a dead owner's symbols are taken over after this",
     )
