@@ -58,7 +58,7 @@ class ReplayData:
 
     batches: dict[str, list[TickBatch]]
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # ts_event_ms, price, size
-    countable: int  # ticks whose entries the aggregator acknowledges (and counts) by the end
+    countable: int  # ticks in the 1s bars the aggregator emits by the end (counted as ticks_applied)
 
 
 _REPLAY: dict[tuple[int, int], ReplayData] = {}
@@ -67,9 +67,8 @@ _REPLAY: dict[tuple[int, int], ReplayData] = {}
 def replay_data(n: int, batch: int) -> ReplayData:
     """``n`` trades over :data:`SYMBOLS` (seeded, cached per size) in TickBatch entries of ``batch``.
 
-    ``ticks_applied`` grows when an entry is acknowledged, and an entry with a trade in a 1s bar
-    still open is held: at the end of the data, each symbol's entries from the one holding the
-    first trade of its last second onwards are applied but not yet counted.
+    ``ticks_applied`` counts the trades of emitted 1s bars: at the end of the data, every trade
+    but those of each symbol's last second (its bar stays open: REPLAY closes on event time).
     """
     key = (n, batch)
     if key in _REPLAY:
@@ -92,7 +91,7 @@ def replay_data(n: int, batch: int) -> ReplayData:
         arrays[symbol] = (ts, cents / 100, lots / 1000)
         last_second = int(ts[-1]) // 1000
         first_of_last = int(np.searchsorted(ts // 1000, last_second))
-        countable += (first_of_last // batch) * batch
+        countable += first_of_last
     _REPLAY[key] = data = ReplayData(batches, arrays, countable)
     return data
 

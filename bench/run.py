@@ -25,8 +25,8 @@ Rows (ticks/s unless stated):
   and 1d bars from tick streams filled before it starts (``--ticks`` over two symbols, REPLAY,
   ~35 trades/s of event time, entries of ``--batch``), from its first lease round (process
   start-up excluded) until ``ticks_applied`` in ``md:quality:{SYMBOL}`` counts every tick it can
-  (all but the entries holding each symbol's last, still open, 1s bar), those ticks over that
-  time; reference:
+  (all but those of each symbol's last, still open, 1s bar), those ticks over that time;
+  reference:
   ``pandas_resample_ticks_per_s``, pandas resampling the same ticks from in-memory arrays into
   the four timeframes (first/max/min/last/count of price, sum of size). Goal: >= 300,000 ticks/s;
 - ``bar_latency_p50_ms`` / ``bar_latency_p99_ms``: a 1s bar's end (``close_time_ms``) until a
