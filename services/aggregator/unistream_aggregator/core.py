@@ -39,11 +39,13 @@ the highest id seen is a duplicate (``ticks_duplicate``), whichever way it came 
 
 Exactly once: an entry is acknowledged in the same output that emits the last 1s bar its trades
 went into (or at once when none of its trades is in the open bar); every output also carries
-the symbol's :class:`SymbolCheckpoint` (emitted position and forming higher bars) and the
-counter increments of the entries it acknowledges. The runtime writes bars, checkpoint, counters
-and acknowledgements in one MULTI, so after a crash at any point :meth:`BarAggregator.restore`
-continues from a checkpoint that matches the bar streams, and redelivered trades are either in
-emitted bars (``ticks_already_applied``: ids at or below the checkpoint's) or applied again.
+the symbol's :class:`SymbolCheckpoint` (emitted position, forming higher bars, and the newest
+entry whose counts went out) and the counter increments: those of bars with the bars, those of
+an entry (late, duplicate, skipped, gaps) the first time it is applied. The runtime writes
+bars, checkpoint, counters and acknowledgements in one MULTI, so after a crash at any point
+:meth:`BarAggregator.restore` continues from a checkpoint that matches the bar streams and the
+counters; a redelivered entry counts nothing again, and its trades are either in emitted bars
+(``ticks_already_applied``: ids at or below the checkpoint's) or applied again.
 """
 
 from __future__ import annotations
@@ -69,8 +71,15 @@ LIVE_SOURCES: frozenset[str] = frozenset({"REAL", "SYNTHETIC"})  # the timer clo
 CHECKPOINT_VERSION = 1
 
 COUNTERS = quality.COUNTERS
-"""Counters of the core, per symbol; every increment arrives with the acknowledgement or bar it
-belongs to, so their committed totals are exact across crashes."""
+"""Counters of the core, per symbol; every increment goes out with the bar or the checkpoint it
+belongs to, so their committed totals are exact across crashes (``ticks_already_applied``
+aside: it counts what redeliveries skipped)."""
+
+
+def _entry_pair(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``ms-seq`` as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def units(x: float) -> int:
@@ -167,6 +176,7 @@ class SymbolCheckpoint(msgspec.Struct):
     forming: dict[str, Acc]  # higher timeframe -> its bar so far, from emitted 1s bars
     gaps: list[tuple[int, int]]  # [from_ms, to_ms] time ranges of gap markers still to flag (to 0: open)
     source: Source | None
+    counted_through: str = "0-0"  # newest tick-stream entry whose counts went out: redeliveries count nothing
 
 
 @dataclass
@@ -178,8 +188,8 @@ class AggregatorOutput:
             bars it completed (write them).
         ack: entries whose every trade is in ``bars`` or was emitted before (acknowledge them
             together with ``bars``).
-        counts: increments of :data:`COUNTERS`, keyed ``(counter, symbol)``, for the
-            acknowledged entries and emitted bars only.
+        counts: increments of :data:`COUNTERS`, keyed ``(counter, symbol)``: of the emitted
+            bars, and of the entries applied for the first time.
         checkpoints: the new checkpoint of every symbol this output touched.
     """
 
@@ -200,6 +210,7 @@ class _SymbolState:
 
     __slots__ = (
         "bar",
+        "counted_through",
         "forming",
         "gaps",
         "held",
@@ -224,7 +235,8 @@ class _SymbolState:
         self.bar: Acc | None = None
         self.forming: dict[str, Acc] = {}
         self.gaps: list[list[int]] = []
-        self.held: dict[EntryRef, Counter[str]] = {}  # entries waiting for the open bar, with their counts
+        self.held: dict[EntryRef, None] = {}  # entries waiting for the open bar (an ordered set)
+        self.counted_through = (-1, -1)  # newest entry (id as (ms, seq)) whose counts went out
         self.source: Source | None = None
 
 
@@ -270,6 +282,7 @@ class BarAggregator:
         st.forming = {tf: msgspec.structs.replace(acc) for tf, acc in checkpoint.forming.items()}
         st.gaps = [list(g) for g in checkpoint.gaps]
         st.source = checkpoint.source
+        st.counted_through = _entry_pair(checkpoint.counted_through)
 
     def restore_from_bars(self, symbol: str, last: Mapping[str, Bar | None], tails: Mapping[str, list[Bar]]) -> None:
         """Fallback when no checkpoint exists: continue from the bar streams themselves.
@@ -313,7 +326,7 @@ class BarAggregator:
         return SymbolCheckpoint(
             CHECKPOINT_VERSION, symbol, st.last_open_ms, st.prev_close, st.last_trade_id,
             {tf: msgspec.structs.replace(acc) for tf, acc in st.forming.items()},
-            [(a, b) for a, b in st.gaps], st.source,
+            [(a, b) for a, b in st.gaps], st.source, "{}-{}".format(*st.counted_through),
         )  # fmt: skip
 
     def drop(self, symbol: str) -> list[EntryRef]:
@@ -375,23 +388,27 @@ class BarAggregator:
             if st is None:
                 st = self._symbols[symbol] = _SymbolState()
             n_bars = len(out.bars)
+            # An entry's late, duplicate, skip and gap counts go out (with the checkpoint that
+            # records it was counted) the first time it is applied; a redelivery counts nothing.
+            entry = _entry_pair(ref[1])
+            first_time = entry > st.counted_through
             counts: Counter[str] = Counter()
             if isinstance(packet, GapMarker):
                 self._on_gap(st, packet, counts)
                 hold = st.bar is not None  # its flag is on the open bar until that is emitted
             else:
-                hold = self._apply_batch(symbol, st, packet, counts, out)
-            if hold:
-                prior = st.held.get(ref)
-                if prior is None:
-                    st.held[ref] = counts
-                else:
-                    prior.update(counts)
-            else:
-                out.ack.append(ref)
+                hold = self._apply_batch(symbol, st, packet, counts, out, redelivered=not first_time)
+            if first_time:
+                st.counted_through = entry
                 for name, n in counts.items():
                     out.counts[name, symbol] += n
-            if not hold or len(out.bars) > n_bars:
+            elif counts["ticks_already_applied"]:  # what redeliveries skipped: shown, not exact
+                out.counts["ticks_already_applied", symbol] += counts["ticks_already_applied"]
+            if hold or ref in st.held:  # a second delivery of a held entry stays held
+                st.held[ref] = None
+            else:
+                out.ack.append(ref)
+            if not hold or counts or len(out.bars) > n_bars:
                 changed.add(symbol)
         for symbol in changed:
             out.checkpoints[symbol] = self.checkpoint(symbol)
@@ -399,16 +416,27 @@ class BarAggregator:
         return out
 
     def _apply_batch(
-        self, symbol: str, st: _SymbolState, batch: TickBatch, counts: Counter[str], out: AggregatorOutput
+        self,
+        symbol: str,
+        st: _SymbolState,
+        batch: TickBatch,
+        counts: Counter[str],
+        out: AggregatorOutput,
+        redelivered: bool,
     ) -> bool:
-        """Apply one batch; True when one of its trades is in the open bar (hold the entry)."""
+        """Apply one batch; True when one of its trades is in the open bar (hold the entry).
+
+        In a ``redelivered`` entry, trades at or below the restored checkpoint's ids are in the
+        bars already; in an entry seen for the first time, a trade id seen before is a duplicate.
+        """
         source = batch.source
         st.source = source
         bar = st.bar
         seen = st.seen_id
-        horizon = st.horizon_id
+        horizon = st.horizon_id if redelivered else -1
         horizon_ms = st.horizon_ms
         last_open = st.last_open_ms if st.last_open_ms is not None else -1
+        gap_open = any(g[1] == 0 for g in st.gaps)  # a gap marker waiting for the next trade
         applied = late = dup = already = 0
         for tick in batch.ticks:
             tid = tick.trade_id
@@ -430,12 +458,17 @@ class BarAggregator:
                     continue
                 if bar is not None:
                     self._emit(symbol, st, out)
-                self._fill_until(symbol, st, open_ms, source, out)
+                skipped = self._fill_until(symbol, st, open_ms, source, out)
+                if skipped:
+                    counts["intervals_skipped"] += skipped
                 last_open = st.last_open_ms if st.last_open_ms is not None else -1
                 bar = st.bar = Acc(open_ms, tick.price, tick.price, tick.price, tick.price, real=True, source=source)
                 if st.gaps:
-                    self._close_open_gaps(st, ts)
                     bar.incomplete = self._in_gap(st, open_ms, open_ms + SECOND_MS)
+            if gap_open:  # the missing trades lie between the marker's start and this trade
+                self._close_open_gaps(st, ts)
+                bar.incomplete = True
+                gap_open = False
             price = tick.price
             if price > bar.high:
                 bar.high = price
@@ -489,17 +522,26 @@ class BarAggregator:
             if g[1] == 0:
                 g[1] = ts_ms
 
+    def _timer_target(self, now_ms: int) -> int:
+        """Open time of the first 1s interval the timer may not close yet at ``now_ms``."""
+        limit = now_ms - self.grace_ms - SECOND_MS  # an interval opening at or before this has ended + grace
+        return limit - limit % SECOND_MS + SECOND_MS
+
+    def _timer_fill(self, st: _SymbolState, target: int) -> int:
+        """Empty intervals the timer would fill up to ``target`` (0 when none, or too many)."""
+        if st.last_open_ms is None:
+            return 0
+        missing = (target - st.last_open_ms) // SECOND_MS - 1
+        return missing if missing <= self.max_fill_bars else 0  # a longer run waits for a trade to count it
+
     def due_symbols(self, now_ms: int) -> list[str]:
         """Live symbols whose 1s bars the timer may close or fill at ``now_ms``."""
-        limit = now_ms - self.grace_ms - SECOND_MS  # open time of the newest interval that may close
+        target = self._timer_target(now_ms)
         out = []
         for symbol, st in self._symbols.items():
             if st.source not in LIVE_SOURCES:
                 continue
-            if st.bar is not None:
-                if st.bar.open_ms <= limit:
-                    out.append(symbol)
-            elif st.last_open_ms is not None and SECOND_MS <= limit - st.last_open_ms <= self.max_fill_bars * SECOND_MS:
+            if (st.bar is not None and st.bar.open_ms < target) or (st.bar is None and self._timer_fill(st, target)):
                 out.append(symbol)
         return out
 
@@ -529,17 +571,16 @@ class BarAggregator:
         """
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
-        limit = now_ms - self.grace_ms - SECOND_MS
+        target = self._timer_target(now_ms)
         for symbol in self.due_symbols(now_ms):
             if symbol not in allowed:
                 continue
             st = self._symbols[symbol]
             if st.bar is not None:
                 self._emit(symbol, st, out)
-            target = limit - limit % SECOND_MS + SECOND_MS
-            assert st.source is not None and st.last_open_ms is not None
-            if (target - st.last_open_ms) // SECOND_MS - 1 <= self.max_fill_bars:
-                self._fill_until(symbol, st, target, st.source, out)  # a longer gap waits for a trade to count it
+            assert st.source is not None
+            if self._timer_fill(st, target):
+                self._fill_until(symbol, st, target, st.source, out)
             out.checkpoints[symbol] = self.checkpoint(symbol)
         return out
 
@@ -553,10 +594,7 @@ class BarAggregator:
             bar.incomplete = True
         st.bar = None
         st.last_trade_id = st.open_max_id
-        for ref, counts in st.held.items():
-            out.ack.append(ref)
-            for name, n in counts.items():
-                out.counts[name, symbol] += n
+        out.ack.extend(st.held)
         st.held = {}
         self._close_1s(symbol, st, bar, out)
 
@@ -591,16 +629,18 @@ class BarAggregator:
                 out.bars.append(acc.to_bar(symbol, tf))
                 del st.forming[tf]
 
-    def _fill_until(self, symbol: str, st: _SymbolState, open_ms: int, source: Source, out: AggregatorOutput) -> None:
-        """Emit flat bars for the empty 1s intervals between the last emitted bar and ``open_ms``."""
+    def _fill_until(self, symbol: str, st: _SymbolState, open_ms: int, source: Source, out: AggregatorOutput) -> int:
+        """Emit flat bars for the empty 1s intervals between the last emitted bar and ``open_ms``.
+
+        Returns how many intervals were skipped instead (a run longer than ``max_fill_bars``).
+        """
         if st.last_open_ms is None or st.prev_close is None:
-            return
+            return 0
         missing = (open_ms - st.last_open_ms) // SECOND_MS - 1
         if missing <= 0:
-            return
+            return 0
         if missing > self.max_fill_bars:
-            out.counts["intervals_skipped", symbol] += missing
-            return
+            return missing
         level = st.prev_close
         for _ in range(missing):
             t = st.last_open_ms + SECOND_MS
@@ -608,3 +648,4 @@ class BarAggregator:
             if st.gaps and self._in_gap(st, t, t + SECOND_MS):
                 flat.incomplete = True
             self._close_1s(symbol, st, flat, out)
+        return 0
