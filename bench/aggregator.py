@@ -291,7 +291,8 @@ async def _bar_latencies(url: str, seconds: float = LIVE_SECONDS, rate: float = 
     return out
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank, no interpolation); shared by bench/run.py."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -302,19 +303,19 @@ async def bar_latency_goal_ms(url: str, n: int, batch: int) -> float:
 
 async def bar_latency_p50_ms(url: str, n: int, batch: int) -> float:
     _LATENCY_CACHE["busy"] = await _bar_latencies(url)
-    return _percentile(_LATENCY_CACHE["busy"], 0.50)
+    return percentile(_LATENCY_CACHE["busy"], 0.50)
 
 
 async def bar_latency_p99_ms(url: str, n: int, batch: int) -> float:
     values = _LATENCY_CACHE.pop("busy", None) or await _bar_latencies(url)
-    return _percentile(values, 0.99)
+    return percentile(values, 0.99)
 
 
 async def bar_latency_quiet_p50_ms(url: str, n: int, batch: int) -> float:
     _LATENCY_CACHE["quiet"] = await _bar_latencies(url, rate=QUIET_RATE_PER_S)
-    return _percentile(_LATENCY_CACHE["quiet"], 0.50)
+    return percentile(_LATENCY_CACHE["quiet"], 0.50)
 
 
 async def bar_latency_quiet_p99_ms(url: str, n: int, batch: int) -> float:
     values = _LATENCY_CACHE.pop("quiet", None) or await _bar_latencies(url, rate=QUIET_RATE_PER_S)
-    return _percentile(values, 0.99)
+    return percentile(values, 0.99)

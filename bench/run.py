@@ -68,6 +68,7 @@ from aggregator import (
     bar_latency_quiet_p50_ms,
     bar_latency_quiet_p99_ms,
     pandas_resample_ticks_per_s,
+    percentile,
 )
 
 from unistream_common import codec
@@ -215,11 +216,6 @@ async def python_rss_mib(url: str, n: int, batch: int) -> float:
     return await asyncio.to_thread(_peak_rss_mib, [sys.executable, "-c", "pass"], dict(os.environ))
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 _LIVE_CACHE: dict[str, list[float]] = {}
 
 
@@ -296,12 +292,12 @@ async def _live_latencies(url: str, seconds: float = 6.0) -> list[float]:
 
 async def live_p50_ms(url: str, n: int, batch: int) -> float:
     _LIVE_CACHE["last"] = await _live_latencies(url)
-    return _percentile(_LIVE_CACHE["last"], 0.50)
+    return percentile(_LIVE_CACHE["last"], 0.50)
 
 
 async def live_p99_ms(url: str, n: int, batch: int) -> float:
     values = _LIVE_CACHE.pop("last", None) or await _live_latencies(url)
-    return _percentile(values, 0.99)
+    return percentile(values, 0.99)
 
 
 async def redis_hop_p99_ms(url: str, n: int, batch: int) -> float:
@@ -319,7 +315,7 @@ async def redis_hop_p99_ms(url: str, n: int, batch: int) -> float:
         last = reply[0][1][-1][0] if reply else last
     await writer.aclose()
     await reader.aclose()
-    return _percentile(hops, 0.99)
+    return percentile(hops, 0.99)
 
 
 Row = Callable[[str, int, int], Awaitable[float]]
