@@ -23,6 +23,7 @@ from unistream_common.consumer import (
     StateWrite,
     StreamRuntime,
     Write,
+    split_by_slot,
 )
 from unistream_common.packets import MetricsPacket
 from unistream_common.redis_server import RedisServer, start_redis
@@ -487,3 +488,74 @@ def test_data_types_expand_to_the_public_stream_names(dt: str) -> None:
         "ui": ["ui:packets"],
     }[dt]
     assert names == expected
+
+
+def test_hash_tag_follows_redis_cluster_rules() -> None:
+    assert keys.hash_tag("md:bars:{ETHUSDT}:1s") == "ETHUSDT"
+    assert keys.hash_tag(keys.agg_owner("BTCUSDT")) == "BTCUSDT"
+    assert keys.hash_tag("ml:training") == "ml:training"  # no tag: the whole key
+    assert keys.hash_tag("a{}b{c}") == "a{}b{c}"  # an empty first tag: the whole key
+
+
+def test_a_result_splits_into_one_part_per_hash_slot_with_its_acks_state_and_fence() -> None:
+    eth, btc = "md:ticks:{ETHUSDT}", "md:ticks:{BTCUSDT}"
+    result = Result(
+        writes=[Write("md:bars:{ETHUSDT}:1s", metric(1)), Write("md:bars:{BTCUSDT}:1s", metric(2))],
+        state=[StateWrite("md:quality:{BTCUSDT}", incr={"x": 1}), StateWrite("md:quality:{ETHUSDT}", incr={"x": 2})],
+        fence={"md:agg:owner:{ETHUSDT}": "a", "md:agg:owner:{BTCUSDT}": "a", "md:agg:owner:{XRPUSDT}": "a"},
+    )
+    parts = split_by_slot(result, [(eth, "1-0"), (btc, "2-0"), (eth, "3-0")])
+    assert len(parts) == 2, "a fence alone makes no commit"
+    (p1, a1), (p2, a2) = parts
+    assert [w.stream for w in p1.writes] == ["md:bars:{ETHUSDT}:1s"] and a1 == [(eth, "1-0"), (eth, "3-0")]
+    assert [sw.key for sw in p1.state] == ["md:quality:{ETHUSDT}"] and dict(p1.fence) == {"md:agg:owner:{ETHUSDT}": "a"}
+    assert [w.stream for w in p2.writes] == ["md:bars:{BTCUSDT}:1s"] and a2 == [(btc, "2-0")]
+    assert p2.ack == a2 and dict(p2.fence) == {"md:agg:owner:{BTCUSDT}": "a"}
+
+
+async def test_commit_per_slot_sends_one_multi_per_slot(redis_url: str) -> None:
+    client = command_client(redis_url)
+    a, b = "test:{a}:in", "test:{b}:in"
+    await publish(client, range(2), stream=a)
+    await publish(client, range(2, 4), stream=b)
+
+    def per_tag(messages: list[Message]) -> Result:
+        return Result(writes=[Write(m.stream.replace(":in", ":out"), m.packet) for m in messages])
+
+    monitor = aioredis.Redis.from_url(redis_url)
+    seen: list[tuple[str, list[str]]] = []  # (client, words) in the order Redis ran them
+
+    async def watch() -> None:
+        async with monitor.monitor() as m:
+            async for event in m.listen():
+                client = f"{event.get('client_address')}:{event.get('client_port')}"
+                seen.append((client, str(event["command"]).split()))
+
+    watching = asyncio.create_task(watch())
+    await asyncio.sleep(0.2)
+    rt = runtime(redis_url)
+    opts = ConsumerOptions(batch_size=50, block_ms=50, commit_per_slot=True)
+    rt.register_consumer("g", per_tag, [], options=opts, streams=[a, b])
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _true(rt.stats.total("consumer_acked") == 4))
+    assert await client.xlen("test:{a}:out") == 2 and await client.xlen("test:{b}:out") == 2
+    await asyncio.sleep(0.2)
+    blocks: list[set[str]] = []
+    open_block: dict[str, set[str]] = {}
+    for who, words in seen:
+        name = words[0].upper()
+        if name == "MULTI":
+            open_block[who] = set()
+        elif name == "EXEC" and who in open_block:
+            blocks.append(open_block.pop(who))
+        elif who in open_block and len(words) > 1:
+            open_block[who].add(keys.hash_tag(words[1].strip('"')))
+    blocks = [b for b in blocks if b]
+    assert all(len(tags) == 1 for tags in blocks), blocks  # every MULTI stays in one slot
+    assert {"a", "b"} <= set().union(*blocks)
+    task.cancel()
+    watching.cancel()
+    await asyncio.gather(task, watching, return_exceptions=True)
+    await rt.close()
+    await monitor.aclose()
+    await client.aclose()

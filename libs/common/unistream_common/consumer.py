@@ -139,6 +139,9 @@ class ConsumerOptions:
     # went away (containers recreated under new names) do not pile up in XINFO and status.
     forget_idle_ms: int = 3_600_000
     timer_interval_s: float = 0.0  # 0: no on_timer calls
+    # One MULTI per Redis Cluster hash slot instead of one for the whole result: for callbacks
+    # whose outputs are independent per hash tag (the aggregator's symbols).
+    commit_per_slot: bool = False
     backoff_min_s: float = 0.1
     backoff_max_s: float = 5.0
 
@@ -157,6 +160,31 @@ def raise_if_cancel_lost() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def split_by_slot(result: Result, acks: list[tuple[str, str]]) -> list[tuple[Result, list[tuple[str, str]]]]:
+    """``result`` and ``acks`` as one part per hash tag (keys.hash_tag), in order of appearance."""
+    parts: dict[str, tuple[Result, list[tuple[str, str]]]] = {}
+
+    def part(key: str) -> tuple[Result, list[tuple[str, str]]]:
+        tag = keys.hash_tag(key)
+        if tag not in parts:
+            parts[tag] = (Result(ack=[], fence={}), [])
+        return parts[tag]
+
+    for w in result.writes:
+        part(w.stream)[0].writes.append(w)
+    for sw in result.state:
+        part(sw.key)[0].state.append(sw)
+    for ref in acks:
+        res, part_acks = part(ref[0])
+        part_acks.append(ref)
+        assert res.ack is not None
+        res.ack.append(ref)
+    for key, value in result.fence.items():
+        part(key)[0].fence[key] = value  # type: ignore[index]
+    # A part with a fence but nothing to write needs no commit.
+    return [(r, a) for r, a in parts.values() if r.writes or r.state or a]
 
 
 class GroupConsumer:
@@ -551,21 +579,30 @@ class GroupConsumer:
     # --- writing ---------------------------------------------------------------------------
 
     async def _commit(self, result: Result, delivered: list[Message]) -> None:
-        """Write the result's packets and state, and acknowledge entries, in one MULTI."""
+        """Write the result's packets and state, and acknowledge entries, in one MULTI.
+
+        With ``commit_per_slot`` the result is split by Redis Cluster hash tag and each part
+        goes out in a MULTI of its own (all keys of one part share a slot), in order.
+        """
         acks = result.ack if result.ack is not None else [(m.stream, m.id) for m in delivered]
-        if not result.writes and not acks and not result.state:
-            self._hold(delivered, acks)
-            return
         self._hold(delivered, acks)
+        if not result.writes and not acks and not result.state:
+            return
+        parts = split_by_slot(result, acks) if self.options.commit_per_slot else [(result, acks)]
+        for i, (part, part_acks) in enumerate(parts):
+            try:
+                await self._commit_part(part, part_acks)
+            except FenceLost:
+                for _, later in parts[i:]:
+                    self.held.update(later)  # not acknowledged: their redelivery is the rewind's doing
+                raise
+
+    async def _commit_part(self, result: Result, acks: list[tuple[str, str]]) -> None:
         by_stream: dict[str, list[str]] = defaultdict(list)
         for stream, eid in acks:
             by_stream[stream].append(eid)
         if result.fence:
-            try:
-                replies = await self._fenced(result, by_stream)
-            except FenceLost:
-                self.held.update(acks)  # not acknowledged: their redelivery is the rewind's doing
-                raise
+            replies = await self._fenced(result, by_stream)
         else:
             pipe = self.runtime.cmd.pipeline(transaction=True)
             self._queue(pipe, result, by_stream)

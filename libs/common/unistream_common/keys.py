@@ -116,6 +116,16 @@ def quality(symbol: str) -> str:
     return f"md:quality:{{{check_symbol(symbol)}}}"
 
 
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: the text in its first non-empty ``{...}``, else the key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
 def dlq(stream: str) -> str:
     """Dead-letter stream for entries of ``stream`` that could not be processed."""
     return stream + DLQ_SUFFIX

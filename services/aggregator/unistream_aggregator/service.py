@@ -133,6 +133,7 @@ class AggregatorShell:
                 block_ms=BLOCK_MS,
                 batch_size=BATCH_SIZE,
                 claim_idle_ms=0,  # entries of a dead owner are claimed when its symbol is taken over
+                commit_per_slot=True,  # symbols are independent: one MULTI per {SYMBOL} slot (Redis Cluster)
                 # Held trades are redelivered after every restart; only decoding can poison an entry.
                 max_deliveries=1_000_000,
             ),
