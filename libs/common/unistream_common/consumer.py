@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import random
@@ -162,29 +163,26 @@ def raise_if_cancel_lost() -> None:
         raise asyncio.CancelledError
 
 
-def split_by_slot(result: Result, acks: list[tuple[str, str]]) -> list[tuple[Result, list[tuple[str, str]]]]:
-    """``result`` and ``acks`` as one part per hash tag (keys.hash_tag), in order of appearance."""
-    parts: dict[str, tuple[Result, list[tuple[str, str]]]] = {}
+def split_by_slot(result: Result, acks: list[tuple[str, str]]) -> list[Result]:
+    """``result`` with ``acks`` as one Result per hash tag (keys.hash_tag), in order of appearance."""
+    parts: dict[str, Result] = {}
 
-    def part(key: str) -> tuple[Result, list[tuple[str, str]]]:
+    def part(key: str) -> Result:
         tag = keys.hash_tag(key)
         if tag not in parts:
-            parts[tag] = (Result(ack=[], fence={}), [])
+            parts[tag] = Result(ack=[], fence={})
         return parts[tag]
 
     for w in result.writes:
-        part(w.stream)[0].writes.append(w)
+        part(w.stream).writes.append(w)
     for sw in result.state:
-        part(sw.key)[0].state.append(sw)
+        part(sw.key).state.append(sw)
     for ref in acks:
-        res, part_acks = part(ref[0])
-        part_acks.append(ref)
-        assert res.ack is not None
-        res.ack.append(ref)
+        part(ref[0]).ack.append(ref)  # type: ignore[union-attr]
     for key, value in result.fence.items():
-        part(key)[0].fence[key] = value  # type: ignore[index]
+        part(key).fence[key] = value  # type: ignore[index]
     # A part with a fence but nothing to write needs no commit.
-    return [(r, a) for r, a in parts.values() if r.writes or r.state or a]
+    return [r for r in parts.values() if r.writes or r.state or r.ack]
 
 
 class GroupConsumer:
@@ -277,15 +275,19 @@ class GroupConsumer:
             delay = min(delay * 2, self.options.backoff_max_s)
 
     async def _setup(self) -> None:
-        cmd = self.runtime.cmd
         for stream in self.streams:
-            try:
-                await cmd.xgroup_create(stream, self.group, id=self.options.start_id, mkstream=True)
-                log.info("created group %s on %s from %s", self.group, stream, self.options.start_id)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
+            await self.ensure_group(stream)
+
+    async def ensure_group(self, stream: str) -> None:
+        """Create the group on ``stream`` (and the stream) unless it exists, and this consumer in it."""
+        cmd = self.runtime.cmd
+        try:
+            await cmd.xgroup_create(stream, self.group, id=self.options.start_id, mkstream=True)
+            log.info("created group %s on %s from %s", self.group, stream, self.options.start_id)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
 
     async def _rewind(self) -> None:
         self._rewound = set(self.held)
@@ -300,13 +302,7 @@ class GroupConsumer:
         """
         if stream in self.streams:
             return
-        cmd = self.runtime.cmd
-        try:
-            await cmd.xgroup_create(stream, self.group, id=self.options.start_id, mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
+        await self.ensure_group(stream)
         self.streams.append(stream)
         await self._drain_pending([stream])
         self._streams_changed.set()
@@ -588,16 +584,17 @@ class GroupConsumer:
         self._hold(delivered, acks)
         if not result.writes and not acks and not result.state:
             return
-        parts = split_by_slot(result, acks) if self.options.commit_per_slot else [(result, acks)]
-        for i, (part, part_acks) in enumerate(parts):
+        parts = split_by_slot(result, acks) if self.options.commit_per_slot else [dataclasses.replace(result, ack=acks)]
+        for i, part in enumerate(parts):
             try:
-                await self._commit_part(part, part_acks)
+                await self._commit_part(part)
             except FenceLost:
-                for _, later in parts[i:]:
-                    self.held.update(later)  # not acknowledged: their redelivery is the rewind's doing
+                for later in parts[i:]:
+                    self.held.update(later.ack or [])  # not acknowledged: their redelivery is the rewind's doing
                 raise
 
-    async def _commit_part(self, result: Result, acks: list[tuple[str, str]]) -> None:
+    async def _commit_part(self, result: Result) -> None:
+        acks = result.ack or []
         by_stream: dict[str, list[str]] = defaultdict(list)
         for stream, eid in acks:
             by_stream[stream].append(eid)

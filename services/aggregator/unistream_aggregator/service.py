@@ -42,7 +42,6 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from unistream_aggregator.core import HIGHER, LIVE_SOURCES, AggregatorOutput, BarAggregator, SymbolCheckpoint
 from unistream_aggregator.settings import AggregatorSettings
@@ -279,11 +278,7 @@ class AggregatorShell:
         started = time.monotonic()
         stream = keys.ticks(symbol)
         assert self.gc is not None
-        try:
-            await self.runtime.cmd.xgroup_create(stream, keys.GROUP_AGGREGATOR, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self.gc.ensure_group(stream)  # take_over_pending needs the group
         claimed = await self.gc.take_over_pending(stream)
         if claimed:
             self.stats.inc("aggregator_entries_taken_over", claimed, stream=stream)
