@@ -1224,3 +1224,12 @@ def test_a_crash_restored_from_the_bar_streams_leaves_the_bars_of_an_uninterrupt
         assert g.quote_volume == pytest.approx(w.quote_volume, rel=1e-14)
         assert g.vwap == pytest.approx(w.vwap, rel=1e-14)
     assert crashed.refused == 0
+
+
+def test_an_open_gap_marker_starting_after_the_next_trade_does_not_flag_that_trades_bar() -> None:
+    agg = BarAggregator()
+    agg.apply([entry("1-0", tick(T0 + 100))])
+    agg.apply([gap("2-0", T0 + 1_000, 0)])  # missing trades from the next second on, end unknown
+    agg.apply([entry("3-0", tick(T0 + 200))])  # stamped before the marker's start: ends the range there
+    out = agg.apply([entry("4-0", tick(T0 + 1_500)), entry("5-0", tick(T0 + 2_500))])
+    assert [(b.open_time_ms - T0, b.incomplete) for b in of(out)] == [(0, False), (1_000, True)]

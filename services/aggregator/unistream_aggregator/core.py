@@ -467,7 +467,8 @@ class BarAggregator:
                     bar.incomplete = self._in_gap(st, open_ms, open_ms + SECOND_MS)
             if gap_open:  # the missing trades lie between the marker's start and this trade
                 self._close_open_gaps(st, ts)
-                bar.incomplete = True
+                if self._in_gap(st, bar.open_ms, bar.open_ms + SECOND_MS):
+                    bar.incomplete = True
                 gap_open = False
             price = tick.price
             if price > bar.high:
@@ -520,7 +521,7 @@ class BarAggregator:
     def _close_open_gaps(st: _SymbolState, ts_ms: int) -> None:
         for g in st.gaps:
             if g[1] == 0:
-                g[1] = ts_ms
+                g[1] = max(ts_ms, g[0])  # a trade stamped before the marker's start ends it at the start
 
     def _timer_target(self, now_ms: int) -> int:
         """Open time of the first 1s interval the timer may not close yet at ``now_ms``."""
