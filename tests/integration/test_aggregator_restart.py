@@ -225,6 +225,9 @@ def test_a_batch_delivered_twice_by_xadd_or_by_xclaim_to_other_consumers_leaves_
         assert first.terminate() == 0, first.tail()
         second = start_aggregator(url, log, "aggregator-b", owner_ttl_ms=OWNER_TTL_MS)
         aggs.append(second)
+        # Before it took the symbols over the streams may already look caught up (the first one
+        # claimed the moved entries back): wait for the takeover itself.
+        wait_until(lambda: second.owns(SYMBOLS), 30, "second aggregator owns the symbols", [second])
         wait_until(lambda: caught_up(client, expected), 30, "second aggregator caught up", [second])
         assert_same_bars(client, reference)
         assert "took over" in log.read_text()

@@ -427,6 +427,36 @@ async def test_a_timer_can_ask_to_run_sooner_than_its_interval(redis_url: str) -
     await rt.close()
 
 
+async def test_entries_taken_over_from_another_consumer_are_delivered_with_their_ids_as_text(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await client.xgroup_create(SRC, "g", id="0", mkstream=True)
+    ids = await publish(client, range(3))
+    await client.xreadgroup("g", "dead", {SRC: ">"})  # pending on a consumer that is gone
+    seen: list[tuple[str, int]] = []
+    gc_box: list[GroupConsumer] = []
+    done = {"taken": 0}
+
+    def cb(messages: list[Message]) -> Result:
+        seen.extend((m.id, m.packet.step) for m in messages)
+        return Result()
+
+    async def timer(now_ms: int) -> None:
+        if not done["taken"]:
+            done["taken"] = await gc_box[0].take_over_pending(SRC, deliver=True)
+
+    opts = ConsumerOptions(batch_size=50, block_ms=50, timer_interval_s=0.05, claim_idle_ms=0)
+    rt = runtime(redis_url)
+    gc_box.append(rt.register_consumer("g", cb, [], options=opts, on_timer=timer, streams=[], dynamic=True))
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _true(len(seen) == 3))
+    assert seen == [(i, n) for n, i in enumerate(ids)] and all(isinstance(i, str) for i, _ in seen)
+    assert done["taken"] == 3 and await pending_count(client) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
 def test_fence_lost_names_the_keys() -> None:
     assert FenceLost(["a", "b"]).keys == ["a", "b"]
     assert "a, b" in str(FenceLost(["a", "b"]))

@@ -333,7 +333,7 @@ class GroupConsumer:
                 await cmd.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
                 claimed += len(ids)
                 if deliver:
-                    entries = [e for eid in ids for e in await cmd.xrange(stream, min=eid, max=eid)]
+                    entries = [(s(e[0]), e[1]) for eid in ids for e in await cmd.xrange(stream, min=eid, max=eid)]
                     await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
             if len(rows) < 1_000:
                 return claimed
