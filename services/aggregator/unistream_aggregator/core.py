@@ -214,7 +214,6 @@ class _SymbolState:
         "forming",
         "gaps",
         "held",
-        "horizon_id",
         "horizon_ms",
         "last_open_ms",
         "last_trade_id",
@@ -229,7 +228,6 @@ class _SymbolState:
         self.prev_close: float | None = None
         self.last_trade_id = -1  # highest id in emitted bars
         self.seen_id = -1  # highest id seen (applied, late or in the open bar)
-        self.horizon_id = -1  # last_trade_id at restore: redelivered ids at or below are already applied
         self.horizon_ms = -1  # fallback restore only: trades of 1s intervals up to this one are in the stream
         self.open_max_id = -1  # highest id in the open bar
         self.bar: Acc | None = None
@@ -278,7 +276,7 @@ class BarAggregator:
             raise ValueError(f"checkpoint version {checkpoint.version} is not {CHECKPOINT_VERSION}")
         st.last_open_ms = checkpoint.last_open_ms
         st.prev_close = checkpoint.prev_close
-        st.last_trade_id = st.seen_id = st.horizon_id = checkpoint.last_trade_id
+        st.last_trade_id = st.seen_id = checkpoint.last_trade_id
         st.forming = {tf: msgspec.structs.replace(acc) for tf, acc in checkpoint.forming.items()}
         st.gaps = [list(g) for g in checkpoint.gaps]
         st.source = checkpoint.source
@@ -426,14 +424,14 @@ class BarAggregator:
     ) -> bool:
         """Apply one batch; True when one of its trades is in the open bar (hold the entry).
 
-        In a ``redelivered`` entry, trades at or below the restored checkpoint's ids are in the
-        bars already; in an entry seen for the first time, a trade id seen before is a duplicate.
+        In a ``redelivered`` entry, a trade id at or below the highest seen (after a restart: the
+        checkpoint's) was dealt with before: already applied; in an entry seen for the first time
+        it is a duplicate.
         """
         source = batch.source
         st.source = source
         bar = st.bar
         seen = st.seen_id
-        horizon = st.horizon_id if redelivered else -1
         horizon_ms = st.horizon_ms
         last_open = st.last_open_ms if st.last_open_ms is not None else -1
         gap_open = any(g[1] == 0 for g in st.gaps)  # a gap marker waiting for the next trade
@@ -441,7 +439,7 @@ class BarAggregator:
         for tick in batch.ticks:
             tid = tick.trade_id
             if tid <= seen:
-                if tid <= horizon:
+                if redelivered:  # every trade of an entry seen before was dealt with then
                     already += 1
                 else:
                     dup += 1
