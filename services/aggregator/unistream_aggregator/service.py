@@ -113,7 +113,7 @@ class AggregatorShell:
         self.quality: dict[str, dict[str, int]] = {}  # committed totals of owned symbols
         self.gc: GroupConsumer | None = None
         self._next_lease_s = 0.0
-        self._published: dict[str, tuple[Any, ...]] = {}
+        self._published: dict[str, tuple[tuple[Any, ...], int]] = {}  # symbol -> (what, when) last written
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
         self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
@@ -358,7 +358,8 @@ class AggregatorShell:
         raw, qraw = await cmd.pipeline(transaction=False).get(keys.agg_state(symbol)).hgetall(
             keys.quality(symbol)
         ).execute()  # fmt: skip
-        self.quality[symbol] = {name: quality.parse(qraw)[name] for name in quality.COUNTERS}
+        parsed = quality.parse(qraw)
+        self.quality[symbol] = {name: parsed[name] for name in quality.COUNTERS}
         checkpoint = None
         if raw is not None:
             try:
@@ -450,9 +451,10 @@ class AggregatorShell:
         for symbol in self.owned:
             forming = self.core.forming_bars(symbol)
             signature = tuple((tf, b.open_time_ms, b.trade_count, b.close, b.incomplete) for tf, b in forming.items())
-            if self._published.get(symbol) == signature and now_ms % 1_000 >= 100:
-                continue  # unchanged; refreshed once a second so the keys outlive their TTL only when dead
-            self._published[symbol] = signature
+            last = self._published.get(symbol)
+            if last is not None and last[0] == signature and now_ms - last[1] < 1_000:
+                continue  # unchanged; rewritten once a second so the keys outlive their TTL only when dead
+            self._published[symbol] = (signature, now_ms)
             if pipe is None:
                 pipe = self.runtime.cmd.pipeline(transaction=False)
             for tf in TIMEFRAMES:
