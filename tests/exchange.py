@@ -7,7 +7,7 @@ What it serves (free ports, loopback only):
   Binance's field names and types (``p``/``q`` decimal strings, times in integer ms, per-symbol
   consecutive trade ids);
 - REST ``GET /api/v3/time``, ``GET /api/v3/historicalTrades?symbol=&fromId=&limit=`` (limit <= 1000,
-  served from the full trade log) and ``GET /api/v3/klines?symbol=&interval=&limit=`` (1m, 1h or 1d;
+  served from the full trade log) and ``GET /api/v3/klines?symbol=&interval=&limit=`` (1s, 1m, 1h or 1d;
   built from the log, after any past klines a test added with :meth:`TestExchange.add_past_klines`;
   the last row is the interval still open, as on Binance).
 
@@ -66,7 +66,7 @@ GARBAGE: tuple[str | bytes, ...] = (
 
 
 IN_FLIGHT_GRACE_S = 0.1  # REST calls this soon after a 429 count as already in flight
-KLINE_INTERVAL_MS = {"1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}  # the intervals served
+KLINE_INTERVAL_MS = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}  # the intervals served
 
 
 @dataclass(slots=True)
@@ -409,7 +409,7 @@ class TestExchange:
         symbol = query.get("symbol", "").upper()
         interval = query.get("interval", "1m")
         if symbol not in self.log or interval not in KLINE_INTERVAL_MS:
-            return 400, _error(-1100, "only 1m, 1h and 1d klines of known symbols"), {}
+            return 400, _error(-1100, "only 1s, 1m, 1h and 1d klines of known symbols"), {}
         try:
             limit = int(query.get("limit", "500"))
         except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from pathlib import Path
@@ -52,6 +53,13 @@ async def started_trading(ex: TestExchange) -> None:
     await eventually(traded, 5.0, "the exchange's first trades")
 
 
+async def early_in_a_second() -> int:
+    """Now (ms), 100 ms into a second: every 1s kline request made in the next 900 ms has the same
+    interval still open, as ``now`` has (the exchange trades every 5 ms at 200 trades/s)."""
+    await asyncio.sleep((1_100 - time.time() * 1000 % 1_000) / 1000)
+    return int(time.time() * 1000)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +72,7 @@ async def test_exchange_klines_become_history_streams_with_open_time_ids_and_rep
     # 200 trades/s: the interval holding ``now`` has a trade by the time klines are asked for.
     async with TestExchange(SYMBOLS, rate_per_s=200) as ex:
         await started_trading(ex)
-        now = int(time.time() * 1000)
+        now = await early_in_a_second()
         for symbol in SYMBOLS:
             for tf in keys.HISTORY_TIMEFRAMES:
                 ex.add_past_klines(symbol, tf, past_kline_rows(tf, 8, now, 3000.0))
@@ -80,7 +88,8 @@ async def test_exchange_klines_become_history_streams_with_open_time_ids_and_rep
             await client.aclose()
     assert first == dict.fromkeys(keys.history_streams(SYMBOLS), 5)
     assert again == dict.fromkeys(keys.history_streams(SYMBOLS), 0)
-    assert stats.total("ingest_history_bars_already_written") == 30
+    assert stats.total("ingest_history_bars_already_written") == 5 * len(first)
+    assert len(first) == 2 * 4 and keys.history("BTCUSDT", "1s") in first
     assert stats.total("ingest_history_failures") == 0
     for stream, entries in streams.items():
         symbol, tf = keys.parse_history(stream)  # type: ignore[misc]
@@ -108,7 +117,8 @@ async def test_a_429_from_the_exchange_is_waited_out_once(redis_url: str) -> Non
         finally:
             await client.aclose()
         statuses = [status for _, _, status in ex.rest_calls]
-    assert statuses == [429, 200, 200, 200]
+    # The 1s klines are asked for first and waited for a second: spare rows still reach back to now.
+    assert statuses == [429, 200, 200, 200, 200]
     assert written == dict.fromkeys(keys.history_streams(["ETHUSDT"]), 3)
 
 
@@ -122,18 +132,25 @@ async def test_synthetic_history_publishes_300_bars_per_stream_ending_at_the_mar
         first = await provide_history(cfg, client, source_kind="synthetic", now_ms=T0 + 90_000, start_prices=prices)
         later = await provide_history(cfg, client, source_kind="synthetic", now_ms=T0 + 150_000, start_prices=prices)
         eth_1m = await read_history(client, keys.history("ETHUSDT", "1m"))
+        eth_1s = await read_history(client, keys.history("ETHUSDT", "1s"))
         btc_1d = await read_history(client, keys.history("BTCUSDT", "1d"))
         assert await bar_streams(client) == []
     finally:
         await client.aclose()
     assert first == dict.fromkeys(keys.history_streams(SYMBOLS), 300)
-    # A minute later only the minute closed since is new; the 1h and 1d histories are already there.
+    # A minute later only the minute and the 60 seconds closed since are new; the 1h and 1d
+    # histories are already there.
     assert later == {**dict.fromkeys(keys.history_streams(SYMBOLS), 0), **dict.fromkeys(
-        [keys.history("ETHUSDT", "1m"), keys.history("BTCUSDT", "1m")], 1)}  # fmt: skip
+        [keys.history("ETHUSDT", "1m"), keys.history("BTCUSDT", "1m")], 1), **dict.fromkeys(
+        [keys.history("ETHUSDT", "1s"), keys.history("BTCUSDT", "1s")], 60)}  # fmt: skip
+    assert len(eth_1s) == 360 and [eid for eid, _ in eth_1s] == [f"{b.open_time_ms}-0" for _, b in eth_1s]
+    assert eth_1s[299][1].close == 3012.55 and eth_1s[299][1].close_time_ms == T0 + 90_000
+    assert eth_1s[-1][1].close == 3012.55 and eth_1s[-1][1].close_time_ms == T0 + 150_000
+    assert all(b.timeframe == "1s" and b.close_time_ms == b.open_time_ms + 1_000 for _, b in eth_1s)
     assert eth_1m[299][1].close == 3012.55 and eth_1m[299][1].close_time_ms == T0 + 60_000
     assert eth_1m[0][0] == f"{eth_1m[0][1].open_time_ms}-0"
     assert btc_1d[-1][1].close == 90_000.0 and btc_1d[-1][1].close_time_ms == T0
-    assert all(bar.is_history and bar.source == "SYNTHETIC" for _, bar in eth_1m + btc_1d)
+    assert all(bar.is_history and bar.source == "SYNTHETIC" for _, bar in eth_1m + eth_1s + btc_1d)
 
 
 async def test_replay_history_comes_from_the_replay_files(redis_url: str, tmp_path: Path) -> None:
@@ -148,12 +165,15 @@ async def test_replay_history_comes_from_the_replay_files(redis_url: str, tmp_pa
     client = command_client(redis_url)
     try:
         written = await provide_history(cfg, client, source_kind="replay", now_ms=int(time.time() * 1000))
+        seconds = await read_history(client, keys.history("ETHUSDT", "1s"))
         minutes = await read_history(client, keys.history("ETHUSDT", "1m"))
         hours = await read_history(client, keys.history("ETHUSDT", "1h"))
         assert not await client.exists(keys.history("BTCUSDT", "1m"))
+        assert not await client.exists(keys.history("BTCUSDT", "1s"))
     finally:
         await client.aclose()
     assert written == {
+        keys.history("ETHUSDT", "1s"): 100,
         keys.history("ETHUSDT", "1m"): 100,
         keys.history("ETHUSDT", "1h"): 2,
         keys.history("ETHUSDT", "1d"): 0,
@@ -161,6 +181,17 @@ async def test_replay_history_comes_from_the_replay_files(redis_url: str, tmp_pa
     assert minutes[-1][1].close_time_ms == T0 + 149 * 60_000  # the minute holding the last trade is left out
     assert [bar.open_time_ms for _, bar in hours] == [T0, T0 + 3_600_000]
     assert all(bar.trade_count == 360 and bar.source == "REPLAY" and bar.is_history for _, bar in hours)
+    # The last 100 seconds before the one holding the last trade (trade 899 at 02:29:50): a trade
+    # opens every tenth of them, the others are flat at the trade before.
+    assert [bar.open_time_ms for _, bar in seconds] == [T0 + 8_890_000 + k * 1_000 for k in range(100)]
+    assert [eid for eid, _ in seconds] == [f"{bar.open_time_ms}-0" for _, bar in seconds]
+    for _, bar in seconds:
+        i = (bar.open_time_ms - T0) // 10_000  # the trade at or before this second
+        price = 3000 + i % 50 + 0.5
+        assert (bar.open, bar.high, bar.low, bar.close) == (price,) * 4, bar
+        assert bar.filled == (bar.open_time_ms % 10_000 != 0), bar
+        assert (bar.volume, bar.trade_count) == ((0.0, 0) if bar.filled else (0.01, 1)), bar
+        assert bar.timeframe == "1s" and bar.source == "REPLAY" and bar.is_history
 
 
 async def test_unreachable_redis_or_exchange_is_logged_and_counted_never_raised(redis_url: str) -> None:
@@ -172,7 +203,7 @@ async def test_unreachable_redis_or_exchange_is_logged_and_counted_never_raised(
         )
     finally:
         await dead.aclose()
-    assert written == {} and stats.total("ingest_history_failures") == 6
+    assert written == {} and stats.total("ingest_history_failures") == 2 * 4
 
     client = command_client(redis_url)
     try:
@@ -181,7 +212,7 @@ async def test_unreachable_redis_or_exchange_is_logged_and_counted_never_raised(
         assert await client.keys("md:*") == []
     finally:
         await client.aclose()
-    assert written == {} and stats.total("ingest_history_failures") == 12
+    assert written == {} and stats.total("ingest_history_failures") == 2 * 2 * 4
 
 
 async def test_publish_counts_bars_already_written_apart_from_new_ones(redis_url: str) -> None:

@@ -66,6 +66,8 @@ def test_replay_of_two_archive_days_writes_every_trade_once_in_order_and_exits_0
     assert entries < 1_000, "ticks travel in batches, not one entry each"
     history = [codec.decode(f) for _, f in client.xrange(keys.history("ETHUSDT", "1m"))]
     assert history and all(b.is_history and b.source == "REPLAY" for b in history), "warm-up bars from the files"
+    seconds = [codec.decode(f) for _, f in client.xrange(keys.history("ETHUSDT", "1s"))]
+    assert len(seconds) == 300 and all(b.timeframe == "1s" and b.source == "REPLAY" for b in seconds)
     assert not client.exists(keys.bars("ETHUSDT", "1m")), "history never goes to the aggregator's streams"
 
     again = replay(redis_url, day1, day2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from itertools import pairwise
 from typing import Any
 
@@ -11,10 +12,14 @@ import pytest
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar
-from unistream_ingest.binance import Kline
+from unistream_ingest.binance import Kline, parse_rest_klines
 from unistream_ingest.core import spec_for
 from unistream_ingest.history import (
+    LATE_FETCH_MS,
     HistoryError,
+    _BarBuilder,
+    _replay_history,
+    _trade_chunks,
     bars_from_klines,
     bars_from_trades,
     fetch_kline_history,
@@ -63,12 +68,15 @@ def assert_valid_history(bars: list[Bar], tf: str) -> None:
 
 def test_history_streams_are_named_apart_from_bar_streams_and_parse_back() -> None:
     assert keys.history("ETHUSDT", "1m") == "md:history:{ETHUSDT}:1m"
+    assert keys.history("ETHUSDT", "1s") == "md:history:{ETHUSDT}:1s"
     assert keys.parse_history("md:history:{ETHUSDT}:1d") == ("ETHUSDT", "1d")
+    assert keys.parse_history("md:history:{ETHUSDT}:1s") == ("ETHUSDT", "1s")
+    assert keys.parse_history("md:history:{ETHUSDT}:5m") is None
     assert keys.parse_history(keys.bars("ETHUSDT", "1m")) is None
-    assert keys.parse_bars(keys.history("ETHUSDT", "1m")) is None
-    assert keys.history_streams(["BTCUSDT"]) == [f"md:history:{{BTCUSDT}}:{tf}" for tf in ("1m", "1h", "1d")]
+    assert keys.parse_bars(keys.history("ETHUSDT", "1s")) is None
+    assert keys.history_streams(["BTCUSDT"]) == [f"md:history:{{BTCUSDT}}:{tf}" for tf in ("1s", "1m", "1h", "1d")]
     with pytest.raises(ValueError, match="history timeframe"):
-        keys.history("ETHUSDT", "1s")
+        keys.history("ETHUSDT", "5m")
     with pytest.raises(ValueError, match="not a valid symbol"):
         keys.history("eth-usdt", "1m")
 
@@ -76,7 +84,7 @@ def test_history_streams_are_named_apart_from_bar_streams_and_parse_back() -> No
 # --- klines --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tf", ["1m", "1h", "1d"])
+@pytest.mark.parametrize("tf", ["1s", "1m", "1h", "1d"])
 def test_kline_becomes_a_history_bar_closing_at_open_plus_span(tf: str) -> None:
     span = keys.TIMEFRAME_MS[tf]
     [bar] = bars_from_klines([kline(T0, tf)], "ETHUSDT", tf)
@@ -134,7 +142,25 @@ def test_a_kline_that_cannot_be_a_bar_is_refused_with_the_reason(over: dict[str,
 
 def test_klines_of_an_unsupported_timeframe_are_refused() -> None:
     with pytest.raises(ValueError, match="history timeframe"):
-        bars_from_klines([], "ETHUSDT", "1s")
+        bars_from_klines([], "ETHUSDT", "5m")
+
+
+def test_rest_klines_of_1s_parse_into_1s_bars_and_a_minute_kline_is_not_one() -> None:
+    body = (
+        b'[[1764028800000,"100.5","101.0","100.0","100.25","2.0",1764028800999,"201.0",4,"0.5","50.25","0"],'
+        b'[1764028801000,"100.25","100.25","100.25","100.25","0.0",1764028801999,"0.0",0,"0.0","0.0","0"]]'
+    )
+    klines = parse_rest_klines(body, "ETHUSDT", "1s")
+    assert [(k.interval, k.open_time_ms, k.close_time_ms) for k in klines] == [
+        ("1s", T0, T0 + 999), ("1s", T0 + 1_000, T0 + 1_999)]  # fmt: skip
+    real, empty = bars_from_klines(klines, "ETHUSDT", "1s")
+    assert (real.open_time_ms, real.close_time_ms, real.open, real.close, real.trade_count) == (
+        T0, T0 + 1_000, 100.5, 100.25, 4)  # fmt: skip
+    assert real.vwap == 100.5 and not real.filled
+    assert empty.filled and empty.open == empty.close == 100.25 and empty.close_time_ms == T0 + 2_000
+    assert_valid_history([real, empty], "1s")
+    with pytest.raises(HistoryError, match="not a 1s kline"):
+        bars_from_klines([kline(T0, "1m")], "ETHUSDT", "1s")
 
 
 # --- fetch (httpx mock transport, no network) ----------------------------------------------------
@@ -165,6 +191,21 @@ async def test_fetch_asks_for_one_more_kline_and_drops_the_open_last_one() -> No
     assert [b.open_time_ms for b in bars] == [T0, T0 + 3_600_000, T0 + 7_200_000]
     assert seen[0].url.path == "/api/v3/klines"
     assert dict(seen[0].url.params) == {"symbol": "ETHUSDT", "interval": "1h", "limit": "4"}
+
+
+async def test_fetch_of_1s_asks_for_spare_rows_and_a_late_answer_still_ends_at_now() -> None:
+    seen: list[httpx.Request] = []
+    # Asked for at now = T0 + 400 s, answered 20 s later: the last 21 rows closed after now.
+    rows = kline_rows(421, "1s")
+    async with mock_client([httpx.Response(200, json=rows)], seen) as http:
+        bars = await fetch_kline_history("http://x", "ETHUSDT", "1s", 300, http, now_ms=T0 + 400_000)
+    assert dict(seen[0].url.params) == {
+        "symbol": "ETHUSDT", "interval": "1s", "limit": str(300 + 1 + LATE_FETCH_MS // 1_000)}  # fmt: skip
+    assert LATE_FETCH_MS // 1_000 >= 30
+    assert len(bars) == 300
+    assert (bars[0].open_time_ms, bars[-1].close_time_ms) == (T0 + 100_000, T0 + 400_000)
+    assert_valid_history(bars, "1s")
+    assert all(b.source == "REAL" for b in bars)
 
 
 async def test_fetch_keeps_only_klines_closed_by_now_and_at_most_count() -> None:
@@ -275,6 +316,153 @@ def test_a_whole_day_of_trades_with_its_end_gives_one_day_bar() -> None:
     assert day.vwap == pytest.approx(sum(t.price for t in trades) / 144)
 
 
+def reference_seconds(trades: list[RawTrade], end_ms: int | None = None) -> list[dict[str, Any]]:
+    """1s bars the plain way: the valid trades grouped by their second, then every second from the
+    first trade's to the last trade's (excluded; with ``end_ms``, to the last second ending by then),
+    an empty one flat at the last close."""
+    by_second: dict[int, list[RawTrade]] = {}
+    for t in trades:
+        if t.price > 0 and t.size > 0:
+            by_second.setdefault(t.ts_event_ms // 1_000 * 1_000, []).append(t)
+    stop = max(by_second) if end_ms is None else end_ms // 1_000 * 1_000
+    out: list[dict[str, Any]] = []
+    close = math.nan
+    for open_ms in range(min(by_second), stop, 1_000):
+        ts = by_second.get(open_ms, [])
+        if ts:
+            close = ts[-1].price
+            prices = [t.price for t in ts]
+            volume = sum(t.size for t in ts)
+            quote = sum(t.price * t.size for t in ts)
+            out.append({
+                "open_time_ms": open_ms, "open": prices[0], "high": max(prices), "low": min(prices), "close": close,
+                "volume": volume, "quote_volume": quote, "vwap": quote / volume, "trade_count": sum(t.count for t in ts),
+                "taker_buy_volume": sum(t.size for t in ts if not t.buyer_is_maker), "filled": False,
+            })  # fmt: skip
+        else:
+            out.append({
+                "open_time_ms": open_ms, "open": close, "high": close, "low": close, "close": close, "volume": 0.0,
+                "quote_volume": 0.0, "vwap": close, "trade_count": 0, "taker_buy_volume": 0.0, "filled": True,
+            })  # fmt: skip
+    return out
+
+
+def assert_matches_reference(bars: list[Bar], ref: list[dict[str, Any]]) -> None:
+    assert [b.open_time_ms for b in bars] == [r["open_time_ms"] for r in ref]
+    for bar, r in zip(bars, ref, strict=True):
+        assert bar.close_time_ms == r["open_time_ms"] + 1_000 and bar.timeframe == "1s", bar
+        assert (bar.open, bar.high, bar.low, bar.close) == (r["open"], r["high"], r["low"], r["close"]), bar
+        assert (bar.trade_count, bar.filled) == (r["trade_count"], r["filled"]), bar
+        for name in ("volume", "quote_volume", "vwap", "taker_buy_volume"):
+            assert getattr(bar, name) == pytest.approx(r[name], rel=1e-12, abs=1e-12), (name, bar)
+        assert bar.source == "REPLAY" and bar.is_history
+
+
+def random_trades(n: int, seed: int = 5, pause_at: int | None = None) -> list[RawTrade]:
+    """``n`` time-ordered trades from T0: bursts within a second, empty seconds, a few 2-9 s pauses,
+    one pause of 700 s before trade ``pause_at`` (default: two thirds of the way in), and some
+    trades of zero price or size."""
+    rng = random.Random(seed)
+    ts, price = T0 + 250, 3000.0
+    out = []
+    for i in range(n):
+        gap = rng.choice([0, 1, 3, 40, 120, 300, 700, 1_300])
+        if rng.random() < 0.004:
+            gap = rng.randint(2_000, 9_000)
+        if i == (2 * n // 3 if pause_at is None else pause_at):
+            gap = 700_000
+        ts += gap
+        price = round(max(price + rng.choice([-0.02, -0.01, 0.0, 0.01, 0.03]), 1.0), 2)
+        size = round(rng.choice([0.001, 0.05, 0.4, 1.25]) * rng.randint(1, 9), 4)
+        if rng.random() < 0.002:
+            size = 0.0
+        out.append(trade(ts, 0.0 if rng.random() < 0.002 else price, size, rng.random() < 0.5, rng.randint(1, 3)))
+    return out
+
+
+def test_1s_bars_of_trades_match_a_plain_per_second_reference_with_filled_seconds() -> None:
+    trades = random_trades(20_000)  # more than two chunks of the builder's input
+    bars = bars_from_trades(trades, "ETHUSDT", "1s")
+    ref = reference_seconds(trades)
+    assert sum(r["filled"] for r in ref) > 1_000 and sum(not r["filled"] for r in ref) > 1_000
+    assert_matches_reference(bars, ref)
+    assert bars[-1].close_time_ms == trades[-1].ts_event_ms // 1_000 * 1_000  # the last trade's second is left out
+    assert_valid_history(bars, "1s")
+
+
+def test_seconds_without_trades_are_flat_filled_bars_at_the_last_close() -> None:
+    trades = [trade(T0 + 5, 100.0), trade(T0 + 10, 101.0, 2.0, buyer_is_maker=False), trade(T0 + 3_005, 99.0),
+              trade(T0 + 3_999, 98.0), trade(T0 + 4_000, 1.0)]  # fmt: skip
+    bars = bars_from_trades(trades, "ETHUSDT", "1s")
+    assert [(b.open_time_ms - T0, b.filled) for b in bars] == [(0, False), (1_000, True), (2_000, True), (3_000, False)]
+    first, *filled, last = bars
+    assert (first.open, first.high, first.low, first.close, first.volume, first.taker_buy_volume) == (
+        100.0, 101.0, 100.0, 101.0, 3.0, 2.0)  # fmt: skip
+    assert all(b.open == b.high == b.low == b.close == b.vwap == 101.0 and b.volume == b.trade_count == 0
+               for b in filled)  # fmt: skip
+    assert (last.open, last.close, last.trade_count) == (99.0, 98.0, 2)
+    # With the end known, the last trade's second and the empty seconds up to it are kept.
+    ended = bars_from_trades(trades, "ETHUSDT", "1s", end_ms=T0 + 7_500)
+    assert [(b.open_time_ms - T0, b.filled) for b in ended[4:]] == [(4_000, False), (5_000, True), (6_000, True)]
+    assert ended[-1].close == 1.0
+
+
+def test_1s_bars_up_to_a_known_end_match_the_reference() -> None:
+    trades = random_trades(3_000, seed=9)
+    end_ms = trades[-1].ts_event_ms + 12_345
+    bars = bars_from_trades(trades, "ETHUSDT", "1s", end_ms=end_ms)
+    assert_matches_reference(bars, reference_seconds(trades, end_ms))
+    assert bars[-1].close_time_ms == end_ms // 1_000 * 1_000 and bars[-1].filled
+
+
+def test_the_builder_gives_the_same_bars_however_the_trades_are_chunked_and_keeps_the_last_ones() -> None:
+    trades = random_trades(5_000, seed=3, pause_at=4_700)  # the last 300 trades take about 100 s
+    after_pause = trades[-1].ts_event_ms - trades[4_700].ts_event_ms
+    assert 50_000 < after_pause < 250_000
+    # All of them, and up to the first trade after the pause: then the last bars are all pause.
+    for part in (trades, trades[:4_701]):
+        rows = next(_trade_chunks(part))
+        whole = bars_from_trades(part, "ETHUSDT", "1s")
+        for keep in (None, 1, 50, 300, 800, 3_000):  # 300 ends inside the 700 s pause, 800 before it
+            builder = _BarBuilder("ETHUSDT", "1s", "REPLAY", keep=keep)
+            for lo, hi in pairwise([0, 1, 8, 1_000, 4_321, len(rows)]):
+                builder.feed(rows[lo:hi])
+            assert builder.finish(None) == (whole if keep is None else whole[-keep:])
+            for end_ms in (part[-1].ts_event_ms + 20_500, part[-1].ts_event_ms + 900_000):
+                ended = bars_from_trades(part, "ETHUSDT", "1s", end_ms=end_ms)
+                assert builder.finish(end_ms) == (ended if keep is None else ended[-keep:])
+
+
+def test_replay_history_reads_the_trades_once_for_every_timeframe_and_keeps_the_last_count() -> None:
+    # From 23:00 the day before to 01:33 two days later, a trade every 7 s with a 700 s pause:
+    # 50 whole hours and 2 whole days.
+    trades = [trade(T0 - 3_600_000 + i * 7_000, 100.0 + (i % 11) / 10, 1.0 + i % 3, i % 2 == 0)
+              for i in range(26_000) if not 20_000 <= i < 20_100]  # fmt: skip
+    reads = 0
+
+    def chunks() -> Any:
+        nonlocal reads
+        reads += 1
+        return _trade_chunks(trades)
+
+    history = _replay_history(chunks, "ETHUSDT", 300)
+    assert reads == 1
+    assert list(history) == list(keys.HISTORY_TIMEFRAMES)
+    assert_matches_reference(history["1s"], reference_seconds(trades)[-300:])
+    seconds = history["1s"]
+    in_window = [t for t in trades if seconds[0].open_time_ms <= t.ts_event_ms < seconds[-1].close_time_ms]
+    assert sum(not b.filled for b in seconds) == len(in_window) == 300 // 7
+    for tf in ("1m", "1h", "1d"):
+        assert history[tf] == bars_from_trades(trades, "ETHUSDT", tf)[-300:]
+    assert [len(history[tf]) for tf in keys.HISTORY_TIMEFRAMES] == [300, 300, 50, 2]
+
+
+def test_rollup_does_not_make_1s_bars() -> None:
+    minutes = bars_from_trades([trade(T0, 100.0), trade(T0 + 120_000, 101.0)], "ETHUSDT", "1m")
+    with pytest.raises(ValueError, match="from 1m bars"):
+        rollup_bars(minutes, "1s")
+
+
 def test_rollup_ignores_filled_minutes_for_open_high_and_low() -> None:
     minutes = [
         Bar(symbol="ETHUSDT", timeframe="1m", open_time_ms=T0 + i * 60_000, close_time_ms=T0 + (i + 1) * 60_000,
@@ -298,7 +486,7 @@ def test_an_hour_of_only_empty_minutes_rolls_up_into_a_filled_flat_bar() -> None
 # --- the simulator's past ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tf", ["1m", "1h", "1d"])
+@pytest.mark.parametrize("tf", ["1s", "1m", "1h", "1d"])
 def test_synthetic_history_is_300_closed_valid_bars_ending_at_the_start_price(tf: str) -> None:
     span = keys.TIMEFRAME_MS[tf]
     end_ms = T0 + 12_345_678

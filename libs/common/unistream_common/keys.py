@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
 TIMEFRAME_MS: dict[str, int] = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
-HISTORY_TIMEFRAMES: tuple[str, ...] = ("1m", "1h", "1d")  # warm-up history: 1s is built live only
+HISTORY_TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")  # warm-up history: every bar timeframe
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
@@ -45,7 +45,7 @@ DATA_TYPES: tuple[str, ...] = (
 
 _TICKS_RE = re.compile(r"^md:ticks:\{([A-Z0-9]{2,20})\}$")
 _BARS_RE = re.compile(r"^md:bars:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
-_HISTORY_RE = re.compile(r"^md:history:\{([A-Z0-9]{2,20})\}:(1m|1h|1d)$")
+_HISTORY_RE = re.compile(r"^md:history:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
 
 
 def check_symbol(symbol: str) -> str:
@@ -73,7 +73,7 @@ def bars(symbol: str, timeframe: str) -> str:
 
 
 def history(symbol: str, timeframe: str) -> str:
-    """History stream of one symbol and timeframe: ``md:history:{SYMBOL}:TF`` (TF one of 1m, 1h, 1d).
+    """History stream of one symbol and timeframe: ``md:history:{SYMBOL}:TF`` (TF one of 1s, 1m, 1h, 1d).
 
     Written by ingest at start-up: closed bars from before the system ran (exchange klines, the
     replay files, or the simulator's own past), oldest first, each a ``Bar`` with
@@ -86,7 +86,7 @@ def history(symbol: str, timeframe: str) -> str:
 
 
 def history_streams(symbols: Iterable[str]) -> list[str]:
-    """Every history stream of these symbols, per symbol in the order 1m, 1h, 1d."""
+    """Every history stream of these symbols, per symbol in the order 1s, 1m, 1h, 1d."""
     return [history(s, tf) for s in symbols for tf in HISTORY_TIMEFRAMES]
 
 

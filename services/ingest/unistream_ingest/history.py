@@ -1,11 +1,12 @@
-"""Warm-up history: closed 1m, 1h and 1d bars from before the system started, per symbol.
+"""Warm-up history: closed 1s, 1m, 1h and 1d bars from before the system started, per symbol.
 
 The features service needs a few hundred bars of each timeframe before its windows are full.
 Ingest provides them once at start, from the same source as its ticks:
 
 - ``binance``: the venue's klines (``GET /api/v3/klines``), source ``REAL``;
-- ``replay``: bars rolled up from the replay files themselves, source ``REPLAY``. They cover only
-  the files' span, and it is the same span the replay then plays as ticks: the history is not
+- ``replay``: bars built from the replay files themselves (1s and 1m from the trades, in one read
+  of the files; 1h and 1d rolled up from the minutes), source ``REPLAY``. They cover only the
+  files' span, and it is the same span the replay then plays as ticks: the history is not
   "before" the replayed trades but beside them (a consumer that trains on the replay sees those
   bars twice, once as history and once rebuilt live by the aggregator);
 - ``synthetic``: the simulator's own past, a seeded bar-level process that ends at the price the
@@ -35,7 +36,9 @@ import math
 import time
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Literal
 
 import httpx
@@ -48,7 +51,7 @@ from unistream_common import codec, keys
 from unistream_common.packets import Bar, Source
 from unistream_common.redisio import is_id_too_small
 from unistream_common.stats import Stats
-from unistream_ingest.archive import read_columns_in_time_order
+from unistream_ingest.archive import TradeColumns, read_columns_in_time_order
 from unistream_ingest.binance import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
 from unistream_ingest.core import (
     GARCH_ALPHA,
@@ -68,6 +71,10 @@ log = logging.getLogger(__name__)
 
 MINUTE_MS = keys.TIMEFRAME_MS["1m"]
 MAX_KLINES_LIMIT = 1_000  # Binance's largest ``limit`` for /api/v3/klines
+# Klines asked for beyond count + 1, one per interval of this: a fetch made up to this long after
+# ``now_ms`` (a 429 waited out, several symbols in turn) still ends at ``now_ms`` with ``count`` bars.
+# 60 more rows for 1s, 1 for 1m, none for 1h and 1d (the request's weight does not depend on ``limit``).
+LATE_FETCH_MS = 60_000
 HTTP_TIMEOUT_S = 10.0
 RETRY_AFTER_DEFAULT_S = 1.0  # a 429 without Retry-After (Binance always sends one)
 MAX_RETRY_WAIT_S = 30.0  # a longer Retry-After is not worth holding start-up for
@@ -168,22 +175,25 @@ async def fetch_kline_history(
 ) -> list[Bar]:
     """The last ``count`` closed ``timeframe`` bars of ``symbol`` from Binance REST (source REAL).
 
-    Asks ``GET {rest_url}/api/v3/klines?symbol=&interval=&limit=count+1`` (at most 1,000 rows, so at
-    most 999 bars) and drops the last row: without ``endTime`` Binance always ends with the
-    interval still open. Rows whose interval has not ended by ``now_ms`` (default: the wall clock)
-    are dropped too, in case the clocks disagree. ``http`` is reused when given (its timeouts
-    apply), else a client with a 10 s timeout is made and closed.
+    Asks ``GET {rest_url}/api/v3/klines?symbol=&interval=&limit=`` for count + 1 rows, plus one
+    per interval of :data:`LATE_FETCH_MS` (60 for 1s, 1 for 1m), at most 1,000 (so at most 999
+    bars), and drops the last row: without ``endTime`` Binance always ends with the interval still
+    open. Rows whose interval has not ended by ``now_ms`` (default: the wall clock) are dropped too,
+    in case the clocks disagree or the fetch is late (1s intervals end while it waits); of the
+    rest, the last ``count`` are kept. ``http`` is reused when given (its timeouts apply), else a
+    client with a 10 s timeout is made and closed.
 
     A 429 is honoured once: wait its Retry-After (seconds; at most ``max_retry_wait_s``) and ask
     again. Raises :class:`HistoryError` on anything else: no answer, a 418 ban, another HTTP
     status, a second 429, a malformed body or kline.
     """
-    _span_ms(timeframe)
+    span = _span_ms(timeframe)
     keys.check_symbol(symbol)
     if count <= 0:
         return []
     url = rest_url.rstrip("/") + KLINES_PATH
-    params = {"symbol": symbol, "interval": timeframe, "limit": str(min(count + 1, MAX_KLINES_LIMIT))}
+    limit = min(count + 1 + LATE_FETCH_MS // span, MAX_KLINES_LIMIT)
+    params = {"symbol": symbol, "interval": timeframe, "limit": str(limit)}
     what = f"{symbol} {timeframe} klines from {url}"
     client = http if http is not None else httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
     try:
@@ -242,60 +252,109 @@ def _bar_from_sums(
 
 
 TradeRow = tuple[int, float, float, bool, int]  # ts_event_ms, price, size, buyer_is_maker, count
+_Sums = tuple[int, float, float, float, float, float, float, int, float]  # open_ms, o, h, l, c, vol, quote, n, taker
+ROWS_PER_CHUNK = 8_192  # rows per chunk of RawTrade input (the files come in their own blocks of ~8,000)
 
 
-def _trade_rows(trades: Iterable[RawTrade]) -> Iterator[TradeRow]:
-    return ((t.ts_event_ms, t.price, t.size, t.buyer_is_maker, t.count) for t in trades)
+class _ColumnRows:
+    """One block of the replay files as rows, iterable more than once (no object per trade: 4x faster)."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, columns: TradeColumns) -> None:
+        self._c = columns
+
+    def __iter__(self) -> Iterator[TradeRow]:
+        c = self._c
+        return zip(c.ts_event_ms, c.price, c.size, c.buyer_is_maker, c.count)
 
 
-def _file_rows(paths: Sequence[str]) -> Iterator[TradeRow]:
-    """The replay files' trades merged as the replay reads them, as rows: no object per trade (4x faster)."""
-    for c in read_columns_in_time_order(paths):
-        yield from zip(c.ts_event_ms, c.price, c.size, c.buyer_is_maker, c.count)
+def _trade_chunks(trades: Iterable[RawTrade]) -> Iterator[list[TradeRow]]:
+    """Trades as chunks of rows, at most :data:`ROWS_PER_CHUNK` to a chunk."""
+    it = iter(trades)
+    while chunk := [(t.ts_event_ms, t.price, t.size, t.buyer_is_maker, t.count) for t in islice(it, ROWS_PER_CHUNK)]:
+        yield chunk
 
 
-def _minute_bars(trades: Iterable[RawTrade], symbol: str, source: Source, end_ms: int | None) -> list[Bar]:
-    """1m bars of time-ordered trades; see :func:`bars_from_trades`."""
-    return _minute_bars_of_rows(_trade_rows(trades), symbol, source, end_ms)
+def _file_chunks(paths: Sequence[str]) -> Iterator[_ColumnRows]:
+    """The replay files' trades merged as the replay reads them, a block of rows at a time."""
+    return map(_ColumnRows, read_columns_in_time_order(paths))
 
 
-def _minute_bars_of_rows(rows: Iterable[TradeRow], symbol: str, source: Source, end_ms: int | None) -> list[Bar]:
-    out: list[Bar] = []
-    cur = -1  # open time of the bar being built; -1: none yet
-    o = h = lo = c = volume = quote = taker = 0.0
-    n = 0
-    for ts, p, size, buyer_is_maker, count in rows:
-        if not (p > 0 and size > 0):
-            continue  # the replay's validator rejects these too; a bar must not rest on them
-        bar_open = ts - ts % MINUTE_MS
-        if bar_open != cur:
-            if bar_open < cur:
-                continue  # older than the bar being built: late, as the aggregator drops it
-            if cur >= 0:
-                out.append(_bar_from_sums(symbol, "1m", cur, o, h, lo, c, volume, quote, n, taker, source))
-                # Minutes without trades: flat filled bars at the last close, so the series is regular.
-                for gap_open in range(cur + MINUTE_MS, bar_open, MINUTE_MS):
-                    out.append(_bar_from_sums(symbol, "1m", gap_open, c, c, c, c, 0.0, 0.0, 0, 0.0, source))
-            cur = bar_open
-            o = h = lo = p
-            volume = quote = taker = 0.0
-            n = 0
-        if p > h:
-            h = p
-        elif p < lo:
-            lo = p
-        c = p
-        volume += size
-        quote += p * size
-        n += count
-        if not buyer_is_maker:  # Binance m=false: the taker bought
-            taker += size
-    if cur >= 0 and end_ms is not None and cur + MINUTE_MS <= end_ms:
-        out.append(_bar_from_sums(symbol, "1m", cur, o, h, lo, c, volume, quote, n, taker, source))
-        last_end = end_ms - end_ms % MINUTE_MS
-        for gap_open in range(cur + MINUTE_MS, last_end, MINUTE_MS):
-            out.append(_bar_from_sums(symbol, "1m", gap_open, c, c, c, c, 0.0, 0.0, 0, 0.0, source))
-    return out
+class _BarBuilder:
+    """Closed bars of one span (1s or 1m) from time-ordered trade rows, fed a chunk at a time.
+
+    Chunks, not one iterator, so that one read of the replay files feeds a builder per span. The
+    conventions are :func:`bars_from_trades`'s. With ``keep``, only the last ``keep`` bars are
+    held and made (a day of 1s bars is 86,400; history wants a few hundred): a bar is kept as its
+    sums until :meth:`finish`, and a run of empty intervals longer than ``keep`` is filled only
+    in its last ``keep``.
+    """
+
+    def __init__(self, symbol: str, timeframe: str, source: Source, keep: int | None = None) -> None:
+        if timeframe not in ("1s", "1m"):
+            raise ValueError(f"bars are built from trades for 1s and 1m only, not {timeframe!r}")
+        if keep is not None and keep <= 0:
+            raise ValueError(f"keep must be positive or None, not {keep}")
+        self.symbol, self.timeframe, self.source, self.keep = symbol, timeframe, source, keep
+        self.span = keys.TIMEFRAME_MS[timeframe]
+        self._done: deque[_Sums] = deque(maxlen=keep)  # closed intervals, oldest first
+        self._cur = -1  # open time of the bar being built; -1: none yet
+        self._o = self._h = self._lo = self._c = self._volume = self._quote = self._taker = 0.0
+        self._n = 0
+
+    def _fill(self, first_open: int, stop: int, c: float) -> None:
+        """Flat filled intervals at ``c`` opening in [first_open, stop): the last ``keep`` of them at most."""
+        span = self.span
+        if self.keep is not None:
+            first_open = max(first_open, stop - self.keep * span)
+        self._done.extend((t, c, c, c, c, 0.0, 0.0, 0, 0.0) for t in range(first_open, stop, span))
+
+    def feed(self, rows: Iterable[TradeRow]) -> None:
+        """Take the next rows (time ordered, after those fed before)."""
+        span, done = self.span, self._done
+        cur, o, h, lo, c = self._cur, self._o, self._h, self._lo, self._c
+        volume, quote, n, taker = self._volume, self._quote, self._n, self._taker
+        for ts, p, size, buyer_is_maker, count in rows:
+            if not (p > 0 and size > 0):
+                continue  # the replay's validator rejects these too; a bar must not rest on them
+            bar_open = ts - ts % span
+            if bar_open != cur:
+                if bar_open < cur:
+                    continue  # older than the bar being built: late, as the aggregator drops it
+                if cur >= 0:
+                    done.append((cur, o, h, lo, c, volume, quote, n, taker))
+                    if bar_open > cur + span:
+                        # Intervals without trades: flat filled bars at the last close, so the series is regular.
+                        self._fill(cur + span, bar_open, c)
+                cur = bar_open
+                o = h = lo = p
+                volume = quote = taker = 0.0
+                n = 0
+            if p > h:
+                h = p
+            elif p < lo:
+                lo = p
+            c = p
+            volume += size
+            quote += p * size
+            n += count
+            if not buyer_is_maker:  # Binance m=false: the taker bought
+                taker += size
+        self._cur, self._o, self._h, self._lo, self._c = cur, o, h, lo, c
+        self._volume, self._quote, self._n, self._taker = volume, quote, n, taker
+
+    def finish(self, end_ms: int | None) -> list[Bar]:
+        """The closed bars, oldest first: the bar being built and the empty intervals after it only
+        when ``end_ms`` says the trades are complete up to then (see :func:`bars_from_trades`)."""
+        span, cur, c = self.span, self._cur, self._c
+        sums: deque[_Sums] = deque(self._done, maxlen=self.keep)
+        if cur >= 0 and end_ms is not None and cur + span <= end_ms:
+            sums.append((cur, self._o, self._h, self._lo, c, self._volume, self._quote, self._n, self._taker))
+            last_end = end_ms - end_ms % span
+            first = cur + span if self.keep is None else max(cur + span, last_end - self.keep * span)
+            sums.extend((t, c, c, c, c, 0.0, 0.0, 0, 0.0) for t in range(first, last_end, span))
+        return [_bar_from_sums(self.symbol, self.timeframe, *s, self.source) for s in sums]
 
 
 def rollup_bars(minute_bars: Sequence[Bar], timeframe: str) -> list[Bar]:
@@ -308,6 +367,8 @@ def rollup_bars(minute_bars: Sequence[Bar], timeframe: str) -> list[Bar]:
     and taker buy volume are sums; vwap = quote volume / volume; ``incomplete`` if any minute was.
     """
     span = _span_ms(timeframe)
+    if span < MINUTE_MS:
+        raise ValueError(f"rollup_bars makes 1m, 1h or 1d bars from 1m bars, not {timeframe} bars")
     if timeframe == "1m":
         return list(minute_bars)
     need = span // MINUTE_MS
@@ -359,11 +420,12 @@ def bars_from_trades(
     """Archive trades (time ordered, one symbol) -> closed ``timeframe`` bars, oldest first.
 
     Bars are left-closed UTC-aligned intervals [open, open + span). Within the trades' span a
-    minute without trades is a filled bar at the last close, so the series is regular. The bar
-    holding the last trade is dropped (the data may stop inside it) unless ``end_ms`` says the
-    trades are complete up to then: then every bar closing at or before ``end_ms`` is kept,
-    empty minutes after the last trade included. 1h and 1d bars are rolled up from the 1m bars
-    (:func:`rollup_bars`), so they exist only for intervals the trades cover in full.
+    second (1s) or minute (1m) without trades is a filled bar at the last close, so the series is
+    regular. The bar holding the last trade is dropped (the data may stop inside it) unless
+    ``end_ms`` says the trades are complete up to then: then every bar closing at or before
+    ``end_ms`` is kept, empty intervals after the last trade included. 1s and 1m bars are built
+    from the trades; 1h and 1d bars are rolled up from the 1m bars (:func:`rollup_bars`), so they
+    exist only for intervals the trades cover in full.
 
     Trades with a non-positive price or size, and trades older than the bar being built (late),
     are skipped. ``trade_count`` sums each trade's ``count`` (aggTrades stand for several);
@@ -371,7 +433,11 @@ def bars_from_trades(
     """
     _span_ms(timeframe)
     keys.check_symbol(symbol)
-    return rollup_bars(_minute_bars(trades, symbol, source, end_ms), timeframe)
+    builder = _BarBuilder(symbol, "1s" if timeframe == "1s" else "1m", source)
+    for chunk in _trade_chunks(trades):
+        builder.feed(chunk)
+    bars = builder.finish(end_ms)
+    return bars if timeframe == "1s" else rollup_bars(bars, timeframe)
 
 
 # --- the simulator's past ------------------------------------------------------------------------
@@ -530,9 +596,22 @@ SourceKind = Literal["binance", "replay", "synthetic"]
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
-def _replay_history(factory: Callable[[], Iterable[TradeRow]], symbol: str, count: int) -> dict[str, list[Bar]]:
-    minutes = _minute_bars_of_rows(factory(), symbol, "REPLAY", None)
-    return {tf: rollup_bars(minutes, tf)[-count:] for tf in keys.HISTORY_TIMEFRAMES}
+def _replay_history(
+    chunks: Callable[[], Iterable[Iterable[TradeRow]]], symbol: str, count: int
+) -> dict[str, list[Bar]]:
+    """The last ``count`` bars of every history timeframe from one read of the trades: each chunk
+    (iterable more than once) feeds the 1s and the 1m builder; 1h and 1d are rolled up from the 1m bars."""
+    seconds = _BarBuilder(symbol, "1s", "REPLAY", keep=count)
+    minutes = _BarBuilder(symbol, "1m", "REPLAY")
+    for chunk in chunks():
+        seconds.feed(chunk)
+        minutes.feed(chunk)
+    built = {"1s": seconds.finish(None)}
+    minute_bars = minutes.finish(None)
+    for tf in keys.HISTORY_TIMEFRAMES:
+        if tf != "1s":
+            built[tf] = rollup_bars(minute_bars, tf)[-count:]
+    return {tf: built[tf] for tf in keys.HISTORY_TIMEFRAMES}
 
 
 async def provide_history(
@@ -546,7 +625,7 @@ async def provide_history(
     http: httpx.AsyncClient | None = None,
     stats: Stats | None = None,
 ) -> dict[str, int]:
-    """Build ``settings.history_bars`` closed 1m, 1h and 1d bars per symbol and publish them.
+    """Build ``settings.history_bars`` closed 1s, 1m, 1h and 1d bars per symbol and publish them.
 
     The one call the service makes at start, before or beside its tick source (it does not touch
     the tick streams). Per ``source_kind``:
@@ -602,10 +681,10 @@ async def provide_history(
         symbol = symbols[0]
         paths = settings.replay_paths
 
-        def factory() -> Iterable[TradeRow]:
+        def factory() -> Iterable[Iterable[TradeRow]]:
             if replay_trades_factory is not None:
-                return _trade_rows(replay_trades_factory())
-            return _file_rows(paths)
+                return _trade_chunks(replay_trades_factory())
+            return _file_chunks(paths)
 
         try:
             by_tf = await asyncio.to_thread(_replay_history, factory, symbol, count)

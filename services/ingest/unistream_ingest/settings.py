@@ -33,7 +33,7 @@ class IngestSettings(CommonSettings):
         300,
         ge=0,
         le=1_000,
-        description="Closed 1m, 1h and 1d bars of warm-up history written per symbol to md:history:{SYMBOL}:TF "
+        description="Closed 1s, 1m, 1h and 1d bars of warm-up history written per symbol to md:history:{SYMBOL}:TF "
         "at start (0: none)",
     )
     history_maxlen: int = Field(
