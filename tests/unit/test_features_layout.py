@@ -21,9 +21,8 @@ from unistream_features.layout import (
     sanitize,
     time_features,
 )
-from unistream_features.micro2 import feature_names as micro_names
-from unistream_features.micro2 import micro_features
-from unistream_features.microstructure import TickCache
+from unistream_features.micro import TickCache, micro_features
+from unistream_features.micro import feature_names as micro_names
 from unistream_features.mtf import CHANNELS, TIMEFRAMES, BarWindows
 
 DEFAULT_DIM = 2 * (4 * 5 * 300 + 4 * 128 + 160 + 20 + 24 + 4) + 4 + 4  # 13,448

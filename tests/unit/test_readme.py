@@ -29,3 +29,10 @@ def test_every_setting_has_a_description_and_the_required_ones_exist() -> None:
 def test_readme_shows_the_two_commands() -> None:
     text = README.read_text()
     assert "make run" in text and "make test" in text
+
+
+def test_readme_state_layout_table_is_the_default_layout() -> None:
+    from unistream_features.layout import make_layout
+
+    table = make_layout().table_markdown()
+    assert table in README.read_text(), "regenerate with: .venv/bin/unistream features layout"

@@ -156,7 +156,16 @@ class TrainingDataPacket(msgspec.Struct, frozen=True):
     cnn_predictions: bytes  # float32 LE, see prediction_names
     prediction_names: list[str]
     model_version: str  # CNN weights that produced the features
-    window_fill: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]  # share of the window that is real bars
+    window_fill: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]  # share of the windows that is real bars (mean)
+    # What the state means: "<layout version>/<fingerprint>" (`unistream features layout` prints it).
+    layout_version: str = ""
+    cnn_state: str = ""  # INITIALISED: seeded, untrained weights; LOADED: weights the trainer published
+    # Per timeframe, the share of the state's own symbol's window that is real bars; warm: all are 1.
+    warmup: dict[str, Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]] = {}
+    warm: bool = False
+    # How much of the longest microstructure horizon (300 s) the tick cache reached back to, 0..1.
+    tick_coverage: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
+    ts_emit_ms: EpochMs = 0  # when the features service built the packet (wall clock)
 
     def __post_init__(self) -> None:
         if len(self.state) != 4 * self.state_dim:
@@ -199,6 +208,11 @@ class UIDataPacket(msgspec.Struct, frozen=True):
     prediction_names: list[str]
     gaps_seen: NonNegInt = 0  # GapMarkers on the tick stream: runs of trades ingest could not recover
     trades_missing: NonNegInt = 0  # trades those gaps span
+    latest_bars: list[Bar] = []  # the newest closed bar of each timeframe buffered (1s, 1m, 1h, 1d)
+    bars_buffered: dict[str, NonNegInt] = {}  # bars buffered per timeframe
+    warmup: dict[str, Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]] = {}  # share of each window that is real
+    layout_version: str = ""  # of the training states ("<version>/<fingerprint>")
+    last_bar_ms: EpochMs = 0  # close time of the newest 1s bar
 
 
 class ModelAnnouncement(msgspec.Struct, frozen=True):

@@ -1,73 +1,129 @@
-"""The features core: tick batches and 1s bars in, training and UI packets out (pure).
+"""The features core: bars and trades in, training and UI packets out (pure: no I/O, no clock).
 
-Per symbol it keeps a tick cache (the last ``tick_capacity`` trades) and a bar buffer (the last
-``bar_capacity`` 1s bars, sorted and unique by ``open_time_ms``). When a 1s bar closes and at
-least ``min_bars`` bars are buffered, it builds the state of that bar (window, CNN, tick
-microstructure; layout in :mod:`unistream_features.state`) and returns a TrainingDataPacket.
+Inputs, per configured symbol:
 
-Restarts: the shell rebuilds the buffers from the streams (:meth:`FeatureEngine.rebuild`) and
-passes ``emitted_until_ms``, the close time of the newest training packet already written for the
-symbol. A bar that is delivered again, or delivered for the first time after the rebuild already
-put it in the buffer, is emitted when it is newer than that mark and not otherwise, so a restart
-neither loses nor repeats training packets. The window of such a bar ends at the bar itself,
-never at newer buffered bars.
+- closed bars of every timeframe (:meth:`FeatureEngine.on_bar`): live bars from the aggregator
+  (``md:bars:*``) and warm-up history from ingest (``md:history:*``, ``is_history``), any order;
+  they fill the bounded multi-timeframe buffers of :class:`~unistream_features.mtf.BarWindows`;
+- trade batches and gap markers (:meth:`on_ticks`, :meth:`on_gap`).
 
-Nothing here reads a clock: times come in as arguments (``now_ms``).
+Output: every live 1s bar gets exactly one TrainingDataPacket (:meth:`emit`), built at the bar's
+close time ``t`` from data at or before ``t`` only:
+
+- the four windows (1s, 1m, 1h, 1d) of every symbol as of ``t``, one CNN forward pass for all
+  symbols together (the state of each symbol carries every symbol's windows and CNN outputs,
+  its own first, see :mod:`unistream_features.layout`);
+- microstructure of the trades strictly before ``t``;
+- warm-up: per timeframe, the share of each window that is real bars.
+
+Trades wait in a per-symbol queue and enter the tick cache only when a state at a later time is
+built, so the cache never holds a trade from after the state it serves, whatever order the streams
+are read in. A 1s bar waits until its trades have arrived: a later trade was seen, or as many
+trades of its second as the bar counts, or it has no trades; after ``tick_wait_ms`` of wall time it
+is built without them (counted), so a tick stream that was trimmed away cannot stall the packets.
+
+Restarts: :meth:`rebuild` loads what the streams held up to where the consumer group had read,
+with ``emitted_until_ms``, the close time of the newest training packet already written for the
+symbol; live 1s bars after that mark are (re)queued, older ones never, so a restart neither loses
+nor repeats training packets.
+
+Times: ``*_ms`` venue/event times come from the data; ``now_ms`` (wall clock) is passed in.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from unistream_common import codec
-from unistream_common.packets import Bar, GapMarker, ModelStatus, Source, TickBatch, TrainingDataPacket, UIDataPacket
-from unistream_features import microstructure as micro
-from unistream_features.cnn import MODEL_NAME, PREDICTION_NAMES, CnnRunner
-from unistream_features.state import StateLayout, assemble, make_layout
-from unistream_features.window import build_window
+from unistream_common.packets import (
+    Bar,
+    GapMarker,
+    ModelStatus,
+    Source,
+    Tick,
+    TickBatch,
+    TrainingDataPacket,
+    UIDataPacket,
+)
+from unistream_features import micro
+from unistream_features.cnn import BRANCH_FEATURES, HIDDEN, MODEL_NAME, PREDICTION_NAMES, MtfCnnRunner
+from unistream_features.layout import DEFAULT_SYMBOLS, StateLayout, assemble, make_layout, time_features
+from unistream_features.mtf import DEFAULT_WINDOW_BARS, TIMEFRAMES, BarWindows
+
+_SECOND_MS = 1_000
+# Bars kept per 1m/1h/1d buffer beyond the window + 1: a bar let in for one symbol's state must not
+# evict one that a lagging symbol's next states still need.
+SPARE_BARS = 4
+ACTIVE_MS = 10_000  # a symbol with a live 1s bar this recently is expected to have one every second
 
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Sizes of the per-symbol buffers and the window (counts, not bytes)."""
+    """Symbols, buffer sizes and waits of the engine (counts, not bytes; ms)."""
 
-    tick_capacity: int = 5_000  # trades kept per symbol
-    bar_capacity: int = 1_000  # 1s bars kept per symbol
-    window_bars: int = 300  # bars in the CNN window and the state
-    min_bars: int = 20  # no state before this many bars are buffered
-    horizons_s: tuple[int, ...] = micro.HORIZONS_S  # microstructure horizons, seconds
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    window_bars: int = DEFAULT_WINDOW_BARS  # bars per timeframe window
+    bar_capacity: int = 1_000  # 1s bars kept per symbol (the other timeframes keep window_bars + 1)
+    tick_capacity: int = micro.DEFAULT_CAPACITY  # trades kept per symbol
+    tick_max_age_ms: int = micro.DEFAULT_MAX_AGE_MS  # and none older than this before the newest
+    horizons_s: tuple[int, ...] = micro.HORIZONS_S  # microstructure horizons
+    tick_wait_ms: int = 5_000  # a 1s bar waits at most this long (wall clock) for its trades
+    max_pending_ticks: int = 200_000  # trades queued ahead of the states per symbol; beyond, the oldest go in
+    ui_max_per_s: float = 10.0  # UI packets per second, all symbols together
+    # A state at t may wait this long (wall clock) for the other active symbols' 1s bars at t, so that
+    # it holds their bar t too and a live run builds the states a replay builds. 0: never wait.
+    symbol_sync_ms: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_bars <= self.window_bars:
-            raise ValueError(f"min_bars ({self.min_bars}) must be between 1 and window_bars ({self.window_bars})")
-        if self.window_bars > self.bar_capacity:
-            raise ValueError(f"window_bars ({self.window_bars}) exceeds bar_capacity ({self.bar_capacity})")
+        if not self.symbols:
+            raise ValueError("no symbols configured")
+        if self.window_bars < 8:
+            raise ValueError(f"window_bars ({self.window_bars}) must be at least 8 (the CNN's minimum)")
+        if self.bar_capacity < self.window_bars + 1:
+            raise ValueError(
+                f"the 1s buffer ({self.bar_capacity} bars) must hold the window plus one bar ({self.window_bars + 1})"
+            )
+        if self.tick_capacity < 1 or self.tick_max_age_ms < 1000 * max(self.horizons_s):
+            raise ValueError(
+                f"the tick cache must hold at least 1 trade and reach back the longest horizon "
+                f"({max(self.horizons_s)} s), was {self.tick_capacity} trades / {self.tick_max_age_ms} ms"
+            )
+        if self.ui_max_per_s <= 0:
+            raise ValueError(f"ui_max_per_s must be positive, was {self.ui_max_per_s}")
 
 
 @dataclass
 class SymbolState:
-    """Buffers and counters of one symbol."""
+    """One symbol's trade queues, bars awaiting a packet, and what the dashboard shows of it."""
 
-    ticks: micro.TickCache
-    bars: list[Bar] = field(default_factory=list)  # sorted by open_time_ms, unique
-    opens: list[int] = field(default_factory=list)  # open_time_ms of ``bars``, for bisect
-    # Trades / new 1s bars taken in by this process. A rebuild from the streams counts what it
-    # loaded (never below the cache's size), so the dashboard's total is never below the cache.
-    ticks_seen: int = 0
-    gaps_seen: int = 0  # GapMarkers read from the tick stream
-    trades_missing: int = 0  # trades they span
-    bars_seen: int = 0
-    training_packets: int = 0  # training packets produced by this process
+    cache: micro.TickCache
+    pending: deque[Tick] = field(default_factory=deque)  # trades not yet in the cache, arrival order
+    pending_keys: set[tuple[int, int]] = field(default_factory=set)
+    pending_per_second: Counter[int] = field(default_factory=Counter)  # second (ts // 1000) -> trades pending
+    released_until_ms: int = 0  # trades before this time go straight into the cache
+    tick_watermark_ms: int = 0  # newest trade time received
+    queue: deque[tuple[Bar, int]] = field(default_factory=deque)  # live 1s bars awaiting their packet, wall ms
     emitted_until_ms: int = 0  # close time of the newest bar a training packet exists for
+    ticks_seen: int = 0
+    gaps_seen: int = 0
+    trades_missing: int = 0
+    bars_seen: int = 0  # live 1s bars taken in
+    training_packets: int = 0
     last_price: float = 0.0
     last_tick_ms: int = 0
+    last_bar_ms: int = 0
     source: Source = "REAL"
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    ui_sent_ms: int = 0
+
+
+def _close_time(bar: Bar) -> int:
+    return bar.close_time_ms
 
 
 class FeatureEngine:
@@ -75,138 +131,322 @@ class FeatureEngine:
 
     def __init__(self, config: FeatureConfig, seed: int, now_ms: int) -> None:
         self.config = config
-        self.layout: StateLayout = make_layout(config.window_bars, config.horizons_s)
-        self.cnn = CnnRunner(seed, now_ms)
-        self.symbols: dict[str, SymbolState] = {}
-        self.events: Counter[str] = Counter()  # what happened, for the shell's stats
+        capacity = {tf: config.window_bars + 1 + SPARE_BARS for tf in TIMEFRAMES}
+        capacity["1s"] = config.bar_capacity
+        self._capacity = capacity
+        self.windows = BarWindows(capacity, symbols=config.symbols)
+        self.cnn = MtfCnnRunner(seed, now_ms, window_bars=config.window_bars)
+        micro_names = micro.feature_names(config.horizons_s)
+        self.layouts: dict[str, StateLayout] = {
+            s: make_layout(
+                config.symbols,
+                window_bars=config.window_bars,
+                branch_features=BRANCH_FEATURES,
+                hidden=HIDDEN,
+                n_predictions_per_symbol=len(PREDICTION_NAMES),
+                micro_names=micro_names,
+                focus=s,
+            )
+            for s in config.symbols
+        }
+        self.dim = self.layouts[config.symbols[0]].dim
+        self.symbols: dict[str, SymbolState] = {s: self._new_symbol() for s in config.symbols}
+        self.events: Counter[str] = Counter()  # what happened, for the shell's counters
+        # Live bars that close after every state built so far wait here (a catch-up reads them far
+        # ahead of the states); they enter the buffers as the states reach them, so a buffer never
+        # loses a bar a coming state needs to bars from after it.
+        self._ahead: dict[tuple[str, str], list[Bar]] = {}  # sorted by close time
+        self._frontier_ms = 0  # newest time a state was built for
+        self._ui_tokens = float(len(config.symbols))
+        self._ui_refill_ms = now_ms
 
-    # --- state -----------------------------------------------------------------------------
+    def _new_symbol(self, emitted_until_ms: int = 0) -> SymbolState:
+        cache = micro.TickCache(self.config.tick_capacity, self.config.tick_max_age_ms)
+        cache.anchor(emitted_until_ms)  # age counts from the symbol's own states, not from trades ahead of them
+        return SymbolState(cache=cache, emitted_until_ms=emitted_until_ms, released_until_ms=emitted_until_ms)
 
-    def symbol(self, symbol: str) -> SymbolState:
+    def layout_version(self, symbol: str) -> str:
+        """``<version>/<fingerprint>`` of the layout of ``symbol``'s states."""
+        layout = self.layouts[symbol]
+        return f"{layout.version}/{layout.fingerprint}"
+
+    # --- input -------------------------------------------------------------------------------
+
+    def _known(self, symbol: str, what: str) -> SymbolState | None:
         st = self.symbols.get(symbol)
         if st is None:
-            st = self.symbols[symbol] = SymbolState(ticks=micro.TickCache(self.config.tick_capacity))
+            self.events[f"{what}_unknown_symbol"] += 1
         return st
 
-    def rebuild(
-        self, symbol: str, bars: Iterable[Bar], tick_batches: Iterable[TickBatch], emitted_until_ms: int
-    ) -> None:
-        """Replace a symbol's buffers with history read from the streams (any order; duplicates ignored).
-
-        Counters of what this process saw are kept; only the buffers and the emission mark change.
-        """
-        st = self.symbol(symbol)
-        by_open = {b.open_time_ms: b for b in bars if b.symbol == symbol and b.timeframe == "1s"}
-        ordered = [by_open[k] for k in sorted(by_open)][-self.config.bar_capacity :]
-        st.bars = ordered
-        st.opens = [b.open_time_ms for b in ordered]
-        st.ticks.clear()
-        batches = sorted(
-            (tb for tb in tick_batches if tb.symbol == symbol),
-            key=lambda tb: (tb.ticks[0].ts_event_ms, tb.ticks[0].trade_id),
-        )
-        for tb in batches:
-            st.ticks.push(tb.ticks)
-            st.source = tb.source
-        st.emitted_until_ms = emitted_until_ms
-        if batches:
-            last = batches[-1].ticks[-1]
-            st.last_price, st.last_tick_ms = last.price, last.ts_event_ms
-        elif ordered and not st.last_price:
-            st.last_price = ordered[-1].close
-        if ordered and not batches:
-            st.source = ordered[-1].source
-        self.events["rebuilt_bars"] += len(ordered)
-        self.events["rebuilt_ticks"] += len(st.ticks)
-        st.ticks_seen = max(st.ticks_seen, len(st.ticks))
-        st.bars_seen = max(st.bars_seen, len(st.bars))
+    def on_ticks(self, batch: TickBatch) -> None:
+        """Queue a batch of trades (duplicates of queued or cached trades are counted and dropped)."""
+        st = self._known(batch.symbol, "ticks")
+        if st is None:
+            return
+        st.source = batch.source
+        for t in batch.ticks:
+            key = (t.trade_id, t.ts_event_ms)
+            if key in st.pending_keys or key in st.cache:
+                self.events["ticks_duplicate"] += 1
+                continue
+            st.ticks_seen += 1
+            st.tick_watermark_ms = max(st.tick_watermark_ms, t.ts_event_ms)
+            if t.ts_event_ms >= st.last_tick_ms:
+                st.last_price, st.last_tick_ms = t.price, t.ts_event_ms
+            if t.ts_event_ms < st.released_until_ms:
+                # Older than a state already built (another symbol's at the same second, or a late
+                # trade): the cache is where it belongs; the state built before it did not see it.
+                st.cache.push((t,))
+                self.events["ticks_after_state"] += 1
+                continue
+            st.pending.append(t)
+            st.pending_keys.add(key)
+            st.pending_per_second[t.ts_event_ms // _SECOND_MS] += 1
+        excess = len(st.pending) - self.config.max_pending_ticks
+        if excess > 0:
+            self.events["ticks_released_early"] += excess
+            self._move_to_cache(st, [st.pending.popleft() for _ in range(excess)])
 
     def on_gap(self, gap: GapMarker) -> None:
         """Count a run of trades ingest could not recover (shown on the dashboard)."""
-        st = self.symbol(gap.symbol)
-        st.gaps_seen += 1
-        st.trades_missing += gap.missing
+        st = self._known(gap.symbol, "gaps")
+        if st is not None:
+            st.gaps_seen += 1
+            st.trades_missing += gap.missing
 
-    def on_ticks(self, batch: TickBatch) -> None:
-        """Add a batch of trades to its symbol's cache."""
-        st = self.symbol(batch.symbol)
-        added = st.ticks.push(batch.ticks)
-        st.ticks_seen += added
-        self.events["ticks_duplicate"] += len(batch.ticks) - added
-        last = batch.ticks[-1]
-        if last.ts_event_ms >= st.last_tick_ms:
-            st.last_price, st.last_tick_ms = last.price, last.ts_event_ms
-        st.source = batch.source
-
-    def on_bar(self, bar: Bar) -> TrainingDataPacket | None:
-        """Buffer a closed 1s bar; the training packet of its state when one is due, else None."""
-        if bar.timeframe != "1s":
-            self.events["bars_wrong_timeframe"] += 1
-            return None
-        st = self.symbol(bar.symbol)
-        i = bisect.bisect_left(st.opens, bar.open_time_ms)
-        if i == len(st.opens):
-            st.bars.append(bar)
-            st.opens.append(bar.open_time_ms)
-            st.bars_seen += 1
-            excess = len(st.bars) - self.config.bar_capacity
-            if excess > 0:
-                del st.bars[:excess], st.opens[:excess]
-                i -= excess
+    def on_bar(self, bar: Bar, now_ms: int) -> None:
+        """Take in a closed bar: history straight into the buffers; a live bar when the states reach
+        its close (at once if they have); a new live 1s bar is also queued for its training packet.
+        """
+        st = self._known(bar.symbol, "bars")
+        if st is None:
+            return
+        if bar.is_history:
+            self._buffer(bar)
+            return
+        if bar.timeframe == "1s":
+            if bar.close_time_ms <= st.last_bar_ms:
+                # The aggregator writes a symbol's 1s bars in order: this one was here before.
+                self.events["bars_not_newer"] += 1
+                return
+            st.last_bar_ms = bar.close_time_ms
             if not st.last_tick_ms:
-                st.last_price = bar.close
-                st.source = bar.source
-        elif st.opens[i] == bar.open_time_ms:
-            self.events["bars_duplicate"] += 1
-        else:
-            # Older than the newest buffered bar and not in the buffer: the aggregator only emits final
-            # bars in order, so this is history that fell out of (or never reached) the buffer.
-            self.events["bars_out_of_order"] += 1
-            return None
+                st.last_price, st.source = bar.close, bar.source
+        self._buffer(bar)
+        if bar.timeframe != "1s":
+            return
+        st.bars_seen += 1
         if bar.close_time_ms <= st.emitted_until_ms:
-            return None
-        if i + 1 < self.config.min_bars:
-            self.events["bars_warming_up"] += 1
-            return None
-        packet = self.training_packet(bar.symbol, i)
-        st.emitted_until_ms = bar.close_time_ms
-        st.training_packets += 1
-        self.events["training_packets"] += 1
-        return packet
+            self.events["bars_already_emitted"] += 1
+            return
+        st.queue.append((bar, now_ms))
 
-    # --- packets ---------------------------------------------------------------------------
+    # --- restart -----------------------------------------------------------------------------
 
-    def state_at(self, symbol: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """(state, cnn hidden, predictions, window_fill) of the symbol after buffered bar ``index``."""
-        st = self.symbols[symbol]
-        w = self.config.window_bars
-        start = max(0, index + 1 - w)
-        prev_close = st.bars[start - 1].close if start > 0 else None
-        window, fill = build_window(st.bars[start : index + 1], w, prev_close)
-        hidden, preds = self.cnn.infer(window)
-        micro_values, coverage = micro.microstructure(st.ticks, st.bars[index].close_time_ms, self.config.horizons_s)
-        state = assemble(self.layout, window, hidden, preds, micro_values, fill, coverage)
-        return state, hidden, preds, fill
+    def rebuild(
+        self,
+        bars: Iterable[Bar],
+        tick_batches: Iterable[TickBatch],
+        emitted_until_ms: dict[str, int],
+        now_ms: int,
+    ) -> None:
+        """Forget every buffer and queue; load history, bars and trades read back from the streams.
 
-    def training_packet(self, symbol: str, index: int) -> TrainingDataPacket:
-        """The training packet of buffered bar ``index`` of ``symbol``."""
-        st = self.symbols[symbol]
-        bar = st.bars[index]
-        state, hidden, preds, fill = self.state_at(symbol, index)
-        st.predictions = preds
-        return TrainingDataPacket(
-            symbol=symbol,
-            ts_event_ms=bar.close_time_ms,
-            price=bar.close,
-            source=bar.source,
-            state_dim=self.layout.dim,
-            state=codec.f32_to_bytes(state),
-            cnn_features=codec.f32_to_bytes(hidden),
-            cnn_predictions=codec.f32_to_bytes(preds),
-            prediction_names=list(PREDICTION_NAMES),
-            model_version=self.cnn.status.version,
-            window_fill=min(1.0, fill),
-        )
+        ``emitted_until_ms``: per symbol, the close time of the newest training packet on the
+        stream; live 1s bars closing after it are queued again. Counters are kept.
+        """
+        self.windows = BarWindows(self._capacity, symbols=self.config.symbols)
+        self._ahead.clear()
+        self._frontier_ms = max(emitted_until_ms.values(), default=0)
+        for s in self.config.symbols:
+            old = self.symbols[s]
+            st = self.symbols[s] = self._new_symbol(emitted_until_ms.get(s, 0))
+            for name in ("ticks_seen", "gaps_seen", "trades_missing", "bars_seen", "training_packets", "source"):
+                setattr(st, name, getattr(old, name))
+        before = Counter(self.events)
+        seen = {s: (st.bars_seen, st.ticks_seen) for s, st in self.symbols.items()}
+        for bar in sorted(bars, key=lambda b: b.close_time_ms):
+            self.on_bar(bar, now_ms)
+        for batch in tick_batches:
+            self.on_ticks(batch)
+        # What was read back is not news: only new bars and trades count.
+        for name in ("ticks_after_state", "ticks_duplicate", "bars_already_emitted", "bars_not_newer"):
+            self.events[name] = before[name]
+        for s, (bars_seen, ticks_seen) in seen.items():
+            self.symbols[s].bars_seen, self.symbols[s].ticks_seen = bars_seen, ticks_seen
+        self.windows.events.clear()
+
+    # --- packets -----------------------------------------------------------------------------
+
+    def _move_to_cache(self, st: SymbolState, ticks: Sequence[Tick]) -> None:
+        for t in ticks:
+            st.pending_keys.discard((t.trade_id, t.ts_event_ms))
+            sec = t.ts_event_ms // _SECOND_MS
+            st.pending_per_second[sec] -= 1
+            if st.pending_per_second[sec] <= 0:
+                del st.pending_per_second[sec]
+        st.cache.push(ticks)
+
+    def _release(self, st: SymbolState, until_ms: int) -> None:
+        """Move the queued trades before ``until_ms`` into the cache."""
+        if until_ms <= st.released_until_ms:
+            return
+        st.released_until_ms = until_ms
+        out: list[Tick] = []
+        while st.pending and st.pending[0].ts_event_ms < until_ms:
+            out.append(st.pending.popleft())
+        if out:
+            self._move_to_cache(st, out)
+        if st.pending_per_second and min(st.pending_per_second) <= (until_ms - 1) // _SECOND_MS:
+            # A trade out of time order sat behind a later one: take the early ones from the rest too.
+            late = [t for t in st.pending if t.ts_event_ms < until_ms]
+            st.pending = deque(t for t in st.pending if t.ts_event_ms >= until_ms)
+            self._move_to_cache(st, late)
+
+    def _ready(self, st: SymbolState, bar: Bar, received_ms: int, now_ms: int) -> bool:
+        if self._has_trades(st, bar):
+            return True
+        return now_ms - received_ms >= self.config.tick_wait_ms  # waited long enough: build it without them
+
+    def _others_behind(self, symbol: str, t: int) -> list[str]:
+        """Other symbols with live 1s bars lately (within ACTIVE_MS before ``t``) whose bar at ``t`` is not in yet."""
+        return [s for s, o in self.symbols.items() if s != symbol and t - ACTIVE_MS <= o.last_bar_ms < t]
+
+    def _synced(self, symbol: str, bar: Bar, received_ms: int, now_ms: int) -> bool:
+        if not self.config.symbol_sync_ms or not self._others_behind(symbol, bar.close_time_ms):
+            return True
+        return now_ms - received_ms >= self.config.symbol_sync_ms
+
+    def _has_trades(self, st: SymbolState, bar: Bar) -> bool:
+        """Whether the trades of ``bar`` have arrived: a later trade, or as many of its second as it counts."""
+        if bar.trade_count == 0 or st.tick_watermark_ms >= bar.close_time_ms:
+            return True
+        have = st.pending_per_second.get(bar.open_time_ms // _SECOND_MS, 0)
+        if have < bar.trade_count:  # some may be in the cache already (moved early, or late)
+            have += st.cache.count_between(bar.open_time_ms, bar.close_time_ms)
+        return have >= bar.trade_count
+
+    def bars_ahead(self, symbol: str, timeframe: str) -> int:
+        """Live ``timeframe`` bars of ``symbol`` that close after every state built so far (not yet buffered)."""
+        q = self._ahead.get((symbol, timeframe))
+        return len(q) if q else 0
+
+    def _buffer(self, bar: Bar) -> None:
+        """Into the buffers if the states have reached its close, else to wait (sorted by close) until they do."""
+        if bar.close_time_ms <= self._frontier_ms:
+            self.windows.add(bar)
+        else:
+            bisect.insort(self._ahead.setdefault((bar.symbol, bar.timeframe), []), bar, key=_close_time)
+
+    def _anchor_caches(self) -> None:
+        """Age every tick cache from the earliest state still to come (any symbol's): a symbol that lags
+        keeps, in every cache, the trades its states need."""
+        fronts = [st.queue[0][0].close_time_ms for st in self.symbols.values() if st.queue]
+        earliest = min([*fronts, self._frontier_ms])
+        for st in self.symbols.values():
+            st.cache.anchor(earliest)
+
+    def _advance(self, t: int) -> None:
+        """Let the bars that close by ``t`` into the buffers."""
+        self._frontier_ms = max(self._frontier_ms, t)
+        for q in self._ahead.values():
+            if q and q[0].close_time_ms <= t:
+                n = bisect.bisect_right(q, t, key=_close_time)
+                for bar in q[:n]:
+                    self.windows.add(bar)
+                del q[:n]
+
+    def pending_bars(self, symbol: str) -> int:
+        """Live 1s bars of ``symbol`` waiting for their training packet."""
+        return len(self.symbols[symbol].queue)
+
+    def pending_ticks(self, symbol: str) -> int:
+        """Trades of ``symbol`` received but not yet in the cache."""
+        return len(self.symbols[symbol].pending)
+
+    def emit(self, now_ms: int) -> list[TrainingDataPacket]:
+        """Training packets of every queued 1s bar that is ready, oldest time first.
+
+        The bars of all symbols that close at the same time are served by one CNN pass.
+        """
+        out: list[TrainingDataPacket] = []
+        while True:
+            ready: dict[str, Bar] = {}
+            for s, st in self.symbols.items():
+                if st.queue and self._ready(st, *st.queue[0], now_ms) and self._synced(s, *st.queue[0], now_ms):
+                    ready[s] = st.queue[0][0]
+            if not ready:
+                self._anchor_caches()
+                return out
+            t = min(b.close_time_ms for b in ready.values())
+            due = {s: b for s, b in ready.items() if b.close_time_ms == t}
+            out.extend(self._packets_at(t, due, now_ms))
+            for s, bar in due.items():
+                st = self.symbols[s]
+                if bar.trade_count and not self._has_trades(st, bar):
+                    self.events["bars_without_all_trades"] += 1
+                if self.config.symbol_sync_ms and self._others_behind(s, t):
+                    self.events["states_without_other_symbols"] += 1
+                st.queue.popleft()
+                st.emitted_until_ms = t
+                st.training_packets += 1
+            self.events["training_packets"] += len(due)
+
+    def _packets_at(self, t: int, due: dict[str, Bar], now_ms: int) -> list[TrainingDataPacket]:
+        cfg = self.config
+        symbols = cfg.symbols
+        windows = np.empty((len(symbols), len(TIMEFRAMES), 5, cfg.window_bars), np.float32)
+        fills: dict[str, dict[str, float]] = {}
+        self._advance(t)
+        for k, s in enumerate(symbols):
+            self._release(self.symbols[s], t)
+            windows[k], n_real = self.windows.windows(s, t, cfg.window_bars)
+            fills[s] = {tf: n_real[tf] / cfg.window_bars for tf in TIMEFRAMES}
+        version, branch, hidden, preds = self.cnn.infer_with_version(windows)
+        status = self.cnn.status
+        micro_values: dict[str, np.ndarray] = {}
+        coverage: dict[str, float] = {}
+        for s in symbols:
+            micro_values[s], coverage[s] = micro.micro_features(self.symbols[s].cache, t, cfg.horizons_s)
+        parts: dict[str, np.ndarray] = {"time": time_features(t)}
+        for k, s in enumerate(symbols):
+            for j, tf in enumerate(TIMEFRAMES):
+                parts[f"{s}.window.{tf}"] = windows[k, j]
+            parts[f"{s}.cnn.branch"] = branch[k]
+            parts[f"{s}.cnn.hidden"] = hidden[k]
+            parts[f"{s}.cnn.predictions"] = preds[k]
+            parts[f"{s}.micro"] = micro_values[s]
+            parts[f"{s}.warmup"] = np.array([fills[s][tf] for tf in TIMEFRAMES], np.float32)
+        out = []
+        for s, bar in due.items():
+            k = symbols.index(s)
+            state = assemble(self.layouts[s], parts)
+            self.symbols[s].predictions = preds[k]
+            fill = fills[s]
+            out.append(
+                TrainingDataPacket(
+                    symbol=s,
+                    ts_event_ms=t,
+                    price=bar.close,
+                    source=bar.source,
+                    state_dim=state.size,
+                    state=codec.f32_to_bytes(state),
+                    cnn_features=codec.f32_to_bytes(hidden[k]),
+                    cnn_predictions=codec.f32_to_bytes(preds[k]),
+                    prediction_names=list(PREDICTION_NAMES),
+                    model_version=version,
+                    window_fill=float(np.mean(list(fill.values()))),
+                    layout_version=self.layout_version(s),
+                    cnn_state=status.state if status.version == version else "LOADED",
+                    warmup=fill,
+                    warm=all(v == 1.0 for v in fill.values()),
+                    tick_coverage=coverage[s],
+                    ts_emit_ms=now_ms,
+                )
+            )
+        return out
+
+    # --- status ------------------------------------------------------------------------------
 
     def model_status(self) -> ModelStatus:
         s = self.cnn.status
@@ -214,41 +454,67 @@ class FeatureEngine:
             name=MODEL_NAME, version=s.version, state=s.state, parameters=s.parameters, updated_ms=s.updated_ms
         )  # type: ignore[arg-type]
 
-    def ui_packets(self, now_ms: int, symbols: Sequence[str] | None = None) -> list[UIDataPacket]:
-        """One status packet per symbol that has a price (from a trade or a bar)."""
+    def warmup(self, symbol: str, until_ms: int) -> dict[str, float]:
+        """Share of each of ``symbol``'s windows at ``until_ms`` that is real bars."""
+        return self.windows.fill(symbol, until_ms, self.config.window_bars)
+
+    def ui_packets(self, now_ms: int) -> list[UIDataPacket]:
+        """Status packets for the symbols that waited longest, at most ``ui_max_per_s`` a second overall."""
+        cfg = self.config
+        rate = cfg.ui_max_per_s
+        self._ui_tokens = min(float(len(cfg.symbols)), self._ui_tokens + (now_ms - self._ui_refill_ms) * rate / 1000)
+        self._ui_refill_ms = now_ms
         status = self.model_status()
+        candidates = sorted((st.ui_sent_ms, s) for s, st in self.symbols.items() if st.last_price > 0)
         out = []
-        for symbol in symbols if symbols is not None else sorted(self.symbols):
-            st = self.symbols.get(symbol)
-            if st is None or st.last_price <= 0:
-                continue
+        for _, s in candidates:
+            if self._ui_tokens < 1:
+                break
+            self._ui_tokens -= 1
+            st = self.symbols[s]
+            st.ui_sent_ms = now_ms
             has_preds = st.predictions.size == len(PREDICTION_NAMES)
+            latest = [b for tf in TIMEFRAMES if (b := self._newest_bar(s, tf)) is not None]
+            until = max(st.last_bar_ms, st.emitted_until_ms)
             out.append(
                 UIDataPacket(
-                    symbol=symbol,
+                    symbol=s,
                     ts_ms=now_ms,
                     source=st.source,
                     last_price=st.last_price,
                     last_tick_ms=st.last_tick_ms,
-                    tick_cache_size=len(st.ticks),
-                    tick_cache_capacity=self.config.tick_capacity,
+                    tick_cache_size=len(st.cache),
+                    tick_cache_capacity=cfg.tick_capacity,
                     ticks_seen=st.ticks_seen,
                     gaps_seen=st.gaps_seen,
                     trades_missing=st.trades_missing,
-                    bars_1s_size=len(st.bars),
-                    bars_1s_capacity=self.config.bar_capacity,
+                    bars_1s_size=self.windows.size(s, "1s"),
+                    bars_1s_capacity=cfg.bar_capacity,
                     bars_seen=st.bars_seen,
                     training_packets=st.training_packets,
                     cnn=status,
-                    rl_state_dim=self.layout.dim,
+                    rl_state_dim=self.dim,
                     cnn_predictions=codec.f32_to_bytes(st.predictions) if has_preds else b"",
                     prediction_names=list(PREDICTION_NAMES) if has_preds else [],
+                    latest_bars=latest,
+                    bars_buffered={tf: self.windows.size(s, tf) + self.bars_ahead(s, tf) for tf in TIMEFRAMES},
+                    warmup=self.warmup(s, until) if until else dict.fromkeys(TIMEFRAMES, 0.0),
+                    layout_version=self.layout_version(s),
+                    last_bar_ms=st.last_bar_ms,
                 )
             )
         return out
 
+    def _newest_bar(self, symbol: str, timeframe: str) -> Bar | None:
+        """The newest bar held for ``(symbol, timeframe)``, buffered or still waiting for the states."""
+        ahead = self._ahead.get((symbol, timeframe))
+        return ahead[-1] if ahead else self.windows.latest(symbol, timeframe)
+
     def drain_events(self) -> dict[str, int]:
-        """Events counted since the last call (for the shell's counters)."""
+        """Events counted since the last call (for the shell's counters), the buffers' included."""
         out = dict(self.events)
         self.events.clear()
+        for name, n in self.windows.events.items():
+            out[name] = out.get(name, 0) + n
+        self.windows.events.clear()
         return out

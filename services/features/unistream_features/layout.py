@@ -13,7 +13,7 @@ in every symbol's state; block names carry the concrete symbols):
    index ``start + c * window_bars + (window_bars - 1 - lag)`` is channel ``c`` ``lag`` bars back;
 2. per symbol: ``{SYM}.cnn.branch`` (``4 x branch_features``, timeframe-major),
    ``{SYM}.cnn.hidden``, ``{SYM}.cnn.predictions`` (per timeframe p_bottom, p_none, p_top, p_down,
-   p_up), ``{SYM}.micro`` (:mod:`unistream_features.micro2`), ``{SYM}.warmup`` (share of each
+   p_up), ``{SYM}.micro`` (:mod:`unistream_features.micro`), ``{SYM}.warmup`` (share of each
    timeframe's window that is real bars);
 3. ``time``: hour of day and day of week (UTC) as sin/cos;
 4. ``position``: the agent's position context, zero here; the trainer writes it.
@@ -37,7 +37,7 @@ from functools import cached_property
 import numpy as np
 
 from unistream_common.keys import check_symbol
-from unistream_features.micro2 import feature_names as micro_feature_names
+from unistream_features.micro import feature_names as micro_feature_names
 from unistream_features.mtf import CHANNELS, CLIP, DEFAULT_WINDOW_BARS, TIMEFRAMES
 
 LAYOUT_VERSION = "v2"
@@ -396,16 +396,24 @@ def main(argv: Sequence[str]) -> int:
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="the layout as JSON")
     out.add_argument("--features", action="store_true", help="one line per value: index and feature name")
+    # Defaults are what the service would use here: UNISTREAM_SYMBOLS and UNISTREAM_WINDOW_BARS when set.
+    env_symbols = os.environ.get("UNISTREAM_SYMBOLS", "").strip()
+    env_window = os.environ.get("UNISTREAM_WINDOW_BARS", "").strip()
     parser.add_argument(
         "--symbols",
         type=_symbols_arg,
-        default=DEFAULT_SYMBOLS,
-        help="comma-separated symbols (default ETHUSDT,BTCUSDT)",
+        default=_symbols_arg(env_symbols) if env_symbols else DEFAULT_SYMBOLS,
+        help="comma-separated symbols (default: UNISTREAM_SYMBOLS, else ETHUSDT,BTCUSDT)",
     )
     parser.add_argument(
         "--focus", type=str.upper, default=None, help="the state's own symbol (default: the first of --symbols)"
     )
-    parser.add_argument("--window-bars", type=int, default=DEFAULT_WINDOW_BARS, help="bars per timeframe window")
+    parser.add_argument(
+        "--window-bars",
+        type=int,
+        default=int(env_window) if env_window.isdigit() else DEFAULT_WINDOW_BARS,
+        help="bars per timeframe window (default: UNISTREAM_WINDOW_BARS, else 300)",
+    )
     args = parser.parse_args(list(argv))
     try:
         layout = make_layout(args.symbols, window_bars=args.window_bars, focus=args.focus)

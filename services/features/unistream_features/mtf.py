@@ -120,6 +120,10 @@ class _Buffer:
     span_ms: int
     opens: list[int] = field(default_factory=list)  # open_time_ms of ``bars``, for bisect
     bars: list[Bar] = field(default_factory=list)
+    version: int = 0  # changes whenever ``bars`` does
+    # Window length -> (version, end, array, n_real) of the last window built: a 1h window is asked
+    # for every second and changes once an hour.
+    cache: dict[int, tuple[int, int, np.ndarray, int]] = field(default_factory=dict)
 
     def end(self, until_ms: int) -> int:
         """Index one past the newest bar that closed at or before ``until_ms``."""
@@ -170,6 +174,7 @@ class BarWindows:
         if i < len(buf.opens) and buf.opens[i] == bar.open_time_ms:
             if buf.bars[i].is_history and not bar.is_history:
                 buf.bars[i] = bar
+                buf.version += 1
                 self.events["bars_history_replaced"] += 1
                 return True
             self.events["bars_duplicate"] += 1
@@ -179,6 +184,7 @@ class BarWindows:
             return False
         buf.opens.insert(i, bar.open_time_ms)
         buf.bars.insert(i, bar)
+        buf.version += 1
         self.events["bars_added"] += 1
         excess = len(buf.bars) - buf.capacity
         if excess > 0:
@@ -190,6 +196,11 @@ class BarWindows:
         """Bars buffered for ``(symbol, timeframe)``."""
         buf = self._buffers.get((symbol, timeframe))
         return len(buf.bars) if buf else 0
+
+    def latest(self, symbol: str, timeframe: str) -> Bar | None:
+        """The newest buffered bar of ``(symbol, timeframe)``; None if none."""
+        buf = self._buffers.get((symbol, timeframe))
+        return buf.bars[-1] if buf and buf.bars else None
 
     def newest_close_ms(self, symbol: str, timeframe: str, until_ms: int) -> int | None:
         """Close time of the newest buffered bar that closed at or before ``until_ms``; None if none.
@@ -222,16 +233,23 @@ class BarWindows:
         """The normalised window of the last ``bars`` bars closed at or before ``until_ms`` (ms).
 
         Returns ``(array, n_real)``: ``array`` float32 of shape ``(N_CHANNELS, bars)``, oldest column
-        first, left-padded with zeros when only ``n_real < bars`` bars are available.
+        first, left-padded with zeros when only ``n_real < bars`` bars are available. The array is
+        read-only (the same window asked for again is not built again).
         """
         self._check_bars(timeframe, bars)
         buf = self._buffers.get((symbol, timeframe))
         if buf is None:
             return np.zeros((N_CHANNELS, bars), np.float32), 0
         end = buf.end(until_ms)
+        hit = buf.cache.get(bars)
+        if hit is not None and hit[0] == buf.version and hit[1] == end:
+            return hit[2], hit[3]
         start = max(0, end - bars)
         prev_close = buf.bars[start - 1].close if start > 0 else None
-        return normalise(buf.bars[start:end], prev_close, bars), end - start
+        arr = normalise(buf.bars[start:end], prev_close, bars)
+        arr.setflags(write=False)  # shared with the cache: copy it to change it
+        buf.cache[bars] = (buf.version, end, arr, end - start)
+        return arr, end - start
 
     def windows(self, symbol: str, until_ms: int, bars: int = DEFAULT_WINDOW_BARS) -> tuple[np.ndarray, dict[str, int]]:
         """All four windows stacked as ``(len(TIMEFRAMES), N_CHANNELS, bars)`` float32, and n_real per timeframe."""

@@ -1,14 +1,28 @@
-"""The features I/O shell: the consumer group over ticks and 1s bars, the cycle timer, the model registry.
+"""The features I/O shell: the consumer group over trades and bars, history, the model registry.
 
-- ``features`` group over ``ticks`` and ``bars:1s`` of every configured symbol; each batch goes
-  through :class:`~unistream_features.core.FeatureEngine` and its training packets are written
-  in the same MULTI that acknowledges the batch. The buffers are rebuilt from the streams on every
-  (re)start, so entries are acknowledged at once: nothing has to stay pending to survive a crash.
-- every ``cycle_ms`` (on_timer): one UIDataPacket per symbol, and every ``model_poll_ms`` a look
-  at the model registry.
-- the registry (``ml:models``) is read with XREVRANGE rather than through a consumer group:
-  every replica must see every announcement, and a group would hand each one to a single
-  consumer. Only ``cnn`` announcements newer than the running weights are loaded.
+- ``features`` group over ``ticks`` and ``bars:1s``, ``bars:1m``, ``bars:1h``, ``bars:1d`` of every
+  configured symbol; each batch goes through :class:`~unistream_features.core.FeatureEngine` and
+  the training packets it produced are written in the same MULTI that acknowledges the batch.
+- Reads are paced so that no stream runs far ahead of the states being built (a catch-up reads
+  a day of 1s bars in the time a few minutes of trades take): a symbol's 1s bars wait while
+  :data:`MAX_QUEUED_BARS` of them await packets, its trades while :data:`MAX_QUEUED_TICKS` trades
+  are queued and no bar waits for them, its 1m/1h/1d bars while :data:`MAX_BARS_AHEAD` of them
+  are ahead of the states (those streams always lead the 1s stream in time). Memory stays bounded
+  whatever the backlog.
+- Restart (``on_rewind``): the newest training packet of each symbol on ``ml:training`` is the
+  mark; buffers are reloaded from history and from the bar streams up to the mark, and the group
+  is set back (XGROUP SETID) so that it delivers again, in order, every bar after the mark and
+  the trades the states after it need. Nothing is lost or repeated, and no pending entry has to
+  survive a crash, so entries are acknowledged at once. This makes the features service a single
+  consumer: run one per deployment.
+- Warm-up history (``md:history:*``, written by ingest at its start, possibly after ours) is read
+  at rewind and then polled every ``history_poll_ms``.
+- Every ``cycle_ms`` (on_timer): UI packets (at most ``ui_max_per_s``), bars whose trades did not
+  come in time, the model registry every ``model_poll_ms``, and every ``overrun_check_s`` whether a
+  group reading ``ml:training`` lost entries to trimming.
+- The registry (``ml:models``) is read with XREVRANGE rather than through a consumer group: every
+  replica must see every announcement. Only ``cnn-mtf`` announcements newer than the running weights
+  are loaded; the swap happens between two batches, so no packet is lost or built twice.
 """
 
 from __future__ import annotations
@@ -16,18 +30,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
-from unistream_common.packets import Bar, GapMarker, ModelAnnouncement, TickBatch, TrainingDataPacket
-from unistream_common.redisio import s
+from unistream_common.packets import Bar, GapMarker, ModelAnnouncement, TickBatch, TrainingDataPacket, UIDataPacket
+from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
+from unistream_common.tools import group_overrun
 from unistream_features.cnn import MODEL_NAME, ModelRejected
 from unistream_features.core import FeatureConfig, FeatureEngine
 from unistream_features.settings import FeaturesSettings
@@ -35,9 +52,23 @@ from unistream_features.settings import FeaturesSettings
 log = logging.getLogger(__name__)
 
 SERVICE = "features"
-TICK_PAGE = 200  # tick batches per XREVRANGE while rebuilding the tick cache
-TRAINING_SCAN_MAX = 2_000  # newest training entries searched for each symbol's emission mark
+# Entries per stream and read: a catch-up then writes ~2 x 64 packets (~7 MB) per MULTI, not 1,000
+# (54 MB, blocking Redis for tens of ms and setting the process's memory high-water mark).
+READ_BATCH = 64
+MAX_QUEUED_BARS = 150  # 1s bars awaiting packets before that symbol's 1s stream is paused
+# 1m/1h/1d bars read ahead of the states before that stream is paused. Never 0: the higher-timeframe
+# streams must never fall behind the 1s stream, or a state at a minute's end would miss the minute's
+# bar (the aggregator writes both in one MULTI, so one read sees both or neither).
+MAX_BARS_AHEAD = 1_000
+MAX_QUEUED_TICKS = 20_000  # trades queued ahead of the states before that symbol's trades are paused
+TICK_REWIND_PAGE = 500  # tick entries per XREVRANGE while finding where the trades must restart
+TICK_REWIND_MAX = 100_000  # tick entries searched at most
+TRAINING_SCAN_MAX = 20_000  # newest training entries searched for each symbol's mark
 MODEL_SCAN = 50  # newest registry entries looked at per poll
+HISTORY_PAGE = 1_000
+RECENT_TRAINING = 100  # the seed's in-process buffers
+RECENT_UI = 50
+BAR_TIMEFRAMES = ("1s", "1m", "1h", "1d")
 
 
 def now_ms() -> int:
@@ -64,68 +95,170 @@ class FeaturesService:
         self.stats = stats
         self.engine = FeatureEngine(
             FeatureConfig(
-                tick_capacity=settings.tick_cache_size,
-                bar_capacity=settings.bar_cache_size,
+                symbols=tuple(settings.symbols),
                 window_bars=settings.window_bars,
-                min_bars=settings.min_bars,
+                bar_capacity=settings.bar_cache_size,
+                tick_capacity=settings.tick_cache_size,
+                tick_max_age_ms=1000 * settings.tick_cache_s,
+                tick_wait_ms=settings.tick_wait_ms,
+                ui_max_per_s=settings.ui_max_per_s,
+                symbol_sync_ms=settings.symbol_sync_ms,
             ),
             seed=settings.seed,
             now_ms=now_ms(),
         )
+        self.consumer: GroupConsumer | None = None
+        self.recent_training: deque[TrainingDataPacket] = deque(maxlen=RECENT_TRAINING)
+        self.recent_ui: deque[UIDataPacket] = deque(maxlen=RECENT_UI)
+        self._history_seen: dict[str, str] = {}  # history stream -> newest id read
         self._next_model_poll_ms = 0
+        self._next_history_poll_ms = 0
+        self._next_overrun_check_ms = 0
         self._models_seen_id = "-"  # registry entries up to this id were looked at
         self._rejected: set[tuple[str, str]] = set()  # (version, sha256) that failed to load: not retried
         self.last_model_error = ""
+        self.overrun: dict[str, bool] = {}  # group on ml:training -> lost entries to trimming
+        self.paused: set[str] = set()
 
     @property
     def cmd(self) -> aioredis.Redis:
         return self.runtime.cmd
 
     def register(self) -> GroupConsumer:
-        return self.runtime.register_consumer(
+        self.consumer = self.runtime.register_consumer(
             keys.GROUP_FEATURES,
             self.on_messages,
-            ["ticks", "bars:1s"],
-            options=ConsumerOptions(timer_interval_s=self.settings.cycle_ms / 1000),
+            ["ticks", *(f"bars:{tf}" for tf in BAR_TIMEFRAMES)],
+            options=ConsumerOptions(
+                batch_size=READ_BATCH, timer_interval_s=self.settings.cycle_ms / 1000, claim_idle_ms=0
+            ),
             on_timer=self.on_timer,
             on_rewind=self.on_rewind,
             packet_types=(TickBatch, GapMarker, Bar),
         )
+        self.consumer.readable = self.readable
+        return self.consumer
 
-    # --- start and rewind ------------------------------------------------------------------
+    # --- pacing ------------------------------------------------------------------------------
+
+    def readable(self, streams: list[str]) -> list[str]:
+        """The streams worth reading now (see the module docstring); the rest wait for the states."""
+        engine = self.engine
+        out, paused = [], set()
+        for stream in streams:
+            symbol = keys.parse_ticks(stream)
+            if symbol is not None:
+                wait = engine.pending_ticks(symbol) > MAX_QUEUED_TICKS and not engine.pending_bars(symbol)
+            else:
+                parsed = keys.parse_bars(stream)
+                if parsed is None:
+                    wait = False
+                elif parsed[1] == "1s":
+                    wait = engine.pending_bars(parsed[0]) > MAX_QUEUED_BARS
+                else:
+                    wait = engine.bars_ahead(*parsed) > MAX_BARS_AHEAD
+            (paused.add if wait else out.append)(stream)
+        self.paused = paused
+        self.stats.set("features_streams_paused", len(paused))
+        return out
+
+    # --- start and rewind --------------------------------------------------------------------
 
     async def on_rewind(self) -> None:
-        """Rebuild every symbol's buffers from the streams, so a restart does not start cold."""
+        """Reload the buffers as of each symbol's mark and set the group back to deliver what follows."""
         marks = await self._emission_marks()
+        bars: list[Bar] = []
         for symbol in self.settings.symbols:
-            bars = await self._recent_bars(symbol)
-            batches = await self._recent_tick_batches(symbol)
-            self.engine.rebuild(symbol, bars, batches, marks.get(symbol, 0))
-            st = self.engine.symbol(symbol)
+            mark = marks.get(symbol, 0)
+            bars.extend(await self._read_history(symbol))
+            for tf in BAR_TIMEFRAMES:
+                bars.extend(await self._rewind_bars(symbol, tf, mark))
+            await self._rewind_ticks(symbol, mark)
+        self.engine.rebuild(bars, [], marks, now_ms())
+        for symbol in self.settings.symbols:
             log.info(
-                "%s: rebuilt %d 1s bars and %d trades; training emitted until %d",
-                symbol, len(st.bars), len(st.ticks), st.emitted_until_ms,
+                "%s: training packets exist until %d; buffered %s",
+                symbol, marks.get(symbol, 0), {tf: self.engine.windows.size(symbol, tf) for tf in BAR_TIMEFRAMES},
             )  # fmt: skip
         self._count_events()
 
-    async def _recent_bars(self, symbol: str) -> list[Bar]:
-        entries = await self.cmd.xrevrange(keys.bars(symbol, "1s"), "+", "-", count=self.settings.bar_cache_size)
-        return [p for p in self._decode_all(entries) if isinstance(p, Bar)]
+    async def _set_group(self, stream: str, entry_id: str) -> None:
+        await self.cmd.xgroup_setid(stream, keys.GROUP_FEATURES, entry_id)
 
-    async def _recent_tick_batches(self, symbol: str) -> list[TickBatch]:
-        out: list[TickBatch] = []
-        total = 0
-        upper = "+"
-        while total < self.settings.tick_cache_size:
-            entries = await self.cmd.xrevrange(keys.ticks(symbol), upper, "-", count=TICK_PAGE)
-            for packet in self._decode_all(entries):
-                if isinstance(packet, TickBatch):
-                    out.append(packet)
-                    total += len(packet.ticks)
-            if len(entries) < TICK_PAGE:
+    async def _rewind_bars(self, symbol: str, tf: str, mark: int) -> list[Bar]:
+        """Bars of ``tf`` closed by ``mark`` (the window's worth); the group restarts after them."""
+        stream = keys.bars(symbol, tf)
+        span = keys.TIMEFRAME_MS[tf]
+        newest_open = mark - span
+        if mark <= 0 or newest_open < 0:
+            await self._set_group(stream, "0")
+            return []
+        count = self.engine.windows.capacity[tf]
+        entries = await self.cmd.xrevrange(stream, f"{newest_open}-0", "-", count=count)
+        loaded = [p for p in self._decode_all(entries) if isinstance(p, Bar)]
+        await self._set_group(stream, s(entries[0][0]) if entries else "0")
+        return loaded
+
+    async def _rewind_ticks(self, symbol: str, mark: int) -> None:
+        """Set the group on the trades back to the first entry the states after ``mark`` need."""
+        stream = keys.ticks(symbol)
+        if mark <= 0:
+            await self._set_group(stream, "0")
+            return
+        groups = {s(g["name"]): g for g in await self.cmd.xinfo_groups(stream)}
+        position = s(groups[keys.GROUP_FEATURES]["last-delivered-id"]) if keys.GROUP_FEATURES in groups else "0-0"
+        if position == "0-0":
+            return
+        oldest_needed = mark - self.engine.config.tick_max_age_ms
+        upper, restart, scanned = position, "0", 0
+        while scanned < TICK_REWIND_MAX:
+            entries = await self.cmd.xrevrange(stream, upper, "-", count=TICK_REWIND_PAGE)
+            done = len(entries) < TICK_REWIND_PAGE
+            for entry_id, fields in entries:
+                scanned += 1
+                restart = s(entry_id)
+                try:
+                    packet = codec.decode(fields)
+                except codec.DecodeError:
+                    continue
+                if isinstance(packet, TickBatch) and packet.ticks[0].ts_event_ms < oldest_needed:
+                    done = True  # this entry reaches back far enough; older ones are not needed
+                    break
+            else:
+                if done:
+                    restart = "0"  # the stream's start is not older than the states need
+            if done:
                 break
             upper = "(" + s(entries[-1][0])
+        else:
+            self.stats.inc("features_rewind_ticks_truncated")
+        await self._set_group(stream, "0" if restart == "0" else _before(restart))
+
+    async def _read_history(self, symbol: str) -> list[Bar]:
+        out: list[Bar] = []
+        for tf in keys.HISTORY_TIMEFRAMES:
+            stream = keys.history(symbol, tf)
+            entries = await self.cmd.xrevrange(stream, "+", "-", count=self.engine.windows.capacity[tf])
+            if entries:
+                self._history_seen[stream] = s(entries[0][0])
+            out.extend(p for p in self._decode_all(entries) if isinstance(p, Bar))
         return out
+
+    async def poll_history(self, now: int) -> None:
+        """Take in history bars that ingest wrote since the last look."""
+        for symbol in self.settings.symbols:
+            for tf in keys.HISTORY_TIMEFRAMES:
+                stream = keys.history(symbol, tf)
+                seen = self._history_seen.get(stream)
+                lower = "(" + seen if seen else "-"
+                entries = await self.cmd.xrange(stream, lower, "+", count=HISTORY_PAGE)
+                if not entries:
+                    continue
+                self._history_seen[stream] = s(entries[-1][0])
+                for packet in self._decode_all(entries):
+                    if isinstance(packet, Bar):
+                        self.engine.on_bar(packet, now)
+                self.stats.inc("features_history_bars_read", len(entries))
 
     async def _emission_marks(self) -> dict[str, int]:
         """Close time of the newest training packet of each symbol, searched from the stream's end."""
@@ -153,11 +286,16 @@ class FeaturesService:
                 self.stats.inc("features_history_undecodable")
         return out
 
-    # --- processing ------------------------------------------------------------------------
+    # --- processing --------------------------------------------------------------------------
+
+    def _training_writes(self, now: int) -> list[Write]:
+        packets = self.engine.emit(now)
+        self.recent_training.extend(packets)
+        return [Write(keys.TRAINING, p, maxlen=self.settings.training_maxlen) for p in packets]
 
     async def on_messages(self, messages: list[Message]) -> Result:
-        """Feed a batch to the engine; write the training packets it produced (acknowledging the batch)."""
-        writes: list[Write] = []
+        """Feed a batch to the engine; write the training packets that became due (acknowledging the batch)."""
+        now = now_ms()
         for m in messages:
             packet = m.packet
             if isinstance(packet, TickBatch):
@@ -165,25 +303,58 @@ class FeaturesService:
             elif isinstance(packet, GapMarker):
                 self.engine.on_gap(packet)
             elif isinstance(packet, Bar):
-                training = self.engine.on_bar(packet)
-                if training is not None:
-                    writes.append(Write(keys.TRAINING, training, maxlen=self.settings.training_maxlen))
+                self.engine.on_bar(packet, now)
+        writes = self._training_writes(now)
         self._count_events()
         return Result(writes=writes)
 
     async def on_timer(self, now: int) -> Result:
-        """The processing cycle: UI packets for every symbol, and now and then the model registry."""
+        """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
         if now >= self._next_model_poll_ms:
             self._next_model_poll_ms = now + self.settings.model_poll_ms
             await self.poll_models(now)
-        writes = [
-            Write(keys.UI, p, maxlen=self.settings.ui_maxlen)
-            for p in self.engine.ui_packets(now, self.settings.symbols)
-        ]
+        if now >= self._next_history_poll_ms:
+            self._next_history_poll_ms = now + self.settings.history_poll_ms
+            await self.poll_history(now)
+        if now >= self._next_overrun_check_ms:
+            self._next_overrun_check_ms = now + 1000 * self.settings.overrun_check_s
+            await self.check_overrun()
+        writes = self._training_writes(now)
+        ui = self.engine.ui_packets(now)
+        self.recent_ui.extend(ui)
+        writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
+        self._count_events()
         return Result(writes=writes)
 
+    async def check_overrun(self) -> None:
+        """Did trimming ``ml:training`` delete entries a consumer group had not read yet? (gauge per group)
+
+        The rule is :func:`unistream_common.tools.group_overrun`, the one ``unistream status`` shows.
+        """
+        try:
+            info = await self.cmd.xinfo_stream(keys.TRAINING)
+            groups = await self.cmd.xinfo_groups(keys.TRAINING)
+        except ResponseError:
+            return  # no stream yet
+        first = s(info["first-entry"][0]) if info.get("first-entry") else None
+        for g in groups:
+            name = s(g["name"])
+            lost = group_overrun(
+                s(g["last-delivered-id"]), g.get("entries-read"), int(info["length"]), first,
+                s(info["last-generated-id"]), info.get("entries-added"),
+            )  # fmt: skip
+            if lost and not self.overrun.get(name):
+                self.stats.inc("features_training_overruns", group=name)
+                log.warning(
+                    "group %s on %s fell behind what retention keeps: entries were trimmed before it read them; "
+                    "raise UNISTREAM_TRAINING_MAXLEN or add consumers",
+                    name, keys.TRAINING,
+                )  # fmt: skip
+            self.overrun[name] = lost
+            self.stats.set("features_training_overrun", 1.0 if lost else 0.0, group=name)
+
     async def poll_models(self, now: int) -> None:
-        """Load the newest ``cnn`` announcement if it is newer than the running weights."""
+        """Load the newest ``cnn-mtf`` announcement if it is newer than the running weights."""
         lower = "(" + self._models_seen_id if self._models_seen_id != "-" else "-"
         entries = await self.cmd.xrevrange(keys.MODELS, "+", lower, count=MODEL_SCAN)
         if not entries:
@@ -219,23 +390,54 @@ class FeaturesService:
 
     def info(self) -> dict[str, Any]:
         """What /stats shows besides the counters."""
-        st = self.engine.cnn.status
+        engine = self.engine
+        st = engine.cnn.status
+        layout = engine.layouts[self.settings.symbols[0]]
         return {
-            "state_layout": self.engine.layout.describe(),
+            "state_layout": {
+                "version": engine.layout_version(self.settings.symbols[0]),
+                "dim": layout.dim,
+                "blocks": {b.name: [b.start, b.stop] for b in layout.blocks},
+            },
             "cnn": {"version": st.version, "state": st.state, "parameters": st.parameters},
             "last_model_error": self.last_model_error,
+            "paused_streams": sorted(self.paused),
+            "training_overrun": self.overrun,
+            "recent_training": [
+                {
+                    "symbol": p.symbol,
+                    "ts_event_ms": p.ts_event_ms,
+                    "price": p.price,
+                    "source": p.source,
+                    "cnn": p.model_version,
+                    "warm": p.warm,
+                    "tick_coverage": round(p.tick_coverage, 3),
+                }
+                for p in list(self.recent_training)[-10:]
+            ],
+            "recent_counts": {"training": len(self.recent_training), "ui": len(self.recent_ui)},
             "symbols": {
                 sym: {
-                    "ticks_cached": len(x.ticks),
-                    "bars_1s": len(x.bars),
+                    "ticks_cached": len(x.cache),
+                    "ticks_queued": len(x.pending),
+                    "bars_queued": len(x.queue),
+                    "bars_buffered": {tf: engine.windows.size(sym, tf) for tf in BAR_TIMEFRAMES},
                     "ticks_seen": x.ticks_seen,
                     "bars_seen": x.bars_seen,
                     "training_packets": x.training_packets,
                     "emitted_until_ms": x.emitted_until_ms,
                 }
-                for sym, x in self.engine.symbols.items()
+                for sym, x in engine.symbols.items()
             },
         }
+
+
+def _before(entry_id: str) -> str:
+    """The stream id just before ``entry_id`` (XGROUP SETID there delivers ``entry_id`` next)."""
+    ms, seq = id_pair(entry_id)
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{2**64 - 1}" if ms > 0 else "0-0"
 
 
 async def worker(ctx: ServiceContext) -> None:

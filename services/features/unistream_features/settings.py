@@ -12,26 +12,45 @@ class FeaturesSettings(CommonSettings):
 
     model_dir: str = Field("models", description="Directory that relative model URIs are resolved against")
     tick_cache_size: int = Field(5_000, ge=1, description="Trades kept per symbol for microstructure features")
-    bar_cache_size: int = Field(1_000, ge=2, description="1s bars kept per symbol")
-    window_bars: int = Field(300, ge=2, description="1s bars in the CNN window and the RL state")
-    min_bars: int = Field(20, ge=1, description="Buffered 1s bars needed before the first training packet")
-    cycle_ms: int = Field(100, ge=10, le=10_000, description="Processing cycle: UI packets every cycle, ms")
+    tick_cache_s: int = Field(
+        300,
+        ge=300,
+        le=3_600,
+        description="Tick cache age bound: no trade older than this before the newest, s (at least the 300 s horizon)",
+    )
+    bar_cache_size: int = Field(1_000, ge=2, description="1s bars kept per symbol (1m, 1h, 1d keep the window + 5)")
+    window_bars: int = Field(300, ge=8, description="Bars per timeframe window in the CNN input and the RL state")
+    tick_wait_ms: int = Field(
+        5_000, ge=0, le=600_000, description="A 1s bar waits at most this long for its trades before its state is built"
+    )
+    symbol_sync_ms: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="A state may wait this long for the other symbols' 1s bar of the same second, ms "
+        "(0: never; >0: live states equal replayed ones, at that much latency)",
+    )
+    cycle_ms: int = Field(100, ge=10, le=10_000, description="Processing cycle: UI packets and late bars, ms")
+    ui_max_per_s: float = Field(10.0, gt=0, le=1_000, description="UI packets per second at most, all symbols together")
     model_poll_ms: int = Field(1_000, ge=100, description="How often the model registry is checked for CNN weights, ms")
-    training_maxlen: int = Field(10_000, ge=10, description="Approximate retention of the training stream, entries")
+    history_poll_ms: int = Field(
+        1_000, ge=100, description="How often md:history:* is checked for new warm-up bars, ms"
+    )
+    overrun_check_s: int = Field(
+        5, ge=1, description="How often ml:training is checked for entries trimmed before a group read them, s"
+    )
+    training_maxlen: int = Field(
+        3_600,
+        ge=10,
+        description="Training packets kept on ml:training (XADD MAXLEN ~): size it for the longest trainer outage "
+        "to survive; one packet is ~54 KB, 3,600 = 30 min of 2 symbols",
+    )
     ui_maxlen: int = Field(50, ge=1, description="Approximate retention of the UI stream, entries")
 
     @field_validator("window_bars")
     @classmethod
     def _window_fits_buffer(cls, value: int, info: ValidationInfo) -> int:
         capacity = info.data.get("bar_cache_size")
-        if capacity is not None and value > capacity:
-            raise ValueError(f"the window ({value} bars) must fit UNISTREAM_BAR_CACHE_SIZE ({capacity})")
-        return value
-
-    @field_validator("min_bars")
-    @classmethod
-    def _min_bars_fit_window(cls, value: int, info: ValidationInfo) -> int:
-        window = info.data.get("window_bars")
-        if window is not None and value > window:
-            raise ValueError(f"min_bars ({value}) must not exceed UNISTREAM_WINDOW_BARS ({window})")
+        if capacity is not None and value + 1 > capacity:
+            raise ValueError(f"the window ({value} bars) plus one must fit UNISTREAM_BAR_CACHE_SIZE ({capacity})")
         return value

@@ -11,17 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unistream_common.packets import Tick
-from unistream_features.micro2 import (
+from unistream_features.micro import (
     FEATURES,
     HORIZONS_S,
     N_FEATURES,
     SPREAD_CLIP_BP,
     VWAP_CLIP_BP,
+    TickCache,
     feature_names,
     micro_features,
     roll_spread_bp,
 )
-from unistream_features.microstructure import TickCache
 
 END = 1_700_000_000_000  # ms
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -166,7 +166,9 @@ def test_trades_at_or_after_end_ms_never_change_the_features(data: st.DataObject
     batches_a = chunks(past, 7) + chunks(future_a, 5)
     batches_b = chunks(future_b, 3) + chunks(past, 7)
     random.Random(seed).shuffle(batches_b)  # batches may arrive in any order; times are distinct
-    cache_a, cache_b = TickCache(10_000), TickCache(10_000)
+    # Age trimming follows the newest trade pushed; the engine pushes only trades before the
+    # state's time, so here the age bound is lifted to test micro_features alone.
+    cache_a, cache_b = TickCache(10_000, max_age_ms=10**9), TickCache(10_000, max_age_ms=10**9)
     for batch in batches_a:
         cache_a.push(batch)
     for batch in batches_b:
@@ -185,3 +187,22 @@ def test_the_trade_excluded_at_end_ms_is_seen_one_millisecond_later():
     later, _ = micro_features(cache_of(ticks), END + 1)
     assert horizon(at_end, 10)[F["volume_imbalance"]] == 1.0
     assert horizon(later, 10)[F["volume_imbalance"]] == pytest.approx(-0.5)
+
+
+def test_the_cache_keeps_at_most_its_capacity_and_nothing_older_than_its_age_bound():
+    cache = TickCache(capacity=5, max_age_ms=10_000)
+    cache.push([tick(i, END + 1_000 * i, 100.0 + i, 1.0, True) for i in range(4)])
+    assert len(cache) == 4
+    cache.push([tick(4, END + 4_000, 104.0, 1.0, True), tick(5, END + 5_000, 105.0, 1.0, True)])
+    assert len(cache) == 5 and cache.evicted_full == 1  # trade 0 made room for trade 5
+    assert cache.ordered()[0].tolist() == [END + 1_000 * i for i in range(1, 6)]
+    # Full again: trade 1 makes room; then trade 2 is older than END + 12,500 - 10,000.
+    cache.push([tick(6, END + 12_500, 106.0, 1.0, False)])
+    assert cache.ordered()[0].tolist() == [END + 3_000, END + 4_000, END + 5_000, END + 12_500]
+    assert cache.evicted_full == 2 and cache.evicted_old == 1 and cache.newest_ts_ms == END + 12_500
+    assert cache.push([tick(5, END + 5_000, 105.0, 1.0, True)]) == 0  # a duplicate is not cached twice
+    assert cache.count_between(END + 4_000, END + 12_500) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.newest_ts_ms is None
+    with pytest.raises(ValueError, match="capacity"):
+        TickCache(0)
