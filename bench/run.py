@@ -37,8 +37,24 @@ Rows (ticks/s unless stated):
   the default ``UNISTREAM_GRACE_MS`` + 20 ms. Goal: p99 under it;
 - ``bar_latency_quiet_p50_ms`` / ``bar_latency_quiet_p99_ms``: the same in a quiet market (0.5
   trades/s per symbol), where the wall-clock timer closes most bars and fills the empty seconds
-  at end + grace: the figure the goal is about (ms); reference: ``bar_latency_goal_ms``.
-The aggregator rows live in ``bench/aggregator.py``.
+  at end + grace: the figure the goal is about (ms); reference: ``bar_latency_goal_ms``;
+- ``features_bar_to_packet_p50_ms`` / ``features_bar_to_packet_p99_ms``: ``unistream features``
+  as its own process (default settings: two symbols, 300-bar windows, four timeframes), warm and
+  caught up, fed live seconds at 10x real time (trades, then each symbol's 1s bar in a MULTI, the
+  1m bar with it at a minute's end): from the bar's EXEC until a blocked XREAD on ``ml:training``
+  returns its training packet, ~200 bars a run (ms); reference: ``redis_xadd_roundtrip_p50_ms``,
+  one XADD of a 54 KB entry (a training packet's size) until a blocked XREAD returns it. Goal:
+  p99 < 20 ms;
+- ``features_catchup_packets_per_s``: training packets of 30 min of both symbols written before
+  the service starts, from the first packet's ``ts_emit_ms`` until the last is on the stream;
+  reference: ``features_engine_packets_per_s``, the pure ``FeatureEngine`` in-process on the
+  same inputs (no Redis, no codec). Goal: >= 500 packets/s;
+- ``features_rss_mb_start`` / ``features_rss_mb_after_hour`` / ``features_rss_growth_pct``:
+  VmRSS of the features process once warm (MiB), after one simulated hour of both symbols
+  written as fast as Redis takes them (the service catches up), and the growth between (%);
+  the samples every 10 simulated minutes are printed under the table. Goal: growth < 10%.
+The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
+(at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s; ``--only`` takes row names).
 """
 
 from __future__ import annotations
@@ -69,6 +85,19 @@ from aggregator import (
     bar_latency_quiet_p99_ms,
     pandas_resample_ticks_per_s,
     percentile,
+)
+from features import (
+    GOALS,
+    MAX_RUNS,
+    NOTES,
+    features_bar_to_packet_p50_ms,
+    features_bar_to_packet_p99_ms,
+    features_catchup_packets_per_s,
+    features_engine_packets_per_s,
+    features_rss_growth_pct,
+    features_rss_mb_after_hour,
+    features_rss_mb_start,
+    redis_xadd_roundtrip_p50_ms,
 )
 
 from unistream_common import codec
@@ -338,6 +367,14 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "bar_latency_p99_ms": (bar_latency_p99_ms, "bar_latency_goal_ms", "ms"),
     "bar_latency_quiet_p50_ms": (bar_latency_quiet_p50_ms, "bar_latency_goal_ms", "ms"),
     "bar_latency_quiet_p99_ms": (bar_latency_quiet_p99_ms, "bar_latency_goal_ms", "ms"),
+    "redis_xadd_roundtrip_p50_ms": (redis_xadd_roundtrip_p50_ms, None, "ms"),
+    "features_bar_to_packet_p50_ms": (features_bar_to_packet_p50_ms, "redis_xadd_roundtrip_p50_ms", "ms"),
+    "features_bar_to_packet_p99_ms": (features_bar_to_packet_p99_ms, "redis_xadd_roundtrip_p50_ms", "ms"),
+    "features_engine_packets_per_s": (features_engine_packets_per_s, None, "packets/s"),
+    "features_catchup_packets_per_s": (features_catchup_packets_per_s, "features_engine_packets_per_s", "packets/s"),
+    "features_rss_mb_start": (features_rss_mb_start, None, "MiB"),
+    "features_rss_mb_after_hour": (features_rss_mb_after_hour, "features_rss_mb_start", "MiB"),
+    "features_rss_growth_pct": (features_rss_growth_pct, None, "%"),
 }
 
 
@@ -349,6 +386,8 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
             for _ in range(repeat):  # interleave rows so drift on a shared machine hits all alike
                 for name, (fn, _ref, _unit) in ROWS.items():
                     if only and name not in only:
+                        continue
+                    if len(results.get(name, [])) >= MAX_RUNS.get(name, repeat):
                         continue
                     try:
                         value = await fn(server.url, n, batch)
@@ -376,6 +415,8 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
                 "runs": len(values),
                 "reference": ref,
                 "ratio_to_reference": median / ref_median if ref_median else None,
+                "goal": " ".join(map(str, GOALS[name])) if name in GOALS else None,
+                "notes": NOTES.get(name, []),
             }
         )
     return rows
@@ -389,12 +430,21 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="rows to run")
     args = parser.parse_args()
     rows = asyncio.run(run(args.repeat, args.ticks, args.batch, args.only))
-    print(f"{'row':24} {'median':>14} {'min':>14} {'max':>14}  unit        x reference")
+    width = max([24, *(len(str(r["row"])) for r in rows)])
+    print(f"{'row':{width}} {'median':>14} {'min':>14} {'max':>14}  unit        x reference")
     for r in rows:
         ratio = f"{r['ratio_to_reference']:.2f} x {r['reference']}" if r["ratio_to_reference"] else "(reference)"
         fmt = "{:>14,.2f}" if r["max"] < 100 else "{:>14,.0f}"  # ms and MiB rows need their decimals
         cells = " ".join(fmt.format(r[k]) for k in ("median", "min", "max"))
-        print(f"{r['row']:24} {cells}  {r['unit']:10}  {ratio}")
+        goal = ""
+        if r["goal"]:
+            op, value = GOALS[str(r["row"])]
+            met = r["median"] < value if op == "<" else r["median"] >= value
+            goal = f"  goal {op} {value:g}: {'met' if met else 'MISSED'}"
+        print(f"{r['row']:{width}} {cells}  {r['unit']:10}  {ratio}{goal}")
+    for r in rows:
+        for note in r["notes"]:
+            print(f"  {r['row']}: {note}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
