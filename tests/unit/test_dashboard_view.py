@@ -147,6 +147,7 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
         "ETHUSDT · Source: REAL MARKET DATA",
         "ETHUSDT · Price: 3,013.00",
         "ETHUSDT · Training packets: 987",
+        "ETHUSDT · Warm-up: complete",
         "ETHUSDT · Gaps: none",
         "ETHUSDT · CNN model: TRAINING, version v1, 123,456 parameters",
         "ETHUSDT · RL agent: training (1,234 updates), 512 features",
@@ -155,6 +156,17 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
     assert card.live and card.badge == ":green-badge[LIVE] :green-badge[REAL MARKET DATA]"
     assert card.predictions == "CNN predictions: top 0.120 · bottom 0.080"
     assert card.status_age_ms == 100
+
+
+def test_warm_up_progress_and_untrained_weights_are_said_on_the_card() -> None:
+    ui = _ui(warmup={"1s": 1.0, "1m": 1.0, "1h": 0.4, "1d": 0.0}, cnn_state="INITIALISED")
+    card = view.symbol_status("ETHUSDT", ui, _ticks(), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    assert card.line("warmup") == "ETHUSDT · Warm-up: 1s 100% · 1m 100% · 1h 40% · 1d 0%"
+    assert (
+        card.line("cnn")
+        == "ETHUSDT · CNN model: INITIALISED (untrained: seeded weights), version v1, 123,456 parameters"
+    )
+    assert view.warmup_text({"1s": 0.999}) == "1s 99%", "never rounded up to full"
 
 
 def test_unrecoverable_gaps_are_counted_on_the_card() -> None:
@@ -198,6 +210,7 @@ def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
         "BTCUSDT · Source: n/a",
         "BTCUSDT · Price: n/a",
         "BTCUSDT · Training packets: n/a",
+        "BTCUSDT · Warm-up: n/a",
         "BTCUSDT · Gaps: n/a",
         "BTCUSDT · CNN model: n/a",
         "BTCUSDT · RL agent: waiting (no updates yet), n/a features",

@@ -46,6 +46,7 @@ def ui_packet(
     predictions: dict[str, float] | None = None,
     gaps_seen: int = 0,
     trades_missing: int = 0,
+    warmup: dict[str, float] | None = None,
 ) -> UIDataPacket:
     """A status packet; cache sizes default to the totals capped at the capacities."""
     predictions = {"top": 0.12, "bottom": 0.08} if predictions is None else predictions
@@ -64,6 +65,7 @@ def ui_packet(
         training_packets=training_packets,
         gaps_seen=gaps_seen,
         trades_missing=trades_missing,
+        warmup={"1s": 1.0, "1m": 1.0, "1h": 1.0, "1d": 1.0} if warmup is None else warmup,
         cnn=ModelStatus(
             name="extrema-cnn",
             version=cnn_version,

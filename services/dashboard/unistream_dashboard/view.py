@@ -272,6 +272,15 @@ def predictions_text(names: Sequence[str], values: Sequence[float]) -> str | Non
     return "CNN predictions: " + SEP.join(parts)
 
 
+def warmup_text(fill: Mapping[str, float]) -> str:
+    """``complete`` when every window is full, else each timeframe's share of real bars; n/a if unknown."""
+    if not fill:
+        return NA
+    if all(v >= 1.0 for v in fill.values()):
+        return "complete"
+    return SEP.join(f"{tf} {math.floor(100 * v)}%" for tf, v in fill.items())
+
+
 def symbol_status(
     symbol: str,
     ui: UIDataPacket | None,
@@ -296,6 +305,8 @@ def symbol_status(
     - ``S · Source: REAL MARKET DATA`` | ``REPLAY (...)`` | ``SYNTHETIC (...)`` | ``n/a``
     - ``S · Price: 3,012.55``
     - ``S · Training packets: 1,234``
+    - ``S · Warm-up: complete`` or ``S · Warm-up: 1s 100% · 1m 100% · 1h 40% · 1d 0%``: how much of
+      each timeframe's window in the training states is real bars
     - ``S · Gaps: none`` or ``S · Gaps: 2 (57 trades missing)``: runs of trades ingest could not recover
     - ``S · CNN model: TRAINING, version v3, 123,456 parameters``
     - ``S · RL agent: training (1,234 updates), 512 features``
@@ -314,7 +325,7 @@ def symbol_status(
         stream = f"{'LIVE' if live else 'OFFLINE'} (last tick {fmt_age(age)} ago)"
 
     if ui is None:
-        tick_cache = bars = training = cnn = gaps = NA
+        tick_cache = bars = training = cnn = gaps = warmup = NA
         features = NA
     else:
         tick_cache = (
@@ -323,8 +334,10 @@ def symbol_status(
         bars = f"{fmt_int(ui.bars_1s_size)} / {fmt_int(ui.bars_1s_capacity)} (total {fmt_int(ui.bars_seen)})"
         training = fmt_int(ui.training_packets)
         gaps = "none" if not ui.gaps_seen else f"{fmt_int(ui.gaps_seen)} ({fmt_int(ui.trades_missing)} trades missing)"
-        cnn = f"{ui.cnn.state}, version {md_escape(ui.cnn.version)}, {fmt_int(ui.cnn.parameters)} parameters"
+        untrained = " (untrained: seeded weights)" if ui.cnn.state == "INITIALISED" else ""
+        cnn = f"{ui.cnn.state}{untrained}, version {md_escape(ui.cnn.version)}, {fmt_int(ui.cnn.parameters)} parameters"
         features = fmt_int(ui.rl_state_dim)
+        warmup = warmup_text(ui.warmup)
 
     lines = (
         StatusLine("tick-cache", f"{head}Tick cache: {tick_cache}"),
@@ -333,6 +346,7 @@ def symbol_status(
         StatusLine("source", f"{head}Source: {SOURCE_LABELS.get(source, source) if source else NA}"),
         StatusLine("price", f"{head}Price: {fmt_price(price)}"),
         StatusLine("training", f"{head}Training packets: {training}"),
+        StatusLine("warmup", f"{head}Warm-up: {warmup}"),
         StatusLine("gaps", f"{head}Gaps: {gaps}"),
         StatusLine("cnn", f"{head}CNN model: {cnn}"),
         StatusLine("rl", f"{head}RL agent: {rl.text}, {features} features"),
