@@ -7,6 +7,7 @@ arithmetic is the production one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from helpers import eventually, running_worker
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, ModelAnnouncement, Tick, TickBatch, TrainingDataPacket, UIDataPacket
-from unistream_common.redisio import command_client
+from unistream_common.redisio import command_client, s
 from unistream_common.service import ServiceContext
 from unistream_features.cnn import init_model, save_bytes, sha256_hex
 from unistream_features.layout import make_layout
@@ -279,3 +280,28 @@ async def test_a_group_that_falls_behind_the_training_retention_is_reported(redi
 
 async def _gauge(ctx: ServiceContext, name: str, value: float, **labels: str) -> bool:
     return ctx.stats.get(name, **labels) == value
+
+
+async def test_each_training_packet_links_its_symbols_previous_packet_also_across_a_restart(
+    redis_url: str, tmp_path: Path
+):
+    r = command_client(redis_url)
+    settings = make_settings(redis_url, tmp_path)
+    try:
+        await write_history(r)
+        await write_seconds(r, 0, 5)
+        async with running_worker("features", settings, worker):
+            await eventually(lambda: _count(r, keys.TRAINING, 2 * 5))
+        await write_seconds(r, 5, 8)
+        async with running_worker("features", settings, worker):
+            await eventually(lambda: _count(r, keys.TRAINING, 2 * 8))
+        entries = await r.xrange(keys.TRAINING)
+        by_id = {s(entry_id): codec.decode(fields) for entry_id, fields in entries}
+        for symbol in SYMBOLS:
+            mine = [(i, p) for i, p in by_id.items() if p.symbol == symbol]
+            assert mine[0][1].prev_id == "" and mine[0][1].prev_ts_event_ms == 0
+            for (prev_id, prev), (_, p) in itertools.pairwise(mine):
+                assert p.prev_id == prev_id and p.prev_ts_event_ms == prev.ts_event_ms
+                assert by_id[p.prev_id].ts_event_ms == p.ts_event_ms - 1_000
+    finally:
+        await r.aclose()

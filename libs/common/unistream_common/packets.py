@@ -166,6 +166,11 @@ class TrainingDataPacket(msgspec.Struct, frozen=True):
     # How much of the longest microstructure horizon (300 s) the tick cache reached back to, 0..1.
     tick_coverage: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.0
     ts_emit_ms: EpochMs = 0  # when the features service built the packet (wall clock)
+    # The previous packet of the same symbol: its entry id on ml:training ("" if there is none) and its
+    # time. Whichever trainer replica receives this packet can fetch its predecessors and build the
+    # transition, although the consumer group hands consecutive packets to different replicas.
+    prev_id: str = ""
+    prev_ts_event_ms: EpochMs = 0
 
     def __post_init__(self) -> None:
         if len(self.state) != 4 * self.state_dim:

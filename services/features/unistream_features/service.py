@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -118,6 +119,10 @@ class FeaturesService:
         self._rejected: set[tuple[str, str]] = set()  # (version, sha256) that failed to load: not retried
         self.last_model_error = ""
         self.overrun: dict[str, bool] = {}  # group on ml:training -> lost entries to trimming
+        # Training entries get explicit ids, assigned here as Redis would (ms, seq) so that a packet can
+        # name its symbol's previous packet before either is written.
+        self._last_id: tuple[int, int] = (0, 0)
+        self._prev: dict[str, tuple[str, int]] = {}  # symbol -> (entry id, ts_event_ms) of its newest packet
         self.paused: set[str] = set()
 
     @property
@@ -261,16 +266,30 @@ class FeaturesService:
                 self.stats.inc("features_history_bars_read", len(entries))
 
     async def _emission_marks(self) -> dict[str, int]:
-        """Close time of the newest training packet of each symbol, searched from the stream's end."""
+        """Close time of the newest training packet of each symbol, searched from the stream's end.
+
+        Also sets where the next entry id and each symbol's ``prev_id`` continue from.
+        """
         marks: dict[str, int] = {}
+        self._prev.clear()
+        try:
+            info = await self.cmd.xinfo_stream(keys.TRAINING)
+            self._last_id = max(self._last_id, id_pair(info["last-generated-id"]))
+        except ResponseError:
+            pass  # no stream yet
         wanted = set(self.settings.symbols)
         upper = "+"
         scanned = 0
         while scanned < TRAINING_SCAN_MAX and not wanted <= set(marks):
             entries = await self.cmd.xrevrange(keys.TRAINING, upper, "-", count=200)
-            for packet in self._decode_all(entries):
+            for entry_id, fields in entries:
+                try:
+                    packet = codec.decode(fields)
+                except codec.DecodeError:
+                    continue
                 if isinstance(packet, TrainingDataPacket) and packet.symbol not in marks:
                     marks[packet.symbol] = packet.ts_event_ms
+                    self._prev[packet.symbol] = (s(entry_id), packet.ts_event_ms)
             scanned += len(entries)
             if len(entries) < 200:
                 break
@@ -289,9 +308,20 @@ class FeaturesService:
     # --- processing --------------------------------------------------------------------------
 
     def _training_writes(self, now: int) -> list[Write]:
-        packets = self.engine.emit(now)
-        self.recent_training.extend(packets)
-        return [Write(keys.TRAINING, p, maxlen=self.settings.training_maxlen) for p in packets]
+        """Training packets that became due, each with the explicit entry id it will have and a link to
+        its symbol's previous packet (``prev_id``)."""
+        writes = []
+        for p in self.engine.emit(now):
+            ms, seq = self._last_id
+            ms, seq = (ms, seq + 1) if now <= ms else (now, 0)
+            self._last_id = (ms, seq)
+            entry_id = f"{ms}-{seq}"
+            prev_id, prev_ts = self._prev.get(p.symbol, ("", 0))
+            p = msgspec.structs.replace(p, prev_id=prev_id, prev_ts_event_ms=prev_ts)
+            self._prev[p.symbol] = (entry_id, p.ts_event_ms)
+            self.recent_training.append(p)
+            writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen))
+        return writes
 
     async def on_messages(self, messages: list[Message]) -> Result:
         """Feed a batch to the engine; write the training packets that became due (acknowledging the batch)."""
