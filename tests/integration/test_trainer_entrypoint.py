@@ -18,12 +18,18 @@ from unistream_common.redis_server import free_port
 pytestmark = pytest.mark.integration
 
 
+def entry_id(t: int) -> str:
+    return f"{1_700_000_000_000 + 1000 * t}-1"
+
+
 def training(t: int) -> TrainingDataPacket:
+    """The packet of second ``t``, linked to the one before it as the features service links them."""
     state = np.full(8, 0.1 * (t % 5), np.float32)
     return TrainingDataPacket(
         symbol="ETHUSDT", ts_event_ms=1_700_000_000_000 + 1000 * t, price=3000.0 + t % 7, source="SYNTHETIC",
         state_dim=8, state=codec.f32_to_bytes(state), cnn_features=b"", cnn_predictions=b"", prediction_names=[],
-        model_version="cnn-init-7", window_fill=1.0,
+        model_version="cnn-init-7", window_fill=1.0, prev_id=entry_id(t - 1) if t else "",
+        prev_ts_event_ms=1_700_000_000_000 + 1000 * (t - 1) if t else 0,
     )  # fmt: skip
 
 
@@ -43,7 +49,7 @@ def test_unistream_trainer_gets_ready_publishes_metrics_and_exits_promptly_on_si
         r = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + 60
         for t in range(100):
-            r.xadd(keys.TRAINING, codec.encode(training(t)))
+            r.xadd(keys.TRAINING, codec.encode(training(t)), id=entry_id(t))
         while True:  # until a metrics packet has seen every packet
             published = [codec.decode(f) for _, f in r.xrange(keys.METRICS)]
             if any(m.metrics["charts/packets"] == 100 for m in published):

@@ -1,23 +1,28 @@
-"""The trainer shell against a real Redis: training packets in, metrics, checkpoints and announcements out."""
+"""The trainer shell against a real Redis: chains of packets in; merged models, metrics and paper trading out.
+
+Packets are written the way the features service writes them: explicit entry ids, each naming its
+symbol's previous packet (``prev_id``). Small networks and states keep the runs short.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import json
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
 import torch
 from helpers import eventually, running_worker
+from safetensors.torch import load as load_safetensors
 
 from unistream_common import codec, keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext
-from unistream_trainer.checkpoint import decode_checkpoint, list_checkpoints
+from unistream_trainer.replicas import MEMBERS
 from unistream_trainer.service import worker
 from unistream_trainer.settings import TrainerSettings
 
@@ -27,97 +32,163 @@ torch.set_num_threads(1)
 T0 = 1_700_000_000_000
 DIM = 24
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
+PREDICTIONS = ["1s.p_bottom", "1s.p_none", "1s.p_top", "1s.p_down", "1s.p_up"]
 
 
-def training_packet(symbol: str, t: int, rng: np.random.Generator) -> TrainingDataPacket:
-    state = rng.normal(0, 1, DIM).astype(np.float32)
-    price = 3000.0 * (1 + 0.001 * np.sin(t / 5)) if symbol == "ETHUSDT" else 60_000.0 * (1 + 0.001 * np.cos(t / 7))
-    return TrainingDataPacket(
-        symbol=symbol, ts_event_ms=T0 + 1000 * t, price=float(price), source="SYNTHETIC", state_dim=DIM,
-        state=codec.f32_to_bytes(state), cnn_features=b"", cnn_predictions=codec.f32_to_bytes([0.2, 0.6, 0.2, 0.0]),
-        prediction_names=["p_bottom", "p_none", "p_top", "ret_next"], model_version="cnn-init-7", window_fill=1.0,
-    )  # fmt: skip
+class Writer:
+    """Writes training packets like the features service: ids it assigns, prev_id links per symbol."""
+
+    def __init__(self, r: aioredis.Redis, seed: int = 0) -> None:
+        self.r = r
+        self.rng = np.random.default_rng(seed)
+        self.seq = 0
+        self.prev: dict[str, tuple[str, int]] = {}
+
+    async def seconds(self, first: int, last: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for t in range(first, last):
+            for symbol in SYMBOLS:
+                self.seq += 1
+                entry_id = f"{T0 + t * 1000}-{self.seq}"
+                prev_id, prev_ts = self.prev.get(symbol, ("", 0))
+                base = 3000.0 if symbol == "ETHUSDT" else 60_000.0
+                p = TrainingDataPacket(
+                    symbol=symbol, ts_event_ms=T0 + 1000 * t, price=float(base * (1 + 0.002 * np.sin(t / 5))),
+                    source="SYNTHETIC", state_dim=DIM, state=codec.f32_to_bytes(self.rng.normal(0, 1, DIM)),
+                    cnn_features=b"", cnn_predictions=codec.f32_to_bytes([0.2, 0.6, 0.2, 0.4, 0.6]),
+                    prediction_names=PREDICTIONS, model_version="cnn-mtf-init-7", window_fill=1.0,
+                    prev_id=prev_id, prev_ts_event_ms=prev_ts,
+                )  # fmt: skip
+                self.prev[symbol] = (entry_id, p.ts_event_ms)
+                pipe.xadd(keys.TRAINING, codec.encode(p), id=entry_id)
+        await pipe.execute()
 
 
-async def write_training(r: aioredis.Redis, first: int, last: int, rng: np.random.Generator) -> None:
-    pipe = r.pipeline(transaction=False)
-    for t in range(first, last):
-        for symbol in SYMBOLS:
-            pipe.xadd(keys.TRAINING, codec.encode(training_packet(symbol, t, rng)))
-    await pipe.execute()
+def make_settings(redis_url: str, tmp_path: Path, name: str, **extra: Any) -> TrainerSettings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url, "symbols": SYMBOLS, "consumer_name": name, "model_dir": str(tmp_path),
+        "dqn_hidden_sizes": "16", "dqn_buffer_size": 500, "dqn_batch_size": 16, "dqn_learning_starts": 16,
+        "dqn_updates_per_transition": 0.5, "metrics_every_s": 0.5, "merge_every_s": 0.7,
+        "extrema_updates_per_packet": 0.0, "claim_idle_ms": 1_000,
+    }  # fmt: skip
+    values.update(extra)
+    return TrainerSettings(**values)
 
 
-async def metrics_packets(r: aioredis.Redis) -> list[MetricsPacket]:
+async def announcements(r: aioredis.Redis, name: str) -> list[ModelAnnouncement]:
+    out = [codec.decode(f) for _, f in await r.xrange(keys.MODELS)]
+    return [a for a in out if isinstance(a, ModelAnnouncement) and a.name == name]
+
+
+async def metrics(r: aioredis.Redis) -> list[MetricsPacket]:
     return [codec.decode(f) for _, f in await r.xrange(keys.METRICS)]  # type: ignore[misc]
 
 
-async def announcements(r: aioredis.Redis) -> list[ModelAnnouncement]:
-    return [codec.decode(f) for _, f in await r.xrange(keys.MODELS)]  # type: ignore[misc]
-
-
-async def test_trainer_publishes_growing_updates_checkpoints_announces_and_resumes(redis_url: str, tmp_path: Path):
-    settings = TrainerSettings(
-        redis_url=redis_url, symbols=SYMBOLS, consumer_name="trainer-test", model_dir=str(tmp_path),
-        dqn_hidden_sizes=(32,), dqn_batch_size=16, dqn_learning_starts=16, dqn_buffer_size=500,
-        dqn_updates_per_transition=2.0, dqn_max_updates_per_batch=8, dqn_exploration_steps=200,
-        metrics_every_s=0.3, checkpoint_every_updates=20, checkpoint_every_s=600,
-    )  # fmt: skip
+async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_restart_starts_from_them(
+    redis_url: str, tmp_path: Path
+):
     r = command_client(redis_url)
-    rng = np.random.default_rng(0)
+    writer = Writer(r)
+    settings = make_settings(redis_url, tmp_path, "trainer-1")
     try:
         async with running_worker("trainer", settings, worker) as ctx:
-            t = 0
-            deadline = time.monotonic() + 30
-            # Feed a few seconds of packets at a time, as features would, until two checkpoints exist.
-            while len(await announcements(r)) < 2:
-                assert time.monotonic() < deadline, "no two checkpoints within 30 s"
-                await write_training(r, t, t + 10, rng)
-                t += 10
-                await asyncio.sleep(0.2)
-            await eventually(lambda: _metrics_with_loss(r))
-            assert ctx.ready()
-            info = ctx.info()
-            assert info["state_dim"] == DIM and info["updates"] >= 40
+            await writer.seconds(0, 60)
+            await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await eventually(lambda: _paper(r), timeout=20, what="paper-trading metrics")
+            await eventually(lambda: _round_reported(r), timeout=20, what="metrics naming the adopted round")
+            assert ctx.stats.total("trainer_no_predecessor") <= len(SYMBOLS)
+            assert ctx.stats.total("trainer_predecessors_fetched") < 10, "the batch and the cache hold them"
+            assert ctx.stats.total("trainer_updates") > 0
+        ann = (await announcements(r, "dqn"))[-1]
+        assert ann.uri.startswith("redis:ml:registry:dqn:dqn-r") and ann.metrics["merge/members"] == 1
+        data = await r.get(ann.uri[len("redis:") :])
+        files = sorted((tmp_path / "dqn").glob("dqn-r*.safetensors"))
+        assert files and files[-1].read_bytes() == data, "the registry is in Redis and on the volume"
+        meta = json.loads(files[-1].with_suffix(".json").read_text())
+        assert meta["model"] == "dqn" and meta["members"] == "trainer-1" and int(meta["samples"]) > 0
+        assert json.loads(meta["hyperparameters"])["hidden_sizes"] == [16]
+        assert int(meta["data_to_ms"]) >= int(meta["data_from_ms"]) >= T0
+        newest = [m.metrics for m in await metrics(r) if "losses/td_loss" in m.metrics][-1]
+        assert np.isfinite(newest["losses/td_loss"])
+        assert any("charts/packets_per_s" in m.metrics for m in await metrics(r))
 
-        packets = await metrics_packets(r)
-        assert {p.producer for p in packets} == {"trainer-test"}
-        updates = [p.metrics["charts/updates"] for p in packets]
-        assert updates == sorted(updates) and updates[-1] > updates[0]
-        assert [p.step for p in packets] == [int(u) for u in updates]
-        last = packets[-1].metrics
-        for name in (
-            "charts/epsilon",
-            "charts/packets",
-            "charts/replay_size",
-            "charts/updates_per_s",
-            "charts/state_dim",
-        ):
-            assert name in last, name
-        assert last["charts/state_dim"] == DIM and last["charts/packets"] >= 2 * 20
-        with_loss = [p.metrics for p in packets if "losses/td_loss" in p.metrics]
-        assert with_loss and all(np.isfinite(m["losses/td_loss"]) and "charts/mean_reward" in m for m in with_loss)
+        # A restart (a new replica too) starts from the newest merged model.
+        published = load_safetensors(data)
+        async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-2"), worker) as ctx2:
+            await writer.seconds(60, 62)
+            await eventually(lambda: _stat(ctx2, "trainer_packets", 1))
+            info = ctx2.info()
+            assert info["model_version"].startswith("dqn-r"), info
+        assert published, "weights were there to start from"
 
-        anns = await announcements(r)
-        assert [a.name for a in anns] == ["dqn"] * len(anns) and anns[0].producer == "trainer-test"
-        newest = anns[-1]
-        path = Path(urlparse(newest.uri).path)
-        assert path.parent == tmp_path.resolve() / "dqn" and path in list_checkpoints(path.parent)
-        ckpt = decode_checkpoint(path.read_bytes(), expected_sha256=newest.sha256)
-        assert ckpt.version == newest.version and ckpt.obs_dim == DIM + 3 and ckpt.updates >= 40
-        assert newest.parameters == sum(x.numel() for x in ckpt.tensors.values())
-
-        # A restart resumes from the newest checkpoint once a packet shows the state size fits.
-        async with running_worker("trainer", settings, worker) as ctx:
-            await write_training(r, t, t + 3, rng)
-            await eventually(lambda: _info(ctx, "resumed_from", newest.version))
-            assert ctx.info()["updates"] >= ckpt.updates
+        # Redis lost the registry and the announcements: the volume still has the newest merged model.
+        await r.delete(keys.MODELS, *[k async for k in r.scan_iter("ml:registry:*")])
+        async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-3"), worker) as ctx3:
+            await writer.seconds(62, 64)
+            await eventually(lambda: _stat(ctx3, "trainer_packets", 1))
+            assert ctx3.info()["model_version"] == max((tmp_path / "dqn").glob("dqn-r*.safetensors")).stem
     finally:
         await r.aclose()
 
 
-async def _metrics_with_loss(r: aioredis.Redis) -> bool:
-    return any("losses/td_loss" in p.metrics for p in await metrics_packets(r))
+async def test_two_replicas_share_the_packets_merge_into_one_model_and_take_over_a_dead_ones_packets(
+    redis_url: str, tmp_path: Path
+):
+    r = command_client(redis_url)
+    writer = Writer(r, seed=1)
+    try:
+        a = make_settings(redis_url, tmp_path, "trainer-a")
+        b = make_settings(redis_url, tmp_path, "trainer-b")
+        async with running_worker("trainer", a, worker) as ca, running_worker("trainer", b, worker) as cb:
+            for k in range(6):
+                await writer.seconds(20 * k, 20 * k + 20)
+                await asyncio.sleep(0.2)
+            await eventually(lambda: _merged_with(r, 2), timeout=20, what="a merge of both replicas")
+            assert ca.stats.total("trainer_packets") > 0 and cb.stats.total("trainer_packets") > 0
+            assert ca.stats.total("trainer_packets") + cb.stats.total("trainer_packets") <= 2 * 120
+            # Both end on the same merged version.
+            await eventually(lambda: _same_version(ca, cb), timeout=10, what="both replicas on one version")
+
+            members = {m.decode() for m in await r.zrange(MEMBERS, 0, -1)}
+            assert {"trainer-a", "trainer-b"} <= members
+
+        # A replica that died holding packets: a consumer that read them and never acknowledged.
+        await writer.seconds(120, 125)
+        dead = await r.xreadgroup(keys.GROUP_TRAINER, "trainer-dead", {keys.TRAINING: ">"}, count=1000)
+        assert len(dead[0][1]) == 10
+        async with running_worker("trainer", a, worker) as ca:
+            started = asyncio.get_running_loop().time()
+            await eventually(lambda: _claimed(r, ca, 10), timeout=30, what="the dead replica's packets claimed")
+            assert asyncio.get_running_loop().time() - started < 30
+    finally:
+        await r.aclose()
 
 
-async def _info(ctx: ServiceContext, key: str, value: object) -> bool:
-    return ctx.info().get(key) == value
+async def _n(coro: Any, n: int) -> bool:
+    return len(await coro) >= n
+
+
+async def _stat(ctx: ServiceContext, name: str, n: float) -> bool:
+    return ctx.stats.total(name) >= n
+
+
+async def _paper(r: aioredis.Redis) -> bool:
+    return any("paper/pnl" in m.metrics and "paper/buy_and_hold_pnl" in m.metrics for m in await metrics(r))
+
+
+async def _round_reported(r: aioredis.Redis) -> bool:
+    return any(m.metrics.get("charts/model_round", 0) >= 1 for m in await metrics(r))
+
+
+async def _merged_with(r: aioredis.Redis, members: int) -> bool:
+    return any(a.metrics.get("merge/members") == members for a in await announcements(r, "dqn"))
+
+
+async def _same_version(ca: ServiceContext, cb: ServiceContext) -> bool:
+    va, vb = ca.info()["model_version"], cb.info()["model_version"]
+    return bool(va) and va == vb
+
+
+async def _claimed(r: aioredis.Redis, ctx: ServiceContext, taken: int) -> bool:
+    pending = await r.xpending(keys.TRAINING, keys.GROUP_TRAINER)
+    return ctx.stats.total("trainer_packets") >= taken and int(pending["pending"]) == 0

@@ -166,57 +166,110 @@ def test_observation_appends_a_one_hot_of_the_position():
     assert obs.tolist() == [0.5, -0.5, 0.0, 0.0, 1.0]
 
 
-def test_core_turns_consecutive_packets_into_rewarded_transitions_with_the_held_position():
+def feed(core: TrainerCore, packets: list[TrainingDataPacket]) -> int:
+    """What the shell does: each packet with its symbol's predecessors (up to n_step, oldest first)."""
+    seen: dict[str, list[TrainingDataPacket]] = {}
+    ancestors = []
+    for p in packets:
+        mine = seen.setdefault(p.symbol, [])
+        ancestors.append(list(mine[-core.hp.n_step :]))
+        mine.append(p)
+    return core.process(packets, ancestors)
+
+
+def test_core_builds_a_transition_from_a_packet_and_its_predecessor_with_the_reward_of_the_action():
     core = TrainerCore(small_hp(n_step=1, start_e=0.0, end_e=0.0, reward_scale=1.0, fee=0.001))
     prices = [100.0, 101.0, 100.0, 102.0]
-    for t, p in enumerate(prices):
-        core.observe(packet(t, p))
+    feed(core, [packet(t, p) for t, p in enumerate(prices)])
     agent = core.agent
     assert agent is not None and len(agent.replay) == 3 and core.transitions == 3
-    positions = [0]
+    assert core.events["no_predecessor"] == 1, "the first packet has none"
+    held_seen = set()
     for k in range(3):
-        obs, action = agent.replay.obs[k], int(agent.replay.actions[k])
+        obs, action, next_obs = agent.replay.obs[k], int(agent.replay.actions[k]), agent.replay.next_obs[k]
         held = [0, 1, -1][int(np.argmax(obs[6:]))]
-        assert held == positions[-1], "the observation carries the position held when acting"
+        held_seen.add(held)
         pos = [0, 1, -1][action]
+        assert [0, 1, -1][int(np.argmax(next_obs[6:]))] == pos, "the next observation holds the action's position"
         expected = step_reward(pos, held, prices[k], prices[k + 1], 0.001)
         assert agent.replay.rewards[k] == pytest.approx(expected, rel=1e-5, abs=1e-7)
-        positions.append(pos)
+        assert agent.replay.discounts[k] == pytest.approx(0.99)
 
 
-def test_core_cuts_a_run_at_a_gap_and_skips_stale_packets():
+def test_n_step_transitions_follow_the_greedy_policy_after_the_first_action():
+    core = TrainerCore(small_hp(n_step=3, start_e=0.0, end_e=0.0, reward_scale=1.0, fee=0.0))
+    prices = [100.0, 101.0, 103.0, 102.0]
+    chain = [packet(t, p) for t, p in enumerate(prices)]
+    core.observe(chain[3], chain[:3])
+    agent = core.agent
+    assert agent is not None and len(agent.replay) == 1
+    assert agent.replay.discounts[0] == pytest.approx(0.99**3)
+    # Without fees and with a state that is the same everywhere, the greedy action does not change
+    # after the first step (the position one-hot changes it only through the network): recompute it.
+    obs0 = agent.replay.obs[0]
+    held = [0, 1, -1][int(np.argmax(obs0[6:]))]
+    pos = [0, 1, -1][int(agent.replay.actions[0])]
+    rewards = [step_reward(pos, held, prices[0], prices[1], 0.0)]
+    for i in (1, 2):
+        with torch.no_grad():
+            q = agent.q_network(torch.from_numpy(observation(np.full(6, 0.1, np.float32), pos)).unsqueeze(0))
+        new = [0, 1, -1][int(q.argmax())]
+        rewards.append(step_reward(new, pos, prices[i], prices[i + 1], 0.0))
+        pos = new
+    assert agent.replay.rewards[0] == pytest.approx(n_step_return(rewards, 0.99), rel=1e-5, abs=1e-7)
+    assert [0, 1, -1][int(np.argmax(agent.replay.next_obs[0][6:]))] == pos
+
+
+def test_a_chain_is_cut_at_a_gap_and_at_a_predecessor_that_is_not_older():
     core = TrainerCore(small_hp(n_step=3), max_gap_ms=5_000)
-    for t in range(3):
-        core.observe(packet(t, 100.0 + t))
-    core.observe(packet(1, 100.0))  # not newer than the last one
-    core.observe(packet(60, 100.0))  # a minute later: new run
-    assert core.events["skipped_stale"] == 1 and core.events["runs_cut"] == 1
-    # Two 1-step transitions before the cut, flushed as a 2-step and a 1-step transition.
-    assert core.agent is not None and len(core.agent.replay) == 2
-    assert sorted(core.agent.replay.discounts[:2].tolist()) == pytest.approx([0.99**2, 0.99])
+    core.observe(packet(60, 100.0), [packet(0, 100.0), packet(1, 101.0)])  # a minute after its predecessors
+    core.observe(packet(3, 100.0), [packet(3, 100.0)])  # the "predecessor" is not older
+    assert core.events["no_predecessor"] == 2 and core.agent is None
+    core.observe(packet(62, 100.0), [packet(0, 100.0), packet(61, 101.0)])  # the gap is before 61: one step
+    assert core.agent is not None and len(core.agent.replay) == 1 and core.events["short_chains"] == 1
+    assert core.agent.replay.discounts[0] == pytest.approx(0.99)
 
 
 def test_core_reinitialises_when_the_state_dim_changes_and_counts_it():
     core = TrainerCore(small_hp())
-    for t in range(5):
-        core.observe(packet(t, 100.0))
+    feed(core, [packet(t, 100.0) for t in range(5)])
     first = core.agent
-    core.observe(packet(5, 100.0, dim=9))
+    core.observe(packet(6, 100.0, dim=9), [packet(5, 100.0, dim=9)])
     assert core.agent is not first and core.agent is not None and core.agent.obs_dim == 12
-    assert core.state_dim == 9 and core.state_dim_changes == 1 and len(core.agent.replay) == 0
+    assert core.state_dim == 9 and core.state_dim_changes == 1 and len(core.agent.replay) == 1
 
 
 def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
     core = TrainerCore(small_hp(learning_starts=8, updates_per_transition=2.0, max_updates_per_batch=4))
-    assert core.process([packet(t, 100.0 + (t % 3)) for t in range(6)]) == 0, "replay below learning_starts"
-    steps = core.process([packet(t, 100.0 + (t % 3)) for t in range(6, 40)])
+    packets = [packet(t, 100.0 + (t % 3)) for t in range(42)]
+    assert feed(core, packets[:6]) == 0, "replay below learning_starts"
+    steps = feed(core, packets[6:40])
     assert steps == 4, "bounded by max_updates_per_batch"
     m = core.metrics(T0)
     assert m["charts/updates"] == 4 and "losses/td_loss" in m and math.isfinite(m["losses/td_loss"])
     assert m["charts/packets"] == 40 and m["charts/replay_size"] == len(core.agent.replay)  # type: ignore[union-attr]
     assert 0 < m["charts/epsilon"] < 1
-    core.process([packet(40, 100.0), packet(41, 101.0)])
-    assert core.metrics(T0 + 2000)["charts/updates_per_s"] == pytest.approx(4 / 2)
+    feed(core, packets[39:42])
+    later = core.metrics(T0 + 2000)
+    assert later["charts/updates_per_s"] == pytest.approx(4 / 2) and later["charts/packets_per_s"] == pytest.approx(
+        3 / 2
+    )
+
+
+def test_merged_weights_are_adopted_when_they_fit_and_wait_for_the_first_packet():
+    donor = TrainerCore(small_hp())
+    feed(donor, [packet(t, 100.0 + (t % 4)) for t in range(30)])
+    weights = {k: v.clone() for k, v in donor.agent.q_network.state_dict().items()}  # type: ignore[union-attr]
+    fresh = TrainerCore(small_hp())
+    assert fresh.adopt(weights, "dqn-r0000001") is False, "no agent yet: waits"
+    fresh.observe(packet(1, 100.0), [packet(0, 100.0)])
+    assert fresh.model_version == "dqn-r0000001"
+    for name, tensor in weights.items():
+        assert torch.equal(fresh.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+        assert torch.equal(fresh.agent.target_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+    other = TrainerCore(small_hp())
+    other.observe(packet(1, 100.0, dim=7), [packet(0, 100.0, dim=7)])
+    assert other.adopt(weights, "x") is False and other.events["weights_not_fitting"] == 1
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -224,7 +277,7 @@ def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
 
 def trained_core() -> TrainerCore:
     core = TrainerCore(small_hp())
-    core.process([packet(t, 100.0 + (t % 4)) for t in range(30)])
+    feed(core, [packet(t, 100.0 + (t % 4)) for t in range(30)])
     assert core.updates > 0
     return core
 
@@ -243,7 +296,7 @@ def test_checkpoint_round_trip_restores_weights_counters_and_shape(tmp_path: Pat
     assert params == sum(t.numel() for t in restored.tensors.values())
 
     resumed = TrainerCore(small_hp(), resume=restored)
-    resumed.observe(packet(100, 100.0))
+    resumed.observe(packet(100, 100.0), [packet(99, 100.0)])
     assert resumed.resumed_from == version and resumed.updates == core.updates
     for name, tensor in core.agent.q_network.state_dict().items():  # type: ignore[union-attr]
         assert torch.equal(resumed.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
@@ -260,7 +313,7 @@ def test_checkpoint_with_a_different_sha256_is_rejected():
 def test_checkpoint_of_another_state_size_is_not_resumed():
     data, _ = trained_core().checkpoint("dqn-x", "p")
     core = TrainerCore(small_hp(), resume=ck.decode_checkpoint(data))
-    core.observe(packet(0, 100.0, dim=7))
+    core.observe(packet(1, 100.0, dim=7), [packet(0, 100.0, dim=7)])
     assert core.resumed_from == "" and core.events["resume_rejected"] == 1 and "observations of 9" in core.resume_error
 
 

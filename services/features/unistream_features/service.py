@@ -402,8 +402,14 @@ class FeaturesService:
         if (ann.version, ann.sha256) in self._rejected:
             return
         try:
-            path = resolve_model_uri(ann.uri, self.settings.model_dir)
-            data = await asyncio.to_thread(path.read_bytes)
+            if ann.uri.startswith("redis:"):  # the trainer's registry: bytes under a key
+                raw = await self.cmd.get(ann.uri[len("redis:") :])
+                if raw is None:
+                    raise ModelRejected(f"registry key {ann.uri[len('redis:') :]} is gone")
+                data = bytes(raw)
+            else:
+                path = resolve_model_uri(ann.uri, self.settings.model_dir)
+                data = await asyncio.to_thread(path.read_bytes)
             self.engine.cnn.load(data, ann.sha256, ann.version, ann.ts_ms, now)
         except (ModelRejected, OSError) as exc:
             self._rejected.add((ann.version, ann.sha256))

@@ -1,19 +1,24 @@
 """The trainer core: training packets in, transitions, gradient steps and metrics out (pure).
 
-Each symbol is its own trading run. At the packet for time t the agent holds position
-``pos_{t-1}`` and chooses an action (0 flat, 1 long, 2 short: target position 0, +1, -1); at the
-next packet of the symbol it earns
+The market does not react to the agent, so a transition can be built from any run of consecutive
+packets of a symbol, whoever acted on them. Replicas of the trainer share ``ml:training`` through a
+consumer group, so consecutive packets of a symbol land on different replicas; each packet names its
+predecessor (``prev_id``), the shell fetches the chain, and :meth:`TrainerCore.observe` gets the
+packet with up to ``n_step`` predecessors (oldest first). From them it builds one n-step transition:
 
-    reward_t = pos_t * log(price_{t+1} / price_t) - fee * |pos_t - pos_{t-1}|
+- a start position ``pos_0`` drawn uniformly from flat, long, short (every position context is
+  learned, not only the ones a policy happened to hold);
+- the first action epsilon-greedy from Q(s_0, pos_0) (the exploration), then the greedy actions of
+  the current Q-network on the states that follow (the n-step return of the policy being learned);
+- rewards per step ``reward = pos_new * log(price_next / price) - fee * |pos_new - pos_old|`` (a log
+  return net of fees; long to short pays two sides), summed with ``gamma``; the bootstrap state is the
+  last packet's with the position the actions reached, discount ``gamma ** steps``.
 
-(a log return net of fees; going from long to short pays two sides). The observation is the
-packet's state vector with a one-hot of the position held when acting appended (flat, long,
-short): fees make the best action depend on the position, so the Q-network must see it.
-
-A run is cut (no bootstrap across the cut, pending n-step transitions flushed short) when a
-symbol's packets are more than ``max_gap_ms`` apart; a packet not newer than the symbol's last
-one is skipped. When the state dimension changes (a new features build), the agent is
-re-initialised and the change counted.
+A chain is cut where two packets are more than ``max_gap_ms`` apart (fewer steps, never across the
+gap); a packet without a usable predecessor gives no transition (counted). The observation is the
+state with the held position written into its ``position.position`` value (layout v2) and a one-hot
+of the position appended (flat, long, short). When the state dimension changes (a new layout) the
+agent is re-initialised and the change counted.
 
 Time comes in as arguments; there is no clock, Redis or file access here.
 """
@@ -22,9 +27,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
@@ -34,11 +40,12 @@ from unistream_trainer.dqn import (
     N_ACTIONS,
     DQNAgent,
     Hyperparameters,
-    NStepAccumulator,
     NStepTransition,
+    n_step_return,
 )
 
 POSITION_INDEX = {p: i for i, p in enumerate(ACTION_POSITION)}
+POSITION_VALUE_FROM_END = 4  # layout v2 ends with position.position, unrealised_pnl, time_in_position_s, last_action
 
 
 def step_reward(position: int, prev_position: int, price: float, next_price: float, fee: float) -> float:
@@ -46,28 +53,34 @@ def step_reward(position: int, prev_position: int, price: float, next_price: flo
     return position * math.log(next_price / price) - fee * abs(position - prev_position)
 
 
-def observation(state: np.ndarray, position: int) -> np.ndarray:
-    """State vector with the one-hot of ``position`` (order flat, long, short) appended; float32."""
+def observation(state: np.ndarray, position: int, layout_v2: bool = False) -> np.ndarray:
+    """State vector with the one-hot of ``position`` (order flat, long, short) appended; float32.
+
+    With ``layout_v2`` the state's ``position.position`` value is set to the position too.
+    """
     obs = np.zeros(state.size + N_ACTIONS, np.float32)
     obs[: state.size] = state
+    if layout_v2 and state.size >= POSITION_VALUE_FROM_END:
+        obs[state.size - POSITION_VALUE_FROM_END] = position
     obs[state.size + POSITION_INDEX[position]] = 1.0
     return obs
 
 
-@dataclass
-class SymbolRun:
-    """Where one symbol's run stands after its latest packet."""
-
-    obs: np.ndarray  # observation at the latest packet
-    action: int  # action chosen there
-    position: int  # position held when it was chosen (the one encoded in obs)
-    price: float  # close price of the latest packet
-    ts_ms: int  # ts_event_ms of the latest packet
-    nstep: NStepAccumulator
+def usable_chain(
+    packet: TrainingDataPacket, ancestors: Sequence[TrainingDataPacket], max_gap_ms: int
+) -> list[TrainingDataPacket]:
+    """``ancestors + [packet]`` cut after the last link that breaks (another symbol, not older, a gap)."""
+    chain = [packet]
+    for prev in reversed(ancestors):
+        nxt = chain[0]
+        if prev.symbol != nxt.symbol or not 0 < nxt.ts_event_ms - prev.ts_event_ms <= max_gap_ms:
+            break
+        chain.insert(0, prev)
+    return chain
 
 
 class TrainerCore:
-    """One DQN agent fed by the training packets of every symbol."""
+    """One DQN agent fed by chains of training packets of every symbol."""
 
     def __init__(self, hp: Hyperparameters, max_gap_ms: int = 5_000, resume: Checkpoint | None = None) -> None:
         self.hp = hp
@@ -76,18 +89,28 @@ class TrainerCore:
         self.resumed_from = ""
         self.resume_error = ""
         self.agent: DQNAgent | None = None
-        self.runs: dict[str, SymbolRun] = {}
         self.packets = 0
         self.state_dim = 0
         self.state_dim_changes = 0
         self.events: Counter[str] = Counter()
+        self._rng = np.random.default_rng(hp.seed + 1)
         self._update_credit = 0.0
+        self.samples_since_merge = 0  # transitions stored since the weights were last averaged
+        self.pending_weights: tuple[dict[str, torch.Tensor], str] | None = None
+        self.model_version = ""  # merged version the weights came from ("" before any)
+        # What the data looked like, for the published model's metadata.
+        self.layout_version = ""
+        self.cnn_version = ""
+        self.data_from_ms = 0
+        self.data_to_ms = 0
+        self.last_loss = float("nan")
         # Windows since the last metrics() call.
         self._losses: list[float] = []
         self._q_values: list[float] = []
         self._reward_sum = 0.0
         self._reward_n = 0
         self._updates_at_metrics = 0
+        self._packets_at_metrics = 0
         self._metrics_ms: int | None = None
 
     @property
@@ -100,40 +123,69 @@ class TrainerCore:
 
     # --- packets to transitions ------------------------------------------------------------
 
-    def observe(self, packet: TrainingDataPacket) -> None:
-        """Take one training packet: close the symbol's previous step, store transitions, choose an action."""
+    def observe(self, packet: TrainingDataPacket, ancestors: Sequence[TrainingDataPacket] = ()) -> None:
+        """Take one training packet with up to ``n_step`` predecessors of its symbol (oldest first)."""
         self.packets += 1
-        state = codec.f32_from_bytes(packet.state)
-        if not np.isfinite(state).all():
-            self.events["skipped_non_finite"] += 1
+        self.layout_version, self.cnn_version = packet.layout_version, packet.model_version
+        if not self.data_from_ms or packet.ts_event_ms < self.data_from_ms:
+            self.data_from_ms = packet.ts_event_ms
+        self.data_to_ms = max(self.data_to_ms, packet.ts_event_ms)
+        chain = usable_chain(packet, list(ancestors)[-self.hp.n_step :], self.max_gap_ms)
+        if len(chain) < 2:
+            self.events["no_predecessor"] += 1
+            return
+        states = [codec.f32_from_bytes(p.state) for p in chain]
+        if any(s.size != packet.state_dim or not np.isfinite(s).all() for s in states):
+            self.events["skipped_bad_state"] += 1
             return
         agent = self._agent_for(packet.state_dim)
-        run = self.runs.get(packet.symbol)
-        if run is not None and packet.ts_event_ms <= run.ts_ms:
-            self.events["skipped_stale"] += 1
-            return
-        if run is not None and packet.ts_event_ms - run.ts_ms > self.max_gap_ms:
-            self._store(run.nstep.flush())
-            self.events["runs_cut"] += 1
-            run = None
-        if run is None:
-            position = 0
-            obs = observation(state, position)
-            nstep = NStepAccumulator(self.hp.n_step, self.hp.gamma)
-        else:
-            position = ACTION_POSITION[run.action]
-            reward = step_reward(position, run.position, run.price, packet.price, self.hp.fee)
-            obs = observation(state, position)
-            self._store(run.nstep.push(run.obs, run.action, reward * self.hp.reward_scale, obs))
-            agent.transitions += 1
-            self._reward_sum += reward
-            self._reward_n += 1
-            self._update_credit = min(
-                self._update_credit + self.hp.updates_per_transition, float(self.hp.max_updates_per_batch)
-            )
-            nstep = run.nstep
-        action = agent.act(obs)
-        self.runs[packet.symbol] = SymbolRun(obs, action, position, packet.price, packet.ts_event_ms, nstep)
+        v2 = packet.layout_version.startswith("v2")
+        position = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
+        obs0 = observation(states[0], position, v2)
+        action0 = agent.act(obs0)
+        action, rewards = action0, []
+        for i in range(1, len(chain)):
+            new_position = ACTION_POSITION[action]
+            rewards.append(step_reward(new_position, position, chain[i - 1].price, chain[i].price, self.hp.fee))
+            position = new_position
+            if i < len(chain) - 1:
+                action = self._greedy(agent, observation(states[i], position, v2))
+        steps = len(rewards)
+        self._store(
+            [
+                NStepTransition(
+                    obs=obs0,
+                    action=action0,
+                    reward=n_step_return(rewards, self.hp.gamma) * self.hp.reward_scale,
+                    next_obs=observation(states[-1], position, v2),
+                    discount=self.hp.gamma**steps,
+                )
+            ]
+        )
+        if steps < self.hp.n_step:
+            self.events["short_chains"] += 1
+        agent.transitions += 1
+        self.samples_since_merge += 1
+        self._reward_sum += rewards[0]
+        self._reward_n += 1
+        self._update_credit = min(
+            self._update_credit + self.hp.updates_per_transition, float(self.hp.max_updates_per_batch)
+        )
+
+    @staticmethod
+    def _greedy(agent: DQNAgent, obs: np.ndarray) -> int:
+        with torch.no_grad():
+            return int(agent.q_network(torch.from_numpy(obs).unsqueeze(0)).argmax(dim=1).item())
+
+    def greedy_action(self, packet: TrainingDataPacket, position: int) -> tuple[int, np.ndarray]:
+        """The current policy's action at ``packet`` holding ``position``, and its Q-values (paper trading)."""
+        state = codec.f32_from_bytes(packet.state)
+        if self.agent is None or packet.state_dim != self.state_dim:
+            return POSITION_INDEX[position], np.zeros(N_ACTIONS, np.float32)
+        obs = observation(state, position, packet.layout_version.startswith("v2"))
+        with torch.no_grad():
+            q = self.agent.q_network(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+        return int(q.argmax()), q
 
     def _store(self, transitions: list[NStepTransition]) -> None:
         assert self.agent is not None
@@ -147,12 +199,32 @@ class TrainerCore:
             self.state_dim_changes += 1
             self.events["state_dim_changes"] += 1
         self.state_dim = state_dim
-        self.runs.clear()
         self._update_credit = 0.0
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
         if self.resume is not None:
             self._resume(self.agent)
+        if self.pending_weights is not None:
+            tensors, version = self.pending_weights
+            self.adopt(tensors, version)
         return self.agent
+
+    def adopt(self, tensors: dict[str, torch.Tensor], version: str) -> bool:
+        """Take merged (or published) weights for the online and target networks; False if they do not fit.
+
+        Before the first packet the weights wait, and are taken when the agent is built with their shape.
+        """
+        if self.agent is None:
+            self.pending_weights = (tensors, version)
+            return False
+        self.pending_weights = None
+        own = self.agent.q_network.state_dict()
+        if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
+            self.events["weights_not_fitting"] += 1
+            return False
+        self.agent.load_q_network(tensors)
+        self.model_version = version
+        self.events["weights_adopted"] += 1
+        return True
 
     def _resume(self, agent: DQNAgent) -> None:
         ckpt, self.resume = self.resume, None
@@ -192,12 +264,15 @@ class TrainerCore:
         for loss, q in steps:
             self._losses.append(loss)
             self._q_values.append(q)
+            self.last_loss = loss
         return len(steps)
 
-    def process(self, packets: list[TrainingDataPacket]) -> int:
-        """Observe a batch of packets, then take the gradient steps they earned; returns the steps taken."""
-        for p in packets:
-            self.observe(p)
+    def process(
+        self, packets: Sequence[TrainingDataPacket], ancestors: Sequence[Sequence[TrainingDataPacket]] | None = None
+    ) -> int:
+        """Observe a batch of packets (each with its predecessors), then take the gradient steps they earned."""
+        for k, p in enumerate(packets):
+            self.observe(p, ancestors[k] if ancestors is not None else ())
         return self.train(self.updates_due())
 
     # --- reporting -------------------------------------------------------------------------
@@ -223,9 +298,10 @@ class TrainerCore:
         if self._reward_n:
             out["charts/mean_reward"] = self._reward_sum / self._reward_n
         if self._metrics_ms is not None and now_ms > self._metrics_ms:
-            out["charts/updates_per_s"] = (
-                (self.updates - self._updates_at_metrics) * 1000.0 / (now_ms - self._metrics_ms)
-            )
+            seconds = (now_ms - self._metrics_ms) / 1000.0
+            out["charts/updates_per_s"] = (self.updates - self._updates_at_metrics) / seconds
+            out["charts/packets_per_s"] = (self.packets - self._packets_at_metrics) / seconds
+        self._packets_at_metrics = self.packets
         self._losses.clear()
         self._q_values.clear()
         self._reward_sum, self._reward_n = 0.0, 0

@@ -1,50 +1,51 @@
-"""The trainer I/O shell: the ``trainer`` group over ``ml:training``, metrics, checkpoints.
+"""The trainer I/O shell: the ``trainer`` group over ``ml:training``, replicas merged into one model.
 
-- Each consumed batch is handed to :class:`~unistream_trainer.core.TrainerCore` in a worker
-  thread (observing a batch and the gradient steps it earned take tens to hundreds of ms; the
-  event loop stays free for the probes) and acknowledged at once: the replay buffer is a cache of
-  recent experience, and losing it in a crash costs a few minutes of data, not correctness.
-- A timer (every ``TIMER_S``) publishes a MetricsPacket every ``metrics_every_s`` and writes a
-  checkpoint every ``checkpoint_every_updates`` gradient steps or ``checkpoint_every_s`` seconds
-  (whichever comes first, only when steps were taken): the file first (atomically), then the
-  ModelAnnouncement, so an announcement never points at a file that is not complete.
-- On start the newest checkpoint under ``<model_dir>/dqn`` is read; it is used when the first
-  training packet shows that its shape fits.
+- Each consumed batch: every packet gets its symbol's predecessors (``prev_id`` chains: from a cache
+  of recent packets, else fetched by id), then :class:`~unistream_trainer.core.TrainerCore` builds
+  the n-step transitions and takes the gradient steps they earned, and the extrema trainer learns
+  the CNN's heads from labels that became known, in a worker thread (the event loop stays free).
+  Entries are acknowledged at once: the replay buffer is a cache of recent experience.
+- A dead replica's unacknowledged packets are claimed by the others after ``claim_idle_ms``.
+- Every ``merge_every_s`` (:mod:`unistream_trainer.replicas`): heartbeat, submit the weights learned
+  since the last round, and, for the replica holding the lease, average every live replica's
+  submission and publish the merged DQN and CNN (registry in Redis + files + ``ml:models``). Every
+  replica adopts each newer merged version; a new replica starts from the newest.
+- The leader also paper-trades the current policy on every packet as it arrives (``ml:training``
+  read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
+  the closed trades, and publishes ``paper/*`` and ``sensitivity/*`` metrics.
+- Metrics (``losses/*``, ``charts/*``, ``extrema/*``, ``merge/*``) every ``metrics_every_s``.
 
-The callback and the timer run one after the other in the consumer's loop, never concurrently,
-so the core needs no lock.
+The callback and the timer run one after the other in the consumer's loop, never concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from pathlib import Path
+from collections import OrderedDict
 from typing import Any, cast
 
-from unistream_common import keys
+from safetensors.torch import load as load_safetensors
+
+from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
+from unistream_common.redisio import s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
-from unistream_trainer.checkpoint import (
-    MODEL_NAME,
-    SUFFIX,
-    CheckpointError,
-    checkpoint_version,
-    load_newest,
-    prune_checkpoints,
-    sha256_hex,
-    write_atomic,
-)
+from unistream_trainer.checkpoint import MODEL_NAME, read_metadata
 from unistream_trainer.core import TrainerCore
+from unistream_trainer.replicas import ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
 SERVICE = "trainer"
 TIMER_S = 0.5
+CNN_MODEL = "cnn-mtf"
+PAPER_READ = 500
 
 
 def now_ms() -> int:
@@ -52,45 +53,130 @@ def now_ms() -> int:
 
 
 class TrainerService:
-    """Callbacks of the trainer consumer, around one :class:`TrainerCore`."""
+    """Callbacks of the trainer consumer, around one :class:`TrainerCore` and the replica protocol."""
 
     def __init__(self, settings: TrainerSettings, runtime: StreamRuntime, stats: Stats) -> None:
         self.settings = settings
         self.runtime = runtime
         self.stats = stats
         self.producer = settings.consumer(SERVICE)
-        self.checkpoint_dir = Path(settings.model_dir).resolve() / MODEL_NAME
         self.core = TrainerCore(settings.hyperparameters(), max_gap_ms=settings.max_gap_ms)
+        self.extrema = make_extrema(settings)
+        self.paper = make_paper(settings)
+        self.sync: ReplicaSync | None = None
+        self._cache: OrderedDict[str, TrainingDataPacket] = OrderedDict()
         start = now_ms()
         self._next_metrics_ms = start + int(settings.metrics_every_s * 1000)
-        self._last_checkpoint_ms = start
-        self._last_checkpoint_updates = 0
-        self.last_checkpoint = ""
+        self._next_merge_ms = start + int(settings.merge_every_s * 1000)
+        self._adopted_ts = {MODEL_NAME: 0, CNN_MODEL: 0}
+        self._paper_id = "$"
+        self.last_merge: dict[str, Any] = {}
+        self.members: list[str] = []
+        self._extrema_credit = 0.0
+        self._extrema_samples = 0  # labelled CNN samples since the last submission
 
     def register(self) -> GroupConsumer:
+        self.sync = ReplicaSync(
+            self.runtime.cmd, self.producer, self.settings.model_dir, ttl_ms=int(3_000 * self.settings.merge_every_s),
+            models_maxlen=self.settings.models_maxlen, files_keep=self.settings.checkpoint_keep,
+        )  # fmt: skip
         return self.runtime.register_consumer(
             keys.GROUP_TRAINER,
             self.on_messages,
             ["training"],
-            options=ConsumerOptions(batch_size=256, timer_interval_s=TIMER_S),
+            options=ConsumerOptions(
+                batch_size=64, timer_interval_s=TIMER_S, claim_idle_ms=self.settings.claim_idle_ms, claim_every_s=2.0
+            ),
             on_timer=self.on_timer,
             packet_types=(TrainingDataPacket,),
         )
 
-    async def load_resume(self) -> None:
-        """Read the newest checkpoint; the core uses it if the first packet's state fits it."""
-        ckpt, problems = await asyncio.to_thread(load_newest, self.checkpoint_dir)
-        for p in problems:
-            self.stats.inc("trainer_checkpoints_unreadable")
-            log.warning("checkpoint passed over: %s", p)
-        if ckpt is not None:
-            self.core.resume = ckpt
-            self._last_checkpoint_updates = ckpt.updates
-            log.info("will resume from %s (%d updates) if the state size fits", ckpt.version, ckpt.updates)
+    # --- start -------------------------------------------------------------------------------
+
+    async def start_from_published(self) -> None:
+        """A new or restarted replica starts from the newest merged models, not from scratch."""
+        assert self.sync is not None
+        for model in (MODEL_NAME, CNN_MODEL):
+            ann = await self.sync.newest(model)
+            if ann is not None and await self._adopt(ann):
+                continue
+            found = await asyncio.to_thread(self.sync.newest_file, model)  # Redis lost it: the volume has it
+            if found is not None:
+                version, data = found
+                tensors, _ = unpack_single(data)
+                ok = self.core.adopt(tensors, version) if model == MODEL_NAME else adopt_cnn(self.extrema, tensors)
+                self.stats.inc("trainer_models_from_volume", model=model)
+                log.info(
+                    "starting from %s on the volume (%s)", version, "adopted" if ok else "waits for the first packet"
+                )
+
+    async def _adopt(self, ann: ModelAnnouncement) -> bool:
+        assert self.sync is not None
+        data = await self.sync.fetch(ann)
+        if data is None:
+            self.stats.inc("trainer_model_unavailable")
+            return False
+        try:
+            groups, _ = unpack_single(data)
+        except Exception as exc:  # noqa: BLE001 - a broken registry entry must not stop training
+            self.stats.inc("trainer_model_unreadable")
+            log.warning("merged model %s not adopted: %s", ann.version, exc)
+            return False
+        self._adopted_ts[ann.name] = ann.ts_ms
+        if ann.name == MODEL_NAME:
+            ok = self.core.adopt(groups, ann.version)
+        else:
+            ok = self.extrema is not None and adopt_cnn(self.extrema, groups)
+        self.stats.inc("trainer_models_adopted" if ok else "trainer_models_waiting", model=ann.name)
+        return ok
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def _remember(self, entry_id: str, packet: TrainingDataPacket) -> None:
+        self._cache[entry_id] = packet
+        self._cache.move_to_end(entry_id)
+        while len(self._cache) > self.settings.chain_cache:
+            self._cache.popitem(last=False)
+
+    async def _ancestors(self, packets: list[TrainingDataPacket]) -> list[list[TrainingDataPacket]]:
+        """Up to n_step predecessors of each packet, oldest first (cache, then fetched by id, level by level)."""
+        n = self.core.hp.n_step
+        chains: list[list[TrainingDataPacket]] = [[] for _ in packets]
+        heads: list[str] = [p.prev_id for p in packets]
+        for _ in range(n):
+            missing = sorted({h for h in heads if h and h not in self._cache})
+            if missing:
+                pipe = self.runtime.cmd.pipeline(transaction=False)
+                for entry_id in missing:
+                    pipe.xrange(keys.TRAINING, entry_id, entry_id, count=1)
+                for entry_id, reply in zip(missing, await pipe.execute(), strict=True):
+                    if not reply:
+                        self.stats.inc("trainer_predecessor_trimmed")
+                        continue
+                    try:
+                        packet = codec.decode(reply[0][1])
+                    except codec.DecodeError:
+                        continue
+                    if isinstance(packet, TrainingDataPacket):
+                        self._remember(entry_id, packet)
+                        self.stats.inc("trainer_predecessors_fetched")
+            for k, h in enumerate(heads):
+                prev = self._cache.get(h) if h else None
+                if prev is None:
+                    heads[k] = ""
+                    continue
+                chains[k].insert(0, prev)
+                heads[k] = prev.prev_id
+        return chains
 
     async def on_messages(self, messages: list[Message]) -> Result:
-        packets = [m.packet for m in messages if isinstance(m.packet, TrainingDataPacket)]
-        steps = await asyncio.to_thread(self.core.process, packets)
+        packets: list[TrainingDataPacket] = []
+        for m in messages:
+            if isinstance(m.packet, TrainingDataPacket):
+                packets.append(m.packet)
+                self._remember(m.id, m.packet)  # a packet's predecessor is often in the same batch
+        ancestors = await self._ancestors(packets)
+        steps = await asyncio.to_thread(self._learn, packets, ancestors)
         self.stats.inc("trainer_packets", len(packets))
         self.stats.inc("trainer_updates", steps)
         for name, value in self.core.events.items():
@@ -98,61 +184,112 @@ class TrainerService:
         self.core.events.clear()
         return Result()
 
+    def _learn(self, packets: list[TrainingDataPacket], ancestors: list[list[TrainingDataPacket]]) -> int:
+        steps = self.core.process(packets, ancestors)
+        if self.extrema is not None:
+            for p in packets:
+                self._extrema_samples += len(self.extrema.observe(p))
+            self._extrema_credit += self.settings.extrema_updates_per_packet * len(packets)
+            n = int(self._extrema_credit)
+            if n:
+                self._extrema_credit -= n
+                self.extrema.train(n)
+        return steps
+
+    # --- the cycle ---------------------------------------------------------------------------
+
     async def on_timer(self, now: int) -> Result:
         writes: list[Write] = []
+        if now >= self._next_merge_ms:
+            self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
+            writes.extend(await self.merge_round(now))
+        await self.adopt_newer()
+        if self.sync is not None and self.sync.leader and self.paper is not None:
+            await self.paper_trade()
         if now >= self._next_metrics_ms:
             self._next_metrics_ms = now + int(self.settings.metrics_every_s * 1000)
-            metrics = self.core.metrics(now)
-            packet = MetricsPacket(producer=self.producer, ts_ms=now, step=self.core.updates, metrics=metrics)
-            writes.append(Write(keys.METRICS, packet, maxlen=self.settings.metrics_maxlen))
-            self.stats.set("trainer_epsilon", metrics["charts/epsilon"])
-            self.stats.set("trainer_replay_size", metrics["charts/replay_size"])
-        if self._checkpoint_due(now):
-            announcement = await self.checkpoint(now)
-            if announcement is not None:
-                writes.append(Write(keys.MODELS, announcement, maxlen=self.settings.models_maxlen))
+            writes.append(Write(keys.METRICS, self._metrics_packet(now), maxlen=self.settings.metrics_maxlen))
         return Result(writes=writes)
 
-    def _checkpoint_due(self, now: int) -> bool:
-        done = self.core.updates - self._last_checkpoint_updates
-        if done <= 0:
-            return False
-        return (
-            done >= self.settings.checkpoint_every_updates
-            or now - self._last_checkpoint_ms >= self.settings.checkpoint_every_s * 1000
-        )
+    def _metrics_packet(self, now: int) -> MetricsPacket:
+        metrics = self.core.metrics(now)
+        metrics["charts/model_round"] = float(round_of(self.core.model_version))
+        metrics["charts/replicas"] = float(len(self.members))
+        if self.extrema is not None:
+            metrics.update(self.extrema.metrics())
+        if self.paper is not None and self.sync is not None and self.sync.leader:
+            metrics.update(self.paper.metrics())
+        if self.last_merge:
+            metrics["merge/duration_ms"] = float(self.last_merge["duration_ms"])
+            metrics["merge/members"] = float(self.last_merge["members"])
+        self.stats.set("trainer_epsilon", metrics["charts/epsilon"])
+        self.stats.set("trainer_replay_size", metrics["charts/replay_size"])
+        return MetricsPacket(producer=self.producer, ts_ms=now, step=self.core.updates, metrics=metrics)
 
-    async def checkpoint(self, now: int) -> ModelAnnouncement | None:
-        """Write a checkpoint file (atomically) and return its announcement; None when there is nothing to save."""
-        updates = self.core.updates
-        version = checkpoint_version(now, updates, self.producer)
-        try:
-            data, parameters = await asyncio.to_thread(self.core.checkpoint, version, self.producer)
-        except CheckpointError as exc:
-            log.info("no checkpoint: %s", exc)
-            return None
-        path = self.checkpoint_dir / f"{version}{SUFFIX}"
-        await asyncio.to_thread(write_atomic, path, data)
-        await asyncio.to_thread(prune_checkpoints, self.checkpoint_dir, self.settings.checkpoint_keep)
-        self._last_checkpoint_ms = now
-        self._last_checkpoint_updates = updates
-        self.last_checkpoint = str(path)
-        self.stats.inc("trainer_checkpoints_written")
-        log.info("checkpoint %s (%d parameters, %d bytes)", path, parameters, len(data))
-        return ModelAnnouncement(
-            name=MODEL_NAME,
-            version=version,
-            ts_ms=now,
-            uri=path.as_uri(),
-            sha256=sha256_hex(data),
-            producer=self.producer,
-            parameters=parameters,
-            metrics={
-                "charts/updates": float(updates),
-                "charts/transitions": float(self.core.transitions),
-                "charts/state_dim": float(self.core.state_dim),
-            },
-        )
+    async def merge_round(self, now: int) -> list[Write]:
+        """Heartbeat, submit, and (as leader) merge and publish; the announcements to write."""
+        sync = self.sync
+        assert sync is not None
+        self.members = await sync.heartbeat(now)
+        groups = self._groups()
+        if groups and self.core.samples_since_merge > 0:
+            meta = describe({"base": self.core.model_version, "state_dim": self.core.state_dim})
+            await sync.submit(groups, self.core.samples_since_merge, meta)
+            self.core.samples_since_merge = 0
+            self._extrema_samples = 0
+        if not await sync.try_lead():
+            return []
+        meta = describe({
+            "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
+            "state_dim": self.core.state_dim,
+            "layout_version": self.core.layout_version,
+            "cnn_version": self.core.cnn_version,
+            "data_from_ms": self.core.data_from_ms,
+            "data_to_ms": self.core.data_to_ms,
+            "metrics": {"losses/td_loss": self.core.last_loss},
+        })  # fmt: skip
+        result = await sync.merge(self.members, now, meta)
+        if result is None:
+            return []
+        self.last_merge = {"round": result.round, "members": len(result.members), "duration_ms": result.duration_ms}
+        self.stats.inc("trainer_merge_rounds")
+        self.stats.set("trainer_merge_duration_ms", result.duration_ms)
+        log.info(
+            "merge round %d: %d replicas, %d samples, %.0f ms", result.round, len(result.members), result.samples,
+            result.duration_ms,
+        )  # fmt: skip
+        return [Write(keys.MODELS, a, maxlen=self.settings.models_maxlen) for a in result.announcements]
+
+    def _groups(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if self.core.agent is not None:
+            out[MODEL_NAME] = {k: v.detach().clone() for k, v in self.core.agent.q_network.state_dict().items()}
+        if self.extrema is not None and out:
+            # Averaged with the same weight as the DQN (both learn from every packet the replica receives).
+            out[CNN_MODEL] = {k: v.detach().clone() for k, v in self.extrema.model.state_dict().items()}
+        return out
+
+    async def adopt_newer(self) -> None:
+        """Adopt merged versions announced since the last ones adopted."""
+        assert self.sync is not None
+        for model in (MODEL_NAME, CNN_MODEL):
+            ann = await self.sync.newest(model, after_ts_ms=self._adopted_ts[model])
+            if ann is not None:
+                await self._adopt(ann)
+
+    async def paper_trade(self) -> None:
+        """The leader's paper trading: every packet as it arrives, decided on by the current policy."""
+        assert self.paper is not None
+        reply = await self.runtime.cmd.xread({keys.TRAINING: self._paper_id}, count=PAPER_READ)
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                self._paper_id = s(entry_id)
+                try:
+                    packet = codec.decode(fields)
+                except codec.DecodeError:
+                    continue
+                if isinstance(packet, TrainingDataPacket):
+                    self.paper.on_packet(packet, self.core)
 
     def info(self) -> dict[str, Any]:
         """What /stats shows besides the counters."""
@@ -164,18 +301,66 @@ class TrainerService:
             "transitions": core.transitions,
             "replay_size": len(core.agent.replay) if core.agent else 0,
             "epsilon": core.epsilon,
-            "resumed_from": core.resumed_from,
-            "resume_error": core.resume_error,
-            "last_checkpoint": self.last_checkpoint,
+            "model_version": core.model_version,
+            "leader": bool(self.sync and self.sync.leader),
+            "members": self.members,
+            "last_merge": self.last_merge,
             "hyperparameters": {k: v for k, v in vars(core.hp).items()},
         }
 
 
+def unpack_single(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
+    """Tensors and metadata of a published model (a plain safetensors file of one model)."""
+    return load_safetensors(data), read_metadata(data)
+
+
+def round_of(version: str) -> int:
+    """Merge round of a published version (``dqn-r0000012`` -> 12); 0 for none."""
+    _, sep, tail = version.rpartition("-r")
+    return int(tail) if sep and tail.isdigit() else 0
+
+
+def make_extrema(settings: TrainerSettings) -> Any:
+    """The CNN's extrema trainer, or None when it is switched off."""
+    if settings.extrema_updates_per_packet <= 0:
+        return None
+    from unistream_trainer.extrema import ExtremaTrainer
+
+    # 2,000 labelled windows (float16: ~24 MB at the default window) keep memory modest per replica.
+    return ExtremaTrainer(seed=settings.seed, buffer_size=2_000)
+
+
+def adopt_cnn(extrema: Any, tensors: dict[str, Any]) -> bool:
+    if extrema is None:
+        return False
+    try:
+        extrema.model.load_state_dict(tensors, strict=True)
+    except RuntimeError:
+        return False
+    return True
+
+
+def make_paper(settings: TrainerSettings) -> Any:
+    if not settings.paper_trading:
+        return None
+    from unistream_trainer.paper_policy import PaperPolicy
+
+    return PaperPolicy(fee=settings.fee, seed=settings.seed)
+
+
 async def worker(ctx: ServiceContext) -> None:
-    """The trainer worker: resume, then run the consumer until cancelled."""
+    """The trainer worker: start from the newest published models, then run the consumer until cancelled."""
     settings = cast(TrainerSettings, ctx.settings)
     runtime = StreamRuntime(settings.redis_url, settings.consumer(SERVICE), settings.symbols, ctx.stats)
     service = TrainerService(settings, runtime, ctx.stats)
-    await service.load_resume()
     service.register()
-    await run_consumers(ctx, runtime, service.info)
+    try:
+        await service.start_from_published()
+    except Exception as exc:  # noqa: BLE001 - Redis may not be up yet; the first merge round retries
+        log.warning("could not read the published models at start: %s", exc)
+    try:
+        await run_consumers(ctx, runtime, service.info)
+    finally:
+        if service.sync is not None:
+            with contextlib.suppress(Exception):  # best effort on the way out: the heartbeat expires anyway
+                await service.sync.leave()

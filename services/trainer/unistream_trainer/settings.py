@@ -18,7 +18,9 @@ from unistream_trainer.dqn import Hyperparameters
 class TrainerSettings(CommonSettings):
     """DQN hyperparameters, publishing and checkpointing of the trainer."""
 
-    model_dir: str = Field("models", description="Checkpoints go to <model_dir>/dqn/<version>.safetensors")
+    model_dir: str = Field(
+        "models", description="Merged models go to <model_dir>/<model>/<version>.safetensors (+ .json metadata)"
+    )
     dqn_hidden_sizes: Annotated[tuple[int, ...], NoDecode] = Field(
         (256, 256), description="Comma-separated widths of the Q-network's shared layers, e.g. 256,256"
     )
@@ -40,9 +42,23 @@ class TrainerSettings(CommonSettings):
     reward_scale: float = Field(100.0, gt=0, description="Multiplier of stored rewards (100: percent)")
     max_gap_ms: int = Field(5_000, ge=1, description="Larger gaps between a symbol's states cut its run, ms")
     metrics_every_s: float = Field(5.0, gt=0, description="Seconds between MetricsPackets")
-    checkpoint_every_updates: int = Field(500, ge=1, description="Gradient steps between checkpoints")
-    checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between checkpoints (when steps were taken)")
-    checkpoint_keep: int = Field(5, ge=1, description="Newest checkpoint files kept on disk")
+    checkpoint_keep: int = Field(10, ge=1, description="Newest merged model files kept per model on disk")
+    merge_every_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between merge rounds: replicas submit their weights, the leader averages and publishes "
+        "(a replica's heartbeat lasts 3 rounds)",
+    )
+    claim_idle_ms: int = Field(
+        20_000, ge=1_000, description="Training packets left this long by a dead replica are taken over, ms"
+    )
+    chain_cache: int = Field(
+        256, ge=8, description="Training packets kept in memory to build transitions without fetching them again"
+    )
+    paper_trading: bool = Field(True, description="The leader paper-trades the current policy on every packet")
+    extrema_updates_per_packet: float = Field(
+        0.5, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
+    )
     metrics_maxlen: int = Field(10_000, ge=10, description="Approximate retention of the metrics stream, entries")
     models_maxlen: int = Field(1_000, ge=10, description="Approximate retention of the model registry stream, entries")
 

@@ -1,0 +1,622 @@
+"""Paper trading on the training stream and the statistics that judge it (pure).
+
+No I/O and no clock: every time comes in as an argument (``ts_ms``, event time in milliseconds).
+
+**Timing.** ``PaperBook.step(ts_ms, price, target_position)`` is a decision taken at ``(ts_ms,
+price)``: the fee of the change is paid at that price, and the new position earns from the *next*
+price on. A step therefore books
+
+    r_k = pos_{k-1} * log(price_k / price_{k-1}) - fee * |pos_k - pos_{k-1}|
+
+(the move of the position held since the previous decision, then the fee of this decision; the
+first step has no move). Nothing after step ``k`` can change ``r_1 .. r_k``. This is the reward
+of :func:`unistream_trainer.core.step_reward` with the fee booked when it is paid instead of one
+step later; the sums agree. An open position is marked to market, never closed for the report.
+
+**Units.** Returns are log returns of one unit of notional (position -1..+1), net of fees;
+``fee`` is per side as a fraction of notional (0.001 = Binance spot 0.1 %), so a flip from long to
+short pays two sides. The equity curve ``E_k = r_1 + .. + r_k`` starts at ``E_0 = 0``; wealth is
+``exp(E)``.
+
+**Trades.** A trade runs from opening a non-zero position to flat or to the opposite side (a flip
+closes one trade and opens the next; resizing on the same side stays in the trade). Its net
+return is the sum of its moves less its fees: the entry fee, any resizing fees and the exit fee
+(on a flip the exit side goes to the closing trade, the entry side to the new one).
+
+**Baselines**, fed the same prices inside every book: ``buy_and_hold`` (long from the first price,
+one entry fee), ``flat`` (always 0) and ``random``: a seeded policy that changes position with
+the probability ``changes / steps`` the policy has shown so far (this step included) and then
+picks uniformly among the two other positions of {-1, 0, +1}; its number of position changes
+matches the policy's in expectation.
+
+**Metrics** (:meth:`PaperBook.metrics`, ``paper/...``): ``pnl`` (sum of net log returns),
+``pnl_pct`` (``100 * (exp(pnl) - 1)``), ``sharpe`` (mean / sample std of the per-step net returns
+times ``sqrt(steps per year)``, a year being 365 days of the median time between steps; 0 when the
+std is 0 up to rounding or there are fewer than two steps), ``max_drawdown`` (largest fall of
+wealth from its running peak, ``1 - exp(E_k - max_{j<=k} E_j)``, a fraction), ``win_rate`` (share
+of closed trades whose net return is > 0; 0 without closed trades, see ``trades``),
+``trades_per_hour`` (closed trades per hour of event time between the first and the last step),
+``fee_share`` (``fees / (|gross_pnl| + fees)``: 0 without fees, 1/2 when fees equal the gross PnL
+in size, 1 when the gross PnL is 0), and ``pnl``/``sharpe``/``max_drawdown`` of each baseline as
+``paper/<baseline>_<metric>``.
+
+Several symbols: :class:`PaperPortfolio`, one book per symbol, capital split equally among the
+symbols seen so far (see there).
+
+Statistics for walk-forward folds: :func:`mean_ci` (Student-t interval of the mean),
+:func:`bootstrap_ci` (percentile bootstrap of any statistic), :func:`fold_rows` and
+:func:`format_table` (the Markdown table ``unistream evaluate`` prints).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+MS_PER_YEAR = 365 * 24 * 3600 * 1000
+BASELINES: tuple[str, ...] = ("buy_and_hold", "flat", "random")
+RANDOM_POSITIONS: tuple[int, ...] = (0, 1, -1)
+TABLE_METRICS: tuple[str, ...] = ("pnl", "sharpe", "max_drawdown")
+
+
+# --- one equity curve ---------------------------------------------------------------------------
+
+
+class _Curve:
+    """Per-step returns of one equity curve, kept online: moments (Welford), drawdown, step times."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+        self.equity = 0.0
+        self.peak = 0.0
+        self.max_drawdown = 0.0  # fraction of wealth
+        self.dt_ms: Counter[int] = Counter()  # time between consecutive steps -> count
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+
+    def add(self, ts_ms: int, r: float) -> None:
+        self.n += 1
+        delta = r - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (r - self.mean)
+        self.equity += r
+        self.peak = max(self.peak, self.equity)
+        self.max_drawdown = max(self.max_drawdown, -math.expm1(self.equity - self.peak))
+        if self.last_ts is not None:
+            self.dt_ms[ts_ms - self.last_ts] += 1
+        if self.first_ts is None:
+            self.first_ts = ts_ms
+        self.last_ts = ts_ms
+
+    def copy(self) -> _Curve:
+        c = _Curve()
+        c.__dict__.update(self.__dict__)
+        c.dt_ms = Counter(self.dt_ms)
+        return c
+
+    def median_dt_ms(self) -> float:
+        return _weighted_median(self.dt_ms)
+
+    def sharpe(self) -> float:
+        """Annualised Sharpe ratio of the per-step returns (risk-free rate 0)."""
+        if self.n < 2 or not self.dt_ms:
+            return 0.0
+        std = math.sqrt(self.m2 / (self.n - 1))
+        if std <= 1e-9 * abs(self.mean) + 1e-15:  # constant returns, up to float rounding
+            return 0.0
+        dt = self.median_dt_ms()
+        if dt <= 0:
+            return 0.0
+        return self.mean / std * math.sqrt(MS_PER_YEAR / dt)
+
+
+def _weighted_median(counts: Mapping[int, int]) -> float:
+    """Median of values given as value -> count (the mean of the two middle values when even)."""
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0
+    lo_rank, hi_rank = (total - 1) // 2, total // 2  # 0-based ranks of the middle value(s)
+    lo = hi = None
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if lo is None and seen > lo_rank:
+            lo = value
+        if seen > hi_rank:
+            hi = value
+            break
+    assert lo is not None and hi is not None
+    return (lo + hi) / 2
+
+
+# --- trades and one account ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClosedTrade:
+    """A trade from opening a position to flat or to the opposite side."""
+
+    side: int  # +1 long, -1 short
+    entry_ts_ms: int
+    exit_ts_ms: int
+    entry_price: float
+    exit_price: float
+    net_return: float  # sum of position * log returns while open, less all of its fees
+    fees: float
+    tag: object = None  # what the caller passed with the step that opened it (e.g. a signal context)
+
+
+@dataclass
+class _OpenTrade:
+    side: int
+    entry_ts_ms: int
+    entry_price: float
+    net_return: float
+    fees: float
+    tag: object
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+@dataclass
+class _Ledger:
+    """The account of one policy on one symbol."""
+
+    fee: float
+    position: float = 0.0
+    price: float | None = None
+    steps: int = 0
+    changes: int = 0  # steps whose target differed from the position held
+    fees: float = 0.0
+    gross: float = 0.0  # sum of position * log returns, before fees
+    trades: int = 0  # closed trades
+    wins: int = 0
+    last_return: float = 0.0
+    open_trade: _OpenTrade | None = None
+    curve: _Curve = field(default_factory=_Curve)
+
+    def step(self, ts_ms: int, price: float, target: float, tag: object = None) -> list[ClosedTrade]:
+        move = self.position * math.log(price / self.price) if self.price is not None else 0.0
+        self.gross += move
+        if self.open_trade is not None:
+            self.open_trade.net_return += move
+        closed: list[ClosedTrade] = []
+        cost = 0.0
+        if target != self.position:
+            self.changes += 1
+            cost = self.fee * abs(target - self.position)
+            self.fees += cost
+            old_side, new_side = _sign(self.position), _sign(target)
+            if old_side == new_side:  # resize on the same side: the trade goes on
+                assert self.open_trade is not None
+                self.open_trade.net_return -= cost
+                self.open_trade.fees += cost
+            else:
+                entry_cost = cost
+                if self.open_trade is not None:  # exit: flat or the other side
+                    exit_cost = self.fee * abs(self.position)
+                    entry_cost = cost - exit_cost
+                    closed.append(self._close(ts_ms, price, exit_cost))
+                if new_side:
+                    self.open_trade = _OpenTrade(new_side, ts_ms, price, -entry_cost, entry_cost, tag)
+        self.last_return = move - cost
+        self.curve.add(ts_ms, self.last_return)
+        self.position = target
+        self.price = price
+        self.steps += 1
+        return closed
+
+    def _close(self, ts_ms: int, price: float, exit_cost: float) -> ClosedTrade:
+        t = self.open_trade
+        assert t is not None
+        self.open_trade = None
+        trade = ClosedTrade(
+            side=t.side,
+            entry_ts_ms=t.entry_ts_ms,
+            exit_ts_ms=ts_ms,
+            entry_price=t.entry_price,
+            exit_price=price,
+            net_return=t.net_return - exit_cost,
+            fees=t.fees + exit_cost,
+            tag=t.tag,
+        )
+        self.trades += 1
+        self.wins += trade.net_return > 0
+        return trade
+
+
+def _fee_share(fees: float, gross: float) -> float:
+    denominator = abs(gross) + fees
+    return fees / denominator if denominator > 0 else 0.0
+
+
+def _hours(first_ts: int | None, last_ts: int | None) -> float:
+    if first_ts is None or last_ts is None:
+        return 0.0
+    return (last_ts - first_ts) / 3_600_000
+
+
+def _curve_metrics(curve: _Curve, prefix: str) -> dict[str, float]:
+    return {
+        f"{prefix}pnl": curve.equity,
+        f"{prefix}sharpe": curve.sharpe(),
+        f"{prefix}max_drawdown": curve.max_drawdown,
+    }
+
+
+# --- one symbol ---------------------------------------------------------------------------------
+
+
+class PaperBook:
+    """Paper trading of one symbol: the policy's account and the three baselines' on the same prices."""
+
+    def __init__(self, fee: float = 0.001, seed: int = 0) -> None:
+        if not 0.0 <= fee < 1.0:
+            raise ValueError(f"fee must be in [0, 1), was {fee}")
+        self.fee = fee
+        self.policy = _Ledger(fee)
+        self.baselines: dict[str, _Ledger] = {name: _Ledger(fee) for name in BASELINES}
+        self._rng = random.Random(seed)
+
+    @property
+    def position(self) -> float:
+        """The policy's position now."""
+        return self.policy.position
+
+    @property
+    def steps(self) -> int:
+        return self.policy.steps
+
+    def step(self, ts_ms: int, price: float, target_position: float, tag: object = None) -> list[ClosedTrade]:
+        """Apply a decision taken at ``(ts_ms, price)``; returns the policy's trades it closed (0 or 1).
+
+        ``target_position`` is in [-1, 1] (the DQN's actions give 0, +1, -1). ``tag`` is kept with a
+        trade this step opens and handed back in its :class:`ClosedTrade`. Steps must come in
+        strictly increasing ``ts_ms``.
+        """
+        last = self.policy.curve.last_ts
+        if last is not None and ts_ms <= last:
+            raise ValueError(f"ts_ms {ts_ms} is not after the previous step's {last}")
+        if not (math.isfinite(price) and price > 0):
+            raise ValueError(f"price must be finite and positive, was {price}")
+        if not (math.isfinite(target_position) and -1.0 <= target_position <= 1.0):
+            raise ValueError(f"target_position must be in [-1, 1], was {target_position}")
+        closed = self.policy.step(ts_ms, price, target_position, tag)
+        self.baselines["buy_and_hold"].step(ts_ms, price, 1)
+        self.baselines["flat"].step(ts_ms, price, 0)
+        rand = self.baselines["random"]
+        rate = self.policy.changes / self.policy.steps
+        target = rand.position
+        if self._rng.random() < rate:
+            target = self._rng.choice([p for p in RANDOM_POSITIONS if p != rand.position])
+        rand.step(ts_ms, price, target)
+        return closed
+
+    def last_returns(self) -> dict[str, float]:
+        """Net return booked by the latest step, for the policy and each baseline."""
+        out = {"policy": self.policy.last_return}
+        out.update((name, ledger.last_return) for name, ledger in self.baselines.items())
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """The ``paper/...`` metrics (see the module docstring)."""
+        p = self.policy
+        hours = _hours(p.curve.first_ts, p.curve.last_ts)
+        out = _curve_metrics(p.curve, "paper/")
+        out.update(
+            {
+                "paper/pnl_pct": 100.0 * math.expm1(p.curve.equity),
+                "paper/gross_pnl": p.gross,
+                "paper/fees": p.fees,
+                "paper/fee_share": _fee_share(p.fees, p.gross),
+                "paper/trades": float(p.trades),
+                "paper/win_rate": p.wins / p.trades if p.trades else 0.0,
+                "paper/trades_per_hour": p.trades / hours if hours > 0 else 0.0,
+                "paper/position_changes": float(p.changes),
+                "paper/steps": float(p.steps),
+                "paper/hours": hours,
+                "paper/position": float(p.position),
+            }
+        )
+        for name, ledger in self.baselines.items():
+            out.update(_curve_metrics(ledger.curve, f"paper/{name}_"))
+        out["paper/random_position_changes"] = float(self.baselines["random"].changes)
+        return out
+
+
+# --- several symbols ----------------------------------------------------------------------------
+
+
+class _PooledCurve:
+    """An equity curve fed per symbol step: the steps at one ``ts_ms`` form one step, their mean return."""
+
+    def __init__(self) -> None:
+        self.curve = _Curve()
+        self.pending_ts: int | None = None
+        self.pending = 0.0  # sum of the symbols' returns in the open step
+        self.pending_symbols = 1  # symbols in the portfolio when the open step last grew
+
+    def add(self, ts_ms: int, r: float, n_symbols: int) -> None:
+        if self.pending_ts is None:
+            self.pending_ts = ts_ms
+        elif ts_ms > self.pending_ts:
+            self.curve.add(self.pending_ts, self.pending / self.pending_symbols)
+            self.pending_ts, self.pending = ts_ms, 0.0
+        self.pending += r  # the same time, or late (another symbol behind): joins the open step
+        self.pending_symbols = n_symbols
+
+    def snapshot(self) -> _Curve:
+        c = self.curve.copy()
+        if self.pending_ts is not None:
+            c.add(self.pending_ts, self.pending / self.pending_symbols)
+        return c
+
+
+class PaperPortfolio:
+    """One :class:`PaperBook` per symbol, and the portfolio that holds them with equal capital.
+
+    The portfolio splits its capital equally among its symbols: the steps of all symbols at one
+    ``ts_ms`` make one portfolio step (1s bars of different symbols share their close times) whose
+    return is the mean of theirs over the symbols seen so far (first order in log returns; exact
+    for one symbol). ``pnl``, ``sharpe`` and ``max_drawdown`` are measured on that curve;
+    ``gross_pnl`` and ``fees`` are the symbols' means (per unit of capital when every symbol runs
+    from the start); trade counts, ``win_rate`` and ``trades_per_hour`` pool every symbol's closed
+    trades. Baselines aggregate the same way.
+    """
+
+    def __init__(self, fee: float = 0.001, seed: int = 0) -> None:
+        self.fee = fee
+        self.seed = seed
+        self.books: dict[str, PaperBook] = {}
+        self._curves: dict[str, _PooledCurve] = {name: _PooledCurve() for name in ("policy", *BASELINES)}
+
+    def step(
+        self, symbol: str, ts_ms: int, price: float, target_position: float, tag: object = None
+    ) -> list[ClosedTrade]:
+        """:meth:`PaperBook.step` on ``symbol``'s book (created on first sight, its own seeded random baseline)."""
+        book = self.books.get(symbol)
+        if book is None:
+            seed = (self.seed * 1_000_003 + zlib.crc32(symbol.encode())) & 0xFFFFFFFF
+            book = self.books[symbol] = PaperBook(self.fee, seed)
+        closed = book.step(ts_ms, price, target_position, tag)
+        for name, r in book.last_returns().items():
+            self._curves[name].add(ts_ms, r, len(self.books))
+        return closed
+
+    def metrics(self) -> dict[str, float]:
+        """The same ``paper/...`` names as :meth:`PaperBook.metrics`, for the whole portfolio."""
+        ledgers = [b.policy for b in self.books.values()]
+        trades = sum(p.trades for p in ledgers)
+        wins = sum(p.wins for p in ledgers)
+        firsts = [p.curve.first_ts for p in ledgers if p.curve.first_ts is not None]
+        lasts = [p.curve.last_ts for p in ledgers if p.curve.last_ts is not None]
+        hours = _hours(min(firsts), max(lasts)) if firsts else 0.0
+        curve = self._curves["policy"].snapshot()
+        gross = sum(p.gross for p in ledgers) / len(ledgers) if ledgers else 0.0
+        fees = sum(p.fees for p in ledgers) / len(ledgers) if ledgers else 0.0
+        out = _curve_metrics(curve, "paper/")
+        out.update(
+            {
+                "paper/pnl_pct": 100.0 * math.expm1(curve.equity),
+                "paper/gross_pnl": gross,
+                "paper/fees": fees,
+                "paper/fee_share": _fee_share(fees, gross),
+                "paper/trades": float(trades),
+                "paper/win_rate": wins / trades if trades else 0.0,
+                "paper/trades_per_hour": trades / hours if hours > 0 else 0.0,
+                "paper/position_changes": float(sum(p.changes for p in ledgers)),
+                "paper/steps": float(sum(p.steps for p in ledgers)),
+                "paper/hours": hours,
+                "paper/symbols": float(len(self.books)),
+            }
+        )
+        for name in BASELINES:
+            out.update(_curve_metrics(self._curves[name].snapshot(), f"paper/{name}_"))
+        out["paper/random_position_changes"] = float(sum(b.baselines["random"].changes for b in self.books.values()))
+        return out
+
+    def symbol_metrics(self) -> dict[str, dict[str, float]]:
+        """Each symbol's own :meth:`PaperBook.metrics`."""
+        return {symbol: book.metrics() for symbol, book in self.books.items()}
+
+
+# --- statistics for walk-forward folds ----------------------------------------------------------
+
+
+class Interval(NamedTuple):
+    """A point estimate and its confidence interval over ``n`` values."""
+
+    value: float
+    low: float
+    high: float
+    n: int
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        step = d * c
+        h *= step
+        if abs(step - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student-t quantile: the ``t`` with ``t_cdf(t, df) == p`` (bisection to float precision)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), was {p}")
+    if df <= 0:
+        raise ValueError(f"df must be positive, was {df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    if p == 0.5:
+        return 0.0
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if mid in (lo, hi):
+            break
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+def _finite_array(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("no values")
+    if not np.isfinite(x).all():
+        raise ValueError("values hold NaN or infinity")
+    return x
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), was {confidence}")
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Interval:
+    """Mean and its Student-t confidence interval, ``mean +- t_{(1+c)/2, n-1} * s / sqrt(n)``.
+
+    One value gives no spread to measure: the interval is (-inf, inf).
+    """
+    _check_confidence(confidence)
+    x = _finite_array(values)
+    n = x.size
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, -math.inf, math.inf, 1)
+    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    stat: Callable[[np.ndarray], float] = np.mean,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
+    """``stat(values)`` and its percentile bootstrap interval from ``n_boot`` resamples (seeded).
+
+    One value gives no spread to resample: the interval is (-inf, inf).
+    """
+    _check_confidence(confidence)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, was {n_boot}")
+    x = _finite_array(values)
+    value = float(stat(x))
+    if x.size == 1:
+        return Interval(value, -math.inf, math.inf, 1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    boots = np.array([float(stat(x[row])) for row in idx])
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(boots, [alpha, 1.0 - alpha])
+    return Interval(value, float(low), float(high), int(x.size))
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One metric: the policy's interval over folds and each baseline's."""
+
+    metric: str
+    policy: Interval
+    baselines: dict[str, Interval] = field(default_factory=dict)
+
+
+def fold_rows(
+    folds: Sequence[Mapping[str, float]],
+    metrics: Sequence[str] = TABLE_METRICS,
+    baselines: Sequence[str] = BASELINES,
+    confidence: float = 0.95,
+) -> list[TableRow]:
+    """Rows for :func:`format_table` from per-fold ``paper/...`` metrics (t-intervals over folds)."""
+    rows = []
+    for m in metrics:
+        policy = mean_ci([f[f"paper/{m}"] for f in folds], confidence)
+        base = {}
+        for b in baselines:
+            key = f"paper/{b}_{m}"
+            if all(key in f for f in folds):
+                base[b] = mean_ci([f[key] for f in folds], confidence)
+        rows.append(TableRow(m, policy, base))
+    return rows
+
+
+def _cell(iv: Interval, digits: int) -> str:
+    def num(v: float) -> str:
+        return f"{v:.{digits}g}" if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+    return f"{num(iv.value)} [{num(iv.low)}, {num(iv.high)}]"
+
+
+def format_table(rows: Sequence[TableRow], digits: int = 4, confidence: float = 0.95) -> str:
+    """A Markdown table: metric | policy mean [low, high] | one column per baseline (same form).
+
+    ``confidence`` only labels the header; the intervals are whatever the rows hold. A baseline a
+    row lacks shows as ``-``. Returns the text; the caller prints it.
+    """
+    names: list[str] = []
+    for r in rows:
+        names += [b for b in r.baselines if b not in names]
+    header = ["metric", f"policy mean [{100 * confidence:g}% CI]", *names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        cells = [r.metric, _cell(r.policy, digits)]
+        cells += [_cell(r.baselines[b], digits) if b in r.baselines else "-" for b in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Paper trading of the current policy on live packets, and sensitivity learning from its trades (pure).
+
+:class:`PaperPolicy` sees every training packet as it arrives. For each symbol it holds a position;
+at a packet it asks the trading DQN for its greedy action given that position (the decision uses
+only that packet and the past), moves the :class:`~unistream_trainer.paper.PaperPortfolio` to the
+action's target position, and when that opens a trade it tags it with the signal's context (the
+DQN's Q-values, the CNN's 1s predictions). Every closed trade's net outcome (fees included) is fed
+to the :class:`~unistream_trainer.sensitivity.SensitivityLearner`, which learns at which confidence
+and size to act, scored against a fixed-threshold baseline on the same trades.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from unistream_common.packets import TrainingDataPacket
+from unistream_trainer.dqn import ACTION_POSITION
+from unistream_trainer.paper import PaperPortfolio
+from unistream_trainer.sensitivity import CONTEXT_NAMES, SensitivityLearner, packet_predictions, signal_context
+
+
+class Policy(Protocol):
+    def greedy_action(self, packet: TrainingDataPacket, position: int) -> tuple[int, np.ndarray]: ...
+
+
+class PaperPolicy:
+    """Positions per symbol, the paper portfolio, and the sensitivity learner fed by its closed trades."""
+
+    def __init__(self, fee: float = 0.001, seed: int = 0, sensitivity_updates_per_trade: int = 4) -> None:
+        self.portfolio = PaperPortfolio(fee=fee, seed=seed)
+        self.sensitivity = SensitivityLearner(len(CONTEXT_NAMES), seed=seed)
+        self.positions: dict[str, int] = {}
+        self.last_ts: dict[str, int] = {}
+        self.updates_per_trade = sensitivity_updates_per_trade
+        self.decisions = 0
+
+    def on_packet(self, packet: TrainingDataPacket, policy: Policy) -> None:
+        """Decide at ``packet`` (older or repeated packets of a symbol are ignored)."""
+        if packet.ts_event_ms <= self.last_ts.get(packet.symbol, 0):
+            return
+        self.last_ts[packet.symbol] = packet.ts_event_ms
+        position = self.positions.get(packet.symbol, 0)
+        action, q_values = policy.greedy_action(packet, position)
+        target = ACTION_POSITION[action]
+        tag = None
+        if target != 0 and target != position:
+            tag = signal_context(q_values, action, packet_predictions(packet), fill=0.0)
+        closed = self.portfolio.step(packet.symbol, packet.ts_event_ms, packet.price, float(target), tag)
+        self.positions[packet.symbol] = target
+        self.decisions += 1
+        for trade in closed:
+            if trade.tag is not None:
+                self.sensitivity.record(np.asarray(trade.tag, np.float32), trade.net_return)
+                self.sensitivity.train(self.updates_per_trade)
+
+    def metrics(self) -> dict[str, float]:
+        out = self.portfolio.metrics()
+        out.update(self.sensitivity.metrics())
+        out["paper/decisions"] = float(self.decisions)
+        return out

@@ -1,0 +1,279 @@
+"""Trainer replicas converge to one model: weight averaging through Redis (local SGD / federated averaging).
+
+Every replica trains on its share of ``ml:training`` (one consumer group: each packet is learned
+from once). Every ``merge_every_s`` each replica
+
+1. renews its heartbeat in ``ml:trainer:members`` (a sorted set: name -> expiry, ms) and drops
+   members whose heartbeat expired: replicas join and leave at any time;
+2. when it learned something since its last submission, stores its weights with the number of
+   samples behind them under ``ml:trainer:weights:{name}`` (safetensors, expires after 3 rounds);
+3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time). The leader takes every
+   live member's submission (GETDEL: each counts in one round only), averages the tensors weighted
+   by samples, and publishes the merged version: bytes in the registry ``ml:registry:{model}:{version}``
+   (Redis, for distribution; the newest few kept) and a file under ``<model_dir>/<model>/`` with a JSON
+   of its metadata (the volume, for persistence), then a ModelAnnouncement on ``ml:models``.
+4. Every replica loads each newer merged version it sees announced (also the leader), and a new or
+   restarted replica starts from the newest one: nobody starts from scratch once a model exists.
+
+:func:`average` is pure; :class:`ReplicaSync` is the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from unistream_common import codec, keys
+from unistream_common.packets import ModelAnnouncement
+from unistream_common.redisio import s
+from unistream_trainer.checkpoint import read_metadata, sha256_hex, write_atomic
+
+log = logging.getLogger(__name__)
+
+MEMBERS = "ml:trainer:members"
+LEADER = "ml:trainer:leader"
+ROUND = "ml:trainer:round"
+REGISTRY_KEEP = 5  # merged versions kept in Redis per model
+MODEL_SCAN = 100
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+def weights_key(member: str) -> str:
+    return f"ml:trainer:weights:{member}"
+
+
+def registry_key(model: str, version: str) -> str:
+    return f"ml:registry:{model}:{version}"
+
+
+def average(parts: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
+    """Tensors averaged with the given weights (samples learned); every part must have the same names and shapes.
+
+    Raises ValueError for no parts, weights that do not sum to a positive number, or parts that disagree.
+    """
+    if not parts:
+        raise ValueError("nothing to average")
+    total = float(sum(w for _, w in parts))
+    if not total > 0:
+        raise ValueError(f"weights sum to {total}; at least one part must have learned something")
+    names = set(parts[0][0])
+    out: dict[str, torch.Tensor] = {}
+    for tensors, _ in parts[1:]:
+        if set(tensors) != names:
+            raise ValueError(f"parts hold different tensors: {sorted(names ^ set(tensors))[:5]}")
+    for name in sorted(names):
+        first = parts[0][0][name]
+        acc = torch.zeros_like(first, dtype=torch.float64)
+        for tensors, w in parts:
+            t = tensors[name]
+            if t.shape != first.shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)} in one part and {tuple(first.shape)} in another")
+            acc += t.to(torch.float64) * (w / total)
+        out[name] = acc.to(first.dtype)
+    return out
+
+
+def pack(groups: Mapping[str, Mapping[str, torch.Tensor]], metadata: Mapping[str, str]) -> bytes:
+    """One safetensors file holding several models' tensors, names prefixed ``<model>/``."""
+    tensors = {f"{g}/{k}": v.detach().cpu().contiguous() for g, t in groups.items() for k, v in t.items()}
+    return save_safetensors(tensors, metadata=dict(metadata))
+
+
+def unpack(data: bytes) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """Inverse of :func:`pack`: tensors per model, and the metadata."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, t in load_safetensors(data).items():
+        g, _, k = name.partition("/")
+        groups.setdefault(g, {})[k] = t
+    return groups, read_metadata(data)
+
+
+@dataclass
+class Submission:
+    member: str
+    groups: dict[str, dict[str, torch.Tensor]]
+    samples: float
+    metadata: dict[str, str]
+
+
+@dataclass
+class MergeResult:
+    version: str
+    round: int
+    members: list[str]
+    samples: float
+    duration_ms: float
+    announcements: list[ModelAnnouncement] = field(default_factory=list)
+
+
+class ReplicaSync:
+    """Heartbeat, submission, leadership, merge and publication for one replica."""
+
+    def __init__(
+        self, redis: aioredis.Redis, member: str, model_dir: str, ttl_ms: int, models_maxlen: int = 1_000,
+        files_keep: int = 10,
+    ) -> None:  # fmt: skip
+        self.redis = redis
+        self.member = member
+        self.model_dir = Path(model_dir).resolve()
+        self.ttl_ms = ttl_ms
+        self.models_maxlen = models_maxlen
+        self.files_keep = files_keep
+        self.leader = False
+        self._renew = redis.register_script(_RENEW)
+
+    async def heartbeat(self, now_ms: int) -> list[str]:
+        """Renew this member; drop expired ones; the live members, sorted."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(MEMBERS, {self.member: now_ms + self.ttl_ms})
+        pipe.zremrangebyscore(MEMBERS, "-inf", now_ms)
+        pipe.zrange(MEMBERS, 0, -1)
+        *_, members = await pipe.execute()
+        return sorted(s(m) for m in members)
+
+    async def leave(self) -> None:
+        """A clean stop: out of the members, the lease released if held."""
+        await self.redis.zrem(MEMBERS, self.member)
+        if self.leader:
+            await self.redis.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                1, LEADER, self.member,
+            )  # fmt: skip
+            self.leader = False
+
+    async def submit(
+        self, groups: Mapping[str, Mapping[str, torch.Tensor]], samples: int, meta: Mapping[str, str]
+    ) -> None:
+        data = pack(groups, {**meta, "member": self.member, "samples": str(samples)})
+        await self.redis.set(weights_key(self.member), data, px=3 * self.ttl_ms)
+
+    async def try_lead(self) -> bool:
+        self.leader = bool(await self._renew(keys=[LEADER], args=[self.member, self.ttl_ms]))
+        return self.leader
+
+    async def collect(self, members: Sequence[str]) -> list[Submission]:
+        """Take (GETDEL) the live members' submissions; undecodable ones are dropped with a warning."""
+        pipe = self.redis.pipeline(transaction=False)
+        for m in members:
+            pipe.getdel(weights_key(m))
+        out = []
+        for m, data in zip(members, await pipe.execute(), strict=True):
+            if not data:
+                continue
+            try:
+                groups, meta = unpack(data)
+                out.append(Submission(m, groups, float(meta.get("samples", "0")), meta))
+            except Exception as exc:  # noqa: BLE001 - a broken submission must not stop the merge
+                log.warning("submission of %s passed over: %s", m, exc)
+        return out
+
+    async def merge(self, members: Sequence[str], now_ms: int, meta: Mapping[str, str]) -> MergeResult | None:
+        """As leader: average the submissions and publish every model in them; None with nothing to merge."""
+        started = time.perf_counter()
+        subs = [x for x in await self.collect(members) if x.samples > 0]
+        if not subs:
+            return None
+        # Only submissions with the same tensor names and shapes as the largest group merge together.
+        shapes = {k: tuple(v.shape) for g in subs[0].groups.values() for k, v in g.items()}
+        subs = [x for x in subs if {k: tuple(v.shape) for g in x.groups.values() for k, v in g.items()} == shapes]
+        round_no = int(await self.redis.incr(ROUND))
+        version_tag = f"r{round_no:07d}"
+        samples = sum(x.samples for x in subs)
+        contributors = [x.member for x in subs]
+        result = MergeResult(version_tag, round_no, contributors, samples, 0.0)
+        for model in sorted(set.intersection(*(set(x.groups) for x in subs))):
+            merged = average([(x.groups[model], x.samples) for x in subs])
+            version = f"{model}-{version_tag}"
+            metadata = {
+                **meta,
+                **{k: v for k, v in subs[0].metadata.items() if k.startswith(model + ".")},
+                "model": model,
+                "version": version,
+                "round": str(round_no),
+                "parents": ",".join(f"{x.member}:{x.metadata.get('base', '')}" for x in subs),
+                "members": ",".join(contributors),
+                "samples": str(int(samples)),
+                "published_ms": str(now_ms),
+            }
+            data = save_safetensors({k: v.contiguous() for k, v in merged.items()}, metadata=metadata)
+            key = registry_key(model, version)
+            path = self.model_dir / model / f"{version}.safetensors"
+            write_atomic(path, data)
+            path.with_suffix(".json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
+            for old in sorted(path.parent.glob(f"{model}-r*.safetensors"))[: -self.files_keep]:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".json").unlink(missing_ok=True)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(key, data)
+            pipe.rpush(f"ml:registry:{model}", version)
+            await pipe.execute()
+            await self._prune(model)
+            metrics = {
+                "merge/round": float(round_no),
+                "merge/members": float(len(contributors)),
+                "merge/samples": float(samples),
+            }
+            result.announcements.append(
+                ModelAnnouncement(
+                    name=model, version=version, ts_ms=now_ms, uri=f"redis:{key}", sha256=sha256_hex(data),
+                    producer=self.member, parameters=sum(t.numel() for t in merged.values()), metrics=metrics,
+                )
+            )  # fmt: skip
+        result.duration_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    async def _prune(self, model: str) -> None:
+        index = f"ml:registry:{model}"
+        extra = int(await self.redis.llen(index)) - REGISTRY_KEEP
+        for _ in range(max(0, extra)):
+            old = await self.redis.lpop(index)
+            if old:
+                await self.redis.delete(registry_key(model, s(old)))
+
+    async def fetch(self, ann: ModelAnnouncement) -> bytes | None:
+        """The bytes an announcement points at (registry key or file), checked against its sha256."""
+        if ann.uri.startswith("redis:"):
+            data = await self.redis.get(ann.uri[len("redis:") :])
+        else:
+            path = Path(ann.uri.removeprefix("file://"))
+            data = path.read_bytes() if path.exists() else None
+        if data is None or sha256_hex(data) != ann.sha256:
+            return None
+        return bytes(data)
+
+    def newest_file(self, model: str) -> tuple[str, bytes] | None:
+        """(version, bytes) of the newest merged file of ``model`` on the volume (when Redis lost the registry)."""
+        files = sorted((self.model_dir / model).glob(f"{model}-r*.safetensors"))
+        return (files[-1].stem, files[-1].read_bytes()) if files else None
+
+    async def newest(self, model: str, after_ts_ms: int = 0) -> ModelAnnouncement | None:
+        """The newest announcement of ``model`` newer than ``after_ts_ms`` on ``ml:models``."""
+        for _, fields in await self.redis.xrevrange(keys.MODELS, "+", "-", count=MODEL_SCAN):
+            try:
+                p = codec.decode(fields)
+            except codec.DecodeError:
+                continue
+            if isinstance(p, ModelAnnouncement) and p.name == model:
+                return p if p.ts_ms > after_ts_ms else None
+        return None
+
+
+def describe(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Metadata values as strings (safetensors metadata is str -> str)."""
+    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}

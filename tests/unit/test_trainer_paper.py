@@ -1,0 +1,321 @@
+"""Paper trading: hand-computed PnL, fees, trades, drawdown, Sharpe, baselines, no look-ahead, statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from unistream_trainer.paper import (
+    ClosedTrade,
+    Interval,
+    PaperBook,
+    PaperPortfolio,
+    _Curve,
+    bootstrap_ci,
+    fold_rows,
+    format_table,
+    mean_ci,
+    t_cdf,
+    t_quantile,
+)
+
+T0 = 1_700_000_000_000
+FEE = 0.001
+SQRT_STEPS_PER_YEAR_1S = math.sqrt(365 * 24 * 3600)
+
+
+def run(prices: list[float], targets: list[float], fee: float = FEE, dt_ms: int = 1000, seed: int = 0) -> PaperBook:
+    book = PaperBook(fee=fee, seed=seed)
+    for k, (p, t) in enumerate(zip(prices, targets, strict=True)):
+        book.step(T0 + k * dt_ms, p, t)
+    return book
+
+
+# --- PnL, fees and timing -----------------------------------------------------------------------
+
+
+def test_long_on_a_rising_price_earns_the_log_return_less_one_fee():
+    m = run([100.0, 110.0], [1, 1]).metrics()
+    assert m["paper/pnl"] == pytest.approx(math.log(1.1) - FEE)
+    assert m["paper/gross_pnl"] == pytest.approx(math.log(1.1))
+    assert m["paper/fees"] == pytest.approx(FEE)
+    assert m["paper/pnl_pct"] == pytest.approx(100 * (1.1 * math.exp(-FEE) - 1))
+    assert m["paper/trades"] == 0  # still open: marked to market, not closed
+    assert m["paper/position"] == 1
+    assert m["paper/position_changes"] == 1
+
+
+def test_a_round_trip_pays_two_fees_and_closes_one_trade():
+    book = PaperBook(fee=FEE)
+    assert book.step(T0, 100.0, 1, tag="ctx") == []
+    (trade,) = book.step(T0 + 1000, 110.0, 0)
+    assert trade == ClosedTrade(
+        side=1,
+        entry_ts_ms=T0,
+        exit_ts_ms=T0 + 1000,
+        entry_price=100.0,
+        exit_price=110.0,
+        net_return=pytest.approx(math.log(1.1) - 2 * FEE),
+        fees=pytest.approx(2 * FEE),
+        tag="ctx",
+    )
+    m = book.metrics()
+    assert m["paper/pnl"] == pytest.approx(math.log(1.1) - 2 * FEE)
+    assert m["paper/trades"] == 1 and m["paper/win_rate"] == 1.0
+
+
+def test_a_flip_from_long_to_short_pays_two_fees_at_once_and_splits_them_between_the_trades():
+    book = PaperBook(fee=FEE)
+    book.step(T0, 100.0, 1)
+    (closed,) = book.step(T0 + 1000, 100.0, -1, tag="short")
+    assert book.last_returns()["policy"] == pytest.approx(-2 * FEE)
+    assert closed.side == 1 and closed.fees == pytest.approx(2 * FEE)  # its entry and its exit
+    assert closed.net_return == pytest.approx(-2 * FEE)
+    (short,) = book.step(T0 + 2000, 90.0, 0)  # short earns log(100/90), pays its entry and exit
+    assert short.side == -1 and short.tag == "short"
+    assert short.net_return == pytest.approx(math.log(100 / 90) - 2 * FEE)
+    m = book.metrics()
+    assert m["paper/fees"] == pytest.approx(4 * FEE)
+    assert m["paper/pnl"] == pytest.approx(closed.net_return + short.net_return)
+
+
+def test_resizing_on_the_same_side_stays_in_the_trade_and_pays_the_difference():
+    book = PaperBook(fee=FEE)
+    book.step(T0, 100.0, 0.5)
+    assert book.step(T0 + 1000, 100.0, 1.0) == []
+    (trade,) = book.step(T0 + 2000, 110.0, 0)
+    assert trade.fees == pytest.approx(FEE * (0.5 + 0.5 + 1.0))
+    assert trade.net_return == pytest.approx(math.log(1.1) - 2 * FEE)
+
+
+def test_a_decision_earns_only_from_the_next_price_on():
+    # Going long at the price after a jump does not earn the jump.
+    m = run([100.0, 200.0, 200.0], [0, 1, 1]).metrics()
+    assert m["paper/pnl"] == pytest.approx(-FEE)
+    # Going flat at the price after a crash still takes the crash (the long was held through it).
+    m = run([100.0, 50.0], [1, 0]).metrics()
+    assert m["paper/pnl"] == pytest.approx(math.log(0.5) - 2 * FEE)
+
+
+def test_a_different_future_price_never_changes_the_decisions_or_costs_before_it():
+    rng = np.random.default_rng(3)
+    base = list(100 * np.exp(np.cumsum(rng.normal(0, 0.002, 200))))
+    k = 120
+    other = base[: k + 1] + [base[k + 1] * 1.05] + base[k + 2 :]
+
+    def replay(prices: list[float]) -> tuple[list[int], list[float]]:
+        """A momentum policy that sees prices up to now only; its decisions and per-step returns."""
+        book = PaperBook(fee=FEE)
+        decisions, returns = [], []
+        for t, p in enumerate(prices):
+            target = 0 if t == 0 else (1 if p > prices[t - 1] else -1)
+            decisions.append(target)
+            book.step(T0 + 1000 * t, p, target)
+            returns.append(book.last_returns()["policy"])
+        return decisions, returns
+
+    d1, r1 = replay(base)
+    d2, r2 = replay(other)
+    assert d1[: k + 1] == d2[: k + 1]
+    assert r1[: k + 1] == r2[: k + 1]  # exactly: nothing at or before step k saw price k+1
+    assert r1[k + 1] != r2[k + 1]
+
+
+def test_closed_trades_plus_the_open_one_add_up_to_the_pnl():
+    rng = np.random.default_rng(5)
+    prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.003, 500))))
+    targets = list(rng.choice([0, 1, -1, 0.5], size=500, p=[0.7, 0.1, 0.1, 0.1]))
+    book = PaperBook(fee=FEE)
+    closed: list[ClosedTrade] = []
+    for t, (p, a) in enumerate(zip(prices, targets)):
+        closed += book.step(T0 + 1000 * t, float(p), float(a))
+    open_net = book.policy.open_trade.net_return if book.policy.open_trade else 0.0
+    m = book.metrics()
+    assert sum(c.net_return for c in closed) + open_net == pytest.approx(m["paper/pnl"], abs=1e-12)
+    assert m["paper/gross_pnl"] - m["paper/fees"] == pytest.approx(m["paper/pnl"], abs=1e-12)
+    assert m["paper/trades"] == len(closed)
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_max_drawdown_of_a_known_curve():
+    # Long without fees: wealth follows the price, 1.0 1.2 0.9 1.08 0.8; the worst fall is 1.2 -> 0.8.
+    m = run([100.0, 120.0, 90.0, 108.0, 80.0], [1] * 5, fee=0.0).metrics()
+    assert m["paper/max_drawdown"] == pytest.approx(1 - 0.8 / 1.2)
+    assert m["paper/buy_and_hold_max_drawdown"] == pytest.approx(1 - 0.8 / 1.2)
+    assert m["paper/flat_max_drawdown"] == 0.0
+
+
+def test_win_rate_counts_trades_that_beat_their_fees():
+    # +10 %, -10 %, +0.1 % (less than the two fees: a loss), +5 %.
+    prices = [100.0, 110.0, 110.0, 99.0, 99.0, 99.099, 99.099, 104.05395]
+    targets = [1, 0, 1, 0, 1, 0, 1, 0]
+    m = run(prices, targets).metrics()
+    assert m["paper/trades"] == 4
+    assert m["paper/win_rate"] == pytest.approx(2 / 4)
+
+
+def test_trades_per_hour_use_event_time():
+    prices = [100.0, 101.0, 101.0, 102.0, 102.0]
+    m = run(prices, [1, 0, -1, 0, 0], dt_ms=900_000).metrics()  # 4 steps of 15 min: one hour
+    assert m["paper/hours"] == pytest.approx(1.0)
+    assert m["paper/trades_per_hour"] == pytest.approx(2.0)
+
+
+def test_fee_share_of_fees_in_the_gross_activity():
+    assert run([100.0, 100.0], [1, 0]).metrics()["paper/fee_share"] == pytest.approx(1.0)  # gross 0
+    m = run([100.0, 110.0], [1, 0]).metrics()
+    assert m["paper/fee_share"] == pytest.approx(2 * FEE / (math.log(1.1) + 2 * FEE))
+    assert run([100.0, 110.0], [0, 0]).metrics()["paper/fee_share"] == 0.0
+
+
+def test_sharpe_is_annualised_by_the_median_step_time():
+    prices = [100.0, 101.0, 100.0, 102.0, 101.5]
+    m = run(prices, [1] * 5, fee=0.0).metrics()
+    r = np.array([0.0, *np.diff(np.log(prices))])
+    assert m["paper/sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * SQRT_STEPS_PER_YEAR_1S)
+    # The same returns one minute apart: sqrt(60) times fewer steps per year.
+    m60 = run(prices, [1] * 5, fee=0.0, dt_ms=60_000).metrics()
+    assert m60["paper/sharpe"] == pytest.approx(m["paper/sharpe"] / math.sqrt(60))
+
+
+def test_sharpe_is_zero_for_constant_returns():
+    curve = _Curve()
+    for k in range(50):
+        curve.add(T0 + 1000 * k, math.log(1.001))
+    assert curve.sharpe() == 0.0
+    m = run([100.0 * 1.001**k for k in range(50)], [0] * 50).metrics()  # flat: all returns 0
+    assert m["paper/sharpe"] == 0.0 and m["paper/pnl"] == 0.0
+    assert run([100.0], [1]).metrics()["paper/sharpe"] == 0.0  # one step: no std
+
+
+def test_baselines_on_the_same_prices():
+    prices = [100.0, 105.0, 95.0, 120.0]
+    m = run(prices, [0, 0, 0, 0]).metrics()
+    assert m["paper/buy_and_hold_pnl"] == pytest.approx(math.log(1.2) - FEE)
+    assert m["paper/flat_pnl"] == 0.0 and m["paper/flat_sharpe"] == 0.0
+    assert m["paper/random_position_changes"] == 0  # the policy never trades, so neither does random
+    assert m["paper/random_pnl"] == 0.0
+
+
+def test_the_random_baseline_matches_the_policys_trade_rate_and_is_seeded():
+    rng = np.random.default_rng(11)
+    n = 6000
+    prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.001, n))))
+    targets, pos = [], 0
+    for _ in range(n):
+        if rng.random() < 0.08:
+            pos = int(rng.choice([p for p in (0, 1, -1) if p != pos]))
+        targets.append(pos)
+    m = run(prices, targets, seed=1).metrics()
+    changes, random_changes = m["paper/position_changes"], m["paper/random_position_changes"]
+    assert changes == pytest.approx(0.08 * n, rel=0.1)
+    assert random_changes == pytest.approx(changes, rel=0.1)
+    assert run(prices, targets, seed=1).metrics() == m
+    assert run(prices, targets, seed=2).metrics()["paper/random_pnl"] != m["paper/random_pnl"]
+
+
+def test_steps_must_move_forward_in_time_with_valid_prices_and_positions():
+    book = PaperBook()
+    book.step(T0, 100.0, 1)
+    with pytest.raises(ValueError, match="not after"):
+        book.step(T0, 101.0, 1)
+    with pytest.raises(ValueError, match="price"):
+        book.step(T0 + 1, 0.0, 1)
+    with pytest.raises(ValueError, match="target_position"):
+        book.step(T0 + 1, 100.0, 2)
+    with pytest.raises(ValueError, match="fee"):
+        PaperBook(fee=-0.1)
+
+
+# --- several symbols ----------------------------------------------------------------------------
+
+
+def test_portfolio_of_identical_symbols_matches_one_book_and_pools_trades():
+    rng = np.random.default_rng(2)
+    prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.002, 300))))
+    targets = [int(x) for x in rng.choice([0, 1, -1], size=300, p=[0.8, 0.1, 0.1])]
+    book = run(prices, targets)
+    pf = PaperPortfolio(fee=FEE)
+    for k, (p, a) in enumerate(zip(prices, targets)):
+        for symbol in ("ETHUSDT", "BTCUSDT"):
+            pf.step(symbol, T0 + 1000 * k, p, a)
+    one, both = book.metrics(), pf.metrics()
+    for key in ("pnl", "sharpe", "max_drawdown", "fees", "win_rate", "buy_and_hold_pnl", "flat_pnl"):
+        assert both[f"paper/{key}"] == pytest.approx(one[f"paper/{key}"], rel=1e-9, abs=1e-12), key
+    assert both["paper/trades"] == 2 * one["paper/trades"]
+    assert both["paper/symbols"] == 2
+    assert set(pf.symbol_metrics()) == {"ETHUSDT", "BTCUSDT"}
+
+
+def test_portfolio_splits_capital_equally():
+    pf = PaperPortfolio(fee=0.0)
+    for k, (eth, btc) in enumerate([(100.0, 50.0), (110.0, 40.0)]):
+        pf.step("ETHUSDT", T0 + 1000 * k, eth, 1)  # long ETH
+        pf.step("BTCUSDT", T0 + 1000 * k, btc, 0)  # flat BTC
+    assert pf.metrics()["paper/pnl"] == pytest.approx(math.log(1.1) / 2)
+    assert pf.metrics()["paper/buy_and_hold_pnl"] == pytest.approx((math.log(1.1) + math.log(0.8)) / 2)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_t_quantiles_match_the_tables():
+    for p, df, ref in [(0.975, 1, 12.7062), (0.975, 4, 2.7764), (0.975, 9, 2.2622), (0.995, 3, 5.8409)]:
+        assert t_quantile(p, df) == pytest.approx(ref, abs=1e-4)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
+    assert t_cdf(t_quantile(0.9, 7), 7) == pytest.approx(0.9, abs=1e-12)
+
+
+def test_mean_ci_contains_the_mean_and_shrinks_with_n():
+    iv = mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)
+    assert iv == Interval(3.0, pytest.approx(3.0 - half), pytest.approx(3.0 + half), 5)
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (5, 50, 500):
+        x = rng.normal(1.0, 2.0, n)
+        lo_hi = mean_ci(x)
+        assert lo_hi.low < x.mean() < lo_hi.high
+        widths.append(lo_hi.high - lo_hi.low)
+    assert widths[0] > widths[1] > widths[2]
+    assert mean_ci([7.0]) == Interval(7.0, -math.inf, math.inf, 1)
+    assert mean_ci([2.0, 2.0]) == Interval(2.0, 2.0, 2.0, 2)
+    with pytest.raises(ValueError):
+        mean_ci([])
+    with pytest.raises(ValueError):
+        mean_ci([1.0, math.nan])
+
+
+def test_bootstrap_ci_contains_the_statistic_shrinks_with_n_and_is_seeded():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (10, 100, 1000):
+        x = rng.normal(0.0, 1.0, n)
+        iv = bootstrap_ci(x, np.median, n_boot=500, seed=4)
+        assert iv.low <= iv.value <= iv.high and iv.n == n
+        widths.append(iv.high - iv.low)
+    assert widths[0] > widths[1] > widths[2]
+    x = [0.3, -0.1, 0.5, 0.2]
+    assert bootstrap_ci(x, seed=9) == bootstrap_ci(x, seed=9)
+    assert bootstrap_ci([1.5]) == Interval(1.5, -math.inf, math.inf, 1)
+
+
+def test_format_table_prints_policy_and_baseline_intervals_from_folds():
+    folds = [
+        {"paper/pnl": 0.01, "paper/buy_and_hold_pnl": 0.02, "paper/flat_pnl": 0.0, "paper/random_pnl": -0.01},
+        {"paper/pnl": 0.03, "paper/buy_and_hold_pnl": -0.02, "paper/flat_pnl": 0.0, "paper/random_pnl": -0.03},
+    ]
+    rows = fold_rows(folds, metrics=("pnl",))
+    assert rows[0].policy.value == pytest.approx(0.02)
+    text = format_table(rows)
+    lines = text.splitlines()
+    assert lines[0] == "| metric | policy mean [95% CI] | buy_and_hold | flat | random |"
+    assert lines[1] == "|---|---|---|---|---|"
+    assert lines[2].startswith("| pnl | 0.02 [")
+    assert "| 0 [0, 0] |" in lines[2]  # flat: no spread
+    one = format_table(fold_rows(folds[:1], metrics=("pnl",)))
+    assert "[-inf, inf]" in one
