@@ -305,3 +305,26 @@ async def test_each_training_packet_links_its_symbols_previous_packet_also_acros
                 assert by_id[p.prev_id].ts_event_ms == p.ts_event_ms - 1_000
     finally:
         await r.aclose()
+
+
+async def test_cnn_weights_published_in_the_trainers_redis_registry_are_loaded(redis_url: str, tmp_path: Path):
+    r = command_client(redis_url)
+    settings = make_settings(redis_url, tmp_path)
+    data = save_bytes(init_model(321))
+    key = "ml:registry:cnn-mtf:cnn-mtf-r0000001"
+    try:
+        await r.set(key, data)
+        await write_history(r)
+        async with running_worker("features", settings, worker) as ctx:
+            ann = ModelAnnouncement(
+                name="cnn-mtf", version="cnn-mtf-r0000001", ts_ms=T0, uri=f"redis:{key}",
+                sha256=sha256_hex(data), producer="trainer-1", parameters=1,
+            )  # fmt: skip
+            await r.xadd(keys.MODELS, codec.encode(ann))
+            await eventually(lambda: _stat(ctx, "features_model_loaded", 1))
+            await write_seconds(r, 0, 2)
+            await eventually(lambda: _count(r, keys.TRAINING, 2 * 2))
+        training = await read_all(r, keys.TRAINING)
+        assert {p.model_version for p in training} == {"cnn-mtf-r0000001"} and training[-1].cnn_state == "LOADED"
+    finally:
+        await r.aclose()
