@@ -87,6 +87,7 @@ def system(tmp_path: Path) -> Iterator[dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
     env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
+    env["UNISTREAM_MERGE_EVERY_S"] = "3"  # merge rounds within the test's minute (default 30 s)
     log_path = tmp_path / "run.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -200,6 +201,15 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
             producers.add(codec.decode(fields).producer)  # type: ignore[union-attr]
         time.sleep(1)
     assert producers == {"trainer-1", "trainer-2"}
+
+    # The two replicas converge to one model: a merged DQN of both is published and announced.
+    deadline = time.monotonic() + 60
+    merged: list[object] = []
+    while time.monotonic() < deadline and not merged:
+        anns = [codec.decode(f) for _, f in client.xrange(keys.MODELS)]
+        merged = [a for a in anns if a.name == "dqn" and a.metrics.get("merge/members") == 2]  # type: ignore[union-attr]
+        time.sleep(1)
+    assert merged, "no merged model of both replicas within 60 s"
 
     # SIGKILL the aggregator: the supervisor restarts it and bars carry on, exactly once.
     sup = proc.pid
