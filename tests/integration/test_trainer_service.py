@@ -94,6 +94,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
         async with running_worker("trainer", settings, worker) as ctx:
             await writer.seconds(0, 60)
             await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await writer.seconds(60, 70)  # the leader paper-trades packets that arrive while it leads
             await eventually(lambda: _paper(r), timeout=20, what="paper-trading metrics")
             await eventually(lambda: _round_reported(r), timeout=20, what="metrics naming the adopted round")
             assert ctx.stats.total("trainer_no_predecessor") <= len(SYMBOLS)
@@ -115,7 +116,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
         # A restart (a new replica too) starts from the newest merged model.
         published = load_safetensors(data)
         async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-2"), worker) as ctx2:
-            await writer.seconds(60, 62)
+            await writer.seconds(70, 72)
             await eventually(lambda: _stat(ctx2, "trainer_packets", 1))
             info = ctx2.info()
             assert info["model_version"].startswith("dqn-r"), info
@@ -124,7 +125,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
         # Redis lost the registry and the announcements: the volume still has the newest merged model.
         await r.delete(keys.MODELS, *[k async for k in r.scan_iter("ml:registry:*")])
         async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-3"), worker) as ctx3:
-            await writer.seconds(62, 64)
+            await writer.seconds(72, 74)
             await eventually(lambda: _stat(ctx3, "trainer_packets", 1))
             assert ctx3.info()["model_version"] == max((tmp_path / "dqn").glob("dqn-r*.safetensors")).stem
     finally:
@@ -173,7 +174,9 @@ async def _stat(ctx: ServiceContext, name: str, n: float) -> bool:
 
 
 async def _paper(r: aioredis.Redis) -> bool:
-    return any("paper/pnl" in m.metrics and "paper/buy_and_hold_pnl" in m.metrics for m in await metrics(r))
+    return any(
+        m.metrics.get("paper/decisions", 0) > 0 and "paper/buy_and_hold_pnl" in m.metrics for m in await metrics(r)
+    )
 
 
 async def _round_reported(r: aioredis.Redis) -> bool:

@@ -343,7 +343,7 @@ def test_trainer_settings_parse_hidden_sizes_and_refuse_learning_before_one_batc
     monkeypatch.setenv("UNISTREAM_MODEL_DIR", "/tmp/m")
     settings = TrainerSettings()
     assert settings.hyperparameters().hidden_sizes == (128, 64) and settings.model_dir == "/tmp/m"
-    assert settings.hyperparameters().buffer_size == 5_000 and settings.hyperparameters().n_step == 3
+    assert settings.hyperparameters().buffer_size == 2_000 and settings.hyperparameters().n_step == 3
     with pytest.raises(ValidationError, match="UNISTREAM_DQN_BATCH_SIZE"):
         TrainerSettings(dqn_batch_size=64, dqn_learning_starts=10)
     with pytest.raises(ValidationError, match="positive integers"):

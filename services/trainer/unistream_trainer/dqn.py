@@ -42,8 +42,8 @@ class Hyperparameters:
     """discount per step (one step = one 1s bar)"""
     n_step: int = 3
     """steps summed into one return before bootstrapping from the target network"""
-    buffer_size: int = 5_000
-    """replay capacity, transitions; memory = 2 x buffer_size x obs_dim x 4 bytes (about 112 MB at 2,794)"""
+    buffer_size: int = 2_000
+    """replay capacity, transitions; memory = 2 x buffer_size x obs_dim x 4 bytes (about 215 MB at 13,451)"""
     batch_size: int = 64
     """transitions per gradient step"""
     learning_starts: int = 64

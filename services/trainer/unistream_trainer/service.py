@@ -280,6 +280,11 @@ class TrainerService:
     async def paper_trade(self) -> None:
         """The leader's paper trading: every packet as it arrives, decided on by the current policy."""
         assert self.paper is not None
+        if (
+            self._paper_id == "$"
+        ):  # just became leader: from the newest packet on (XREAD "$" without BLOCK reads nothing)
+            top = await self.runtime.cmd.xrevrange(keys.TRAINING, "+", "-", count=1)
+            self._paper_id = s(top[0][0]) if top else "0-0"
         reply = await self.runtime.cmd.xread({keys.TRAINING: self._paper_id}, count=PAPER_READ)
         for _, entries in reply or []:
             for entry_id, fields in entries:

@@ -27,7 +27,9 @@ class TrainerSettings(CommonSettings):
     dqn_learning_rate: float = Field(1e-4, gt=0, description="Adam learning rate")
     dqn_gamma: float = Field(0.99, gt=0, le=1, description="Discount per 1s step")
     dqn_n_step: int = Field(3, ge=1, le=20, description="Steps per n-step return")
-    dqn_buffer_size: int = Field(5_000, ge=1, description="Replay capacity, transitions")
+    dqn_buffer_size: int = Field(
+        2_000, ge=1, description="Replay capacity, transitions (2 x this x ~13,451 x 4 bytes: 215 MB at 2,000)"
+    )
     dqn_batch_size: int = Field(64, ge=1, description="Transitions per gradient step")
     dqn_learning_starts: int = Field(64, ge=1, description="Replay size before the first gradient step")
     dqn_updates_per_transition: float = Field(4.0, ge=0, description="Gradient steps per new transition")
