@@ -52,9 +52,25 @@ Rows (ticks/s unless stated):
 - ``features_rss_mb_start`` / ``features_rss_mb_after_hour`` / ``features_rss_growth_pct``:
   VmRSS of the features process once warm (MiB), after one simulated hour of both symbols
   written as fast as Redis takes them (the service catches up), and the growth between (%);
-  the samples every 10 simulated minutes are printed under the table. Goal: growth < 10%.
+  the samples every 10 simulated minutes are printed under the table. Goal: growth < 10%;
+- ``trainer_updates_per_s``: gradient steps per second of the trainer's ``DQNAgent.learn`` (double
+  DQN, n-step, Huber, clipping, Polyak target) at batch 64 on the default network (obs 13,451,
+  hidden 256, 256), replay pre-filled with random transitions, torch on one thread; reference:
+  ``sb3_dqn_updates_per_s``, Stable-Baselines3's ``DQN.train`` with ``net_arch=[256, 256]`` on a
+  gymnasium Box of the same size, same batch and replay. Goal: >= 1.5 x the reference;
+- ``trainer_packets_per_s_1_replica`` / ``trainer_packets_per_s_2_replicas``: training packets
+  learned per second by 1 and 2 ``unistream trainer`` processes (default settings, full states)
+  from a backlog on ``ml:training``, first acknowledgement to nothing read or pending (XINFO
+  GROUPS); the 2-replica row's reference is the 1-replica row. Goal: >= 1.7 x;
+- ``trainer_claim_s``: a consumer of the ``trainer`` group reads a batch and never acknowledges
+  it, beside two running replicas: seconds until none of it is pending (claimed after the default
+  ``UNISTREAM_CLAIM_IDLE_MS`` of 20 s and learned from). Goal: < 30 s;
+- ``trainer_merge_round_ms``: the leader's merge round (gather, average, publish) with both
+  replicas in it, default network, from the replicas' ``/stats`` (``info.last_merge``) (ms).
 The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
-(at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s; ``--only`` takes row names).
+(at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s), the trainer rows in
+``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all);
+``--only`` takes row names. A goal marked ``x`` compares the ratio to the row's reference.
 """
 
 from __future__ import annotations
@@ -75,7 +91,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import features
 import redis.asyncio as aioredis
+import trainer
 from aggregator import (
     aggregator_ticks_per_s,
     bar_latency_goal_ms,
@@ -87,9 +105,6 @@ from aggregator import (
     percentile,
 )
 from features import (
-    GOALS,
-    MAX_RUNS,
-    NOTES,
     features_bar_to_packet_p50_ms,
     features_bar_to_packet_p99_ms,
     features_catchup_packets_per_s,
@@ -99,12 +114,24 @@ from features import (
     features_rss_mb_start,
     redis_xadd_roundtrip_p50_ms,
 )
+from trainer import (
+    sb3_dqn_updates_per_s,
+    trainer_claim_s,
+    trainer_merge_round_ms,
+    trainer_packets_per_s_1_replica,
+    trainer_packets_per_s_2_replicas,
+    trainer_updates_per_s,
+)
 
 from unistream_common import codec
 from unistream_common.packets import Tick, TickBatch
 from unistream_common.redis_server import start_redis
 
 T0 = 1_760_000_000_000
+# Goals ((comparison, value); "x>=": the ratio to the row's reference), run caps and notes by row.
+GOALS = {**features.GOALS, **trainer.GOALS}
+MAX_RUNS = {**features.MAX_RUNS, **trainer.MAX_RUNS}
+NOTES = (features.NOTES, trainer.NOTES)  # filled by the rows as they run
 
 
 def make_ticks(n: int, first_id: int = 1) -> list[Tick]:
@@ -375,6 +402,16 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "features_rss_mb_start": (features_rss_mb_start, None, "MiB"),
     "features_rss_mb_after_hour": (features_rss_mb_after_hour, "features_rss_mb_start", "MiB"),
     "features_rss_growth_pct": (features_rss_growth_pct, None, "%"),
+    "sb3_dqn_updates_per_s": (sb3_dqn_updates_per_s, None, "updates/s"),
+    "trainer_updates_per_s": (trainer_updates_per_s, "sb3_dqn_updates_per_s", "updates/s"),
+    "trainer_packets_per_s_1_replica": (trainer_packets_per_s_1_replica, None, "packets/s"),
+    "trainer_packets_per_s_2_replicas": (
+        trainer_packets_per_s_2_replicas,
+        "trainer_packets_per_s_1_replica",
+        "packets/s",
+    ),
+    "trainer_claim_s": (trainer_claim_s, None, "s"),
+    "trainer_merge_round_ms": (trainer_merge_round_ms, None, "ms"),
 }
 
 
@@ -416,7 +453,7 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
                 "reference": ref,
                 "ratio_to_reference": median / ref_median if ref_median else None,
                 "goal": " ".join(map(str, GOALS[name])) if name in GOALS else None,
-                "notes": NOTES.get(name, []),
+                "notes": [note for notes in NOTES for note in notes.get(name, [])],
             }
         )
     return rows
@@ -439,8 +476,13 @@ def main() -> int:
         goal = ""
         if r["goal"]:
             op, value = GOALS[str(r["row"])]
-            met = r["median"] < value if op == "<" else r["median"] >= value
-            goal = f"  goal {op} {value:g}: {'met' if met else 'MISSED'}"
+            if op.startswith("x"):  # a ratio to the reference
+                ratio_value = r["ratio_to_reference"]
+                verdict = "no reference" if ratio_value is None else "met" if ratio_value >= value else "MISSED"
+                goal = f"  goal >= {value:g} x {r['reference']}: {verdict}"
+            else:
+                met = r["median"] < value if op == "<" else r["median"] >= value
+                goal = f"  goal {op} {value:g}: {'met' if met else 'MISSED'}"
         print(f"{r['row']:{width}} {cells}  {r['unit']:10}  {ratio}{goal}")
     for r in rows:
         for note in r["notes"]:
