@@ -5,7 +5,7 @@ Two kinds of measurement:
 - the learner in this process (``trainer_updates_per_s`` beside ``sb3_dqn_updates_per_s``): the
   trainer's :class:`~unistream_trainer.dqn.DQNAgent` with the default hyperparameters (dueling MLP
   256, 256 on obs 13,451 = the 13,448-value layout-v2 state of two symbols + the one-hot position;
-  batch 64; replay of 5,000) and Stable-Baselines3's ``DQN`` with ``net_arch=[256, 256]`` on a
+  batch 64; the default replay capacity) and Stable-Baselines3's ``DQN`` with ``net_arch=[256, 256]`` on a
   gymnasium ``Box`` of the same size (batch 64, the same replay size, learning rate, tau, gamma and
   gradient clipping), each replay pre-filled with the same random transitions, torch on one thread.
   After :data:`WARMUP_UPDATES` untimed steps (Adam's state is allocated on the first), the clock
@@ -164,10 +164,14 @@ def _trainer_agent() -> Any:
 
 
 def _sb3_model() -> Any:
-    import gymnasium as gym
     import torch
-    from stable_baselines3 import DQN
-    from stable_baselines3.common.logger import Logger
+
+    try:
+        import gymnasium as gym
+        from stable_baselines3 import DQN
+        from stable_baselines3.common.logger import Logger
+    except ImportError as exc:  # the row is skipped, the others run
+        raise RuntimeError(f"stable-baselines3 is not installed (requirements-dev.txt): {exc}") from None
 
     from unistream_trainer.dqn import Hyperparameters
 
@@ -386,6 +390,19 @@ class _Replicas:
                 print(f"{p.name} (exit {p.proc.returncode}) log:\n{log[-3000:]}", file=sys.stderr)
 
 
+def _machine_cpu() -> dict[str, float]:
+    """Busy, idle and stolen CPU seconds of the whole machine so far (/proc/stat)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    tick = os.sysconf("SC_CLK_TCK")
+    return {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "idle": (idle + iowait) / tick,
+        "steal": steal / tick,
+    }
+
+
 async def _group(client: aioredis.Redis) -> dict[str, Any]:
     for g in await client.xinfo_groups(keys.TRAINING):
         if s(g["name"]) == keys.GROUP_TRAINER:
@@ -405,6 +422,7 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
         await p.ready()
     await asyncio.sleep(0.5)  # every replica is in its blocking read
     cpu0 = [p.cpu_s() for p in reps.procs]
+    machine0 = _machine_cpu()
     stats0 = [await p.stats() for p in reps.procs]
     await client.xgroup_setid(keys.TRAINING, keys.GROUP_TRAINER, "0", entries_read=0)
     await client.xadd(keys.TRAINING, backlog[-1][1], id=last_id)  # wakes the blocked reads
@@ -424,6 +442,7 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
             p.check(f"the backlog learned ({read - pending:,} of {total:,} acknowledged)", deadline)
         await asyncio.sleep(0.01)
     cpu = [p.cpu_s() - c for p, c in zip(reps.procs, cpu0)]
+    machine = {k: v - machine0[k] for k, v in _machine_cpu().items()}
     stats = [await p.stats() for p in reps.procs]
 
     def delta(i: int, name: str) -> float:
@@ -438,7 +457,12 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
         f"{delta(i, 'trainer_predecessors_fetched'):.0f} predecessors fetched, {cpu[i]:.1f} CPU s"
         for i, p in enumerate(reps.procs)
     )
-    _note(row, f"{total - acked0:,} packets in {elapsed:.1f} s after the first batch ({acked0}); {per}")
+    _note(
+        row,
+        f"{total - acked0:,} packets in {elapsed:.1f} s after the first batch ({acked0}); {per}; machine "
+        f"(from the hand-over, {os.cpu_count()} CPUs): {machine['busy']:.1f} CPU s busy, {machine['idle']:.1f} idle, "
+        f"{machine['steal']:.1f} stolen",
+    )
     return (total - acked0) / elapsed
 
 
@@ -513,12 +537,8 @@ async def _claim(client: aioredis.Redis, reps: _Replicas) -> float:
         for p in reps.procs:
             p.check(f"the dead replica's {len(ids)} packets processed ({len(rows)} pending)", deadline)
         await asyncio.sleep(0.05)
-    taken = owner_changed - read_at if owner_changed else float("nan")
-    _note(
-        "trainer_claim_s",
-        f"{len(ids)} packets read and left; owner changed after {taken:.1f} s (nan: claimed and processed "
-        "between two polls)",
-    )
+    changed = f"changed owner after {owner_changed - read_at:.1f} s" if owner_changed else "claimed between two polls"
+    _note("trainer_claim_s", f"{len(ids)} packets read and never acknowledged; {changed}")
     return now - read_at
 
 
