@@ -121,6 +121,7 @@ from trainer import (
     trainer_packets_per_s_1_replica,
     trainer_packets_per_s_2_replicas,
     trainer_updates_per_s,
+    trainer_updates_per_s_float32,
 )
 
 from unistream_common import codec
@@ -404,6 +405,7 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "features_rss_growth_pct": (features_rss_growth_pct, None, "%"),
     "sb3_dqn_updates_per_s": (sb3_dqn_updates_per_s, None, "updates/s"),
     "trainer_updates_per_s": (trainer_updates_per_s, "sb3_dqn_updates_per_s", "updates/s"),
+    "trainer_updates_per_s_float32": (trainer_updates_per_s_float32, "sb3_dqn_updates_per_s", "updates/s"),
     "trainer_packets_per_s_1_replica": (trainer_packets_per_s_1_replica, None, "packets/s"),
     "trainer_packets_per_s_2_replicas": (
         trainer_packets_per_s_2_replicas,

@@ -113,6 +113,7 @@ GOALS: dict[str, tuple[str, float]] = {
 MAX_RUNS: dict[str, int] = {
     "sb3_dqn_updates_per_s": 3,
     "trainer_updates_per_s": 3,
+    "trainer_updates_per_s_float32": 3,
     "trainer_packets_per_s_1_replica": 2,
     "trainer_packets_per_s_2_replicas": 2,
     "trainer_claim_s": 2,
@@ -144,13 +145,15 @@ def replay_data(capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return _REPLAY[0]
 
 
-def _trainer_agent() -> Any:
+def _trainer_agent(precision: str = "auto") -> Any:
+    """The service's default learner (its settings' defaults; ``precision`` as UNISTREAM_DQN_PRECISION)."""
     import torch
 
-    from unistream_trainer.dqn import DQNAgent, Hyperparameters
+    from unistream_trainer.dqn import DQNAgent
+    from unistream_trainer.settings import TrainerSettings
 
     torch.set_num_threads(1)  # as the service runs it
-    hp = Hyperparameters()
+    hp = TrainerSettings(dqn_precision=precision).hyperparameters()
     if hp.hidden_sizes != (256, 256) or hp.batch_size != 64:
         raise RuntimeError(f"the trainer's defaults changed: hidden {hp.hidden_sizes}, batch {hp.batch_size}")
     obs, actions, rewards, discounts = replay_data(hp.buffer_size)
@@ -209,8 +212,8 @@ def _sb3_model() -> Any:
     return model
 
 
-def trainer_learn_rate() -> float:
-    agent = _trainer_agent()
+def trainer_learn_rate(precision: str = "auto") -> float:
+    agent = _trainer_agent(precision)
     agent.learn(WARMUP_UPDATES)
     start = time.perf_counter()
     done = agent.learn(UPDATES)
@@ -236,8 +239,17 @@ def sb3_train_rate() -> float:
 
 
 async def trainer_updates_per_s(url: str, n: int, batch: int) -> float:
+    from unistream_trainer.dqn import native_bf16
+
     value = await asyncio.to_thread(trainer_learn_rate)
-    _note("trainer_updates_per_s", f"{1000 / value:.1f} ms per update ({UPDATES} timed)")
+    mode = "bf16 matmuls (native on this CPU)" if native_bf16() else "float32 (no native bf16 on this CPU)"
+    _note("trainer_updates_per_s", f"{1000 / value:.1f} ms per update ({UPDATES} timed), default precision: {mode}")
+    return value
+
+
+async def trainer_updates_per_s_float32(url: str, n: int, batch: int) -> float:
+    value = await asyncio.to_thread(trainer_learn_rate, "float32")
+    _note("trainer_updates_per_s_float32", f"{1000 / value:.1f} ms per update, UNISTREAM_DQN_PRECISION=float32")
     return value
 
 

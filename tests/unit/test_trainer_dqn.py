@@ -348,3 +348,22 @@ def test_trainer_settings_parse_hidden_sizes_and_refuse_learning_before_one_batc
         TrainerSettings(dqn_batch_size=64, dqn_learning_starts=10)
     with pytest.raises(ValidationError, match="positive integers"):
         TrainerSettings(dqn_hidden_sizes="256,0")
+
+
+def test_a_bf16_update_keeps_float32_weights_and_agrees_with_float32_to_bf16_precision():
+    torch.manual_seed(0)
+    q = QNetwork(32, (64, 64))
+    target = QNetwork(32, (64, 64))
+    target.load_state_dict(q.state_dict())
+    batch = Batch(
+        obs=torch.randn(16, 32), actions=torch.randint(0, 3, (16,)), rewards=torch.randn(16),
+        next_obs=torch.randn(16, 32), discounts=torch.full((16,), 0.97),
+    )  # fmt: skip
+    loss32, q32 = td_loss(q, target, batch, bf16=False)
+    loss16, q16 = td_loss(q, target, batch, bf16=True)
+    assert loss16.dtype == torch.float32 and q16.dtype == torch.float32
+    assert float(loss16) == pytest.approx(float(loss32), rel=0.05)
+    assert torch.allclose(q16, q32, atol=0.05)
+    opt = torch.optim.Adam(q.parameters(), lr=1e-3, fused=True)
+    train_step(q, target, opt, batch, 10.0, bf16=True)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in q.parameters())

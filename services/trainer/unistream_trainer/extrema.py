@@ -319,7 +319,7 @@ class ExtremaTrainer:
         self.max_class_weight = max_class_weight
         self.direction_weight = direction_weight
         self.model: MultiTimeframeCNN = init_model(seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate, fused=True)
         self.buffer = SampleBuffer(buffer_size, window_bars)
         self.rng = np.random.default_rng(seed)
         self.class_counts = np.zeros((N_TIMEFRAMES, len(EXTREMA_CLASSES)), np.int64)

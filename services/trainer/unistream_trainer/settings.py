@@ -6,13 +6,13 @@ them into :class:`unistream_trainer.dqn.Hyperparameters` (whose docstrings expla
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from unistream_common.settings import CommonSettings
-from unistream_trainer.dqn import Hyperparameters
+from unistream_trainer.dqn import Hyperparameters, native_bf16
 
 
 class TrainerSettings(CommonSettings):
@@ -36,6 +36,11 @@ class TrainerSettings(CommonSettings):
     dqn_max_updates_per_batch: int = Field(16, ge=0, description="Most gradient steps per consumed batch")
     dqn_tau: float = Field(0.005, gt=0, le=1, description="Target network update rate (1: copy)")
     dqn_target_network_frequency: int = Field(1, ge=1, description="Gradient steps between target updates")
+    dqn_precision: Literal["auto", "float32", "bf16"] = Field(
+        "auto",
+        description="Matmuls of the DQN update: bf16 (autocast; weights and loss stay float32), float32, or auto "
+        "(bf16 where the CPU has native bf16: AVX512-BF16/AMX)",
+    )
     dqn_max_grad_norm: float = Field(10.0, gt=0, description="Gradient clipping norm")
     dqn_start_e: float = Field(1.0, ge=0, le=1, description="Initial exploration epsilon")
     dqn_end_e: float = Field(0.05, ge=0, le=1, description="Final exploration epsilon")
@@ -59,7 +64,7 @@ class TrainerSettings(CommonSettings):
     )
     paper_trading: bool = Field(True, description="The leader paper-trades the current policy on every packet")
     extrema_updates_per_packet: float = Field(
-        0.5, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
+        0.2, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
     )
     metrics_maxlen: int = Field(10_000, ge=10, description="Approximate retention of the metrics stream, entries")
     models_maxlen: int = Field(1_000, ge=10, description="Approximate retention of the model registry stream, entries")
@@ -113,4 +118,5 @@ class TrainerSettings(CommonSettings):
             hidden_sizes=self.dqn_hidden_sizes,
             fee=self.fee,
             reward_scale=self.reward_scale,
+            bf16=self.dqn_precision == "bf16" or (self.dqn_precision == "auto" and native_bf16()),
         )
