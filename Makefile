@@ -34,7 +34,7 @@ run: venv system ## run Redis and every service locally (ARGS="--scale trainer=2
 test: venv system ## the whole test suite
 	$(VENV)/bin/pytest -q
 
-bench: venv system ## measured rows beside their references (medians of 5 runs, features rows 3; bench-results/*.json)
+bench: venv system ## measured rows beside their references (medians of 5 runs, features and trainer rows 2-3; bench-results/*.json)
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
 lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose spec, ruff
