@@ -56,7 +56,11 @@ def test_unistream_trainer_gets_ready_publishes_metrics_and_exits_promptly_on_si
                 break
             assert time.monotonic() < deadline, f"no metrics over all packets within 60 s: {published[-1:]}"
             time.sleep(0.1)
-        r.close()
+        beat = r.hgetall(keys.heartbeat("trainer", "trainer-entrypoint"))
+        assert beat[b"service"] == b"trainer" and beat[b"ready"] == b"1" and int(beat[b"started_ms"]) > 0
+        assert r.zscore(keys.SERVICES, "trainer/trainer-entrypoint") is not None
         last = published[-1]
         assert last.producer == "trainer-entrypoint" and last.metrics["charts/state_dim"] == 8
         stop_cleanly(proc, log)
+        assert not r.exists(keys.heartbeat("trainer", "trainer-entrypoint")), "a clean stop removes the heartbeat"
+        r.close()

@@ -195,3 +195,24 @@ async def _same_version(ca: ServiceContext, cb: ServiceContext) -> bool:
 async def _claimed(r: aioredis.Redis, ctx: ServiceContext, taken: int) -> bool:
     pending = await r.xpending(keys.TRAINING, keys.GROUP_TRAINER)
     return ctx.stats.total("trainer_packets") >= taken and int(pending["pending"]) == 0
+
+
+async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url: str, tmp_path: Path):
+    from unistream_common.packets import PaperFill
+
+    r = command_client(redis_url)
+    writer = Writer(r, seed=3)
+    settings = make_settings(redis_url, tmp_path, "trainer-1", dqn_start_e=0.0, dqn_end_e=0.0)
+    try:
+        async with running_worker("trainer", settings, worker) as ctx:
+            await writer.seconds(0, 40)
+            await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await writer.seconds(40, 200)
+            await eventually(lambda: _paper(r), timeout=20, what="paper decisions")
+            fills = [codec.decode(f) for _, f in await r.xrange(keys.PAPER)]
+            assert ctx.stats.total("trainer_packets") > 0
+        decisions = [m.metrics.get("paper/position_changes", 0) for m in await metrics(r)]
+        assert all(isinstance(f, PaperFill) and f.position_from != f.position_to for f in fills)
+        assert len(fills) >= 1 or max(decisions) == 0, "every position change is a fill"
+    finally:
+        await r.aclose()

@@ -25,6 +25,10 @@ TRAINING = "ml:training"
 UI = "ui:packets"
 METRICS = "ml:metrics"
 MODELS = "ml:models"
+PREDICTIONS = "ui:predictions"  # PredictionPacket per training state (features), for chart markers
+PAPER = "ml:paper"  # PaperFill per position change of the paper trader (trainer leader)
+# Service heartbeats: a hash per process, refreshed every few seconds, expiring when it stops.
+SERVICES = "svc:index"  # sorted set: "<service>/<consumer>" -> last heartbeat (ms)
 
 DLQ_SUFFIX = ":dlq"
 
@@ -41,6 +45,8 @@ DATA_TYPES: tuple[str, ...] = (
     "ui",
     "metrics",
     "models",
+    "predictions",
+    "paper",
 )
 
 _TICKS_RE = re.compile(r"^md:ticks:\{([A-Z0-9]{2,20})\}$")
@@ -116,6 +122,11 @@ def quality(symbol: str) -> str:
     return f"md:quality:{{{check_symbol(symbol)}}}"
 
 
+def heartbeat(service: str, consumer: str) -> str:
+    """Heartbeat hash of one service process: ``svc:{service}:{consumer}`` (see :data:`SERVICES`)."""
+    return f"svc:{service}:{consumer}"
+
+
 def hash_tag(key: str) -> str:
     """The part of ``key`` Redis Cluster hashes: the text in its first non-empty ``{...}``, else the key."""
     start = key.find("{")
@@ -166,6 +177,10 @@ def streams_for(data_types: Iterable[str], symbols: Iterable[str]) -> list[str]:
             out.append(METRICS)
         elif dt == "models":
             out.append(MODELS)
+        elif dt == "predictions":
+            out.append(PREDICTIONS)
+        elif dt == "paper":
+            out.append(PAPER)
         else:
             raise ValueError(f"unknown data type {dt!r}; use one of {', '.join(DATA_TYPES)}")
     return out

@@ -244,7 +244,39 @@ class MetricsPacket(msgspec.Struct, frozen=True):
     metrics: dict[str, float]
 
 
-Packet = TickBatch | GapMarker | Bar | TrainingDataPacket | UIDataPacket | ModelAnnouncement | MetricsPacket
+class PredictionPacket(msgspec.Struct, frozen=True):
+    """The CNN's predictions for one symbol at one training state, small enough to chart (``ui:predictions``)."""
+
+    TYPE: ClassVar[str] = "predictions"
+    symbol: Symbol
+    ts_event_ms: EpochMs  # the 1s bar's close: the state's time
+    price: PositiveFloat
+    model_version: str
+    names: list[str]
+    values: bytes  # float32 LE, one per name
+
+    def __post_init__(self) -> None:
+        if len(self.values) != 4 * len(self.names):
+            raise ValueError("values and names differ in length")
+
+
+class PaperFill(msgspec.Struct, frozen=True):
+    """The paper trader changed a symbol's position (``ml:paper``): the agent's buys and sells."""
+
+    TYPE: ClassVar[str] = "paper_fill"
+    symbol: Symbol
+    ts_ms: EpochMs  # the decision's packet time
+    price: PositiveFloat
+    position_from: Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+    position_to: Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+    model_version: str
+    producer: str
+
+
+Packet = (
+    TickBatch | GapMarker | Bar | TrainingDataPacket | UIDataPacket | ModelAnnouncement | MetricsPacket
+    | PredictionPacket | PaperFill
+)  # fmt: skip
 PACKET_TYPES: tuple[type, ...] = (
     TickBatch,
     GapMarker,
@@ -253,4 +285,6 @@ PACKET_TYPES: tuple[type, ...] = (
     UIDataPacket,
     ModelAnnouncement,
     MetricsPacket,
+    PredictionPacket,
+    PaperFill,
 )

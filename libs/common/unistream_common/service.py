@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +24,9 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
+from redis.exceptions import RedisError
 
+from unistream_common import keys
 from unistream_common.redisio import command_client, safe_url
 from unistream_common.settings import CommonSettings
 from unistream_common.stats import Stats
@@ -78,13 +83,45 @@ def setup_logging(level: str) -> None:
     )
 
 
+HEARTBEAT_EVERY_S = 2.0
+HEARTBEAT_TTL_MS = 10_000
+
+
+async def heartbeat(ctx: ServiceContext, started_ms: int) -> None:
+    """Say in Redis, every few seconds, that this process runs and whether it is ready (for the dashboard).
+
+    ``svc:{service}:{consumer}`` (a hash, expiring ``HEARTBEAT_TTL_MS`` after the last beat) and
+    ``svc:index`` (member ``service/consumer``, score = last beat). Redis errors are counted and
+    retried at the next beat: the heartbeat never stops a service.
+    """
+    consumer = ctx.settings.consumer(ctx.name)
+    key = keys.heartbeat(ctx.name, consumer)
+    member = f"{ctx.name}/{consumer}"
+    while True:
+        now = int(time.time() * 1000)
+        try:
+            pipe = ctx.redis.pipeline(transaction=True)
+            pipe.hset(key, mapping={
+                "service": ctx.name, "consumer": consumer, "started_ms": started_ms, "updated_ms": now,
+                "ready": int(bool(ctx.ready())), "pid": os.getpid(), "host": socket.gethostname(),
+            })  # fmt: skip
+            pipe.pexpire(key, HEARTBEAT_TTL_MS)
+            pipe.zadd(keys.SERVICES, {member: now})
+            pipe.zremrangebyscore(keys.SERVICES, "-inf", now - 10 * HEARTBEAT_TTL_MS)
+            await pipe.execute()
+        except RedisError:
+            ctx.stats.inc("heartbeat_errors")
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
 def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[], None] = lambda: None) -> FastAPI:
-    """FastAPI app with the four probes; ``worker(ctx)`` runs for the app's lifetime."""
+    """FastAPI app with the four probes; ``worker(ctx)`` runs for the app's lifetime, beside a heartbeat."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(worker(ctx), name=f"{ctx.name}:worker")
         app.state.worker_task = task
+        beat = asyncio.create_task(heartbeat(ctx, int(time.time() * 1000)), name=f"{ctx.name}:heartbeat")
 
         def done(t: asyncio.Task[None]) -> None:
             if t.cancelled():
@@ -100,12 +137,17 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
         try:
             yield
         finally:
+            beat.cancel()
             task.remove_done_callback(done)
             task.cancel()
             # Bounded: a cancellation lost inside redis-py on Python 3.11 must not hang shutdown.
             await asyncio.wait({task}, timeout=10)
             if not task.done():
                 log.error("%s worker ignored cancellation for 10 s; exiting anyway", ctx.name)
+            with contextlib.suppress(RedisError, OSError):  # gone at once rather than after the TTL
+                consumer = ctx.settings.consumer(ctx.name)
+                await ctx.redis.delete(keys.heartbeat(ctx.name, consumer))
+                await ctx.redis.zrem(keys.SERVICES, f"{ctx.name}/{consumer}")
             await ctx.redis.aclose()
 
     app = FastAPI(title=f"unistream {ctx.name}", lifespan=lifespan)

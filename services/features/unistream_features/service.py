@@ -41,7 +41,15 @@ from redis.exceptions import ResponseError
 
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
-from unistream_common.packets import Bar, GapMarker, ModelAnnouncement, TickBatch, TrainingDataPacket, UIDataPacket
+from unistream_common.packets import (
+    Bar,
+    GapMarker,
+    ModelAnnouncement,
+    PredictionPacket,
+    TickBatch,
+    TrainingDataPacket,
+    UIDataPacket,
+)
 from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
@@ -321,6 +329,11 @@ class FeaturesService:
             self._prev[p.symbol] = (entry_id, p.ts_event_ms)
             self.recent_training.append(p)
             writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen))
+            marker = PredictionPacket(
+                symbol=p.symbol, ts_event_ms=p.ts_event_ms, price=p.price, model_version=p.model_version,
+                names=p.prediction_names, values=p.cnn_predictions,
+            )  # fmt: skip
+            writes.append(Write(keys.PREDICTIONS, marker, maxlen=self.settings.predictions_maxlen))
         return writes
 
     async def on_messages(self, messages: list[Message]) -> Result:

@@ -46,6 +46,11 @@ class FeaturesSettings(CommonSettings):
         "to survive; one packet is ~54 KB, 3,600 = 30 min of 2 symbols",
     )
     ui_maxlen: int = Field(50, ge=1, description="Approximate retention of the UI stream, entries")
+    predictions_maxlen: int = Field(
+        5_000,
+        ge=10,
+        description="CNN predictions kept on ui:predictions for chart markers, entries (~40 min of 2 symbols)",
+    )
 
     @field_validator("window_bars")
     @classmethod

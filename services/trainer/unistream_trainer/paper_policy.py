@@ -36,10 +36,13 @@ class PaperPolicy:
         self.updates_per_trade = sensitivity_updates_per_trade
         self.decisions = 0
 
-    def on_packet(self, packet: TrainingDataPacket, policy: Policy) -> None:
-        """Decide at ``packet`` (older or repeated packets of a symbol are ignored)."""
+    def on_packet(self, packet: TrainingDataPacket, policy: Policy) -> tuple[int, int] | None:
+        """Decide at ``packet`` (older or repeated packets of a symbol are ignored).
+
+        Returns (position before, position after) when the decision changed the position, else None.
+        """
         if packet.ts_event_ms <= self.last_ts.get(packet.symbol, 0):
-            return
+            return None
         self.last_ts[packet.symbol] = packet.ts_event_ms
         position = self.positions.get(packet.symbol, 0)
         action, q_values = policy.greedy_action(packet, position)
@@ -54,6 +57,7 @@ class PaperPolicy:
             if trade.tag is not None:
                 self.sensitivity.record(np.asarray(trade.tag, np.float32), trade.net_return)
                 self.sensitivity.train(self.updates_per_trade)
+        return (position, target) if target != position else None
 
     def metrics(self) -> dict[str, float]:
         out = self.portfolio.metrics()

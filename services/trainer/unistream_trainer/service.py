@@ -31,7 +31,7 @@ from safetensors.torch import load as load_safetensors
 
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
-from unistream_common.packets import MetricsPacket, ModelAnnouncement, TrainingDataPacket
+from unistream_common.packets import MetricsPacket, ModelAnnouncement, PaperFill, TrainingDataPacket
 from unistream_common.redisio import s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
@@ -205,7 +205,7 @@ class TrainerService:
             writes.extend(await self.merge_round(now))
         await self.adopt_newer()
         if self.sync is not None and self.sync.leader and self.paper is not None:
-            await self.paper_trade()
+            writes.extend(await self.paper_trade())
         if now >= self._next_metrics_ms:
             self._next_metrics_ms = now + int(self.settings.metrics_every_s * 1000)
             writes.append(Write(keys.METRICS, self._metrics_packet(now), maxlen=self.settings.metrics_maxlen))
@@ -277,12 +277,15 @@ class TrainerService:
             if ann is not None:
                 await self._adopt(ann)
 
-    async def paper_trade(self) -> None:
-        """The leader's paper trading: every packet as it arrives, decided on by the current policy."""
+    async def paper_trade(self) -> list[Write]:
+        """The leader's paper trading: every packet as it arrives, decided on by the current policy.
+
+        Returns the PaperFills (position changes) to write on ``ml:paper``.
+        """
+        fills: list[Write] = []
         assert self.paper is not None
-        if (
-            self._paper_id == "$"
-        ):  # just became leader: from the newest packet on (XREAD "$" without BLOCK reads nothing)
+        if self._paper_id == "$":
+            # Just became leader: from the newest packet on (XREAD "$" without BLOCK reads nothing).
             top = await self.runtime.cmd.xrevrange(keys.TRAINING, "+", "-", count=1)
             self._paper_id = s(top[0][0]) if top else "0-0"
         reply = await self.runtime.cmd.xread({keys.TRAINING: self._paper_id}, count=PAPER_READ)
@@ -294,7 +297,15 @@ class TrainerService:
                 except codec.DecodeError:
                     continue
                 if isinstance(packet, TrainingDataPacket):
-                    self.paper.on_packet(packet, self.core)
+                    change = self.paper.on_packet(packet, self.core)
+                    if change is not None:
+                        fill = PaperFill(
+                            symbol=packet.symbol, ts_ms=packet.ts_event_ms, price=packet.price,
+                            position_from=change[0], position_to=change[1],
+                            model_version=self.core.model_version, producer=self.producer,
+                        )  # fmt: skip
+                        fills.append(Write(keys.PAPER, fill, maxlen=self.settings.paper_maxlen))
+        return fills
 
     def info(self) -> dict[str, Any]:
         """What /stats shows besides the counters."""

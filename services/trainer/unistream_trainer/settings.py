@@ -63,6 +63,7 @@ class TrainerSettings(CommonSettings):
         256, ge=8, description="Training packets kept in memory to build transitions without fetching them again"
     )
     paper_trading: bool = Field(True, description="The leader paper-trades the current policy on every packet")
+    paper_maxlen: int = Field(5_000, ge=10, description="Paper-trading fills kept on ml:paper, entries")
     extrema_updates_per_packet: float = Field(
         0.2, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
     )
