@@ -9,18 +9,24 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unistream_common.packets import MetricsPacket
+from unistream_common import quality
+from unistream_common.packets import MetricsPacket, ModelStatus
 from unistream_common.redisio import safe_url
-from unistream_dashboard import charts, samples, view
+from unistream_dashboard import samples, view
 from unistream_dashboard.view import ConsumerInfo, GroupInfo, Skipped, StreamInfo
 
 NOW = 1_700_000_000_000
 LIVE_AFTER = 5_000
+STALE_AFTER = 60_000
 
 
 def _rl(updates: int = 1_234, replicas: int = 2) -> view.RLSummary:
     return view.RLSummary(state="training" if updates else "waiting", updates=updates, replicas=replicas,
                           last_report_age_ms=400)  # fmt: skip
+
+
+def _agent(updates: int = 1_234, dqn: str | None = "v7") -> view.AgentView:
+    return view.AgentView(_rl(updates), dqn_version=dqn)
 
 
 def _ui(symbol: str = "ETHUSDT", **kw: object) -> object:
@@ -138,8 +144,12 @@ def test_skipped_text_counts_and_explains_the_first_few() -> None:
 # --------------------------------------------------------------------------- per-symbol status
 
 
+def _status(ui: object, ticks: object, agent: view.AgentView | None = None) -> view.SymbolStatus:
+    return view.symbol_status("ETHUSDT", ui, ticks, agent or _agent(), NOW, LIVE_AFTER, STALE_AFTER)  # type: ignore[arg-type]
+
+
 def test_symbol_status_lines_follow_the_documented_formats() -> None:
-    card = view.symbol_status("ETHUSDT", _ui(), _ticks(), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    card = _status(_ui(cnn_state="LOADED", cnn_version="v3", cnn_updated_ms=NOW - 4_000), _ticks())
     assert [line.text for line in card.lines] == [
         "ETHUSDT · Tick cache: 1,234 / 5,000 (total 45,678)",
         "ETHUSDT · 1s bars: 120 / 3,600 (total 4,321)",
@@ -149,60 +159,110 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
         "ETHUSDT · Training packets: 987",
         "ETHUSDT · Warm-up: complete",
         "ETHUSDT · Gaps: none",
-        "ETHUSDT · CNN model: TRAINING, version v1, 123,456 parameters",
-        "ETHUSDT · RL agent: training (1,234 updates), 512 features",
+        (
+            "ETHUSDT · CNN model: version v3, trained (LOADED), 123,456 parameters, last reload "
+            f"{view.fmt_utc(NOW - 4_000)} (4.0 s ago)"
+        ),
+        "ETHUSDT · RL agent: training (1,234 updates), 512 features, model v7",
+        "ETHUSDT · Extrema learning: waiting (no trainer metrics yet)",
+        "ETHUSDT · Sensitivity: waiting (no trainer metrics yet)",
     ]
     assert card.line("tick-cache") == card.lines[0].text
-    assert card.live and card.badge == ":green-badge[LIVE] :green-badge[REAL MARKET DATA]"
+    assert card.live and card.state == "LIVE"
+    assert card.badge == ":green-badge[LIVE] :green-badge[REAL MARKET DATA]"
     assert card.predictions == "CNN predictions: top 0.120 · bottom 0.080"
     assert card.status_age_ms == 100
+    assert card.warmup == 1.0
+
+
+@pytest.mark.parametrize(
+    ("age_ms", "state"),
+    [
+        (None, "OFFLINE"),
+        (-2_000, "LIVE"),  # the writer's clock runs ahead
+        (0, "LIVE"),
+        (LIVE_AFTER, "LIVE"),
+        (LIVE_AFTER + 1, "STALE"),
+        (STALE_AFTER, "STALE"),
+        (STALE_AFTER + 1, "OFFLINE"),
+    ],
+)
+def test_stream_state_is_live_then_stale_then_offline_by_the_last_ticks_age(age_ms: int | None, state: str) -> None:
+    assert view.stream_state(age_ms, LIVE_AFTER, STALE_AFTER) == state
+
+
+def test_a_stale_threshold_below_the_live_one_never_hides_live() -> None:
+    assert view.stream_state(4_000, 5_000, 1_000) == "LIVE"
+    assert view.stream_state(5_001, 5_000, 1_000) == "OFFLINE"
+
+
+@pytest.mark.parametrize(
+    ("age_ms", "state", "badge"),
+    [(LIVE_AFTER, "LIVE", ":green-badge[LIVE]"), (20_000, "STALE", ":orange-badge[STALE]"),
+     (STALE_AFTER + 1, "OFFLINE", ":red-badge[OFFLINE]")],
+)  # fmt: skip
+def test_the_card_says_live_stale_or_offline_with_the_ticks_age(age_ms: int, state: str, badge: str) -> None:
+    card = _status(None, _ticks(ts_ms=NOW - age_ms))
+    assert card.state == state and card.live is (state == "LIVE")
+    assert card.line("stream") == f"ETHUSDT · Stream: {state} (last tick {view.fmt_age(age_ms)} ago)"
+    assert card.badge.startswith(badge)
 
 
 def test_warm_up_progress_and_untrained_weights_are_said_on_the_card() -> None:
-    ui = _ui(warmup={"1s": 1.0, "1m": 1.0, "1h": 0.4, "1d": 0.0}, cnn_state="INITIALISED")
-    card = view.symbol_status("ETHUSDT", ui, _ticks(), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    ui = _ui(warmup={"1s": 1.0, "1m": 1.0, "1h": 0.4, "1d": 0.0}, cnn_state="INITIALISED", cnn_version="cnn-mtf-init-7")
+    card = _status(ui, _ticks())
     assert card.line("warmup") == "ETHUSDT · Warm-up: 1s 100% · 1m 100% · 1h 40% · 1d 0%"
-    assert (
-        card.line("cnn")
-        == "ETHUSDT · CNN model: INITIALISED (untrained: seeded weights), version v1, 123,456 parameters"
+    assert card.warmup == pytest.approx(0.6)
+    assert card.line("cnn").startswith(
+        "ETHUSDT · CNN model: version cnn-mtf-init-7, untrained (INITIALISED: seeded weights), 123,456 parameters, "
+        "initialised "
     )
     assert view.warmup_text({"1s": 0.999}) == "1s 99%", "never rounded up to full"
 
 
+@pytest.mark.parametrize(
+    ("state", "kind", "when"),
+    [
+        ("INITIALISED", "untrained (INITIALISED: seeded weights)", "initialised"),
+        ("LOADED", "trained (LOADED)", "last reload"),
+        ("TRAINING", "trained (TRAINING)", "last reload"),
+        ("ERROR", "ERROR (weights failed to load)", "last change"),
+    ],
+)
+def test_cnn_text_says_trained_or_untrained_and_when_the_weights_were_loaded(state: str, kind: str, when: str) -> None:
+    status = ModelStatus("extrema-cnn", "v2", state, 1_000, NOW - 180_000)  # type: ignore[arg-type]
+    assert view.cnn_text(status, NOW) == (
+        f"version v2, {kind}, 1,000 parameters, {when} {view.fmt_utc(NOW - 180_000)} (3 min ago)"
+    )
+    assert view.cnn_text(ModelStatus("x", "v", state, 1, 0), NOW).endswith(f"{when} n/a")  # type: ignore[arg-type]
+
+
+def test_warmup_fill_is_the_mean_share_clamped_and_none_when_unknown() -> None:
+    assert view.warmup_fill({}) is None
+    assert view.warmup_fill({"1s": 1.0, "1m": 0.5}) == 0.75
+    assert view.warmup_fill({"1s": 1.5, "1m": math.nan}) == 1.0
+
+
 def test_unrecoverable_gaps_are_counted_on_the_card() -> None:
-    card = view.symbol_status("ETHUSDT", _ui(gaps_seen=2, trades_missing=1_057), _ticks(), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    card = _status(_ui(gaps_seen=2, trades_missing=1_057), _ticks())
     assert card.line("gaps") == "ETHUSDT · Gaps: 2 (1,057 trades missing)"
 
 
 def test_price_and_age_come_from_the_tick_stream_when_it_is_there() -> None:
-    card = view.symbol_status(
-        "ETHUSDT",
-        _ui(last_price=3000.0, ts_ms=NOW - 9_000),  # type: ignore[arg-type]
-        _ticks(price=3013.25, ts_ms=NOW - 1_000),  # type: ignore[arg-type]
-        _rl(),
-        NOW,
-        LIVE_AFTER,
-    )
+    card = _status(_ui(last_price=3000.0, ts_ms=NOW - 9_000), _ticks(price=3013.25, ts_ms=NOW - 1_000))
     assert card.price == 3013.25
     assert card.line("stream") == "ETHUSDT · Stream: LIVE (last tick 1.0 s ago)"
 
 
 def test_without_a_tick_stream_price_and_age_come_from_the_status_packet() -> None:
-    card = view.symbol_status("ETHUSDT", _ui(ts_ms=NOW - 7_000), None, _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    card = _status(_ui(ts_ms=NOW - 7_000), None)
     assert card.line("price") == "ETHUSDT · Price: 3,012.55"
-    assert card.line("stream") == "ETHUSDT · Stream: OFFLINE (last tick 7.0 s ago)"
-    assert not card.live and card.badge.startswith(":red-badge[OFFLINE]")
-
-
-@pytest.mark.parametrize(("age_ms", "live"), [(LIVE_AFTER, True), (LIVE_AFTER + 1, False), (-2_000, True)])
-def test_live_means_last_tick_at_most_the_threshold_old(age_ms: int, live: bool) -> None:
-    card = view.symbol_status("ETHUSDT", None, _ticks(ts_ms=NOW - age_ms), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
-    assert card.live is live
-    assert card.line("stream").startswith(f"ETHUSDT · Stream: {'LIVE' if live else 'OFFLINE'} (last tick ")
+    assert card.line("stream") == "ETHUSDT · Stream: STALE (last tick 7.0 s ago)"
+    assert not card.live and card.badge.startswith(":orange-badge[STALE]")
 
 
 def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
-    card = view.symbol_status("BTCUSDT", None, None, _rl(0, 0), NOW, LIVE_AFTER)
+    card = view.symbol_status("BTCUSDT", None, None, view.AgentView(_rl(0, 0)), NOW, LIVE_AFTER, STALE_AFTER)
     assert [line.text for line in card.lines] == [
         "BTCUSDT · Tick cache: n/a",
         "BTCUSDT · 1s bars: n/a",
@@ -213,10 +273,12 @@ def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
         "BTCUSDT · Warm-up: n/a",
         "BTCUSDT · Gaps: n/a",
         "BTCUSDT · CNN model: n/a",
-        "BTCUSDT · RL agent: waiting (no updates yet), n/a features",
+        "BTCUSDT · RL agent: waiting (no updates yet), n/a features, no model announced yet",
+        "BTCUSDT · Extrema learning: waiting (no trainer metrics yet)",
+        "BTCUSDT · Sensitivity: waiting (no trainer metrics yet)",
     ]
     assert card.badge == ":red-badge[OFFLINE]"
-    assert card.predictions is None
+    assert card.predictions is None and card.warmup is None
 
 
 @pytest.mark.parametrize(
@@ -227,20 +289,20 @@ def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
     ],
 )
 def test_non_real_sources_are_stated_plainly_and_never_called_real(source: str, line: str, badge: str) -> None:
-    card = view.symbol_status("ETHUSDT", _ui(source=source), None, _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
+    card = _status(_ui(source=source), None)
     assert card.line("source") == f"ETHUSDT · Source: {line}"
     assert badge in card.badge
     assert "REAL MARKET DATA" not in " ".join(x.text for x in card.lines) + card.badge
 
 
 def test_source_falls_back_to_the_tick_stream_without_a_status_packet() -> None:
-    card = view.symbol_status("ETHUSDT", None, _ticks(source="SYNTHETIC"), _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
-    assert card.source == "SYNTHETIC"
+    assert _status(None, _ticks(source="SYNTHETIC")).source == "SYNTHETIC"
 
 
-def test_cnn_version_from_another_service_is_escaped() -> None:
-    card = view.symbol_status("ETHUSDT", _ui(cnn_version="v_2*"), None, _rl(), NOW, LIVE_AFTER)  # type: ignore[arg-type]
-    assert card.line("cnn") == r"ETHUSDT · CNN model: TRAINING, version v\_2\*, 123,456 parameters"
+def test_names_from_other_services_are_escaped() -> None:
+    card = _status(_ui(cnn_version="v_2*"), None, view.AgentView(_rl(), dqn_version="round_3"))
+    assert card.line("cnn").startswith(r"ETHUSDT · CNN model: version v\_2\*, trained (TRAINING)")
+    assert card.line("rl").endswith(r"model round\_3")
 
 
 def test_predictions_text_needs_matching_names_and_values() -> None:
@@ -254,6 +316,62 @@ def test_latest_ui_per_symbol_keeps_the_newest_of_wanted_symbols() -> None:
     latest = view.latest_ui_per_symbol(packets, ["ETHUSDT", "BTCUSDT"])  # type: ignore[arg-type]
     assert set(latest) == {"ETHUSDT", "BTCUSDT"}
     assert latest["ETHUSDT"].ts_ms == NOW - 100
+
+
+# --------------------------------------------------------------------------- Enhanced RL
+
+
+def _enhanced(ts_ms: int = NOW, producer: str = "trainer-0", **kw: object) -> MetricsPacket:
+    return samples.metrics_packet(
+        producer,
+        ts_ms=ts_ms,
+        step=1,
+        td_loss=0.1,
+        updates=10,
+        extra=samples.enhanced_metrics(**kw),  # type: ignore[arg-type]
+    )
+
+
+def test_extrema_text_counts_labels_and_compares_pr_auc_with_the_baseline() -> None:
+    packet = _enhanced(labelled={"1s": 1_200, "1m": 34}, pr_auc_top=0.3123, baseline_top=0.12,
+                       pr_auc_bottom=0.28, baseline_bottom=0.11)  # fmt: skip
+    assert view.extrema_text(packet) == (
+        "1,234 labelled (1s 1,200 · 1m 34), PR-AUC 1s top 0.312 vs baseline 0.120, bottom 0.280 vs baseline 0.110"
+    )
+
+
+def test_extrema_text_uses_the_finest_timeframe_with_a_pr_auc_and_says_when_there_is_none() -> None:
+    coarse = _enhanced(labelled={"1s": 50, "1m": 9}, pr_auc_top=0.5, baseline_top=0.2, timeframe="1m")
+    assert view.extrema_text(coarse).endswith("PR-AUC 1m top 0.500 vs baseline 0.200")
+    unscored = _enhanced(labelled={"1s": 5})
+    assert view.extrema_text(unscored) == "5 labelled (1s 5), PR-AUC n/a (no extremum in the scoring window yet)"
+    assert view.extrema_text(_enhanced(labelled={"1s": 0})) == "waiting (no labelled extrema yet)"
+    assert view.extrema_text(None) == "waiting (no labelled extrema yet)"
+
+
+def test_sensitivity_text_gives_trades_and_the_edge() -> None:
+    assert view.sensitivity_text(_enhanced(labelled={}, trades=45, edge=0.0012345, edge_t=1.8)) == (
+        "45 trades, edge +0.00123 (t 1.80)"
+    )
+    assert view.sensitivity_text(_enhanced(labelled={}, trades=3, edge=-0.5)) == "3 trades, edge -0.5"
+    assert view.sensitivity_text(_enhanced(labelled={}, trades=0)) == "0 trades (no edge yet)"
+    assert view.sensitivity_text(None) == "waiting (no sensitivity metrics yet)"
+
+
+def test_agent_view_takes_the_newest_dqn_model_and_the_newest_enhanced_metrics() -> None:
+    old = _enhanced(NOW - 5_000, "trainer-1", labelled={"1s": 10}, trades=1, edge=0.1)
+    new = _enhanced(NOW - 1_000, "trainer-0", labelled={"1s": 20}, trades=2, edge=0.2)
+    plain = samples.metrics_packet("trainer-1", ts_ms=NOW, step=9, td_loss=0.1, updates=10)
+    models = [
+        samples.model_announcement("dqn", "v2", ts_ms=NOW - 9_000, producer="t", parameters=1),
+        samples.model_announcement("cnn-mtf", "c9", ts_ms=NOW, producer="t", parameters=1),
+        samples.model_announcement("dqn", "v3", ts_ms=NOW - 2_000, producer="t", parameters=1),
+    ]
+    agent = view.agent_view([old, new, plain], models, NOW, 30_000)
+    assert agent.dqn_version == "v3"
+    assert agent.extrema.startswith("20 labelled") and agent.sensitivity == "2 trades, edge +0.2"
+    assert agent.rl.updates == 20 and agent.rl.replicas == 2
+    assert view.newest_model(models, "none") is None and view.newest_with([plain], "extrema/") is None
 
 
 # --------------------------------------------------------------------------- RL agent
@@ -353,33 +471,88 @@ def test_candles_without_bars_say_none_yet() -> None:
     assert len(candles) == 0 and candles.caption == "ETHUSDT · 1s candles: none yet"
 
 
-def test_candle_figure_has_a_fixed_uirevision_and_at_most_1000_candles() -> None:
-    bars = samples.bar_walk("ETHUSDT", end_open_ms=NOW // 1000 * 1000, count=1_200, start_price=3000.0)
-    candles = view.candles("ETHUSDT", bars, limit=1_200)
-    first, second = charts.candle_figure(candles), charts.candle_figure(view.candles("ETHUSDT", bars[:-1], 1_200))
-    assert first.layout.uirevision == second.layout.uirevision == "candles-ETHUSDT"
-    assert len(first.data[0].x) == charts.MAX_CANDLES
-    assert first.data[0].close[-1] == bars[-1].close
+# --------------------------------------------------------------------------- service health
+
+
+def _beat(service: str, consumer: str, *, started: int = NOW - 3_600_000, updated: int = NOW - 800,
+          ready: bool = True) -> view.Heartbeat:  # fmt: skip
+    return view.Heartbeat(service, consumer, started, updated, ready, pid=42, host="host-a")
+
+
+def test_parse_heartbeat_reads_the_hash_the_services_write() -> None:
+    raw = {b"service": b"ingest", b"consumer": b"ingest-a", b"started_ms": b"100", b"updated_ms": b"200",
+           b"ready": b"1", b"pid": b"42", b"host": b"host-a"}  # fmt: skip
+    assert view.parse_heartbeat(raw) == view.Heartbeat("ingest", "ingest-a", 100, 200, True, 42, "host-a")
+    partial = view.parse_heartbeat({"service": "features", "ready": "0", "started_ms": "soon"})
+    assert partial == view.Heartbeat("features", "", None, None, False, None, "")
+    assert view.parse_heartbeat({}) is None and view.parse_heartbeat({b"ready": b"1"}) is None
+
+
+def test_a_service_with_ready_replicas_shows_replicas_uptime_and_last_beat() -> None:
+    beats = [
+        _beat("aggregator", "aggregator-b", started=NOW - 600_000, updated=NOW - 1_500),
+        _beat("aggregator", "aggregator-a", started=NOW - 12_000_000, updated=NOW - 300),
+        _beat("ingest", "ingest-a"),
+    ]
+    health = view.service_health("aggregator", beats, NOW)
+    assert (health.state, health.replicas, health.ready_replicas) == ("READY", 2, 2)
+    assert [line.text for line in health.lines] == [
+        "aggregator · Status: READY",
+        "aggregator · Replicas: 2 (2 ready)",
+        "aggregator · Uptime: 3 h 20 min",
+        "aggregator · Last beat: 0.3 s ago",
+    ]
+    assert health.badge == ":green-badge[READY]"
+    assert health.details == (
+        "aggregator-a: ready, up 3 h 20 min, pid 42 on host-a",
+        "aggregator-b: ready, up 10 min, pid 42 on host-a",
+    )
+
+
+def test_a_service_without_heartbeat_is_down_and_says_so() -> None:
+    health = view.service_health("features", [_beat("ingest", "ingest-a")], NOW)
+    assert health.state == "DOWN" and health.badge == ":red-badge[DOWN]"
+    assert health.line("status") == "features · Status: DOWN (no heartbeat)"
+    assert health.line("replicas") == "features · Replicas: 0 (0 ready)"
+    assert health.line("uptime") == "features · Uptime: n/a" and health.line("beat") == "features · Last beat: n/a"
+
+
+def test_partly_or_not_ready_services_are_flagged() -> None:
+    some = [_beat("trainer", "t-a"), _beat("trainer", "t-b", ready=False)]
+    degraded = view.service_health("trainer", some, NOW, leader="t-a")
+    assert degraded.state == "DEGRADED" and degraded.badge == ":orange-badge[DEGRADED]"
+    assert degraded.line("status") == "trainer · Status: DEGRADED (1 of 2 replicas ready)"
+    assert degraded.line("leader") == "trainer · Leader: t-a"
+    assert "t-b: not ready" in degraded.details[1]
+    none = view.service_health("ingest", [_beat("ingest", "i", ready=False)], NOW, leader="t-a")
+    assert none.state == "NOT READY" and none.line("status") == "ingest · Status: NOT READY"
+    with pytest.raises(KeyError):
+        none.line("leader")  # only the trainer has a leader
 
 
 @pytest.mark.parametrize(
-    ("prices", "fmt"), [([3012.5, 2990.0], ",.2f"), ([0.5, 0.7], ",.4f"), ([0.00001234], ",.8f"), ([], ",.2f")]
-)
-def test_price_axis_shows_enough_decimals_for_small_prices(prices: list[float], fmt: str) -> None:
-    assert charts.price_tickformat(prices) == fmt
+    ("ms", "text"),
+    [(None, "n/a"), (-5, "0 s"), (45_000, "45 s"), (119_999, "119 s"), (120_000, "2 min"), (3_599_000, "59 min"),
+     (12_000_000, "3 h 20 min"), (47 * 3_600_000, "47 h 0 min"), (2 * 86_400_000 + 4 * 3_600_000, "2 d 4 h")],
+)  # fmt: skip
+def test_fmt_uptime(ms: int | None, text: str) -> None:
+    assert view.fmt_uptime(ms) == text
 
 
-def test_loss_figure_draws_one_line_per_replica_with_a_fixed_uirevision() -> None:
-    fig = charts.loss_figure({"a": ([NOW], [0.1]), "b": ([NOW], [0.2])}, "losses/td_loss")
-    assert [t.name for t in fig.data] == ["a", "b"]
-    assert fig.layout.uirevision == "metric-losses/td_loss"
+def test_services_line_counts_services_up_and_ready() -> None:
+    beats = [_beat("ingest", "i"), _beat("trainer", "t", ready=False)]
+    cards = [view.service_health(name, beats, NOW) for name in view.SERVICE_NAMES]
+    assert view.services_line(cards) == "Services: 2 of 5 up · 1 ready"
 
 
 # --------------------------------------------------------------------------- stream statistics
 
 
-def _stream(length: int, added: int | None, first: str | None, *groups: GroupInfo) -> StreamInfo:
-    return StreamInfo("md:ticks:{ETHUSDT}", length, first, "1700000000000-0" if first else None, added, groups)
+def _stream(
+    length: int, added: int | None, first: str | None, *groups: GroupInfo, last_gen: str = "10-0"
+) -> StreamInfo:
+    last = "1700000000000-0" if first else None
+    return StreamInfo("md:ticks:{ETHUSDT}", length, first, last, added, groups, last_generated_id=last_gen)
 
 
 def _group(last: str, read: int | None, lag: int | None = None, consumers: tuple[ConsumerInfo, ...] = ()) -> GroupInfo:
@@ -387,21 +560,30 @@ def _group(last: str, read: int | None, lag: int | None = None, consumers: tuple
 
 
 @pytest.mark.parametrize(
-    ("stream", "group", "missed"),
+    ("stream", "group", "alarm"),
     [
-        (_stream(5, 10, "6-0"), _group("3-0", 3), 2),  # read 3, 5 trimmed: 2 never delivered
-        (_stream(5, 10, "6-0"), _group("5-0", 5), 0),  # everything trimmed had been read
-        (_stream(10, 10, "1-0"), _group("0-0", None), 0),  # nothing removed
-        (_stream(5, 10, "6-0"), _group("3-0", None), -1),  # Redis 7 without entries-read: lost, count unknown
-        (_stream(5, None, "6-0"), _group("3-0", None), -1),  # Redis 6.2: first entry past the group
-        (_stream(5, None, "6-0"), _group("7-0", None), None),  # Redis 6.2: cannot tell
-        (_stream(0, 10, None), _group("3-0", None), None),  # empty stream, no counters
+        (_stream(5, 10, "6-0"), _group("3-0", 3), "OVERRUN: 2 entries trimmed before this group read them"),
+        (_stream(5, 10, "6-0"), _group("4-0", 4), "OVERRUN: 1 entry trimmed before this group read them"),
+        (_stream(5, 10, "6-0"), _group("5-0", 5), None),  # everything trimmed had been read
+        (_stream(10, 10, "1-0"), _group("0-0", None), None),  # nothing removed
+        (_stream(5, 10, "6-0"), _group("3-0", None), "OVERRUN: entries trimmed before this group read them"),
+        (_stream(5, None, "6-0"), _group("3-0", None), "OVERRUN: entries trimmed before this group read them"),
+        (_stream(5, None, "6-0"), _group("7-0", None), None),  # Redis 6.2, group past the first entry
+        (_stream(0, 10, None), _group("3-0", None), "OVERRUN: entries trimmed before this group read them"),
+        (_stream(0, 10, None, last_gen="3-0"), _group("3-0", 10), None),  # emptied after everything was read
     ],
 )
-def test_overrun_counts_entries_trimmed_before_the_group_read_them(
-    stream: StreamInfo, group: GroupInfo, missed: int | None
+def test_overrun_alarm_follows_the_status_tools_judgement(
+    stream: StreamInfo, group: GroupInfo, alarm: str | None
 ) -> None:
-    assert view.overrun(stream, group) == missed
+    assert view.overrun_alarm(stream, group) == alarm
+
+
+def test_overrun_alarms_name_the_stream_and_group() -> None:
+    streams = [_stream(5, 10, "6-0", _group("3-0", 3), _group("9-0", 9))]
+    assert view.overrun_alarms(streams) == [
+        "md:ticks:{ETHUSDT} · group aggregator: OVERRUN: 2 entries trimmed before this group read them"
+    ]
 
 
 def test_group_rows_show_lag_na_when_redis_reports_none_and_flag_overruns() -> None:
@@ -409,7 +591,7 @@ def test_group_rows_show_lag_na_when_redis_reports_none_and_flag_overruns() -> N
     stream = _stream(5, 10, "6-0", _group("3-0", 3, None, consumers), _group("9-0", 9, 0))
     rows = view.group_rows([stream])
     assert rows[0]["lag"] == "n/a" and rows[1]["lag"] == "0"
-    assert rows[0]["trimmed"] == "OVERRUN (2 trimmed before read)" and rows[1]["trimmed"] == "ok"
+    assert rows[0]["trimmed"] == "OVERRUN: 2 entries trimmed before this group read them" and rows[1]["trimmed"] == "ok"
     assert rows[0]["consumers"] == "2" and rows[0]["pending"] == "3" and rows[0]["last delivered"] == "3-0"
     crow = view.consumer_rows([stream])
     assert [(c["consumer"], c["pending"], c["idle"], c["inactive"]) for c in crow] == [
@@ -421,17 +603,114 @@ def test_group_rows_show_lag_na_when_redis_reports_none_and_flag_overruns() -> N
 def test_stream_rows_and_summary_line() -> None:
     stream = StreamInfo("ui:packets", 50, "1699999999000-0", "1699999999900-0", 12_345, (_group("1-0", 1),))
     empty = StreamInfo("ml:models", 0, None, None, 3)
-    rows = view.stream_rows([stream, empty], NOW)
+    old = StreamInfo("ml:paper", 1, "1-0", "1-0", None)
+    rows = view.stream_rows([stream, empty, old], NOW, {"ui:packets": 12.345, "ml:models": None})
     assert rows[0] == {
         "stream": "ui:packets",
         "entries": "50",
+        "entries/s": "12.3",
         "added": "12,345",
-        "newest": "0.1 s ago",
+        "last entry": "0.1 s ago",
+        "groups": "1",
         "first id": "1699999999000-0",
         "last id": "1699999999900-0",
-        "groups": "1",
     }
-    assert rows[1]["newest"] == "n/a" and rows[1]["first id"] == "n/a"
+    assert rows[1]["last entry"] == "empty" and rows[1]["first id"] == "n/a"
+    assert rows[1]["entries/s"] == "measuring", "a counter read once has no rate yet"
+    assert rows[2]["entries/s"] == "n/a (Redis < 7)" and rows[2]["added"] == "n/a"
     assert view.streams_line([stream, empty], ["ml:training"]) == (
         "Streams: 2 present, 1 not created yet · groups 1 · consumers 0 · pending 3"
     )
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [(None, "n/a"), (math.nan, "n/a"), (0.0, "0"), (0.01, "0.01"), (0.5, "0.5"), (12.34, "12.3"), (99.94, "99.9"),
+     (1234.4, "1,234")],
+)  # fmt: skip
+def test_fmt_rate(rate: float | None, text: str) -> None:
+    assert view.fmt_rate(rate) == text
+
+
+@pytest.mark.parametrize(("ms", "text"), [(0.0, "0.0 ms"), (0.44, "0.4 ms"), (9.94, "9.9 ms"), (12.4, "12 ms"),
+                                          (1234.0, "1,234 ms")])  # fmt: skip
+def test_fmt_fetch(ms: float, text: str) -> None:
+    assert view.fmt_fetch(ms) == text
+
+
+def test_rate_tracker_measures_entries_per_second_over_a_window() -> None:
+    rates = view.RateTracker(window_s=10.0, min_span_s=0.5)
+    assert rates.update("s", 100.0, 1_000) is None, "one sample has no rate"
+    assert rates.update("s", 100.2, 1_010) is None, "too close to the first"
+    assert rates.update("s", 101.0, 1_050) == pytest.approx(50.0)
+    assert rates.update("other", 101.0, 7) is None, "keys are separate"
+    for t in range(102, 130):
+        rate = rates.update("s", float(t), 1_050 + 20 * (t - 101))
+    assert rate == pytest.approx(20.0), "old samples leave the window"
+    assert rates.update("s", 130.0, 5) is None, "a counter that went back starts over"
+    assert rates.update("s", 131.0, 5) == 0.0
+    assert rates.update("s", 200.0, 1_000) is None, "a sample older than the window is not a recent rate"
+    assert rates.update("s", 201.0, 1_010) == pytest.approx(10.0)
+
+
+# --------------------------------------------------------------------------- dead letters
+
+
+def test_dead_letters_are_counted_with_their_newest_reasons() -> None:
+    fields = {b"type": b"bar", b"dlq_reason": b"bar rejected: high below low", b"dlq_group": b"features",
+              b"dlq_consumer": b"features-1", b"dlq_ts_ms": str(NOW - 3_000).encode()}  # fmt: skip
+    letter = view.parse_dead_letter("1699999990000-0", fields)
+    assert letter == view.DeadLetter("1699999990000-0", "bar rejected: high below low", "features", "features-1",
+                                     NOW - 3_000)  # fmt: skip
+    bare = view.parse_dead_letter("1699999998000-0", {})
+    assert bare.reason == "(no reason given)" and bare.ts_ms is None
+    assert view.dead_letter_reasons([letter, bare], NOW) == (
+        "3.0 s ago by features-1 (features): bar rejected: high below low; 2.0 s ago: (no reason given)"
+    )
+    dlqs = [
+        view.DeadLetters("md:bars:{ETHUSDT}:1s", 2, 9, (letter,)),
+        view.DeadLetters("ml:training", 0, 4),  # emptied (trimmed): not a row
+    ]
+    assert view.dead_letter_rows(dlqs, NOW) == [
+        {
+            "stream": "md:bars:{ETHUSDT}:1s",
+            "dead letters": "2",
+            "total": "9",
+            "latest reasons": "3.0 s ago by features-1 (features): bar rejected: high below low",
+        }
+    ]
+    assert view.dead_letters_line(dlqs) == "Dead letters: 2 in 1 stream"
+    assert view.dead_letters_line([*dlqs, view.DeadLetters("ui:packets", 5, 5)]) == "Dead letters: 7 in 2 streams"
+    assert view.dead_letters_line([]) == "Dead letters: none"
+
+
+# --------------------------------------------------------------------------- data quality
+
+
+def test_quality_rows_show_every_counter_and_the_score() -> None:
+    counts = {**{k: 0 for k in quality.COUNTERS}, "ticks_applied": 1_000, "ticks_late": 10, "ticks_duplicate": 3,
+              "ticks_already_applied": 7, "bars_1s": 500, "bars_filled": 20, "bars_incomplete": 5,
+              "intervals_skipped": 2, "gaps": 1, "trades_missing": 57, "last_bar_latency_ms": 35,
+              "updated_ms": NOW - 1_200}  # fmt: skip
+    row = {"symbol": "ETHUSDT", "owner": "aggregator-a", **counts, "score": quality.score(counts)}
+    empty = {"symbol": "BTCUSDT", "owner": None, **{k: 0 for k in quality.COUNTERS}, "score": None}
+    rows = view.quality_rows([row, empty], NOW)
+    assert rows[0] == {
+        "symbol": "ETHUSDT",
+        "owner": "aggregator-a",
+        "score": f"{quality.score(counts):.2f}",
+        "ticks applied": "1,000",
+        "late": "10",
+        "duplicates": "3",
+        "redelivered": "7",
+        "1s bars": "500",
+        "empty filled": "20",
+        "incomplete": "5",
+        "skipped": "2",
+        "gaps": "1 (57 trades missing)",
+        "bar latency": "35 ms",
+        "updated": "1.2 s ago",
+    }
+    assert (rows[1]["owner"], rows[1]["score"], rows[1]["bar latency"], rows[1]["updated"]) == (
+        "(none)", "n/a", "n/a", "n/a"
+    )  # fmt: skip

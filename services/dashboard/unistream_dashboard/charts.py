@@ -3,22 +3,45 @@
 Each figure carries a fixed ``uirevision`` so that a user's zoom and pan survive the
 once-a-second redraw, and candlestick charts hold at most :data:`MAX_CANDLES` candles, beyond
 which plotly's redraw time grows past the refresh interval on a small machine.
+
+The market and training pages build their own figures (:mod:`unistream_dashboard.market`,
+:mod:`unistream_dashboard.training`) from the helpers here: :func:`utc_datetime` for the time
+axes, :func:`price_tickformat` for price axes, :func:`lines_figure` for lines over time.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
-from unistream_dashboard.view import Candles, utc_datetime
+if TYPE_CHECKING:  # only a type: this module needs nothing of the view layer at run time
+    from unistream_dashboard.view import Candles
 
 MAX_CANDLES = 1000
 UP = "#26a69a"
 DOWN = "#ef5350"
+MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
+LEGEND_TOP = {"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"}
+# Title on the first line, legend on the second, both above the plot: a narrow chart's legend
+# never runs over its title.
+MARGIN_TWO_LINES = {"l": 10, "r": 10, "t": 58, "b": 10}
+TITLE_LINE = {"x": 0.01, "y": 0.99, "yanchor": "top", "font": {"size": 14}}
+LEGEND_LINE = {"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"}
+PLOT_CONFIG: dict[str, Any] = {"displaylogo": False}
+FEW_POINTS = 30  # below this a line also marks its points (a single point draws no line)
+MIN_SPAN_MS = 60_000  # a time axis shorter than this is widened to it
 
 
-def price_tickformat(prices: list[float]) -> str:
+def utc_datetime(ts_ms: int) -> datetime:
+    """Timezone-aware UTC datetime of an epoch-ms timestamp (chart axes)."""
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
+
+
+def price_tickformat(prices: Sequence[float]) -> str:
     """d3 format of a price axis: thousands separators and enough decimals for the smallest
     price (2 from 1 up; more below, so 0.00001234 does not print as 0.00)."""
     positive = [p for p in prices if p > 0]
@@ -60,7 +83,7 @@ def candle_figure(candles: Candles, height: int = 340) -> go.Figure:
     fig.update_layout(
         uirevision=f"candles-{candles.symbol}",
         height=height,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        margin=MARGIN,
         title={"text": f"{candles.symbol} · 1s", "x": 0.01, "font": {"size": 14}},
         # Anchored to the volume axis so the time labels sit under the volume bars, not across them.
         xaxis={"rangeslider": {"visible": False}, "type": "date", "anchor": "y2"},
@@ -71,17 +94,45 @@ def candle_figure(candles: Candles, height: int = 340) -> go.Figure:
     return fig
 
 
+def lines_figure(
+    series: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+    title: str,
+    uirevision: str,
+    *,
+    height: int = 260,
+    yaxis_title: str | None = None,
+    dashed: Sequence[str] = (),
+) -> go.Figure:
+    """One line per entry of ``series`` (name -> (times_ms, values)) over time; names in
+    ``dashed`` are drawn dashed (baselines beside the line that matters); lines of fewer than
+    :data:`FEW_POINTS` points mark them too."""
+    fig = go.Figure()
+    for name, (times_ms, values) in series.items():
+        fig.add_trace(
+            go.Scatter(
+                x=[utc_datetime(t) for t in times_ms],
+                y=list(values),
+                mode="lines" if len(values) >= FEW_POINTS else "lines+markers",
+                name=name,
+                line={"dash": "dash"} if name in dashed else {},
+            )
+        )
+    fig.update_layout(
+        uirevision=uirevision,
+        height=height,
+        margin=MARGIN_TWO_LINES,
+        title={"text": title, **TITLE_LINE},
+        xaxis={"type": "date"},
+        yaxis={"title": yaxis_title},
+        legend=LEGEND_LINE,
+    )
+    times = [t for times_ms, _ in series.values() for t in times_ms]
+    if times and max(times) - min(times) < MIN_SPAN_MS:
+        # A new run (one or two reports): a minute of axis, not milliseconds around one point.
+        fig.update_xaxes(range=[utc_datetime(max(times) - MIN_SPAN_MS), utc_datetime(max(times) + MIN_SPAN_MS // 12)])
+    return fig
+
+
 def loss_figure(series: dict[str, tuple[list[int], list[float]]], title: str, height: int = 260) -> go.Figure:
     """Line per trainer replica of one metric over time."""
-    fig = go.Figure()
-    for producer, (times_ms, values) in series.items():
-        fig.add_trace(go.Scatter(x=[utc_datetime(t) for t in times_ms], y=values, mode="lines", name=producer))
-    fig.update_layout(
-        uirevision=f"metric-{title}",
-        height=height,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        title={"text": title, "x": 0.01, "font": {"size": 14}},
-        xaxis={"type": "date"},
-        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom"},
-    )
-    return fig
+    return lines_figure(series, title, f"metric-{title}", height=height)

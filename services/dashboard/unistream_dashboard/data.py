@@ -6,10 +6,18 @@ read per second. Results are plain dataclasses of decoded packets (they are pick
 cache). Entries that do not decode are returned as :class:`~unistream_dashboard.view.Skipped`
 so the page can count and show them; Redis errors (:class:`redis.RedisError`) propagate to the
 page, which shows a banner and tries again on the next refresh (errors are never cached).
+
+Each read records ``fetch_ms``, how long its Redis round trips took when it was really made (a
+read served from the cache keeps the time of the fetch behind it), for the panels' captions.
+The dashboard's own heartbeat (:func:`start_heartbeat`) is a daemon thread per server process.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,11 +26,21 @@ import streamlit as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from unistream_common import codec, keys
+from unistream_common import codec, keys, tools
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
 from unistream_common.redisio import PROTOCOL
 from unistream_common.redisio import s as text
-from unistream_dashboard.view import ConsumerInfo, GroupInfo, Skipped, StreamInfo
+from unistream_dashboard.view import (
+    ConsumerInfo,
+    DeadLetters,
+    GroupInfo,
+    Heartbeat,
+    RateTracker,
+    Skipped,
+    StreamInfo,
+    parse_dead_letter,
+    parse_heartbeat,
+)
 
 # A page refresh must not hang on a dead server: fail fast, the next refresh tries again.
 CONNECT_TIMEOUT_S = 1.0
@@ -32,8 +50,17 @@ CACHE_TTL_S = 1
 # read well past the retention so every symbol's newest packet is in the window.
 UI_WINDOW = 256
 MODELS_WINDOW = 50
+# As unistream_common.service's (not imported: it pulls in FastAPI and uvicorn; a test keeps them equal).
+HEARTBEAT_TTL_MS = 10_000
+SERVICE_NAME = "dashboard"
+# The trainer replicas' lease (see unistream_trainer.replicas; not imported: it pulls in torch).
+TRAINER_LEADER = "ml:trainer:leader"
 
 T = TypeVar("T")
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
 
 
 @st.cache_resource(show_spinner=False)
@@ -80,16 +107,19 @@ class StatusRead:
     ui: list[UIDataPacket] = field(default_factory=list)
     last_ticks: dict[str, TickBatch] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    fetch_ms: float = 0.0
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
 def read_status(url: str, symbols: tuple[str, ...]) -> StatusRead:
     """Newest status packets (XREVRANGE ui:packets) and the last tick entry of each symbol."""
+    started = time.perf_counter()
     pipe = redis_client(url).pipeline(transaction=False)
     pipe.xrevrange(keys.UI, count=UI_WINDOW)
     for symbol in symbols:
         pipe.xrevrange(keys.ticks(symbol), count=1)
     ui_reply, *tick_replies = pipe.execute()
+    fetch_ms = _elapsed_ms(started)
     skipped: list[Skipped] = []
     ui = [p for eid, f in ui_reply if (p := _decode_as(keys.UI, eid, f, UIDataPacket, skipped))]
     last_ticks: dict[str, TickBatch] = {}
@@ -98,7 +128,7 @@ def read_status(url: str, symbols: tuple[str, ...]) -> StatusRead:
             batch = _decode_as(keys.ticks(symbol), eid, fields, TickBatch, skipped)
             if batch is not None:
                 last_ticks[symbol] = batch
-    return StatusRead(ui=ui, last_ticks=last_ticks, skipped=skipped)
+    return StatusRead(ui=ui, last_ticks=last_ticks, skipped=skipped, fetch_ms=fetch_ms)
 
 
 @dataclass(frozen=True)
@@ -107,21 +137,25 @@ class BarsRead:
 
     bars: dict[str, list[Bar]] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
+    fetch_ms: float = 0.0
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
 def read_bars(url: str, symbols: tuple[str, ...], count: int) -> BarsRead:
     """The newest ``count`` 1s bars of every symbol (XREVRANGE, one round trip)."""
+    started = time.perf_counter()
     pipe = redis_client(url).pipeline(transaction=False)
     for symbol in symbols:
         pipe.xrevrange(keys.bars(symbol, "1s"), count=count)
     skipped: list[Skipped] = []
     out: dict[str, list[Bar]] = {}
-    for symbol, reply in zip(symbols, pipe.execute(), strict=True):
+    replies = pipe.execute()
+    fetch_ms = _elapsed_ms(started)
+    for symbol, reply in zip(symbols, replies, strict=True):
         stream = keys.bars(symbol, "1s")
         decoded = (_decode_as(stream, eid, f, Bar, skipped) for eid, f in reversed(reply))
         out[symbol] = [b for b in decoded if b is not None]
-    return BarsRead(bars=out, skipped=skipped)
+    return BarsRead(bars=out, skipped=skipped, fetch_ms=fetch_ms)
 
 
 @dataclass(frozen=True)
@@ -131,29 +165,38 @@ class TrainingRead:
     metrics: list[MetricsPacket] = field(default_factory=list)
     models: list[ModelAnnouncement] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    fetch_ms: float = 0.0
 
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
 def read_training(url: str, metrics_count: int) -> TrainingRead:
     """The newest ``metrics_count`` entries of ml:metrics and the newest of ml:models."""
+    started = time.perf_counter()
     pipe = redis_client(url).pipeline(transaction=False)
     pipe.xrevrange(keys.METRICS, count=metrics_count)
     pipe.xrevrange(keys.MODELS, count=MODELS_WINDOW)
     metrics_reply, models_reply = pipe.execute()
+    fetch_ms = _elapsed_ms(started)
     skipped: list[Skipped] = []
     metrics = [
         p for eid, f in reversed(metrics_reply) if (p := _decode_as(keys.METRICS, eid, f, MetricsPacket, skipped))
     ]
     models = [p for eid, f in models_reply if (p := _decode_as(keys.MODELS, eid, f, ModelAnnouncement, skipped))]
-    return TrainingRead(metrics=metrics, models=models, skipped=skipped)
+    return TrainingRead(metrics=metrics, models=models, skipped=skipped, fetch_ms=fetch_ms)
 
 
 @dataclass(frozen=True)
 class StreamsRead:
-    """Statistics of the streams that exist; names of the expected ones that do not (yet)."""
+    """Statistics of the streams that exist, names of the expected ones that do not (yet), the
+    dead-letter streams that exist, entries/s per stream and Redis's clock (entry ids are stamped
+    with it, so entry ages are taken against it)."""
 
     streams: list[StreamInfo] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    dead_letters: list[DeadLetters] = field(default_factory=list)
+    rates: dict[str, float | None] = field(default_factory=dict)
+    time_ms: int = 0
+    fetch_ms: float = 0.0
 
 
 def _opt_int(value: Any) -> int | None:
@@ -171,38 +214,78 @@ def _is_missing(reply: Any) -> bool:
     return isinstance(reply, redis.ResponseError) and "no such key" in str(reply).lower()
 
 
+@st.cache_resource(show_spinner=False)
+def rate_tracker(url: str) -> RateTracker:
+    """The server process's entries/s tracker for the Redis at ``url`` (shared by every tab)."""
+    return RateTracker()
+
+
+def _time_ms(reply: Any) -> int:
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
-def read_streams(url: str, symbols: tuple[str, ...]) -> StreamsRead:
-    """XINFO STREAM / GROUPS / CONSUMERS of every stream of these symbols and of their
-    dead-letter streams (two round trips). Streams that do not exist are listed as missing;
-    missing dead-letter streams are the normal case and are not listed."""
+def read_streams(url: str, symbols: tuple[str, ...], dlq_reasons: int = 3) -> StreamsRead:
+    """XINFO STREAM / GROUPS / CONSUMERS of every data and history stream of these symbols, and
+    the size and newest ``dlq_reasons`` entries of their dead-letter streams (two round trips).
+
+    Streams that do not exist are listed as missing; missing dead-letter streams are the normal
+    case and are not listed. Entries/s come from the ``entries-added`` counter (Redis >= 7)
+    compared with earlier reads of this server process (:func:`rate_tracker`).
+    """
+    started = time.perf_counter()
     client = redis_client(url)
-    data_streams = keys.all_streams(symbols)
-    candidates = [(name, False) for name in data_streams] + [(keys.dlq(name), True) for name in data_streams]
+    names = keys.all_streams(symbols) + keys.history_streams(symbols)
     pipe = client.pipeline(transaction=False)
-    for name, _ in candidates:
+    pipe.time()
+    for name in names:
         pipe.xinfo_stream(name)
         pipe.xinfo_groups(name)
-    replies = pipe.execute(raise_on_error=False)
+    for name in names:
+        pipe.xinfo_stream(keys.dlq(name))
+        pipe.xrevrange(keys.dlq(name), count=dlq_reasons)
+    time_reply, *replies = pipe.execute(raise_on_error=False)
+    if isinstance(time_reply, Exception):
+        raise time_reply
+    now_ms = _time_ms(time_reply)
+    sampled_s = time.monotonic()
 
     present: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = []
     missing: list[str] = []
-    for i, (name, is_dlq) in enumerate(candidates):
+    for i, name in enumerate(names):
         info, groups = replies[2 * i], replies[2 * i + 1]
         if _is_missing(info):
-            if not is_dlq:
-                missing.append(name)
+            missing.append(name)
             continue
         for reply in (info, groups):
             if isinstance(reply, Exception):
                 raise reply
         present.append((name, info, groups))
+    dead_letters: list[DeadLetters] = []
+    offset = 2 * len(names)
+    for i, name in enumerate(names):
+        info, latest = replies[offset + 2 * i], replies[offset + 2 * i + 1]
+        if _is_missing(info):
+            continue
+        for reply in (info, latest):
+            if isinstance(reply, Exception):
+                raise reply
+        dead_letters.append(
+            DeadLetters(
+                stream=name,
+                length=int(info["length"]),
+                entries_added=_opt_int(info.get("entries-added")),
+                latest=tuple(parse_dead_letter(text(eid), fields) for eid, fields in latest),
+            )
+        )
 
     pipe = client.pipeline(transaction=False)
     for name, _, groups in present:
         for group in groups:
             pipe.xinfo_consumers(name, group["name"])
     consumer_replies = iter(pipe.execute())
+    fetch_ms = _elapsed_ms(started)
 
     streams: list[StreamInfo] = []
     for name, info, groups in present:
@@ -228,6 +311,7 @@ def read_streams(url: str, symbols: tuple[str, ...]) -> StreamsRead:
                     consumer_infos=consumers,
                 )
             )
+        last_generated = info.get("last-generated-id")
         streams.append(
             StreamInfo(
                 name=name,
@@ -236,6 +320,119 @@ def read_streams(url: str, symbols: tuple[str, ...]) -> StreamsRead:
                 last_entry_id=_entry_id(info.get("last-entry")),
                 entries_added=_opt_int(info.get("entries-added")),
                 groups=tuple(group_infos),
+                last_generated_id=text(last_generated) if last_generated is not None else None,
             )
         )
-    return StreamsRead(streams=streams, missing=missing)
+    tracker = rate_tracker(url)
+    rates = {
+        s.name: tracker.update(s.name, sampled_s, s.entries_added) if s.entries_added is not None else None
+        for s in streams
+    }
+    return StreamsRead(
+        streams=streams,
+        missing=missing,
+        dead_letters=dead_letters,
+        rates=rates,
+        time_ms=now_ms,
+        fetch_ms=fetch_ms,
+    )
+
+
+@dataclass(frozen=True)
+class HealthRead:
+    """Live service heartbeats (sorted by service, then consumer) and the trainer's leader."""
+
+    beats: list[Heartbeat] = field(default_factory=list)
+    leader: str | None = None
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def read_health(url: str) -> HealthRead:
+    """Every heartbeat listed in svc:index whose hash has not expired, and ml:trainer:leader.
+
+    The index keeps members for a while after their process stopped; only the hashes (which
+    expire 10 s after the last beat) say a process is alive.
+    """
+    started = time.perf_counter()
+    client = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(keys.SERVICES, 0, -1)
+    pipe.get(TRAINER_LEADER)
+    members, leader = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pairs = [text(m).partition("/")[::2] for m in members]
+    for service, consumer in pairs:
+        pipe.hgetall(keys.heartbeat(service, consumer))
+    hashes = pipe.execute() if pairs else []
+    fetch_ms = _elapsed_ms(started)
+    beats = [b for raw in hashes if raw and (b := parse_heartbeat(raw)) is not None]
+    beats.sort(key=lambda b: (b.service, b.consumer))
+    return HealthRead(beats=beats, leader=text(leader) if leader is not None else None, fetch_ms=fetch_ms)
+
+
+@dataclass(frozen=True)
+class QualityRead:
+    """Per symbol the aggregator's data-quality counters (``tools.collect_bar_quality`` rows)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def read_quality(url: str, symbols: tuple[str, ...]) -> QualityRead:
+    """md:quality:{SYMBOL} and the owning aggregator of each symbol, scored as ``unistream status`` does."""
+    started = time.perf_counter()
+    rows = tools.collect_bar_quality(redis_client(url), list(symbols))
+    return QualityRead(rows=rows, fetch_ms=_elapsed_ms(started))
+
+
+def _beat_once(client: redis.Redis, key: str, member: str, fields: dict[str, Any]) -> None:
+    now = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping={**fields, "updated_ms": now})
+    pipe.pexpire(key, HEARTBEAT_TTL_MS)
+    pipe.zadd(keys.SERVICES, {member: now})
+    pipe.zremrangebyscore(keys.SERVICES, "-inf", now - 10 * HEARTBEAT_TTL_MS)
+    pipe.execute()
+
+
+@st.cache_resource(show_spinner=False)
+def start_heartbeat(url: str, consumer: str, every_s: float) -> threading.Event:
+    """Beat ``svc:dashboard:{consumer}`` every ``every_s`` seconds from a daemon thread (one per
+    server process and Redis), as the other services do, so the Overview shows the dashboard too.
+
+    Returns the event that stops the thread. Redis errors are ignored: the next beat tries again.
+    """
+    stop = threading.Event()
+    client = redis.Redis.from_url(
+        url,
+        protocol=PROTOCOL,
+        socket_timeout=READ_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        client_name="unistream-dashboard-heartbeat",
+    )
+    key = keys.heartbeat(SERVICE_NAME, consumer)
+    member = f"{SERVICE_NAME}/{consumer}"
+    fields = {
+        "service": SERVICE_NAME,
+        "consumer": consumer,
+        "started_ms": int(time.time() * 1000),
+        "ready": 1,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                _beat_once(client, key, member, fields)
+            except redis.RedisError:
+                pass
+            stop.wait(every_s)
+        client.close()
+
+    threading.Thread(target=run, name="unistream-dashboard-heartbeat", daemon=True).start()
+    return stop

@@ -9,6 +9,7 @@ into Redis through the shared codec, exactly as the producing services would.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
@@ -47,6 +48,7 @@ def ui_packet(
     gaps_seen: int = 0,
     trades_missing: int = 0,
     warmup: dict[str, float] | None = None,
+    cnn_updated_ms: int | None = None,
 ) -> UIDataPacket:
     """A status packet; cache sizes default to the totals capped at the capacities."""
     predictions = {"top": 0.12, "bottom": 0.08} if predictions is None else predictions
@@ -71,7 +73,7 @@ def ui_packet(
             version=cnn_version,
             state=cnn_state,  # type: ignore[arg-type]
             parameters=cnn_parameters,
-            updated_ms=ts_ms,
+            updated_ms=ts_ms if cnn_updated_ms is None else cnn_updated_ms,
         ),
         rl_state_dim=rl_state_dim,
         cnn_predictions=codec.f32_to_bytes(list(predictions.values())),
@@ -134,9 +136,17 @@ def bar_walk(
 
 
 def metrics_packet(
-    producer: str, *, ts_ms: int, step: int, td_loss: float, updates: int, epsilon: float = 0.05, packets: int = 0
+    producer: str,
+    *,
+    ts_ms: int,
+    step: int,
+    td_loss: float,
+    updates: int,
+    epsilon: float = 0.05,
+    packets: int = 0,
+    extra: Mapping[str, float] | None = None,
 ) -> MetricsPacket:
-    """A trainer replica's metrics under the namespaces the dashboard knows."""
+    """A trainer replica's metrics under the namespaces the dashboard knows (plus ``extra``)."""
     return MetricsPacket(
         producer=producer,
         ts_ms=ts_ms,
@@ -146,8 +156,37 @@ def metrics_packet(
             "charts/epsilon": epsilon,
             "charts/updates": float(updates),
             "charts/packets": float(packets),
+            **(extra or {}),
         },
     )
+
+
+def enhanced_metrics(
+    *,
+    labelled: Mapping[str, int],
+    pr_auc_top: float | None = None,
+    baseline_top: float | None = None,
+    pr_auc_bottom: float | None = None,
+    baseline_bottom: float | None = None,
+    trades: int = 0,
+    edge: float | None = None,
+    edge_t: float | None = None,
+    timeframe: str = "1s",
+) -> dict[str, float]:
+    """``extrema/*`` and ``sensitivity/*`` metrics as the trainer's Enhanced RL learners report them."""
+    out: dict[str, float] = {f"extrema/labelled_{tf}": float(n) for tf, n in labelled.items()}
+    for name, value in (
+        (f"extrema/pr_auc_top_{timeframe}", pr_auc_top),
+        (f"extrema/baseline_top_{timeframe}", baseline_top),
+        (f"extrema/pr_auc_bottom_{timeframe}", pr_auc_bottom),
+        (f"extrema/baseline_bottom_{timeframe}", baseline_bottom),
+        ("sensitivity/edge", edge),
+        ("sensitivity/edge_t", edge_t),
+    ):
+        if value is not None:
+            out[name] = value
+    out["sensitivity/trades"] = float(trades)
+    return out
 
 
 def model_announcement(name: str, version: str, *, ts_ms: int, producer: str, parameters: int) -> ModelAnnouncement:
@@ -245,3 +284,46 @@ def ensure_group(client: redis.Redis, stream: str, group: str, start_id: str = "
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+
+
+def heartbeat(
+    client: redis.Redis,
+    service: str,
+    consumer: str,
+    *,
+    started_ms: int,
+    updated_ms: int,
+    ready: bool = True,
+    ttl_ms: int = 10_000,
+    pid: int = 4242,
+    host: str = "host-a",
+) -> None:
+    """A service process's heartbeat, as ``unistream_common.service.heartbeat`` writes it."""
+    key = keys.heartbeat(service, consumer)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping={
+        "service": service, "consumer": consumer, "started_ms": started_ms, "updated_ms": updated_ms,
+        "ready": int(ready), "pid": pid, "host": host,
+    })  # fmt: skip
+    pipe.pexpire(key, ttl_ms)
+    pipe.zadd(keys.SERVICES, {f"{service}/{consumer}": updated_ms})
+    pipe.execute()
+
+
+def dead_letter(
+    client: redis.Redis, stream: str, reason: str, *, group: str, consumer: str, ts_ms: int, entry_id: str = "1-0"
+) -> str:
+    """An entry ``consumer`` gave up on, in ``<stream>:dlq`` with the fields the consumer runtime writes."""
+    fields = {
+        b"type": b"bar", b"v": b"1", b"data": b"\xc1",
+        b"dlq_reason": reason.encode(), b"dlq_stream": stream.encode(), b"dlq_id": entry_id.encode(),
+        b"dlq_group": group.encode(), b"dlq_consumer": consumer.encode(), b"dlq_ts_ms": str(ts_ms).encode(),
+    }  # fmt: skip
+    return client.xadd(keys.dlq(stream), fields).decode()  # type: ignore[union-attr,arg-type]
+
+
+def quality_counters(client: redis.Redis, symbol: str, counts: Mapping[str, int], owner: str | None = None) -> None:
+    """md:quality:{SYMBOL} with these counters (and fields), and the owning aggregator's lease."""
+    client.hset(keys.quality(symbol), mapping=dict(counts))
+    if owner is not None:
+        client.set(keys.agg_owner(symbol), f"{owner}:1")

@@ -1,0 +1,607 @@
+"""Training page: how the RL agent and the CNN learn, how the agent would have traded, and the
+trainer replicas that do the work.
+
+Three layers, top to bottom:
+
+* pure shaping (no Redis, no Streamlit): :func:`metric_series` (one metric per replica over
+  time), :func:`paper_series` (paper PnL of the policy and its baselines), :func:`newest_values`,
+  :func:`extrema_rows` (CNN PR-AUC per timeframe beside its baselines), :func:`model_timeline`
+  (merged model versions over time) and :func:`replica_rows` (one row per trainer replica);
+* one cached read (``st.cache_data(ttl=1)``, shared by every panel of every tab):
+  :func:`read_trainer`, i.e. ml:metrics, ml:models, ml:trainer:members, ml:trainer:leader and the
+  replicas' heartbeat hashes ``svc:trainer:<name>``;
+* :func:`render`, called by the app's page: four self-refreshing ``st.fragment`` panels keyed
+  ``training-learning``, ``training-paper``, ``training-cnn`` and ``training-replicas``.
+
+Metric names are the trainer's CleanRL-style ones (``losses/td_loss``, ``charts/epsilon``,
+``paper/pnl``, ``extrema/pr_auc_top_1s``, ``sensitivity/edge``, ``merge/duration_ms``...).
+Chart ``uirevision`` values are ``training-<what>``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly.graph_objects as go
+import redis
+import streamlit as st
+
+from unistream_common import codec, keys
+from unistream_common.packets import MetricsPacket, ModelAnnouncement
+from unistream_common.redisio import s as text
+from unistream_dashboard import charts
+from unistream_dashboard.data import redis_client
+from unistream_dashboard.market import SEP, fetched_caption, live, show_redis_error
+from unistream_dashboard.settings import DashboardSettings
+
+TRAINER_SERVICE = "trainer"
+MEMBERS = "ml:trainer:members"  # sorted set: replica -> heartbeat expiry (ms)
+LEADER = "ml:trainer:leader"  # string: the replica holding the merge lease
+MODELS_WINDOW = 1_000  # the trainer keeps ~1,000 announcements
+CACHE_TTL_S = 1
+ALIVE_MS = 10_000  # a heartbeat hash older than this (its TTL) belongs to a stopped replica
+
+TD_LOSS = "losses/td_loss"
+Q_VALUES = "losses/q_values"
+EPSILON = "charts/epsilon"
+PACKETS_PER_S = "charts/packets_per_s"
+UPDATES_PER_S = "charts/updates_per_s"
+MODEL_ROUND = "charts/model_round"
+MERGE_MS = "merge/duration_ms"
+MERGE_MEMBERS = "merge/members"
+EDGE = "sensitivity/edge"
+EDGE_SE = "sensitivity/edge_se"
+PAPER_LINES: dict[str, str] = {
+    "policy": "paper/pnl",
+    "buy & hold": "paper/buy_and_hold_pnl",
+    "flat": "paper/flat_pnl",
+    "random": "paper/random_pnl",
+}
+PAPER_STATS: tuple[tuple[str, str, str], ...] = (
+    # (label, metric, format: "num" | "pct")
+    ("Sharpe", "paper/sharpe", "num"),
+    ("Max drawdown", "paper/max_drawdown", "pct"),
+    ("Win rate", "paper/win_rate", "pct"),
+    ("Trades / hour", "paper/trades_per_hour", "num"),
+    ("Fee share", "paper/fee_share", "pct"),
+)
+EXTREMA_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("PR-AUC top", "extrema/pr_auc_top_{tf}"),
+    ("baseline top", "extrema/baseline_top_{tf}"),
+    ("past rule top", "extrema/past_rule_top_{tf}"),
+    ("PR-AUC bottom", "extrema/pr_auc_bottom_{tf}"),
+    ("baseline bottom", "extrema/baseline_bottom_{tf}"),
+    ("past rule bottom", "extrema/past_rule_bottom_{tf}"),
+)
+_ROUND_RE = re.compile(r"r(\d+)$")
+_CHOSEN_SIZE = "sensitivity/chosen_size_"
+
+Series = tuple[list[int], list[float]]  # (times_ms, values), oldest first
+
+
+# --------------------------------------------------------------------------- pure: shaping
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def metric_series(metrics: Iterable[MetricsPacket], key: str) -> dict[str, Series]:
+    """Per producer (sorted by name), (ts_ms, value) of metric ``key`` in time order; packets
+    without it and non-finite values are left out, as are producers without any value."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for packet in metrics:
+        value = packet.metrics.get(key)
+        if _finite(value):
+            points.setdefault(packet.producer, []).append((packet.ts_ms, float(value)))  # type: ignore[arg-type]
+    return {p: _columns(points[p]) for p in sorted(points)}
+
+
+def _columns(points: list[tuple[int, float]]) -> Series:
+    ordered = sorted(points)
+    return [t for t, _ in ordered], [v for _, v in ordered]
+
+
+def paper_series(metrics: Iterable[MetricsPacket]) -> dict[str, Series]:
+    """Paper PnL (sum of net log returns) of the policy and of its baselines (buy & hold, flat,
+    random) over time, each one line whatever replica led the paper trading then; lines without
+    a value are left out."""
+    metrics = list(metrics)
+    out: dict[str, Series] = {}
+    for label, key in PAPER_LINES.items():
+        points = [(p.ts_ms, float(p.metrics[key])) for p in metrics if _finite(p.metrics.get(key))]
+        if points:
+            out[label] = _columns(points)
+    return out
+
+
+@dataclass(frozen=True)
+class Value:
+    """The newest value of one metric, when and by whom it was reported."""
+
+    value: float
+    ts_ms: int
+    producer: str
+
+
+def newest_values(metrics: Iterable[MetricsPacket], names: Iterable[str] | None = None) -> dict[str, Value]:
+    """The newest finite value of each metric (all of them, or only ``names``) over every producer;
+    on equal times the packet seen last wins."""
+    wanted = None if names is None else set(names)
+    out: dict[str, Value] = {}
+    for packet in metrics:
+        for key, value in packet.metrics.items():
+            if (wanted is not None and key not in wanted) or not _finite(value):
+                continue
+            seen = out.get(key)
+            if seen is None or packet.ts_ms >= seen.ts_ms:
+                out[key] = Value(float(value), packet.ts_ms, packet.producer)
+    return out
+
+
+def extrema_rows(values: Mapping[str, Value]) -> list[dict[str, Any]]:
+    """One row per timeframe (1s, 1m, 1h, 1d) that has any extrema metric: the CNN's PR-AUC for
+    tops and bottoms beside a random classifier's (``baseline``: the positive rate) and the
+    past rule's; None where a value is missing."""
+    rows = []
+    for tf in keys.TIMEFRAMES:
+        row: dict[str, Any] = {"timeframe": tf}
+        for column, pattern in EXTREMA_COLUMNS:
+            v = values.get(pattern.format(tf=tf))
+            row[column] = None if v is None else v.value
+        if any(row[c] is not None for c, _ in EXTREMA_COLUMNS):
+            rows.append(row)
+    return rows
+
+
+def chosen_sizes(values: Mapping[str, Value]) -> dict[str, float]:
+    """Share of the sensitivity head's trades at each size, e.g. ``{"0": 0.4, "0.5": 0.35, "1": 0.25}``."""
+    found = {k.removeprefix(_CHOSEN_SIZE): v.value for k, v in values.items() if k.startswith(_CHOSEN_SIZE)}
+    return dict(sorted(found.items(), key=lambda kv: float(kv[0]) if _is_number(kv[0]) else math.inf))
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def model_round(ann: ModelAnnouncement) -> int | None:
+    """The merge round of an announcement: its ``merge/round`` metric, else the ``r<N>`` at the
+    end of its version (``dqn-r0000012`` -> 12), else None."""
+    value = ann.metrics.get("merge/round")
+    if _finite(value):
+        return int(value)  # type: ignore[arg-type]
+    match = _ROUND_RE.search(ann.version)
+    return int(match[1]) if match else None
+
+
+@dataclass(frozen=True)
+class ModelTimeline:
+    """Announced versions of one model, oldest first: time, merge round, version, who merged it
+    and how many replicas took part."""
+
+    name: str
+    times_ms: list[int] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
+    members: list[int | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.times_ms)
+
+
+def model_timeline(models: Iterable[ModelAnnouncement]) -> dict[str, ModelTimeline]:
+    """Per model name (sorted), its announcements in time order; a repeated version keeps the last
+    announcement seen; announcements without a round (see :func:`model_round`) get the number of
+    versions of that model before them plus one."""
+    by_model: dict[str, dict[str, ModelAnnouncement]] = {}
+    for ann in models:
+        by_model.setdefault(ann.name, {})[ann.version] = ann
+    out: dict[str, ModelTimeline] = {}
+    for name in sorted(by_model):
+        line = ModelTimeline(name)
+        for i, ann in enumerate(sorted(by_model[name].values(), key=lambda a: (a.ts_ms, a.version))):
+            members = ann.metrics.get("merge/members")
+            line.times_ms.append(ann.ts_ms)
+            round_no = model_round(ann)
+            line.rounds.append(i + 1 if round_no is None else round_no)
+            line.versions.append(ann.version)
+            line.producers.append(ann.producer)
+            line.members.append(int(members) if _finite(members) else None)  # type: ignore[arg-type]
+        out[name] = line
+    return out
+
+
+def latest_per_producer(metrics: Iterable[MetricsPacket]) -> dict[str, MetricsPacket]:
+    """The newest packet of each producer (on equal times the one seen last)."""
+    latest: dict[str, MetricsPacket] = {}
+    for packet in metrics:
+        seen = latest.get(packet.producer)
+        if seen is None or packet.ts_ms >= seen.ts_ms:
+            latest[packet.producer] = packet
+    return latest
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(text(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def replica_rows(
+    metrics: Iterable[MetricsPacket],
+    members: Mapping[str, int],
+    leader: str | None,
+    heartbeats: Mapping[str, Mapping[str, str]],
+    models: Iterable[ModelAnnouncement],
+    now_ms: int,
+) -> list[dict[str, Any]]:
+    """One row per trainer replica, by name, for every replica named by a metrics packet, the
+    members set (name -> heartbeat expiry ms) or a heartbeat hash (``updated_ms``, ``ready``):
+
+    ``replica``, ``lease`` (holds ml:trainer:leader), ``alive`` (its heartbeat hash is at most
+    :data:`ALIVE_MS` old or its membership has not expired), ``ready``, ``packets/s``,
+    ``updates/s`` and ``step`` of its newest metrics, ``heartbeat age s`` (from its heartbeat
+    hash), ``member expires in s`` (negative: expired), ``metrics age s``, ``model round`` (of the
+    model it runs), ``last merge round`` (newest round it merged as leader), ``last merge ms`` and
+    ``last merge members`` (of its newest metrics). Missing values are None."""
+    latest = latest_per_producer(metrics)
+    led: dict[str, int] = {}
+    for ann in models:
+        round_no = model_round(ann)
+        if round_no is not None and round_no > led.get(ann.producer, -1):
+            led[ann.producer] = round_no
+    rows = []
+    for name in sorted(set(latest) | set(members) | set(heartbeats)):
+        packet = latest.get(name)
+        m = packet.metrics if packet is not None else {}
+        beat = heartbeats.get(name, {})
+        updated = _int_or_none(beat.get("updated_ms"))
+        ready = _int_or_none(beat.get("ready"))
+        heartbeat_age = None if updated is None else (now_ms - updated) / 1000
+        expiry = members.get(name)
+        expires_in = None if expiry is None else (expiry - now_ms) / 1000
+        alive = (updated is not None and now_ms - updated <= ALIVE_MS) or (expiry is not None and expiry > now_ms)
+
+        def metric(key: str, m: Mapping[str, float] = m) -> float | None:
+            value = m.get(key)
+            return float(value) if _finite(value) else None
+
+        merge_members = metric(MERGE_MEMBERS)
+        model_round_no = metric(MODEL_ROUND)
+        rows.append(
+            {
+                "replica": name,
+                "lease": leader is not None and name == leader,
+                "alive": alive,
+                "ready": None if ready is None else bool(ready),
+                "packets/s": metric(PACKETS_PER_S),
+                "updates/s": metric(UPDATES_PER_S),
+                "step": None if packet is None else packet.step,
+                "heartbeat age s": heartbeat_age,
+                "member expires in s": expires_in,
+                "metrics age s": None if packet is None else (now_ms - packet.ts_ms) / 1000,
+                "model round": None if model_round_no is None else int(model_round_no),
+                "last merge round": led.get(name),
+                "last merge ms": metric(MERGE_MS),
+                "last merge members": None if merge_members is None else int(merge_members),
+            }
+        )
+    return rows
+
+
+def fmt_stat(value: float | None, kind: str) -> str:
+    """A paper statistic for st.metric: ``pct`` as ``12.3 %``, ``num`` with 3 significant digits."""
+    if value is None:
+        return "n/a"
+    if kind == "pct":
+        return f"{100 * value:.1f} %"
+    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+# --------------------------------------------------------------------------- pure: figures
+
+
+def extrema_figure(rows: Sequence[Mapping[str, Any]], side: str = "top", height: int = 280) -> go.Figure:
+    """Grouped bars per timeframe: the CNN's PR-AUC for ``side`` (top or bottom) beside the
+    baseline and the past rule; ``uirevision`` ``training-extrema-<side>``."""
+    fig = go.Figure()
+    timeframes = [r["timeframe"] for r in rows]
+    for label, colour in (
+        (f"PR-AUC {side}", "#5e35b1"),
+        (f"baseline {side}", "#9e9e9e"),
+        (f"past rule {side}", "#ffb300"),
+    ):
+        fig.add_trace(go.Bar(x=timeframes, y=[r.get(label) for r in rows], name=label, marker_color=colour))
+    fig.update_layout(
+        uirevision=f"training-extrema-{side}",
+        height=height,
+        margin=charts.MARGIN_TWO_LINES,
+        title={"text": f"CNN extrema: {side}s, PR-AUC vs baselines", **charts.TITLE_LINE},
+        barmode="group",
+        yaxis={"range": [0, 1]},
+        legend=charts.LEGEND_LINE,
+    )
+    return fig
+
+
+def model_figure(timeline: Mapping[str, ModelTimeline], height: int = 280) -> go.Figure:
+    """Merge round of each announced version over time, a line per model; ``uirevision``
+    ``training-models``."""
+    fig = go.Figure()
+    for name, line in timeline.items():
+        fig.add_trace(
+            go.Scatter(
+                x=[charts.utc_datetime(t) for t in line.times_ms],
+                y=line.rounds,
+                mode="lines+markers",
+                line={"shape": "hv"},
+                name=name,
+                text=[
+                    f"{v}{SEP}by {p}" + (f"{SEP}{m} replicas" if m is not None else "")
+                    for v, p, m in zip(line.versions, line.producers, line.members, strict=True)
+                ],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        uirevision="training-models",
+        height=height,
+        margin=charts.MARGIN_TWO_LINES,
+        title={"text": "Model versions (merge round)", **charts.TITLE_LINE},
+        xaxis={"type": "date"},
+        yaxis={"title": "round"},
+        legend=charts.LEGEND_LINE,
+    )
+    return fig
+
+
+# --------------------------------------------------------------------------- read (cached)
+
+
+@dataclass(frozen=True)
+class TrainerRead:
+    """Everything the training page shows, from two round trips."""
+
+    metrics: list[MetricsPacket] = field(default_factory=list)  # oldest first
+    models: list[ModelAnnouncement] = field(default_factory=list)  # oldest first
+    members: dict[str, int] = field(default_factory=dict)  # replica -> heartbeat expiry (ms)
+    leader: str | None = None
+    heartbeats: dict[str, dict[str, str]] = field(default_factory=dict)  # replica -> svc:trainer:<name>
+    skipped: int = 0
+    fetch_ms: float = 0.0
+
+
+def _decoded(entries: Iterable[Any], cls: type) -> tuple[list[Any], int]:
+    out, skipped = [], 0
+    for _, fields in entries:
+        try:
+            packet = codec.decode(fields)
+        except codec.DecodeError:
+            packet = None
+        if isinstance(packet, cls):
+            out.append(packet)
+        else:
+            skipped += 1
+    return out, skipped
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
+def read_trainer(url: str, metrics_count: int) -> TrainerRead:
+    """The newest ``metrics_count`` ml:metrics entries, the newest ml:models entries, the members
+    set, the lease holder, then the heartbeat hash of every replica named in svc:index or the
+    members set."""
+    started = time.perf_counter()
+    client = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(keys.METRICS, count=metrics_count)
+    pipe.xrevrange(keys.MODELS, count=MODELS_WINDOW)
+    pipe.zrange(MEMBERS, 0, -1, withscores=True)
+    pipe.get(LEADER)
+    pipe.zrange(keys.SERVICES, 0, -1)
+    metrics_reply, models_reply, members_reply, leader_reply, services_reply = pipe.execute()
+    members = {text(name): int(score) for name, score in members_reply}
+    prefix = f"{TRAINER_SERVICE}/"
+    names = sorted(set(members) | {text(m).removeprefix(prefix) for m in services_reply if text(m).startswith(prefix)})
+    heartbeats: dict[str, dict[str, str]] = {}
+    if names:
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.heartbeat(TRAINER_SERVICE, name))
+        for name, beat in zip(names, pipe.execute(), strict=True):
+            if beat:
+                heartbeats[name] = {text(k): text(v) for k, v in beat.items()}
+    fetch_ms = (time.perf_counter() - started) * 1000
+    metrics, skipped_metrics = _decoded(reversed(metrics_reply), MetricsPacket)
+    models, skipped_models = _decoded(reversed(models_reply), ModelAnnouncement)
+    return TrainerRead(
+        metrics=metrics,
+        models=models,
+        members=members,
+        leader=text(leader_reply) if leader_reply else None,
+        heartbeats=heartbeats,
+        skipped=skipped_metrics + skipped_models,
+        fetch_ms=fetch_ms,
+    )
+
+
+# --------------------------------------------------------------------------- Streamlit
+
+
+def _read(settings: DashboardSettings) -> TrainerRead | None:
+    """The cached read, or None after showing the Redis banner."""
+    try:
+        return read_trainer(settings.redis_url, settings.metrics_history)
+    except redis.RedisError as exc:
+        show_redis_error(settings, exc)
+        return None
+
+
+def _skipped(read: TrainerRead) -> str:
+    return f"{read.skipped:,} undecodable entries skipped" if read.skipped else ""
+
+
+def _no_metrics() -> None:
+    st.info(
+        f"No trainer metrics yet: {keys.METRICS} is empty (is a trainer running?).", icon=":material/hourglass_empty:"
+    )
+
+
+def _plot(fig: go.Figure, key: str) -> None:
+    st.plotly_chart(fig, key=key, config=charts.PLOT_CONFIG)
+
+
+def _learning_panel(settings: DashboardSettings) -> None:
+    """TD loss, mean Q and epsilon per replica over time."""
+    st.subheader("DQN learning")
+    read = _read(settings)
+    if read is None:
+        return
+    if not read.metrics:
+        _no_metrics()
+    else:
+        columns = st.columns(3)
+        for column, key, title in zip(
+            columns, (TD_LOSS, Q_VALUES, EPSILON), ("TD loss", "Mean Q", "Epsilon"), strict=True
+        ):
+            with column:
+                series = metric_series(read.metrics, key)
+                if series:
+                    _plot(charts.lines_figure(series, f"{title} ({key})", f"training-{key}"), f"training-plot-{key}")
+                else:
+                    st.info(f"No {key} reported yet.")
+    st.caption(fetched_caption(read.fetch_ms, f"{len(read.metrics):,} metrics packets", _skipped(read)))
+
+
+def _paper_panel(settings: DashboardSettings) -> None:
+    """Paper PnL of the policy against its baselines, and the newest paper statistics."""
+    st.subheader("Paper trading")
+    read = _read(settings)
+    if read is None:
+        return
+    series = paper_series(read.metrics)
+    if not series:
+        if read.metrics:
+            st.info("No paper trading yet: the lease holder reports paper/* once it has traded.")
+        else:
+            _no_metrics()
+    else:
+        values = newest_values(read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()))
+        pnl, hold = values.get(PAPER_LINES["policy"]), values.get(PAPER_LINES["buy & hold"])
+        columns = st.columns(len(PAPER_STATS) + 1)
+        columns[0].metric(
+            "PnL (log)",
+            fmt_stat(pnl.value if pnl else None, "num"),
+            delta=f"{pnl.value - hold.value:+.3g} vs hold" if pnl and hold else None,
+            help="Sum of net log returns of the policy; the delta is against buying and holding.",
+        )
+        for column, (label, key, kind) in zip(columns[1:], PAPER_STATS, strict=True):
+            v = values.get(key)
+            column.metric(label, fmt_stat(v.value if v else None, kind))
+        baselines = [label for label in series if label != "policy"]
+        _plot(
+            charts.lines_figure(
+                series, "Paper PnL: policy vs baselines", "training-paper", yaxis_title="log return", dashed=baselines
+            ),
+            "training-plot-paper",
+        )
+    st.caption(fetched_caption(read.fetch_ms, _skipped(read)))
+
+
+def _cnn_panel(settings: DashboardSettings) -> None:
+    """CNN extrema PR-AUC per timeframe vs its baselines; the sensitivity head's edge."""
+    st.subheader("CNN extrema and sensitivity")
+    read = _read(settings)
+    if read is None:
+        return
+    if not read.metrics:
+        _no_metrics()
+        st.caption(fetched_caption(read.fetch_ms, _skipped(read)))
+        return
+    values = newest_values(read.metrics)
+    rows = extrema_rows(values)
+    left, right = st.columns(2)
+    with left:
+        if rows:
+            _plot(extrema_figure(rows, "top"), "training-plot-extrema-top")
+            st.dataframe(rows, hide_index=True, key="training-extrema-table")
+        else:
+            st.info("No CNN extrema metrics (extrema/*) reported yet.")
+    with right:
+        edge = values.get(EDGE)
+        if edge is None:
+            st.info("No sensitivity edge (sensitivity/edge) reported yet.")
+        else:
+            se = values.get(EDGE_SE)
+            st.metric(
+                "Sensitivity edge (mean reward over the baseline's)",
+                f"{edge.value:+.3g}",
+                help=f"± {se.value:.2g} standard error" if se else None,
+            )
+            _plot(
+                charts.lines_figure(metric_series(read.metrics, EDGE), "Sensitivity edge", "training-edge"),
+                "training-plot-edge",
+            )
+            sizes = chosen_sizes(values)
+            if sizes:
+                st.caption("Chosen sizes: " + ", ".join(f"{k}: {100 * v:.0f} %" for k, v in sizes.items()))
+    st.caption(fetched_caption(read.fetch_ms, _skipped(read)))
+
+
+REPLICA_COLUMNS: dict[str, Any] = {
+    "lease": st.column_config.CheckboxColumn("lease", help="Holds ml:trainer:leader: merges and paper-trades"),
+    "packets/s": st.column_config.NumberColumn("packets/s", format="%.1f"),
+    "updates/s": st.column_config.NumberColumn("updates/s", format="%.1f"),
+    "heartbeat age s": st.column_config.NumberColumn("heartbeat age", format="%.1f s"),
+    "member expires in s": st.column_config.NumberColumn("member expires in", format="%.1f s"),
+    "metrics age s": st.column_config.NumberColumn("metrics age", format="%.1f s"),
+    "last merge ms": st.column_config.NumberColumn("last merge", format="%.0f ms"),
+}
+
+
+def _replicas_panel(settings: DashboardSettings) -> None:
+    """One row per trainer replica; the model versions over time."""
+    st.subheader("Trainer replicas and models")
+    read = _read(settings)
+    if read is None:
+        return
+    now_ms = int(time.time() * 1000)
+    rows = replica_rows(read.metrics, read.members, read.leader, read.heartbeats, read.models, now_ms)
+    if rows:
+        st.dataframe(rows, hide_index=True, key="training-replicas-table", column_config=REPLICA_COLUMNS)
+    else:
+        st.info(f"No trainer replicas: no metrics on {keys.METRICS}, nobody in {MEMBERS}, no heartbeats.")
+    lease = f"lease held by {read.leader}" if read.leader else "nobody holds the lease"
+    timeline = model_timeline(read.models)
+    if timeline:
+        _plot(model_figure(timeline), "training-plot-models")
+        newest = sorted(
+            ((line.times_ms[-1], line.versions[-1], line.producers[-1]) for line in timeline.values()), reverse=True
+        )
+        models_text = "newest: " + ", ".join(f"{v} by {p}" for _, v, p in newest)
+    else:
+        models_text = f"no model announced yet ({keys.MODELS} is empty)"
+    st.caption(fetched_caption(read.fetch_ms, f"{len(rows)} replicas", lease, models_text, _skipped(read)))
+
+
+def render(settings: DashboardSettings) -> None:
+    """The training page: four live panels."""
+    st.title("Training")
+    for key, panel in (
+        ("training-learning", _learning_panel),
+        ("training-paper", _paper_panel),
+        ("training-cnn", _cnn_panel),
+        ("training-replicas", _replicas_panel),
+    ):
+        with st.container(border=True, key=key):
+            live(panel, settings)
