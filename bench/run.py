@@ -67,9 +67,22 @@ Rows (ticks/s unless stated):
   ``UNISTREAM_CLAIM_IDLE_MS`` of 20 s and learned from). Goal: < 30 s;
 - ``trainer_merge_round_ms``: the leader's merge round (gather, average, publish) with both
   replicas in it, default network, from the replicas' ``/stats`` (``info.last_merge``) (ms).
+- ``dashboard_overview_ready_s``: ``unistream dashboard`` as its own process, fed a running
+  system's packets and heartbeats every second: from ``page.goto`` of the Overview in headless
+  Chromium (a new session) until every symbol card shows its counts and price and every service
+  card READY (s); reference: ``streamlit_hello_ready_s``, a one-line Streamlit app served with the
+  same flags, until its text shows. Goal: < 3 s;
+- ``dashboard_cpu_per_tab_pct``: the server process's CPU (% of one core, /proc utime + stime)
+  with one tab on the Overview at the default 1 s refresh, minus the same with no tab;
+  reference: ``dashboard_cpu_idle_pct``, that idle figure. Goal: < 15 %;
+- ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
+  refresh (INFO commandstats over the tab's window, the feeder's and the idle rate taken off,
+  divided by the fragment runs the browser received).
 The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
 (at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s), the trainer rows in
-``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all);
+``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all), the
+dashboard rows in ``bench/dashboard.py`` (3 runs of the ready rows, two 10 s windows of the CPU
+rows: ~2 min);
 ``--only`` takes row names. A goal marked ``x`` compares the ratio to the row's reference.
 """
 
@@ -91,6 +104,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dashboard
 import features
 import redis.asyncio as aioredis
 import trainer
@@ -103,6 +117,13 @@ from aggregator import (
     bar_latency_quiet_p99_ms,
     pandas_resample_ticks_per_s,
     percentile,
+)
+from dashboard import (
+    dashboard_cpu_idle_pct,
+    dashboard_cpu_per_tab_pct,
+    dashboard_overview_ready_s,
+    dashboard_redis_commands_per_refresh,
+    streamlit_hello_ready_s,
 )
 from features import (
     features_bar_to_packet_p50_ms,
@@ -130,9 +151,9 @@ from unistream_common.redis_server import start_redis
 
 T0 = 1_760_000_000_000
 # Goals ((comparison, value); "x>=": the ratio to the row's reference), run caps and notes by row.
-GOALS = {**features.GOALS, **trainer.GOALS}
-MAX_RUNS = {**features.MAX_RUNS, **trainer.MAX_RUNS}
-NOTES = (features.NOTES, trainer.NOTES)  # filled by the rows as they run
+GOALS = {**features.GOALS, **trainer.GOALS, **dashboard.GOALS}
+MAX_RUNS = {**features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS}
+NOTES = (features.NOTES, trainer.NOTES, dashboard.NOTES)  # filled by the rows as they run
 
 
 def make_ticks(n: int, first_id: int = 1) -> list[Tick]:
@@ -414,6 +435,11 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     ),
     "trainer_claim_s": (trainer_claim_s, None, "s"),
     "trainer_merge_round_ms": (trainer_merge_round_ms, None, "ms"),
+    "streamlit_hello_ready_s": (streamlit_hello_ready_s, None, "s"),
+    "dashboard_overview_ready_s": (dashboard_overview_ready_s, "streamlit_hello_ready_s", "s"),
+    "dashboard_cpu_idle_pct": (dashboard_cpu_idle_pct, None, "% core"),
+    "dashboard_cpu_per_tab_pct": (dashboard_cpu_per_tab_pct, "dashboard_cpu_idle_pct", "% core"),
+    "dashboard_redis_commands_per_refresh": (dashboard_redis_commands_per_refresh, None, "commands"),
 }
 
 
