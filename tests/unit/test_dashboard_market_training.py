@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import streamlit as st
@@ -720,4 +721,27 @@ def test_training_page_survives_redis_down(monkeypatch: pytest.MonkeyPatch, paus
         "Paper trading",
         "CNN extrema and sensitivity",
         "Trainer replicas and models",
+    ]
+
+
+@pytest.mark.integration
+def test_market_candles_include_ingests_history_where_no_live_bar_exists(client: redis.Redis) -> None:
+    from unistream_dashboard.market import read_candles
+
+    url = client.connection_pool.connection_kwargs
+    pipe = client.pipeline(transaction=False)
+    for i, open_ms in enumerate((T0 - 180_000, T0 - 120_000, T0 - 60_000)):  # history before the system ran
+        hist = msgspec.structs.replace(bar(open_ms, timeframe="1m", c=90 + i), is_history=True)
+        pipe.xadd(keys.history("ETHUSDT", "1m"), codec.encode(hist), id=f"{open_ms}-0")
+    for open_ms in (T0 - 60_000, T0):  # live bars: one of them covers the newest history minute
+        pipe.xadd(keys.bars("ETHUSDT", "1m"), codec.encode(bar(open_ms, timeframe="1m", c=101)), id=f"{open_ms}-0")
+    pipe.execute()
+    read = read_candles(f"redis://{url['host']}:{url['port']}/0", "ETHUSDT", "1m", 500)
+    assert [b.open_time_ms for b in read.bars] == [T0 - 180_000, T0 - 120_000, T0 - 60_000, T0]
+    assert [b.is_history for b in read.bars] == [True, True, False, False], "a live bar replaces history"
+    assert [
+        b.open_time_ms for b in read_candles(f"redis://{url['host']}:{url['port']}/0", "ETHUSDT", "1m", 2).bars
+    ] == [
+        T0 - 60_000,
+        T0,
     ]

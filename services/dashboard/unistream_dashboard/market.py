@@ -494,24 +494,29 @@ class CandlesRead:
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=64, show_spinner=False)
 def read_candles(url: str, symbol: str, timeframe: str, count: int) -> CandlesRead:
-    """XREVRANGE md:bars:{SYMBOL}:TF (``count`` entries) and HGETALL md:forming:{SYMBOL}:TF, one round trip."""
+    """XREVRANGE md:bars:{SYMBOL}:TF and md:history:{SYMBOL}:TF (``count`` entries each) and HGETALL
+    md:forming:{SYMBOL}:TF, one round trip. History (ingest's warm-up bars) fills the chart where no live
+    bar exists yet; a live bar of the same open time replaces it."""
     started = time.perf_counter()
     pipe = redis_client(url).pipeline(transaction=False)
     pipe.xrevrange(keys.bars(symbol, timeframe), count=count)
+    pipe.xrevrange(keys.history(symbol, timeframe), count=count)
     pipe.hgetall(keys.forming(symbol, timeframe))
-    entries, forming_fields = pipe.execute()
+    entries, history_entries, forming_fields = pipe.execute()
     fetch_ms = (time.perf_counter() - started) * 1000
-    bars: list[Bar] = []
+    by_open: dict[int, Bar] = {}
     skipped = 0
-    for _, fields in reversed(entries):
-        try:
-            packet = codec.decode(fields)
-        except codec.DecodeError:
-            packet = None
-        if isinstance(packet, Bar):
-            bars.append(packet)
-        else:
-            skipped += 1
+    for source in (history_entries, entries):  # live last: it replaces history of the same interval
+        for _, fields in reversed(source):
+            try:
+                packet = codec.decode(fields)
+            except codec.DecodeError:
+                packet = None
+            if isinstance(packet, Bar):
+                by_open[packet.open_time_ms] = packet
+            else:
+                skipped += 1
+    bars = [by_open[k] for k in sorted(by_open)][-count:]
     forming: Bar | None = None
     if forming_fields:
         try:
