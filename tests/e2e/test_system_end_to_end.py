@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -21,9 +20,10 @@ from pathlib import Path
 import pytest
 import redis
 from browser import chromium, needs_chromium, number, open_app, unistream_command, wait_for_text
+from processes import alive, cmdline, descendants, pick_port_offset
 
 from unistream_common import codec, keys
-from unistream_common.redis_server import free_port, port_is_free
+from unistream_common.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_PORTS = (8001, 8002, 8003, 8004, 8005, 8501)  # two trainers: 8004 and 8005
@@ -35,55 +35,11 @@ pytestmark = [
 ]
 
 
-def pick_port_offset() -> int:
-    for _ in range(200):
-        offset = random.randrange(20_000, 50_000)
-        if all(port_is_free(p + offset) for p in SERVICE_PORTS):
-            return offset
-    raise RuntimeError("no free block of ports")
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.add(child)
-            stack.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[dict[str, object]]:
     """``unistream run --scale trainer=2`` in a scratch directory, its own Redis on a free port."""
     redis_port = free_port()
-    offset = pick_port_offset()
+    offset = pick_port_offset(SERVICE_PORTS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
     env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
