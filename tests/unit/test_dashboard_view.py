@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 from hypothesis import given
@@ -389,29 +388,6 @@ def test_rl_waits_until_a_replica_reports_updates() -> None:
     assert zero.state == "waiting" and zero.replicas == 1
 
 
-def test_rl_training_sums_updates_over_replicas_and_ignores_non_finite_counts() -> None:
-    latest = {
-        "a": _metrics("a", NOW - 1_000, 700.0),
-        "b": _metrics("b", NOW - 500, 534.0),
-        "c": _metrics("c", NOW - 500, math.nan),
-    }
-    summary = view.rl_summary(latest, NOW, 30_000)  # type: ignore[arg-type]
-    assert (summary.state, summary.updates, summary.replicas, summary.last_report_age_ms) == ("training", 1234, 3, 500)
-    assert summary.text == "training (1,234 updates)"
-    assert view.rl_line(summary) == "RL training: training (1,234 updates), 3 replicas, last metrics 0.5 s ago"
-
-
-def test_rl_is_stalled_when_no_replica_reported_for_the_threshold() -> None:
-    summary = view.rl_summary({"a": _metrics("a", NOW - 180_000, 10.0)}, NOW, 30_000)  # type: ignore[dict-item]
-    assert summary.state == "stalled"
-    assert summary.text == "stalled (no metrics for 3 min, 10 updates)"
-    assert view.rl_line(summary).startswith("RL training: stalled (no metrics for 3 min, 10 updates), 1 replica,")
-
-
-def test_rl_line_without_any_replica_says_so() -> None:
-    assert view.rl_line(view.rl_summary({}, NOW, 1)) == "RL training: waiting (no trainer has reported metrics yet)"
-
-
 def test_latest_per_producer_keeps_each_producers_newest_sorted_by_name() -> None:
     packets = [
         _metrics("b", NOW - 10, 1),
@@ -424,51 +400,7 @@ def test_latest_per_producer_keeps_each_producers_newest_sorted_by_name() -> Non
     assert latest["b"].metrics["charts/updates"] == 2
 
 
-def test_metrics_rows_put_known_metrics_first_and_format_every_cell() -> None:
-    packet = samples.metrics_packet("trainer-0", ts_ms=NOW - 400, step=1_200, td_loss=0.0123456, updates=1_100)
-    packet = MetricsPacket(packet.producer, packet.ts_ms, packet.step, {**packet.metrics, "charts/sps": 18.25})
-    [row] = view.metrics_rows({"trainer-0": packet}, NOW)
-    assert list(row) == [
-        "replica", "step", "updated", "losses/td_loss", "charts/epsilon", "charts/updates", "charts/packets", "charts/sps",
-    ]  # fmt: skip
-    assert row["step"] == "1,200" and row["updated"] == "0.4 s ago"
-    assert row["losses/td_loss"] == "0.01235" and row["charts/updates"] == "1,100" and row["charts/sps"] == "18.25"
-    assert all(isinstance(v, str) for v in row.values())
-
-
-def test_metric_series_orders_points_by_time_and_drops_non_finite_values() -> None:
-    a = samples.metrics_packet("a", ts_ms=NOW, step=2, td_loss=0.2, updates=1)
-    b = samples.metrics_packet("a", ts_ms=NOW - 1_000, step=1, td_loss=0.4, updates=1)
-    c = samples.metrics_packet("b", ts_ms=NOW, step=1, td_loss=math.inf, updates=1)
-    series = view.metric_series([a, b, c])
-    assert series == {"a": ([NOW - 1_000, NOW], [0.4, 0.2])}
-
-
-def test_model_rows_are_newest_first() -> None:
-    old = samples.model_announcement("dqn", "v1", ts_ms=NOW - 60_000, producer="t0", parameters=10)
-    new = samples.model_announcement("dqn", "v2", ts_ms=NOW - 1_000, producer="t1", parameters=3_500_000)
-    rows = view.model_rows([old, new], NOW)
-    assert [r["version"] for r in rows] == ["v2", "v1"]
-    assert rows[0]["parameters"] == "3,500,000" and rows[0]["announced"] == "1.0 s ago"
-
-
 # --------------------------------------------------------------------------- charts
-
-
-def test_candles_keep_the_newest_bars_of_the_symbol_in_time_order() -> None:
-    bars = samples.bar_walk("ETHUSDT", end_open_ms=NOW // 1000 * 1000, count=50, start_price=3000.0)
-    other = samples.bar_walk("BTCUSDT", end_open_ms=NOW // 1000 * 1000, count=5, start_price=90_000.0)
-    candles = view.candles("ETHUSDT", [*reversed(bars), *other, bars[-1]], limit=30)
-    assert len(candles) == 30
-    assert candles.times_ms == [b.open_time_ms for b in bars[-30:]]
-    assert candles.close == [b.close for b in bars[-30:]]
-    assert re.fullmatch(r"ETHUSDT · 1s candles: 30 shown, last close [\d,]+\.\d{2} at \d\d:\d\d:\d\d UTC",
-                        candles.caption)  # fmt: skip
-
-
-def test_candles_without_bars_say_none_yet() -> None:
-    candles = view.candles("ETHUSDT", [], limit=300)
-    assert len(candles) == 0 and candles.caption == "ETHUSDT · 1s candles: none yet"
 
 
 # --------------------------------------------------------------------------- service health

@@ -14,12 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import plotly.graph_objects as go
-
-if TYPE_CHECKING:  # only a type: this module needs nothing of the view layer at run time
-    from unistream_dashboard.view import Candles
 
 MAX_CANDLES = 1000
 UP = "#26a69a"
@@ -48,50 +45,6 @@ def price_tickformat(prices: Sequence[float]) -> str:
     if not positive or min(positive) >= 1:
         return ",.2f"
     return f",.{min(-math.floor(math.log10(min(positive))) + 3, 10)}f"
-
-
-def candle_figure(candles: Candles, height: int = 340) -> go.Figure:
-    """Candlestick chart of one symbol's 1s bars with volume bars underneath."""
-    shown = slice(-MAX_CANDLES, None)
-    times = [utc_datetime(t) for t in candles.times_ms[shown]]
-    opens, closes = candles.open[shown], candles.close[shown]
-    fig = go.Figure()
-    fig.add_trace(
-        go.Candlestick(
-            x=times,
-            open=opens,
-            high=candles.high[shown],
-            low=candles.low[shown],
-            close=closes,
-            name=candles.symbol,
-            increasing_line_color=UP,
-            decreasing_line_color=DOWN,
-            showlegend=False,
-        )
-    )
-    fig.add_trace(
-        go.Bar(
-            x=times,
-            y=candles.volume[shown],
-            yaxis="y2",
-            name="volume",
-            marker_color=[UP if c >= o else DOWN for o, c in zip(opens, closes, strict=True)],
-            opacity=0.35,
-            showlegend=False,
-        )
-    )
-    fig.update_layout(
-        uirevision=f"candles-{candles.symbol}",
-        height=height,
-        margin=MARGIN,
-        title={"text": f"{candles.symbol} · 1s", "x": 0.01, "font": {"size": 14}},
-        # Anchored to the volume axis so the time labels sit under the volume bars, not across them.
-        xaxis={"rangeslider": {"visible": False}, "type": "date", "anchor": "y2"},
-        yaxis={"title": None, "domain": [0.25, 1.0], "tickformat": price_tickformat(candles.low[shown])},
-        yaxis2={"domain": [0.0, 0.2], "showticklabels": False, "showgrid": False},
-        bargap=0.1,
-    )
-    return fig
 
 
 def lines_figure(
@@ -131,8 +84,3 @@ def lines_figure(
         # A new run (one or two reports): a minute of axis, not milliseconds around one point.
         fig.update_xaxes(range=[utc_datetime(max(times) - MIN_SPAN_MS), utc_datetime(max(times) + MIN_SPAN_MS // 12)])
     return fig
-
-
-def loss_figure(series: dict[str, tuple[list[int], list[float]]], title: str, height: int = 260) -> go.Figure:
-    """Line per trainer replica of one metric over time."""
-    return lines_figure(series, title, f"metric-{title}", height=height)

@@ -15,25 +15,21 @@ import re
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from unistream_common import codec
 from unistream_common.keys import TIMEFRAMES
-from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, ModelStatus, TickBatch, UIDataPacket
+from unistream_common.packets import MetricsPacket, ModelAnnouncement, ModelStatus, TickBatch, UIDataPacket
 from unistream_common.tools import group_overrun
 
 NA = "n/a"
 SEP = " · "
 
 # Metrics the RL trainer publishes under CleanRL-style namespaces.
-TD_LOSS = "losses/td_loss"
-EPSILON = "charts/epsilon"
 UPDATES = "charts/updates"
-PACKETS = "charts/packets"
 DQN_MODEL = "dqn"  # ModelAnnouncement.name of the RL agent's checkpoints
-_FIRST_METRICS = (TD_LOSS, EPSILON, UPDATES, PACKETS)
 
 SOURCE_LABELS = {
     "REAL": "REAL MARKET DATA",
@@ -208,14 +204,6 @@ def rl_summary(latest: Mapping[str, MetricsPacket], now_ms: int, stale_after_ms:
     else:
         state = "training"
     return RLSummary(state=state, updates=updates, replicas=len(latest), last_report_age_ms=age)
-
-
-def rl_line(summary: RLSummary) -> str:
-    """``RL training: training (1,234 updates), 2 replicas, last metrics 0.4 s ago``."""
-    if summary.replicas == 0:
-        return "RL training: waiting (no trainer has reported metrics yet)"
-    replicas = "1 replica" if summary.replicas == 1 else f"{summary.replicas} replicas"
-    return f"RL training: {summary.text}, {replicas}, last metrics {fmt_age(summary.last_report_age_ms)} ago"
 
 
 # --------------------------------------------------------------------------- per-symbol status
@@ -670,101 +658,7 @@ def services_line(health: Sequence[ServiceHealth]) -> str:
 # --------------------------------------------------------------------------- charts
 
 
-@dataclass(frozen=True)
-class Candles:
-    """Columns of a candlestick chart, oldest first; ``filled`` marks bars without trades."""
-
-    symbol: str
-    times_ms: list[int] = field(default_factory=list)
-    open: list[float] = field(default_factory=list)
-    high: list[float] = field(default_factory=list)
-    low: list[float] = field(default_factory=list)
-    close: list[float] = field(default_factory=list)
-    volume: list[float] = field(default_factory=list)
-    filled: list[bool] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.times_ms)
-
-    @property
-    def caption(self) -> str:
-        """``S · 1s candles: 300 shown, last close 3,012.55 at 12:00:59 UTC`` (or ``none yet``)."""
-        if not self.times_ms:
-            return f"{self.symbol}{SEP}1s candles: none yet"
-        return (
-            f"{self.symbol}{SEP}1s candles: {fmt_int(len(self))} shown, last close "
-            f"{fmt_price(self.close[-1])} at {fmt_utc(self.times_ms[-1])}"
-        )
-
-
-def candles(symbol: str, bars: Iterable[Bar], limit: int) -> Candles:
-    """The newest ``limit`` bars of ``symbol`` as chart columns, oldest first, one per open time.
-
-    Bars of another symbol are dropped; a repeated open time keeps the last bar seen.
-    """
-    by_open: dict[int, Bar] = {}
-    for bar in bars:
-        if bar.symbol == symbol:
-            by_open[bar.open_time_ms] = bar
-    chosen = [by_open[t] for t in sorted(by_open)][-limit:] if limit > 0 else []
-    return Candles(
-        symbol=symbol,
-        times_ms=[b.open_time_ms for b in chosen],
-        open=[b.open for b in chosen],
-        high=[b.high for b in chosen],
-        low=[b.low for b in chosen],
-        close=[b.close for b in chosen],
-        volume=[b.volume for b in chosen],
-        filled=[b.filled for b in chosen],
-    )
-
-
-def metric_series(metrics: Iterable[MetricsPacket], key: str = TD_LOSS) -> dict[str, tuple[list[int], list[float]]]:
-    """Per producer, (ts_ms, value) of metric ``key`` in time order; non-finite values dropped."""
-    points: dict[str, list[tuple[int, float]]] = {}
-    for packet in metrics:
-        value = packet.metrics.get(key)
-        if value is not None and math.isfinite(value):
-            points.setdefault(packet.producer, []).append((packet.ts_ms, value))
-    out: dict[str, tuple[list[int], list[float]]] = {}
-    for producer in sorted(points):
-        ordered = sorted(points[producer])
-        out[producer] = ([t for t, _ in ordered], [v for _, v in ordered])
-    return out
-
-
 # --------------------------------------------------------------------------- tables
-
-
-def metrics_rows(latest: Mapping[str, MetricsPacket], now_ms: int) -> list[dict[str, str]]:
-    """One row per trainer replica: replica, step, age, then td_loss, epsilon, updates, packets
-    and every other metric (sorted), all as display strings so the table never mixes types."""
-    keys = [k for k in _FIRST_METRICS if any(k in p.metrics for p in latest.values())]
-    keys += sorted({k for p in latest.values() for k in p.metrics} - set(_FIRST_METRICS))
-    rows = []
-    for producer, packet in latest.items():
-        row = {"replica": producer, "step": fmt_int(packet.step), "updated": f"{fmt_age(now_ms - packet.ts_ms)} ago"}
-        for key in keys:
-            row[key] = fmt_metric(packet.metrics.get(key))
-        rows.append(row)
-    return rows
-
-
-def model_rows(announcements: Iterable[ModelAnnouncement], now_ms: int, limit: int = 10) -> list[dict[str, str]]:
-    """Newest model announcements first (at most ``limit``), as display strings."""
-    ordered = sorted(announcements, key=lambda a: a.ts_ms, reverse=True)[:limit]
-    return [
-        {
-            "model": a.name,
-            "version": a.version,
-            "producer": a.producer,
-            "parameters": fmt_int(a.parameters),
-            "announced": f"{fmt_age(now_ms - a.ts_ms)} ago",
-            "metrics": ", ".join(f"{k} {fmt_metric(v)}" for k, v in sorted(a.metrics.items())),
-            "uri": a.uri,
-        }
-        for a in ordered
-    ]
 
 
 # --------------------------------------------------------------------------- stream statistics
