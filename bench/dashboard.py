@@ -6,7 +6,7 @@ Playwright (the helpers of ``tests/browser.py``), against the harness's Redis. W
 written by a feeder thread in this process, shaped as a running system writes it (the packets of
 :mod:`unistream_dashboard.samples`): at the start a snapshot of :data:`SYMBOLS` (status packets,
 ticks, 120 1s bars, trainer metrics, a model, consumer groups), then every second per symbol a
-tick batch, a 1s bar and a status packet, and a heartbeat of each of the four other services
+tick batch, a 1s bar and a status packet, a trainer metrics packet, and a heartbeat of each of the four other services
 (the dashboard beats for itself), so every Overview card is LIVE and every service READY.
 
 Rows:
@@ -24,16 +24,21 @@ Rows:
   page's modules imported, the heartbeat thread running), and with one tab on the Overview at the
   default 1 s refresh, minus the idle figure of the window before it. :data:`WINDOWS` windows of
   each, alternating, per server: each window is one run. Goal: < 15 %;
+- ``dashboard_cpu_market_pct`` / ``_training_pct`` / ``_streams_pct``: the same with the tab on
+  the Market, Training or Streams page (until its charts or tables show data: :data:`PAGES`);
+  pages take turns, so the windows of one page are spread over the run. Goal: < 15 % each;
 - ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
   refresh, in the same tab windows: the INFO commandstats totals' growth over the window, less
   the feeder's own commands (counted as it sends them), this harness's INFO calls and the
   dashboard's background rate with no tab (its heartbeat), divided by the panel refreshes the
-  browser received (``script_finished`` messages ending a fragment run, read from the page's
-  websocket). The commands by name are in the notes.
+  browser received (read from the page's websocket: per script run that a ``script_finished``
+  message ends, the fragments whose deltas it carried; Streamlit folds fragment reruns that
+  arrive while one runs into one script run). The commands by name are in the notes, with each
+  page's refreshes per panel per second.
 
-A ready run takes ~14 s (server start-up included), the CPU server ~55 s; the three CPU rows
-share that server (the first of them to run measures, the others take the windows it left).
-All five rows: ~85 s on a 2-core machine. Without Chromium or Playwright a row raises
+A ready run takes ~14 s (server start-up included), the CPU server ~2.5 min; the CPU and
+commands rows share that server (the first of them to run measures, the others take the
+windows it left). All eight rows: ~3.5 min on a 2-core machine. Without Chromium or Playwright a row raises
 RuntimeError and is skipped.
 """
 
@@ -68,8 +73,8 @@ OTHER_SERVICES = ("ingest", "aggregator", "features", "trainer")  # the dashboar
 SERVICES = (*OTHER_SERVICES, "dashboard")
 LOADS = 2  # measured page loads per ready run (after one unmeasured load)
 READY_TIMEOUT_S = 30.0
-WINDOW_S = 10.0  # one CPU / commands window
-WINDOWS = 2  # windows of each kind per CPU server: 2 x 10 s idle, 2 x 10 s with a tab
+WINDOW_S = 8.0  # one CPU / commands window
+WINDOWS = 2  # windows of each kind per page and CPU server: 2 x 8 s idle, 2 x 8 s with a tab
 SETTLE_S = 2.0  # after a tab opens (ready) or closes, before a window starts
 FEED_EVERY_S = 1.0
 HELLO_TEXT = "Hello from a one-line Streamlit app"
@@ -77,12 +82,18 @@ HELLO_TEXT = "Hello from a one-line Streamlit app"
 GOALS: dict[str, tuple[str, float]] = {
     "dashboard_overview_ready_s": ("<", 3.0),
     "dashboard_cpu_per_tab_pct": ("<", 15.0),
+    "dashboard_cpu_market_pct": ("<", 15.0),
+    "dashboard_cpu_training_pct": ("<", 15.0),
+    "dashboard_cpu_streams_pct": ("<", 15.0),
 }
 MAX_RUNS: dict[str, int] = {
     "streamlit_hello_ready_s": 3,
     "dashboard_overview_ready_s": 3,
     "dashboard_cpu_idle_pct": WINDOWS,
     "dashboard_cpu_per_tab_pct": WINDOWS,
+    "dashboard_cpu_market_pct": WINDOWS,
+    "dashboard_cpu_training_pct": WINDOWS,
+    "dashboard_cpu_streams_pct": WINDOWS,
     "dashboard_redis_commands_per_refresh": WINDOWS,
 }
 NOTES: dict[str, list[str]] = {}
@@ -152,6 +163,13 @@ class Feeder:
                 training_packets=self.bars[sym] - 300,
             )  # fmt: skip
             pipe.xadd(keys.UI, codec.encode(status), maxlen=50, approximate=False)
+        step = now_ms // 1000 - self.started_ms // 1000
+        metrics = s.metrics_packet(
+            "trainer-1", ts_ms=now_ms, step=step, td_loss=1.0 / (1 + step), updates=10 * step, packets=20 * step,
+            extra={"paper/pnl": 0.001 * step, "paper/buy_and_hold_pnl": 0.0005 * step, "paper/sharpe": 1.2,
+                   "paper/hours": step / 3600, "losses/q_values": 0.1 * step},
+        )  # fmt: skip
+        pipe.xadd(keys.METRICS, codec.encode(metrics), maxlen=1_000, approximate=True)
         for service in OTHER_SERVICES:  # as unistream_common.service.heartbeat writes them
             key = keys.heartbeat(service, f"{service}-1")
             pipe.hset(key, mapping={
@@ -227,6 +245,18 @@ OVERVIEW_READY_JS = """([symbols, services]) => {
         return /Status: READY/.test(t) && /Last beat: /.test(t);
     });
 }"""
+MARKET_READY_JS = """([symbols]) => symbols.every(s => {
+    const e = document.querySelector('.st-key-market-' + s);
+    return e && /closed 1s candles/.test(e.innerText) && e.querySelector('.js-plotly-plot .main-svg');
+})"""
+TRAINING_READY_JS = r"""() => {
+    const e = document.querySelector('.st-key-training-learning');
+    return e && /[\d,]+ metrics packets/.test(e.innerText) && e.querySelector('.js-plotly-plot .main-svg');
+}"""
+STREAMS_READY_JS = r"""() => {
+    const e = document.querySelector('.st-key-streams'), q = document.querySelector('.st-key-quality');
+    return e && q && /Streams: \d+ present/.test(e.innerText) && /fetched in/.test(q.innerText);
+}"""
 HELLO_READY_JS = """text => Array.from(document.querySelectorAll('[data-testid="stMarkdownContainer"]'))
     .some(e => e.innerText.includes(text))"""
 
@@ -289,8 +319,10 @@ class Window:
     seconds: float
     cpu_pct: float
     commands: Counter[str]  # by name, the feeder's and this harness's left out
-    refreshes: int = 0  # fragment runs the browser saw end
-    relabelled: int = 0  # of those, reported as FINISHED_EARLY_FOR_RERUN (see _cpu_scenario)
+    refreshes: int = 0  # panel (fragment) refreshes the browser saw: fragments with deltas, per script run
+    panels: int = 0  # distinct fragments among them
+    runs: int = 0  # fragment script runs the browser saw end (one may refresh several panels)
+    relabelled: int = 0  # of those, reported as FINISHED_EARLY_FOR_RERUN (see _tab_window)
 
 
 @dataclass
@@ -318,88 +350,125 @@ def _window(pid: int, client: redis.Redis, feeder: Feeder, seconds: float, wait:
 
 def _feeder_mix(feeder: Feeder) -> dict[str, float]:
     """The feeder's commands by name, as shares of one feed (the same every second)."""
-    per_feed = {"xadd": 3 * len(SYMBOLS), "hset": len(OTHER_SERVICES), "pexpire": len(OTHER_SERVICES),
+    per_feed = {"xadd": 3 * len(SYMBOLS) + 1, "hset": len(OTHER_SERVICES), "pexpire": len(OTHER_SERVICES),
                 "zadd": len(OTHER_SERVICES)}  # fmt: skip
     total = sum(per_feed.values())
     return {name: count / total for name, count in per_feed.items()}
 
 
+# Page -> (url path, ready check, its argument, row of its CPU per tab). The Overview's row keeps
+# its historical name.
+PAGES: dict[str, tuple[str, str, Callable[[], object]]] = {
+    "overview": ("", OVERVIEW_READY_JS, lambda: [list(SYMBOLS), list(SERVICES)]),
+    "market": ("market", MARKET_READY_JS, lambda: [list(SYMBOLS)]),
+    "training": ("training", TRAINING_READY_JS, lambda: None),
+    "streams": ("streams", STREAMS_READY_JS, lambda: None),
+}
+CPU_ROWS = {
+    "overview": "dashboard_cpu_per_tab_pct",
+    "market": "dashboard_cpu_market_pct",
+    "training": "dashboard_cpu_training_pct",
+    "streams": "dashboard_cpu_streams_pct",
+}
 _CPU: dict[str, list[Any]] = {}
 
 
-def _cpu_scenario(redis_url: str) -> CpuResults:
+def _tab_window(b: Any, server: Server, page_key: str, client: redis.Redis, feeder: Feeder) -> Window:
+    """One window with one tab open on ``page_key`` (a new browser context), once it shows data."""
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
+    path, ready_js, arg = PAGES[page_key]
+    context = b.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        runs = Counter[str]()
+        # One script run may carry several fragments (Streamlit folds fragment reruns requested
+        # while one runs into the next run): the fragments whose deltas a run sent, per run.
+        in_run: set[str] = set()
+        panels = Counter[str]()
+
+        def on_websocket(ws: Any) -> None:
+            def on_frame(payload: bytes | str) -> None:
+                if isinstance(payload, str):
+                    return
+                msg = ForwardMsg.FromString(payload)
+                kind = msg.WhichOneof("type")
+                if kind == "delta" and msg.delta.fragment_id:
+                    in_run.add(msg.delta.fragment_id)
+                elif kind == "script_finished":
+                    runs[ForwardMsg.ScriptFinishedStatus.Name(msg.script_finished)] += 1
+                    panels.update(in_run)
+                    in_run.clear()
+
+            ws.on("framereceived", on_frame)
+
+        page.on("websocket", on_websocket)
+        page.goto(f"{server.url}/{path}", wait_until="commit")
+        page.wait_for_function(ready_js, arg=arg(), timeout=READY_TIMEOUT_S * 1000)
+        page.wait_for_timeout(SETTLE_S * 1000)
+        runs.clear()
+        panels.clear()
+        # Playwright's sync API hands over websocket frames only while it is called
+        window = _window(server.process.pid, client, feeder, WINDOW_S, lambda s: page.wait_for_timeout(s * 1000))
+        # A fragment run that ends while the end of the previous one is still queued for the
+        # browser has that previous end relabelled FINISHED_EARLY_FOR_RERUN (streamlit's
+        # forward_msg_queue): it ran to the end all the same, so both count.
+        window.relabelled = runs["FINISHED_EARLY_FOR_RERUN"]
+        window.runs = runs["FINISHED_FRAGMENT_RUN_SUCCESSFULLY"] + window.relabelled
+        window.refreshes = panels.total()
+        window.panels = len(panels)
+        return window
+    finally:
+        context.close()
+
+
+def _cpu_scenario(redis_url: str) -> dict[str, CpuResults]:
+    """Per page, :data:`WINDOWS` pairs of windows: no tab, then one tab on the page."""
     _need_browser()
-    results = CpuResults()
+    results = {page_key: CpuResults() for page_key in PAGES}
     client = redis.Redis.from_url(redis_url, protocol=2)
     with tempfile.TemporaryDirectory() as tmp_name, Feeder(redis_url) as feeder:
         tmp = Path(tmp_name)
         with serve(redis_url, None, tmp) as server, chromium() as b:
             pid = server.process.pid
-            arg = [list(SYMBOLS), list(SERVICES)]
-            first = _load_s(b, server.url, OVERVIEW_READY_JS, arg)  # imports, the heartbeat thread
+            first = _load_s(b, server.url, OVERVIEW_READY_JS, PAGES["overview"][2]())  # imports, the heartbeat thread
             time.sleep(SETTLE_S)
-            for _ in range(WINDOWS):
-                results.idle.append(_window(pid, client, feeder, WINDOW_S, time.sleep))
-                context = b.new_context(viewport=VIEWPORT)
-                page = context.new_page()
-                runs = Counter[str]()
-
-                def on_websocket(ws: Any, runs: Counter[str] = runs) -> None:
-                    def on_frame(payload: bytes | str, runs: Counter[str] = runs) -> None:
-                        if isinstance(payload, str):
-                            return
-                        msg = ForwardMsg.FromString(payload)
-                        if msg.WhichOneof("type") == "script_finished":
-                            runs[ForwardMsg.ScriptFinishedStatus.Name(msg.script_finished)] += 1
-
-                    ws.on("framereceived", on_frame)
-
-                page.on("websocket", on_websocket)
-                page.goto(server.url, wait_until="commit")
-                page.wait_for_function(OVERVIEW_READY_JS, arg=arg, timeout=READY_TIMEOUT_S * 1000)
-                page.wait_for_timeout(SETTLE_S * 1000)
-                runs.clear()
-                # Playwright's sync API hands over websocket frames only while it is called
-                window = _window(pid, client, feeder, WINDOW_S, lambda s, page=page: page.wait_for_timeout(s * 1000))
-                # A fragment run that ends while the end of the previous one is still queued for
-                # the browser has that previous end relabelled FINISHED_EARLY_FOR_RERUN (streamlit's
-                # forward_msg_queue): it ran to the end all the same, so both count.
-                window.relabelled = runs["FINISHED_EARLY_FOR_RERUN"]
-                window.refreshes = runs["FINISHED_FRAGMENT_RUN_SUCCESSFULLY"] + window.relabelled
-                results.tab.append(window)
-                context.close()
-                time.sleep(SETTLE_S)
+            for _ in range(WINDOWS):  # pages interleaved, so drift hits all alike
+                for page_key, out in results.items():
+                    out.idle.append(_window(pid, client, feeder, WINDOW_S, time.sleep))
+                    out.tab.append(_tab_window(b, server, page_key, client, feeder))
+                    time.sleep(SETTLE_S)
     client.close()
     _note("dashboard_cpu_idle_pct", f"after one tab's first load of {first:.2f} s; windows of {WINDOW_S:g} s")
     return results
 
 
 def _cpu_values(redis_url: str) -> None:
-    """Measure the windows and leave one value per window for each of the three rows."""
-    results = _cpu_scenario(redis_url)
-    idle, tab, per_refresh = [], [], []
-    for i, (quiet, busy) in enumerate(zip(results.idle, results.tab, strict=True)):
-        idle.append(quiet.cpu_pct)
-        tab.append(busy.cpu_pct - quiet.cpu_pct)
-        background = quiet.commands.total() / quiet.seconds  # the heartbeat, every 2 s
-        own = busy.commands.total() - background * busy.seconds
-        if busy.refreshes == 0:
-            raise RuntimeError("the browser saw no panel refresh in a window of one open tab")
-        per_refresh.append(own / busy.refreshes)
-        _note(
-            "dashboard_cpu_per_tab_pct",
-            f"window {i + 1}: {busy.cpu_pct:.1f} % with the tab, {quiet.cpu_pct:.1f} % idle; "
-            f"{busy.refreshes / busy.seconds:.2f} panel refreshes/s ({busy.relabelled} reported as early for rerun)",
-        )
-        top = ", ".join(f"{name} {count / busy.seconds:.1f}" for name, count in busy.commands.most_common(8))
-        _note(
-            "dashboard_redis_commands_per_refresh",
-            f"window {i + 1}: {busy.commands.total() / busy.seconds:.1f} commands/s with the tab "
-            f"({background:.1f}/s without); by name per s: {top}",
-        )
-    _CPU["idle"], _CPU["tab"], _CPU["per_refresh"] = idle, tab, per_refresh
+    """Measure the windows and leave one value per window for each CPU and commands row."""
+    for page_key, results in _cpu_scenario(redis_url).items():
+        row = CPU_ROWS[page_key]
+        idle, tab, per_refresh = [], [], []
+        for i, (quiet, busy) in enumerate(zip(results.idle, results.tab, strict=True)):
+            idle.append(quiet.cpu_pct)
+            tab.append(busy.cpu_pct - quiet.cpu_pct)
+            background = quiet.commands.total() / quiet.seconds  # the heartbeat, every 2 s
+            own = busy.commands.total() - background * busy.seconds
+            if busy.refreshes == 0:
+                raise RuntimeError(f"the browser saw no panel refresh in a window of one tab on {page_key}")
+            per_refresh.append(own / busy.refreshes)
+            _note(
+                row,
+                f"window {i + 1}: {busy.cpu_pct:.1f} % with the tab, {quiet.cpu_pct:.1f} % idle; "
+                f"{busy.panels} panels, {busy.refreshes / busy.seconds / max(busy.panels, 1):.2f} refreshes/s each "
+                f"in {busy.runs / busy.seconds:.2f} script runs/s; {busy.commands.total() / busy.seconds:.1f} Redis commands/s "
+                f"({background:.1f}/s without), {own / busy.refreshes:.1f} per refresh",
+            )
+            if page_key == "overview":
+                top = ", ".join(f"{name} {count / busy.seconds:.1f}" for name, count in busy.commands.most_common(8))
+                _note("dashboard_redis_commands_per_refresh", f"window {i + 1}: by name per s: {top}")
+        _CPU[row] = tab
+        if page_key == "overview":
+            _CPU["idle"], _CPU["per_refresh"] = idle, per_refresh
 
 
 def _take(redis_url: str, which: str) -> float:
@@ -413,7 +482,19 @@ async def dashboard_cpu_idle_pct(url: str, n: int, batch: int) -> float:
 
 
 async def dashboard_cpu_per_tab_pct(url: str, n: int, batch: int) -> float:
-    return await asyncio.to_thread(_take, url, "tab")
+    return await asyncio.to_thread(_take, url, CPU_ROWS["overview"])
+
+
+async def dashboard_cpu_market_pct(url: str, n: int, batch: int) -> float:
+    return await asyncio.to_thread(_take, url, CPU_ROWS["market"])
+
+
+async def dashboard_cpu_training_pct(url: str, n: int, batch: int) -> float:
+    return await asyncio.to_thread(_take, url, CPU_ROWS["training"])
+
+
+async def dashboard_cpu_streams_pct(url: str, n: int, batch: int) -> float:
+    return await asyncio.to_thread(_take, url, CPU_ROWS["streams"])
 
 
 async def dashboard_redis_commands_per_refresh(url: str, n: int, batch: int) -> float:

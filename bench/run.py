@@ -75,14 +75,17 @@ Rows (ticks/s unless stated):
 - ``dashboard_cpu_per_tab_pct``: the server process's CPU (% of one core, /proc utime + stime)
   with one tab on the Overview at the default 1 s refresh, minus the same with no tab;
   reference: ``dashboard_cpu_idle_pct``, that idle figure. Goal: < 15 %;
+- ``dashboard_cpu_market_pct`` / ``dashboard_cpu_training_pct`` / ``dashboard_cpu_streams_pct``:
+  the same with the tab on the Market, Training and Streams page (the feeder also writes a
+  trainer metrics packet a second). Goal: < 15 % each;
 - ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
   refresh (INFO commandstats over the tab's window, the feeder's and the idle rate taken off,
   divided by the fragment runs the browser received).
 The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
 (at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s), the trainer rows in
 ``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all), the
-dashboard rows in ``bench/dashboard.py`` (3 runs of the ready rows, two 10 s windows of the CPU
-rows: ~2 min);
+dashboard rows in ``bench/dashboard.py`` (3 runs of the ready rows, two 8 s windows per page of
+the CPU rows: ~3 min);
 ``--only`` takes row names. A goal marked ``x`` compares the ratio to the row's reference.
 """
 
@@ -120,7 +123,10 @@ from aggregator import (
 )
 from dashboard import (
     dashboard_cpu_idle_pct,
+    dashboard_cpu_market_pct,
     dashboard_cpu_per_tab_pct,
+    dashboard_cpu_streams_pct,
+    dashboard_cpu_training_pct,
     dashboard_overview_ready_s,
     dashboard_redis_commands_per_refresh,
     streamlit_hello_ready_s,
@@ -439,6 +445,9 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "dashboard_overview_ready_s": (dashboard_overview_ready_s, "streamlit_hello_ready_s", "s"),
     "dashboard_cpu_idle_pct": (dashboard_cpu_idle_pct, None, "% core"),
     "dashboard_cpu_per_tab_pct": (dashboard_cpu_per_tab_pct, "dashboard_cpu_idle_pct", "% core"),
+    "dashboard_cpu_market_pct": (dashboard_cpu_market_pct, "dashboard_cpu_idle_pct", "% core"),
+    "dashboard_cpu_training_pct": (dashboard_cpu_training_pct, "dashboard_cpu_idle_pct", "% core"),
+    "dashboard_cpu_streams_pct": (dashboard_cpu_streams_pct, "dashboard_cpu_idle_pct", "% core"),
     "dashboard_redis_commands_per_refresh": (dashboard_redis_commands_per_refresh, None, "commands"),
 }
 

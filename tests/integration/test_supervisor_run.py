@@ -85,7 +85,12 @@ def write_compose(path: Path, base_port: int, web_port: int | None = None) -> Pa
                 "depends_on": healthy,
             },
             "parent": {"command": ["python", "-c", PARENT], "depends_on": healthy},
-            "stubborn": {"command": ["python", "-c", STUBBORN], "depends_on": healthy},
+            # SIGTERM cannot end it: a supervisor that dies must leave it SIGKILL (as the dashboard's)
+            "stubborn": {
+                "command": ["python", "-c", STUBBORN],
+                "depends_on": healthy,
+                "x-unistream-orphan-signal": "SIGKILL",
+            },
         }
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -255,15 +260,16 @@ def test_run_restarts_a_killed_child_and_a_sigterm_stops_everything(start_run: C
 
 
 def test_a_sigkilled_supervisor_takes_its_children_and_redis_with_it(start_run: Callable[..., Run]) -> None:
-    # parent-1's grandchild and the SIGTERM-ignoring stubborn-1 are left out: PDEATHSIG reaches
-    # direct children only, with SIGTERM
-    run = start_run("--scale", "parent=0", "--scale", "stubborn=0", "--scale", "web=0")
+    # parent-1's grandchild is left out: PDEATHSIG reaches direct children only. stubborn-1
+    # ignores SIGTERM; its compose entry names SIGKILL as its orphan signal.
+    run = start_run("--scale", "parent=0", "--scale", "web=0")
     run.wait_line(lambda line: line.startswith("unistream is running:"))
     run.wait_line(lambda line: line == "[worker-1] ready")
+    run.wait_line(lambda line: line == "[stubborn-1] ready")
     state = run.state()
     for pid in [*run.pids().values(), state["redis_pid"]]:
         run.watch(pid)
-    assert len(run.watched) == 2
+    assert len(run.watched) == 3
     run.proc.kill()
     run.proc.wait(10)
     wait_until(lambda: not run.alive(), 10, "children and Redis to die with the supervisor")

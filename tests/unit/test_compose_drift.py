@@ -7,6 +7,7 @@ those has the documented value.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,16 @@ def test_readiness_uses_compose_healthcheck_on_the_local_port(spec) -> None:
     path = spec.health_url.split(str(spec.http_port), 1)[1]
     assert spec.health_url == f"http://127.0.0.1:{spec.http_port}{path}"
     assert f"http://127.0.0.1:{spec.http_port - OPTIONS.port_offset - spec.replica + 1}{path}'" in check
+
+
+def test_only_the_dashboard_is_sigkilled_when_the_supervisor_dies() -> None:
+    # Streamlit's SIGTERM shutdown writes to the dead supervisor's pipe and stalls: an orphan
+    signals = {spec.service: spec.orphan_signal for spec in PLAN}
+    assert signals.pop("dashboard") == signal.SIGKILL
+    assert set(signals.values()) == {signal.SIGTERM}
+
+
+def test_an_unknown_orphan_signal_is_refused_with_the_choices() -> None:
+    bad = {"services": {"web": {"command": ["python"], composefile.ORPHAN_SIGNAL_KEY: "SIGHUP"}}}
+    with pytest.raises(composefile.ComposeError, match="use one of SIGTERM, SIGKILL"):
+        composefile.orphan_signal(bad, "web")

@@ -46,6 +46,7 @@ def test_unistream_dashboard_execs_streamlit_with_defaults(execv: None) -> None:
         "--browser.gatherUsageStats": "false",
         "--server.fileWatcherType": "none",
         "--client.toolbarMode": "viewer",
+        "--runner.postScriptGC": "false",  # a full gc.collect() per fragment run: most of a tab's CPU
         "--logger.level": "info",
     }
 

@@ -444,6 +444,14 @@ def test_paper_stats_format() -> None:
     assert training.fmt_stat(0.0512, "pct") == "5.1 %"
     assert training.fmt_stat(1.23456, "num") == "1.23"
     assert training.fmt_stat(12345.6, "num") == "12,346"
+
+
+def test_sharpe_under_a_day_names_the_hours_it_was_annualised_from() -> None:
+    # 1 s steps annualise by sqrt(31.5 M): 20 minutes of a small edge read "1,234"
+    assert training.sharpe_text(1234.4, 0.33) == "1,234 (0.33 h)"
+    assert training.sharpe_text(1.5, 24.0) == "1.5"
+    assert training.sharpe_text(1.5, None) == "1.5"
+    assert training.sharpe_text(None, 3.0) == "n/a"
     assert training.fmt_stat(None, "num") == "n/a"
 
 
@@ -628,7 +636,7 @@ def _write_training(conn: redis.Redis, now: int) -> None:
                 "paper/pnl": 0.01 * k, "paper/buy_and_hold_pnl": 0.005 * k, "paper/flat_pnl": 0.0,
                 "paper/random_pnl": -0.002 * k, "paper/sharpe": 1.25, "paper/max_drawdown": 0.05,
                 "paper/win_rate": 0.55, "paper/trades_per_hour": 12.0, "paper/fee_share": 0.2,
-                "merge/duration_ms": 42.0, "merge/members": 2.0,
+                "paper/hours": 0.25 + k, "merge/duration_ms": 42.0, "merge/members": 2.0,
             }  # fmt: skip
             sizes = {"sensitivity/chosen_size_0": 0.6, "sensitivity/chosen_size_0.5": 0.4} if k == 2 else {}
             packets.append(
@@ -673,7 +681,7 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
     assert list(paper) == ["policy", "buy & hold", "flat", "random"]
     assert paper["policy"]["y"] == [0.0, 0.01, 0.02] and paper["buy & hold"]["line"]["dash"] == "dash"
     stats = {m.label: m.value for m in at.metric}
-    assert stats["Sharpe"] == "1.25" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
+    assert stats["Sharpe"] == "1.25 (2.2 h)" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
     assert stats["Trades / hour"] == "12" and stats["Fee share"] == "20.0 %" and stats["PnL (log)"] == "0.02"
     assert stats["Sensitivity edge (mean reward over the baseline's)"] == "+0.003"
     extrema = _traces(charts["training-extrema-top"])

@@ -147,6 +147,15 @@ def _status(ui: object, ticks: object, agent: view.AgentView | None = None) -> v
     return view.symbol_status("ETHUSDT", ui, ticks, agent or _agent(), NOW, LIVE_AFTER, STALE_AFTER)  # type: ignore[arg-type]
 
 
+def test_bars_line_tells_warm_up_history_from_live_bars() -> None:
+    # features buffers 300 history bars before the first live one: "total 4" alone read as a
+    # miscount of the 304 buffered
+    card = _status(_ui(bars_seen=4, bars_1s_size=304), _ticks())
+    assert card.line("bars") == "ETHUSDT · 1s bars: 304 / 3,600 (total 4), 300 of them history"
+    full = _status(_ui(bars_seen=4_321, bars_1s_size=1_000), _ticks())
+    assert full.line("bars") == "ETHUSDT · 1s bars: 1,000 / 3,600 (total 4,321)"
+
+
 def test_symbol_status_lines_follow_the_documented_formats() -> None:
     card = _status(_ui(cnn_state="LOADED", cnn_version="v3", cnn_updated_ms=NOW - 4_000), _ticks())
     assert [line.text for line in card.lines] == [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,26 @@ def replicas(compose: Mapping[str, Any], name: str) -> int:
     svc = service(compose, name)
     value = svc.get("scale", (svc.get("deploy") or {}).get("replicas", 1))
     return int(value)
+
+
+ORPHAN_SIGNAL_KEY = "x-unistream-orphan-signal"
+_ORPHAN_SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
+
+
+def orphan_signal(compose: Mapping[str, Any], name: str) -> signal.Signals:
+    """The signal a local replica of ``name`` gets when ``unistream run`` dies without stopping it.
+
+    ``x-unistream-orphan-signal`` (an extension field, ignored by Compose): SIGTERM (the default)
+    or SIGKILL, for a program whose SIGTERM handling needs the supervisor's end of its output
+    pipe (Streamlit's shutdown logs, and stalls when that pipe is broken).
+    """
+    value = service(compose, name).get(ORPHAN_SIGNAL_KEY, "SIGTERM")
+    try:
+        return _ORPHAN_SIGNALS[str(value)]
+    except KeyError:
+        raise ComposeError(
+            f"service {name!r}: {ORPHAN_SIGNAL_KEY} is {value!r}; use one of {', '.join(_ORPHAN_SIGNALS)}"
+        ) from None
 
 
 def healthcheck_url(compose: Mapping[str, Any], name: str) -> tuple[int, str] | None:

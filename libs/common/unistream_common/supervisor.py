@@ -90,6 +90,7 @@ class ProcessSpec:
     http_port: int | None
     log_path: Path
     health_url: str | None = None  # compose's healthcheck URL, moved to this replica's local port
+    orphan_signal: int = signal.SIGTERM  # PR_SET_PDEATHSIG: sent if the supervisor dies first
 
     @property
     def name(self) -> str:
@@ -141,6 +142,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
         base_port = _port(declared, name)
         health = composefile.healthcheck_url(resolved, name)
         count = options.scale.get(name, composefile.replicas(resolved, name))
+        orphan_signal = composefile.orphan_signal(resolved, name)
         for replica in range(1, count + 1):
             env = dict(declared)
             env["UNISTREAM_REDIS_URL"] = options.redis_url
@@ -161,6 +163,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
                     environment=env,
                     http_port=port,
                     log_path=options.run_dir / "logs" / f"{name}-{replica}.log",
+                    orphan_signal=orphan_signal,
                     health_url=(
                         f"http://127.0.0.1:{health[0] + options.port_offset + replica - 1}{health[1]}"
                         if health
@@ -228,12 +231,13 @@ def _load_prctl() -> Callable[..., int] | None:
     return prctl
 
 
-def make_preexec(parent_pid: int) -> Callable[[], None]:
+def make_preexec(parent_pid: int, death_signal: int = signal.SIGTERM) -> Callable[[], None]:
     """A ``preexec_fn`` that makes the child its own process group and ties it to ``parent_pid``.
 
     Own group: a terminal's Ctrl-C reaches only the supervisor, which then stops the children in
-    order, and killpg reaches whatever the child starts itself. PR_SET_PDEATHSIG=SIGTERM: a
-    SIGKILLed supervisor leaves no children behind. If the parent already died between fork and
+    order, and killpg reaches whatever the child starts itself. PR_SET_PDEATHSIG=``death_signal``
+    (SIGTERM unless the compose file says otherwise): a SIGKILLed supervisor leaves no children
+    behind. If the parent already died between fork and
     prctl, the signal would never come, so the child exits at once.
     """
     prctl = _load_prctl()
@@ -241,7 +245,7 @@ def make_preexec(parent_pid: int) -> Callable[[], None]:
     def preexec() -> None:
         os.setpgid(0, 0)
         if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
             if os.getppid() != parent_pid:
                 os._exit(1)
 
@@ -308,7 +312,7 @@ class Supervisor:
         self.ready_timeout_s = ready_timeout_s
         self.stop_requests = 0
         self._selector = selectors.DefaultSelector()
-        self._preexec = make_preexec(os.getpid())
+        self._preexec = {sig: make_preexec(os.getpid(), sig) for sig in {spec.orphan_signal for spec in plan}}
         self._slots: list[_Slot] = []
         self._out_broken = False
 
@@ -430,7 +434,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,  # one stream keeps a traceback's lines in order with the log lines
-                preexec_fn=self._preexec,  # noqa: PLW1509 - this process has one thread (module docstring)
+                preexec_fn=self._preexec[slot.spec.orphan_signal],  # noqa: PLW1509 - this process has one thread (module docstring)
                 close_fds=True,
             )
         except (OSError, subprocess.SubprocessError) as exc:

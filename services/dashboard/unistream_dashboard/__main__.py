@@ -32,6 +32,10 @@ def streamlit_argv(settings: DashboardSettings, extra: list[str] | None = None) 
         "--server.fileWatcherType", "none",
         # An operator's view: no "Deploy" button or developer menu.
         "--client.toolbarMode", "viewer",
+        # Streamlit runs a full gc.collect() after every script run, fragment runs included: with
+        # plotly, pandas and pyarrow loaded that is most of a live page's CPU (a panel refreshes
+        # every second). Python's own generational collector still runs.
+        "--runner.postScriptGC", "false",
         "--logger.level", settings.log_level.lower(),
         *(extra or []),
     ]  # fmt: skip

@@ -54,6 +54,11 @@ UPDATES_PER_S = "charts/updates_per_s"
 MODEL_ROUND = "charts/model_round"
 MERGE_MS = "merge/duration_ms"
 MERGE_MEMBERS = "merge/members"
+PAPER_HOURS = "paper/hours"
+# The trainer annualises Sharpe from ~1 s steps (x sqrt(31.5 M steps a year)): over minutes of
+# data that extrapolation reads in the hundreds or thousands. Under a day it is shown with the
+# hours it comes from, so nobody takes it for a yearly track record.
+SHARPE_HORIZON_H = 24.0
 EDGE = "sensitivity/edge"
 EDGE_SE = "sensitivity/edge_se"
 PAPER_LINES: dict[str, str] = {
@@ -300,6 +305,15 @@ def replica_rows(
     return rows
 
 
+def sharpe_text(sharpe: float | None, hours: float | None) -> str:
+    """The annualised Sharpe for st.metric, marked with the event hours it was measured over when
+    that is under :data:`SHARPE_HORIZON_H` (``1,234 (0.3 h)``)."""
+    text = fmt_stat(sharpe, "num")
+    if sharpe is None or hours is None or hours >= SHARPE_HORIZON_H:
+        return text
+    return f"{text} ({hours:.2g} h)"
+
+
 def fmt_stat(value: float | None, kind: str) -> str:
     """A paper statistic for st.metric: ``pct`` as ``12.3 %``, ``num`` with 3 significant digits."""
     if value is None:
@@ -496,7 +510,9 @@ def _paper_panel(settings: DashboardSettings) -> None:
         else:
             _no_metrics()
     else:
-        values = newest_values(read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()))
+        values = newest_values(
+            read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()) + [PAPER_HOURS]
+        )
         pnl, hold = values.get(PAPER_LINES["policy"]), values.get(PAPER_LINES["buy & hold"])
         columns = st.columns(len(PAPER_STATS) + 1)
         columns[0].metric(
@@ -505,8 +521,20 @@ def _paper_panel(settings: DashboardSettings) -> None:
             delta=f"{pnl.value - hold.value:+.3g} vs hold" if pnl and hold else None,
             help="Sum of net log returns of the policy; the delta is against buying and holding.",
         )
+        hours = values.get(PAPER_HOURS)
         for column, (label, key, kind) in zip(columns[1:], PAPER_STATS, strict=True):
             v = values.get(key)
+            if key == "paper/sharpe":
+                column.metric(
+                    label,
+                    sharpe_text(v.value if v else None, hours.value if hours else None),
+                    help=(
+                        "Mean / std of the per-step net returns, annualised (x sqrt(steps per year)). "
+                        f"Under {SHARPE_HORIZON_H:g} h of data the hours it comes from are shown: "
+                        "an extrapolation, not a track record."
+                    ),
+                )
+                continue
             column.metric(label, fmt_stat(v.value if v else None, kind))
         baselines = [label for label in series if label != "policy"]
         _plot(

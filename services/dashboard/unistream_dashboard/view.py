@@ -438,7 +438,9 @@ def symbol_status(
     Lines, in order (``S`` is the symbol, numbers with thousands separators, ``n/a`` if unknown):
 
     - ``S · Tick cache: 1,234 / 5,000 (total 45,678)``
-    - ``S · 1s bars: 120 / 3,600 (total 4,321)``
+    - ``S · 1s bars: 120 / 3,600 (total 4,321)``: buffered / capacity (live bars taken in since the
+      features service started); while the buffer still holds warm-up bars from ingest's history,
+      ``S · 1s bars: 304 / 1,000 (total 4), 300 of them history``
     - ``S · Stream: LIVE (last tick 0.4 s ago)``, ``STALE (...)``, ``OFFLINE (...)`` or ``OFFLINE (no ticks yet)``
     - ``S · Source: REAL MARKET DATA`` | ``REPLAY (...)`` | ``SYNTHETIC (...)`` | ``n/a``
     - ``S · Price: 3,012.55``
@@ -469,6 +471,8 @@ def symbol_status(
             f"{fmt_int(ui.tick_cache_size)} / {fmt_int(ui.tick_cache_capacity)} (total {fmt_int(ui.ticks_seen)})"
         )
         bars = f"{fmt_int(ui.bars_1s_size)} / {fmt_int(ui.bars_1s_capacity)} (total {fmt_int(ui.bars_seen)})"
+        if ui.bars_1s_size > ui.bars_seen:  # the rest of the buffer is warm-up history
+            bars += f", {fmt_int(ui.bars_1s_size - ui.bars_seen)} of them history"
         training = fmt_int(ui.training_packets)
         gaps = "none" if not ui.gaps_seen else f"{fmt_int(ui.gaps_seen)} ({fmt_int(ui.trades_missing)} trades missing)"
         cnn = cnn_text(ui.cnn, now_ms)
