@@ -448,10 +448,9 @@ def test_paper_stats_format() -> None:
 
 def test_sharpe_under_a_day_names_the_hours_it_was_annualised_from() -> None:
     # 1 s steps annualise by sqrt(31.5 M): 20 minutes of a small edge read "1,234"
-    assert training.sharpe_text(1234.4, 0.33) == "1,234 (0.33 h)"
-    assert training.sharpe_text(1.5, 24.0) == "1.5"
-    assert training.sharpe_text(1.5, None) == "1.5"
-    assert training.sharpe_text(None, 3.0) == "n/a"
+    assert training.sharpe_label(0.33) == "Sharpe (0.33 h)"
+    assert training.sharpe_label(24.0) == "Sharpe"
+    assert training.sharpe_label(None) == "Sharpe"
     assert training.fmt_stat(None, "num") == "n/a"
 
 
@@ -681,7 +680,7 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
     assert list(paper) == ["policy", "buy & hold", "flat", "random"]
     assert paper["policy"]["y"] == [0.0, 0.01, 0.02] and paper["buy & hold"]["line"]["dash"] == "dash"
     stats = {m.label: m.value for m in at.metric}
-    assert stats["Sharpe"] == "1.25 (2.2 h)" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
+    assert stats["Sharpe (2.2 h)"] == "1.25" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
     assert stats["Trades / hour"] == "12" and stats["Fee share"] == "20.0 %" and stats["PnL (log)"] == "0.02"
     assert stats["Sensitivity edge (mean reward over the baseline's)"] == "+0.003"
     extrema = _traces(charts["training-extrema-top"])

@@ -305,13 +305,12 @@ def replica_rows(
     return rows
 
 
-def sharpe_text(sharpe: float | None, hours: float | None) -> str:
-    """The annualised Sharpe for st.metric, marked with the event hours it was measured over when
-    that is under :data:`SHARPE_HORIZON_H` (``1,234 (0.3 h)``)."""
-    text = fmt_stat(sharpe, "num")
-    if sharpe is None or hours is None or hours >= SHARPE_HORIZON_H:
-        return text
-    return f"{text} ({hours:.2g} h)"
+def sharpe_label(hours: float | None) -> str:
+    """The Sharpe metric's label: under :data:`SHARPE_HORIZON_H` of data it names the event hours
+    the annualised figure was extrapolated from (``Sharpe (0.33 h)``)."""
+    if hours is None or hours >= SHARPE_HORIZON_H:
+        return "Sharpe"
+    return f"Sharpe ({hours:.2g} h)"
 
 
 def fmt_stat(value: float | None, kind: str) -> str:
@@ -526,11 +525,11 @@ def _paper_panel(settings: DashboardSettings) -> None:
             v = values.get(key)
             if key == "paper/sharpe":
                 column.metric(
-                    label,
-                    sharpe_text(v.value if v else None, hours.value if hours else None),
+                    sharpe_label(hours.value if hours else None),
+                    fmt_stat(v.value if v else None, kind),
                     help=(
                         "Mean / std of the per-step net returns, annualised (x sqrt(steps per year)). "
-                        f"Under {SHARPE_HORIZON_H:g} h of data the hours it comes from are shown: "
+                        f"Under {SHARPE_HORIZON_H:g} h of data the label shows the hours it comes from: "
                         "an extrapolation, not a track record."
                     ),
                 )
