@@ -26,7 +26,7 @@ from unistream_common import codec, keys
 from unistream_common.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICE_PORTS = (8001, 8002, 8003, 8004, 8005, 8501)  # two trainers: 8004 and 8005
+SERVICE_PORTS = (8001, 8002, 8003, 8004, 8104, 8501)  # two trainers: 8004 and 8104
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 
 pytestmark = [

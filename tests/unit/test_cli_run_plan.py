@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from unistream_common.compose import ComposeError
 from unistream_common.supervisor import (
@@ -18,6 +19,7 @@ from unistream_common.supervisor import (
     parse_scale,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = Path("/tmp/unistream-run")
 
 
@@ -74,8 +76,9 @@ def test_environment_is_interpolated_from_the_given_environment() -> None:
 def test_scale_and_port_offset_give_each_replica_from_1_its_own_port_and_consumer_name() -> None:
     plan = build_plan(small_compose(), {}, options(scale={"worker": 3}, port_offset=10))
     workers = [spec for spec in plan if spec.service == "worker"]
-    assert [spec.http_port for spec in workers] == [9010, 9011, 9012]
-    assert [spec.environment["UNISTREAM_HTTP_PORT"] for spec in workers] == ["9010", "9011", "9012"]
+    # replicas step 100 ports: compose's services sit on consecutive ports (8001, 8002, ...)
+    assert [spec.http_port for spec in workers] == [9010, 9110, 9210]
+    assert [spec.environment["UNISTREAM_HTTP_PORT"] for spec in workers] == ["9010", "9110", "9210"]
     assert [spec.environment["UNISTREAM_CONSUMER_NAME"] for spec in workers] == ["worker-1", "worker-2", "worker-3"]
     assert [spec.log_path for spec in workers] == [RUN_DIR / "logs" / f"worker-{i}.log" for i in (1, 2, 3)]
     web = next(spec for spec in plan if spec.service == "web")
@@ -105,9 +108,17 @@ def test_model_dir_is_moved_under_the_run_dir_only_where_compose_sets_one() -> N
 
 def test_replicas_that_would_share_a_port_are_refused() -> None:
     doc = small_compose()
-    doc["services"]["web"]["environment"]["UNISTREAM_HTTP_PORT"] = "9001"
+    doc["services"]["web"]["environment"]["UNISTREAM_HTTP_PORT"] = "9100"
     with pytest.raises(PlanError, match="worker-2 and web-1|web-1 and worker-2"):
         build_plan(doc, {}, options(scale={"worker": 2}))
+
+
+def test_the_real_compose_file_scales_every_service_without_a_port_collision() -> None:
+    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    plan = build_plan(compose, {}, options(scale={"aggregator": 3, "trainer": 4}))
+    ports = [spec.http_port for spec in plan if spec.http_port is not None]
+    assert len(ports) == len(set(ports)) == 10
+    assert [s.http_port for s in plan if s.service == "aggregator"] == [8002, 8102, 8202]
 
 
 def test_bad_options_are_refused_with_a_reason() -> None:

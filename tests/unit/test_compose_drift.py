@@ -63,8 +63,8 @@ def test_local_overrides_have_their_documented_values(spec) -> None:
     assert env["UNISTREAM_REDIS_URL"] == OPTIONS.redis_url
     assert env["UNISTREAM_HTTP_HOST"] == "127.0.0.1"
     compose_port = int(environment["UNISTREAM_HTTP_PORT"])
-    assert env["UNISTREAM_HTTP_PORT"] == str(compose_port + OPTIONS.port_offset + spec.replica - 1)
-    assert spec.http_port == compose_port + OPTIONS.port_offset + spec.replica - 1
+    assert env["UNISTREAM_HTTP_PORT"] == str(compose_port + OPTIONS.port_offset + 100 * (spec.replica - 1))
+    assert spec.http_port == compose_port + OPTIONS.port_offset + 100 * (spec.replica - 1)
     assert env["UNISTREAM_CONSUMER_NAME"] == f"{spec.service}-{spec.replica}"
     if "UNISTREAM_MODEL_DIR" in environment:
         assert env["UNISTREAM_MODEL_DIR"] == str(RUN_DIR / "models")
@@ -90,10 +90,10 @@ def test_the_overrides_are_exactly_the_documented_five() -> None:
     assert changed == set(LOCAL_OVERRIDES)
 
 
-def test_scaled_trainer_gets_three_slots_numbered_from_1_on_consecutive_ports() -> None:
+def test_scaled_trainer_gets_three_slots_numbered_from_1_on_ports_100_apart() -> None:
     trainers = [spec for spec in PLAN if spec.service == "trainer"]
     assert [spec.name for spec in trainers] == ["trainer-1", "trainer-2", "trainer-3"]
-    assert [spec.http_port for spec in trainers] == [8104, 8105, 8106]
+    assert [spec.http_port for spec in trainers] == [8104, 8204, 8304]
 
 
 @pytest.mark.parametrize("spec", PLAN, ids=lambda spec: spec.name)
@@ -101,7 +101,7 @@ def test_readiness_uses_compose_healthcheck_on_the_local_port(spec) -> None:
     check = " ".join(COMPOSE["services"][spec.service]["healthcheck"]["test"])
     path = spec.health_url.split(str(spec.http_port), 1)[1]
     assert spec.health_url == f"http://127.0.0.1:{spec.http_port}{path}"
-    assert f"http://127.0.0.1:{spec.http_port - OPTIONS.port_offset - spec.replica + 1}{path}'" in check
+    assert f"http://127.0.0.1:{spec.http_port - OPTIONS.port_offset - 100 * (spec.replica - 1)}{path}'" in check
 
 
 def test_only_the_dashboard_is_sigkilled_when_the_supervisor_dies() -> None:

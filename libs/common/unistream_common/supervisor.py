@@ -47,7 +47,7 @@ from unistream_common.redis_server import RedisNotFound, RedisServer, free_port,
 LOCAL_OVERRIDES: dict[str, str] = {
     "UNISTREAM_REDIS_URL": "the local Redis: $UNISTREAM_REDIS_URL when set, else the redis-server started by run",
     "UNISTREAM_HTTP_HOST": "127.0.0.1: probes stay on this machine",
-    "UNISTREAM_HTTP_PORT": "compose's port + --port-offset + replica - 1 (only where compose sets a port)",
+    "UNISTREAM_HTTP_PORT": "compose's port + --port-offset + 100 x (replica - 1) (only where compose sets a port)",
     "UNISTREAM_MODEL_DIR": "<run dir>/models (only where compose sets a model dir)",
     "UNISTREAM_CONSUMER_NAME": "<service>-<replica>: stable per process slot, so restarts resume pending entries",
 }
@@ -121,6 +121,15 @@ def resolve_argv0(argv0: str, options: RunOptions) -> str:
     return argv0
 
 
+REPLICA_PORT_STRIDE = 100  # compose's ports are consecutive (8001, 8002, ...): replicas step past them
+
+
+def replica_port(base_port: int, port_offset: int, replica: int) -> int:
+    """Local port of replica ``replica`` (1, 2, ...): the first keeps compose's port (plus the
+    offset), each further one :data:`REPLICA_PORT_STRIDE` above the one before (8002, 8102, ...)."""
+    return base_port + port_offset + REPLICA_PORT_STRIDE * (replica - 1)
+
+
 def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> list[ProcessSpec]:
     """Every process to start, in dependency order, with its argv and environment.
 
@@ -149,8 +158,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
             env["UNISTREAM_HTTP_HOST"] = "127.0.0.1"
             port = None
             if base_port is not None:
-                # the first replica keeps compose's port, further ones take the next ports
-                port = base_port + options.port_offset + replica - 1
+                port = replica_port(base_port, options.port_offset, replica)
                 env["UNISTREAM_HTTP_PORT"] = str(port)
             if "UNISTREAM_MODEL_DIR" in declared:
                 env["UNISTREAM_MODEL_DIR"] = str(options.run_dir / "models")
@@ -165,7 +173,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
                     log_path=options.run_dir / "logs" / f"{name}-{replica}.log",
                     orphan_signal=orphan_signal,
                     health_url=(
-                        f"http://127.0.0.1:{health[0] + options.port_offset + replica - 1}{health[1]}"
+                        f"http://127.0.0.1:{replica_port(health[0], options.port_offset, replica)}{health[1]}"
                         if health
                         else None
                     ),
@@ -194,7 +202,7 @@ def _check_ports(plan: list[ProcessSpec]) -> None:
         if spec.http_port in owner:
             raise PlanError(
                 f"{spec.name} and {owner[spec.http_port]} would both listen on port {spec.http_port}: "
-                "scaling a service moves its replicas to the next ports; scale less or change the ports in compose"
+                "replicas of a service take ports 100 apart (8002, 8102, ...); scale less or change the ports in compose"
             )
         owner[spec.http_port] = spec.name
 
