@@ -96,6 +96,25 @@ def test_replaying_after_the_streams_last_id_skips_what_is_already_written(tmp_p
     assert drain(source, T0) == list(range(61, 101))
 
 
+def test_a_paced_replay_resumed_mid_file_goes_on_at_once_from_the_next_trade(tmp_path: Path) -> None:
+    # 100 s of trades at 10x; a restart after id 600 (60 s in) must not wait 6 s of wall clock
+    f = write_trades(tmp_path / "a.csv", 1, 1_000, T0, step_ms=100)
+    start = T0 + 86_400_000
+    source = ReplaySource([f], "ETHUSDT", 10.0, start_ms=start, chunk=150)  # at most 150 per advance
+    assert source.resume_after(600) == 600
+    assert [t.trade_id for t in source.advance(start)["ETHUSDT"]] == [601]
+    assert source.advance(start + 100)["ETHUSDT"][-1].trade_id == 611  # 1 s of trades in 0.1 s
+    assert drain(source, start + 5_000)[-1] == 1_000 and source.done
+    assert source.info()["replay_skipped_on_resume"] == 600
+
+
+def test_resuming_past_the_end_releases_nothing(tmp_path: Path) -> None:
+    f = write_trades(tmp_path / "a.csv", 1, 100, T0)
+    source = ReplaySource([f], "ETHUSDT", 5.0, start_ms=T0)
+    assert source.resume_after(100) == 100
+    assert source.advance(T0 + 60_000) == {} and source.done
+
+
 def test_missing_files_and_bad_speeds_are_refused(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         ReplaySource([tmp_path / "nope.csv"], "ETHUSDT", None, start_ms=0)

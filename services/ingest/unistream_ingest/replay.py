@@ -61,6 +61,7 @@ class ReplaySource:
         self._pos = 0
         self._first_ts: int | None = None
         self.released = 0
+        self.skipped_on_resume = 0
         self.done = False
 
     def _peek(self) -> bool:
@@ -78,6 +79,33 @@ class ReplaySource:
             if self._first_ts is None:
                 self._first_ts = block.ts_event_ms[0]
         return True
+
+    def resume_after(self, trade_id: int) -> int:
+        """Continue after ``trade_id`` (the tick stream's last one): skip the trades up to it at
+        once and start the replay clock at the first trade after it, so a restarted paced replay
+        goes on where it stopped instead of replaying the time already written. Returns how many
+        trades were skipped."""
+        self.validator.resume(self.symbol, trade_id)
+        skipped = 0
+        while self._peek():
+            block = self._block
+            assert block is not None
+            ids, pos = block.trade_id, self._pos
+            if ids[-1] <= trade_id:  # ids rise with time in an archive: the whole rest is written
+                skipped += len(block) - pos
+                self._pos = len(block)
+                continue
+            while pos < len(block) and ids[pos] <= trade_id:
+                pos += 1
+            skipped += pos - self._pos
+            self._pos = pos
+            if pos < len(block):
+                break
+        if self._peek():
+            assert self._block is not None
+            self._first_ts = self._block.ts_event_ms[self._pos]
+        self.skipped_on_resume = skipped
+        return skipped
 
     def _take(self, limit: int, horizon: float | None) -> list[tuple[TradeColumns, int, int]]:
         """Up to ``limit`` waiting trades (with a time at or before ``horizon`` if given), as block slices."""
@@ -142,6 +170,7 @@ class ReplaySource:
             "replay_symbol": self.symbol,
             "replay_speed": "max" if self.speed is None else self.speed,
             "replay_released": self.released,
+            "replay_skipped_on_resume": self.skipped_on_resume,
             "replay_done": self.done,
             "replay_files": {
                 path: {"rows": r.rows, "kind": r.kind, "invalidated": r.invalidated, "malformed": r.malformed}

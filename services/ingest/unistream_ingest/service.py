@@ -171,8 +171,9 @@ class IngestWriter:
             source = ReplaySource(settings.replay_paths, symbol, settings.replay_factor, start_ms)
             top = tops.get(symbol)
             if top is not None and self._top_sources.get(symbol) != "SYNTHETIC":
-                # Replaying files already written is a no-op: their ids are not above the stream's.
-                source.validator.resume(symbol, top.trade_id)
+                # A restart goes on after the stream's last trade: what is written is skipped at
+                # once and a paced replay's clock starts at the next trade.
+                source.resume_after(top.trade_id)
             log.info(
                 "replaying %d file(s) into %s at %s speed%s", len(settings.replay_paths), keys.ticks(symbol),
                 settings.replay_speed, f", after trade id {top.trade_id}" if top is not None else "",
