@@ -173,7 +173,8 @@ class IngestWriter:
             if top is not None and self._top_sources.get(symbol) != "SYNTHETIC":
                 # A restart goes on after the stream's last trade: what is written is skipped at
                 # once and a paced replay's clock starts at the next trade.
-                source.resume_after(top.trade_id)
+                skipped = source.resume_after(top.trade_id)
+                log.info("%d trade(s) of the files are already on %s: skipped", skipped, keys.ticks(symbol))
             log.info(
                 "replaying %d file(s) into %s at %s speed%s", len(settings.replay_paths), keys.ticks(symbol),
                 settings.replay_speed, f", after trade id {top.trade_id}" if top is not None else "",
