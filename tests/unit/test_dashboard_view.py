@@ -655,3 +655,15 @@ def test_quality_rows_show_every_counter_and_the_score() -> None:
     assert (rows[1]["owner"], rows[1]["score"], rows[1]["bar latency"], rows[1]["updated"]) == (
         "(none)", "n/a", "n/a", "n/a"
     )  # fmt: skip
+
+
+T_WALK = 1_700_000_000_000
+
+
+def test_sample_bar_walk_is_valid_from_any_start_price() -> None:
+    # bench's feeder starts walks at prices off the 0.01 grid; a rounded high once fell below the open
+    for i in range(500):
+        bars = samples.bar_walk(
+            "ETHUSDT", end_open_ms=T_WALK, count=3, start_price=3012.55 * (1 + 0.0005 * (i % 7 - 3)), seed=i
+        )
+        assert all(b.low <= min(b.open, b.close) <= max(b.open, b.close) <= b.high for b in bars)

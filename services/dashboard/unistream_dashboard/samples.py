@@ -104,7 +104,7 @@ def bar_walk(
     """``count`` consecutive 1s bars of a random walk, the last one opening at ``end_open_ms``."""
     rng = random.Random(seed)
     first = (end_open_ms // 1000 - count + 1) * 1000
-    price = start_price
+    price = round(start_price, 2)  # on the 0.01 grid like the rest: a rounded high must not fall below it
     out = []
     for i in range(count):
         open_ = price
