@@ -2,8 +2,11 @@
 
 Every row runs ``--repeat`` times against a Redis server this script starts on a free port
 (append-only off, so the disk is not what is measured) and reports the median, the spread and
-the ratio to its reference row. Machines here are shared and noisy: read medians and ratios,
-not single numbers. Results also go to ``bench-results/<UTC time>.json``.
+the ratio to its reference row, as one Markdown table (figure, value, min..max, runs, unit, the
+reference measured in the same run and its value, the ratio, the goal and its verdict, and the
+machine: cores and CPU model), with each row's notes below it. Machines here are shared and
+noisy: read medians and ratios, not single numbers. Results also go to
+``bench-results/<UTC time>.json`` (git ignores the folder).
 
 Rows (ticks/s unless stated):
 - ``xadd_per_tick`` (reference): one stream entry per tick, redis-py pipelined 1,000 per round
@@ -93,6 +96,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -465,8 +469,8 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
                         continue
                     try:
                         value = await fn(server.url, n, batch)
-                    except RuntimeError as exc:  # this row only: the others still run
-                        print(f"{name}: skipped ({exc})", file=sys.stderr)
+                    except Exception as exc:  # noqa: BLE001 - this row only: the others still run
+                        print(f"{name}: skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
                     else:
                         results.setdefault(name, []).append(value)
                     client = aioredis.Redis.from_url(server.url)
@@ -496,6 +500,62 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
     return rows
 
 
+def machine_text() -> str:
+    """``2 cores, <CPU model>``: what every row ran on."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} cores, {model}"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"  # ms and MiB rows need their decimals
+
+
+def verdict(r: dict[str, object]) -> str:
+    """``goal < 15: met`` / ``MISSED`` / "" for a row without a goal."""
+    if not r["goal"]:
+        return ""
+    op, value = GOALS[str(r["row"])]
+    if op.startswith("x"):  # a ratio to the reference
+        ratio = r["ratio_to_reference"]
+        met = None if ratio is None else ratio >= value  # type: ignore[operator]
+        text = f">= {value:g} x reference"
+    else:
+        median = float(r["median"])  # type: ignore[arg-type]
+        met = median < value if op == "<" else median >= value
+        text = f"{op} {value:g}"
+    return f"{text}: {'no reference' if met is None else 'met' if met else 'MISSED'}"
+
+
+def markdown_table(rows: list[dict[str, object]]) -> str:
+    """One Markdown table: figure, value (median, min..max over runs), the reference measured in
+    the same run, the ratio, the goal and the machine."""
+    medians = {str(r["row"]): r["median"] for r in rows}
+    out = [
+        (
+            "| figure | value (median) | min..max | runs | unit | reference (same run) | reference value | ratio "
+            "| goal | machine |"
+        ),
+        "|---|---:|---|---:|---|---|---:|---:|---|---|",
+    ]
+    for r in rows:
+        ref = r["reference"]
+        ratio = r["ratio_to_reference"]
+        out.append(
+            f"| {r['row']} | {_fmt(r['median'])} | {_fmt(r['min'])}..{_fmt(r['max'])} | {r['runs']} "  # type: ignore[arg-type]
+            f"| {r['unit']} | {ref or '(is a reference)'} | {_fmt(medians.get(ref)) if ref else ''} "  # type: ignore[arg-type]
+            f"| {'' if ratio is None else f'{ratio:.2f} x'} | {r['verdict']} | {r['machine']} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="runs per row (median reported)")
@@ -503,31 +563,23 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1_000, help="ticks per TickBatch entry")
     parser.add_argument("--only", nargs="*", default=[], help="rows to run")
     args = parser.parse_args()
+    started = time.monotonic()
     rows = asyncio.run(run(args.repeat, args.ticks, args.batch, args.only))
-    width = max([24, *(len(str(r["row"])) for r in rows)])
-    print(f"{'row':{width}} {'median':>14} {'min':>14} {'max':>14}  unit        x reference")
+    machine = machine_text()
     for r in rows:
-        ratio = f"{r['ratio_to_reference']:.2f} x {r['reference']}" if r["ratio_to_reference"] else "(reference)"
-        fmt = "{:>14,.2f}" if r["max"] < 100 else "{:>14,.0f}"  # ms and MiB rows need their decimals
-        cells = " ".join(fmt.format(r[k]) for k in ("median", "min", "max"))
-        goal = ""
-        if r["goal"]:
-            op, value = GOALS[str(r["row"])]
-            if op.startswith("x"):  # a ratio to the reference
-                ratio_value = r["ratio_to_reference"]
-                verdict = "no reference" if ratio_value is None else "met" if ratio_value >= value else "MISSED"
-                goal = f"  goal >= {value:g} x {r['reference']}: {verdict}"
-            else:
-                met = r["median"] < value if op == "<" else r["median"] >= value
-                goal = f"  goal {op} {value:g}: {'met' if met else 'MISSED'}"
-        print(f"{r['row']:{width}} {cells}  {r['unit']:10}  {ratio}{goal}")
+        r["machine"] = machine
+        r["verdict"] = verdict(r)
+    print(markdown_table(rows))
+    print()
     for r in rows:
         for note in r["notes"]:
-            print(f"  {r['row']}: {note}")
+            print(f"- {r['row']}: {note}")
+    print(f"\n{len(rows)} rows in {(time.monotonic() - started) / 60:.1f} min on {machine}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     meta = {
+        "machine_text": machine,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "ticks": args.ticks,
