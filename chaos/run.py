@@ -269,21 +269,38 @@ class Chaos:
     door_counted: int = 0
 
     def record(self, fault: Fault) -> None:
-        fault.at_s = time.monotonic() - self.t0
         self.faults.append(fault)
         took = "n/a" if fault.recovery_s is None else f"{fault.recovery_s:.1f} s"
         say(f"{fault.kind} {fault.target}: ready again after {took} {fault.detail}".rstrip())
 
-    def _recover(self, fault: Fault, started: float, extra: Callable[[], bool] | None = None) -> None:
+    def _recover(
+        self, fault: Fault, started: float, extra: Callable[[], bool] | None = None, flowing: bool = False
+    ) -> None:
+        """Wait until every process is ready again (and ``extra`` holds); with ``flowing`` also
+        until the aggregator writes a new 1s bar, reported in the detail (readiness is the goal)."""
+        fault.at_s = started - self.t0
+        bar_top = self._bar_top() if flowing else None
+
         def back() -> bool:
             return not self.system.all_ready() and (extra is None or extra())
 
         took = wait(back, 90, 0.1)
         fault.recovery_s = None if took is None else time.monotonic() - started
         fault.ok = fault.recovery_s is not None and fault.recovery_s <= RECOVERY_S
+        if flowing:
+            moved = wait(lambda: self._bar_top() != bar_top, 60, 0.1)
+            fault.detail += (
+                " (no new 1s bar in 60 s)"
+                if moved is None
+                else f" (1s bars flowing {time.monotonic() - started:.1f} s after)"
+            )
         self.record(fault)
 
-    def kill(self, name: str, kind: str = "SIGKILL") -> None:
+    def _bar_top(self) -> bytes | None:
+        top = self.system.client().xrevrange(keys.bars(SYMBOL, "1s"), count=1)
+        return top[0][0] if top else None
+
+    def kill(self, name: str, kind: str = "SIGKILL", flowing: bool = False) -> None:
         pid = self.system.processes()[name]["pid"]
         extra: Callable[[], bool] | None = None
         detail = ""
@@ -304,7 +321,7 @@ class Chaos:
         # the supervisor notices, waits its backoff, restarts: a new pid, then ready
         wait(lambda: self.system.processes()[name]["pid"] != pid, 60, 0.05)
         fault = Fault(kind, name, detail=detail)
-        self._recover(fault, started, extra)
+        self._recover(fault, started, extra, flowing)
         if extra is not None and fault.recovery_s is None:
             fault.detail += "; never adopted the newest model"
 
@@ -313,7 +330,7 @@ class Chaos:
         name = owner.split(":", 1)[0]
         if name not in self.system.processes():
             name = "aggregator-1"
-        self.kill(name, "SIGKILL owner")
+        self.kill(name, "SIGKILL owner", flowing=True)
 
     def kill_leader(self) -> None:
         leader = (self.system.client().get("ml:trainer:leader") or b"").decode()
@@ -327,8 +344,8 @@ class Chaos:
         self.system.start_redis()
         back = time.monotonic()
         fault = Fault("Redis restart" if away_s == 0 else f"Redis away {away_s:g} s", "redis")
-        self._recover(fault, back)
-        fault.detail = f"(down {back - started:.1f} s; recovery counted from its return)"
+        fault.detail = f"(down {back - started:.1f} s; counted from its return)"
+        self._recover(fault, back, flowing=True)
 
     def inject_poison(self) -> None:
         client = self.system.client()
@@ -559,8 +576,10 @@ def stop_system(system: System) -> None:
 def plan_faults(chaos: Chaos) -> list[Callable[[], None]]:
     """Every fault once or more, in a seeded random order."""
     faults: list[Callable[[], None]] = []
-    for name in ("ingest-1", "features-1", "dashboard-1", "aggregator-1", "aggregator-2", "trainer-1", "trainer-2"):
-        faults += [lambda n=name: chaos.kill(n)] * (2 if name.split("-")[0] in ("ingest", "features") else 1)
+    for name in ("ingest-1", "features-1", "dashboard-1"):
+        faults += [lambda n=name: chaos.kill(n)] * 2
+    for name in ("aggregator-1", "aggregator-2", "trainer-1", "trainer-2"):
+        faults += [lambda n=name: chaos.kill(n)]
     faults += [chaos.kill_owner, chaos.kill_owner, chaos.kill_leader]
     faults += [lambda: chaos.redis_restart(0.0), lambda: chaos.redis_restart(10.0)]
     faults += [chaos.inject_poison, chaos.inject_poison, chaos.door_garbage]
@@ -641,12 +660,15 @@ def main() -> int:
             raise RuntimeError(f"the system did not get ready: {system.all_ready()}; see {tmp / 'run.log'}")
         say(f"system ready after {took:.0f} s; replay at {SPEED:g}x")
         chaos = Chaos(system, random.Random(args.seed))
-        for fault in plan_faults(chaos):
-            time.sleep(chaos.rng.uniform(2.0, 6.0))
+        faults = plan_faults(chaos)
+        # spread over the replay (~10 s of each fault's own recovery and checks aside), at random moments
+        replay_s = (archive.valid[-1].ts_event_ms - archive.valid[0].ts_event_ms) / 1000 / SPEED
+        gap_s = max(2.0, (replay_s - 30 - 6 * len(faults)) / len(faults))
+        for fault in faults:
+            time.sleep(chaos.rng.uniform(0.3, 1.7) * gap_s)
             fault()
         say("faults done; waiting for the replay to end and the bars to settle")
-        remaining_s = (archive.valid[-1].ts_event_ms - archive.valid[0].ts_event_ms) / 1000 / SPEED + 120
-        settled = settle(system, reference, archive, remaining_s)
+        settled = settle(system, reference, archive, replay_s + 120)
         say("settled" if settled is not None else "did NOT settle in time; checking what is there")
         time.sleep(3)  # last dead letters
         client = system.client()
