@@ -73,8 +73,8 @@ OTHER_SERVICES = ("ingest", "aggregator", "features", "trainer")  # the dashboar
 SERVICES = (*OTHER_SERVICES, "dashboard")
 LOADS = 2  # measured page loads per ready run (after one unmeasured load)
 READY_TIMEOUT_S = 30.0
-WINDOW_S = 8.0  # one CPU / commands window
-WINDOWS = 2  # windows of each kind per page and CPU server: 2 x 8 s idle, 2 x 8 s with a tab
+WINDOW_S = 6.0  # one CPU / commands window
+WINDOWS = 2  # windows of each kind per page and CPU server: 2 x 6 s idle, 2 x 6 s with a tab
 SETTLE_S = 2.0  # after a tab opens (ready) or closes, before a window starts
 FEED_EVERY_S = 1.0
 HELLO_TEXT = "Hello from a one-line Streamlit app"
@@ -87,8 +87,8 @@ GOALS: dict[str, tuple[str, float]] = {
     "dashboard_cpu_streams_pct": ("<", 15.0),
 }
 MAX_RUNS: dict[str, int] = {
-    "streamlit_hello_ready_s": 3,
-    "dashboard_overview_ready_s": 3,
+    "streamlit_hello_ready_s": 2,
+    "dashboard_overview_ready_s": 2,
     "dashboard_cpu_idle_pct": WINDOWS,
     "dashboard_cpu_per_tab_pct": WINDOWS,
     "dashboard_cpu_market_pct": WINDOWS,
