@@ -7,11 +7,15 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 SERVICES := ingest aggregator features trainer dashboard
-COMPOSE := docker compose -f deploy/docker-compose.yml
+# deploy/.env holds the stack's secrets (never committed; `make deploy/.env` writes one) and
+# COMPOSE_PROFILES; PROFILE picks where ticks come from (auto, live or replay: see the compose file).
+COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+PROFILE ?= auto
+PROFILES := auto live replay
 N ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv system run test bench lint up down logs scale-trainer
+.PHONY: help venv constraints system run test bench chaos lint up down logs scale-trainer
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -19,11 +23,19 @@ help: ## list the targets
 venv: $(STAMP) ## create .venv with torch (CPU), the dev tools and every package (editable)
 
 # torch is named first so pip resolves it once for features and trainer; the machine's pip
-# configuration decides where the wheel comes from.
-$(STAMP): requirements-dev.txt libs/common/pyproject.toml $(SERVICES:%=services/%/pyproject.toml) | system
+# configuration decides where the wheel comes from. constraints.txt pins every third-party
+# package (the images install with the same file).
+$(STAMP): constraints.txt requirements-dev.txt libs/common/pyproject.toml $(SERVICES:%=services/%/pyproject.toml) | system
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install torch==2.13.0 -r requirements-dev.txt -e libs/common $(SERVICES:%=-e services/%)
+	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -r requirements-dev.txt -e libs/common $(SERVICES:%=-e services/%)
 	touch $@
+
+# After changing a pin in a pyproject.toml or requirements-dev.txt, change (or delete) its line in
+# constraints.txt, `make venv`, then `make constraints` to record what was installed.
+constraints: ## rewrite constraints.txt from .venv (pip freeze without the editable unistream packages)
+	{ sed -n '/^#/!q;p' constraints.txt; $(VENV)/bin/pip freeze --exclude-editable | grep -v '^#' \
+	  | sed -E 's/^([A-Za-z0-9_.-]+==[^+]+)\+.*/\1/' | sort -f; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
 
 system: ## make sure redis-server and chromium exist (installs them as root)
 	@PYTHON=$(PYTHON) bash scripts/setup-system.sh
@@ -34,8 +46,11 @@ run: venv system ## run Redis and every service locally (ARGS="--scale trainer=2
 test: venv system ## the whole test suite
 	$(VENV)/bin/pytest -q
 
-bench: venv system ## measured rows beside their references (medians of 5 runs, features and trainer rows 2-3; bench-results/*.json)
+bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 2-5 runs; bench-results/*.json; ~9 min)
 	$(VENV)/bin/python bench/run.py $(ARGS)
+
+chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and poison; fails on any loss (~10 min)
+	$(VENV)/bin/python chaos/run.py $(ARGS)
 
 lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose spec, ruff
 	$(VENV)/bin/hadolint --config .hadolint.yaml deploy/Dockerfile
@@ -43,14 +58,18 @@ lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose sp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-up: ## build the images and start the stack in Docker (detached)
-	$(COMPOSE) up -d --build
+# Random passwords and token, written once (mode 600); an existing file is never overwritten.
+deploy/.env: | deploy/.env.example
+	$(PYTHON) scripts/make-env.py deploy/.env.example $@
 
-down: ## stop the Docker stack (volumes are kept)
-	$(COMPOSE) down
+up: deploy/.env ## build the images and start the stack in Docker, detached (PROFILE=live or replay: other data)
+	$(COMPOSE) --profile $(PROFILE) up -d --build
 
-logs: ## follow the Docker stack's logs
-	$(COMPOSE) logs -f --tail=200
+down: deploy/.env ## stop the Docker stack, every profile (volumes are kept)
+	$(COMPOSE) $(PROFILES:%=--profile %) down
 
-scale-trainer: ## run N trainer replicas in Docker (make scale-trainer N=3)
-	$(COMPOSE) up -d --no-recreate --scale trainer=$(N)
+logs: deploy/.env ## follow the Docker stack's logs (every profile)
+	$(COMPOSE) $(PROFILES:%=--profile %) logs -f --tail=200
+
+scale-trainer: deploy/.env ## run N trainer replicas in Docker (make scale-trainer N=3; same PROFILE as up)
+	$(COMPOSE) --profile $(PROFILE) up -d --no-recreate --scale trainer=$(N)

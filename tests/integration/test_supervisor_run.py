@@ -228,7 +228,7 @@ def test_run_restarts_a_killed_child_and_a_sigterm_stops_everything(start_run: C
     assert env == {
         "UNISTREAM_SYMBOLS": "SOLUSDT",
         "UNISTREAM_HTTP_HOST": "127.0.0.1",
-        "UNISTREAM_HTTP_PORT": str(compose_port + 5 + 1),  # second replica
+        "UNISTREAM_HTTP_PORT": str(compose_port + 5 + 100),  # second replica: 100 ports up
         "UNISTREAM_MODEL_DIR": str(run.run_dir / "models"),
         "UNISTREAM_REDIS_URL": state["redis_url"],
         "UNISTREAM_CONSUMER_NAME": "worker-2",

@@ -7,6 +7,7 @@ hadolint); the structural checks encode the deployment rules from the field note
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,11 +18,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from unistream_common.compose import ComposeError, interpolate
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
+ENV_EXAMPLE = REPO / "deploy" / ".env.example"
 APP_SERVICES = ("ingest", "aggregator", "features", "trainer", "dashboard")
 PORTS = {"ingest": 8001, "aggregator": 8002, "features": 8003, "trainer": 8004, "dashboard": 8501}
+# The ingest variants of the live and replay profiles: the ingest image and settings, another source.
+INGEST_VARIANTS = {"ingest-live": "live", "ingest-replay": "replay"}
+ALL_APP_SERVICES = (*APP_SERVICES, *INGEST_VARIANTS)
 
 
 def tool(name: str) -> str:
@@ -61,6 +68,13 @@ def test_compose_schema_check_rejects_a_misspelt_key(tmp_path: Path) -> None:
     assert check_compose_schema(broken).returncode != 0
 
 
+def test_compose_schema_check_rejects_a_misspelt_healthcheck_key(tmp_path: Path) -> None:
+    # start_interval is young; the vendored schema must know it, and so refuse a typo of it
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE.read_text().replace("start_interval: 1s", "start_intreval: 1s", 1))
+    assert check_compose_schema(broken).returncode != 0
+
+
 def run_hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool("hadolint"), "--config", str(REPO / ".hadolint.yaml"), "--no-color", str(path)],
@@ -90,11 +104,54 @@ def test_hadolint_flags_an_unpinned_apt_install(tmp_path: Path) -> None:
 def test_redis_is_persistent_healthchecked_and_not_published(compose: dict) -> None:
     redis = compose["services"]["redis"]
     assert redis["image"] == "redis:7.4"
-    command = " ".join(redis["command"])
+    command = redis["command"]
     assert "--appendonly yes" in command and "--appendfsync everysec" in command
     assert "redis-data:/data" in redis["volumes"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    assert "ports" not in redis
+    assert "ports" not in redis and "expose" not in redis
+
+
+SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{name.upper()}": f"pw-{name}" for name in APP_SERVICES}
+
+
+def acl_users(command: str) -> dict[str, list[str]]:
+    """The ``--user NAME RULE...`` groups of a redis-server command, by user name, as Compose runs it:
+    interpolated (with :data:`SECRETS` for the env file), then split into words."""
+    words = shlex.split(interpolate(command, SECRETS))
+    users: dict[str, list[str]] = {}
+    for i, word in enumerate(words):
+        if word == "--user":
+            rules = []
+            for rule in words[i + 2 :]:
+                if rule.startswith("--"):
+                    break
+                rules.append(rule)
+            users[words[i + 1]] = rules
+    return users
+
+
+def test_redis_has_one_acl_user_per_service_and_anonymous_clients_may_only_ping(compose: dict) -> None:
+    users = acl_users(compose["services"]["redis"]["command"])
+    assert set(users) == {"default", *APP_SERVICES}
+    assert users["default"] == ["on", "nopass", "resetkeys", "resetchannels", "-@all", "+ping"]
+    for name in APP_SERVICES:
+        rules = users[name]
+        assert rules[:2] == ["on", f">pw-{name}"]
+        assert "nopass" not in rules and "allkeys" not in rules and "~*" not in rules
+        assert rules.index("+@all") < rules.index("-@dangerous"), f"{name}: no FLUSHALL, CONFIG, KEYS..."
+    # the one service with a published port reads everything but writes only its heartbeat
+    assert [r for r in users["dashboard"] if "~" in r] == ["%R~*", "~svc:*"]
+    # without deploy/.env, compose stops with the message instead of starting a Redis without passwords
+    with pytest.raises(ComposeError, match="UNISTREAM_REDIS_PASSWORD_INGEST is missing: set it in deploy/.env"):
+        interpolate(compose["services"]["redis"]["command"], {})
+
+
+@pytest.mark.parametrize("name", ALL_APP_SERVICES)
+def test_each_service_logs_in_as_its_own_acl_user_with_its_password_from_the_env_file(compose: dict, name: str) -> None:
+    user = name.split("-")[0]
+    url = compose["services"][name]["environment"]["UNISTREAM_REDIS_URL"]
+    password = f"${{UNISTREAM_REDIS_PASSWORD_{user.upper()}:?set it in deploy/.env (make deploy/.env writes one)}}"
+    assert url == f"redis://{user}:{password}@redis:6379/0"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -105,7 +162,6 @@ def test_each_service_is_built_from_its_target_and_waits_for_a_healthy_redis(com
     assert svc["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert svc["restart"] == "unless-stopped"
     env = svc["environment"]
-    assert env["UNISTREAM_REDIS_URL"] == "redis://redis:6379/0"
     assert env["UNISTREAM_SYMBOLS"] == "${UNISTREAM_SYMBOLS:-ETHUSDT,BTCUSDT}"
     assert env["UNISTREAM_SOURCE"] == "${UNISTREAM_SOURCE:-auto}"
     assert env["UNISTREAM_HTTP_HOST"] == "0.0.0.0"
@@ -139,9 +195,66 @@ def test_replicated_services_can_be_scaled(compose: dict, name: str) -> None:
     assert "ports" not in service
 
 
-def test_only_the_dashboard_publishes_a_host_port(compose: dict) -> None:
+def test_only_the_dashboard_publishes_a_host_port_and_on_loopback_unless_told(compose: dict) -> None:
     published = {name: svc["ports"] for name, svc in compose["services"].items() if "ports" in svc}
-    assert published == {"dashboard": ["8501:8501"]}
+    assert published == {"dashboard": ["${UNISTREAM_PUBLISH_ADDRESS:-127.0.0.1}:8501:8501"]}
+    assert interpolate(published["dashboard"][0], {}) == "127.0.0.1:8501:8501"
+    assert not any("expose" in svc for svc in compose["services"].values())
+
+
+@pytest.mark.parametrize("name", ["redis", *ALL_APP_SERVICES])
+def test_every_healthcheck_starts_fast_and_every_log_is_rotated(compose: dict, name: str) -> None:
+    svc = compose["services"][name]
+    check = svc["healthcheck"]
+    # every second while starting: healthy about a second after the probe first answers
+    assert check["start_interval"] == "1s"
+    assert check["start_period"] in ("5s", "20s", "30s", "60s")
+    assert svc["logging"] == {"driver": "json-file", "options": {"max-size": "10m", "max-file": "5"}}
+
+
+@pytest.mark.parametrize("name", ALL_APP_SERVICES)
+def test_service_containers_drop_every_capability_and_restart(compose: dict, name: str) -> None:
+    svc = compose["services"][name]
+    assert svc["cap_drop"] == ["ALL"]
+    assert svc["security_opt"] == ["no-new-privileges:true"]
+    assert svc["init"] is True
+    assert svc["restart"] == ("on-failure" if name == "ingest-replay" else "unless-stopped")
+
+
+def test_trainer_replicas_have_memory_and_cpu_limits(compose: dict) -> None:
+    resources = compose["services"]["trainer"]["deploy"]["resources"]
+    assert resources["limits"] == {"cpus": "2.0", "memory": "2G"}
+    assert resources["reservations"] == {"memory": "1G"}
+
+
+def test_profiles_give_exactly_one_ingest_each_the_same_image_and_settings(compose: dict) -> None:
+    services = compose["services"]
+    profiles = {name: svc.get("profiles") for name, svc in services.items()}
+    assert profiles.pop("ingest") == ["auto"]
+    for name, profile in INGEST_VARIANTS.items():
+        assert profiles.pop(name) == [profile]
+        variant, base = services[name], services["ingest"]
+        assert {k: v for k, v in variant.items() if k not in ("profiles", "environment", "restart", "volumes")} == {
+            k: v for k, v in base.items() if k not in ("profiles", "environment", "restart")
+        }
+        assert {k: v for k, v in variant["environment"].items() if k != "UNISTREAM_SOURCE"} == {
+            k: v for k, v in base["environment"].items() if k != "UNISTREAM_SOURCE"
+        }
+    assert set(profiles.values()) == {None}, "every other service runs in every profile"
+    assert services["ingest-live"]["environment"]["UNISTREAM_SOURCE"] == "binance"
+    assert services["ingest-replay"]["environment"]["UNISTREAM_SOURCE"] == "replay"
+    assert services["ingest-replay"]["volumes"] == ["${UNISTREAM_REPLAY_DIR:-./replay}:/replay:ro"]
+    # whichever ingest runs, the aggregator's dependency on it is optional
+    deps = services["aggregator"]["depends_on"]
+    for name in ("ingest", *INGEST_VARIANTS):
+        assert deps[name] == {"condition": "service_started", "required": False}
+
+
+def test_the_default_profile_of_unistream_run_is_compose_s_default_in_the_env_example(compose: dict) -> None:
+    example = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert example["COMPOSE_PROFILES"].split(",") == compose["x-unistream-default-profiles"]
 
 
 def test_models_and_redis_data_are_named_volumes(compose: dict) -> None:
@@ -203,8 +316,17 @@ def installed_paths(stages: dict[str, Stage], target: str) -> list[str]:
     for stage in chain(stages, target):
         for instruction, args in stage.instructions:
             if instruction == "RUN" and "pip install" in args:
-                paths += [word for word in args.split() if word.startswith("/app/")]
+                paths += [word for word in args.split() if word.startswith("/app/") and word != CONSTRAINTS]
     return paths
+
+
+CONSTRAINTS = "/app/constraints.txt"
+
+
+def pip_installs(stages: dict[str, Stage], target: str) -> list[str]:
+    """Each ``pip install ...`` command line that building ``target`` runs (a RUN may chain several)."""
+    runs = [args for stage in chain(stages, target) for instruction, args in stage.instructions if instruction == "RUN"]
+    return [part.strip() for args in runs for part in args.split("&&") if "pip install" in part]
 
 
 def package_dependencies(app_path: str) -> list[str]:
@@ -242,15 +364,50 @@ def test_light_targets_install_neither_torch_nor_streamlit(stages: dict[str, Sta
 def test_model_targets_take_cpu_torch_from_the_pytorch_index_only_for_torch(
     stages: dict[str, Stage], name: str
 ) -> None:
-    runs = [args for stage in chain(stages, name) for instruction, args in stage.instructions if instruction == "RUN"]
-    torch_runs = [args for args in runs if "torch" in args]
-    assert torch_runs == ["pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0"]
-    others = [args for args in runs if "pip install" in args and "torch" not in args]
-    assert all("--index-url" not in args for args in others), "other packages come from PyPI"
+    installs = pip_installs(stages, name)
+    from_index = [args for args in installs if "--index-url" in args]
+    # torch alone, without its dependencies: those come from PyPI, pinned, like everything else
+    assert from_index == [
+        "pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
+    ]
+    assert f"pip install --no-cache-dir -c {CONSTRAINTS} torch==2.13.0" in installs
     assert installed_paths(stages, name)[-1] == f"/app/services/{name}"
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_every_pip_install_of_every_target_uses_the_constraints_file(stages: dict[str, Stage], name: str) -> None:
+    base = stages["base"].instructions
+    assert ("COPY", f"constraints.txt {CONSTRAINTS}") in base
+    for args in pip_installs(stages, name):
+        assert f" -c {CONSTRAINTS} " in f"{args} " or "--no-deps" in args, args
+    assert "!constraints.txt" in (REPO / ".dockerignore").read_text().splitlines(), "it must reach the build"
 
 
 def test_dashboard_target_installs_streamlit_but_not_torch(stages: dict[str, Stage]) -> None:
     paths = installed_paths(stages, "dashboard")
     deps = " ".join(dep for path in paths for dep in package_dependencies(path)).lower()
     assert "streamlit" in deps and "torch" not in deps
+
+
+# --------------------------------------------------------------------------- make targets
+
+COMPOSE_CMD = "docker compose -f deploy/docker-compose.yml --env-file deploy/.env"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["up"], f"{COMPOSE_CMD} --profile auto up -d --build"),
+        (["up", "PROFILE=live"], f"{COMPOSE_CMD} --profile live up -d --build"),
+        (["down"], f"{COMPOSE_CMD} --profile auto --profile live --profile replay down"),
+        (["logs"], f"{COMPOSE_CMD} --profile auto --profile live --profile replay logs -f --tail=200"),
+        (["scale-trainer", "N=2"], f"{COMPOSE_CMD} --profile auto up -d --no-recreate --scale trainer=2"),
+    ],
+)
+def test_make_targets_drive_compose_with_the_env_file_and_the_profiles(args: list[str], expected: str) -> None:
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert [line for line in out.splitlines() if line.startswith("docker compose")] == [expected]
+    if not (REPO / "deploy" / ".env").exists():  # made first, with random secrets
+        assert "scripts/make-env.py deploy/.env.example deploy/.env" in out

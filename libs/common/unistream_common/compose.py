@@ -1,8 +1,11 @@
 """Read deploy/docker-compose.yml the way Docker Compose does, for ``unistream run``.
 
 Only what the local supervisor needs: variable interpolation, a service's ``command`` and
-``environment``, its replica count and its ``depends_on``. Everything here is pure (a dict and
-an environment in, values out) so the supervisor's plan can be unit-tested against the real file.
+``environment``, its replica count, ``restart`` policy, ``profiles`` and ``depends_on``. YAML
+anchors and merge keys are resolved by the YAML loader; ``x-`` extension fields (the shared
+``logging`` block) are ignored except the ``x-unistream-*`` ones read here. Everything here is
+pure (a dict and an environment in, values out) so the supervisor's plan can be unit-tested
+against the real file.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +185,23 @@ def replicas(compose: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+
+
+def restart_policy(compose: Mapping[str, Any], name: str) -> str:
+    """Service ``name``'s ``restart`` policy: no, always, on-failure or unless-stopped.
+
+    ``on-failure:N`` reads as on-failure (``unistream run`` does not count attempts). Unlike
+    Compose, an absent ``restart`` reads as unless-stopped: ``unistream run`` has always restarted
+    every process, and every service in deploy/docker-compose.yml sets its policy anyway.
+    """
+    value = str(service(compose, name).get("restart", "unless-stopped"))
+    policy = value.split(":", 1)[0] if value.startswith("on-failure:") else value
+    if policy not in RESTART_POLICIES:
+        raise ComposeError(f"service {name!r}: restart {value!r} is not one of {', '.join(RESTART_POLICIES)}")
+    return policy
+
+
 ORPHAN_SIGNAL_KEY = "x-unistream-orphan-signal"
 _ORPHAN_SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 
@@ -215,6 +235,36 @@ def healthcheck_url(compose: Mapping[str, Any], name: str) -> tuple[int, str] | 
     text = test if isinstance(test, str) else " ".join(str(x) for x in test)
     m = _LOCAL_URL_RE.search(text)
     return (int(m.group(1)), m.group(2) or "/") if m else None
+
+
+DEFAULT_PROFILES_KEY = "x-unistream-default-profiles"
+
+
+def profiles(compose: Mapping[str, Any], name: str) -> list[str]:
+    """The profiles service ``name`` belongs to ([] when it has none: always enabled)."""
+    value = service(compose, name).get("profiles") or []
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        raise ComposeError(f"service {name!r}: 'profiles' must be a list of names, got {value!r}")
+    return list(value)
+
+
+def default_profiles(compose: Mapping[str, Any]) -> list[str]:
+    """The profiles ``unistream run`` enables when neither --profile nor COMPOSE_PROFILES names any.
+
+    ``x-unistream-default-profiles`` (a top-level extension field, ignored by Compose), which should
+    match ``COMPOSE_PROFILES`` in the project's ``.env`` (deploy/.env.example), Compose's default.
+    """
+    value = compose.get(DEFAULT_PROFILES_KEY) or []
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        raise ComposeError(f"{DEFAULT_PROFILES_KEY} must be a list of profile names, got {value!r}")
+    return list(value)
+
+
+def enabled(compose: Mapping[str, Any], name: str, active: Iterable[str]) -> bool:
+    """Whether Compose starts service ``name`` with the ``active`` profiles (as ``--profile``)."""
+    wanted = profiles(compose, name)
+    active = set(active)
+    return not wanted or "*" in active or bool(active.intersection(wanted))
 
 
 def depends_on(compose: Mapping[str, Any], name: str) -> list[str]:

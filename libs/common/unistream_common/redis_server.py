@@ -145,7 +145,8 @@ def start_redis(
             raise RuntimeError(f"redis-server exited with {proc.returncode}: {err}{tail}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            if sock.recv(64).startswith(b"+PONG"):
+            # a server started with --requirepass (extra_args) answers, but only NOAUTH
+            if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                 return server
         time.sleep(0.05)
     server.kill()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
@@ -93,13 +94,70 @@ async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
     return tuple(int(x) for x in str(info["redis_version"]).split(".")[:3])
 
 
+_QUERY_PASSWORD_RE = re.compile(r"(?i)(?<=[?&]password=)[^&#]*")
+
+
 def safe_url(url: str) -> str:
-    """``url`` with its password masked, for logs, messages and pages."""
-    parsed = urlparse(url)
-    if parsed.password:
-        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
-        return urlunparse(parsed._replace(netloc=netloc))
-    return url
+    """``url`` with its password masked, for logs, messages and pages.
+
+    Both places a Redis URL can carry one are masked: the user-info part
+    (``redis://user:***@host``) and a ``password=`` query parameter. A URL that does not parse
+    is not shown at all: it may hold a password in a place this function does not know.
+    """
+    try:
+        parsed = urlparse(url)
+        password = parsed.password
+    except ValueError:
+        return "<a Redis URL that does not parse>"
+    if password:
+        userinfo, _, hostinfo = parsed.netloc.rpartition("@")
+        user, _, _ = userinfo.partition(":")
+        url = urlunparse(parsed._replace(netloc=f"{user}:***@{hostinfo}"))
+    return _QUERY_PASSWORD_RE.sub("***", url)
+
+
+def access_problem(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why Redis at ``url`` refuses this client's credentials, in one line; None when it does not.
+
+    None also when Redis cannot be reached at all: a service starts anyway and waits for it (its
+    ``/readyz`` says so), whereas wrong credentials never fix themselves, so they stop start-up
+    with this message instead of a restart loop of tracebacks. The message never holds the
+    password (:func:`safe_url`).
+    """
+    import redis  # the synchronous client: this runs once, before any event loop
+
+    where = safe_url(url)
+    try:
+        client = redis.Redis.from_url(
+            url,
+            protocol=PROTOCOL,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            client_name="unistream-access-check",
+            health_check_interval=0,
+        )
+    except ValueError:
+        return None  # the settings validate the URL's shape; nothing to add here
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        text = str(exc)
+        if "without any password configured" in text:
+            return f"Redis at {where} has no password set, but the URL gives one: remove it from the URL"
+        if "Authentication required" in text:
+            return (
+                f"Redis at {where} requires a user and password and the URL has none: "
+                "use redis://USER:PASSWORD@HOST:PORT/DB"
+            )
+        return f"Redis at {where} refused the user or password in the URL ({text.rstrip('.')}): correct them"
+    except redis.exceptions.NoPermissionError as exc:
+        return f"Redis at {where} accepted the login, but the user may not connect and PING ({exc}): grant it"
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+    return None
 
 
 async def top_packets(client: aioredis.Redis, streams: list[str]) -> dict[str, Any]:

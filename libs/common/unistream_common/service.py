@@ -27,8 +27,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
 from unistream_common import keys
-from unistream_common.redisio import command_client, safe_url
-from unistream_common.settings import CommonSettings
+from unistream_common.redisio import access_problem, command_client, safe_url
+from unistream_common.settings import EXIT_BAD_CONFIG, CommonSettings
 from unistream_common.stats import Stats
 
 if TYPE_CHECKING:
@@ -200,8 +200,16 @@ def run_service(
     stats: Stats | None = None,
     routers: list[APIRouter] | None = None,
 ) -> int:
-    """Serve probes (and ``routers``) and run ``worker`` until SIGINT/SIGTERM (exit 0) or it fails (exit 1)."""
+    """Serve probes (and ``routers``) and run ``worker`` until SIGINT/SIGTERM (exit 0) or it fails (exit 1).
+
+    Credentials that Redis refuses stop start-up with one line and exit status 2 (bad
+    configuration, as for a bad setting): restarting cannot fix them.
+    """
     setup_logging(settings.log_level)
+    problem = access_problem(settings.redis_url)
+    if problem is not None:
+        log.error("%s: %s; fix UNISTREAM_REDIS_URL", name, problem)
+        return EXIT_BAD_CONFIG
     ctx = ServiceContext(
         name=name,
         settings=settings,

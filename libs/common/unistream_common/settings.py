@@ -6,6 +6,7 @@ which prints what to change and exits with status 2 on bad configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 from typing import Annotated, Literal, TypeVar
@@ -17,6 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from unistream_common.keys import check_symbol
 
 ENV_PREFIX = "UNISTREAM_"
+
+# Exit status of a process stopped by configuration that restarting cannot fix (argparse uses
+# it too): `unistream run` does not restart a process that exits with it.
+EXIT_BAD_CONFIG = 2
 
 
 class ConfigError(SystemExit):
@@ -67,6 +72,16 @@ class CommonSettings(BaseSettings):
         return self.consumer_name or f"{service}-{socket.gethostname()}"
 
 
+def is_loopback(host: str) -> bool:
+    """True when a server bound to ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -92,4 +107,4 @@ def load_settings(cls: type[S], **overrides: object) -> S:
         return cls(**overrides)
     except ValidationError as exc:
         print(describe_errors(cls, exc), file=sys.stderr)
-        raise ConfigError(2) from None
+        raise ConfigError(EXIT_BAD_CONFIG) from None

@@ -7,9 +7,13 @@ Two halves:
   from the compose file, so a local run and the containers cannot drift; the only differences
   are :data:`LOCAL_OVERRIDES`;
 - the processes: :class:`Supervisor` starts the plan, prefixes and logs every output line,
-  announces the system once compose's healthchecks pass, restarts a process that exits (like
-  compose's ``restart: unless-stopped``, with capped backoff), and on SIGINT/SIGTERM stops
-  everything (SIGTERM to each process group, SIGKILL after a grace period), Redis last.
+  announces the system once compose's healthchecks pass, restarts a process that exits as its
+  compose ``restart`` policy says (with capped backoff; never one that exits with status 2, bad
+  configuration, which a restart cannot fix), and on SIGINT/SIGTERM stops everything (SIGTERM
+  to each process group, SIGKILL after a grace period), Redis last.
+
+Profiles: a compose service with ``profiles`` runs only when one of them is active, as in compose
+(``--profile``, else ``COMPOSE_PROFILES``, else the compose file's ``x-unistream-default-profiles``).
 
 The supervisor is one thread: it multiplexes the children's pipes with ``selectors``. Two things
 rely on that: ``preexec_fn`` (forking a process that runs other threads can deadlock the child)
@@ -41,6 +45,8 @@ from typing import IO, Any
 
 from unistream_common import compose as composefile
 from unistream_common.redis_server import RedisNotFound, RedisServer, free_port, port_is_free, start_redis
+from unistream_common.redisio import access_problem, safe_url
+from unistream_common.settings import EXIT_BAD_CONFIG
 
 # Environment variables whose compose value does not fit a local run, and what replaces it.
 # These are the ONLY differences between `unistream run` and `docker compose up`.
@@ -52,7 +58,14 @@ LOCAL_OVERRIDES: dict[str, str] = {
     "UNISTREAM_CONSUMER_NAME": "<service>-<replica>: stable per process slot, so restarts resume pending entries",
 }
 
-# Compose services that `run` replaces with a local equivalent instead of running their command.
+# Overrides whose compose value is never used, so it is not interpolated either: a variable that
+# only feeds them (the Redis passwords in deploy/.env) need not exist for a local run.
+_REPLACED_VALUES = frozenset(
+    {"UNISTREAM_REDIS_URL", "UNISTREAM_HTTP_HOST", "UNISTREAM_MODEL_DIR", "UNISTREAM_CONSUMER_NAME"}
+)
+
+# Compose services that `run` replaces with a local equivalent instead of running their command
+# (never interpolated either: their settings, such as Redis's ACL users, do not apply locally).
 INFRASTRUCTURE: tuple[str, ...] = ("redis",)
 
 # The Dockerfile's ENV that matters to a process's behaviour: unbuffered output, so log lines
@@ -77,6 +90,7 @@ class RunOptions:
     python: str  # interpreter for commands that start with python/python3
     scale: Mapping[str, int] = field(default_factory=dict)  # replicas per service (compose's default otherwise)
     port_offset: int = 0
+    profiles: tuple[str, ...] | None = None  # active compose profiles; None: the compose file's default
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,7 @@ class ProcessSpec:
     log_path: Path
     health_url: str | None = None  # compose's healthcheck URL, moved to this replica's local port
     orphan_signal: int = signal.SIGTERM  # PR_SET_PDEATHSIG: sent if the supervisor dies first
+    restart: str = "unless-stopped"  # compose's restart policy (composefile.restart_policy)
 
     @property
     def name(self) -> str:
@@ -130,17 +145,72 @@ def replica_port(base_port: int, port_offset: int, replica: int) -> int:
     return base_port + port_offset + REPLICA_PORT_STRIDE * (replica - 1)
 
 
+def active_profiles(flags: list[str], environ: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The profiles a run enables: ``--profile`` flags, else ``COMPOSE_PROFILES``; None: the compose file's default."""
+    if flags:
+        return tuple(flags)
+    from_env = [name.strip() for name in environ.get("COMPOSE_PROFILES", "").split(",") if name.strip()]
+    return tuple(from_env) or None
+
+
+def _without_replaced_values(svc: Mapping[str, Any]) -> dict[str, Any]:
+    """``svc`` with the values of :data:`_REPLACED_VALUES` blanked (the keys stay: their presence counts)."""
+    out = dict(svc)
+    env = svc.get("environment")
+    if isinstance(env, Mapping):
+        out["environment"] = {k: ("" if k in _REPLACED_VALUES and v is not None else v) for k, v in env.items()}
+    elif isinstance(env, list):
+        out["environment"] = [
+            f"{item.partition('=')[0]}="
+            if isinstance(item, str) and "=" in item and item.partition("=")[0] in _REPLACED_VALUES
+            else item
+            for item in env
+        ]
+    return out
+
+
+def resolve(
+    compose: Mapping[str, Any], environ: Mapping[str, str], profiles: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The services a local run starts, interpolated with ``environ`` as Compose would.
+
+    Left out: :data:`INFRASTRUCTURE` and services whose profiles are not active (``profiles``;
+    None: the compose file's default). Values that the local overrides replace are not
+    interpolated (see :data:`_REPLACED_VALUES`).
+    """
+    active = composefile.default_profiles(compose) if profiles is None else list(profiles)
+    services: dict[str, Any] = {}
+    for name, raw in (compose.get("services") or {}).items():
+        if name in INFRASTRUCTURE:
+            continue
+        svc = composefile.interpolate_tree(_without_replaced_values(raw or {}), environ)
+        if composefile.enabled({"services": {name: svc}}, name, active):
+            services[name] = svc
+    return {"services": services}
+
+
 def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> list[ProcessSpec]:
     """Every process to start, in dependency order, with its argv and environment.
 
     ``environ`` interpolates ``${VAR:-default}`` in the compose file, as Compose does with the
     shell environment. Raises PlanError (or ComposeError) when the plan cannot run.
     """
-    resolved = composefile.interpolate_tree(compose, environ)
-    names = [name for name in resolved["services"] if name not in INFRASTRUCTURE]
+    known = {p for name in compose.get("services") or {} for p in composefile.profiles(compose, name)}
+    unknown_profiles = sorted(set(options.profiles or ()) - known - {"*"})
+    if unknown_profiles:
+        raise PlanError(
+            f"no service has profile(s) {', '.join(unknown_profiles)}; profiles: {', '.join(sorted(known)) or '(none)'}"
+        )
+    resolved = resolve(compose, environ, options.profiles)
+    names = list(resolved["services"])
+    if not names:
+        raise PlanError(f"no service to run with profile(s) {', '.join(options.profiles or ()) or '(none)'}")
     unknown = sorted(set(options.scale) - set(names))
     if unknown:
-        raise PlanError(f"--scale names unknown service(s) {', '.join(unknown)}; services: {', '.join(names)}")
+        raise PlanError(
+            f"--scale names unknown service(s) {', '.join(unknown)}; services: {', '.join(names)}"
+            " (a service of an inactive profile needs --profile)"
+        )
     if options.port_offset < 0:
         raise PlanError("--port-offset must be >= 0")
     plan: list[ProcessSpec] = []
@@ -152,6 +222,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
         health = composefile.healthcheck_url(resolved, name)
         count = options.scale.get(name, composefile.replicas(resolved, name))
         orphan_signal = composefile.orphan_signal(resolved, name)
+        restart = composefile.restart_policy(resolved, name)
         for replica in range(1, count + 1):
             env = dict(declared)
             env["UNISTREAM_REDIS_URL"] = options.redis_url
@@ -172,6 +243,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
                     http_port=port,
                     log_path=options.run_dir / "logs" / f"{name}-{replica}.log",
                     orphan_signal=orphan_signal,
+                    restart=restart,
                     health_url=(
                         f"http://127.0.0.1:{replica_port(health[0], options.port_offset, replica)}{health[1]}"
                         if health
@@ -286,6 +358,7 @@ class _Slot:
     exits_in_row: int = 0
     restart_at: float | None = None
     healthy: bool = False
+    given_up: bool = False  # exited with EXIT_BAD_CONFIG: not restarted
 
 
 @dataclass
@@ -362,7 +435,7 @@ class Supervisor:
         waiting = []
         for slot in self._slots:
             spec = slot.spec
-            if slot.healthy or spec.health_url is None:
+            if slot.healthy or slot.given_up or spec.health_url is None:
                 continue
             if slot.proc is not None and probe(spec.health_url):
                 slot.healthy = True
@@ -471,7 +544,12 @@ class Supervisor:
                 ran_s = now - slot.started_at
                 _kill_group(proc.pid, signal.SIGKILL)  # whatever it started must not hold its port
                 self.say(f"{slot.spec.name} {_describe_exit(proc.returncode)} after {ran_s:.1f} s")
-                self._schedule_restart(slot, ran_s)
+                reason = no_restart_reason(slot.spec.restart, proc.returncode)
+                if reason:
+                    slot.given_up = True
+                    self.say(f"{slot.spec.name}: not restarted ({reason})")
+                else:
+                    self._schedule_restart(slot, ran_s)
                 changed = True
             if slot.proc is None and slot.restart_at is not None and now >= slot.restart_at:
                 slot.restarts += 1
@@ -563,6 +641,21 @@ def _kill_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def no_restart_reason(policy: str, returncode: int) -> str:
+    """Why a process that exited with ``returncode`` stays stopped ("" when it is restarted).
+
+    Compose's policies, except that a process that exits with EXIT_BAD_CONFIG is never restarted:
+    its configuration is wrong, a restart would fail the same way, and its log says what to change.
+    """
+    if returncode == EXIT_BAD_CONFIG:
+        return f"exit status {EXIT_BAD_CONFIG} means bad configuration: fix what its log says and start again"
+    if policy == "no":
+        return "restart: no"
+    if policy == "on-failure" and returncode == 0:
+        return "it finished; restart: on-failure"
+    return ""
+
+
 def _describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -600,7 +693,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Inherited UNISTREAM_* variables that compose does not declare for a service are not passed\n"
             "to it (a container would not see them); PYTHONUNBUFFERED=1 mirrors the image.\n"
             "Replicas are numbered from 1, as compose numbers them. Logs: <run dir>/logs/<service>-<replica>.log;\n"
-            "pids and restarts: <run dir>/run.json."
+            "pids and restarts: <run dir>/run.json (the Redis URL there has its password masked).\n"
+            "A process that exits is restarted as its compose `restart` policy says, except after exit\n"
+            "status 2 (bad configuration, e.g. Redis refused the credentials): a restart cannot fix that."
         ),
     )
     parser.add_argument(
@@ -608,6 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N replicas of SERVICE (repeatable), e.g. --scale trainer=3",
     )  # fmt: skip
     parser.add_argument("--port-offset", type=int, default=0, metavar="K", help="add K to every HTTP probe port")
+    parser.add_argument(
+        "--profile", action="append", default=[], metavar="NAME",
+        help="enable a compose profile (repeatable), e.g. --profile live; default: $COMPOSE_PROFILES, "
+        "else the compose file's x-unistream-default-profiles",
+    )  # fmt: skip
     parser.add_argument(
         "--redis-port", type=int, default=None, metavar="P",
         help=f"port of the Redis that run starts (default {DEFAULT_REDIS_PORT}; 0 or a busy port: a free one); "
@@ -666,11 +766,15 @@ def main(argv: list[str]) -> int:
             python=sys.executable,
             scale=parse_scale(args.scale),
             port_offset=args.port_offset,
+            profiles=active_profiles(args.profile, environ),
         )
         plan = build_plan(compose, environ, options)
     except (composefile.ComposeError, PlanError) as exc:
         print(f"unistream run: {exc}", file=sys.stderr)
         return 2
+    if given_redis_url and (problem := access_problem(given_redis_url)) is not None:
+        print(f"unistream run: {problem}; fix UNISTREAM_REDIS_URL", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     busy = [spec for spec in plan if spec.http_port and not port_is_free(spec.http_port)]
     if busy:
         names = ", ".join(f"{spec.name} ({spec.http_port})" for spec in busy)
@@ -691,7 +795,8 @@ def main(argv: list[str]) -> int:
     try:
         if given_redis_url:
             print(
-                f"[supervisor] using Redis at {given_redis_url} (UNISTREAM_REDIS_URL; not started by run)", flush=True
+                f"[supervisor] using Redis at {safe_url(given_redis_url)} (UNISTREAM_REDIS_URL; not started by run)",
+                flush=True,
             )
         else:
             try:
@@ -718,7 +823,8 @@ def main(argv: list[str]) -> int:
             sys.stdout.buffer,
             state_path=run_dir / "run.json",
             stop_timeout_s=args.stop_timeout,
-            extra_state={"redis_url": redis_url, "redis_pid": server.process.pid if server else None},
+            # without the password: run.json is for reading (`unistream status` takes it from $UNISTREAM_REDIS_URL)
+            extra_state={"redis_url": safe_url(redis_url), "redis_pid": server.process.pid if server else None},
         )
         supervisor.run(on_started=announce)
         restarts = {name: n for name, n in supervisor.restarts().items() if n}

@@ -3,8 +3,9 @@
 The process replaces itself with ``python -m streamlit run app.py`` (``os.execv``) rather than
 starting a child: the Streamlit server then has this process's pid, so a supervisor's SIGTERM
 reaches it directly and no wrapper is left behind to forward signals or orphan a child.
-Settings are checked before the exec so bad configuration fails with a clear message and
-status 2 instead of a page full of errors; the page reads the same environment.
+Settings, and the credentials in the Redis URL, are checked before the exec so bad configuration
+fails with a clear message and status 2 instead of a page full of errors; the page reads the same
+environment.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from unistream_common.redisio import safe_url
-from unistream_common.settings import load_settings
+from unistream_common.redisio import access_problem, safe_url
+from unistream_common.settings import EXIT_BAD_CONFIG, load_settings
 from unistream_dashboard.settings import DashboardSettings
 
 APP = Path(__file__).with_name("app.py")
@@ -56,6 +57,10 @@ def main(argv: list[str]) -> int:
         )
         return 0
     settings = load_settings(DashboardSettings)
+    problem = access_problem(settings.redis_url)
+    if problem is not None:
+        print(f"unistream dashboard: {problem}; fix UNISTREAM_REDIS_URL", file=sys.stderr, flush=True)
+        return EXIT_BAD_CONFIG
     args = streamlit_argv(settings, argv)
     print(
         f"unistream dashboard: serving on http://{settings.http_host}:{settings.port} "

@@ -58,6 +58,7 @@ from starlette.websockets import WebSocketDisconnect
 from unistream_common import codec, keys
 from unistream_common.packets import Side, Source, Tick, TickBatch
 from unistream_common.redisio import command_client
+from unistream_common.settings import is_loopback
 from unistream_common.stats import Stats
 from unistream_ingest.settings import IngestSettings
 from unistream_ingest.validate import Rejection, Validator
@@ -476,6 +477,11 @@ def make_door_router(settings: IngestSettings, stats: Stats) -> APIRouter:
     """Router with ``POST /v1/ticks``, websocket ``/v1/ticks`` and ``GET /v1/ticks/stats``."""
     door = Door(settings, stats)
     limit = settings.max_body_bytes
+    if settings.door_symbols and not door.token_required and not is_loopback(settings.http_host):
+        log.warning(
+            "/v1/ticks accepts %s from anyone who reaches %s:%s: set UNISTREAM_INGEST_TOKEN to require a bearer token",
+            ",".join(settings.door_symbols), settings.http_host, settings.http_port or "8001",
+        )  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
