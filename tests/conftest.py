@@ -33,6 +33,20 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+# The password of :func:`password_redis`: what `make deploy/.env` writes (hex, URL-safe).
+REDIS_PASSWORD = "0f3a9c1d7e5b2a4c6e8f0a1b"
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of our own that requires :data:`REDIS_PASSWORD` (``--requirepass``)."""
+    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", REDIS_PASSWORD])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from conftest import REDIS_PASSWORD
 from helpers import wait_ready
 
 from unistream_common import codec, keys
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
-PASSWORD = "0f3a9c1d7e5b2a4c6e8f0a1b"  # what `make deploy/.env` writes: hex, URL-safe
+PASSWORD = REDIS_PASSWORD  # the conftest password_redis fixture's
 USERS = ("ingest", "aggregator", "features", "trainer", "dashboard")
 SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"{PASSWORD}{i}" for i, user in enumerate(USERS)}
 ADMIN = ("admin", "admin-pw-for-the-acl-log")  # test-only user: reads ACL LOG, which no service may
@@ -126,15 +127,6 @@ def assert_no_secret(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- one password
-
-
-@pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", PASSWORD])
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def post(url: str, body: dict, token: str | None = None) -> int:

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REDIS_PASSWORD
 
 from unistream_common import supervisor
-from unistream_common.redis_server import RedisServer, free_port, start_redis
+from unistream_common.redis_server import RedisServer, free_port
 from unistream_common.settings import EXIT_BAD_CONFIG
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "5e1f0c9a7b3d2e4f6a8b"
+PASSWORD = REDIS_PASSWORD  # the conftest password_redis fixture's
 # Uses the Redis URL it was given (a PING with the password in it), then idles.
 PINGER = """
 import os, time, redis
@@ -128,15 +129,6 @@ def run(tmp_path: Path, compose: Path, *args: str, env: dict[str, str] | None = 
     )  # fmt: skip
     STARTED.append(Run(proc))
     return STARTED[-1]
-
-
-@pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis", extra_args=["--requirepass", PASSWORD])
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_run_hands_the_password_url_to_the_services_but_never_prints_or_stores_it(
