@@ -22,8 +22,8 @@ Rows:
   server process (``/proc/<pid>/stat`` utime + stime, all its threads) over a window of
   :data:`WINDOW_S` s, in % of one core: with no tab open (after one tab has been and gone: the
   page's modules imported, the heartbeat thread running), and with one tab on the Overview at the
-  default 1 s refresh, minus the idle figure of the window before it. :data:`WINDOWS` windows of
-  each, alternating, per server: each window is one run. Goal: < 15 %;
+  default 1 s refresh, minus the idle figure of its round. :data:`WINDOWS` rounds per server, each
+  one idle window and then one tab window per page: each round is one run. Goal: < 15 %;
 - ``dashboard_cpu_market_pct`` / ``_training_pct`` / ``_streams_pct``: the same with the tab on
   the Market, Training or Streams page (until its charts or tables show data: :data:`PAGES`);
   pages take turns, so the windows of one page are spread over the run. Goal: < 15 % each;
@@ -36,9 +36,9 @@ Rows:
   arrive while one runs into one script run). The commands by name are in the notes, with each
   page's refreshes per panel per second.
 
-A ready run takes ~14 s (server start-up included), the CPU server ~2.5 min; the CPU and
+A ready run takes ~14 s (server start-up included), the CPU server ~2 min; the CPU and
 commands rows share that server (the first of them to run measures, the others take the
-windows it left). All eight rows: ~3.5 min on a 2-core machine. Without Chromium or Playwright a row raises
+windows it left). All eight rows: ~3 min on a 2-core machine. Without Chromium or Playwright a row raises
 RuntimeError and is skipped.
 """
 
@@ -423,7 +423,8 @@ def _tab_window(b: Any, server: Server, page_key: str, client: redis.Redis, feed
 
 
 def _cpu_scenario(redis_url: str) -> dict[str, CpuResults]:
-    """Per page, :data:`WINDOWS` pairs of windows: no tab, then one tab on the page."""
+    """:data:`WINDOWS` rounds of one window with no tab, then one with a tab on each page in turn
+    (each page's figure is its tab window less its round's idle window)."""
     _need_browser()
     results = {page_key: CpuResults() for page_key in PAGES}
     client = redis.Redis.from_url(redis_url, protocol=2)
@@ -434,8 +435,9 @@ def _cpu_scenario(redis_url: str) -> dict[str, CpuResults]:
             first = _load_s(b, server.url, OVERVIEW_READY_JS, PAGES["overview"][2]())  # imports, the heartbeat thread
             time.sleep(SETTLE_S)
             for _ in range(WINDOWS):  # pages interleaved, so drift hits all alike
+                idle = _window(pid, client, feeder, WINDOW_S, time.sleep)  # one idle window a round
                 for page_key, out in results.items():
-                    out.idle.append(_window(pid, client, feeder, WINDOW_S, time.sleep))
+                    out.idle.append(idle)
                     out.tab.append(_tab_window(b, server, page_key, client, feeder))
                     time.sleep(SETTLE_S)
     client.close()
