@@ -1,12 +1,21 @@
-"""Process helpers for the end-to-end tests: free blocks of ports, and the process tree under a pid (/proc)."""
+"""Process helpers for the end-to-end tests: free blocks of ports, the process tree under a pid
+(/proc), and ``unistream run`` started the way a user starts it (:func:`unistream_run`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
-from collections.abc import Iterable
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from unistream_common.redis_server import port_is_free
+from unistream_common.redis_server import free_port, port_is_free
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pick_port_offset(ports: Iterable[int]) -> int:
@@ -55,3 +64,82 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@dataclass
+class RunningSystem:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    redis_url: str
+    dashboard: str
+    cwd: Path
+
+    def wait_log(self, text: str, timeout_s: float) -> None:
+        """Wait until ``text`` is in the run's output; fail with its tail if it exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"unistream run exited {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
+            time.sleep(0.3)
+        raise AssertionError(f"{text!r} not in the log after {timeout_s}s:\n{self.log.read_text()[-4000:]}")
+
+    def ctrl_c_stops_everything(self, at_least: int) -> None:
+        """Ctrl-C: the supervisor exits 0 and every process under it (``at_least`` of them) goes away."""
+        tree = descendants(self.proc.pid)
+        assert len(tree) >= at_least, [cmdline(p) for p in tree]
+        os.killpg(self.proc.pid, signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 0
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(p) for p in tree):
+            time.sleep(0.2)
+        left = [cmdline(p) for p in tree if alive(p)]
+        assert not left, f"orphans left after Ctrl-C: {left}"
+
+
+@contextlib.contextmanager
+def unistream_run(
+    command: list[str], tmp_path: Path, trainers: int, ports: Iterable[int], merge_every_s: float = 3
+) -> Iterator[RunningSystem]:
+    """``unistream run --scale trainer=N`` (``command`` is the ``unistream`` executable) in
+    ``tmp_path`` with its own Redis on a free port, synthetic data and merges every
+    ``merge_every_s`` (default 30 s). Afterwards, a test that failed midway included: Ctrl-C,
+    then SIGKILL of whatever is left of the tree started here."""
+    redis_port = free_port()
+    offset = pick_port_offset(ports)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
+    # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
+    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
+    env["UNISTREAM_MERGE_EVERY_S"] = f"{merge_every_s:g}"
+    log_path = tmp_path / "run.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                *command, "run",
+                "--compose", str(REPO / "deploy" / "docker-compose.yml"),
+                "--scale", f"trainer={trainers}",
+                "--port-offset", str(offset),
+                "--redis-port", str(redis_port),
+            ],
+            cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    running = RunningSystem(
+        proc, log_path, f"redis://127.0.0.1:{redis_port}/0", f"http://127.0.0.1:{8501 + offset}", tmp_path
+    )
+    try:
+        yield running
+    finally:
+        tree = descendants(proc.pid)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for pid in tree:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

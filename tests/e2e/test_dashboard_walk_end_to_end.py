@@ -20,12 +20,9 @@ Ctrl-C (SIGINT) at the end stops every process that was started.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +40,7 @@ from browser import (
     wait_for_text,
 )
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from processes import alive, cmdline, descendants, pick_port_offset
-
-from unistream_common.redis_server import free_port
+from processes import RunningSystem, unistream_run
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Error, Page
@@ -69,58 +64,11 @@ pytestmark = [
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[dict[str, object]]:
-    """``unistream run`` (one trainer) in a scratch directory, its own Redis on a free port."""
-    redis_port = free_port()
-    offset = pick_port_offset(SERVICE_PORTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
-    # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
-    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
-    env["UNISTREAM_MERGE_EVERY_S"] = "3"  # a model announcement within the test (default every 30 s)
-    log_path = tmp_path / "run.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            *unistream_command(), "run",
-            "--compose", str(REPO / "deploy" / "docker-compose.yml"),
-            "--scale", "trainer=1",
-            "--port-offset", str(offset),
-            "--redis-port", str(redis_port),
-        ],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    info: dict[str, object] = {"proc": proc, "log": log_path, "dashboard": f"http://127.0.0.1:{8501 + offset}"}
-    try:
-        yield info
-    finally:
-        # After a failure: Ctrl-C first, then SIGKILL whatever is left of the tree started here
-        # (each service is its own process group; a Streamlit server whose supervisor died
-        # survives its PR_SET_PDEATHSIG SIGTERM, as its "Stopping..." hits a closed pipe).
-        tree = descendants(proc.pid)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        for pid in tree:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        log.close()
-
-
-def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"unistream run exited {proc.returncode}:\n{path.read_text()[-4000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in the log after {timeout_s}s:\n{path.read_text()[-4000:]}")
+def system(tmp_path: Path) -> Iterator[RunningSystem]:
+    """``unistream run`` (one trainer) in a scratch directory, its own Redis on a free port; a
+    model announcement within the test (merges every 3 s)."""
+    with unistream_run(unistream_command(), tmp_path, trainers=1, ports=SERVICE_PORTS) as running:
+        yield running
 
 
 def open_page(page: Page, name: str) -> None:
@@ -267,11 +215,9 @@ def check_streams(page: Page) -> None:
     page.wait_for_selector('.st-key-quality [data-testid="stDataFrame"]', timeout=20_000)
 
 
-def test_every_dashboard_page_shows_live_data_without_console_errors(system: dict[str, object]) -> None:
-    proc: subprocess.Popen[bytes] = system["proc"]  # type: ignore[assignment]
-    log_path: Path = system["log"]  # type: ignore[assignment]
-    url: str = system["dashboard"]  # type: ignore[assignment]
-    wait_log(log_path, f"dashboard at {url}", proc, timeout_s=60)
+def test_every_dashboard_page_shows_live_data_without_console_errors(system: RunningSystem) -> None:
+    url = system.dashboard
+    system.wait_log(f"dashboard at {url}", timeout_s=60)
 
     errors: list[str] = []
     on: list[str] = ["overview"]  # the page being looked at, for the error list
@@ -311,13 +257,5 @@ def test_every_dashboard_page_shows_live_data_without_console_errors(system: dic
         assert path.stat().st_size > 10_000, path
 
     # Ctrl-C: every process started goes away, and the supervisor exits 0.
-    tree = descendants(proc.pid)
-    assert len(tree) >= 6  # redis + ingest + aggregator + features + trainer + dashboard
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(p) for p in tree):
-        time.sleep(0.2)
-    left = [cmdline(p) for p in tree if alive(p)]
-    assert not left, f"orphans left after Ctrl-C: {left}"
+    system.ctrl_c_stops_everything(at_least=6)  # redis + ingest + aggregator + features + trainer + dashboard
     assert not errors, "errors in the browser:\n" + "\n".join(errors)

@@ -20,10 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 from browser import chromium, needs_chromium, number, open_app, unistream_command, wait_for_text
-from processes import alive, cmdline, descendants, pick_port_offset
+from processes import RunningSystem, cmdline, descendants, unistream_run
 
 from unistream_common import codec, keys
-from unistream_common.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_PORTS = (8001, 8002, 8003, 8004, 8104, 8501)  # two trainers: 8004 and 8104
@@ -36,52 +35,11 @@ pytestmark = [
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[dict[str, object]]:
-    """``unistream run --scale trainer=2`` in a scratch directory, its own Redis on a free port."""
-    redis_port = free_port()
-    offset = pick_port_offset(SERVICE_PORTS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
-    # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
-    env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
-    env["UNISTREAM_MERGE_EVERY_S"] = "3"  # merge rounds within the test's minute (default 30 s)
-    log_path = tmp_path / "run.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            *unistream_command(), "run",
-            "--compose", str(REPO / "deploy" / "docker-compose.yml"),
-            "--scale", "trainer=2",
-            "--port-offset", str(offset),
-            "--redis-port", str(redis_port),
-        ],
-        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    info: dict[str, object] = {
-        "proc": proc,
-        "log": log_path,
-        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
-        "dashboard": f"http://127.0.0.1:{8501 + offset}",
-        "cwd": tmp_path,
-    }
-    try:
-        yield info
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-def wait_log(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if text in path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"unistream run exited {proc.returncode}:\n{path.read_text()[-4000:]}")
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in the log after {timeout_s}s:\n{path.read_text()[-4000:]}")
+def system(tmp_path: Path) -> Iterator[RunningSystem]:
+    """``unistream run --scale trainer=2`` in a scratch directory, its own Redis on a free port;
+    merge rounds every 3 s, within the test's minute (default 30 s)."""
+    with unistream_run(unistream_command(), tmp_path, trainers=2, ports=SERVICE_PORTS) as running:
+        yield running
 
 
 def status_json(redis_url: str) -> dict[str, object]:
@@ -98,13 +56,11 @@ def bar_open_times(client: redis.Redis, symbol: str) -> list[int]:
 
 
 def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_cleanly(
-    system: dict[str, object],
+    system: RunningSystem,
 ) -> None:
-    proc: subprocess.Popen[bytes] = system["proc"]  # type: ignore[assignment]
-    log_path: Path = system["log"]  # type: ignore[assignment]
-    url: str = system["dashboard"]  # type: ignore[assignment]
+    proc, log_path, url = system.proc, system.log, system.dashboard
     started = time.monotonic()
-    wait_log(log_path, f"dashboard at {url}", proc, timeout_s=90)
+    system.wait_log(f"dashboard at {url}", timeout_s=90)
 
     # The dashboard, in a real browser: counts are non-zero and grow, prices are live.
     with chromium() as browser, open_app(browser, url, timeout_s=60) as page:
@@ -130,7 +86,7 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
         assert "REAL MARKET DATA" not in page.locator(".st-key-tds").first.inner_text()
 
     # Operators see every group with its consumers.
-    status = status_json(system["redis_url"])  # type: ignore[arg-type]
+    status = status_json(system.redis_url)
     groups = {(g["stream"], g["name"]): g for g in status["groups"]}  # type: ignore[index]
     for sym in SYMBOLS:
         assert groups[(keys.ticks(sym), "aggregator")]["consumers"] >= 1
@@ -139,7 +95,7 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
     assert groups[(keys.TRAINING, "trainer")]["consumers"] == 2
 
     # The trainers learn: metrics arrive from both replicas.
-    client = redis.Redis.from_url(system["redis_url"], protocol=2)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(system.redis_url, protocol=2)
 
     # Warm-up from ingest's history: every window of every timeframe is full within 30 s of the
     # first state (here at once: the synthetic market's history covers 300 bars of each).
@@ -187,13 +143,5 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
         assert steps == {1000}, f"{sym}: bar intervals not consecutive after the kill: {sorted(steps)[:5]}"
 
     # Ctrl-C: every process started goes away, and the supervisor exits 0.
-    tree = descendants(sup)
-    assert len(tree) >= 7  # redis + ingest + aggregator + features + 2 trainers + dashboard
-    os.killpg(sup, signal.SIGINT)
-    assert proc.wait(timeout=60) == 0
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(p) for p in tree):
-        time.sleep(0.2)
-    left = [cmdline(p) for p in tree if alive(p)]
-    assert not left, f"orphans left after Ctrl-C: {left}"
+    system.ctrl_c_stops_everything(at_least=7)  # redis + ingest + aggregator + features + 2 trainers + dashboard
     client.close()
