@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from unistream_common.redis_server import RedisServer, start_redis
 
@@ -45,6 +46,25 @@ def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def dashboard_redis(module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+    """The module's Redis, emptied, as the dashboard pages read it (UNISTREAM_REDIS_URL, two
+    symbols, no heartbeat thread), with no cached reads from an earlier test (the cache key is the
+    URL, which every test of the module shares)."""
+    import streamlit as st
+
+    monkeypatch.setenv("UNISTREAM_REDIS_URL", module_redis.url)
+    monkeypatch.setenv("UNISTREAM_SYMBOLS", "ETHUSDT,BTCUSDT")
+    monkeypatch.setenv("UNISTREAM_HEARTBEAT_S", "0")
+    conn = redis.Redis.from_url(module_redis.url)
+    conn.flushall()
+    st.cache_data.clear()
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pandas as pd
 import pytest
@@ -33,19 +32,9 @@ def _now_ms() -> int:
 
 
 @pytest.fixture
-def client(module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """An empty Redis that the page reads, no cached reads from an earlier test (the cache key is
-    the URL, which every test of this module shares) and no heartbeat thread of the dashboard."""
-    monkeypatch.setenv("UNISTREAM_REDIS_URL", module_redis.url)
-    monkeypatch.setenv("UNISTREAM_SYMBOLS", "ETHUSDT,BTCUSDT")
-    monkeypatch.setenv("UNISTREAM_HEARTBEAT_S", "0")
-    conn = redis.Redis.from_url(module_redis.url)
-    conn.flushall()
-    st.cache_data.clear()
-    try:
-        yield conn
-    finally:
-        conn.close()
+def client(dashboard_redis: redis.Redis) -> redis.Redis:
+    """An empty Redis the pages read (conftest's dashboard_redis)."""
+    return dashboard_redis
 
 
 def _page(page: str) -> None:

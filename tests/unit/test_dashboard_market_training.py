@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, PaperFill, PredictionPacket
-from unistream_common.redis_server import RedisServer, free_port, start_redis
+from unistream_common.redis_server import free_port, start_redis
 from unistream_dashboard import charts, market, training
 from unistream_dashboard.market import CandleSeries
 from unistream_dashboard.training import Value
@@ -472,17 +471,9 @@ def _training_page() -> None:
 
 
 @pytest.fixture
-def client(module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    """An empty Redis the pages read, and no cached reads from an earlier test."""
-    monkeypatch.setenv("UNISTREAM_REDIS_URL", module_redis.url)
-    monkeypatch.setenv("UNISTREAM_SYMBOLS", "ETHUSDT,BTCUSDT")
-    conn = redis.Redis.from_url(module_redis.url)
-    conn.flushall()
-    st.cache_data.clear()
-    try:
-        yield conn
-    finally:
-        conn.close()
+def client(dashboard_redis: redis.Redis) -> redis.Redis:
+    """An empty Redis the pages read (conftest's dashboard_redis)."""
+    return dashboard_redis
 
 
 def _run(at: AppTest) -> AppTest:
