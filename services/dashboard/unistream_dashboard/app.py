@@ -21,6 +21,7 @@ and :func:`unistream_dashboard.view.service_health`.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -176,24 +177,24 @@ def overview_page(settings: DashboardSettings) -> None:
 # --------------------------------------------------------------------------- Market, Training
 
 
-def market_page(settings: DashboardSettings) -> None:
+def _lazy_page(module: str, title: str, settings: DashboardSettings) -> None:
+    """Render ``unistream_dashboard.<module>`` (imported on first visit: plotly stays out of the
+    Overview's start-up), or say plainly that this installation lacks it."""
     try:
-        from unistream_dashboard.market import render
+        render = importlib.import_module(f"unistream_dashboard.{module}").render
     except ImportError as exc:
-        st.title("Market")
-        st.info(f"The Market page is not available in this installation ({exc}).", icon=":material/info:")
+        st.title(title)
+        st.info(f"The {title} page is not available in this installation ({exc}).", icon=":material/info:")
         return
     render(settings)
+
+
+def market_page(settings: DashboardSettings) -> None:
+    _lazy_page("market", "Market", settings)
 
 
 def training_page(settings: DashboardSettings) -> None:
-    try:
-        from unistream_dashboard.training import render
-    except ImportError as exc:
-        st.title("Training")
-        st.info(f"The Training page is not available in this installation ({exc}).", icon=":material/info:")
-        return
-    render(settings)
+    _lazy_page("training", "Training", settings)
 
 
 # --------------------------------------------------------------------------- Streams

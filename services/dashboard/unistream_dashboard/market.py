@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import plotly.graph_objects as go
 import redis
@@ -43,6 +44,8 @@ from unistream_common.redisio import safe_url
 from unistream_dashboard import charts
 from unistream_dashboard.data import redis_client
 from unistream_dashboard.settings import DashboardSettings
+
+T = TypeVar("T")
 
 TIMEFRAMES: tuple[str, ...] = keys.TIMEFRAMES
 DEFAULT_TIMEFRAME = "1s"
@@ -540,6 +543,23 @@ class MarkersRead:
     fetch_ms: float = 0.0
 
 
+def decode_entries(entries: Iterable[Any], cls: type[T]) -> tuple[list[T], int]:
+    """The entries' packets of type ``cls`` in the given order, and how many were something else
+    or did not decode."""
+    out: list[T] = []
+    skipped = 0
+    for _, fields in entries:
+        try:
+            packet = codec.decode(fields)
+        except codec.DecodeError:
+            packet = None
+        if isinstance(packet, cls):
+            out.append(packet)
+        else:
+            skipped += 1
+    return out, skipped
+
+
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=8, show_spinner=False)
 def read_markers(url: str) -> MarkersRead:
     """XREVRANGE ui:predictions and ml:paper (the newest few thousand entries), one round trip
@@ -550,26 +570,15 @@ def read_markers(url: str) -> MarkersRead:
     pipe.xrevrange(keys.PAPER, count=PAPER_WINDOW)
     prediction_entries, fill_entries = pipe.execute()
     fetch_ms = (time.perf_counter() - started) * 1000
+    packets, skipped = decode_entries(reversed(prediction_entries), PredictionPacket)
     predictions = Predictions()
-    fills: list[PaperFill] = []
-    skipped = 0
-    for _, fields in reversed(prediction_entries):
+    for packet in packets:
         try:
-            packet = codec.decode(fields)
-            if not isinstance(packet, PredictionPacket):
-                raise codec.DecodeError("not a prediction")
             predictions.add(packet)
-        except (codec.DecodeError, ValueError):
+        except ValueError:
             skipped += 1
-    for _, fields in reversed(fill_entries):
-        try:
-            packet = codec.decode(fields)
-        except codec.DecodeError:
-            packet = None
-        if isinstance(packet, PaperFill):
-            fills.append(packet)
-        else:
-            skipped += 1
+    fills, skipped_fills = decode_entries(reversed(fill_entries), PaperFill)
+    skipped += skipped_fills
     return MarkersRead(predictions=predictions, fills=fills, skipped=skipped, fetch_ms=fetch_ms)
 
 

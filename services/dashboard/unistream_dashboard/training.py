@@ -31,12 +31,12 @@ import plotly.graph_objects as go
 import redis
 import streamlit as st
 
-from unistream_common import codec, keys
+from unistream_common import keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement
 from unistream_common.redisio import s as text
 from unistream_dashboard import charts
 from unistream_dashboard.data import redis_client
-from unistream_dashboard.market import SEP, fetched_caption, live, show_redis_error
+from unistream_dashboard.market import SEP, decode_entries, fetched_caption, live, show_redis_error
 from unistream_dashboard.settings import DashboardSettings
 
 TRAINER_SERVICE = "trainer"
@@ -395,20 +395,6 @@ class TrainerRead:
     fetch_ms: float = 0.0
 
 
-def _decoded(entries: Iterable[Any], cls: type) -> tuple[list[Any], int]:
-    out, skipped = [], 0
-    for _, fields in entries:
-        try:
-            packet = codec.decode(fields)
-        except codec.DecodeError:
-            packet = None
-        if isinstance(packet, cls):
-            out.append(packet)
-        else:
-            skipped += 1
-    return out, skipped
-
-
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
 def read_trainer(url: str, metrics_count: int) -> TrainerRead:
     """The newest ``metrics_count`` ml:metrics entries, the newest ml:models entries, the members
@@ -435,8 +421,8 @@ def read_trainer(url: str, metrics_count: int) -> TrainerRead:
             if beat:
                 heartbeats[name] = {text(k): text(v) for k, v in beat.items()}
     fetch_ms = (time.perf_counter() - started) * 1000
-    metrics, skipped_metrics = _decoded(reversed(metrics_reply), MetricsPacket)
-    models, skipped_models = _decoded(reversed(models_reply), ModelAnnouncement)
+    metrics, skipped_metrics = decode_entries(reversed(metrics_reply), MetricsPacket)
+    models, skipped_models = decode_entries(reversed(models_reply), ModelAnnouncement)
     return TrainerRead(
         metrics=metrics,
         models=models,
