@@ -128,12 +128,7 @@ class _Aggregator:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -289,6 +284,17 @@ async def _bar_latencies(url: str, seconds: float = LIVE_SECONDS, rate: float = 
     if not out:
         raise RuntimeError("no 1s bars arrived")
     return out
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """SIGTERM ``proc``, SIGKILL it after ``timeout_s``; shared by the bench modules."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def percentile(values: list[float], q: float) -> float:

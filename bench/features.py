@@ -56,7 +56,7 @@ from typing import Any, Self
 
 import numpy as np
 import redis.asyncio as aioredis
-from aggregator import percentile  # the shared helper (bench/ is on sys.path, as for run.py)
+from aggregator import percentile, stop_process  # the shared helpers (bench/ is on sys.path, as for run.py)
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
@@ -279,12 +279,7 @@ class _Features:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         log = self.log.read_text(errors="replace")
         self.dir.cleanup()
         if "Traceback" in log:

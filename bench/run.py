@@ -125,6 +125,7 @@ from aggregator import (
     bar_latency_quiet_p99_ms,
     pandas_resample_ticks_per_s,
     percentile,
+    stop_process,
 )
 from dashboard import (
     dashboard_cpu_idle_pct,
@@ -378,8 +379,7 @@ async def _live_latencies(url: str, seconds: float = 6.0) -> list[float]:
             start_measure = time.monotonic()  # the feed is up: measure from here
         if start_measure is not None and time.monotonic() - start_measure > seconds:
             break
-    proc.terminate()
-    proc.wait(10)
+    stop_process(proc)
     stop.set()
     thread.join(5)
     await reader.aclose()

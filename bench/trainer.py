@@ -77,6 +77,7 @@ from typing import Any, Self
 import httpx
 import numpy as np
 import redis.asyncio as aioredis
+from aggregator import stop_process  # the shared helper (bench/ is on sys.path)
 
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
@@ -374,13 +375,7 @@ class _Trainer:
     async def stop(self) -> str:
         """SIGTERM, SIGKILL after 15 s; the log's text."""
         await self.http.aclose()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                await asyncio.to_thread(self.proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        await asyncio.to_thread(stop_process, self.proc, 15)
         return self.log.read_text(errors="replace")
 
 
