@@ -218,16 +218,16 @@ class System:
             return {}
         return {p["name"]: p for p in state.get("processes", [])}
 
-    def ready(self, name: str) -> bool:
-        port = self.processes().get(name, {}).get("http_port")
+    @staticmethod
+    def _answers(name: str, port: int | None) -> bool:
         if port is None:
             return True
         path = "/_stcore/health" if name.startswith("dashboard") else "/readyz"
         return get_json(f"http://127.0.0.1:{port}{path}")[0] == 200
 
     def all_ready(self) -> list[str]:
-        """Names of the processes not ready."""
-        return [name for name in self.processes() if not self.ready(name)]
+        """Names of the processes not ready (run.json read once per call)."""
+        return [name for name, p in self.processes().items() if not self._answers(name, p.get("http_port"))]
 
     def stats(self, name: str) -> dict[str, Any]:
         port = self.processes()[name]["http_port"]
