@@ -200,14 +200,22 @@ def training_page(settings: DashboardSettings) -> None:
 # --------------------------------------------------------------------------- Streams
 
 
+def _read_streams(settings: DashboardSettings) -> data.StreamsRead | None:
+    """The Streams page's statistics (one cached read both panels share), or None after saying
+    that Redis failed."""
+    try:
+        return data.read_streams(settings.redis_url, settings.symbols, settings.dlq_reasons)
+    except redis.RedisError as exc:
+        _redis_failed(settings, exc)
+        return None
+
+
 def stream_statistics(settings: DashboardSettings) -> None:
     """Streams, consumer groups and consumers: lengths, entries/s, pending, lag, trimming overruns."""
     with st.container(key="streams"):
         st.subheader("Stream statistics")
-        try:
-            streams = data.read_streams(settings.redis_url, settings.symbols, settings.dlq_reasons)
-        except redis.RedisError as exc:
-            _redis_failed(settings, exc)
+        streams = _read_streams(settings)
+        if streams is None:
             return
         now_ms = streams.time_ms or _now_ms()
         st.markdown(view.streams_line(streams.streams, streams.missing))
@@ -234,10 +242,8 @@ def dead_letters(settings: DashboardSettings) -> None:
     """Entries the consumers gave up on, per stream, with the newest reasons."""
     with st.container(key="dlq"):
         st.subheader("Dead letters")
-        try:
-            streams = data.read_streams(settings.redis_url, settings.symbols, settings.dlq_reasons)
-        except redis.RedisError as exc:
-            _redis_failed(settings, exc)
+        streams = _read_streams(settings)
+        if streams is None:
             return
         now_ms = streams.time_ms or _now_ms()
         st.markdown(view.dead_letters_line(streams.dead_letters))
