@@ -7,7 +7,6 @@ hadolint); the structural checks encode the deployment rules from the field note
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
-from unistream_common.compose import ComposeError, interpolate
+from unistream_common.compose import ComposeError, command, interpolate, interpolate_tree, load
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
@@ -41,7 +39,7 @@ def tool(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+    return load(COMPOSE)
 
 
 # --------------------------------------------------------------------------- schema and lint
@@ -104,7 +102,7 @@ def test_hadolint_flags_an_unpinned_apt_install(tmp_path: Path) -> None:
 def test_redis_is_persistent_healthchecked_and_not_published(compose: dict) -> None:
     redis = compose["services"]["redis"]
     assert redis["image"] == "redis:7.4"
-    command = redis["command"]
+    command = " ".join(redis["command"])
     assert "--appendonly yes" in command and "--appendfsync everysec" in command
     assert "redis-data:/data" in redis["volumes"]
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
@@ -114,10 +112,8 @@ def test_redis_is_persistent_healthchecked_and_not_published(compose: dict) -> N
 SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{name.upper()}": f"pw-{name}" for name in APP_SERVICES}
 
 
-def acl_users(command: str) -> dict[str, list[str]]:
-    """The ``--user NAME RULE...`` groups of a redis-server command, by user name, as Compose runs it:
-    interpolated (with :data:`SECRETS` for the env file), then split into words."""
-    words = shlex.split(interpolate(command, SECRETS))
+def acl_users(words: list[str]) -> dict[str, list[str]]:
+    """The ``--user NAME RULE...`` groups of a redis-server argv, by user name."""
     users: dict[str, list[str]] = {}
     for i, word in enumerate(words):
         if word == "--user":
@@ -130,8 +126,22 @@ def acl_users(command: str) -> dict[str, list[str]]:
     return users
 
 
+def redis_argv(compose: dict, env: dict[str, str]) -> list[str]:
+    """The redis command as Compose runs it: interpolated with ``env`` (the env file's secrets)."""
+    return command({"services": {"redis": interpolate_tree(compose["services"]["redis"], env)}}, "redis")
+
+
+def test_redis_command_is_a_list_so_compose_keeps_every_word(compose: dict) -> None:
+    # A string would be split by Compose's shell-word rules, which drop every word after the first
+    # unquoted ">" (the prefix of each password): no ACL user would exist.
+    assert isinstance(compose["services"]["redis"]["command"], list)
+    assert all(isinstance(word, str) for word in compose["services"]["redis"]["command"])
+    with pytest.raises(ComposeError, match="YAML list"):
+        command({"services": {"redis": {"command": " ".join(redis_argv(compose, SECRETS))}}}, "redis")
+
+
 def test_redis_has_one_acl_user_per_service_and_anonymous_clients_may_only_ping(compose: dict) -> None:
-    users = acl_users(compose["services"]["redis"]["command"])
+    users = acl_users(redis_argv(compose, SECRETS))
     assert set(users) == {"default", *APP_SERVICES}
     assert users["default"] == ["on", "nopass", "resetkeys", "resetchannels", "-@all", "+ping"]
     for name in APP_SERVICES:
@@ -143,7 +153,7 @@ def test_redis_has_one_acl_user_per_service_and_anonymous_clients_may_only_ping(
     assert [r for r in users["dashboard"] if "~" in r] == ["%R~*", "~svc:*"]
     # without deploy/.env, compose stops with the message instead of starting a Redis without passwords
     with pytest.raises(ComposeError, match="UNISTREAM_REDIS_PASSWORD_INGEST is missing: set it in deploy/.env"):
-        interpolate(compose["services"]["redis"]["command"], {})
+        redis_argv(compose, {})
 
 
 @pytest.mark.parametrize("name", ALL_APP_SERVICES)
@@ -157,7 +167,11 @@ def test_each_service_logs_in_as_its_own_acl_user_with_its_password_from_the_env
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_each_service_is_built_from_its_target_and_waits_for_a_healthy_redis(compose: dict, name: str) -> None:
     svc = compose["services"][name]
-    assert svc["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile", "target": name}
+    assert {k: v for k, v in svc["build"].items() if k != "args"} == {
+        "context": "..",
+        "dockerfile": "deploy/Dockerfile",
+        "target": name,
+    }
     assert svc["command"] == ["unistream", name]
     assert svc["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert svc["restart"] == "unless-stopped"
@@ -197,8 +211,10 @@ def test_replicated_services_can_be_scaled(compose: dict, name: str) -> None:
 
 def test_only_the_dashboard_publishes_a_host_port_and_on_loopback_unless_told(compose: dict) -> None:
     published = {name: svc["ports"] for name, svc in compose["services"].items() if "ports" in svc}
-    assert published == {"dashboard": ["${UNISTREAM_PUBLISH_ADDRESS:-127.0.0.1}:8501:8501"]}
+    assert published == {"dashboard": ["${UNISTREAM_PUBLISH_ADDRESS:-127.0.0.1}:${UNISTREAM_PUBLISH_PORT:-8501}:8501"]}
     assert interpolate(published["dashboard"][0], {}) == "127.0.0.1:8501:8501"
+    # another host port when something else holds 8501 (deploy/.env)
+    assert interpolate(published["dashboard"][0], {"UNISTREAM_PUBLISH_PORT": "18501"}) == "127.0.0.1:18501:8501"
     assert not any("expose" in svc for svc in compose["services"].values())
 
 
@@ -312,15 +328,21 @@ def chain(stages: dict[str, Stage], target: str) -> list[Stage]:
 
 def installed_paths(stages: dict[str, Stage], target: str) -> list[str]:
     """Local package directories that `pip install` installs in ``target``."""
-    paths = []
-    for stage in chain(stages, target):
-        for instruction, args in stage.instructions:
-            if instruction == "RUN" and "pip install" in args:
-                paths += [word for word in args.split() if word.startswith("/app/") and word != CONSTRAINTS]
-    return paths
+    return [
+        word for args in pip_installs(stages, target) for word in args.split()
+        if word.startswith("/app/") and word != CONSTRAINTS
+    ]  # fmt: skip
+
+
+def requirement_sources(stages: dict[str, Stage], target: str) -> list[str]:
+    """The pyproject.toml files whose dependencies deploy/dependencies.py lists for ``target``'s pip installs."""
+    runs = [args for stage in chain(stages, target) for instruction, args in stage.instructions if instruction == "RUN"]
+    parts = [part.strip() for args in runs for part in args.split("&&") if "dependencies.py" in part]
+    return [word for part in parts for word in part.split() if word.endswith("pyproject.toml")]
 
 
 CONSTRAINTS = "/app/constraints.txt"
+TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def pip_installs(stages: dict[str, Stage], target: str) -> list[str]:
@@ -358,6 +380,9 @@ def test_light_targets_install_neither_torch_nor_streamlit(stages: dict[str, Sta
     assert paths == ["/app/libs/common", f"/app/services/{name}"]
     deps = " ".join(dep for path in paths for dep in package_dependencies(path)).lower()
     assert "torch" not in deps and "streamlit" not in deps
+    # every third-party dependency of what it installs is installed first, from the pyproject files
+    sources = {str(Path("/app") / path).removesuffix("/pyproject.toml") for path in requirement_sources(stages, name)}
+    assert {path for path in paths if package_dependencies(path) != ["unistream-common"]} <= sources
 
 
 @pytest.mark.parametrize("name", ["features", "trainer"])
@@ -367,9 +392,11 @@ def test_model_targets_take_cpu_torch_from_the_pytorch_index_only_for_torch(
     installs = pip_installs(stages, name)
     from_index = [args for args in installs if "--index-url" in args]
     # torch alone, without its dependencies: those come from PyPI, pinned, like everything else
-    assert from_index == [
-        "pip install --no-cache-dir --no-deps --index-url https://download.pytorch.org/whl/cpu torch==2.13.0"
-    ]
+    assert from_index == ['pip install --no-cache-dir --no-deps --index-url "$index" torch==2.13.0']
+    # the index is a build argument whose default is the public CPU index; compose passes deploy/.env's
+    torch_stage = stages["torch-cpu"].instructions
+    assert ("ARG", f"UNISTREAM_TORCH_INDEX_URL={TORCH_INDEX}") in torch_stage
+    assert any(i == "RUN" and args.startswith('index="${UNISTREAM_TORCH_INDEX_URL}"') for i, args in torch_stage)
     assert f"pip install --no-cache-dir -c {CONSTRAINTS} torch==2.13.0" in installs
     assert installed_paths(stages, name)[-1] == f"/app/services/{name}"
 
@@ -377,10 +404,25 @@ def test_model_targets_take_cpu_torch_from_the_pytorch_index_only_for_torch(
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_every_pip_install_of_every_target_uses_the_constraints_file(stages: dict[str, Stage], name: str) -> None:
     base = stages["base"].instructions
-    assert ("COPY", f"constraints.txt {CONSTRAINTS}") in base
+    assert ("COPY", "constraints.txt deploy/dependencies.py /app/") in base
     for args in pip_installs(stages, name):
         assert f" -c {CONSTRAINTS} " in f"{args} " or "--no-deps" in args, args
-    assert "!constraints.txt" in (REPO / ".dockerignore").read_text().splitlines(), "it must reach the build"
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in ignored and "!deploy/dependencies.py" in ignored, "they must reach the build"
+
+
+def test_no_syntax_directive_that_would_pull_a_frontend_image_from_docker_hub() -> None:
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.IGNORECASE | re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", ["features", "trainer"])
+def test_compose_passes_the_torch_index_from_the_env_file_as_a_build_argument(compose: dict, name: str) -> None:
+    args = compose["services"][name]["build"]["args"]
+    assert args == {"UNISTREAM_TORCH_INDEX_URL": f"${{UNISTREAM_TORCH_INDEX_URL:-{TORCH_INDEX}}}"}
+    example = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert example["UNISTREAM_TORCH_INDEX_URL"] == TORCH_INDEX
 
 
 def test_dashboard_target_installs_streamlit_but_not_torch(stages: dict[str, Stage]) -> None:
@@ -397,11 +439,14 @@ COMPOSE_CMD = "docker compose -f deploy/docker-compose.yml --env-file deploy/.en
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["up"], f"{COMPOSE_CMD} --profile auto up -d --build"),
-        (["up", "PROFILE=live"], f"{COMPOSE_CMD} --profile live up -d --build"),
+        (["up"], f"{COMPOSE_CMD} --profile auto up -d --build --wait --wait-timeout 300"),
+        (["up", "PROFILE=live"], f"{COMPOSE_CMD} --profile live up -d --build --wait --wait-timeout 300"),
         (["down"], f"{COMPOSE_CMD} --profile auto --profile live --profile replay down"),
         (["logs"], f"{COMPOSE_CMD} --profile auto --profile live --profile replay logs -f --tail=200"),
-        (["scale-trainer", "N=2"], f"{COMPOSE_CMD} --profile auto up -d --no-recreate --scale trainer=2"),
+        (
+            ["scale-trainer", "N=2"],
+            f"{COMPOSE_CMD} --profile auto up -d --no-recreate --scale trainer=2 --wait --wait-timeout 300",
+        ),
     ],
 )
 def test_make_targets_drive_compose_with_the_env_file_and_the_profiles(args: list[str], expected: str) -> None:
@@ -409,5 +454,8 @@ def test_make_targets_drive_compose_with_the_env_file_and_the_profiles(args: lis
         ["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
     ).stdout
     assert [line for line in out.splitlines() if line.startswith("docker compose")] == [expected]
+    if args[0] == "up":  # the engine is checked first, and the dashboard's address said last
+        assert out.splitlines()[-3].endswith("deploy/check.py --engine-only")
+        assert f"{COMPOSE_CMD} port dashboard 8501" in out.splitlines()[-1]
     if not (REPO / "deploy" / ".env").exists():  # made first, with random secrets
         assert "scripts/make-env.py deploy/.env.example deploy/.env" in out

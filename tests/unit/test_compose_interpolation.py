@@ -88,11 +88,52 @@ def test_env_file_and_entrypoint_are_refused_because_run_would_not_see_them() ->
         compose.command(doc(entrypoint=["sh"], command=["x"]), "svc")
 
 
-def test_command_string_form_is_split_like_a_shell() -> None:
-    assert compose.command(doc(command="python -c 'print(1)'"), "svc") == ["python", "-c", "print(1)"]
+def test_command_string_of_plain_words_is_split_at_white_space() -> None:
+    assert compose.command(doc(command="redis-server  --appendonly yes\n--port\t7"), "svc") == [
+        "redis-server", "--appendonly", "yes", "--port", "7",
+    ]  # fmt: skip
     assert compose.command(doc(command=["unistream", "ingest"]), "svc") == ["unistream", "ingest"]
     with pytest.raises(ComposeError, match="no 'command'"):
         compose.command(doc(), "svc")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Compose (go-shellwords) stops at an unquoted > and silently drops the rest: 2 words, not 4
+        "redis-server --user ingest on >secret ~md:*",
+        "sh -c 'exit 0'",  # quotes: go-shellwords and POSIX shells disagree on escapes inside them
+        'echo "a b"',
+        "a\\ b",
+        "a;b",
+        "a && b",
+        "a | b",
+        "a $(b)",
+        "a `b`",
+        "cat <in",
+    ],
+)
+def test_command_string_with_shell_syntax_is_refused_with_the_list_form_as_the_fix(text: str) -> None:
+    with pytest.raises(ComposeError, match="write the command as a YAML list"):
+        compose.command(doc(command=text), "svc")
+
+
+@pytest.mark.parametrize("item", [True, 8, 1.5, None])
+def test_command_list_items_must_be_strings_as_compose_requires(item: object) -> None:
+    with pytest.raises(ComposeError, match="must be a string"):
+        compose.command(doc(command=["x", item]), "svc")
+
+
+def test_yaml_is_read_as_compose_reads_it_only_true_and_false_are_booleans(tmp_path: Path) -> None:
+    # what `docker compose config` 2.26 printed for this file (environment values as strings):
+    # command ['a', 'on', 'yes', 'no', 'off'], environment A=true B=yes C=on D=1.5
+    path = tmp_path / "compose.yml"
+    path.write_text(
+        "services:\n  svc:\n    command: [a, on, yes, no, off]\n    environment: {A: true, B: yes, C: on, D: 1.50}\n"
+    )
+    loaded = compose.load(path)
+    assert compose.command(loaded, "svc") == ["a", "on", "yes", "no", "off"]
+    assert compose.environment(loaded, "svc", {}) == {"A": "true", "B": "yes", "C": "on", "D": "1.5"}
 
 
 def test_replicas_come_from_scale_or_deploy_replicas() -> None:

@@ -11,7 +11,6 @@ against the real file.
 from __future__ import annotations
 
 import re
-import shlex
 import signal
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,10 +28,32 @@ class ComposeError(ValueError):
     """The compose file cannot be used as written; the message says where and why."""
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML read as Compose reads it (Go's yaml.v3, YAML 1.2): only true/false are booleans.
+
+    PyYAML follows YAML 1.1, where yes/no/on/off are booleans too: a Redis ACL rule ``on`` would
+    read as True here and as the word "on" in Compose, and an environment ``X: yes`` would pass
+    "true" locally and "yes" in a container.
+    """
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+ComposeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ComposeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def load(path: Path) -> dict[str, Any]:
-    """The compose file at ``path`` as a dict (YAML anchors and merge keys resolved)."""
+    """The compose file at ``path`` as a dict (YAML anchors and merge keys resolved; :class:`ComposeLoader`)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        loader = ComposeLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise ComposeError(f"cannot read compose file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -109,6 +130,20 @@ def _braced(text: str, pos: int, env: Mapping[str, str]) -> tuple[str, int]:
     return ("" if unset_or_empty else arg), pos  # "+": replacement when set
 
 
+_VARIABLE_RE = re.compile(r"\$\$|\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def variables(node: Any) -> set[str]:
+    """Names of the variables that string values in ``node`` refer to (``$$`` is not one)."""
+    if isinstance(node, str):
+        return {m.group(1) for m in _VARIABLE_RE.finditer(node) if m.group(1)}
+    if isinstance(node, Mapping):
+        return set().union(*(variables(value) for value in node.values()))
+    if isinstance(node, list):
+        return set().union(*(variables(item) for item in node))
+    return set()
+
+
 def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
     """``node`` with every string value interpolated (mapping keys are left as written)."""
     if isinstance(node, str):
@@ -120,7 +155,16 @@ def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
     return node
 
 
-def _scalar(value: Any) -> str:
+def _word(value: Any, name: str) -> str:
+    """A word of a list ``command``: Compose accepts strings only (its schema refuses ``true`` or ``8``)."""
+    if not isinstance(value, str):
+        raise ComposeError(
+            f"service {name!r}: 'command' item {value!r} must be a string (quote it; Compose refuses it too)"
+        )
+    return value
+
+
+def _value(value: Any) -> str:
     """An environment value as Compose passes it: booleans lower-case, numbers as written."""
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -135,15 +179,39 @@ def service(compose: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return services[name] or {}
 
 
+# Outside these, Compose's word splitting (go-shellwords) and a POSIX shell part ways: it honours
+# quotes and backslashes its own way, and at an unquoted ; & | < > it stops and silently drops every
+# word after it (a redis `--user NAME on >PASSWORD` lost 46 of its 62 words that way).
+_SHELL_SPECIAL = frozenset(";&|<>()$`'\"\\")
+
+
+def split_command(text: str, name: str = "?") -> list[str]:
+    """A string ``command`` (already interpolated) as the argv Compose runs, or ComposeError.
+
+    Only plain words separated by white space are accepted: for them every shell-word splitter
+    agrees (whitespace splitting). A quote, backslash, ``$``, parenthesis, backtick or one of
+    ``; & | < >`` is refused with a message to write the command as a YAML list, which Compose
+    passes through word for word; so ``unistream run`` and Compose can never run different argv.
+    """
+    special = "".join(sorted({ch for ch in text if ch in _SHELL_SPECIAL}))
+    if special:
+        raise ComposeError(
+            f"service {name!r}: 'command' is a string holding {special!r}; Compose splits strings with "
+            "shell-word rules of its own (it drops every word after an unquoted ; & | < >): "
+            "write the command as a YAML list, one word per item"
+        )
+    return [word for word in re.split(r"[ \t\r\n]+", text) if word]
+
+
 def command(compose: Mapping[str, Any], name: str) -> list[str]:
-    """Service ``name``'s ``command`` as an argv list (a string form is split like a shell would)."""
+    """Service ``name``'s ``command`` as an argv list (a string form: see :func:`split_command`)."""
     svc = service(compose, name)
     if "entrypoint" in svc:
         raise ComposeError(f"service {name!r} sets 'entrypoint': unistream run runs 'command' only")
     cmd = svc.get("command")
     if cmd is None:
         raise ComposeError(f"service {name!r} has no 'command'; unistream run needs one")
-    argv = shlex.split(cmd) if isinstance(cmd, str) else [_scalar(x) for x in cmd]
+    argv = split_command(cmd, name) if isinstance(cmd, str) else [_word(x, name) for x in cmd]
     if not argv:
         raise ComposeError(f"service {name!r} has an empty 'command'")
     return argv
@@ -174,7 +242,7 @@ def environment(compose: Mapping[str, Any], name: str, env: Mapping[str, str]) -
             if key in env:
                 out[key] = env[key]
         else:
-            out[key] = _scalar(value)
+            out[key] = _value(value)
     return out
 
 
