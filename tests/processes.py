@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -70,9 +71,13 @@ def alive(pid: int) -> bool:
 class RunningSystem:
     proc: subprocess.Popen[bytes]
     log: Path
-    redis_url: str
     dashboard: str
     cwd: Path
+
+    @property
+    def redis_url(self) -> str:
+        """The login `unistream run` records for the tools (the read-only dashboard user) in .run/run.json."""
+        return str(json.loads((self.cwd / ".run" / "run.json").read_text())["tools_redis_url"])
 
     def wait_log(self, text: str, timeout_s: float) -> None:
         """Wait until ``text`` is in the run's output; fail with its tail if it exits or time runs out."""
@@ -125,9 +130,7 @@ def unistream_run(
             cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    running = RunningSystem(
-        proc, log_path, f"redis://127.0.0.1:{redis_port}/0", f"http://127.0.0.1:{8501 + offset}", tmp_path
-    )
+    running = RunningSystem(proc, log_path, f"http://127.0.0.1:{8501 + offset}", tmp_path)
     try:
         yield running
     finally:

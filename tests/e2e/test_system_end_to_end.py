@@ -42,10 +42,13 @@ def system(tmp_path: Path) -> Iterator[RunningSystem]:
         yield running
 
 
-def status_json(redis_url: str) -> dict[str, object]:
+def status_json(cwd: Path) -> dict[str, object]:
+    """`unistream status --json` run where `unistream run` runs, as a user would: it finds the run's
+    Redis and its tools' login (the read-only dashboard user) in .run/run.json."""
     out = subprocess.run(
         [*unistream_command(), "status", "--json"],
-        env={**os.environ, "UNISTREAM_REDIS_URL": redis_url},
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")},
         capture_output=True, text=True, timeout=30, check=True,
     )  # fmt: skip
     return json.loads(out.stdout)
@@ -86,7 +89,7 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
         assert "REAL MARKET DATA" not in page.locator(".st-key-tds").first.inner_text()
 
     # Operators see every group with its consumers.
-    status = status_json(system.redis_url)
+    status = status_json(system.cwd)
     groups = {(g["stream"], g["name"]): g for g in status["groups"]}  # type: ignore[index]
     for sym in SYMBOLS:
         assert groups[(keys.ticks(sym), "aggregator")]["consumers"] >= 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -27,19 +26,19 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 from conftest import REDIS_PASSWORD
 from helpers import wait_ready
 
 from unistream_common import codec, keys
-from unistream_common.compose import interpolate
+from unistream_common.compose import interpolate, load
 from unistream_common.redis_server import RedisNotFound, RedisServer, find_redis_server, free_port, start_redis
 from unistream_common.settings import EXIT_BAD_CONFIG
+from unistream_common.supervisor import redis_arguments, retarget_url
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+COMPOSE = load(REPO / "deploy" / "docker-compose.yml")
 PASSWORD = REDIS_PASSWORD  # the conftest password_redis fixture's
 USERS = ("ingest", "aggregator", "features", "trainer", "dashboard")
 SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"{PASSWORD}{i}" for i, user in enumerate(USERS)}
@@ -60,9 +59,10 @@ needs_redis_7 = pytest.mark.skipif(redis_major() < 7, reason="the compose ACL's 
 
 
 def compose_acl_args() -> list[str]:
-    """The ``--user`` arguments of the compose file's redis command, as Compose runs it
-    (interpolated with the env file's secrets, then split into words)."""
-    words = shlex.split(interpolate(COMPOSE["services"]["redis"]["command"], SECRETS))
+    """The ``--user`` arguments of the compose file's redis command, as ``unistream run`` passes
+    them (interpolated with the env file's secrets; tests/integration/test_compose_config.py shows
+    Compose reads the same words)."""
+    words = redis_arguments(COMPOSE, SECRETS)
     return words[words.index("--user") :]
 
 
@@ -70,7 +70,7 @@ def compose_url(service: str, port: int) -> str:
     """The service's UNISTREAM_REDIS_URL from the compose file, aimed at our Redis instead of ``redis:6379``."""
     url = interpolate(COMPOSE["services"][service]["environment"]["UNISTREAM_REDIS_URL"], SECRETS)
     assert "@redis:6379/" in url
-    return url.replace("@redis:6379/", f"@127.0.0.1:{port}/")
+    return retarget_url(url, f"redis://127.0.0.1:{port}/0")
 
 
 def listening_addresses(port: int) -> set[str]:

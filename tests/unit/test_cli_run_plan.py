@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from unistream_common.compose import ComposeError
+from unistream_common.compose import ComposeError, load
 from unistream_common.supervisor import (
     Backoff,
     PlanError,
@@ -17,6 +16,9 @@ from unistream_common.supervisor import (
     build_plan,
     child_environment,
     parse_scale,
+    redis_arguments,
+    redis_secrets,
+    retarget_url,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +49,7 @@ def small_compose() -> dict:
                 "command": ["python", "-c", "print(1)"],
                 "environment": ["UNISTREAM_HTTP_PORT=9000", "UNISTREAM_MODEL_DIR=/models", "EXTRA=${EXTRA}"],
             },
-            "job": {"command": "sh -c 'exit 0'"},
+            "job": {"command": "sh -c true"},
         }
     }
 
@@ -61,7 +63,7 @@ def test_argv0_unistream_and_python_resolve_beside_this_interpreter() -> None:
     plan = {spec.service: spec for spec in build_plan(small_compose(), {}, options())}
     assert plan["web"].argv == ("/venv/bin/unistream", "dashboard")
     assert plan["worker"].argv == ("/venv/bin/python", "-c", "print(1)")
-    assert plan["job"].argv == ("sh", "-c", "exit 0")
+    assert plan["job"].argv == ("sh", "-c", "true")
 
 
 def test_environment_is_interpolated_from_the_given_environment() -> None:
@@ -114,7 +116,7 @@ def test_replicas_that_would_share_a_port_are_refused() -> None:
 
 
 def test_the_real_compose_file_scales_every_service_without_a_port_collision() -> None:
-    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    compose = load(REPO / "deploy" / "docker-compose.yml")
     plan = build_plan(compose, {}, options(scale={"aggregator": 3, "trainer": 4}))
     ports = [spec.http_port for spec in plan if spec.http_port is not None]
     assert len(ports) == len(set(ports)) == 10
@@ -181,3 +183,57 @@ def test_help_lists_every_local_override() -> None:
         "UNISTREAM_CONSUMER_NAME",
     ):
         assert name in text
+
+
+def acl_compose() -> dict:
+    """small_compose with a redis command that has ACL users, and web logging in as one of them."""
+    doc = small_compose()
+    doc["services"]["redis"]["command"] = [
+        "redis-server", "--appendonly", "yes",
+        "--user", "default", "on", "nopass", "-@all", "+ping",
+        "--user", "web", "on", ">${PW_WEB:?set it}", "~*", "+@all",
+    ]  # fmt: skip
+    doc["services"]["web"]["environment"]["UNISTREAM_REDIS_URL"] = "redis://web:${PW_WEB:?set it}@redis:6379/3"
+    return doc
+
+
+def test_a_local_redis_gets_compose_s_redis_arguments_and_each_service_its_compose_login() -> None:
+    doc = acl_compose()
+    secrets = redis_secrets(doc, {})
+    assert list(secrets) == ["PW_WEB"] and len(secrets["PW_WEB"]) == 48, "made up when the environment has none"
+    assert redis_secrets(doc, {"PW_WEB": "given"}) == {"PW_WEB": "given"}
+    assert redis_arguments(doc, secrets) == [
+        "--appendonly", "yes", "--user", "default", "on", "nopass", "-@all", "+ping",
+        "--user", "web", "on", f">{secrets['PW_WEB']}", "~*", "+@all",
+    ]  # fmt: skip
+    plan = {spec.service: spec for spec in build_plan(doc, {}, options(redis_secrets=secrets))}
+    # compose's user, password and database; run's host and port
+    assert plan["web"].environment["UNISTREAM_REDIS_URL"] == f"redis://web:{secrets['PW_WEB']}@127.0.0.1:7000/3"
+    # a service whose compose file names no URL gets run's
+    assert plan["worker"].environment["UNISTREAM_REDIS_URL"] == "redis://127.0.0.1:7000/0"
+
+
+def test_without_local_acl_users_every_service_gets_the_given_url_and_no_secret_is_needed() -> None:
+    plan = {spec.service: spec for spec in build_plan(acl_compose(), {}, options())}
+    assert plan["web"].environment["UNISTREAM_REDIS_URL"] == "redis://127.0.0.1:7000/0"
+
+
+def test_compose_redis_options_that_run_sets_itself_are_refused() -> None:
+    doc = small_compose()
+    doc["services"]["redis"]["command"] = ["redis-server", "--port", "7777"]
+    with pytest.raises(PlanError, match="--port"):
+        redis_arguments(doc, {})
+    doc["services"]["redis"].pop("command")
+    assert redis_arguments(doc, {}) == [], "the image's own command: nothing to pass"
+
+
+@pytest.mark.parametrize(
+    ("url", "target", "expected"),
+    [
+        ("redis://ingest:pw@redis:6379/0", "redis://127.0.0.1:6390/0", "redis://ingest:pw@127.0.0.1:6390/0"),
+        ("redis://redis:6379/2", "redis://127.0.0.1:6390/0", "redis://127.0.0.1:6390/2"),
+        ("redis://:pw@redis:6379", "redis://127.0.0.1:6390/0", "redis://:pw@127.0.0.1:6390/0"),
+    ],
+)
+def test_retarget_url_keeps_the_login_and_database_and_takes_the_host(url: str, target: str, expected: str) -> None:
+    assert retarget_url(url, target) == expected

@@ -106,6 +106,9 @@ def test_redis_url_comes_from_flag_then_environment_then_a_running_supervisor(tm
     assert redis_url_from(None, {}, state)[0] == "redis://127.0.0.1:6390/0"
     assert redis_url_from(None, {"UNISTREAM_REDIS_URL": "redis://e:1/0"}, state)[0] == "redis://e:1/0"
     assert redis_url_from("redis://f:2/0", {"UNISTREAM_REDIS_URL": "redis://e:1/0"}, state)[0] == "redis://f:2/0"
+    # a run whose Redis has compose's ACL users records the tools' login beside the masked URL
+    state.write_text(json.dumps({"redis_url": "redis://127.0.0.1:6390/0", "tools_redis_url": "redis://d:pw@h:1/0"}))
+    assert redis_url_from(None, {}, state)[0] == "redis://d:pw@h:1/0"
 
 
 def test_passwords_are_masked_in_messages() -> None:

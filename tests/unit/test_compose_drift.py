@@ -2,8 +2,10 @@
 
 For every service in the compose file, under every profile, the supervisor's plan runs
 compose's command with compose's environment; the only differences are the documented local
-overrides, and each of those has the documented value. The plan needs none of the secrets that
-deploy/.env gives compose (they only feed values the local run replaces).
+overrides, and each of those has the documented value. With its own Redis, run gives every
+service compose's login (its ACL user and password, which run makes up when deploy/.env's are not
+in the environment); with the user's own Redis (UNISTREAM_REDIS_URL), the plan needs none of the
+secrets that deploy/.env gives compose.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 
 from unistream_common import compose as composefile
 from unistream_common.supervisor import (
@@ -26,7 +27,7 @@ from unistream_common.supervisor import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+COMPOSE = composefile.load(REPO / "deploy" / "docker-compose.yml")
 RUN_DIR = Path("/work/run")
 OPTIONS = RunOptions(
     redis_url="redis://127.0.0.1:6390/0",
@@ -42,6 +43,7 @@ SECRETS = {
     f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"pw-{user}"
     for user in ("ingest", "aggregator", "features", "trainer", "dashboard")
 }
+OPTIONS = replace(OPTIONS, redis_secrets=SECRETS)  # run's own Redis, with compose's ACL users
 PROFILES = ("auto", "live", "replay")
 INGESTS = {"auto": "ingest", "live": "ingest-live", "replay": "ingest-replay"}
 
@@ -90,11 +92,18 @@ def test_an_unknown_profile_is_refused_naming_the_known_ones() -> None:
         build_plan(COMPOSE, SHELL_ENV, replace(OPTIONS, profiles=("nope",)))
 
 
-def test_a_local_run_needs_none_of_the_secrets_and_passes_none_on() -> None:
-    # SHELL_ENV has no passwords, yet every plan was built; and given them, no process sees one
-    with_secrets = build_plan(COMPOSE, {**SHELL_ENV, **SECRETS}, OPTIONS)
-    for spec in with_secrets:
+def test_with_the_user_s_own_redis_no_secret_is_needed_and_none_is_passed_on() -> None:
+    own = replace(OPTIONS, redis_secrets=None)
+    build_plan(COMPOSE, SHELL_ENV, own)  # SHELL_ENV has no passwords
+    for spec in build_plan(COMPOSE, {**SHELL_ENV, **SECRETS}, own):
         assert not any(secret in value for secret in SECRETS.values() for value in spec.environment.values())
+        assert spec.environment["UNISTREAM_REDIS_URL"] == own.redis_url
+
+
+def test_with_run_s_own_redis_each_service_logs_in_as_its_own_user_and_no_other() -> None:
+    for spec in ALL_SPECS:
+        user = spec.service.split("-")[0]
+        assert spec.environment["UNISTREAM_REDIS_URL"] == f"redis://{user}:pw-{user}@127.0.0.1:6390/0"
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda spec: spec.name)
@@ -111,7 +120,8 @@ def test_plan_runs_compose_command_with_compose_environment_except_the_overrides
 def test_local_overrides_have_their_documented_values(spec) -> None:
     _, environment = compose_view(spec.service)
     env = spec.environment
-    assert env["UNISTREAM_REDIS_URL"] == OPTIONS.redis_url
+    # compose's login (user, password, database) on run's Redis
+    assert env["UNISTREAM_REDIS_URL"] == environment["UNISTREAM_REDIS_URL"].replace("@redis:6379/", "@127.0.0.1:6390/")
     assert env["UNISTREAM_HTTP_HOST"] == "127.0.0.1"
     compose_port = int(environment["UNISTREAM_HTTP_PORT"])
     assert env["UNISTREAM_HTTP_PORT"] == str(compose_port + OPTIONS.port_offset + 100 * (spec.replica - 1))

@@ -55,13 +55,29 @@ def free_port() -> int:
             return port
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host``:``port`` now.
+
+    Bound the way the servers bind (uvicorn, Streamlit's tornado and redis-server all set
+    SO_REUSEADDR): connections of a stopped server lingering in TIME_WAIT do not make a port
+    busy for them, only a socket that still listens does. Without the option a run started
+    right after the last one stopped was refused for up to a minute over ports nothing held.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def redis_server_version(binary: str) -> tuple[int, int]:
+    """(major, minor) of the redis-server at ``binary`` (its ``--version``)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10, check=True).stdout
+    # "Redis server v=7.0.15 sha=..."
+    major, minor = out.split("v=", 1)[1].split(".", 2)[:2]
+    return int(major), int(minor)
 
 
 @dataclass

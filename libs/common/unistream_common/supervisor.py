@@ -30,6 +30,7 @@ import dataclasses
 import http.client
 import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -42,16 +43,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from unistream_common import compose as composefile
-from unistream_common.redis_server import RedisNotFound, RedisServer, free_port, port_is_free, start_redis
+from unistream_common.redis_server import (
+    RedisNotFound,
+    RedisServer,
+    find_redis_server,
+    free_port,
+    port_is_free,
+    redis_server_version,
+    start_redis,
+)
 from unistream_common.redisio import access_problem, safe_url
 from unistream_common.settings import EXIT_BAD_CONFIG
 
 # Environment variables whose compose value does not fit a local run, and what replaces it.
 # These are the ONLY differences between `unistream run` and `docker compose up`.
 LOCAL_OVERRIDES: dict[str, str] = {
-    "UNISTREAM_REDIS_URL": "the local Redis: $UNISTREAM_REDIS_URL when set, else the redis-server started by run",
+    "UNISTREAM_REDIS_URL": "compose's URL (the service's own ACL user and password) aimed at the redis-server started "
+    "by run, which gets compose's redis command; $UNISTREAM_REDIS_URL when set, for every service",
     "UNISTREAM_HTTP_HOST": "127.0.0.1: probes stay on this machine",
     "UNISTREAM_HTTP_PORT": "compose's port + --port-offset + 100 x (replica - 1) (only where compose sets a port)",
     "UNISTREAM_MODEL_DIR": "<run dir>/models (only where compose sets a model dir)",
@@ -59,14 +70,17 @@ LOCAL_OVERRIDES: dict[str, str] = {
 }
 
 # Overrides whose compose value is never used, so it is not interpolated either: a variable that
-# only feeds them (the Redis passwords in deploy/.env) need not exist for a local run.
-_REPLACED_VALUES = frozenset(
-    {"UNISTREAM_REDIS_URL", "UNISTREAM_HTTP_HOST", "UNISTREAM_MODEL_DIR", "UNISTREAM_CONSUMER_NAME"}
-)
+# only feeds them need not exist for a local run. The Redis URL is among them only when the
+# services do not log in as compose's ACL users (RunOptions.redis_secrets is None).
+_REPLACED_VALUES = frozenset({"UNISTREAM_HTTP_HOST", "UNISTREAM_MODEL_DIR", "UNISTREAM_CONSUMER_NAME"})
+_REDIS_URL = "UNISTREAM_REDIS_URL"
 
-# Compose services that `run` replaces with a local equivalent instead of running their command
-# (never interpolated either: their settings, such as Redis's ACL users, do not apply locally).
+# Compose services that `run` starts itself instead of supervising them as services: Redis, with
+# the arguments of compose's redis command (its ACL users) and run's own port, address and files.
 INFRASTRUCTURE: tuple[str, ...] = ("redis",)
+REDIS_SERVICE = "redis"
+# redis-server options that run sets itself (start_redis): compose's redis command may not.
+_RUN_OWNS = ("--port", "--bind", "--dir", "--daemonize", "--logfile", "--protected-mode")
 
 # The Dockerfile's ENV that matters to a process's behaviour: unbuffered output, so log lines
 # reach the supervisor (and compose's log driver) as they are written.
@@ -91,6 +105,10 @@ class RunOptions:
     scale: Mapping[str, int] = field(default_factory=dict)  # replicas per service (compose's default otherwise)
     port_offset: int = 0
     profiles: tuple[str, ...] | None = None  # active compose profiles; None: the compose file's default
+    # The values of the variables in compose's redis command (its ACL users' passwords) when run's
+    # own Redis has those users: each service then logs in as compose says, its compose URL aimed
+    # at ``redis_url``. None: every service uses ``redis_url`` as it is.
+    redis_secrets: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -153,16 +171,16 @@ def active_profiles(flags: list[str], environ: Mapping[str, str]) -> tuple[str, 
     return tuple(from_env) or None
 
 
-def _without_replaced_values(svc: Mapping[str, Any]) -> dict[str, Any]:
-    """``svc`` with the values of :data:`_REPLACED_VALUES` blanked (the keys stay: their presence counts)."""
+def _without_replaced_values(svc: Mapping[str, Any], replaced: frozenset[str]) -> dict[str, Any]:
+    """``svc`` with the values of ``replaced`` blanked (the keys stay: their presence counts)."""
     out = dict(svc)
     env = svc.get("environment")
     if isinstance(env, Mapping):
-        out["environment"] = {k: ("" if k in _REPLACED_VALUES and v is not None else v) for k, v in env.items()}
+        out["environment"] = {k: ("" if k in replaced and v is not None else v) for k, v in env.items()}
     elif isinstance(env, list):
         out["environment"] = [
             f"{item.partition('=')[0]}="
-            if isinstance(item, str) and "=" in item and item.partition("=")[0] in _REPLACED_VALUES
+            if isinstance(item, str) and "=" in item and item.partition("=")[0] in replaced
             else item
             for item in env
         ]
@@ -170,20 +188,28 @@ def _without_replaced_values(svc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve(
-    compose: Mapping[str, Any], environ: Mapping[str, str], profiles: tuple[str, ...] | None = None
+    compose: Mapping[str, Any],
+    environ: Mapping[str, str],
+    profiles: tuple[str, ...] | None = None,
+    redis_secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The services a local run starts, interpolated with ``environ`` as Compose would.
 
     Left out: :data:`INFRASTRUCTURE` and services whose profiles are not active (``profiles``;
     None: the compose file's default). Values that the local overrides replace are not
-    interpolated (see :data:`_REPLACED_VALUES`).
+    interpolated (see :data:`_REPLACED_VALUES`); with ``redis_secrets`` the Redis URLs are,
+    with those values added to ``environ``.
     """
     active = composefile.default_profiles(compose) if profiles is None else list(profiles)
+    if redis_secrets is None:
+        replaced = _REPLACED_VALUES | {_REDIS_URL}
+    else:
+        replaced, environ = _REPLACED_VALUES, {**environ, **redis_secrets}
     services: dict[str, Any] = {}
     for name, raw in (compose.get("services") or {}).items():
         if name in INFRASTRUCTURE:
             continue
-        svc = composefile.interpolate_tree(_without_replaced_values(raw or {}), environ)
+        svc = composefile.interpolate_tree(_without_replaced_values(raw or {}, replaced), environ)
         if composefile.enabled({"services": {name: svc}}, name, active):
             services[name] = svc
     return {"services": services}
@@ -201,7 +227,7 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
         raise PlanError(
             f"no service has profile(s) {', '.join(unknown_profiles)}; profiles: {', '.join(sorted(known)) or '(none)'}"
         )
-    resolved = resolve(compose, environ, options.profiles)
+    resolved = resolve(compose, environ, options.profiles, options.redis_secrets)
     names = list(resolved["services"])
     if not names:
         raise PlanError(f"no service to run with profile(s) {', '.join(options.profiles or ()) or '(none)'}")
@@ -225,7 +251,10 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
         restart = composefile.restart_policy(resolved, name)
         for replica in range(1, count + 1):
             env = dict(declared)
-            env["UNISTREAM_REDIS_URL"] = options.redis_url
+            if options.redis_secrets is not None and declared.get(_REDIS_URL):
+                env[_REDIS_URL] = retarget_url(declared[_REDIS_URL], options.redis_url)
+            else:
+                env[_REDIS_URL] = options.redis_url
             env["UNISTREAM_HTTP_HOST"] = "127.0.0.1"
             port = None
             if base_port is not None:
@@ -253,6 +282,50 @@ def build_plan(compose: Mapping[str, Any], environ: Mapping[str, str], options: 
             )
     _check_ports(plan)
     return plan
+
+
+def retarget_url(url: str, target: str) -> str:
+    """Redis ``url`` with the scheme, host and port of ``target``, keeping its user, password and database.
+
+    ``redis://ingest:pw@redis:6379/0`` aimed at ``redis://127.0.0.1:6390/0`` is
+    ``redis://ingest:pw@127.0.0.1:6390/0``: compose's login, run's server.
+    """
+    source, dest = urlsplit(url), urlsplit(target)
+    userinfo = source.netloc.rpartition("@")[0] if "@" in source.netloc else ""
+    hostinfo = dest.netloc.rpartition("@")[2]
+    netloc = f"{userinfo}@{hostinfo}" if userinfo else hostinfo
+    return urlunsplit((dest.scheme, netloc, source.path or dest.path, source.query, ""))
+
+
+def redis_arguments(compose: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """The arguments of compose's redis command after the program, interpolated with ``environ``.
+
+    ``unistream run`` starts its Redis with them, so its ACL users are compose's. [] when the
+    compose file has no redis service or it has no command. Options that run sets itself
+    (:data:`_RUN_OWNS`) are refused.
+    """
+    if REDIS_SERVICE not in (compose.get("services") or {}):
+        return []
+    svc = composefile.interpolate_tree(composefile.service(compose, REDIS_SERVICE), environ)
+    if svc.get("command") is None:
+        return []  # the image's own command: a plain server
+    args = composefile.command({"services": {REDIS_SERVICE: svc}}, REDIS_SERVICE)[1:]
+    owned = sorted({arg for arg in args if arg in _RUN_OWNS})
+    if owned:
+        raise PlanError(
+            f"compose's redis command sets {', '.join(owned)}: unistream run sets those itself; remove them"
+        )
+    return args
+
+
+def redis_secrets(compose: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """A value for every variable of compose's redis command: the environment's, else a random one.
+
+    Compose takes them from deploy/.env; a local run needs no such file: passwords it makes up
+    live as long as its Redis (the ACL users are arguments, never written to its data).
+    """
+    names = composefile.variables(((compose.get("services") or {}).get(REDIS_SERVICE) or {}).get("command"))
+    return {name: environ.get(name) or secrets.token_hex(24) for name in sorted(names)}
 
 
 def _port(env: Mapping[str, str], service: str) -> int | None:
@@ -606,11 +679,14 @@ class Supervisor:
             return
         state = {
             "supervisor_pid": os.getpid(),
+            "supervisor_start_ticks": start_ticks(os.getpid()),
             **self.extra_state,
             "processes": [
                 {
                     "name": slot.spec.name,
                     "pid": slot.proc.pid if slot.proc else None,
+                    # with the pid, what tells a later run that a process is still this one
+                    "start_ticks": start_ticks(slot.proc.pid) if slot.proc else None,
                     "restarts": slot.restarts,
                     "http_port": slot.spec.http_port,
                     "log": str(slot.spec.log_path),
@@ -619,7 +695,9 @@ class Supervisor:
             ],
         }
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
+        # mode 600: it may hold the tools' Redis login (tools_redis_url)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(json.dumps(state, indent=2))
         os.replace(tmp, self.state_path)
 
 
@@ -730,8 +808,11 @@ def _unistream_script() -> Path:
     return Path(found).parent if found else beside
 
 
-def _start_redis(requested_port: int | None, run_dir: Path, parent_pid: int) -> RedisServer:
-    """Our own redis-server with AOF under ``<run dir>/redis``, tied to this process."""
+def _start_redis(
+    requested_port: int | None, run_dir: Path, parent_pid: int, binary: str, args: list[str]
+) -> RedisServer:
+    """Our own redis-server (``args``: compose's redis command) with its files under ``<run dir>/redis``,
+    tied to this process."""
     port = DEFAULT_REDIS_PORT if requested_port is None else requested_port
     if port == 0:
         port = free_port()
@@ -739,25 +820,126 @@ def _start_redis(requested_port: int | None, run_dir: Path, parent_pid: int) -> 
         chosen = free_port()
         print(f"[supervisor] port {port} is busy: Redis goes on port {chosen}", flush=True)
         port = chosen
-    server = start_redis(run_dir / "redis", port=port, appendonly=True, preexec_fn=make_preexec(parent_pid))
+    server = start_redis(
+        run_dir / "redis", port=port, appendonly=True, binary=binary, extra_args=args,
+        preexec_fn=make_preexec(parent_pid),
+    )  # fmt: skip
+    users = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--user"]
     print(
         f"[supervisor] redis-server pid {server.process.pid} on {server.url} "
-        f"(data in {server.data_dir}, binary {server.binary})",
+        f"(data in {server.data_dir}, binary {server.binary}"
+        + (f", ACL users {', '.join(users)} as in compose" if users else "")
+        + ")",
         flush=True,
     )
     return server
+
+
+MIN_ACL_REDIS = (7, 0)  # compose's dashboard user reads every key through a read-only selector (%R~)
+
+
+def _local_redis(
+    compose: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[str, list[str], dict[str, str] | None]:
+    """(binary, arguments, secrets) of the Redis that run starts: compose's redis command and the
+    values of its variables; an older server than :data:`MIN_ACL_REDIS` runs without its ACL users."""
+    binary = find_redis_server()
+    values = redis_secrets(compose, environ)
+    args = redis_arguments(compose, {**environ, **values})
+    if "--user" not in args:
+        return binary, args, None
+    version = redis_server_version(binary)
+    if version < MIN_ACL_REDIS:
+        print(
+            f"[supervisor] {binary} is Redis {version[0]}.{version[1]}: compose's ACL users need "
+            f"{MIN_ACL_REDIS[0]}.{MIN_ACL_REDIS[1]}; running without them (every service logs in as the default user)",
+            flush=True,
+        )
+        return binary, [arg for arg in args if arg in ("--appendonly", "--appendfsync", "yes", "no", "everysec")], None
+    return binary, args, values
+
+
+# --------------------------------------------------------------------------- the run before
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc); None when it does not run.
+
+    A pid with the recorded start time is the same process, not a later one given the same pid.
+    """
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _recorded(entries: list[tuple[str, Any, Any]]) -> list[tuple[str, int]]:
+    """(name, pid) of the recorded processes that still run as the same process."""
+    alive = []
+    for name, pid, ticks in entries:
+        if isinstance(pid, int) and ticks is not None and start_ticks(pid) == ticks:
+            alive.append((name, pid))
+    return alive
+
+
+def previous_run(state_path: Path) -> tuple[int | None, list[tuple[str, int]]]:
+    """(pid of a supervisor still running, processes still running) of the run that wrote ``state_path``.
+
+    A run that stopped normally leaves no state file; one that was killed leaves it behind, and
+    its children, which got their death signal, may still be stopping.
+    """
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return None, []
+    if not isinstance(state, dict):
+        return None, []
+    supervisor = _recorded([("supervisor", state.get("supervisor_pid"), state.get("supervisor_start_ticks"))])
+    children = [(p.get("name"), p.get("pid"), p.get("start_ticks")) for p in state.get("processes") or []]
+    children.append(("redis-server", state.get("redis_pid"), state.get("redis_start_ticks")))
+    return (supervisor[0][1] if supervisor else None), _recorded(children)
+
+
+def wait_for_previous_run(left: list[tuple[str, int]], timeout_s: float, say: Callable[[str], None]) -> None:
+    """Wait up to ``timeout_s`` for the processes a killed run left to exit; SIGKILL what remains.
+
+    They hold the ports and the Redis data directory that this run is about to take.
+    """
+    names = ", ".join(f"{name} (pid {pid})" for name, pid in left)
+    say(f"waiting up to {timeout_s:.0f} s for {len(left)} process(es) of the previous run to exit: {names}")
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while time.monotonic() < deadline and (left := _recorded([(n, p, start_ticks(p)) for n, p in left])):
+        time.sleep(0.1)
+    if left:
+        say(f"still running after {timeout_s:.0f} s: SIGKILL {', '.join(name for name, _ in left)}")
+        for _, pid in left:
+            _kill_group(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        while _recorded([(n, p, start_ticks(p)) for n, p in left]) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    say(f"the previous run's processes are gone ({time.monotonic() - started:.1f} s)")
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``unistream run``: plan, Redis, supervise until a signal, clean up."""
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir.resolve()
+    state_path = run_dir / "run.json"
     environ = dict(os.environ)
     given_redis_url = environ.get("UNISTREAM_REDIS_URL", "")
+    redis_binary, redis_args, secrets_ = "", [], None
     try:
         if args.redis_port is not None and not 0 <= args.redis_port < 65536:
             raise PlanError(f"--redis-port {args.redis_port} is not a port number")
         compose = composefile.load(args.compose or default_compose_path())
+        if not given_redis_url:
+            redis_binary, redis_args, secrets_ = _local_redis(compose, environ)
         options = RunOptions(
             # until our Redis is up its URL is unknown; nothing else in the plan depends on it
             redis_url=given_redis_url or "redis://127.0.0.1:0/0",
@@ -767,14 +949,28 @@ def main(argv: list[str]) -> int:
             scale=parse_scale(args.scale),
             port_offset=args.port_offset,
             profiles=active_profiles(args.profile, environ),
+            redis_secrets=secrets_,
         )
         plan = build_plan(compose, environ, options)
     except (composefile.ComposeError, PlanError) as exc:
         print(f"unistream run: {exc}", file=sys.stderr)
         return 2
+    except RedisNotFound as exc:
+        print(f"unistream run: cannot start Redis: {exc}", file=sys.stderr)
+        return 1
     if given_redis_url and (problem := access_problem(given_redis_url)) is not None:
         print(f"unistream run: {problem}; fix UNISTREAM_REDIS_URL", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    running, left = previous_run(state_path)
+    if running is not None:
+        print(
+            f"unistream run: another unistream run (pid {running}) uses {run_dir}; stop it (Ctrl-C) "
+            "or give this one its own --run-dir",
+            file=sys.stderr,
+        )
+        return 1
+    if left:
+        wait_for_previous_run(left, args.stop_timeout, lambda text: print(f"[supervisor] {text}", flush=True))
     busy = [spec for spec in plan if spec.http_port and not port_is_free(spec.http_port)]
     if busy:
         names = ", ".join(f"{spec.name} ({spec.http_port})" for spec in busy)
@@ -800,11 +996,12 @@ def main(argv: list[str]) -> int:
             )
         else:
             try:
-                server = _start_redis(args.redis_port, run_dir, os.getpid())
+                server = _start_redis(args.redis_port, run_dir, os.getpid(), redis_binary, redis_args)
             except (RedisNotFound, RuntimeError, ValueError) as exc:
                 print(f"unistream run: cannot start Redis: {exc}", file=sys.stderr)
                 return 1
-            plan = build_plan(compose, environ, dataclasses.replace(options, redis_url=server.url))
+            options = dataclasses.replace(options, redis_url=server.url)
+            plan = build_plan(compose, environ, options)
         redis_url = server.url if server else given_redis_url
         dashboard = next((spec for spec in plan if spec.service == "dashboard" and spec.http_port), None)
 
@@ -817,14 +1014,23 @@ def main(argv: list[str]) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         if any("UNISTREAM_MODEL_DIR" in spec.environment for spec in plan):
             (run_dir / "models").mkdir(exist_ok=True)  # compose's named volume exists before the services too
+        extra_state: dict[str, Any] = {
+            # masked: run.json is for reading; `unistream status` logs in with tools_redis_url
+            "redis_url": safe_url(redis_url),
+            "redis_pid": server.process.pid if server else None,
+            "redis_start_ticks": start_ticks(server.process.pid) if server else None,
+        }
+        if server is not None and secrets_ is not None:
+            # The operator tools (status, tail) log in as the read-only dashboard user; run.json is
+            # mode 600 and its passwords die with this run's Redis.
+            extra_state["tools_redis_url"] = tools_url(compose, environ, options)
         supervisor = Supervisor(
             plan,
             environ,
             sys.stdout.buffer,
-            state_path=run_dir / "run.json",
+            state_path=state_path,
             stop_timeout_s=args.stop_timeout,
-            # without the password: run.json is for reading (`unistream status` takes it from $UNISTREAM_REDIS_URL)
-            extra_state={"redis_url": safe_url(redis_url), "redis_pid": server.process.pid if server else None},
+            extra_state=extra_state,
         )
         supervisor.run(on_started=announce)
         restarts = {name: n for name, n in supervisor.restarts().items() if n}
@@ -837,3 +1043,16 @@ def main(argv: list[str]) -> int:
         if server is not None:
             server.stop()
             print("[supervisor] redis-server stopped", flush=True)
+
+
+TOOLS_SERVICE = "dashboard"  # its ACL user reads every key and may run INFO: what status and tail need
+
+
+def tools_url(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> str | None:
+    """The Redis URL of the :data:`TOOLS_SERVICE` user aimed at run's Redis (None without one)."""
+    raw = composefile.service(compose, TOOLS_SERVICE) if TOOLS_SERVICE in (compose.get("services") or {}) else {}
+    env = raw.get("environment") or {}
+    url = env.get(_REDIS_URL) if isinstance(env, Mapping) else None
+    if not url or options.redis_secrets is None:
+        return None
+    return retarget_url(composefile.interpolate(str(url), {**environ, **options.redis_secrets}), options.redis_url)

@@ -38,13 +38,18 @@ class ToolError(RuntimeError):
 
 
 def redis_url_from(explicit: str | None, environ: Mapping[str, str], run_state: Path = RUN_STATE) -> tuple[str, str]:
-    """(URL, where it came from): --redis-url, $UNISTREAM_REDIS_URL, a running `unistream run`, the default."""
+    """(URL, where it came from): --redis-url, $UNISTREAM_REDIS_URL, a running `unistream run`, the default.
+
+    A run that started its own Redis with compose's ACL users records a login for the tools
+    (``tools_redis_url``, the read-only dashboard user); otherwise its Redis needs none.
+    """
     if explicit:
         return explicit, "--redis-url"
     if environ.get("UNISTREAM_REDIS_URL"):
         return environ["UNISTREAM_REDIS_URL"], "UNISTREAM_REDIS_URL"
     try:
-        url = json.loads(run_state.read_text()).get("redis_url")
+        state = json.loads(run_state.read_text())
+        url = state.get("tools_redis_url") or state.get("redis_url")
     except (OSError, ValueError, AttributeError):
         url = None
     if isinstance(url, str) and url:
