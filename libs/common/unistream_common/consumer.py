@@ -140,8 +140,10 @@ class ConsumerOptions:
     max_deliveries: int = 5  # a failing entry is dead-lettered after this many attempts
     start_id: str = "0"  # where a new group starts: 0 = everything retained
     # Consumers idle this long with nothing pending are removed from the group, so replicas that
-    # went away (containers recreated under new names) do not pile up in XINFO and status.
-    forget_idle_ms: int = 3_600_000
+    # went away (a scaled-down trainer, a replica renamed) do not pile up in XINFO and status.
+    # Removing a live one would be harmless (its next read recreates it, and it holds nothing),
+    # and a live consumer reads at least every block_ms: two minutes is far from that.
+    forget_idle_ms: int = 120_000
     timer_interval_s: float = 0.0  # 0: no on_timer calls
     # One MULTI per Redis Cluster hash slot instead of one for the whole result: for callbacks
     # whose outputs are independent per hash tag (the aggregator's symbols).

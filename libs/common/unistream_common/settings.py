@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from unistream_common.containers import compose_replica
 from unistream_common.keys import check_symbol
 
 ENV_PREFIX = "UNISTREAM_"
@@ -39,7 +40,11 @@ class CommonSettings(BaseSettings):
     )
     http_host: str = Field("127.0.0.1", description="Address of the service's HTTP probes")
     http_port: int = Field(0, ge=0, le=65535, description="Port of the HTTP probes (0: the service's default)")
-    consumer_name: str = Field("", description="Stable consumer name in the group (default: service-hostname)")
+    consumer_name: str = Field(
+        "",
+        description="Stable consumer name in the group (default: <service>-<replica number> in a Compose container, "
+        "else <service>-<hostname>)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level")
     seed: int = Field(7, description="Seed of every random generator (simulator, model initialisation)")
 
@@ -68,8 +73,12 @@ class CommonSettings(BaseSettings):
         return value
 
     def consumer(self, service: str) -> str:
-        """Stable consumer name: the configured one, else ``service-hostname``."""
-        return self.consumer_name or f"{service}-{socket.gethostname()}"
+        """Stable consumer name: the configured one, else ``<service>-<n>`` in replica ``n`` of a
+        Compose service (:func:`containers.compose_replica`), else ``<service>-<hostname>``."""
+        if self.consumer_name:
+            return self.consumer_name
+        replica = compose_replica()
+        return f"{service}-{replica}" if replica is not None else f"{service}-{socket.gethostname()}"
 
 
 def is_loopback(host: str) -> bool:
