@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
 USERS = ("ingest", "aggregator", "features", "trainer", "dashboard")
 PROFILES = ("auto", "live", "replay")
-SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"{user}-secret-{i}" for i, user in enumerate(USERS)}
+SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"{user}-secret-{i}" for i, user in enumerate((*USERS, "admin"))}
 ENV_FILE = {**SECRETS, "UNISTREAM_INGEST_TOKEN": "door-token", "UNISTREAM_PUBLISH_PORT": "18501"}
 
 
@@ -70,9 +70,10 @@ def test_compose_s_redis_command_carries_every_acl_user_with_its_password(compos
     words = compose_config["services"]["redis"]["command"]
     users = {words[i + 1]: words[i + 2 : i + 4] for i, word in enumerate(words) if word == "--user"}
     assert set(users) == {"default", *USERS}
-    for user in USERS:
-        assert users[user] == ["on", f">{SECRETS[f'UNISTREAM_REDIS_PASSWORD_{user.upper()}']}"]
-    assert len(words) == 62
+    for user in (*USERS, "default"):
+        password = SECRETS[f"UNISTREAM_REDIS_PASSWORD_{'ADMIN' if user == 'default' else user.upper()}"]
+        assert users[user] == ["on", f">{password}"]
+    assert len(words) == 61
 
 
 def test_unistream_run_reads_the_redis_command_word_for_word_as_compose_does(compose_config: dict, ours: dict) -> None:

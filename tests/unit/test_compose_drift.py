@@ -41,7 +41,7 @@ OPTIONS = RunOptions(
 SHELL_ENV = {"UNISTREAM_SYMBOLS": "SOLUSDT", "HOME": "/root"}
 SECRETS = {
     f"UNISTREAM_REDIS_PASSWORD_{user.upper()}": f"pw-{user}"
-    for user in ("ingest", "aggregator", "features", "trainer", "dashboard")
+    for user in ("admin", "ingest", "aggregator", "features", "trainer", "dashboard")
 }
 OPTIONS = replace(OPTIONS, redis_secrets=SECRETS)  # run's own Redis, with compose's ACL users
 PROFILES = ("auto", "live", "replay")

@@ -109,7 +109,7 @@ def test_redis_is_persistent_healthchecked_and_not_published(compose: dict) -> N
     assert "ports" not in redis and "expose" not in redis
 
 
-SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{name.upper()}": f"pw-{name}" for name in APP_SERVICES}
+SECRETS = {f"UNISTREAM_REDIS_PASSWORD_{name.upper()}": f"pw-{name}" for name in (*APP_SERVICES, "admin")}
 
 
 def acl_users(words: list[str]) -> dict[str, list[str]]:
@@ -140,10 +140,14 @@ def test_redis_command_is_a_list_so_compose_keeps_every_word(compose: dict) -> N
         command({"services": {"redis": {"command": " ".join(redis_argv(compose, SECRETS))}}}, "redis")
 
 
-def test_redis_has_one_acl_user_per_service_and_anonymous_clients_may_only_ping(compose: dict) -> None:
+def test_redis_has_one_acl_user_per_service_and_the_default_user_is_the_password_admin(compose: dict) -> None:
     users = acl_users(redis_argv(compose, SECRETS))
     assert set(users) == {"default", *APP_SERVICES}
-    assert users["default"] == ["on", "nopass", "resetkeys", "resetchannels", "-@all", "+ping"]
+    # Every right, behind a password: Redis replays its append-only file as the default user and
+    # drops each MULTI/EXEC that user may not run (tests/integration/test_redis_credentials.py).
+    assert users["default"] == ["on", ">pw-admin", "~*", "&*", "+@all"]
+    redis = compose["services"]["redis"]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${UNISTREAM_REDIS_PASSWORD_ADMIN:?")
     for name in APP_SERVICES:
         rules = users[name]
         assert rules[:2] == ["on", f">pw-{name}"]
@@ -152,7 +156,7 @@ def test_redis_has_one_acl_user_per_service_and_anonymous_clients_may_only_ping(
     # the one service with a published port reads everything but writes only its heartbeat
     assert [r for r in users["dashboard"] if "~" in r] == ["%R~*", "~svc:*"]
     # without deploy/.env, compose stops with the message instead of starting a Redis without passwords
-    with pytest.raises(ComposeError, match="UNISTREAM_REDIS_PASSWORD_INGEST is missing: set it in deploy/.env"):
+    with pytest.raises(ComposeError, match="UNISTREAM_REDIS_PASSWORD_ADMIN is missing: set it in deploy/.env"):
         redis_argv(compose, {})
 
 

@@ -37,7 +37,7 @@ def test_the_example_names_every_required_variable_with_an_empty_value() -> None
     example = assignments(EXAMPLE.read_text())
     required = required_variables()
     assert required == {
-        f"UNISTREAM_REDIS_PASSWORD_{s}" for s in ("INGEST", "AGGREGATOR", "FEATURES", "TRAINER", "DASHBOARD")
+        f"UNISTREAM_REDIS_PASSWORD_{s}" for s in ("ADMIN", "INGEST", "AGGREGATOR", "FEATURES", "TRAINER", "DASHBOARD")
     }
     # empty: a copied example stops compose with its message instead of running on a known password
     assert {name: example[name] for name in required} == dict.fromkeys(required, "")
