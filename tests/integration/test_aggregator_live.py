@@ -20,9 +20,11 @@ from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.consumer import StreamRuntime
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import free_port
+from unistream_common.redis_server import RedisServer, free_port, start_redis
 from unistream_common.redisio import command_client
 from unistream_common.stats import Stats
+from unistream_ingest.service import IngestWriter
+from unistream_ingest.settings import IngestSettings
 
 pytestmark = pytest.mark.integration
 
@@ -313,3 +315,77 @@ async def test_a_batch_whose_symbol_does_not_match_its_stream_is_refused_counted
     assert stats.total("aggregator_batches_refused") == 1
     assert (await client.xpending(keys.ticks("ETHUSDT"), keys.GROUP_AGGREGATOR))["pending"] == 0
     await client.aclose()
+
+
+async def _crash_redis_under_ingest_and_aggregator(
+    server: RedisServer, hold_ms: int
+) -> tuple[Stats, Stats, dict[str, list[Bar]], dict[str, list[Tick]]]:
+    """Synthetic ingest and the aggregator, in process, through a Redis crash (SIGKILL, 1 s down).
+
+    Ingest comes back 2 s after Redis, so the aggregator reconnects first and, by the wall clock
+    alone, would close the outage's seconds before their trades arrive. Returns
+    both services' stats and, per symbol, the 1s bars and the ticks in Redis at the end.
+    """
+    symbols = ",".join(LIVE_SYMBOLS)
+    ingest_cfg = IngestSettings(redis_url=server.url, symbols=symbols, flush_interval_ms=20, retry_backoff_max_ms=3_000)  # type: ignore[arg-type]
+    ingest_stats, agg_stats = Stats("ingest"), Stats("aggregator")
+    ingest_client = command_client(server.url, timeout_s=1.0)
+    writer = IngestWriter(ingest_cfg, ingest_stats, ingest_client)
+    settings = AggregatorSettings(redis_url=server.url, symbols=symbols, watermark_hold_ms=hold_ms)  # type: ignore[arg-type]
+    runtime = StreamRuntime(server.url, "aggregator-1", settings.symbols, agg_stats)
+    shell = AggregatorShell(settings, agg_stats, runtime)
+    shell.register()
+    tasks = [asyncio.create_task(writer.run()), asyncio.create_task(run_with_restarts(runtime, shell))]
+    restarted = server
+    try:
+        await asyncio.sleep(2.5)
+        assert ingest_stats.total("ingest_ticks_written") > 0 and not any(t.done() for t in tasks)
+        server.kill()
+        await asyncio.sleep(1.0)
+        restarted = start_redis(server.data_dir, port=server.port, appendonly=True)
+        # ingest's way back takes 2 s more (its backoff, a slow network): the aggregator is back first
+        writer._retry_at = time.monotonic() + 2.0
+        deadline = time.monotonic() + 15
+        while writer.buffer.size() or ingest_stats.total("ingest_write_errors") == 0:
+            assert time.monotonic() < deadline, "ingest did not write its buffer after the restart"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # the bars of the outage close
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runtime.close()
+        await ingest_client.aclose()
+    client = redis.Redis.from_url(restarted.url)
+    bars = {symbol: _bars(client, symbol) for symbol in LIVE_SYMBOLS}
+    ticks = {
+        symbol: [t for _, f in client.xrange(keys.ticks(symbol)) for t in codec.decode(f).ticks]  # type: ignore[union-attr]
+        for symbol in LIVE_SYMBOLS
+    }
+    client.close()
+    restarted.stop()
+    return ingest_stats, agg_stats, bars, ticks
+
+
+async def test_trades_ingest_held_through_a_redis_crash_land_in_their_bars(redis_server: RedisServer) -> None:
+    ingest_stats, agg_stats, bars, ticks = await _crash_redis_under_ingest_and_aggregator(redis_server, 30_000)
+    assert ingest_stats.total("ingest_write_errors") > 0, "the outage was felt"
+    for symbol in LIVE_SYMBOLS:
+        opens = [b.open_time_ms for b in bars[symbol]]
+        assert opens == list(range(opens[0], opens[-1] + 1, 1_000)), f"{symbol}: a hole in the 1s bars"
+        in_span = [t for t in ticks[symbol] if opens[0] <= t.ts_event_ms < opens[-1] + 1_000]
+        assert sum(b.trade_count for b in bars[symbol]) == len(in_span), f"{symbol}: trades missing from the bars"
+    assert agg_stats.total("aggregator_ticks_late") == 0
+    assert agg_stats.total("aggregator_watermark_holds") >= 1, "the bars waited for ingest's watermark"
+
+
+async def test_a_watermark_that_stands_still_past_the_hold_lets_the_wall_clock_close_bars(
+    redis_server: RedisServer,
+) -> None:
+    # hold 0.5 s: shorter than ingest's way back, so the outage's trades come late, and are counted
+    ingest_stats, agg_stats, bars, _ = await _crash_redis_under_ingest_and_aggregator(redis_server, 500)
+    assert ingest_stats.total("ingest_write_errors") > 0
+    for symbol in LIVE_SYMBOLS:
+        opens = [b.open_time_ms for b in bars[symbol]]
+        assert opens == list(range(opens[0], opens[-1] + 1, 1_000)), f"{symbol}: bars kept coming, on time"
+    assert agg_stats.total("aggregator_ticks_late") > 0, "with no hold, the outage's trades were late"

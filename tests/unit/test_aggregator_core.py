@@ -379,6 +379,29 @@ def test_timer_leaves_alone_symbols_the_caller_says_are_not_caught_up() -> None:
     assert agg.held() == [ref("1-0", ETH)]
 
 
+def test_timer_closes_no_interval_ending_after_the_writer_s_watermark() -> None:
+    # ingest buffered the trades of T0+1s.. while Redis was down: its watermark stands at T0 + 1_200
+    agg = BarAggregator(grace_ms=250)
+    agg.apply([entry("1-0", tick(T0 + 100, 5.0))])
+    out = agg.close_due(T0 + 9_000, watermarks={ETH: T0 + 1_200})
+    assert opens(of(out)) == [0], "the bar that ended before the watermark closes; no second after it is filled"
+    assert agg.close_due(T0 + 9_000, watermarks={ETH: T0 + 1_999}).bars == []
+    # the buffered trades arrive: they are in their bars, not late
+    out = agg.apply([entry("2-0", tick(T0 + 1_500, 6.0), tick(T0 + 3_400, 7.0))])
+    assert count(out, "ticks_late") == 0 and opens(of(out)) == [1_000, 2_000]
+    assert [b.filled for b in of(out)] == [False, True]
+    out = agg.close_due(T0 + 9_000, watermarks={ETH: T0 + 9_000 - 250})  # caught up: the wall clock again
+    assert opens(of(out)) == [3_000, 4_000, 5_000, 6_000, 7_000]
+
+
+def test_timer_holds_only_the_symbols_that_have_a_watermark() -> None:
+    agg = BarAggregator(grace_ms=0)
+    agg.apply([entry("1-0", tick(T0 + 100), symbol=ETH), entry("1-0", tick(T0 + 100), symbol=BTC)])
+    out = agg.close_due(T0 + 3_000, watermarks={ETH: T0 + 500})
+    assert {b.symbol for b in out.bars} == {BTC}, "no watermark (another producer): the wall clock decides"
+    assert agg.held() == [ref("1-0", ETH)]
+
+
 def test_timer_leaves_a_run_longer_than_max_fill_bars_to_the_next_trade_which_counts_it_once() -> None:
     agg = BarAggregator(grace_ms=0, max_fill_bars=3)
     agg.apply([entry("1-0", tick(T0 + 100, 5.0))])

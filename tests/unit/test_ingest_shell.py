@@ -24,12 +24,15 @@ class SwallowingPipeline:
     def xrevrange(self, *args: Any, **kwargs: Any) -> None:
         self.commands.append("xrevrange")
 
+    def set(self, *args: Any, **kwargs: Any) -> None:
+        self.commands.append("set")
+
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if "xadd" in self.commands:
             self.entered.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.01)
-        return [[] if c == "xrevrange" else b"1-0" for c in self.commands]
+        return [[] if c == "xrevrange" else True if c == "set" else b"1-0" for c in self.commands]
 
 
 class SwallowingRedis:

@@ -73,6 +73,14 @@ def ticks(symbol: str) -> str:
     return f"md:ticks:{{{check_symbol(symbol)}}}"
 
 
+def ticks_watermark(symbol: str) -> str:
+    """``md:ticks:{SYMBOL}:watermark``: a string key, epoch ms, that ingest's live source sets after
+    each successful write: every trade it had received by then is in the tick stream. The
+    aggregator's timer closes no bar that ends after it, so trades held back by a Redis outage
+    are not made late by the wall clock."""
+    return f"{ticks(symbol)}:watermark"
+
+
 def bars(symbol: str, timeframe: str) -> str:
     """Bar stream of one symbol and timeframe: ``md:bars:{SYMBOL}:TF``."""
     return f"md:bars:{{{check_symbol(symbol)}}}:{check_timeframe(timeframe)}"

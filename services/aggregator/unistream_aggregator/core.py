@@ -560,21 +560,30 @@ class BarAggregator:
                 best = due
         return best
 
-    def close_due(self, now_ms: int, symbols: Iterable[str] | None = None) -> AggregatorOutput:
+    def close_due(
+        self, now_ms: int, symbols: Iterable[str] | None = None, watermarks: Mapping[str, int] | None = None
+    ) -> AggregatorOutput:
         """Timer (live sources): close 1s intervals whose end + grace is at or before ``now_ms``.
 
         The open bar is emitted and the empty intervals after it are filled up to the newest
         interval that may close, so a quiet market still gets its bars on time. ``symbols``
         restricts this to symbols the caller knows have no undelivered trades (closing a bar
-        while its trades are still queued would make them late).
+        while its trades are still queued would make them late). ``watermarks`` (epoch ms, per
+        symbol) say up to when the writer has written every trade it received: no interval
+        ending after a symbol's watermark is closed (its trades may still be on their way).
         """
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
-        target = self._timer_target(now_ms)
         for symbol in self.due_symbols(now_ms):
             if symbol not in allowed:
                 continue
+            held_to = now_ms if watermarks is None or symbol not in watermarks else watermarks[symbol] + self.grace_ms
+            target = self._timer_target(min(now_ms, held_to))
             st = self._symbols[symbol]
+            if st.bar is not None and st.bar.open_ms >= target:
+                continue  # its end is past the watermark
+            if st.bar is None and not self._timer_fill(st, target):
+                continue
             if st.bar is not None:
                 self._emit(symbol, st, out)
             assert st.source is not None

@@ -43,7 +43,14 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from unistream_aggregator.core import HIGHER, LIVE_SOURCES, AggregatorOutput, BarAggregator, SymbolCheckpoint
+from unistream_aggregator.core import (
+    HIGHER,
+    LIVE_SOURCES,
+    SECOND_MS,
+    AggregatorOutput,
+    BarAggregator,
+    SymbolCheckpoint,
+)
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys, quality
 from unistream_common.consumer import (
@@ -116,6 +123,7 @@ class AggregatorShell:
         self._published: dict[str, tuple[tuple[Any, ...], int]] = {}  # symbol -> (what, when) last written
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
         self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
+        self._holding: set[str] = set()  # symbols whose bars wait for ingest's watermark (logged once)
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
@@ -211,9 +219,9 @@ class AggregatorShell:
         result = None
         due = [sym for sym in self.core.due_symbols(now_ms) if sym in self.owned]
         if due:
-            caught_up = await self._caught_up(due)
+            caught_up, watermarks = await self._caught_up(due, now_ms)
             if caught_up:
-                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up))
+                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up, watermarks))
         await self._publish_forming(now_ms)
         due = self.core.next_due_ms()
         if due is not None and self.gc is not None and due > time.time() * 1000:
@@ -467,8 +475,9 @@ class AggregatorShell:
         if pipe is not None:
             await pipe.execute()
 
-    async def _caught_up(self, symbols: list[str]) -> list[str]:
-        """Symbols whose tick stream holds no entry beyond what this process has applied.
+    async def _caught_up(self, symbols: list[str], now_ms: int) -> tuple[list[str], dict[str, int]]:
+        """Symbols whose tick stream holds no entry beyond what this process has applied, and the
+        watermarks that hold their bars (see :meth:`watermarks`).
 
         Compared with the last entry handed to :meth:`on_messages`, not with the group's
         last-delivered id: a read may have been delivered by Redis and still wait for the lock
@@ -477,13 +486,47 @@ class AggregatorShell:
         pipe = self.runtime.cmd.pipeline(transaction=False)
         for symbol in symbols:
             pipe.xrevrange(keys.ticks(symbol), count=1)
-        tops = await pipe.execute()
+            pipe.get(keys.ticks_watermark(symbol))
+        replies = await pipe.execute()
         out = []
-        for symbol, top in zip(symbols, tops):
+        for symbol, top in zip(symbols, replies[::2], strict=True):
             seen = self._seen.get(symbol)
             if seen is not None and (not top or id_pair(s(top[0][0])) <= seen):
                 out.append(symbol)
-        return out
+        return out, self.watermarks(dict(zip(symbols, replies[1::2], strict=True)), now_ms)
+
+    def watermarks(self, raw: dict[str, Any], now_ms: int) -> dict[str, int]:
+        """The ingest watermarks (``keys.ticks_watermark``) that hold bars, by symbol.
+
+        A watermark that stood still for longer than ``watermark_hold_ms`` holds nothing: its
+        writer is gone or stopped, and the bars close by the wall clock again (trades it still
+        brings are then late, and counted). No watermark (another producer, an older ingest):
+        the wall clock alone, as before.
+        """
+        held: dict[str, int] = {}
+        for symbol, value in raw.items():
+            try:
+                watermark = int(value) if value is not None else None
+            except ValueError:
+                watermark = None
+            lag_ms = now_ms - watermark if watermark is not None else 0
+            self.stats.set("aggregator_watermark_lag_ms", lag_ms, symbol=symbol)
+            if watermark is None or lag_ms > self.settings.watermark_hold_ms:
+                if symbol in self._holding:
+                    self._holding.discard(symbol)
+                    if watermark is not None:
+                        log.warning("%s: ingest's watermark stood still for %.1f s; closing bars by the wall "
+                                    "clock (trades it brings later are late)", symbol, lag_ms / 1000)  # fmt: skip
+                continue
+            held[symbol] = watermark
+            if lag_ms > self.settings.grace_ms + SECOND_MS and symbol not in self._holding:
+                self._holding.add(symbol)
+                self.stats.inc("aggregator_watermark_holds", symbol=symbol)
+                log.info("%s: holding bars after ingest's watermark (%.1f s behind)", symbol, lag_ms / 1000)
+            elif lag_ms <= self.settings.grace_ms + SECOND_MS and symbol in self._holding:
+                self._holding.discard(symbol)
+                log.info("%s: ingest's watermark caught up; bars close on time again", symbol)
+        return held
 
 
 def _decode_bar(fields: Any) -> Bar | None:

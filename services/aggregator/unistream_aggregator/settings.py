@@ -16,6 +16,14 @@ class AggregatorSettings(CommonSettings):
     grace_ms: int = Field(
         250, ge=0, le=60_000, description="Wall-clock wait after a bar's end before the timer closes it, ms"
     )
+    watermark_hold_ms: int = Field(
+        30_000,
+        ge=0,
+        le=3_600_000,
+        description="How long the timer holds bars after ingest's watermark (every trade written by then) "
+        "when it stands still, ms: a Redis outage's buffered trades arrive in their bars; after it, the wall clock "
+        "closes them (a dead or stopped ingest must not freeze the bars)",
+    )
     max_fill_gap_s: int = Field(
         3_600, ge=0, description="Longest run of empty seconds filled with flat bars; longer gaps stay visible"
     )

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 SERVICE = "ingest"
 READY_WINDOW_S = 5.0  # ready while the last successful Redis round trip is this recent
 IDLE_PING_S = 1.0  # with nothing to write, PING this often so readiness still means "Redis answers"
+WATERMARK_EVERY_MS = 100  # well inside the aggregator's grace (250 ms): bars close on time
 BACKOFF_MIN_S = 0.1
 SHUTDOWN_FLUSH_S = 1.0
 HISTORY_WAIT_S = 120.0  # a finished replay waits this long for its warm-up history before exiting  # on SIGTERM, try this long to write what is buffered
@@ -86,6 +87,7 @@ class IngestWriter:
         self._last_ok = -float("inf")  # monotonic time of the last successful round trip
         self._uncertain = True  # unknown what the stream holds: resolve before the first write
         self._retry_at = 0.0
+        self._watermark_ms = -WATERMARK_EVERY_MS  # event time of the last watermark written
         self._backoff = BACKOFF_MIN_S
         self._last_error = ""  # last Redis error, "" once writes succeed again
         self._dropping: set[str] = set()  # symbols whose buffer overflowed since the last good write
@@ -306,6 +308,7 @@ class IngestWriter:
             return
         try:
             await self._write(now_ms)
+            await self._write_watermarks(now_ms)
         except REDIS_ERRORS as exc:
             self._note_error(exc)
             self._retry_at = time.monotonic() + self._backoff
@@ -314,6 +317,30 @@ class IngestWriter:
         self._backoff = BACKOFF_MIN_S
 
     # --- Redis -----------------------------------------------------------------------------
+
+    async def _write_watermarks(self, now_ms: int) -> None:
+        """Say, per symbol of a live source with nothing left unwritten, that every trade received
+        by ``now_ms`` is in its tick stream (``keys.ticks_watermark``; at most every
+        WATERMARK_EVERY_MS).
+
+        Set only after the writes succeeded, in a round trip of its own, so the watermark never
+        runs ahead of the ticks. While Redis is down it stands still, and the aggregator holds the
+        bars after it open instead of closing them by the wall clock before the buffered trades
+        arrive (they would be late, and missing from their bars).
+        """
+        if self._finite() or isinstance(self.source, ExternalProducers):
+            return  # a replay's bars close on event time; the door's producers speak for themselves
+        if now_ms - self._watermark_ms < WATERMARK_EVERY_MS:
+            return
+        written = [symbol for symbol in self.symbols if self.buffer.size(symbol) == 0]
+        if not written:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for symbol in written:
+            pipe.set(keys.ticks_watermark(symbol), now_ms)
+        await pipe.execute()
+        self._watermark_ms = now_ms
+        self._last_ok = time.monotonic()
 
     def _note_error(self, exc: BaseException) -> None:
         self.stats.inc("ingest_write_errors")
