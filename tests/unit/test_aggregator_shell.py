@@ -145,7 +145,7 @@ async def test_an_acknowledgement_without_bars_still_writes_the_checkpoint_and_c
     assert result.writes == [] and result.ack == [(ETH_TICKS, "3-0")]
     assert state_of(result, keys.quality(ETH)).incr == {"ticks_late": 1}
     assert state_of(result, keys.agg_state(ETH)).value is not None
-    assert result.fence == {keys.agg_owner(ETH): shell.token}
+    assert result.fence == {keys.agg_fence(ETH): shell.token}
 
 
 async def test_results_are_fenced_on_the_owner_lease_of_every_symbol_they_write_or_acknowledge() -> None:
@@ -154,7 +154,7 @@ async def test_results_are_fenced_on_the_owner_lease_of_every_symbol_they_write_
     result = await shell.on_messages(
         [message("2-0", ETH, (DAY + 1_100, 11.0)), message("2-0", BTC, (DAY + 1_100, 51.0))]
     )
-    assert result.fence == {keys.agg_owner(ETH): shell.token, keys.agg_owner(BTC): shell.token}
+    assert result.fence == {keys.agg_fence(ETH): shell.token, keys.agg_fence(BTC): shell.token}
     assert shell.token.startswith("aggregator-test:")
 
 
@@ -235,7 +235,7 @@ async def test_timer_closes_bars_only_of_symbols_whose_stream_holds_nothing_beyo
     assert result is not None and result.ack == [(ETH_TICKS, "7-0")]
     assert [w.id for w in result.writes] == [f"{DAY + k * 1_000}-0" for k in range(4)]  # then filled up to now
     assert [w.key for w in result.state] == [keys.agg_state(ETH), keys.quality(ETH)]
-    assert result.fence == {keys.agg_owner(ETH): shell.token}
+    assert result.fence == {keys.agg_fence(ETH): shell.token}
 
 
 async def test_callbacks_raise_a_cancellation_that_a_library_swallowed() -> None:

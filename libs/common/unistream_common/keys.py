@@ -118,6 +118,13 @@ def agg_owner(symbol: str) -> str:
     return f"md:agg:owner:{{{check_symbol(symbol)}}}"
 
 
+def agg_fence(symbol: str) -> str:
+    """The token of the aggregator that last took one symbol: ``md:agg:fence:{SYMBOL}`` (never
+    expires; changes only at a takeover). Commits are fenced on it, not on the lease, so renewing
+    the lease during a long commit does not abort the commit's WATCH."""
+    return f"md:agg:fence:{{{check_symbol(symbol)}}}"
+
+
 def forming(symbol: str, timeframe: str) -> str:
     """The bar of ``timeframe`` still forming (not final): ``md:forming:{SYMBOL}:TF``, a hash
     holding one encoded :class:`~unistream_common.packets.Bar` (fields type, v, data)."""

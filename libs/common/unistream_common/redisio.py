@@ -8,15 +8,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 PROTOCOL = 2
+# What a Redis call can raise when Redis is unreachable, restarting or refuses a command: callers
+# that retry or degrade catch these, and nothing broader.
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def _common(url: str, name: str) -> dict[str, Any]:

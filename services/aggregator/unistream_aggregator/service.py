@@ -15,11 +15,13 @@ entries for it before new ones.
 
 Exactly once. Every callback returns bars (explicit ids ``<open_time_ms>-0``), the checkpoint
 and the quality counters of the symbols it touched, and the acknowledgements, and the runtime
-writes them in one MULTI, fenced on the owner leases: a process that lost a lease cannot write
-for that symbol any more (the runtime rewinds it; see ``FenceLost``). A re-emitted bar is
-refused by Redis and counted as a duplicate write.
+writes them in one MULTI, fenced on ``md:agg:fence:{SYMBOL}`` (the token of the symbol's last
+taker, set with the lease at every takeover): a process whose symbol was taken over cannot write
+for it any more (the runtime rewinds it; see ``FenceLost``). A re-emitted bar is refused by Redis
+and counted as a duplicate write. The fence is a key of its own so that renewing the lease does
+not abort a long commit's WATCH; renewals come from a task of their own (:meth:`keep_leases`).
 
-- ``on_timer`` (every 0.1 s): leases and membership (every ``owner_ttl_ms / 5``), bars whose end +
+- ``on_timer`` (every 0.1 s): membership, leases given up or taken (every ``owner_ttl_ms / 5``), bars whose end +
   grace has passed in wall-clock time for live symbols with nothing left to read (while a
   backlog is queued, event time, not the wall clock, decides when bars close), and the forming
   bars on ``md:forming:{SYMBOL}:TF`` for the dashboard.
@@ -65,7 +67,7 @@ from unistream_common.consumer import (
 )
 from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, TickBatch
-from unistream_common.redisio import id_pair, s, top_packets
+from unistream_common.redisio import REDIS_ERRORS, id_pair, s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 
@@ -81,12 +83,21 @@ FORMING_TTL_MS = 10_000  # forming bars vanish when no owner refreshes them
 _CHECKPOINT = msgspec.json.Decoder(SymbolCheckpoint)
 _ENCODER = msgspec.json.Encoder()
 
-# Compare-and-set scripts on one key (the lease): renew, take over from a former self, release.
-_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+# Compare-and-set scripts on a symbol's lease (KEYS[1], expires) and fence (KEYS[2], the token of
+# the last taker; commits are fenced on it). Renew: 1 when renewed, also when the lease ran out
+# and the fence shows nobody took the symbol since (this process's state is still the truth),
+# else who holds the lease now (false: nobody, but another took it in between).
+_RENEW = (
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
+    "if v == false and redis.call('GET', KEYS[2]) == ARGV[1] then "
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return v"
+)
+# Take: when the lease is free or held by a former self (ARGV[3]: this consumer's prefix).
 _TAKE = (
     "local v = redis.call('GET', KEYS[1]) "
     "if v == false or string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then "
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[1]) return 1 end return 0"
 )
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -124,6 +135,8 @@ class AggregatorShell:
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
         self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
         self._holding: set[str] = set()  # symbols whose bars wait for ingest's watermark (logged once)
+        # Leases the keeper (keep_leases) could not renew: symbol -> who holds it now (None: nobody).
+        self._lost: dict[str, str | None] = {}
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
@@ -235,29 +248,62 @@ class AggregatorShell:
 
     # --- ownership -------------------------------------------------------------------------
 
+    async def keep_leases(self) -> None:
+        """Renew the owned leases every ``lease_ms / 5``, whatever the consumer is doing.
+
+        A task of its own, apart from the consumer's lock: renewing from the timer, which waits
+        for the lock, let a long batch (a backlog being caught up on a busy machine) outlast the
+        lease, so the process dropped its symbols and re-read their pending trades. Core steps run
+        in a worker thread (:meth:`_guarded`), so this loop gets its turn while they compute. A
+        lease it cannot renew is only recorded; the timer gives the symbol up, under the lock.
+        """
+        while True:
+            await asyncio.sleep(self.lease_ms / 5_000)
+            owned = list(self.owned)
+            if not owned:
+                continue
+            pipe = self.runtime.cmd.pipeline(transaction=False)
+            for symbol in owned:
+                pipe.eval(_RENEW, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms)
+            sent = time.monotonic()
+            try:
+                replies = await pipe.execute()
+            except REDIS_ERRORS:
+                self.stats.inc("aggregator_lease_renewal_errors")
+                continue  # the consumer sees the outage too; the leases run out on their own
+            for symbol, reply in zip(owned, replies, strict=True):
+                if symbol not in self.owned:
+                    continue  # given up while the renewal was under way
+                if reply == 1:
+                    self._valid_until[symbol] = sent + self.lease_ms / 1000
+                else:
+                    self._lost[symbol] = s(reply) if reply else None
+
     async def _maintain_leases(self, now_ms: int) -> None:
-        """Heartbeat, renew owned leases, give up lost ones, take or hand back symbols."""
+        """Heartbeat, give up the leases the keeper lost, claim stranded entries, take or hand back symbols."""
         cmd = self.runtime.cmd
         me = self.runtime.consumer
+        for symbol, holder in list(self._lost.items()):
+            del self._lost[symbol]
+            if symbol not in self.owned:
+                continue
+            if holder is None:
+                log.warning("%s: lease ran out and another aggregator took the symbol in between (it has let "
+                            "go since); dropping it, to take it back from Redis", symbol)  # fmt: skip
+            else:
+                log.warning("%s: lease lost to %s; dropping it", symbol, holder.rsplit(":", 1)[0])
+            self.stats.inc("aggregator_leases_lost", symbol=symbol)
+            self._forget(symbol)
         pipe = cmd.pipeline(transaction=False)
         pipe.zadd(keys.AGGREGATOR_MEMBERS, {me: now_ms + self.lease_ms})
         pipe.zremrangebyscore(keys.AGGREGATOR_MEMBERS, "-inf", now_ms)
         pipe.zcard(keys.AGGREGATOR_MEMBERS)
         owned = list(self.owned)
         for symbol in owned:
-            pipe.eval(_RENEW, 1, keys.agg_owner(symbol), self.token, self.lease_ms)
             pipe.xpending(keys.ticks(symbol), keys.GROUP_AGGREGATOR)
-        sent = time.monotonic()
         replies = await pipe.execute()
         members = max(1, int(replies[2]))
-        for i, symbol in enumerate(owned):
-            renewed, pending = replies[3 + 2 * i], replies[4 + 2 * i]
-            if not renewed:
-                log.warning("%s: lease lost (another aggregator owns it now); dropping it", symbol)
-                self.stats.inc("aggregator_leases_lost", symbol=symbol)
-                self._forget(symbol)
-                continue
-            self._valid_until[symbol] = sent + self.lease_ms / 1000
+        for symbol, pending in zip(owned, replies[3:], strict=True):
             if any(s(c["name"]) != me for c in pending.get("consumers") or []):
                 await self._claim_stranded(symbol)
         fair = math.ceil(len(self.symbols) / members)
@@ -276,7 +322,9 @@ class AggregatorShell:
             if symbol in self.owned:
                 continue
             sent = time.monotonic()
-            taken = await cmd.eval(_TAKE, 1, keys.agg_owner(symbol), self.token, self.lease_ms, me + ":")
+            taken = await cmd.eval(
+                _TAKE, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms, me + ":"
+            )
             if taken:
                 self._valid_until[symbol] = sent + self.lease_ms / 1000
                 await self._take(symbol)
@@ -399,8 +447,14 @@ class AggregatorShell:
         """Run a core step; on an exception, hand over to run_with_restarts and never return."""
         if self.core_error is not None:
             await asyncio.Event().wait()  # a restart is under way: never touch the state again
+        # In a worker thread, so the event loop (and with it keep_leases) runs while a long step
+        # computes; the consumer's lock keeps every other core call out meanwhile.
+        running = asyncio.ensure_future(asyncio.to_thread(step))
         try:
-            out = step()
+            out = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait({running})  # the step finishes before anything touches the core again
+            raise
         except Exception as exc:
             self.core_error = exc
             self.stats.inc("aggregator_core_errors")
@@ -446,11 +500,11 @@ class AggregatorShell:
                 for name, n in incr.get(symbol, {}).items():
                     totals[name] = totals.get(name, 0) + n
         self.stats.set("aggregator_held_entries", len(self.core.held()))
-        fence = {keys.agg_owner(symbol): self.token for symbol in symbols}
+        fence = {keys.agg_fence(symbol): self.token for symbol in symbols}
         for stream, _ in out.ack:
             symbol = keys.parse_ticks(stream)
             if symbol is not None:
-                fence[keys.agg_owner(symbol)] = self.token
+                fence[keys.agg_fence(symbol)] = self.token
         return Result(writes=writes, ack=out.ack, state=state, fence=fence)
 
     async def _publish_forming(self, now_ms: int) -> None:
@@ -557,6 +611,15 @@ async def worker(ctx: ServiceContext) -> None:
 
 async def run_with_restarts(runtime: StreamRuntime, shell: AggregatorShell) -> None:
     """Run the runtime; when the core fails, cancel and start it again (it rewinds from Redis)."""
+    keeper = asyncio.create_task(shell.keep_leases(), name="aggregator:leases")
+    try:
+        await _run_until_stopped(runtime, shell)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+
+async def _run_until_stopped(runtime: StreamRuntime, shell: AggregatorShell) -> None:
     while True:
         run_task = asyncio.create_task(runtime.run(), name="aggregator:runtime")
         restart_task = asyncio.create_task(shell.restart_requested.wait(), name="aggregator:restart")

@@ -51,13 +51,12 @@ from typing import Annotated, Any
 import msgspec
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Request, Response, WebSocket
-from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from unistream_common import codec, keys
 from unistream_common.packets import Side, Source, Tick, TickBatch
-from unistream_common.redisio import command_client
+from unistream_common.redisio import REDIS_ERRORS, command_client
 from unistream_common.settings import is_loopback
 from unistream_common.stats import Stats
 from unistream_ingest.settings import IngestSettings
@@ -74,7 +73,6 @@ WS_POLICY_VIOLATION = 1008
 WS_MESSAGE_TOO_BIG = 1009
 MAX_TRADE_ID = 2**63 - 1  # TickBatch entries are msgpack: ids must fit a signed 64-bit integer
 SKIPPED_REASONS = frozenset({"duplicate"})  # not written, but no reason to refuse the request
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 # Strict decimal: no sign, exponent, whitespace, underscores, nan or inf (all of which float() takes).
 _DECIMAL_RE = re.compile(r"^[0-9]{1,24}(?:\.[0-9]{1,24})?$")

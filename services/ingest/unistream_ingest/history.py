@@ -45,11 +45,10 @@ import httpx
 import msgspec
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Source
-from unistream_common.redisio import is_id_too_small
+from unistream_common.redisio import REDIS_ERRORS, is_id_too_small
 from unistream_common.stats import Stats
 from unistream_ingest.archive import TradeColumns, read_columns_in_time_order
 from unistream_ingest.binance import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
@@ -593,7 +592,6 @@ async def publish_history(
 
 
 SourceKind = Literal["binance", "replay", "synthetic"]
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def _replay_history(

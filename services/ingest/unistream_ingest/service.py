@@ -29,12 +29,11 @@ import time
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from unistream_common import codec, keys
 from unistream_common.consumer import raise_if_cancel_lost
 from unistream_common.packets import GapMarker, Tick, TickBatch
-from unistream_common.redisio import command_client, top_packets
+from unistream_common.redisio import REDIS_ERRORS, command_client, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
@@ -54,7 +53,6 @@ WATERMARK_EVERY_MS = 100  # well inside the aggregator's grace (250 ms): bars cl
 BACKOFF_MIN_S = 0.1
 SHUTDOWN_FLUSH_S = 1.0
 HISTORY_WAIT_S = 120.0  # a finished replay waits this long for its warm-up history before exiting  # on SIGTERM, try this long to write what is buffered
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def wall_ms() -> int:
