@@ -15,7 +15,7 @@ PROFILES := auto live replay
 N ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv constraints system run test bench chaos lint up down logs scale-trainer
+.PHONY: help venv constraints system run test bench chaos lint up down logs scale-trainer compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -62,8 +62,12 @@ lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose sp
 deploy/.env: | deploy/.env.example
 	$(PYTHON) scripts/make-env.py deploy/.env.example $@
 
-up: deploy/.env ## build the images and start the stack in Docker, detached (PROFILE=live or replay: other data)
-	$(COMPOSE) --profile $(PROFILE) up -d --build
+# `up` checks the engine first (Engine >= 25, Compose >= 2.20: healthchecks use start_interval),
+# waits until every container is healthy, then says where the dashboard is.
+up: deploy/.env ## build the images, start the stack in Docker and wait until it is healthy (PROFILE=live or replay: other data)
+	@$(PYTHON) deploy/check.py --engine-only
+	$(COMPOSE) --profile $(PROFILE) up -d --build --wait --wait-timeout 300
+	@echo "unistream is up: dashboard at http://$$($(COMPOSE) port dashboard 8501)  (make logs, make scale-trainer N=3, make down)"
 
 down: deploy/.env ## stop the Docker stack, every profile (volumes are kept)
 	$(COMPOSE) $(PROFILES:%=--profile %) down
@@ -72,4 +76,7 @@ logs: deploy/.env ## follow the Docker stack's logs (every profile)
 	$(COMPOSE) $(PROFILES:%=--profile %) logs -f --tail=200
 
 scale-trainer: deploy/.env ## run N trainer replicas in Docker (make scale-trainer N=3; same PROFILE as up)
-	$(COMPOSE) --profile $(PROFILE) up -d --no-recreate --scale trainer=$(N)
+	$(COMPOSE) --profile $(PROFILE) up -d --no-recreate --scale trainer=$(N) --wait --wait-timeout 300
+
+compose-check: venv system ## build and run the Docker stack for real, check it as a user would (needs a Docker engine; ~5 min)
+	$(VENV)/bin/python deploy/check.py $(ARGS)
