@@ -84,8 +84,11 @@ class Report:
         print(f"[compose-check] {name} ...", flush=True)
         try:
             yield out
-        except (CheckFailed, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-            detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) and exc.stderr else str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever stops a check is its row's failure, not the run's
+            if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+                detail = exc.stderr
+            else:
+                detail = str(exc) if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
             self.rows.append(Row(name, False, " ".join(str(detail).split())[:300], time.monotonic() - started))
             print(f"[compose-check] FAILED {name}: {detail}", flush=True)
             return

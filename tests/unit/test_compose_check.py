@@ -57,5 +57,8 @@ def test_the_summary_fails_when_any_check_failed() -> None:
     with report.check("fails"):
         raise CheckFailed("3 consumers, expected 2")
     assert not report.ok
+    with report.check("breaks"):
+        {}["missing"]  # any exception is the row's failure, and the next checks still run
     table = report.table()
+    assert "| breaks | FAILED | KeyError: 'missing' |" in table
     assert "| passes | ok | measured |" in table and "| fails | FAILED | 3 consumers, expected 2 |" in table
