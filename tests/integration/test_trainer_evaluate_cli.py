@@ -68,9 +68,18 @@ def test_evaluate_prints_the_walk_forward_table_with_the_baselines(tmp_path: Pat
     assert all(" [" in v and v.endswith("]") for v in pnl.values()), "the policy and each baseline with an interval"
     assert pnl["flat"] == "0 [0, 0]", "flat earns nothing, exactly"
     assert cells["fee_share"][1:] == ["-", "-", "-"], "trade statistics are the policy's only"
-    assert "policy pnl minus baseline pnl" in out
+    # the verdict: blocks are the replicates, the random baseline is the policy's own positions shifted
+    assert "2 test blocks (the unit of replication; seeds averaged inside each)" in out
+    edges = {c[0]: c[1:] for line in out.splitlines() if (c := [x.strip() for x in line.strip("|").split("|")])}
     for name in BASELINES:
-        assert f"  {name}: " in out
+        assert name in edges and edges[name][1] in ("better", "worse", "no difference"), out
+    assert "shift null" in out and "net p = " in out and "gross p = " in out
+    assert "random baseline cost-matched: yes" in out
+    assert "probabilistic Sharpe" in out and "deflated for 1 configuration(s)" in out
+    for bps in ("0 bps", "2 bps", "5 bps", "10 bps"):
+        assert f"| {bps} |" in out, "the fee sweep"
+    assert out.rstrip().splitlines()[-1].startswith(("EDGE", "NO EDGE")), "one line says what it means"
+    assert "fills 1000 ms after a decision" in out and "slippage 0.0002" in out
     assert "2 folds x 2 seeds" in out
     assert "seed 2 fold 1" in done.stderr, "progress goes to stderr"
 
@@ -82,7 +91,7 @@ def test_evaluate_json_holds_every_run_and_the_intervals(tmp_path: Path) -> None
     report = json.loads(done.stdout)
     assert set(report["rows"]) == set(TABLE_METRICS)
     assert set(report["rows"]["pnl"]) == {"policy", *BASELINES}
-    assert report["rows"]["pnl"]["policy"]["n"] == 4
+    assert report["rows"]["pnl"]["policy"]["n"] == 2, "one value per test block, seeds averaged"
     runs = report["runs"]
     assert [(r["seed"], r["fold"]) for r in runs] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     data = report["data"]
@@ -92,7 +101,13 @@ def test_evaluate_json_holds_every_run_and_the_intervals(tmp_path: Path) -> None
         assert r["test_from_ms"] > T0 and r["metrics"]["paper/steps"] == r["test_packets"]
     blocks = data["decision_points"] // 3
     assert abs(runs[0]["train_packets"] - blocks) <= 1 and abs(runs[1]["train_packets"] - 2 * blocks) <= 1
-    assert set(report["pnl_minus_baseline"]) == set(BASELINES)
+    verdict = report["verdict"]
+    assert set(verdict["edges"]["net"]) == set(BASELINES) and set(verdict["edges"]["gross"]) == set(BASELINES)
+    assert verdict["edges"]["net"]["flat"]["n"] == 2
+    assert 0 < verdict["p_value"]["net"] <= 1 and len(verdict["block_p_values"]["net"]) == 2
+    assert set(verdict["sweep_bps"]) == {"0", "2", "5", "10"}
+    assert verdict["costs"] == {"fee": 0.001, "slippage": 0.0002, "latency_ms": 1000}
+    assert [len(r["targets"]) for r in runs] == [r["test_packets"] for r in runs]
 
 
 def test_evaluate_exits_2_with_the_reason_for_files_it_cannot_use(tmp_path: Path) -> None:

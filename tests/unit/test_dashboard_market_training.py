@@ -445,9 +445,11 @@ def test_paper_stats_format() -> None:
     assert training.fmt_stat(12345.6, "num") == "12,346"
 
 
-def test_sharpe_under_a_day_names_the_hours_it_was_annualised_from() -> None:
-    # 1 s steps annualise by sqrt(31.5 M): 20 minutes of a small edge read "1,234"
-    assert training.sharpe_label(0.33) == "Sharpe (0.33 h)"
+def test_sharpe_is_na_under_three_completed_hours_and_names_its_hours_under_a_day() -> None:
+    assert training.sharpe_label(0) == "Sharpe (needs 3 h)"
+    assert training.sharpe_value(-4522.0, 0) is None, "never a figure annualised from minutes"
+    assert training.fmt_stat(training.sharpe_value(-4522.0, 2), "num") == "n/a"
+    assert training.sharpe_label(5) == "Sharpe (5 h)" and training.sharpe_value(1.5, 5) == 1.5
     assert training.sharpe_label(24.0) == "Sharpe"
     assert training.sharpe_label(None) == "Sharpe"
     assert training.fmt_stat(None, "num") == "n/a"
@@ -626,7 +628,8 @@ def _write_training(conn: redis.Redis, now: int) -> None:
                 "paper/pnl": 0.01 * k, "paper/buy_and_hold_pnl": 0.005 * k, "paper/flat_pnl": 0.0,
                 "paper/random_pnl": -0.002 * k, "paper/sharpe": 1.25, "paper/max_drawdown": 0.05,
                 "paper/win_rate": 0.55, "paper/trades_per_hour": 12.0, "paper/fee_share": 0.2,
-                "paper/hours": 0.25 + k, "merge/duration_ms": 42.0, "merge/members": 2.0,
+                "paper/hours": 0.25 + k, "paper/sharpe_hours": 3.0 + k, "merge/duration_ms": 42.0,
+                "merge/members": 2.0,
             }  # fmt: skip
             sizes = {"sensitivity/chosen_size_0": 0.6, "sensitivity/chosen_size_0.5": 0.4} if k == 2 else {}
             packets.append(
@@ -671,7 +674,7 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
     assert list(paper) == ["policy", "buy & hold", "flat", "random"]
     assert paper["policy"]["y"] == [0.0, 0.01, 0.02] and paper["buy & hold"]["line"]["dash"] == "dash"
     stats = {m.label: m.value for m in at.metric}
-    assert stats["Sharpe (2.2 h)"] == "1.25" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
+    assert stats["Sharpe (5 h)"] == "1.25" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
     assert stats["Trades / hour"] == "12" and stats["Fee share"] == "20.0 %" and stats["PnL (log)"] == "0.02"
     assert stats["Sensitivity edge (mean reward over the baseline's)"] == "+0.003"
     extrema = _traces(charts["training-extrema-top"])

@@ -1,4 +1,8 @@
-"""Paper trading: hand-computed PnL, fees, trades, drawdown, Sharpe, baselines, no look-ahead, statistics."""
+"""Paper trading: hand-computed PnL, fees, trades, drawdown, Sharpe, baselines, no look-ahead, statistics.
+
+The accounting is checked with immediate fills (``IMMEDIATE``: latency 0, no slippage), which
+makes hand computation easy; execution with latency and slippage, the defaults, has tests of its own.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ from unistream_trainer.paper import (
 
 T0 = 1_700_000_000_000
 FEE = 0.001
-SQRT_STEPS_PER_YEAR_1S = math.sqrt(365 * 24 * 3600)
+HOUR = 3_600_000
+IMMEDIATE = {"latency_ms": 0, "slippage": 0.0}
 
 
 def run(prices: list[float], targets: list[float], fee: float = FEE, dt_ms: int = 1000, seed: int = 0) -> PaperBook:
-    book = PaperBook(fee=fee, seed=seed)
+    book = PaperBook(fee=fee, seed=seed, **IMMEDIATE)
     for k, (p, t) in enumerate(zip(prices, targets, strict=True)):
         book.step(T0 + k * dt_ms, p, t)
     return book
@@ -48,7 +53,7 @@ def test_long_on_a_rising_price_earns_the_log_return_less_one_fee():
 
 
 def test_a_round_trip_pays_two_fees_and_closes_one_trade():
-    book = PaperBook(fee=FEE)
+    book = PaperBook(fee=FEE, **IMMEDIATE)
     assert book.step(T0, 100.0, 1, tag="ctx") == []
     (trade,) = book.step(T0 + 1000, 110.0, 0)
     assert trade == ClosedTrade(
@@ -67,7 +72,7 @@ def test_a_round_trip_pays_two_fees_and_closes_one_trade():
 
 
 def test_a_flip_from_long_to_short_pays_two_fees_at_once_and_splits_them_between_the_trades():
-    book = PaperBook(fee=FEE)
+    book = PaperBook(fee=FEE, **IMMEDIATE)
     book.step(T0, 100.0, 1)
     (closed,) = book.step(T0 + 1000, 100.0, -1, tag="short")
     assert book.last_returns()["policy"] == pytest.approx(-2 * FEE)
@@ -82,7 +87,7 @@ def test_a_flip_from_long_to_short_pays_two_fees_at_once_and_splits_them_between
 
 
 def test_resizing_on_the_same_side_stays_in_the_trade_and_pays_the_difference():
-    book = PaperBook(fee=FEE)
+    book = PaperBook(fee=FEE, **IMMEDIATE)
     book.step(T0, 100.0, 0.5)
     assert book.step(T0 + 1000, 100.0, 1.0) == []
     (trade,) = book.step(T0 + 2000, 110.0, 0)
@@ -107,7 +112,7 @@ def test_a_different_future_price_never_changes_the_decisions_or_costs_before_it
 
     def replay(prices: list[float]) -> tuple[list[int], list[float]]:
         """A momentum policy that sees prices up to now only; its decisions and per-step returns."""
-        book = PaperBook(fee=FEE)
+        book = PaperBook(fee=FEE, **IMMEDIATE)
         decisions, returns = [], []
         for t, p in enumerate(prices):
             target = 0 if t == 0 else (1 if p > prices[t - 1] else -1)
@@ -127,7 +132,7 @@ def test_closed_trades_plus_the_open_one_add_up_to_the_pnl():
     rng = np.random.default_rng(5)
     prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.003, 500))))
     targets = list(rng.choice([0, 1, -1, 0.5], size=500, p=[0.7, 0.1, 0.1, 0.1]))
-    book = PaperBook(fee=FEE)
+    book = PaperBook(fee=FEE, **IMMEDIATE)
     closed: list[ClosedTrade] = []
     for t, (p, a) in enumerate(zip(prices, targets)):
         closed += book.step(T0 + 1000 * t, float(p), float(a))
@@ -172,20 +177,38 @@ def test_fee_share_of_fees_in_the_gross_activity():
     assert run([100.0, 110.0], [0, 0]).metrics()["paper/fee_share"] == 0.0
 
 
-def test_sharpe_is_annualised_by_the_median_step_time():
-    prices = [100.0, 101.0, 100.0, 102.0, 101.5]
-    m = run(prices, [1] * 5, fee=0.0).metrics()
+def test_sharpe_comes_from_completed_hours_never_from_seconds():
+    # one step a minute for 5 h 30 min, starting mid-hour: hours 1..4 are complete, 0 and 5 are not
+    rng = np.random.default_rng(8)
+    start = T0 - T0 % HOUR + 30 * 60_000
+    n = 330
+    prices = list(100 * np.exp(np.cumsum(rng.normal(0.0002, 0.001, n))))
+    m = run(prices, [1] * n, fee=0.0, dt_ms=60_000)
+    # the same steps, placed by hand: hourly sums of the log returns
     r = np.array([0.0, *np.diff(np.log(prices))])
-    assert m["paper/sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * SQRT_STEPS_PER_YEAR_1S)
-    # The same returns one minute apart: sqrt(60) times fewer steps per year.
-    m60 = run(prices, [1] * 5, fee=0.0, dt_ms=60_000).metrics()
-    assert m60["paper/sharpe"] == pytest.approx(m["paper/sharpe"] / math.sqrt(60))
+    book = PaperBook(fee=0.0, **IMMEDIATE)
+    for k, p in enumerate(prices):
+        book.step(start + 60_000 * k, p, 1)
+    hours = [r[k] for k in range(n)]
+    by_hour: dict[int, float] = {}
+    for k in range(n):
+        h = (start + 60_000 * k) // HOUR
+        by_hour[h] = by_hour.get(h, 0.0) + hours[k]
+    complete = np.array([by_hour[h] for h in sorted(by_hour)][1:-1])
+    assert len(complete) == 4
+    assert book.metrics()["paper/sharpe_hours"] == 4
+    assert book.metrics()["paper/sharpe"] == pytest.approx(complete.mean() / complete.std(ddof=1) * math.sqrt(8760))
+    assert m.metrics()["paper/sharpe"] != 0.0
 
 
-def test_sharpe_is_zero_for_constant_returns():
+def test_sharpe_is_zero_under_three_completed_hours_and_for_constant_returns():
+    # an hour of one-second returns: the old per-step annualisation gave values in the thousands
+    rng = np.random.default_rng(9)
+    prices = list(100 * np.exp(np.cumsum(rng.normal(0.0001, 0.0005, 3_600))))
+    assert run(prices, [1] * 3_600).metrics()["paper/sharpe"] == 0.0
     curve = _Curve()
-    for k in range(50):
-        curve.add(T0 + 1000 * k, math.log(1.001))
+    for k in range(10):
+        curve.add(T0 - T0 % HOUR + HOUR * k, math.log(1.001))
     assert curve.sharpe() == 0.0
     m = run([100.0 * 1.001**k for k in range(50)], [0] * 50).metrics()  # flat: all returns 0
     assert m["paper/sharpe"] == 0.0 and m["paper/pnl"] == 0.0
@@ -201,21 +224,50 @@ def test_baselines_on_the_same_prices():
     assert m["paper/random_pnl"] == 0.0
 
 
-def test_the_random_baseline_matches_the_policys_trade_rate_and_is_seeded():
+def test_the_random_baseline_is_the_policy_s_own_trades_out_of_time_so_it_pays_the_same_costs():
     rng = np.random.default_rng(11)
-    n = 6000
+    n = 20_000  # one step a second: 5.6 h, beyond the longest lag (2 h)
     prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.001, n))))
     targets, pos = [], 0
     for _ in range(n):
-        if rng.random() < 0.08:
+        if rng.random() < 0.01:
             pos = int(rng.choice([p for p in (0, 1, -1) if p != pos]))
         targets.append(pos)
-    m = run(prices, targets, seed=1).metrics()
-    changes, random_changes = m["paper/position_changes"], m["paper/random_position_changes"]
-    assert changes == pytest.approx(0.08 * n, rel=0.1)
-    assert random_changes == pytest.approx(changes, rel=0.1)
-    assert run(prices, targets, seed=1).metrics() == m
-    assert run(prices, targets, seed=2).metrics()["paper/random_pnl"] != m["paper/random_pnl"]
+    book = PaperBook(fee=FEE, seed=1)  # the defaults: 1 s latency, 2 bps slippage
+    for k, (p, a) in enumerate(zip(prices, targets, strict=True)):
+        book.step(T0 + 1000 * k, p, a)
+    m = book.metrics()
+    assert 30 * 60_000 <= book.lag_ms <= 2 * HOUR
+    lag_steps = book.lag_ms // 1000
+    held = np.array(targets[: n - 1 - lag_steps], dtype=float)  # what the policy held, lag + latency later
+    expected_changes = int(np.count_nonzero(np.diff(held, prepend=0.0)))
+    assert m["paper/random_position_changes"] == expected_changes
+    assert m["paper/random_position_changes"] <= m["paper/position_changes"]
+    assert PaperBook(fee=FEE, seed=2).lag_ms != book.lag_ms, "seeded per book"
+
+
+def test_a_decision_fills_after_the_latency_at_the_price_then_and_pays_the_slippage_too():
+    book = PaperBook(fee=FEE, latency_ms=1_000, slippage=0.0002)
+    book.step(T0, 100.0, 1)  # decided at 100: fills at the next step's price
+    assert book.position == 0 and book.last_returns()["policy"] == 0.0
+    book.step(T0 + 1_000, 110.0, 1)
+    assert book.position == 1
+    assert book.last_returns()["policy"] == pytest.approx(-(FEE + 0.0002)), "bought at 110: the jump is not earned"
+    book.step(T0 + 2_000, 121.0, 0)
+    assert book.last_returns()["policy"] == pytest.approx(math.log(1.1)), "the exit waits for its fill too"
+    (trade,) = book.step(T0 + 3_000, 121.0, 0)
+    assert trade.entry_price == 110.0 and trade.exit_price == 121.0 and trade.entry_ts_ms == T0 + 1_000
+    assert trade.fees == pytest.approx(2 * (FEE + 0.0002))
+
+
+def test_with_a_longer_latency_a_later_decision_due_at_the_same_step_replaces_the_earlier():
+    book = PaperBook(fee=FEE, latency_ms=2_500, slippage=0.0)
+    for k, target in enumerate([1, -1, 0, 0, 0]):
+        book.step(T0 + 1_000 * k, 100.0, target)
+        if k == 2:
+            assert book.position == 0, "nothing is due before 2.5 s"
+    # at 3 s the long (due 2.5 s) fills; at 4 s the short (due 3.5 s)
+    assert book.policy.changes == 2 and book.position == -1
 
 
 def test_steps_must_move_forward_in_time_with_valid_prices_and_positions():
@@ -229,6 +281,8 @@ def test_steps_must_move_forward_in_time_with_valid_prices_and_positions():
         book.step(T0 + 1, 100.0, 2)
     with pytest.raises(ValueError, match="fee"):
         PaperBook(fee=-0.1)
+    with pytest.raises(ValueError, match="latency"):
+        PaperBook(latency_ms=-1)
 
 
 # --- several symbols ----------------------------------------------------------------------------
@@ -239,7 +293,7 @@ def test_portfolio_of_identical_symbols_matches_one_book_and_pools_trades():
     prices = list(100 * np.exp(np.cumsum(rng.normal(0, 0.002, 300))))
     targets = [int(x) for x in rng.choice([0, 1, -1], size=300, p=[0.8, 0.1, 0.1])]
     book = run(prices, targets)
-    pf = PaperPortfolio(fee=FEE)
+    pf = PaperPortfolio(fee=FEE, **IMMEDIATE)
     for k, (p, a) in enumerate(zip(prices, targets)):
         for symbol in ("ETHUSDT", "BTCUSDT"):
             pf.step(symbol, T0 + 1000 * k, p, a)
@@ -252,7 +306,7 @@ def test_portfolio_of_identical_symbols_matches_one_book_and_pools_trades():
 
 
 def test_portfolio_splits_capital_equally():
-    pf = PaperPortfolio(fee=0.0)
+    pf = PaperPortfolio(fee=0.0, **IMMEDIATE)
     for k, (eth, btc) in enumerate([(100.0, 50.0), (110.0, 40.0)]):
         pf.step("ETHUSDT", T0 + 1000 * k, eth, 1)  # long ETH
         pf.step("BTCUSDT", T0 + 1000 * k, btc, 0)  # flat BTC

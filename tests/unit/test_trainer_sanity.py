@@ -1,24 +1,29 @@
-"""The sanity pair of the trainer, through the real walk-forward evaluation (unistream_trainer.evaluate).
+"""The sanity suite of the trainer, through the real walk-forward evaluation and its verdict.
 
-Both must hold; one without the other proves nothing:
+Each arm can fail, and for the right reason:
 
 - it learns: on a market with a planted, learnable pattern (a state feature gives the sign of the
-  drift of the coming returns, and the drift pays far more than the 0.1 % fee per side) the DQN's
-  greedy policy, trained on earlier blocks only, beats buy-and-hold, flat and random (at the same
-  trade rate) after fees, with the lower end of its interval above each baseline's mean and the
-  paired difference significantly above 0;
-- the evaluation is honest: on a random walk with the same volatility and the same kind of states
-  the same learner shows no significant edge (its PnL minus flat's, and minus buy-and-hold's, is not
-  significantly positive).
+  drift of the coming returns, and the drift pays far more than the costs) the DQN's greedy policy,
+  trained on earlier blocks only, beats buy-and-hold, flat and its own positions out of time after
+  fees and slippage, with intervals over test blocks (the unit of replication) above 0;
+- the evaluation is honest: on a random walk the same learner's edge over its own positions out of
+  time is not significant, neither net nor gross;
+- it sees a leak the fees hide: the random walk with a look-ahead feature correlated 0.3 with the
+  return a decision will earn shows a significant *gross* edge, although it is no edge after costs;
+- it cannot be flattered by a baseline that pays other costs: the old random baseline (uniform new
+  positions at the policy's change rate) trades more than the policy, is caught by its turnover,
+  and on noise is exactly what made the policy look "better";
+- on noise the learner stops churning: the later folds' policies trade far less than the first's.
 
 Plus the walk-forward's own promise: a fold's result is that of a fresh core trained on the blocks
 before its test block and nothing later.
 
-Small networks, one torch thread; the whole file takes about 10 s.
+Small networks, one torch thread; the whole file takes about 30 s.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -39,7 +44,9 @@ from unistream_trainer.evaluate import (
     summarize,
     train_on,
     walk_forward,
+    walk_forward_blocks,
 )
+from unistream_trainer.verdict import Costs, Verdict, format_verdict, path_result, turnover_matched
 
 T0 = 1_700_000_000_000
 FEE = 0.001
@@ -47,7 +54,9 @@ N_PACKETS = 2_000  # 4 blocks of 500 one-second steps: 3 folds
 FOLDS = 3
 SEEDS = (1, 2, 3)
 DIM = 8
-DRIFT = 0.002  # per step, signed by the regime: a regime of ~25 steps earns ~5 % against 0.2 % of fees
+DRIFT = 0.002  # per step, signed by the regime: a regime of ~25 steps earns ~5 % against ~0.24 % of costs
+COSTS = Costs(fee=FEE)  # and the default slippage: what the live paper trader pays
+LEAK = 0.3  # correlation of the look-ahead feature with the return a decision will earn
 NOISE = 0.002
 SWITCH = 1 / 25  # chance per step that the regime flips
 
@@ -74,29 +83,30 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def market(planted: bool, n: int = N_PACKETS, seed: int = 0) -> list[TrainingDataPacket]:
-    """One symbol's packets, one a second. ``r[k] = log(price[k+1] / price[k])`` is what a decision at k earns.
+def market(planted: bool, n: int = N_PACKETS, seed: int = 0, leak: float = 0.0) -> list[TrainingDataPacket]:
+    """One symbol's packets, one a second. ``r[k] = log(price[k+1] / price[k])``.
 
+    A decision at ``k`` fills at ``k + 1`` (the default 1 s latency) and first earns ``r[k+1]``.
     The state at ``k`` holds a regime ``z[k]`` (+1/-1, persistent), the latest return ``r[k-1]``
     (scaled; already booked, so a timing error in the books or the rewards would show as an edge
-    on it) and 6 noise values. Planted: ``r[k] = DRIFT * z[k] + NOISE * e``, so ``z`` predicts the
-    sign of the coming returns. Random walk: ``r[k] = hypot(DRIFT, NOISE) * e`` (the same
-    volatility), ``z`` unrelated to it.
+    on it), a look-ahead feature (correlated ``leak`` with ``r[k+1]``; pure noise at 0) and 5 noise
+    values. Planted: ``r[k] = DRIFT * z[k] + NOISE * e``, so ``z`` predicts the sign of the coming
+    returns. Random walk: ``r[k] = hypot(DRIFT, NOISE) * e`` (the same volatility), ``z`` unrelated.
     """
     rng = np.random.default_rng(seed)
     z = np.ones(n)
     for k in range(1, n):
         z[k] = -z[k - 1] if rng.random() < SWITCH else z[k - 1]
-    noise = rng.normal(0.0, 1.0, (n, DIM - 2))
-    if planted:
-        r = DRIFT * z + NOISE * rng.normal(0.0, 1.0, n)
-    else:
-        r = math.hypot(DRIFT, NOISE) * rng.normal(0.0, 1.0, n)
+    noise = rng.normal(0.0, 1.0, (n, DIM - 3))
+    vol = math.hypot(DRIFT, NOISE)
+    r = DRIFT * z + NOISE * rng.normal(0.0, 1.0, n) if planted else vol * rng.normal(0.0, 1.0, n)
     price = 100.0 * np.exp(np.concatenate([[0.0], np.cumsum(r[:-1])]))
-    last_return = np.concatenate([[0.0], r[:-1]]) / math.hypot(DRIFT, NOISE)
+    last_return = np.concatenate([[0.0], r[:-1]]) / vol
+    earned = np.concatenate([r[1:], [0.0]]) / vol  # what the decision at k earns first: r[k+1]
+    look_ahead = leak * earned + math.sqrt(1 - leak * leak) * rng.normal(0.0, 1.0, n)
     packets = []
     for k in range(n):
-        state = np.concatenate([[z[k], last_return[k]], noise[k]]).astype(np.float32)
+        state = np.concatenate([[z[k], last_return[k], look_ahead[k]], noise[k]]).astype(np.float32)
         packets.append(
             TrainingDataPacket(
                 symbol="ETHUSDT",
@@ -115,39 +125,87 @@ def market(planted: bool, n: int = N_PACKETS, seed: int = 0) -> list[TrainingDat
     return packets
 
 
-def describe(results: list[FoldResult]) -> str:
-    rows, edges = summarize(results)
-    pnl = rows[0]
-    lines = [f"policy pnl {pnl.policy}"]
-    lines += [f"{b} pnl {iv}" for b, iv in pnl.baselines.items()]
-    lines += [f"policy - {b}: {iv}" for b, iv in edges.items()]
-    return "\n".join(lines)
+@functools.cache  # each market's walk-forward once per session: several tests read the same one
+def evaluated(
+    planted: bool, seed: int, leak: float = 0.0
+) -> tuple[list[TrainingDataPacket], list[FoldResult], Verdict]:
+    packets = market(planted=planted, seed=seed, leak=leak)
+    results = walk_forward(packets, FOLDS, SEEDS, HP, slippage=COSTS.slippage)
+    _, verdict = summarize(results, packets, COSTS)
+    print(format_verdict(verdict))
+    return packets, results, verdict
 
 
-def test_on_a_planted_pattern_the_policy_beats_every_baseline_after_fees() -> None:
-    results = walk_forward(market(planted=True, seed=11), FOLDS, SEEDS, HP)
-    assert len(results) == len(SEEDS) * FOLDS
-    rows, edges = summarize(results)
-    pnl = rows[0]
-    assert pnl.metric == "pnl"
-    print(describe(results))
-    for name, baseline in pnl.baselines.items():
-        assert pnl.policy.low > baseline.value, f"policy {pnl.policy} vs {name} {baseline}"
-        assert edges[name].low > 0, f"policy - {name}: {edges[name]}"
-    assert pnl.policy.low > 0.3, "a third of the drift's worth, net of fees, on every block"
-    fee_share = next(r for r in rows if r.metric == "fee_share").policy
-    assert fee_share.value < 0.5, "the edge is not eaten by fees"
-    for r in results:  # the random baseline traded at the policy's rate: it paid fees too
-        assert r.metrics["paper/random_position_changes"] > 0
+def test_on_a_planted_pattern_the_policy_beats_every_baseline_after_costs() -> None:
+    _, results, v = evaluated(planted=True, seed=11)
+    assert len(results) == len(SEEDS) * FOLDS and len(v.blocks) == FOLDS
+    for name, edge in v.edges["net"].items():
+        assert edge.low > 0, f"policy - {name}: {edge} over {edge.n} blocks"
+    assert v.p_value["net"] < 0.01, "far above its own positions out of time"
+    assert all(b.net["policy"] > 0.3 for b in v.blocks), "a third of the drift's worth, net, on every block"
+    assert v.cost_matched
 
 
-def test_on_a_random_walk_the_same_learner_shows_no_edge() -> None:
-    results = walk_forward(market(planted=False, seed=12), FOLDS, SEEDS, HP)
-    rows, edges = summarize(results)
-    print(describe(results))
-    assert not edges["flat"].low > 0, f"no significant PnL on noise: {edges['flat']}"
-    assert not edges["buy_and_hold"].low > 0, f"nor over buy-and-hold: {edges['buy_and_hold']}"
-    assert not rows[0].policy.low > 0
+def test_on_a_random_walk_the_same_learner_shows_no_edge_net_or_gross() -> None:
+    _, _, v = evaluated(planted=False, seed=12)
+    assert not v.significant("net"), f"net p {v.p_value['net']}"
+    assert not v.significant("gross"), f"gross p {v.p_value['gross']}"
+    assert not v.edges["net"]["random"].low > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the learner does not trade on the leak yet: its rewards credit a decision with the bar it decided "
+    "on, while execution fills it a bar later, where the leak points (gross p 0.63 measured); next step of issue 15",
+)
+def test_a_look_ahead_leak_below_the_costs_shows_as_a_gross_edge_on_the_random_walk() -> None:
+    _, _, v = evaluated(planted=False, seed=12, leak=LEAK)
+    assert v.significant("gross", 0.01), f"the leak is found: gross p {v.p_value['gross']}"
+    assert v.edges["gross"]["random"].low > 0
+
+
+def test_a_baseline_that_pays_other_costs_is_caught_and_would_have_flattered_the_policy() -> None:
+    packets, results, v = evaluated(planted=False, seed=12)
+    rng = np.random.default_rng(0)
+    flattering: list[float] = []  # per block, seeds averaged: policy minus the old random baseline, net
+    uniform_turnover = policy_turnover = 0.0
+    for block in walk_forward_blocks(packets, results, latency_ms=1_000):
+        edges = []
+        for held in block.held.values():
+            # the old random baseline: the policy's change rate, a new position drawn among the other two
+            rate = np.count_nonzero(np.diff(held, prepend=0.0)) / held.size
+            uniform, position = np.zeros_like(held), 0.0
+            for i in range(held.size):
+                if rng.random() < rate:
+                    position = rng.choice([p for p in (-1.0, 0.0, 1.0) if p != position])
+                uniform[i] = position
+            policy = path_result(block.log_prices, held, COSTS.per_side)
+            other = path_result(block.log_prices, uniform, COSTS.per_side)
+            policy_turnover += policy.turnover
+            uniform_turnover += other.turnover
+            edges.append(policy.net - other.net)
+        flattering.append(float(np.mean(edges)))
+    matched = [b.net["policy"] - b.net["random"] for b in v.blocks]
+    print(f"turnover: policy {policy_turnover:.0f}, uniform random {uniform_turnover:.0f}; edge over them per block: "
+          f"uniform {np.mean(flattering):+.4f}, the policy's own trades out of time {np.mean(matched):+.4f}")  # fmt: skip
+    assert not turnover_matched(policy_turnover, uniform_turnover, blocks=len(v.blocks)), "caught by its turnover"
+    assert uniform_turnover > policy_turnover and np.mean(flattering) > np.mean(matched), "it flattered"
+    assert v.cost_matched, "the shift baseline is matched"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="on noise the greedy policy keeps churning: 986 position changes an hour in the first fold, 931 in the "
+    "last (measured); next step of issue 15",
+)
+def test_on_noise_the_learner_stops_churning() -> None:
+    _, results, _ = evaluated(planted=False, seed=12)
+    per_hour = {f: [] for f in range(FOLDS)}
+    for r in results:
+        per_hour[r.fold].append(r.metrics["paper/position_changes"] / max(r.metrics["paper/hours"], 1e-9))
+    early, late = np.mean(per_hour[0]), np.mean(per_hour[FOLDS - 1])
+    print(f"position changes per hour: first fold {early:.0f}, last fold {late:.0f}")
+    assert late < 0.5 * early, (early, late)
 
 
 def test_a_fold_is_a_fresh_core_trained_on_the_earlier_blocks_only() -> None:
@@ -161,7 +219,8 @@ def test_a_fold_is_a_fresh_core_trained_on_the_earlier_blocks_only() -> None:
         core = TrainerCore(replace(hp, seed=4))
         train_on(core, visible, 0, end)
         t0, t1 = bounds[fold + 1]
-        assert paper_trade(core, packets[t0:t1], FEE, seed=1_000 * 4 + fold) == result.metrics
+        metrics, targets = paper_trade(core, packets[t0:t1], Costs(fee=FEE), seed=1_000 * 4 + fold)
+        assert (metrics, targets) == (result.metrics, result.targets)
         assert (result.train_packets, result.test_packets, result.updates) == (end, t1 - t0, core.updates)
     # Changing the last block changes only the fold that trades on it.
     last = bounds[-1][0]

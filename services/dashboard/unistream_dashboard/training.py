@@ -55,9 +55,11 @@ MODEL_ROUND = "charts/model_round"
 MERGE_MS = "merge/duration_ms"
 MERGE_MEMBERS = "merge/members"
 PAPER_HOURS = "paper/hours"
-# The trainer annualises Sharpe from ~1 s steps (x sqrt(31.5 M steps a year)): over minutes of
-# data that extrapolation reads in the hundreds or thousands. Under a day it is shown with the
-# hours it comes from, so nobody takes it for a yearly track record.
+SHARPE_HOURS = "paper/sharpe_hours"
+# The trainer's Sharpe comes from the returns of completed hours (annualised x sqrt(8,760)), and
+# is 0 until three are complete: it is shown as n/a until then, and with the hours it rests on
+# under a day, so nobody takes a few hours for a yearly track record.
+SHARPE_MIN_HOURS = 3
 SHARPE_HORIZON_H = 24.0
 EDGE = "sensitivity/edge"
 EDGE_SE = "sensitivity/edge_se"
@@ -306,11 +308,20 @@ def replica_rows(
 
 
 def sharpe_label(hours: float | None) -> str:
-    """The Sharpe metric's label: under :data:`SHARPE_HORIZON_H` of data it names the event hours
-    the annualised figure was extrapolated from (``Sharpe (0.33 h)``)."""
+    """The Sharpe metric's label: under :data:`SHARPE_HORIZON_H` it names the completed hours whose
+    returns it rests on (``Sharpe (5 h)``); under :data:`SHARPE_MIN_HOURS` it says how many it needs."""
     if hours is None or hours >= SHARPE_HORIZON_H:
         return "Sharpe"
-    return f"Sharpe ({hours:.2g} h)"
+    if hours < SHARPE_MIN_HOURS:
+        return f"Sharpe (needs {SHARPE_MIN_HOURS} h)"
+    return f"Sharpe ({hours:.0f} h)"
+
+
+def sharpe_value(sharpe: float | None, hours: float | None) -> float | None:
+    """The Sharpe ratio to show: None (n/a) while it rests on fewer than :data:`SHARPE_MIN_HOURS` hours."""
+    if sharpe is None or hours is None or hours < SHARPE_MIN_HOURS:
+        return None
+    return sharpe
 
 
 def fmt_stat(value: float | None, kind: str) -> str:
@@ -496,7 +507,7 @@ def _paper_panel(settings: DashboardSettings) -> None:
             _no_metrics()
     else:
         values = newest_values(
-            read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()) + [PAPER_HOURS]
+            read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()) + [PAPER_HOURS, SHARPE_HOURS]
         )
         pnl, hold = values.get(PAPER_LINES["policy"]), values.get(PAPER_LINES["buy & hold"])
         columns = st.columns(len(PAPER_STATS) + 1)
@@ -506,17 +517,18 @@ def _paper_panel(settings: DashboardSettings) -> None:
             delta=f"{pnl.value - hold.value:+.3g} vs hold" if pnl and hold else None,
             help="Sum of net log returns of the policy; the delta is against buying and holding.",
         )
-        hours = values.get(PAPER_HOURS)
+        sharpe_hours = values.get(SHARPE_HOURS)
         for column, (label, key, kind) in zip(columns[1:], PAPER_STATS, strict=True):
             v = values.get(key)
             if key == "paper/sharpe":
+                used = sharpe_hours.value if sharpe_hours else None
                 column.metric(
-                    sharpe_label(hours.value if hours else None),
-                    fmt_stat(v.value if v else None, kind),
+                    sharpe_label(used),
+                    fmt_stat(sharpe_value(v.value if v else None, used), kind),
                     help=(
-                        "Mean / std of the per-step net returns, annualised (x sqrt(steps per year)). "
-                        f"Under {SHARPE_HORIZON_H:g} h of data the label shows the hours it comes from: "
-                        "an extrapolation, not a track record."
+                        "Mean / std of the net returns of each completed hour, annualised (x sqrt(8,760)): "
+                        f"n/a until {SHARPE_MIN_HOURS} hours are complete; under {SHARPE_HORIZON_H:g} h the "
+                        "label shows how many it rests on."
                     ),
                 )
                 continue

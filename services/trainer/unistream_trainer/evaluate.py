@@ -1,8 +1,8 @@
 """``unistream evaluate``: walk-forward evaluation of the trainer on Binance archive files (no Redis).
 
     unistream evaluate --path ETHUSDT-trades-2025-02-19.zip [FILE ...] [--symbol ETHUSDT]
-        [--seeds 3] [--folds 3] [--fee 0.001] [--hidden 64] [--updates-per-packet 1.0]
-        [--stride 1] [--window-bars 300] [--threads 1] [--json]
+        [--seeds 3] [--folds 3] [--fee 0.001] [--slippage-bps 2] [--latency-ms 1000] [--trials 1]
+        [--hidden 64] [--updates-per-packet 1.0] [--stride 1] [--window-bars 300] [--threads 1] [--json]
 
 **Data.** The files (trades or aggTrades, .csv or the downloaded .zip, one symbol) are read as the
 ingest replay reads them (:class:`~unistream_ingest.replay.ReplaySource`: merged in time order,
@@ -22,18 +22,24 @@ builds them. Choices that differ from a live run, on purpose:
 length. Fold ``i`` trains a :class:`~unistream_trainer.core.TrainerCore` on blocks ``0..i`` in
 time order (each packet with its up to ``n_step`` predecessors, as the live trainer gets it,
 ``--updates-per-packet`` gradient steps per packet) and then paper-trades its greedy policy on
-block ``i + 1`` with :class:`~unistream_trainer.paper.PaperPortfolio` (fee per side ``--fee``;
-the decision at a packet sees only that packet, the position it holds and the network trained on
-earlier blocks; the position is carried from decision to decision, flat at the block's start).
-Nothing later than block ``i`` is ever trained on. The model of fold ``i`` is the model of fold
-``i - 1`` trained on block ``i`` more: training is deterministic for a seed (the paper trading
-changes nothing in the core), so this is exactly a fresh core trained on blocks ``0..i``, at about
-half the cost. Each seed (1..``--seeds``) repeats this with its own initialisation, replay
-sampling and exploration; the table pools the ``seeds x folds`` runs: mean and Student-t 95 %
-interval over them (:func:`~unistream_trainer.paper.fold_rows`), the policy beside buy-and-hold,
-flat and random (the same trade rate as the policy, seeded per run) on the same prices. Below it,
-the paired difference policy minus each baseline in PnL (one value per run), the honest test of
-an edge: an interval above 0 is one, an interval that holds 0 is none.
+block ``i + 1`` with learning frozen: the decision at a packet sees only that packet, the position
+last decided and the network trained on earlier blocks, and fills ``--latency-ms`` later at the
+fee plus ``--slippage-bps`` per side, exactly as the live paper trader executes
+(:class:`~unistream_trainer.paper.PaperPortfolio`); flat at the block's start. Nothing later than
+block ``i`` is ever trained on. The model of fold ``i`` is the model of fold ``i - 1`` trained on
+block ``i`` more: training is deterministic for a seed (the paper trading changes nothing in the
+core), so this is exactly a fresh core trained on blocks ``0..i``, at about half the cost. Each
+seed (1..``--seeds``) repeats this with its own initialisation, replay sampling and exploration.
+
+**Verdict** (:mod:`unistream_trainer.verdict`). The test block is the unit of replication: the
+seeds share its prices, so they are averaged inside it, and intervals are over blocks. The
+baselines are buy-and-hold, flat and the policy's own positions circularly shifted against the
+prices (the random baseline matched in turnover and cost); the shifts' distribution is the null
+the policy's net and gross (fee-free) returns are ranked in. The Sharpe ratio comes from the block
+returns, with its probabilistic and deflated forms (``--trials``); a fee sweep re-costs the same
+positions at 0, 2, 5 and 10 bps per side. The descriptive table (pnl, sharpe, max_drawdown,
+win_rate, trades_per_hour, fee_share) is averaged over seeds inside each block, intervals over
+blocks.
 
 **Cost.** Building a packet takes about 1 ms (the CNN pass); training is what costs: the live
 network (256, 256) on states of several thousand values is slow on a CPU, so the default network
@@ -66,6 +72,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unistream_common.keys import check_symbol
@@ -74,7 +81,17 @@ from unistream_features.core import FeatureConfig, FeatureEngine
 from unistream_features.mtf import DEFAULT_WINDOW_BARS
 from unistream_trainer.core import TrainerCore
 from unistream_trainer.dqn import ACTION_POSITION, Hyperparameters
-from unistream_trainer.paper import BASELINES, Interval, PaperPortfolio, TableRow, fold_rows, format_table, mean_ci
+from unistream_trainer.paper import (
+    BASELINES,
+    DEFAULT_LATENCY_MS,
+    DEFAULT_SLIPPAGE,
+    Interval,
+    PaperPortfolio,
+    TableRow,
+    fold_rows,
+    format_table,
+)
+from unistream_trainer.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
 
 CNN_SEED = 7  # the services' default seed: the features service's untrained CNN
 MIN_BLOCK_PACKETS = 20  # decision points per walk-forward block, at least
@@ -218,6 +235,7 @@ class FoldResult:
     test_to_ms: int
     updates: int  # gradient steps taken before the test
     metrics: dict[str, float] = field(default_factory=dict)  # PaperPortfolio.metrics() of the test block
+    targets: list[float] = field(default_factory=list)  # the position decided at each test packet
 
 
 def block_bounds(n: int, folds: int, min_block: int = MIN_BLOCK_PACKETS) -> list[tuple[int, int]]:
@@ -254,18 +272,29 @@ def train_on(core: TrainerCore, packets: Sequence[TrainingDataPacket], start: in
         core.process([packets[k]], [packets[max(0, k - n) : k]])
 
 
-def paper_trade(core: TrainerCore, packets: Sequence[TrainingDataPacket], fee: float, seed: int) -> dict[str, float]:
-    """The greedy policy of ``core`` on ``packets`` (one symbol, time order), flat at the start: paper/* metrics.
+def paper_trade(
+    core: TrainerCore,
+    packets: Sequence[TrainingDataPacket],
+    costs: Costs,
+    seed: int,
+    latency_ms: int = DEFAULT_LATENCY_MS,
+) -> tuple[dict[str, float], list[float]]:
+    """The greedy policy of ``core`` on ``packets`` (one symbol, time order), flat at the start: its
+    paper/* metrics, executed as the live paper trader executes (latency, fee and slippage), and
+    the position it decided at each packet.
 
-    The decision at a packet uses that packet and the position held, nothing later; the core is not changed.
+    The decision at a packet uses that packet and the position last decided, nothing later; the
+    core is not changed (learning is frozen on a test block).
     """
-    book = PaperPortfolio(fee=fee, seed=seed)
+    book = PaperPortfolio(fee=costs.fee, seed=seed, latency_ms=latency_ms, slippage=costs.slippage)
     position = 0
+    targets: list[float] = []
     for p in packets:
         action, _ = core.greedy_action(p, position)
         position = ACTION_POSITION[action]
+        targets.append(float(position))
         book.step(p.symbol, p.ts_event_ms, p.price, float(position))
-    return book.metrics()
+    return book.metrics(), targets
 
 
 def walk_forward(
@@ -276,13 +305,16 @@ def walk_forward(
     max_gap_ms: int = LIVE_MAX_GAP_MS,
     min_block: int = MIN_BLOCK_PACKETS,
     progress: Progress = _quiet,
+    slippage: float = DEFAULT_SLIPPAGE,
+    latency_ms: int = DEFAULT_LATENCY_MS,
 ) -> list[FoldResult]:
     """Walk-forward runs (module docstring): for each seed and fold, train on blocks 0..fold, trade block fold + 1.
 
     ``hp`` is the template of every run's hyperparameters (its ``seed`` is replaced by each of
-    ``seeds``; its ``fee`` is also the paper trading's). ``packets``: one symbol, strictly
-    increasing times. Results come seed-major, folds in order.
+    ``seeds``; its ``fee`` is also the paper trading's, beside ``slippage``). ``packets``: one
+    symbol, strictly increasing times. Results come seed-major, folds in order.
     """
+    costs = Costs(fee=hp.fee, slippage=slippage)
     _check_sequence(packets)
     bounds = block_bounds(len(packets), folds, min_block)
     results: list[FoldResult] = []
@@ -293,7 +325,7 @@ def walk_forward(
             train_on(core, packets, start, end)  # blocks 0..fold-1 were trained on by the folds before
             t0, t1 = bounds[fold + 1]
             test = packets[t0:t1]
-            metrics = paper_trade(core, test, hp.fee, seed=1_000 * seed + fold)
+            metrics, targets = paper_trade(core, test, costs, seed=1_000 * seed + fold, latency_ms=latency_ms)
             results.append(
                 FoldResult(
                     seed=seed,
@@ -304,6 +336,7 @@ def walk_forward(
                     test_to_ms=test[-1].ts_event_ms,
                     updates=core.updates,
                     metrics=metrics,
+                    targets=targets,
                 )
             )
             progress(
@@ -316,14 +349,47 @@ def walk_forward(
 # --- summary --------------------------------------------------------------------------------------
 
 
+def walk_forward_blocks(
+    packets: Sequence[TrainingDataPacket], results: Sequence[FoldResult], latency_ms: int
+) -> list[BlockPaths]:
+    """One :class:`~unistream_trainer.verdict.BlockPaths` per test block: its prices and every seed's decisions."""
+    by_fold: dict[int, list[FoldResult]] = {}
+    for r in results:
+        by_fold.setdefault(r.fold, []).append(r)
+    index = {p.ts_event_ms: k for k, p in enumerate(packets)}
+    blocks = []
+    for fold in sorted(by_fold):
+        runs = by_fold[fold]
+        start = index[runs[0].test_from_ms]
+        block = packets[start : start + runs[0].test_packets]
+        blocks.append(
+            block_paths(
+                [p.ts_event_ms for p in block], [p.price for p in block], {r.seed: r.targets for r in runs}, latency_ms
+            )
+        )
+    return blocks
+
+
 def summarize(
-    results: Sequence[FoldResult], metrics: Sequence[str] = TABLE_METRICS, confidence: float = CONFIDENCE
-) -> tuple[list[TableRow], dict[str, Interval]]:
-    """Table rows over all runs, and the paired interval of policy PnL minus each baseline's PnL."""
-    runs = [r.metrics for r in results]
-    rows = fold_rows(runs, metrics, BASELINES, confidence)
-    edges = {b: mean_ci([m["paper/pnl"] - m[f"paper/{b}_pnl"] for m in runs], confidence) for b in BASELINES}
-    return rows, edges
+    results: Sequence[FoldResult],
+    packets: Sequence[TrainingDataPacket],
+    costs: Costs,
+    latency_ms: int = DEFAULT_LATENCY_MS,
+    trials: int = 1,
+    metrics: Sequence[str] = TABLE_METRICS,
+    confidence: float = CONFIDENCE,
+) -> tuple[list[TableRow], Verdict]:
+    """The descriptive table (each metric averaged over seeds inside a block, intervals over blocks)
+    and the :class:`~unistream_trainer.verdict.Verdict` on the test blocks."""
+    by_fold: dict[int, list[dict[str, float]]] = {}
+    for r in results:
+        by_fold.setdefault(r.fold, []).append(r.metrics)
+    per_block = [{k: float(np.mean([m[k] for m in runs])) for k in runs[0]} for _, runs in sorted(by_fold.items())]
+    rows = fold_rows(per_block, metrics, BASELINES, confidence)
+    verdict = judge(
+        walk_forward_blocks(packets, results, latency_ms), costs, latency_ms, trials=trials, confidence=confidence
+    )
+    return rows, verdict
 
 
 def _interval_json(iv: Interval) -> dict[str, float | int | None]:
@@ -333,27 +399,19 @@ def _interval_json(iv: Interval) -> dict[str, float | int | None]:
     return {"mean": iv.value, "low": num(iv.low), "high": num(iv.high), "n": iv.n}
 
 
-def _fmt(iv: Interval) -> str:
-    def num(v: float) -> str:
-        return f"{v:+.4g}" if math.isfinite(v) else ("inf" if v > 0 else "-inf")
-
-    return f"{num(iv.value)} [{num(iv.low)}, {num(iv.high)}]"
-
-
-def edge_verdict(iv: Interval) -> str:
-    if iv.low > 0:
-        return "policy better"
-    if iv.high < 0:
-        return "policy worse"
-    return "no significant difference"
-
-
-def format_report(rows: Sequence[TableRow], edges: dict[str, Interval], header: str) -> str:
-    lines = [header, "", format_table(rows, confidence=CONFIDENCE), ""]
-    lines.append(f"policy pnl minus baseline pnl, paired per run ({100 * CONFIDENCE:g}% CI):")
-    for name, iv in edges.items():
-        lines.append(f"  {name}: {_fmt(iv)}  {edge_verdict(iv)}")
-    return "\n".join(lines)
+def format_report(rows: Sequence[TableRow], verdict: Verdict, header: str) -> str:
+    """The header, the descriptive table (per block, seeds averaged) and the verdict."""
+    return "\n".join(
+        [
+            header,
+            "",
+            f"Descriptive, per test block (seeds averaged in each; {100 * CONFIDENCE:g}% CI over blocks):",
+            "",
+            format_table(rows, confidence=CONFIDENCE),
+            "",
+            format_verdict(verdict),
+        ]
+    )
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -392,9 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Walk-forward evaluation of the trainer on Binance archive files, in process (no Redis): replay -> "
             "aggregator -> features into the symbol's training packets, split into FOLDS+1 consecutive blocks; "
-            "fold i trains a fresh DQN per seed on blocks 0..i and paper-trades its greedy policy on block i+1 "
-            "with fees. Prints pnl, sharpe, max_drawdown, win_rate, trades_per_hour and fee_share of the policy "
-            "(mean and 95% CI over seeds x folds) beside buy-and-hold, flat and random (same trade rate)."
+            "fold i trains a DQN per seed on blocks 0..i and trades its greedy policy on block i+1, learning frozen, "
+            "filled --latency-ms later at the fee plus --slippage-bps. The verdict takes the test block as the unit "
+            "of replication (seeds averaged inside it): the policy against buy-and-hold, flat and its own positions "
+            "shifted in time (cost-matched random, and the null), net and gross, with the Sharpe ratio of the block "
+            "returns (probabilistic and deflated) and a fee sweep."
         ),
         epilog=(
             "Practical choices: the states are the symbol's own (features configured for --symbol alone), the CNN "
@@ -446,6 +506,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"bars per timeframe window of the states (default {DEFAULT_WINDOW_BARS}, at least 8)",
     )
+    parser.add_argument(
+        "--slippage-bps",
+        type=float,
+        default=10_000 * DEFAULT_SLIPPAGE,
+        metavar="BPS",
+        help=f"spread and impact paid per side beside the fee, bps (default {10_000 * DEFAULT_SLIPPAGE:g}, the live "
+        "paper trader's)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=DEFAULT_LATENCY_MS,
+        metavar="MS",
+        help=f"a decision fills at the first packet this long after it (default {DEFAULT_LATENCY_MS}: the next bar)",
+    )
+    parser.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="configurations tried on this data before this one, for the deflated Sharpe ratio (default 1)",
+    )
     parser.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="torch CPU threads (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     return parser
@@ -460,6 +542,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--updates-per-packet must be in [0, 1000], was {args.updates_per_packet}")
     if args.window_bars < 8:
         parser.error(f"--window-bars must be at least 8 (the CNN's minimum), was {args.window_bars}")
+    if not 0.0 <= args.slippage_bps < 1_000:
+        parser.error(f"--slippage-bps must be in [0, 1000), was {args.slippage_bps}")
+    if args.latency_ms < 0:
+        parser.error(f"--latency-ms must be >= 0, was {args.latency_ms}")
+    costs = Costs(fee=args.fee, slippage=args.slippage_bps / 10_000)
     torch.set_num_threads(args.threads)
 
     def progress(text: str) -> None:
@@ -480,13 +567,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         started = time.perf_counter()
         results = walk_forward(
-            src.packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress
-        )
+            src.packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress,
+            slippage=costs.slippage, latency_ms=args.latency_ms,
+        )  # fmt: skip
     except EvaluationError as exc:
         print(f"unistream evaluate: {exc}", file=sys.stderr)
         return 2
     train_s = time.perf_counter() - started
-    rows, edges = summarize(results)
+    rows, verdict = summarize(results, src.packets, costs, args.latency_ms, args.trials)
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
     if args.json:
         out: dict[str, Any] = {
@@ -496,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seeds": seeds,
                 "folds": args.folds,
                 "fee": args.fee,
+                "slippage": costs.slippage,
+                "latency_ms": args.latency_ms,
+                "trials": args.trials,
                 "hidden_sizes": list(args.hidden),
                 "updates_per_packet": args.updates_per_packet,
                 "stride": args.stride,
@@ -521,18 +612,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 for r in rows
             },
-            "pnl_minus_baseline": {b: {**_interval_json(iv), "verdict": edge_verdict(iv)} for b, iv in edges.items()},
+            "verdict": verdict_json(verdict),
             "runs": [asdict(r) for r in results],
         }
         print(json.dumps(out, indent=2))
         return 0
     header = (
         f"unistream evaluate: {args.symbol}, {len(src.packets):,} decision points (stride {args.stride}) over "
-        f"{hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee {args.fee:g} per side, hidden "
+        f"{hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee {args.fee:g} + slippage {costs.slippage:g} per "
+        f"side, fills {args.latency_ms} ms after a decision, hidden "
         f"{','.join(map(str, args.hidden))}, {args.updates_per_packet:g} updates per packet "
         f"(packets {src.seconds:.0f} s, walk-forward {train_s:.0f} s)"
     )
-    print(format_report(rows, edges, header))
+    print(format_report(rows, verdict, header))
     return 0
 
 

@@ -2,43 +2,52 @@
 
 No I/O and no clock: every time comes in as an argument (``ts_ms``, event time in milliseconds).
 
-**Timing.** ``PaperBook.step(ts_ms, price, target_position)`` is a decision taken at ``(ts_ms,
-price)``: the fee of the change is paid at that price, and the new position earns from the *next*
-price on. A step therefore books
+**Execution.** ``PaperBook.step(ts_ms, price, target_position)`` is a decision taken at ``ts_ms``
+on everything known then. It fills at the first step at or after ``ts_ms + latency_ms`` (1 s by
+default: with a packet a second, the next bar's close, never the deciding bar's own price), at that
+step's price, and pays ``fee + slippage`` per side of the change there (the fee is the venue's, the
+slippage the half spread and the impact; 2 bps by default). A later decision due at the same step
+replaces an earlier one. ``unistream evaluate`` (:mod:`unistream_trainer.verdict`) executes the
+same way. A step books
 
-    r_k = pos_{k-1} * log(price_k / price_{k-1}) - fee * |pos_k - pos_{k-1}|
+    r_k = h_{k-1} * log(price_k / price_{k-1}) - (fee + slippage) * |h_k - h_{k-1}|
 
-(the move of the position held since the previous decision, then the fee of this decision; the
-first step has no move). Nothing after step ``k`` can change ``r_1 .. r_k``. This is the reward
-of :func:`unistream_trainer.core.step_reward` with the fee booked when it is paid instead of one
-step later; the sums agree. An open position is marked to market, never closed for the report.
+where ``h_k`` is the position held after step ``k``'s fills (the move of the position held since
+the previous step, then the cost of what filled now; the first step has no move). Nothing after
+step ``k`` can change ``r_1 .. r_k``. An open position is marked to market, never closed for the
+report. ``latency_ms=0`` and ``slippage=0`` give the old model, which fills at a price the policy
+could not get: only for tests of the accounting.
 
-**Units.** Returns are log returns of one unit of notional (position -1..+1), net of fees;
-``fee`` is per side as a fraction of notional (0.001 = Binance spot 0.1 %), so a flip from long to
-short pays two sides. The equity curve ``E_k = r_1 + .. + r_k`` starts at ``E_0 = 0``; wealth is
-``exp(E)``.
+**Units.** Returns are log returns of one unit of notional (position -1..+1), net of costs;
+``fee`` and ``slippage`` are per side as fractions of notional (0.001 = Binance spot 0.1 %), so a
+flip from long to short pays two sides. The equity curve ``E_k = r_1 + .. + r_k`` starts at
+``E_0 = 0``; wealth is ``exp(E)``.
 
 **Trades.** A trade runs from opening a non-zero position to flat or to the opposite side (a flip
 closes one trade and opens the next; resizing on the same side stays in the trade). Its net
 return is the sum of its moves less its fees: the entry fee, any resizing fees and the exit fee
 (on a flip the exit side goes to the closing trade, the entry side to the new one).
 
-**Baselines**, fed the same prices inside every book: ``buy_and_hold`` (long from the first price,
-one entry fee), ``flat`` (always 0) and ``random``: a seeded policy that changes position with
-the probability ``changes / steps`` the policy has shown so far (this step included) and then
-picks uniformly among the two other positions of {-1, 0, +1}; its number of position changes
-matches the policy's in expectation.
+**Baselines**, fed the same prices and executed the same way inside every book: ``buy_and_hold``
+(long from the first decision, one entry cost), ``flat`` (always 0) and ``random``: the policy's
+own held position of ``lag`` earlier (a seeded lag between 30 min and 2 h per book), so it makes
+the same trades, holds them as long and pays the same costs, with their timing destroyed. (A
+random policy drawing positions of its own pays other costs: the one this replaced paid ~1.33 fee
+units per change against the policy's ~1.08, and on pure noise that difference was the policy's
+whole "edge".) Offline, :mod:`unistream_trainer.verdict` shifts the positions circularly instead
+and ranks the policy in the distribution of shifts.
 
 **Metrics** (:meth:`PaperBook.metrics`, ``paper/...``): ``pnl`` (sum of net log returns),
-``pnl_pct`` (``100 * (exp(pnl) - 1)``), ``sharpe`` (mean / sample std of the per-step net returns
-times ``sqrt(steps per year)``, a year being 365 days of the median time between steps; 0 when the
-std is 0 up to rounding or there are fewer than two steps), ``max_drawdown`` (largest fall of
+``pnl_pct`` (``100 * (exp(pnl) - 1)``), ``sharpe`` (mean / sample std of the net returns of each
+completed hour of event time, times ``sqrt(24 * 365)``; 0 until :data:`SHARPE_MIN_HOURS` hours
+are complete, ``sharpe_hours`` says how many it rests on: never annualised from seconds, where
+minutes of data gave values in the thousands), ``max_drawdown`` (largest fall of
 wealth from its running peak, ``1 - exp(E_k - max_{j<=k} E_j)``, a fraction), ``win_rate`` (share
 of closed trades whose net return is > 0; 0 without closed trades, see ``trades``),
 ``trades_per_hour`` (closed trades per hour of event time between the first and the last step),
-``fee_share`` (``fees / (|gross_pnl| + fees)``: 0 without fees, 1/2 when fees equal the gross PnL
-in size, 1 when the gross PnL is 0), and ``pnl``/``sharpe``/``max_drawdown`` of each baseline as
-``paper/<baseline>_<metric>``.
+``fee_share`` (``fees / (|gross_pnl| + fees)``, fees meaning every cost paid, slippage included: 0
+without costs, 1/2 when they equal the gross PnL in size, 1 when the gross PnL is 0), and
+``pnl``/``sharpe``/``max_drawdown`` of each baseline as ``paper/<baseline>_<metric>``.
 
 Several symbols: :class:`PaperPortfolio`, one book per symbol, capital split equally among the
 symbols seen so far (see there).
@@ -53,16 +62,20 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
-MS_PER_YEAR = 365 * 24 * 3600 * 1000
+MS_PER_HOUR = 3_600_000
+HOURS_PER_YEAR = 365 * 24
+SHARPE_MIN_HOURS = 3  # completed hours of returns before a Sharpe ratio is reported
 BASELINES: tuple[str, ...] = ("buy_and_hold", "flat", "random")
-RANDOM_POSITIONS: tuple[int, ...] = (0, 1, -1)
+DEFAULT_LATENCY_MS = 1_000  # a decision fills at the first price this long after it: the next 1s bar
+DEFAULT_SLIPPAGE = 0.0002  # per side, beside the fee: 2 bps of spread and impact on a liquid spot pair
+RANDOM_LAG_MS = (30 * 60_000, 2 * 3_600_000)  # the random baseline holds the policy's position of this long ago
 TABLE_METRICS: tuple[str, ...] = ("pnl", "sharpe", "max_drawdown")
 
 
@@ -82,6 +95,7 @@ class _Curve:
         self.dt_ms: Counter[int] = Counter()  # time between consecutive steps -> count
         self.first_ts: int | None = None
         self.last_ts: int | None = None
+        self.hourly: dict[int, float] = {}  # hour (ts_ms // 1 h) -> its summed returns
 
     def add(self, ts_ms: int, r: float) -> None:
         self.n += 1
@@ -96,27 +110,38 @@ class _Curve:
         if self.first_ts is None:
             self.first_ts = ts_ms
         self.last_ts = ts_ms
+        hour = ts_ms // MS_PER_HOUR
+        self.hourly[hour] = self.hourly.get(hour, 0.0) + r
 
     def copy(self) -> _Curve:
         c = _Curve()
         c.__dict__.update(self.__dict__)
         c.dt_ms = Counter(self.dt_ms)
+        c.hourly = dict(self.hourly)
         return c
 
     def median_dt_ms(self) -> float:
         return _weighted_median(self.dt_ms)
 
+    def completed_hours(self) -> list[float]:
+        """The summed returns of every hour from the first to the last before the current one (0 when idle)."""
+        if self.last_ts is None or self.first_ts is None:
+            return []
+        first, current = self.first_ts // MS_PER_HOUR, self.last_ts // MS_PER_HOUR
+        if self.first_ts % MS_PER_HOUR:
+            first += 1  # the first hour began before the first step: partial, left out like the current one
+        return [self.hourly.get(h, 0.0) for h in range(first, current)]
+
     def sharpe(self) -> float:
-        """Annualised Sharpe ratio of the per-step returns (risk-free rate 0)."""
-        if self.n < 2 or not self.dt_ms:
+        """Sharpe ratio of the completed hours' returns, annualised (x sqrt(24 x 365)); 0 under SHARPE_MIN_HOURS."""
+        hours = self.completed_hours()
+        if len(hours) < SHARPE_MIN_HOURS:
             return 0.0
-        std = math.sqrt(self.m2 / (self.n - 1))
-        if std <= 1e-9 * abs(self.mean) + 1e-15:  # constant returns, up to float rounding
+        mean = sum(hours) / len(hours)
+        std = math.sqrt(sum((h - mean) ** 2 for h in hours) / (len(hours) - 1))
+        if std <= 1e-9 * abs(mean) + 1e-15:  # constant returns, up to float rounding
             return 0.0
-        dt = self.median_dt_ms()
-        if dt <= 0:
-            return 0.0
-        return self.mean / std * math.sqrt(MS_PER_YEAR / dt)
+        return mean / std * math.sqrt(HOURS_PER_YEAR)
 
 
 def _weighted_median(counts: Mapping[int, int]) -> float:
@@ -171,9 +196,10 @@ def _sign(x: float) -> int:
 
 @dataclass
 class _Ledger:
-    """The account of one policy on one symbol."""
+    """The account of one policy on one symbol: decisions fill ``latency_ms`` later, paying ``cost`` per side."""
 
-    fee: float
+    cost: float  # fee + slippage, per side
+    latency_ms: int = 0
     position: float = 0.0
     price: float | None = None
     steps: int = 0
@@ -185,17 +211,26 @@ class _Ledger:
     last_return: float = 0.0
     open_trade: _OpenTrade | None = None
     curve: _Curve = field(default_factory=_Curve)
+    pending: deque[tuple[int, float, object]] = field(default_factory=deque)  # (fill at or after, target, tag)
 
     def step(self, ts_ms: int, price: float, target: float, tag: object = None) -> list[ClosedTrade]:
         move = self.position * math.log(price / self.price) if self.price is not None else 0.0
         self.gross += move
         if self.open_trade is not None:
             self.open_trade.net_return += move
+        self.pending.append((ts_ms + self.latency_ms, target, tag))
+        due: tuple[int, float, object] | None = None
+        while self.pending and self.pending[0][0] <= ts_ms:
+            due = self.pending.popleft()  # a later decision due now replaces an earlier one
+        if due is not None:
+            target, tag = due[1], due[2]
+        else:
+            target = self.position
         closed: list[ClosedTrade] = []
         cost = 0.0
         if target != self.position:
             self.changes += 1
-            cost = self.fee * abs(target - self.position)
+            cost = self.cost * abs(target - self.position)
             self.fees += cost
             old_side, new_side = _sign(self.position), _sign(target)
             if old_side == new_side:  # resize on the same side: the trade goes on
@@ -205,7 +240,7 @@ class _Ledger:
             else:
                 entry_cost = cost
                 if self.open_trade is not None:  # exit: flat or the other side
-                    exit_cost = self.fee * abs(self.position)
+                    exit_cost = self.cost * abs(self.position)
                     entry_cost = cost - exit_cost
                     closed.append(self._close(ts_ms, price, exit_cost))
                 if new_side:
@@ -261,13 +296,24 @@ def _curve_metrics(curve: _Curve, prefix: str) -> dict[str, float]:
 class PaperBook:
     """Paper trading of one symbol: the policy's account and the three baselines' on the same prices."""
 
-    def __init__(self, fee: float = 0.001, seed: int = 0) -> None:
-        if not 0.0 <= fee < 1.0:
-            raise ValueError(f"fee must be in [0, 1), was {fee}")
+    def __init__(
+        self,
+        fee: float = 0.001,
+        seed: int = 0,
+        latency_ms: int = DEFAULT_LATENCY_MS,
+        slippage: float = DEFAULT_SLIPPAGE,
+    ) -> None:
+        if not (0.0 <= fee < 1.0 and 0.0 <= slippage < 1.0):
+            raise ValueError(f"fee and slippage must be in [0, 1), were {fee} and {slippage}")
+        if latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, was {latency_ms}")
         self.fee = fee
-        self.policy = _Ledger(fee)
-        self.baselines: dict[str, _Ledger] = {name: _Ledger(fee) for name in BASELINES}
-        self._rng = random.Random(seed)
+        self.slippage = slippage
+        self.latency_ms = latency_ms
+        self.policy = _Ledger(fee + slippage, latency_ms)
+        self.baselines: dict[str, _Ledger] = {name: _Ledger(fee + slippage, latency_ms) for name in BASELINES}
+        self.lag_ms = random.Random(seed).randint(*RANDOM_LAG_MS)
+        self._held: deque[tuple[int, float]] = deque()  # (ts, the policy's held position) over the last lag
 
     @property
     def position(self) -> float:
@@ -295,12 +341,12 @@ class PaperBook:
         closed = self.policy.step(ts_ms, price, target_position, tag)
         self.baselines["buy_and_hold"].step(ts_ms, price, 1)
         self.baselines["flat"].step(ts_ms, price, 0)
-        rand = self.baselines["random"]
-        rate = self.policy.changes / self.policy.steps
-        target = rand.position
-        if self._rng.random() < rate:
-            target = self._rng.choice([p for p in RANDOM_POSITIONS if p != rand.position])
-        rand.step(ts_ms, price, target)
+        self._held.append((ts_ms, self.policy.position))
+        cutoff = ts_ms - self.lag_ms
+        while len(self._held) >= 2 and self._held[1][0] <= cutoff:
+            self._held.popleft()
+        lagged = self._held[0][1] if self._held[0][0] <= cutoff else 0.0
+        self.baselines["random"].step(ts_ms, price, lagged)
         return closed
 
     def last_returns(self) -> dict[str, float]:
@@ -327,6 +373,7 @@ class PaperBook:
                 "paper/steps": float(p.steps),
                 "paper/hours": hours,
                 "paper/position": float(p.position),
+                "paper/sharpe_hours": float(len(p.curve.completed_hours())),
             }
         )
         for name, ledger in self.baselines.items():
@@ -375,9 +422,17 @@ class PaperPortfolio:
     trades. Baselines aggregate the same way.
     """
 
-    def __init__(self, fee: float = 0.001, seed: int = 0) -> None:
+    def __init__(
+        self,
+        fee: float = 0.001,
+        seed: int = 0,
+        latency_ms: int = DEFAULT_LATENCY_MS,
+        slippage: float = DEFAULT_SLIPPAGE,
+    ) -> None:
         self.fee = fee
         self.seed = seed
+        self.latency_ms = latency_ms
+        self.slippage = slippage
         self.books: dict[str, PaperBook] = {}
         self._curves: dict[str, _PooledCurve] = {name: _PooledCurve() for name in ("policy", *BASELINES)}
 
@@ -388,7 +443,7 @@ class PaperPortfolio:
         book = self.books.get(symbol)
         if book is None:
             seed = (self.seed * 1_000_003 + zlib.crc32(symbol.encode())) & 0xFFFFFFFF
-            book = self.books[symbol] = PaperBook(self.fee, seed)
+            book = self.books[symbol] = PaperBook(self.fee, seed, self.latency_ms, self.slippage)
         closed = book.step(ts_ms, price, target_position, tag)
         for name, r in book.last_returns().items():
             self._curves[name].add(ts_ms, r, len(self.books))
@@ -419,6 +474,7 @@ class PaperPortfolio:
                 "paper/steps": float(sum(p.steps for p in ledgers)),
                 "paper/hours": hours,
                 "paper/symbols": float(len(self.books)),
+                "paper/sharpe_hours": float(len(curve.completed_hours())),
             }
         )
         for name in BASELINES:

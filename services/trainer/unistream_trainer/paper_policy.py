@@ -3,7 +3,8 @@
 :class:`PaperPolicy` sees every training packet as it arrives. For each symbol it holds a position;
 at a packet it asks the trading DQN for its greedy action given that position (the decision uses
 only that packet and the past), moves the :class:`~unistream_trainer.paper.PaperPortfolio` to the
-action's target position, and when that opens a trade it tags it with the signal's context (the
+action's target position (filled a packet later, as :mod:`~unistream_trainer.paper` executes; the
+returned change is the decision's), and when that opens a trade it tags it with the signal's context (the
 DQN's Q-values, the CNN's 1s predictions). Every closed trade's net outcome (fees included) is fed
 to the :class:`~unistream_trainer.sensitivity.SensitivityLearner`, which learns at which confidence
 and size to act, scored against a fixed-threshold baseline on the same trades.
@@ -17,7 +18,7 @@ import numpy as np
 
 from unistream_common.packets import TrainingDataPacket
 from unistream_trainer.dqn import ACTION_POSITION
-from unistream_trainer.paper import PaperPortfolio
+from unistream_trainer.paper import DEFAULT_LATENCY_MS, DEFAULT_SLIPPAGE, PaperPortfolio
 from unistream_trainer.sensitivity import CONTEXT_NAMES, SensitivityLearner, packet_predictions, signal_context
 
 
@@ -28,8 +29,15 @@ class Policy(Protocol):
 class PaperPolicy:
     """Positions per symbol, the paper portfolio, and the sensitivity learner fed by its closed trades."""
 
-    def __init__(self, fee: float = 0.001, seed: int = 0, sensitivity_updates_per_trade: int = 4) -> None:
-        self.portfolio = PaperPortfolio(fee=fee, seed=seed)
+    def __init__(
+        self,
+        fee: float = 0.001,
+        seed: int = 0,
+        sensitivity_updates_per_trade: int = 4,
+        latency_ms: int = DEFAULT_LATENCY_MS,
+        slippage: float = DEFAULT_SLIPPAGE,
+    ) -> None:
+        self.portfolio = PaperPortfolio(fee=fee, seed=seed, latency_ms=latency_ms, slippage=slippage)
         self.sensitivity = SensitivityLearner(len(CONTEXT_NAMES), seed=seed)
         self.positions: dict[str, int] = {}
         self.last_ts: dict[str, int] = {}

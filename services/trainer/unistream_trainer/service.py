@@ -361,7 +361,12 @@ def make_paper(settings: TrainerSettings) -> Any:
         return None
     from unistream_trainer.paper_policy import PaperPolicy
 
-    return PaperPolicy(fee=settings.fee, seed=settings.seed)
+    return PaperPolicy(
+        fee=settings.fee,
+        seed=settings.seed,
+        latency_ms=settings.paper_latency_ms,
+        slippage=settings.paper_slippage_bps / 10_000,
+    )
 
 
 async def worker(ctx: ServiceContext) -> None:

@@ -63,6 +63,16 @@ class TrainerSettings(CommonSettings):
         256, ge=8, description="Training packets kept in memory to build transitions without fetching them again"
     )
     paper_trading: bool = Field(True, description="The leader paper-trades the current policy on every packet")
+    paper_latency_ms: int = Field(
+        1_000,
+        ge=0,
+        le=3_600_000,
+        description="A paper decision fills at the first packet this long after it (1 s: the next bar), ms; "
+        "unistream evaluate executes the same way",
+    )
+    paper_slippage_bps: float = Field(
+        2.0, ge=0, lt=1_000, description="Spread and impact paid per side of a paper fill, beside the fee, bps"
+    )
     paper_maxlen: int = Field(5_000, ge=10, description="Paper-trading fills kept on ml:paper, entries")
     extrema_updates_per_packet: float = Field(
         0.2, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
