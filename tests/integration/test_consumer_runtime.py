@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -290,6 +291,39 @@ async def test_consumer_survives_a_redis_restart_and_carries_on(tmp_path) -> Non
         await client.aclose()
     finally:
         server.stop()
+
+
+async def test_a_callback_that_finds_redis_gone_is_an_outage_not_poison(redis_url: str) -> None:
+    """A callback's own Redis call failing is retried from Redis after a reconnect, never dead-lettered.
+
+    Treated as poison, the batch was retried entry by entry against the dead server and each
+    entry dead-lettered after its retries: good data lost to an outage.
+    """
+    client = command_client(redis_url)
+    await publish(client, range(6))
+    seen: list[int] = []
+    outages = [3]  # the callback's Redis call fails on its first three calls
+
+    def cb(messages: list[Message]) -> Result:
+        if outages[0] > 0:
+            outages[0] -= 1
+            raise redis.exceptions.ConnectionError("Connection closed by server.")
+        seen.extend(m.packet.step for m in messages)
+        return Result(writes=[Write(OUT, m.packet) for m in messages])
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g", cb, ["metrics"], options=dataclasses.replace(FAST, max_deliveries=2))
+    task = asyncio.create_task(rt.run())
+    await eventually(lambda: _eq(client.xlen(OUT), 6), timeout=20)
+    assert sorted(seen) == list(range(6))
+    assert await client.xlen(keys.dlq(SRC)) == 0
+    assert rt.stats.total("consumer_reconnects") == 3
+    assert rt.stats.total("consumer_callback_errors") == 0
+    assert await pending_count(client) == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
 
 
 async def test_rewritten_explicit_id_counts_as_already_written(redis_url: str) -> None:

@@ -19,7 +19,8 @@ restarts of the same process slot. The life of a batch:
    still holds the value the callback expects, else :class:`FenceLost` is raised and nothing
    is written.
 
-A callback that raises is retried entry by entry to isolate the poison; an entry that keeps
+A callback that raises is retried entry by entry to isolate the poison (unless it raised a
+connection error: Redis went away under it, which is an outage like any other); an entry that keeps
 failing, or that was delivered more than ``max_deliveries`` times (it may have crashed its
 consumers), is dead-lettered. A lost connection or a Redis restart makes the runtime reconnect
 with backoff and re-read its pending entries; ``on_rewind`` tells the callback to forget state
@@ -218,9 +219,11 @@ class GroupConsumer:
         self.connected = False
         self.dynamic = dynamic  # streams come and go with add_stream / remove_stream
         self.held: set[tuple[str, str]] = set()  # delivered, not yet acknowledged by the callback
-        # Entries the callback was holding when the runtime last rewound: their redelivery is
-        # the runtime's doing, not a sign of poison, so it does not count towards max_deliveries.
+        # Entries the callback was holding when the runtime last rewound, or was processing when
+        # Redis went away: their redelivery is the runtime's doing, not a sign of poison, so it
+        # does not count towards max_deliveries.
         self._rewound: set[tuple[str, str]] = set()
+        self._interrupted: set[tuple[str, str]] = set()
         self._next_claim = 0.0
         self._next_timer = 0.0
         self._wake_ms: float | None = None  # see wake_at
@@ -301,8 +304,9 @@ class GroupConsumer:
         await cmd.xgroup_createconsumer(stream, self.group, self.consumer)
 
     async def _rewind(self) -> None:
-        self._rewound = set(self.held)
+        self._rewound = set(self.held) | self._interrupted
         self.held.clear()
+        self._interrupted.clear()
         if self.on_rewind is not None:
             await _maybe_await(self.on_rewind())
 
@@ -536,12 +540,18 @@ class GroupConsumer:
         if ack_only:
             await self._commit(Result(ack=ack_only), [])
         if messages:
-            await self._process(messages)
+            try:
+                await self._process(messages)
+            except CONNECTION_ERRORS:
+                self._interrupted.update((m.stream, m.id) for m in messages)
+                raise
 
     async def _process(self, messages: list[Message]) -> None:
         try:
             result = await _maybe_await(self.callback(messages))
-        except Exception as exc:  # noqa: BLE001 - poison isolation: any callback failure
+        except CONNECTION_ERRORS:
+            raise  # Redis went away under the callback: an outage (run() reconnects), not poison
+        except Exception as exc:  # noqa: BLE001 - poison isolation: any other callback failure
             self.stats.inc("consumer_callback_errors", **self._labels)
             if len(messages) == 1:
                 await self._retry_one(messages[0], exc)
@@ -555,6 +565,8 @@ class GroupConsumer:
     async def _process_one(self, message: Message) -> None:
         try:
             result = await _maybe_await(self.callback([message]))
+        except CONNECTION_ERRORS:
+            raise
         except Exception as exc:  # noqa: BLE001
             self.stats.inc("consumer_callback_errors", **self._labels)
             await self._retry_one(message, exc)
@@ -568,6 +580,8 @@ class GroupConsumer:
             await asyncio.sleep(min(0.01 * 2**attempt, 1.0))
             try:
                 result = await _maybe_await(self.callback([message]))
+            except CONNECTION_ERRORS:
+                raise
             except Exception as again:  # noqa: BLE001
                 self.stats.inc("consumer_callback_errors", **self._labels)
                 exc = again
