@@ -42,6 +42,10 @@ def small_hp(**kw: object) -> Hyperparameters:
         "updates_per_transition": 1.0,
         "max_updates_per_batch": 4,
         "learning_rate": 1e-3,
+        # a decision credited with the step it decides on, no slippage: the transition mechanics
+        # alone (the fill a step later is tested by itself below)
+        "fill_lag": 0,
+        "slippage": 0.0,
     }
     base.update(kw)
     return Hyperparameters(**base)  # type: ignore[arg-type]
@@ -167,12 +171,12 @@ def test_observation_appends_a_one_hot_of_the_position():
 
 
 def feed(core: TrainerCore, packets: list[TrainingDataPacket]) -> int:
-    """What the shell does: each packet with its symbol's predecessors (up to n_step, oldest first)."""
+    """What the shell does: each packet with its symbol's predecessors (up to n_step + fill_lag, oldest first)."""
     seen: dict[str, list[TrainingDataPacket]] = {}
     ancestors = []
     for p in packets:
         mine = seen.setdefault(p.symbol, [])
-        ancestors.append(list(mine[-core.hp.n_step :]))
+        ancestors.append(list(mine[-(core.hp.n_step + core.hp.fill_lag) :]))
         mine.append(p)
     return core.process(packets, ancestors)
 
@@ -194,6 +198,31 @@ def test_core_builds_a_transition_from_a_packet_and_its_predecessor_with_the_rew
         expected = step_reward(pos, held, prices[k], prices[k + 1], 0.001)
         assert agent.replay.rewards[k] == pytest.approx(expected, rel=1e-5, abs=1e-7)
         assert agent.replay.discounts[k] == pytest.approx(0.99)
+
+
+def test_a_decision_is_credited_with_the_step_after_its_fill_at_the_fee_plus_slippage():
+    """fill_lag 1: the paper trader fills a decision one packet later, so that is the move it earns.
+
+    Crediting the move from the deciding packet's own price (fill_lag 0) pays the policy for a
+    fill it cannot get, and teaches it nothing about the step it does hold.
+    """
+    hp = small_hp(n_step=1, fill_lag=1, start_e=0.0, end_e=0.0, reward_scale=1.0, fee=0.001, slippage=0.0002)
+    core = TrainerCore(hp)
+    prices = [100.0, 101.0, 100.0, 102.0, 99.0]
+    feed(core, [packet(t, p) for t, p in enumerate(prices)])
+    agent = core.agent
+    assert agent is not None and core.events["no_predecessor"] == 2, "the first two packets cannot be filled"
+    assert len(agent.replay) == 3 and core.transitions == 3
+    for k in range(3):  # decided at packet k, filled at k + 1, holds the move k + 1 -> k + 2
+        obs, action, next_obs = agent.replay.obs[k], int(agent.replay.actions[k]), agent.replay.next_obs[k]
+        held = [0, 1, -1][int(np.argmax(obs[6:]))]
+        pos = [0, 1, -1][action]
+        expected = step_reward(pos, held, prices[k + 1], prices[k + 2], 0.0012)
+        assert agent.replay.rewards[k] == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        assert [0, 1, -1][int(np.argmax(next_obs[6:]))] == pos
+        assert agent.replay.discounts[k] == pytest.approx(0.99)
+    with pytest.raises(ValueError, match="fill_lag"):
+        small_hp(fill_lag=-1)
 
 
 def test_n_step_transitions_follow_the_greedy_policy_after_the_first_action():

@@ -153,11 +153,6 @@ def test_on_a_random_walk_the_same_learner_shows_no_edge_net_or_gross() -> None:
     assert not v.edges["net"]["random"].low > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the learner does not trade on the leak yet: its rewards credit a decision with the bar it decided "
-    "on, while execution fills it a bar later, where the leak points (gross p 0.63 measured); next step of issue 15",
-)
 def test_a_look_ahead_leak_below_the_costs_shows_as_a_gross_edge_on_the_random_walk() -> None:
     _, _, v = evaluated(planted=False, seed=12, leak=LEAK)
     assert v.significant("gross", 0.01), f"the leak is found: gross p {v.p_value['gross']}"

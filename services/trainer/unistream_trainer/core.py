@@ -49,7 +49,8 @@ POSITION_VALUE_FROM_END = 4  # layout v2 ends with position.position, unrealised
 
 
 def step_reward(position: int, prev_position: int, price: float, next_price: float, fee: float) -> float:
-    """Log return of holding ``position`` from ``price`` to ``next_price``, less ``fee`` per unit traded."""
+    """Log return of holding ``position`` from ``price`` to ``next_price``, less ``fee`` (per side, all
+    costs) per unit traded."""
     return position * math.log(next_price / price) - fee * abs(position - prev_position)
 
 
@@ -130,8 +131,9 @@ class TrainerCore:
         if not self.data_from_ms or packet.ts_event_ms < self.data_from_ms:
             self.data_from_ms = packet.ts_event_ms
         self.data_to_ms = max(self.data_to_ms, packet.ts_event_ms)
-        chain = usable_chain(packet, list(ancestors)[-self.hp.n_step :], self.max_gap_ms)
-        if len(chain) < 2:
+        lag = self.hp.fill_lag
+        chain = usable_chain(packet, list(ancestors)[-(self.hp.n_step + lag) :], self.max_gap_ms)
+        if len(chain) < 2 + lag:
             self.events["no_predecessor"] += 1
             return
         states = [codec.f32_from_bytes(p.state) for p in chain]
@@ -144,20 +146,23 @@ class TrainerCore:
         obs0 = observation(states[0], position, v2)
         action0 = agent.act(obs0)
         action, rewards = action0, []
-        for i in range(1, len(chain)):
+        cost = self.hp.fee + self.hp.slippage
+        steps = len(chain) - 1 - lag
+        # The decision at chain[i] fills at chain[i + lag] and earns the move to chain[i + lag + 1]:
+        # each decision is credited with exactly the step its own fill holds, none twice.
+        for i in range(steps):
             new_position = ACTION_POSITION[action]
-            rewards.append(step_reward(new_position, position, chain[i - 1].price, chain[i].price, self.hp.fee))
+            rewards.append(step_reward(new_position, position, chain[i + lag].price, chain[i + lag + 1].price, cost))
             position = new_position
-            if i < len(chain) - 1:
-                action = self._greedy(agent, observation(states[i], position, v2))
-        steps = len(rewards)
+            if i < steps - 1:
+                action = self._greedy(agent, observation(states[i + 1], position, v2))
         self._store(
             [
                 NStepTransition(
                     obs=obs0,
                     action=action0,
                     reward=n_step_return(rewards, self.hp.gamma) * self.hp.reward_scale,
-                    next_obs=observation(states[-1], position, v2),
+                    next_obs=observation(states[steps], position, v2),
                     discount=self.hp.gamma**steps,
                 )
             ]

@@ -68,6 +68,12 @@ class Hyperparameters:
     """widths of the Q-network's shared layers; the first one holds nearly all the parameters"""
     fee: float = 0.001
     """fee per side as a fraction of notional (Binance spot: 0.1 %)"""
+    slippage: float = 0.0002
+    """spread and impact per side, beside the fee (the paper trader's default: 2 bps)"""
+    fill_lag: int = 1
+    """steps between a decision and its fill: a decision is credited with the move of the step after
+    its fill, as the paper trader executes (1: its 1 s latency on 1s bars; 0: the deciding bar's own
+    price, a fill the policy could not get)"""
     reward_scale: float = 100.0
     """rewards are stored multiplied by this (100: percent), so TD errors sit where Huber is quadratic"""
     bf16: bool = False
@@ -77,6 +83,8 @@ class Hyperparameters:
     def __post_init__(self) -> None:
         if self.n_step < 1:
             raise ValueError(f"n_step must be at least 1, was {self.n_step}")
+        if self.fill_lag < 0:
+            raise ValueError(f"fill_lag must be >= 0, was {self.fill_lag}")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], was {self.tau}")
         if self.batch_size > self.buffer_size:

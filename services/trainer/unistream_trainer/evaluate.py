@@ -266,8 +266,9 @@ def _check_sequence(packets: Sequence[TrainingDataPacket]) -> None:
 
 
 def train_on(core: TrainerCore, packets: Sequence[TrainingDataPacket], start: int, end: int) -> None:
-    """Feed ``packets[start:end]`` to ``core`` in order, each with its predecessors (earlier packets only)."""
-    n = core.hp.n_step
+    """Feed ``packets[start:end]`` to ``core`` in order, each with its ``n_step + fill_lag`` predecessors
+    (earlier packets only)."""
+    n = core.hp.n_step + core.hp.fill_lag
     for k in range(start, end):
         core.process([packets[k]], [packets[max(0, k - n) : k]])
 
@@ -555,6 +556,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hp = Hyperparameters(
         hidden_sizes=args.hidden,
         fee=args.fee,
+        slippage=costs.slippage,
+        # rewards credit the step a decision's fill holds: the first packet --latency-ms later
+        fill_lag=math.ceil(args.latency_ms / (1_000 * args.stride)),
         updates_per_transition=args.updates_per_packet,
         max_updates_per_batch=max(16, math.ceil(args.updates_per_packet)),
     )

@@ -139,8 +139,8 @@ class TrainerService:
             self._cache.popitem(last=False)
 
     async def _ancestors(self, packets: list[TrainingDataPacket]) -> list[list[TrainingDataPacket]]:
-        """Up to n_step predecessors of each packet, oldest first (cache, then fetched by id, level by level)."""
-        n = self.core.hp.n_step
+        """Up to n_step + fill_lag predecessors of each packet, oldest first (cache, then fetched by id, level by level)."""
+        n = self.core.hp.n_step + self.core.hp.fill_lag
         chains: list[list[TrainingDataPacket]] = [[] for _ in packets]
         heads: list[str] = [p.prev_id for p in packets]
         for _ in range(n):

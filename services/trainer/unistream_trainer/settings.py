@@ -6,6 +6,7 @@ them into :class:`unistream_trainer.dqn.Hyperparameters` (whose docstrings expla
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -128,6 +129,9 @@ class TrainerSettings(CommonSettings):
             exploration_steps=self.dqn_exploration_steps,
             hidden_sizes=self.dqn_hidden_sizes,
             fee=self.fee,
+            slippage=self.paper_slippage_bps / 10_000,
+            # rewards credit the step the paper trader's fill holds (packets a second apart)
+            fill_lag=math.ceil(self.paper_latency_ms / 1_000),
             reward_scale=self.reward_scale,
             bf16=self.dqn_precision == "bf16" or (self.dqn_precision == "auto" and native_bf16()),
         )
