@@ -122,8 +122,9 @@ def test_a_stream_whose_last_tick_is_old_is_stale_then_offline(
                                                                       ts_ms=old))  # fmt: skip
     samples.write(client, keys.UI, samples.ui_packet("ETHUSDT", ts_ms=old, last_price=3000.5, ticks_seen=1))
     card = _in(_run(), "tds-ETHUSDT")
-    age = f"{age_s} s" if age_s < 120 else "2 min"
-    assert f"ETHUSDT · Stream: {state} (last tick {age} ago)" in card
+    # the page may render a few seconds after the write on a busy machine
+    age = "|".join(f"{a} s" for a in range(age_s, age_s + 5)) if age_s < 120 else "2 min"
+    assert re.search(rf"ETHUSDT · Stream: {state} \(last tick ({age}) ago\)", card), card
     assert f":{badge}-badge[{state}]" in card
 
 
@@ -136,8 +137,8 @@ def test_the_live_and_stale_thresholds_are_settings(client: redis.Redis, monkeyp
     samples.write(client, keys.ticks("BTCUSDT"), samples.tick_batch("BTCUSDT", first_trade_id=1, prices=[9e4],
                                                                       ts_ms=old - 30_000))  # fmt: skip
     at = _run()
-    assert "ETHUSDT · Stream: LIVE (last tick 20 s ago)" in _in(at, "tds-ETHUSDT")
-    assert "BTCUSDT · Stream: OFFLINE (last tick 50 s ago)" in _in(at, "tds-BTCUSDT")
+    assert re.search(r"ETHUSDT · Stream: LIVE \(last tick 2[0-4] s ago\)", _in(at, "tds-ETHUSDT"))
+    assert re.search(r"BTCUSDT · Stream: OFFLINE \(last tick 5[0-4] s ago\)", _in(at, "tds-BTCUSDT"))
 
 
 @pytest.mark.parametrize(
