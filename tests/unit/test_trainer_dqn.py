@@ -19,6 +19,7 @@ from unistream_trainer.dqn import (
     NStepAccumulator,
     QNetwork,
     ReplayBuffer,
+    cost_matrix,
     double_dqn_td_target,
     linear_schedule,
     n_step_return,
@@ -42,10 +43,11 @@ def small_hp(**kw: object) -> Hyperparameters:
         "updates_per_transition": 1.0,
         "max_updates_per_batch": 4,
         "learning_rate": 1e-3,
-        # a decision credited with the step it decides on, no slippage: the transition mechanics
-        # alone (the fill a step later is tested by itself below)
+        # a decision credited with the step it decides on, no slippage, costs learned: the
+        # transition mechanics alone (the fill a step later and known costs are tested by themselves)
         "fill_lag": 0,
         "slippage": 0.0,
+        "known_costs": False,
     }
     base.update(kw)
     return Hyperparameters(**base)  # type: ignore[arg-type]
@@ -396,3 +398,61 @@ def test_a_bf16_update_keeps_float32_weights_and_agrees_with_float32_to_bf16_pre
     opt = torch.optim.Adam(q.parameters(), lr=1e-3, fused=True)
     train_step(q, target, opt, batch, 10.0, bf16=True)
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in q.parameters())
+
+
+# --- known costs ------------------------------------------------------------------------------
+
+
+def test_with_known_costs_a_decision_pays_the_exact_cost_of_its_change_and_the_network_learns_without_it():
+    hp = small_hp(known_costs=True, n_step=1, fill_lag=0, start_e=0.0, end_e=0.0, reward_scale=100.0, fee=0.001,
+                  slippage=0.0002)  # fmt: skip
+    assert hp.switch_cost == pytest.approx(0.12)
+    costs = cost_matrix(hp)
+    assert costs is not None and cost_matrix(small_hp(known_costs=False)) is None
+    # held flat -> long or short: one unit; long <-> short: two units; staying: nothing
+    assert torch.allclose(costs, 0.12 * torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 2.0], [1.0, 2.0, 0.0]]))
+    core = TrainerCore(hp)
+    prices = [100.0, 101.0, 100.0, 102.0, 99.0]
+    feed(core, [packet(t, p) for t, p in enumerate(prices)])
+    agent = core.agent
+    assert agent is not None and len(agent.replay) == 4
+    for k in range(4):
+        pos = [0, 1, -1][int(agent.replay.actions[k])]
+        # stored: what holding the position earned, the change's cost added back (it is paid at decision time)
+        assert agent.replay.rewards[k] == pytest.approx(100.0 * pos * math.log(prices[k + 1] / prices[k]), rel=1e-5)
+    # Decisions: the network's values less the cost of each change from the position held.
+    for held in (0, 1, -1):
+        obs = observation(np.full(6, 0.1, np.float32), held)
+        with torch.no_grad():
+            raw = agent.q_network(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+        expected = raw - costs.numpy()[[0, 1, -1].index(held)]
+        assert np.allclose(agent.values(obs), expected, atol=1e-6)
+        action, q = core.greedy_action(packet(9, 100.0), held)
+        assert action == int(np.argmax(expected)) and np.allclose(q, expected, atol=1e-6)
+
+
+def test_a_network_holds_while_its_edge_is_below_the_cost_of_changing_and_changes_above_it():
+    core = TrainerCore(small_hp(known_costs=True, start_e=0.0, end_e=0.0))
+    core.observe(packet(1, 100.0), [packet(0, 100.0)])
+    assert core.agent is not None
+    net = core.agent.q_network
+    with torch.no_grad():  # a network that values long above flat by `edge`, whatever it sees
+        for p in net.parameters():
+            p.zero_()
+        cost = small_hp().switch_cost
+        for edge, from_flat in ((0.9 * cost, 0), (1.1 * cost, 1)):
+            net.advantage.bias.copy_(torch.tensor([0.0, edge, -10.0]))
+            assert core.greedy_action(packet(9, 100.0), 0)[0] == from_flat, edge
+            assert core.greedy_action(packet(9, 100.0), 1)[0] == 1, "long stays long"
+
+
+def test_a_checkpoint_whose_outputs_mean_other_values_is_not_resumed():
+    data, _ = trained_core().checkpoint("dqn-q", "p")  # small_hp: costs learned, plain Q-values
+    assert ck.read_metadata(data)["values"] == "q"
+    core = TrainerCore(small_hp(known_costs=True), resume=ck.decode_checkpoint(data))
+    core.observe(packet(1, 100.0), [packet(0, 100.0)])
+    assert core.resumed_from == "" and core.events["resume_rejected"] == 1
+    assert "Q-values with the trading costs learned in them" in core.resume_error
+    same = TrainerCore(small_hp(), resume=ck.decode_checkpoint(data))
+    same.observe(packet(1, 100.0), [packet(0, 100.0)])
+    assert same.resumed_from == "dqn-q"

@@ -8,17 +8,21 @@ Each arm can fail, and for the right reason:
   fees and slippage, with intervals over test blocks (the unit of replication) above 0;
 - the evaluation is honest: on a random walk the same learner's edge over its own positions out of
   time is not significant, neither net nor gross;
-- it sees a leak the fees hide: the random walk with a look-ahead feature correlated 0.3 with the
-  return a decision will earn shows a significant *gross* edge, although it is no edge after costs;
+- it sees a small leak: the random walk with a look-ahead feature correlated 0.3 with the return a
+  decision will earn (one step's worth; a trader changing position on it every step would lose it
+  all to the costs) shows a significant *gross* edge over its own positions out of time, positive
+  on every test block;
 - it cannot be flattered by a baseline that pays other costs: the old random baseline (uniform new
   positions at the policy's change rate) trades more than the policy, is caught by its turnover,
   and on noise is exactly what made the policy look "better";
-- on noise the learner stops churning: the later folds' policies trade far less than the first's.
+- on noise the learner stops churning: trained on the blocks before the last, its policy changes
+  position far less often on the last block than after its first 200 packets.
 
 Plus the walk-forward's own promise: a fold's result is that of a fresh core trained on the blocks
 before its test block and nothing later.
 
-Small networks, one torch thread; the whole file takes about 30 s.
+The learner is the deployed one (known costs, learning rate 1e-4, fills a step after the decision)
+with a small network; one torch thread; the whole file takes about 80 s.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from unistream_trainer.verdict import Costs, Verdict, format_verdict, path_resul
 
 T0 = 1_700_000_000_000
 FEE = 0.001
-N_PACKETS = 2_000  # 4 blocks of 500 one-second steps: 3 folds
+N_PACKETS = 3_000  # 4 blocks of 750 one-second steps: 3 folds (at lr 1e-4, 500 left fold 0 half-trained)
 FOLDS = 3
 SEEDS = (1, 2, 3)
 DIM = 8
@@ -62,7 +66,7 @@ SWITCH = 1 / 25  # chance per step that the regime flips
 
 HP = Hyperparameters(
     hidden_sizes=(32, 32),
-    learning_rate=1e-3,
+    learning_rate=1e-4,  # the deployed default (at 1e-3 the policy fits the noise features and churns)
     gamma=0.9,
     buffer_size=2_000,
     batch_size=32,
@@ -153,10 +157,10 @@ def test_on_a_random_walk_the_same_learner_shows_no_edge_net_or_gross() -> None:
     assert not v.edges["net"]["random"].low > 0
 
 
-def test_a_look_ahead_leak_below_the_costs_shows_as_a_gross_edge_on_the_random_walk() -> None:
+def test_a_small_look_ahead_leak_shows_as_a_gross_edge_on_the_random_walk() -> None:
     _, _, v = evaluated(planted=False, seed=12, leak=LEAK)
     assert v.significant("gross", 0.01), f"the leak is found: gross p {v.p_value['gross']}"
-    assert v.edges["gross"]["random"].low > 0
+    assert all(b.gross["policy"] > 0 for b in v.blocks), [b.gross for b in v.blocks]
 
 
 def test_a_baseline_that_pays_other_costs_is_caught_and_would_have_flattered_the_policy() -> None:
@@ -188,19 +192,30 @@ def test_a_baseline_that_pays_other_costs_is_caught_and_would_have_flattered_the
     assert v.cost_matched, "the shift baseline is matched"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on noise the greedy policy keeps churning: 986 position changes an hour in the first fold, 931 in the "
-    "last (measured); next step of issue 15",
-)
 def test_on_noise_the_learner_stops_churning() -> None:
-    _, results, _ = evaluated(planted=False, seed=12)
-    per_hour = {f: [] for f in range(FOLDS)}
-    for r in results:
-        per_hour[r.fold].append(r.metrics["paper/position_changes"] / max(r.metrics["paper/hours"], 1e-9))
-    early, late = np.mean(per_hour[0]), np.mean(per_hour[FOLDS - 1])
-    print(f"position changes per hour: first fold {early:.0f}, last fold {late:.0f}")
-    assert late < 0.5 * early, (early, late)
+    """The same test block traded by each seed's policy after 200 and after 1,500 noise packets.
+
+    Early, the network's untrained differences between positions outweigh the cost of changing and
+    the policy trades on them; trained on noise it learns that holding pays nothing and stays put.
+    Measured here (seeds 1-3, changes an hour, after 200 / 2,250 packets): 127 / 34. The test fails
+    for the learner with the costs learned from the rewards (known_costs=False): 761 / 429, and for
+    a learning rate of 1e-3, whose policy fits the noise features harder the longer it trains:
+    705 / 992.
+    """
+    packets = market(planted=False, seed=12)
+    last = block_bounds(len(packets), FOLDS)[-1][0]
+    test = packets[last:]
+    per_hour: dict[int, list[float]] = {200: [], last: []}
+    for seed in SEEDS:
+        for trained, rates in per_hour.items():
+            core = TrainerCore(replace(HP, seed=seed))
+            train_on(core, packets, 0, trained)
+            metrics, _ = paper_trade(core, test, COSTS, seed=seed)
+            rates.append(metrics["paper/position_changes"] / metrics["paper/hours"])
+    early, late = np.mean(per_hour[200]), np.mean(per_hour[last])
+    print(f"position changes per hour on the last block: after 200 packets {early:.0f}, after {last:,} {late:.0f}")
+    assert late < 0.5 * early, (per_hour, early, late)
+    assert late < 120, "a few changes an hour, not hundreds"
 
 
 def test_a_fold_is_a_fresh_core_trained_on_the_earlier_blocks_only() -> None:

@@ -27,6 +27,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 FORMAT = "unistream-dqn/1"
+# What the network's outputs mean (metadata "values"): a network of one meaning decides wrongly under the other.
+VALUES = {
+    "q": "Q-values with the trading costs learned in them",
+    "market": "market values W(s, a), the known costs subtracted at decision time",
+}
 MODEL_NAME = "dqn"
 SUFFIX = ".safetensors"
 
@@ -59,6 +64,7 @@ def encode_checkpoint(
     hidden_sizes: Sequence[int],
     updates: int,
     transitions: int,
+    values: str = "q",
 ) -> bytes:
     """safetensors bytes of ``state_dict`` with the metadata that says what it fits."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
@@ -73,6 +79,7 @@ def encode_checkpoint(
         "transitions": str(transitions),
         "actions": "flat,long,short",
         "observation": "state + one-hot(position held: flat,long,short)",
+        "values": values,
     }
     return save_safetensors(tensors, metadata=metadata)
 
@@ -89,9 +96,14 @@ class Checkpoint:
     hidden_sizes: tuple[int, ...]
     updates: int
     transitions: int
+    values: str = "q"
 
-    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int]) -> str:
-        """Why this checkpoint does not fit a network of this shape ("" when it does)."""
+    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int], values: str = "q") -> str:
+        """Why this checkpoint does not fit a network of this shape and meaning ("" when it does)."""
+        if self.values != values:
+            return (
+                f"its outputs are {VALUES.get(self.values, repr(self.values))}, the settings ask for {VALUES[values]}"
+            )
         if self.obs_dim != obs_dim:
             return f"it was trained on observations of {self.obs_dim} values, the stream now gives {obs_dim}"
         if self.hidden_sizes != tuple(hidden_sizes):
@@ -121,6 +133,7 @@ def decode_checkpoint(data: bytes, expected_sha256: str | None = None) -> Checkp
             hidden_sizes=tuple(int(h) for h in meta["hidden_sizes"].split(",") if h),
             updates=int(meta["updates"]),
             transitions=int(meta["transitions"]),
+            values=meta.get("values", "q"),  # written before known costs: Q-values
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata is incomplete or malformed: {exc!r}") from None

@@ -10,9 +10,13 @@ packet with up to ``n_step`` predecessors (oldest first). From them it builds on
   learned, not only the ones a policy happened to hold);
 - the first action epsilon-greedy from Q(s_0, pos_0) (the exploration), then the greedy actions of
   the current Q-network on the states that follow (the n-step return of the policy being learned);
-- rewards per step ``reward = pos_new * log(price_next / price) - fee * |pos_new - pos_old|`` (a log
-  return net of fees; long to short pays two sides), summed with ``gamma``; the bootstrap state is the
-  last packet's with the position the actions reached, discount ``gamma ** steps``.
+- rewards per step ``reward = pos_new * log(price_next / price) - cost * |pos_new - pos_old|`` (a log
+  return net of fee and slippage; long to short pays two sides), summed with ``gamma``, where a
+  decision at packet ``i`` is credited with the move ``i + fill_lag -> i + fill_lag + 1`` (the step
+  its fill holds: the chain has ``n_step + fill_lag`` predecessors); the bootstrap state is the
+  packet after the last decision, with the position the actions reached, discount ``gamma ** steps``;
+- with ``known_costs`` the first decision's cost is added back to the stored return: the network
+  learns what holding earns, and decisions subtract the exact cost of changing (see dqn.py).
 
 A chain is cut where two packets are more than ``max_gap_ms`` apart (fewer steps, never across the
 gap); a packet without a usable predecessor gives no transition (counted). The observation is the
@@ -52,6 +56,11 @@ def step_reward(position: int, prev_position: int, price: float, next_price: flo
     """Log return of holding ``position`` from ``price`` to ``next_price``, less ``fee`` (per side, all
     costs) per unit traded."""
     return position * math.log(next_price / price) - fee * abs(position - prev_position)
+
+
+def values_kind(hp: Hyperparameters) -> str:
+    """What the network's outputs mean under ``hp`` (checkpoint metadata "values")."""
+    return "market" if hp.known_costs else "q"
 
 
 def observation(state: np.ndarray, position: int, layout_v2: bool = False) -> np.ndarray:
@@ -142,7 +151,7 @@ class TrainerCore:
             return
         agent = self._agent_for(packet.state_dim)
         v2 = packet.layout_version.startswith("v2")
-        position = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
+        position = start = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
         obs0 = observation(states[0], position, v2)
         action0 = agent.act(obs0)
         action, rewards = action0, []
@@ -156,12 +165,15 @@ class TrainerCore:
             position = new_position
             if i < steps - 1:
                 action = self._greedy(agent, observation(states[i + 1], position, v2))
+        ret = n_step_return(rewards, self.hp.gamma) * self.hp.reward_scale
+        if self.hp.known_costs:  # the first change's cost is subtracted at decision time, not learned
+            ret += self.hp.switch_cost * abs(ACTION_POSITION[action0] - start)
         self._store(
             [
                 NStepTransition(
                     obs=obs0,
                     action=action0,
-                    reward=n_step_return(rewards, self.hp.gamma) * self.hp.reward_scale,
+                    reward=ret,
                     next_obs=observation(states[steps], position, v2),
                     discount=self.hp.gamma**steps,
                 )
@@ -179,17 +191,14 @@ class TrainerCore:
 
     @staticmethod
     def _greedy(agent: DQNAgent, obs: np.ndarray) -> int:
-        with torch.no_grad():
-            return int(agent.q_network(torch.from_numpy(obs).unsqueeze(0)).argmax(dim=1).item())
+        return int(agent.values(obs).argmax())
 
     def greedy_action(self, packet: TrainingDataPacket, position: int) -> tuple[int, np.ndarray]:
         """The current policy's action at ``packet`` holding ``position``, and its Q-values (paper trading)."""
         state = codec.f32_from_bytes(packet.state)
         if self.agent is None or packet.state_dim != self.state_dim:
             return POSITION_INDEX[position], np.zeros(N_ACTIONS, np.float32)
-        obs = observation(state, position, packet.layout_version.startswith("v2"))
-        with torch.no_grad():
-            q = self.agent.q_network(torch.from_numpy(obs).unsqueeze(0))[0].numpy()
+        q = self.agent.values(observation(state, position, packet.layout_version.startswith("v2")))
         return int(q.argmax()), q
 
     def _store(self, transitions: list[NStepTransition]) -> None:
@@ -234,7 +243,7 @@ class TrainerCore:
     def _resume(self, agent: DQNAgent) -> None:
         ckpt, self.resume = self.resume, None
         assert ckpt is not None
-        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes)
+        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp))
         if reason:
             self.events["resume_rejected"] += 1
             self.resume_error = f"{ckpt.version}: {reason}"
@@ -328,5 +337,6 @@ class TrainerCore:
             hidden_sizes=self.hp.hidden_sizes,
             updates=self.agent.updates,
             transitions=self.agent.transitions,
+            values=values_kind(self.hp),
         )
         return data, sum(p.numel() for p in q.parameters())

@@ -76,9 +76,19 @@ class Hyperparameters:
     price, a fill the policy could not get)"""
     reward_scale: float = 100.0
     """rewards are stored multiplied by this (100: percent), so TD errors sit where Huber is quadratic"""
+    known_costs: bool = True
+    """the cost of a decision's own position change is known, so it is not learned: the network learns
+    what holding each position earns (``W(s, a)``, the immediate cost added back to the stored return)
+    and every decision and TD target takes ``W(s, a) - switch_cost * |a - held|``. False: the network
+    learns Q(s, a) with the cost in it, and on noise its errors outweigh the cost: the policy churns"""
     bf16: bool = False
     """run the update's matmuls in bfloat16 (autocast; weights, optimiser state and loss stay float32).
     Worth it only on CPUs with native bf16 (AVX512-BF16, AMX): see :func:`native_bf16`"""
+
+    @property
+    def switch_cost(self) -> float:
+        """Cost of a one-unit position change in reward units: (fee + slippage) x reward_scale."""
+        return (self.fee + self.slippage) * self.reward_scale
 
     def __post_init__(self) -> None:
         if self.n_step < 1:
@@ -241,6 +251,28 @@ def linear_schedule(start_e: float, end_e: float, duration: int, t: int) -> floa
     return max(slope * t + start_e, end_e) if end_e <= start_e else min(slope * t + start_e, end_e)
 
 
+# --- decisions under known costs ------------------------------------------------------------------
+
+
+def cost_matrix(hp: Hyperparameters) -> torch.Tensor | None:
+    """``costs[held, action]``: the reward-unit cost of moving from held's position to the action's
+    (long to short pays two units); None when costs are learned (``known_costs`` False)."""
+    if not hp.known_costs:
+        return None
+    position = torch.tensor(ACTION_POSITION, dtype=torch.float32)
+    return (position.unsqueeze(0) - position.unsqueeze(1)).abs() * hp.switch_cost
+
+
+def decision_values(q_network: nn.Module, obs: torch.Tensor, costs: torch.Tensor | None) -> torch.Tensor:
+    """(batch, n_actions) values the greedy choice maximises: the network's output less each action's
+    cost from the position held (the observation's trailing one-hot), or the output as it is."""
+    values = q_network(obs)
+    if costs is None:
+        return values
+    held = obs[:, -N_ACTIONS:].argmax(dim=1)
+    return values - costs.to(values.dtype)[held]
+
+
 # --- the update ---------------------------------------------------------------------------------
 
 
@@ -266,18 +298,26 @@ def native_bf16() -> bool:
 
 
 def td_loss(
-    q_network: QNetwork, target_network: QNetwork, batch: Batch, bf16: bool = False
+    q_network: QNetwork,
+    target_network: QNetwork,
+    batch: Batch,
+    bf16: bool = False,
+    costs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Huber TD loss, Q(s, a) of the batch); gradients flow only through Q(s, a).
 
-    With ``bf16`` the three forward passes run under CPU autocast; the loss is taken in float32.
+    With ``costs`` (see :func:`cost_matrix`) the next state's action is chosen and valued net of the
+    cost of reaching it from the position held there. With ``bf16`` the three forward passes run
+    under CPU autocast; the loss is taken in float32.
     """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         with torch.no_grad():
             td_target = double_dqn_td_target(
-                q_network(batch.next_obs).float(), target_network(batch.next_obs).float(), batch.rewards,
+                decision_values(q_network, batch.next_obs, costs).float(),
+                decision_values(target_network, batch.next_obs, costs).float(),
+                batch.rewards,
                 batch.discounts,
-            )  # fmt: skip
+            )
         old_val = q_network(batch.obs).float().gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     return F.smooth_l1_loss(old_val, td_target), old_val
 
@@ -296,9 +336,10 @@ def train_step(
     batch: Batch,
     max_grad_norm: float,
     bf16: bool = False,
+    costs: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One gradient step on ``batch``; returns (TD loss before the step, mean Q(s, a))."""
-    loss, old_val = td_loss(q_network, target_network, batch, bf16)
+    loss, old_val = td_loss(q_network, target_network, batch, bf16, costs)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(q_network.parameters(), max_grad_norm)
@@ -323,6 +364,7 @@ class DQNAgent:
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=hp.learning_rate, fused=True)
         self.replay = ReplayBuffer(hp.buffer_size, obs_dim)
         self.rng = np.random.default_rng(hp.seed)
+        self.costs = cost_matrix(hp)
         self.updates = 0  # gradient steps taken
         self.transitions = 0  # 1-step transitions seen (drives epsilon)
 
@@ -335,9 +377,13 @@ class DQNAgent:
         """Epsilon-greedy action for one observation."""
         if self.rng.random() < self.epsilon:
             return int(self.rng.integers(N_ACTIONS))
+        return int(self.values(obs).argmax())
+
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        """The values the greedy policy maximises at one observation (net of known costs)."""
         with torch.no_grad():
-            q_values = self.q_network(torch.from_numpy(np.asarray(obs, np.float32)).unsqueeze(0))
-        return int(q_values.argmax(dim=1).item())
+            x = torch.from_numpy(np.asarray(obs, np.float32)).unsqueeze(0)
+            return decision_values(self.q_network, x, self.costs)[0].numpy()
 
     def learn(self, n_updates: int) -> list[tuple[float, float]]:
         """Up to ``n_updates`` gradient steps (none before learning_starts); (td_loss, q_value) of each."""
@@ -348,7 +394,13 @@ class DQNAgent:
             batch = self.replay.sample(self.hp.batch_size, self.rng)
             out.append(
                 train_step(
-                    self.q_network, self.target_network, self.optimizer, batch, self.hp.max_grad_norm, self.hp.bf16
+                    self.q_network,
+                    self.target_network,
+                    self.optimizer,
+                    batch,
+                    self.hp.max_grad_norm,
+                    self.hp.bf16,
+                    self.costs,
                 )
             )
             self.updates += 1
