@@ -58,6 +58,7 @@ TICKS = r"Tick cache: [\d,]+ / [\d,]+ \(total ([\d,]+)\)"
 BARS = r"1s bars: [\d,]+ / [\d,]+ \(total ([\d,]+)\)"
 
 pytestmark = [
+    pytest.mark.heavy,
     pytest.mark.e2e,
     needs_chromium,
 ]

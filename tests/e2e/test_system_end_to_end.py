@@ -29,6 +29,7 @@ SERVICE_PORTS = (8001, 8002, 8003, 8004, 8104, 8501)  # two trainers: 8004 and 8
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 
 pytestmark = [
+    pytest.mark.heavy,
     pytest.mark.e2e,
     needs_chromium,
 ]

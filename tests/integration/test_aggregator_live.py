@@ -26,7 +26,7 @@ from unistream_common.stats import Stats
 from unistream_ingest.service import IngestWriter
 from unistream_ingest.settings import IngestSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 UNISTREAM = REPO / ".venv" / "bin" / "unistream"

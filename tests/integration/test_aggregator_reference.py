@@ -34,7 +34,7 @@ from unistream_common import codec, keys, quality
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_common.redis_server import RedisServer, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 UNISTREAM = REPO / ".venv" / "bin" / "unistream"

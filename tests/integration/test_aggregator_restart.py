@@ -46,7 +46,7 @@ from unistream_common import keys
 from unistream_common.packets import TickBatch
 from unistream_common.redis_server import RedisServer, start_redis
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
 SEED = 20_240_601
 SECONDS = 3_000  # of event time per symbol: about 3,300 entries, 15,000 trades

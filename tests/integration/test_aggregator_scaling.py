@@ -47,7 +47,7 @@ from unistream_common import codec, keys
 from unistream_common.packets import TickBatch
 from unistream_common.redis_server import RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
 SEED = 20_240_602
 SECONDS = 3_000

@@ -18,7 +18,7 @@ from unistream_common.redis_server import RedisServer, free_port, start_redis
 from unistream_dashboard import samples
 from unistream_dashboard.samples import SymbolSnapshot
 
-pytestmark = [pytest.mark.integration, needs_chromium]
+pytestmark = [pytest.mark.heavy, pytest.mark.integration, needs_chromium]
 
 SNAPSHOTS = {
     "ETHUSDT": SymbolSnapshot("ETHUSDT", price=3012.55, ticks_seen=45_678, bars_seen=4_321, training_packets=1_234),

@@ -22,7 +22,7 @@ from unistream_features.layout import make_layout
 from unistream_features.service import worker
 from unistream_features.settings import FeaturesSettings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 torch.set_num_threads(1)
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")

@@ -24,6 +24,8 @@ from unistream_ingest.binance import parse_rest_klines, parse_rest_trades, parse
 from unistream_ingest.live import BinanceLiveSource, ConnectionEvent, GapEvent, LiveEvent, reachable
 from unistream_ingest.venue import ParseError, RawTrade
 
+pytestmark = pytest.mark.heavy
+
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 
 

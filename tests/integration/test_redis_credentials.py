@@ -35,7 +35,7 @@ from unistream_common.redis_server import RedisNotFound, RedisServer, find_redis
 from unistream_common.settings import EXIT_BAD_CONFIG
 from unistream_common.supervisor import redis_arguments, retarget_url
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = load(REPO / "deploy" / "docker-compose.yml")

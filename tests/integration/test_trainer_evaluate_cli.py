@@ -12,6 +12,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.heavy
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "binance"
 T0 = 1_740_000_000_000  # 2025: the archive writes µs
 # Small and quick: tiny windows and network, 2 folds x 2 seeds, every 2nd packet a decision point.

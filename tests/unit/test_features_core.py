@@ -31,6 +31,8 @@ from unistream_features.layout import StateLayout, make_layout, time_features
 from unistream_features.micro import TickCache, feature_names, micro_features
 from unistream_features.mtf import TIMEFRAMES, BarWindows
 
+pytestmark = pytest.mark.heavy
+
 torch.set_num_threads(1)
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")

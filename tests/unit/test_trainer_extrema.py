@@ -28,6 +28,7 @@ from unistream_trainer.extrema import (
     random_walk_extremum_rate,
 )
 
+pytestmark = pytest.mark.heavy
 torch.set_num_threads(1)
 
 W = 16

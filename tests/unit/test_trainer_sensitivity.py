@@ -17,6 +17,7 @@ from unistream_trainer.sensitivity import (
     signal_context,
 )
 
+pytestmark = pytest.mark.heavy
 torch.set_num_threads(1)
 
 PREDICTIONS = {"1s.p_top": 0.1, "1s.p_bottom": 0.2, "1s.p_up": 0.7, "1s.p_down": 0.3, "1m.p_top": 0.9}
