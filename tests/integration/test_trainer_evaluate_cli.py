@@ -90,9 +90,14 @@ def test_evaluate_prints_the_walk_forward_table_with_the_baselines(tmp_path: Pat
 
 def test_evaluate_json_holds_every_run_and_the_intervals(tmp_path: Path) -> None:
     first, second = two_files(tmp_path)
-    done = evaluate("--path", first, second, *QUICK, "--json")
+    done = evaluate("--path", first, second, *QUICK, "--json", "--report", tmp_path / "report")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
+    # --report: the same numbers beside one self-contained page with the verdict and its charts
+    assert json.loads((tmp_path / "report" / "report.json").read_text()) == report
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Test block 2 of 2: cumulative net return" in page and page.count("<svg") == 2 * 2 + 1 + 2
+    assert "shift null" in page and "report written" in done.stderr
     assert set(report["rows"]) == set(TABLE_METRICS)
     assert set(report["rows"]["pnl"]) == {"policy", *BASELINES}
     assert report["rows"]["pnl"]["policy"]["n"] == 2, "one value per test block, seeds averaged"

@@ -91,6 +91,7 @@ from unistream_trainer.paper import (
     fold_rows,
     format_table,
 )
+from unistream_trainer.report import write_report
 from unistream_trainer.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
 
 CNN_SEED = 7  # the services' default seed: the features service's untrained CNN
@@ -531,6 +532,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="torch CPU threads (default 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/report.html (the verdict with equity curves, drawdowns, the fee sweep and the "
+        "shift null; one self-contained file) and DIR/report.json (what --json prints)",
+    )
     return parser
 
 
@@ -580,47 +588,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_s = time.perf_counter() - started
     rows, verdict = summarize(results, src.packets, costs, args.latency_ms, args.trials)
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
-    if args.json:
-        out: dict[str, Any] = {
-            "symbol": args.symbol,
-            "files": [str(p) for p in args.path],
-            "settings": {
-                "seeds": seeds,
-                "folds": args.folds,
-                "fee": args.fee,
-                "slippage": costs.slippage,
-                "latency_ms": args.latency_ms,
-                "trials": args.trials,
-                "hidden_sizes": list(args.hidden),
-                "updates_per_packet": args.updates_per_packet,
-                "stride": args.stride,
-                "window_bars": args.window_bars,
-                "confidence": CONFIDENCE,
-            },
-            "data": {
-                "trades": src.trades,
-                "rejected": src.rejected,
-                "malformed": src.malformed,
-                "bars_1s": src.bars_1s,
-                "packets_built": src.built,
-                "decision_points": len(src.packets),
-                "state_dim": src.state_dim,
-                "hours": hours,
-                "build_s": src.seconds,
-                "walk_forward_s": train_s,
-            },
-            "rows": {
-                r.metric: {
-                    "policy": _interval_json(r.policy),
-                    **{b: _interval_json(iv) for b, iv in r.baselines.items()},
-                }
-                for r in rows
-            },
-            "verdict": verdict_json(verdict),
-            "runs": [asdict(r) for r in results],
-        }
-        print(json.dumps(out, indent=2))
-        return 0
+    out: dict[str, Any] = {
+        "symbol": args.symbol,
+        "files": [str(p) for p in args.path],
+        "settings": {
+            "seeds": seeds,
+            "folds": args.folds,
+            "fee": args.fee,
+            "slippage": costs.slippage,
+            "latency_ms": args.latency_ms,
+            "trials": args.trials,
+            "hidden_sizes": list(args.hidden),
+            "updates_per_packet": args.updates_per_packet,
+            "stride": args.stride,
+            "window_bars": args.window_bars,
+            "confidence": CONFIDENCE,
+        },
+        "data": {
+            "trades": src.trades,
+            "rejected": src.rejected,
+            "malformed": src.malformed,
+            "bars_1s": src.bars_1s,
+            "packets_built": src.built,
+            "decision_points": len(src.packets),
+            "state_dim": src.state_dim,
+            "hours": hours,
+            "build_s": src.seconds,
+            "walk_forward_s": train_s,
+        },
+        "rows": {
+            r.metric: {
+                "policy": _interval_json(r.policy),
+                **{b: _interval_json(iv) for b, iv in r.baselines.items()},
+            }
+            for r in rows
+        },
+        "verdict": verdict_json(verdict),
+        "runs": [asdict(r) for r in results],
+    }
     header = (
         f"unistream evaluate: {args.symbol}, {len(src.packets):,} decision points (stride {args.stride}) over "
         f"{hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee {args.fee:g} + slippage {costs.slippage:g} per "
@@ -628,7 +633,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{','.join(map(str, args.hidden))}, {args.updates_per_packet:g} updates per packet "
         f"(packets {src.seconds:.0f} s, walk-forward {train_s:.0f} s)"
     )
-    print(format_report(rows, verdict, header))
+    text = format_report(rows, verdict, header)
+    if args.report is not None:
+        blocks = walk_forward_blocks(src.packets, results, args.latency_ms)
+        title = f"unistream evaluate: {args.symbol}, {', '.join(Path(p).name for p in args.path)}"
+        try:
+            written = write_report(args.report, title, text, blocks, verdict, out)
+        except OSError as exc:
+            print(f"unistream evaluate: cannot write the report to {args.report}: {exc}", file=sys.stderr)
+            return 2
+        progress(f"report written: {', '.join(str(p) for p in written)}")
+    print(json.dumps(out, indent=2) if args.json else text)
     return 0
 
 
