@@ -47,7 +47,7 @@ run: venv system ## run Redis and every service locally (ARGS="--scale trainer=2
 	$(VENV)/bin/unistream run $(ARGS)
 
 test: venv system ## the whole test suite (two workers; TEST_WORKERS=0 runs it in one process)
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 2-5 runs; bench-results/*.json; ~9 min)
 	$(VENV)/bin/python bench/run.py $(ARGS)

@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files marked ``heavy`` first: ``make test``'s workers take a file at a time in this order,
-    and a long file picked up last leaves the other worker idle while it runs (longest first)."""
+    """Files marked ``heavy`` first: ``make test``'s workers take a file at a time in this order
+    (``--no-loadscope-reorder``: xdist would otherwise start with the files of most tests, leaving
+    the one-test end-to-end files for last), and a long file picked up last leaves the other
+    worker idle while it runs (longest first)."""
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: file order kept
 
 
