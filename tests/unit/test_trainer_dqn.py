@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -456,3 +457,14 @@ def test_a_checkpoint_whose_outputs_mean_other_values_is_not_resumed():
     same = TrainerCore(small_hp(), resume=ck.decode_checkpoint(data))
     same.observe(packet(1, 100.0), [packet(0, 100.0)])
     assert same.resumed_from == "dqn-q"
+
+
+def test_a_published_model_says_what_its_outputs_mean_through_its_hyperparameters():
+    from unistream_trainer.core import published_values_kind, values_kind
+
+    assert published_values_kind({}) == "q", "published before known costs"
+    assert published_values_kind({"hyperparameters": "not json"}) == "q"
+    for hp in (small_hp(known_costs=True), small_hp(known_costs=False)):
+        # what the leader writes into a merged model's metadata (service.py: describe(vars(hp)))
+        meta = {"hyperparameters": json.dumps({k: v for k, v in vars(hp).items()}, sort_keys=True)}
+        assert published_values_kind(meta) == values_kind(hp)

@@ -29,9 +29,10 @@ Time comes in as arguments; there is no clock, Redis or file access here.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -61,6 +62,16 @@ def step_reward(position: int, prev_position: int, price: float, next_price: flo
 def values_kind(hp: Hyperparameters) -> str:
     """What the network's outputs mean under ``hp`` (checkpoint metadata "values")."""
     return "market" if hp.known_costs else "q"
+
+
+def published_values_kind(metadata: Mapping[str, str]) -> str:
+    """What a published (merged) DQN's outputs mean, from its metadata's ``hyperparameters``: a model
+    published before known costs has none, and holds Q-values ("q")."""
+    try:
+        hp = json.loads(metadata.get("hyperparameters", "{}"))
+    except ValueError:
+        return "q"
+    return "market" if isinstance(hp, dict) and hp.get("known_costs") is True else "q"
 
 
 def observation(state: np.ndarray, position: int, layout_v2: bool = False) -> np.ndarray:

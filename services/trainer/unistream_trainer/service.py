@@ -35,8 +35,8 @@ from unistream_common.packets import MetricsPacket, ModelAnnouncement, PaperFill
 from unistream_common.redisio import s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
-from unistream_trainer.checkpoint import MODEL_NAME, read_metadata
-from unistream_trainer.core import TrainerCore
+from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
+from unistream_trainer.core import TrainerCore, published_values_kind, values_kind
 from unistream_trainer.replicas import ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
@@ -103,7 +103,9 @@ class TrainerService:
             found = await asyncio.to_thread(self.sync.newest_file, model)  # Redis lost it: the volume has it
             if found is not None:
                 version, data = found
-                tensors, _ = unpack_single(data)
+                tensors, meta = unpack_single(data)
+                if model == MODEL_NAME and not self._same_values(version, meta):
+                    continue
                 ok = self.core.adopt(tensors, version) if model == MODEL_NAME else adopt_cnn(self.extrema, tensors)
                 self.stats.inc("trainer_models_from_volume", model=model)
                 log.info(
@@ -117,10 +119,12 @@ class TrainerService:
             self.stats.inc("trainer_model_unavailable")
             return False
         try:
-            groups, _ = unpack_single(data)
+            groups, meta = unpack_single(data)
         except Exception as exc:  # noqa: BLE001 - a broken registry entry must not stop training
             self.stats.inc("trainer_model_unreadable")
             log.warning("merged model %s not adopted: %s", ann.version, exc)
+            return False
+        if ann.name == MODEL_NAME and not self._same_values(ann.version, meta):
             return False
         self._adopted_ts[ann.name] = ann.ts_ms
         if ann.name == MODEL_NAME:
@@ -129,6 +133,15 @@ class TrainerService:
             ok = self.extrema is not None and adopt_cnn(self.extrema, groups)
         self.stats.inc("trainer_models_adopted" if ok else "trainer_models_waiting", model=ann.name)
         return ok
+
+    def _same_values(self, version: str, meta: dict[str, str]) -> bool:
+        """Whether a published DQN's outputs mean what this replica's do (see ``known_costs``); counted if not."""
+        theirs, ours = published_values_kind(meta), values_kind(self.core.hp)
+        if theirs == ours:
+            return True
+        self.stats.inc("trainer_models_other_values")
+        log.warning("merged model %s not adopted: it holds %s, this trainer %s", version, VALUES[theirs], VALUES[ours])
+        return False
 
     # --- learning ----------------------------------------------------------------------------
 
