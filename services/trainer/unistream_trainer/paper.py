@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -83,30 +83,20 @@ TABLE_METRICS: tuple[str, ...] = ("pnl", "sharpe", "max_drawdown")
 
 
 class _Curve:
-    """Per-step returns of one equity curve, kept online: moments (Welford), drawdown, step times."""
+    """Per-step returns of one equity curve, kept online: equity, drawdown, hourly sums, first and last step."""
 
     def __init__(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0  # sum of squared deviations from the mean
         self.equity = 0.0
         self.peak = 0.0
         self.max_drawdown = 0.0  # fraction of wealth
-        self.dt_ms: Counter[int] = Counter()  # time between consecutive steps -> count
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.hourly: dict[int, float] = {}  # hour (ts_ms // 1 h) -> its summed returns
 
     def add(self, ts_ms: int, r: float) -> None:
-        self.n += 1
-        delta = r - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (r - self.mean)
         self.equity += r
         self.peak = max(self.peak, self.equity)
         self.max_drawdown = max(self.max_drawdown, -math.expm1(self.equity - self.peak))
-        if self.last_ts is not None:
-            self.dt_ms[ts_ms - self.last_ts] += 1
         if self.first_ts is None:
             self.first_ts = ts_ms
         self.last_ts = ts_ms
@@ -116,12 +106,8 @@ class _Curve:
     def copy(self) -> _Curve:
         c = _Curve()
         c.__dict__.update(self.__dict__)
-        c.dt_ms = Counter(self.dt_ms)
         c.hourly = dict(self.hourly)
         return c
-
-    def median_dt_ms(self) -> float:
-        return _weighted_median(self.dt_ms)
 
     def completed_hours(self) -> list[float]:
         """The summed returns of every hour from the first to the last before the current one (0 when idle)."""
@@ -142,25 +128,6 @@ class _Curve:
         if std <= 1e-9 * abs(mean) + 1e-15:  # constant returns, up to float rounding
             return 0.0
         return mean / std * math.sqrt(HOURS_PER_YEAR)
-
-
-def _weighted_median(counts: Mapping[int, int]) -> float:
-    """Median of values given as value -> count (the mean of the two middle values when even)."""
-    total = sum(counts.values())
-    if total == 0:
-        return 0.0
-    lo_rank, hi_rank = (total - 1) // 2, total // 2  # 0-based ranks of the middle value(s)
-    lo = hi = None
-    seen = 0
-    for value in sorted(counts):
-        seen += counts[value]
-        if lo is None and seen > lo_rank:
-            lo = value
-        if seen > hi_rank:
-            hi = value
-            break
-    assert lo is not None and hi is not None
-    return (lo + hi) / 2
 
 
 # --- trades and one account ---------------------------------------------------------------------
