@@ -380,17 +380,19 @@ def summarize(
     trials: int = 1,
     metrics: Sequence[str] = TABLE_METRICS,
     confidence: float = CONFIDENCE,
+    blocks: Sequence[BlockPaths] | None = None,
 ) -> tuple[list[TableRow], Verdict]:
     """The descriptive table (each metric averaged over seeds inside a block, intervals over blocks)
-    and the :class:`~unistream_trainer.verdict.Verdict` on the test blocks."""
+    and the :class:`~unistream_trainer.verdict.Verdict` on the test blocks (``blocks``: their
+    :func:`walk_forward_blocks`, when the caller has them already)."""
     by_fold: dict[int, list[dict[str, float]]] = {}
     for r in results:
         by_fold.setdefault(r.fold, []).append(r.metrics)
     per_block = [{k: float(np.mean([m[k] for m in runs])) for k in runs[0]} for _, runs in sorted(by_fold.items())]
     rows = fold_rows(per_block, metrics, BASELINES, confidence)
-    verdict = judge(
-        walk_forward_blocks(packets, results, latency_ms), costs, latency_ms, trials=trials, confidence=confidence
-    )
+    if blocks is None:
+        blocks = walk_forward_blocks(packets, results, latency_ms)
+    verdict = judge(blocks, costs, latency_ms, trials=trials, confidence=confidence)
     return rows, verdict
 
 
@@ -586,7 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unistream evaluate: {exc}", file=sys.stderr)
         return 2
     train_s = time.perf_counter() - started
-    rows, verdict = summarize(results, src.packets, costs, args.latency_ms, args.trials)
+    blocks = walk_forward_blocks(src.packets, results, args.latency_ms)
+    rows, verdict = summarize(results, src.packets, costs, args.latency_ms, args.trials, blocks=blocks)
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
     out: dict[str, Any] = {
         "symbol": args.symbol,
@@ -635,7 +638,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     text = format_report(rows, verdict, header)
     if args.report is not None:
-        blocks = walk_forward_blocks(src.packets, results, args.latency_ms)
         title = f"unistream evaluate: {args.symbol}, {', '.join(Path(p).name for p in args.path)}"
         try:
             written = write_report(args.report, title, text, blocks, verdict, out)
