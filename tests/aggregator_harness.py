@@ -421,8 +421,13 @@ def reference_run(url: str, entries: Sequence[TickBatch], expected: Expected, lo
     return ref
 
 
-def assert_same_bars(client: redis.Redis, reference: Reference, symbols: Sequence[str] = SYMBOLS) -> Streams:
-    """The bar streams equal the reference's entry for entry (ids and decoded bars); returns them."""
+def assert_same_bars(
+    client: redis.Redis, reference: Reference, symbols: Sequence[str] = SYMBOLS, log: Path | None = None
+) -> Streams:
+    """The bar streams equal the reference's entry for entry (ids and decoded bars); returns them.
+
+    A failure shows the end of ``log`` (the aggregators' output), to tell what happened when."""
+    tail = f"\n--- end of {log}:\n{log.read_text(errors='replace')[-30_000:]}" if log and log.exists() else ""
     got = bar_streams(client, symbols)
     assert_sound(got)
     assert set(got) == {keys.bars(s, tf) for s in symbols for tf in TIMEFRAMES}, "a timeframe has no bars"
@@ -431,6 +436,7 @@ def assert_same_bars(client: redis.Redis, reference: Reference, symbols: Sequenc
         for n, ((eid, bar), (ref_eid, ref_bar)) in enumerate(zip(got[stream], rows)):
             assert (eid, bar) == (ref_eid, ref_bar), (
                 f"{stream}: entry {n} differs from the uninterrupted run:\n got {eid} {bar}\nwant {ref_eid} {ref_bar}"
+                + tail
             )
         assert len(got[stream]) == len(rows), f"{stream}: {len(got[stream])} bars, the uninterrupted run {len(rows)}"
     return got

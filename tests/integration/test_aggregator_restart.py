@@ -120,7 +120,7 @@ def test_aggregator_sigkilled_at_random_points_while_ticks_arrive_writes_the_bar
         aggs.append(final)
         writer.join_ok()
         wait_until(lambda: caught_up(client, expected), 60, "bars caught up after the kills", [final])
-        assert_same_bars(client, reference)
+        assert_same_bars(client, reference, log=log)
         assert not client.exists(*(keys.dlq(keys.ticks(s)) for s in SYMBOLS))
         assert final.terminate() == 0, final.tail()
         # The kills did interrupt a run in progress: data was still coming, bars were being written.
@@ -169,7 +169,7 @@ def test_redis_killed_and_restarted_from_its_aof_under_a_running_aggregator_leav
         writer.allow(len(entries))
         writer.join_ok()
         wait_until(lambda: caught_up(client, expected), 60, "bars caught up after the Redis restarts", [agg])
-        assert_same_bars(client, reference)
+        assert_same_bars(client, reference, log=log)
         assert agg.terminate() == 0, agg.tail()
         assert all(0 < n < len(entries) for n in written_at_kill), written_at_kill
         assert writer.outages > 0, "the writer never saw Redis down: the restarts did not happen mid-stream"
@@ -229,7 +229,7 @@ def test_a_batch_delivered_twice_by_xadd_or_by_xclaim_to_other_consumers_leaves_
         # claimed the moved entries back): wait for the takeover itself.
         wait_until(lambda: second.owns(SYMBOLS), 30, "second aggregator owns the symbols", [second])
         wait_until(lambda: caught_up(client, expected), 30, "second aggregator caught up", [second])
-        assert_same_bars(client, reference)
+        assert_same_bars(client, reference, log=log)
         assert "took over" in log.read_text()
         counts = assert_counts_exact(client, reference, doubled, expected)
         for symbol in SYMBOLS:

@@ -12,6 +12,7 @@ processes, a writer thread appending REPLAY tick batches all along):
 from __future__ import annotations
 
 import random
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -191,7 +192,7 @@ def test_aggregators_share_symbols_take_over_a_killed_owner_hand_over_on_sigterm
         writer.allow(len(entries))
         writer.join_ok()
         wait_until(lambda: caught_up(client, expected), 60, "bars caught up", [c])
-        assert_same_bars(client, reference)
+        assert_same_bars(client, reference, log=log)
         assert not client.exists(*(keys.dlq(keys.ticks(s)) for s in SYMBOLS))
         assert "took over" in log.read_text()
         assert c.terminate() == 0, c.tail()
@@ -222,7 +223,11 @@ def tops_reached(client: redis.Redis, expected: Expected) -> bool:
 
 
 def assert_nothing_stranded(
-    client: redis.Redis, reference: Reference, old_consumer: str, moved: Sequence[str] = SYMBOLS
+    client: redis.Redis,
+    reference: Reference,
+    old_consumer: str,
+    moved: Sequence[str] = SYMBOLS,
+    log: Path | None = None,
 ) -> None:
     """No entry of the ``moved`` symbols is left pending on ``old_consumer``, which no longer owns
     them, and no trade is missing from the bars."""
@@ -243,7 +248,7 @@ def assert_nothing_stranded(
         f"entries left pending on {old_consumer}, which no longer owns their symbol: {stranded}; "
         f"trades missing from the 1s bars: {missing}"
     )
-    assert_same_bars(client, reference)
+    assert_same_bars(client, reference, log=log)
 
 
 def test_a_symbol_handed_over_to_a_joining_aggregator_while_the_market_is_quiet_loses_no_trades(
@@ -280,7 +285,7 @@ def test_a_symbol_handed_over_to_a_joining_aggregator_while_the_market_is_quiet_
             time.sleep(0.02)
         wait_until(partial(tops_reached, client, expected), 30, "bars reached the last second", aggs)
         time.sleep(0.5)
-        assert_nothing_stranded(client, reference, "aggregator-a", [moved])
+        assert_nothing_stranded(client, reference, "aggregator-a", [moved], log)
         for agg in aggs:
             assert agg.terminate() == 0, agg.tail()
     finally:
@@ -338,8 +343,76 @@ def test_entries_read_by_an_owner_after_it_lost_its_lease_are_still_aggregated_b
             time.sleep(0.02)
         wait_until(partial(tops_reached, client, expected), 30, "bars reached the last second", [b])
         time.sleep(0.5)
-        assert_nothing_stranded(client, reference, "aggregator-a")
+        assert_nothing_stranded(client, reference, "aggregator-a", log=log)
         assert "core failed" not in log.read_text(), "the late read must be applied, not crash the core"
+        assert sorted(pending_ids(client, stream)) == sorted(expected.held[stream])
+        assert b.terminate() == 0, b.tail()
+    finally:
+        cleanup(aggs)
+        client.close()
+
+
+def test_entries_a_former_owner_read_after_the_owner_s_own_read_are_applied_after_that_read(
+    redis_server: RedisServer, tmp_path: Path, entries: list[TickBatch], expected: Expected, reference: Reference
+) -> None:
+    """The other order of the test above: the owner's read has taken entries from Redis but the
+    process has not applied them yet (slow: frozen here with SIGSTOP while its read was blocked)
+    when a stalled former owner's read takes newer ones. Applying the newer entries first closed
+    the open bar early and made the owner's own batch late (CI caught it: a bar one trade short).
+    """
+    url = redis_server.url
+    client = plain_client(url)
+    log = tmp_path / "aggregators.log"
+    numbered = list(enumerate(entries))
+    stream = keys.ticks(SYMBOLS[0])
+    first = round(0.4 * len(entries))
+    aggs: list[Aggregator] = []
+    try:
+        for i in range(0, first, 500):
+            write_chunk(client, numbered[i : min(i + 500, first)])
+        b = start_aggregator(url, log, "aggregator-b", owner_ttl_ms=OWNER_TTL_MS)
+        aggs.append(b)
+        wait_until(lambda: b.owns(SYMBOLS), 15, "b owns both symbols", [b])
+        later = iter([(n, e) for n, e in numbered[first:] if e.symbol == SYMBOLS[0]])
+        written: set[int] = set()
+        for _attempt in range(20):
+            wait_until(partial(read_to_end, client, stream), 15, "b read the stream to its end", [b])
+            time.sleep(0.05)
+            b.proc.send_signal(signal.SIGSTOP)
+            try:
+                time.sleep(0.05)
+                own = [next(later) for _ in range(4)]
+                pipe = client.pipeline(transaction=True)  # one MULTI: a blocked read gets all four
+                for n, batch in own:
+                    pipe.xadd(stream, codec.encode(batch), id=entry_id(n))
+                pipe.execute()
+                written.update(n for n, _ in own)
+                held = {
+                    r["message_id"].decode()
+                    for r in client.xpending_range(stream, keys.GROUP_AGGREGATOR, "-", "+", 1_000)
+                    if r["consumer"] == b"aggregator-b"
+                }
+                if entry_id(own[-1][0]) in held:  # its blocked read took them: the batch it has not applied
+                    stale = [next(later) for _ in range(3)]
+                    pipe = client.pipeline(transaction=True)
+                    for n, batch in stale:
+                        pipe.xadd(stream, codec.encode(batch), id=entry_id(n))
+                    pipe.xreadgroup(keys.GROUP_AGGREGATOR, "aggregator-a", {stream: ">"}, count=len(stale))
+                    read = pipe.execute()[-1]
+                    assert [eid.decode() for eid, _ in read[0][1]] == [entry_id(n) for n, _ in stale]
+                    written.update(n for n, _ in stale)
+                    break
+            finally:
+                b.proc.send_signal(signal.SIGCONT)
+        else:
+            pytest.fail("the owner was never frozen inside a blocked read")
+        rest = [(n, e) for n, e in numbered[first:] if n not in written]
+        for i in range(0, len(rest), 200):
+            write_chunk(client, rest[i : i + 200])
+            time.sleep(0.02)
+        wait_until(partial(tops_reached, client, expected), 30, "bars reached the last second", [b])
+        time.sleep(0.5)
+        assert_nothing_stranded(client, reference, "aggregator-a", log=log)
         assert sorted(pending_ids(client, stream)) == sorted(expected.held[stream])
         assert b.terminate() == 0, b.tail()
     finally:

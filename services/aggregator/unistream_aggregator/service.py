@@ -11,7 +11,9 @@ of the runtime), so a symbol's trades never split between two open bars.
 Taking a symbol over: claim the entries still pending on other consumers of the group (the old
 owner's, delivery counts kept), restore the core from the checkpoint ``md:agg:state:{SYMBOL}``
 (or, when there is none, from the bar streams themselves), then read this consumer's pending
-entries for it before new ones.
+entries for it before new ones. Entries of an owned symbol found pending on another consumer
+later (a former owner frozen between its lease check and its read) make this process take the
+symbol again the same way, so they are applied in stream order with everything else.
 
 Exactly once. Every callback returns bars (explicit ids ``<open_time_ms>-0``), the checkpoint
 and the quality counters of the symbols it touched, and the acknowledgements, and the runtime
@@ -137,6 +139,7 @@ class AggregatorShell:
         self._holding: set[str] = set()  # symbols whose bars wait for ingest's watermark (logged once)
         # Leases the keeper (keep_leases) could not renew: symbol -> who holds it now (None: nobody).
         self._lost: dict[str, str | None] = {}
+        self._retake: set[str] = set()  # owned symbols dropped to be taken again (stranded entries)
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
@@ -191,13 +194,14 @@ class AggregatorShell:
         """Drop every symbol (their held entries stay pending); the timer takes them back."""
         for symbol in list(self.owned):
             self._forget(symbol)
+        self._retake.clear()  # the timer takes every symbol it can again anyway
         self.core_error = None
         self._next_lease_s = 0.0
 
     async def on_messages(self, messages: list[Message]) -> Result:
         """Apply delivered entries of owned symbols; write what closed, ack what is complete."""
         raise_if_cancel_lost()
-        await self._claim_older_reads(messages)
+        await self._drop_stranded_streams(messages)
         entries = []
         refused: list[tuple[str, str]] = []
         for m in messages:
@@ -280,7 +284,7 @@ class AggregatorShell:
                     self._lost[symbol] = s(reply) if reply else None
 
     async def _maintain_leases(self, now_ms: int) -> None:
-        """Heartbeat, give up the leases the keeper lost, claim stranded entries, take or hand back symbols."""
+        """Heartbeat, give up the leases the keeper lost, retake symbols with stranded entries, take or hand back."""
         cmd = self.runtime.cmd
         me = self.runtime.consumer
         for symbol, holder in list(self._lost.items()):
@@ -305,7 +309,10 @@ class AggregatorShell:
         members = max(1, int(replies[2]))
         for symbol, pending in zip(owned, replies[3:], strict=True):
             if any(s(c["name"]) != me for c in pending.get("consumers") or []):
-                await self._claim_stranded(symbol)
+                self._drop_stranded(symbol)
+        for symbol in sorted(self._retake):
+            self._retake.discard(symbol)
+            await self._try_take(symbol)
         fair = math.ceil(len(self.symbols) / members)
         if len(self.owned) > fair and members > 1:
             symbol = max(self.owned, key=lambda sym: self.owned[sym])  # the newest: least state built
@@ -319,15 +326,20 @@ class AggregatorShell:
         for symbol in self.symbols:
             if len(self.owned) >= fair:
                 break
-            if symbol in self.owned:
-                continue
-            sent = time.monotonic()
-            taken = await cmd.eval(
-                _TAKE, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms, me + ":"
-            )
-            if taken:
-                self._valid_until[symbol] = sent + self.lease_ms / 1000
-                await self._take(symbol)
+            if symbol not in self.owned:
+                await self._try_take(symbol)
+
+    async def _try_take(self, symbol: str) -> bool:
+        """Take ``symbol``'s lease when it is free or a former self's, and with it the symbol."""
+        sent = time.monotonic()
+        taken = await self.runtime.cmd.eval(
+            _TAKE, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms,
+            self.runtime.consumer + ":",
+        )  # fmt: skip
+        if taken:
+            self._valid_until[symbol] = sent + self.lease_ms / 1000
+            await self._take(symbol)
+        return bool(taken)
 
     async def _take(self, symbol: str) -> None:
         """Become the symbol's aggregator: claim its pending entries, restore, read its stream."""
@@ -352,12 +364,16 @@ class AggregatorShell:
         self.stats.set("aggregator_takeover_seconds", time.monotonic() - started, symbol=symbol)
         log.info("%s: owned by %s (took %.3f s)", symbol, self.token, time.monotonic() - started)
 
-    async def _claim_older_reads(self, messages: list[Message]) -> None:
-        """Apply first what a former owner read from these streams after it lost them.
+    async def _drop_stranded_streams(self, messages: list[Message]) -> None:
+        """Drop the owned symbols of this batch that have entries pending on another consumer.
 
         A former owner frozen (SIGSTOP, a VM pause) between its lease check and its read can
-        still take entries once its lease is gone; they are older than this batch, so they go
-        first, which keeps every trade in its bar. One XPENDING summary per stream and batch.
+        still take entries once its lease is gone. They may be older than this batch, or newer
+        (read after this batch was read, while it waited for the lock): applied apart, some
+        trades would come out of order (late, or closing a bar early). The batch's entries of
+        such a symbol stay pending; the next timer takes the symbol again (see :meth:`_take`),
+        which applies all of them, the former owner's included, oldest first. One XPENDING
+        summary per stream and batch.
         """
         streams = sorted({m.stream for m in messages if keys.parse_ticks(m.stream) in self.owned})
         if not streams:
@@ -368,15 +384,16 @@ class AggregatorShell:
         me = self.runtime.consumer
         for stream, summary in zip(streams, await pipe.execute()):
             if any(s(c["name"]) != me for c in summary.get("consumers") or []):
-                await self._claim_stranded(keys.parse_ticks(stream) or "")
+                self._drop_stranded(keys.parse_ticks(stream) or "")
+                self._next_lease_s = 0.0
 
-    async def _claim_stranded(self, symbol: str) -> None:
-        """Claim and apply now the entries of an owned stream pending on another consumer."""
-        assert self.gc is not None
-        claimed = await self.gc.take_over_pending(keys.ticks(symbol), deliver=True)
-        if claimed:
-            self.stats.inc("aggregator_stranded_entries", claimed, symbol=symbol)
-            log.warning("%s: claimed %d entries a former owner read after losing it", symbol, claimed)
+    def _drop_stranded(self, symbol: str) -> None:
+        """Drop an owned symbol whose stream has entries pending on another consumer, to take it again."""
+        self.stats.inc("aggregator_stranded_retakes", symbol=symbol)
+        log.warning("%s: entries pending on another consumer (a former owner read after losing it); "
+                    "taking the symbol again from Redis to apply them in order", symbol)  # fmt: skip
+        self._forget(symbol)
+        self._retake.add(symbol)
 
     def readable(self, streams: list[str]) -> list[str]:
         """Tick streams whose lease outlasts a blocking read from now, with a margin.
