@@ -6,6 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+# Libraries the services share, the services (one image each) and the offline tools (evaluate):
+# no service imports another; tools compose the services' cores from outside.
+LIBS := common model
 SERVICES := ingest aggregator features trainer dashboard
 # deploy/.env holds the stack's secrets (never committed; `make deploy/.env` writes one) and
 # COMPOSE_PROFILES; PROFILE picks where ticks come from (auto, live or replay: see the compose file).
@@ -28,9 +31,9 @@ venv: $(STAMP) ## create .venv with torch (CPU), the dev tools and every package
 # torch is named first so pip resolves it once for features and trainer; the machine's pip
 # configuration decides where the wheel comes from. constraints.txt pins every third-party
 # package (the images install with the same file).
-$(STAMP): constraints.txt requirements-dev.txt libs/common/pyproject.toml $(SERVICES:%=services/%/pyproject.toml) | system
+$(STAMP): constraints.txt requirements-dev.txt $(LIBS:%=libs/%/pyproject.toml) $(SERVICES:%=services/%/pyproject.toml) tools/pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -r requirements-dev.txt -e libs/common $(SERVICES:%=-e services/%)
+	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -r requirements-dev.txt $(LIBS:%=-e libs/%) $(SERVICES:%=-e services/%) -e tools
 	touch $@
 
 # After changing a pin in a pyproject.toml or requirements-dev.txt, change (or delete) its line in

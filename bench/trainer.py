@@ -280,7 +280,7 @@ def packets() -> Packets:
     """:data:`BACKLOG_SECONDS` + :data:`DEAD_SECONDS` + :data:`LIVE_SECONDS` seconds of both symbols (built once)."""
     if _PACKETS:
         return _PACKETS[0]
-    from unistream_features.layout import make_layout
+    from unistream_model.layout import make_layout
 
     layout = make_layout(SYMBOLS)
     if layout.dim != STATE_DIM:
@@ -588,7 +588,7 @@ async def _wait_merge(reps: _Replicas, rounds: dict[int, tuple[int, float, str]]
         await asyncio.sleep(0.25)
     both = [ms for m, ms, _ in rounds.values() if m == 2]
     _CACHE["trainer_merge_round_ms"] = statistics.median(both)
-    from unistream_features.cnn import init_model
+    from unistream_model.cnn import init_model
 
     cnn_mb = sum(p.numel() for p in init_model(7).parameters()) * 4 / 1e6
     from unistream_trainer.dqn import Hyperparameters, QNetwork, parameter_count

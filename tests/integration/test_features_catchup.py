@@ -18,9 +18,9 @@ from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
 from unistream_common.redisio import command_client
 from unistream_features.core import FeatureConfig, FeatureEngine
-from unistream_features.layout import make_layout
 from unistream_features.service import worker
 from unistream_features.settings import FeaturesSettings
+from unistream_model.layout import make_layout
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 torch.set_num_threads(1)

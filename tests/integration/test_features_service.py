@@ -21,11 +21,11 @@ from unistream_common import codec, keys
 from unistream_common.packets import Bar, ModelAnnouncement, Tick, TickBatch, TrainingDataPacket, UIDataPacket
 from unistream_common.redisio import command_client, s
 from unistream_common.service import ServiceContext
-from unistream_features.cnn import init_model, save_bytes, sha256_hex
-from unistream_features.layout import make_layout
-from unistream_features.micro import feature_names
 from unistream_features.service import worker
 from unistream_features.settings import FeaturesSettings
+from unistream_model.cnn import init_model, save_bytes, sha256_hex
+from unistream_model.layout import make_layout
+from unistream_model.micro import feature_names
 
 pytestmark = pytest.mark.integration
 torch.set_num_threads(1)

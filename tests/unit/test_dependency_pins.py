@@ -18,7 +18,13 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO / "constraints.txt"
-PYPROJECTS = sorted([REPO / "libs" / "common" / "pyproject.toml", *(REPO / "services").glob("*/pyproject.toml")])
+PYPROJECTS = sorted(
+    [
+        *(REPO / "libs").glob("*/pyproject.toml"),
+        *(REPO / "services").glob("*/pyproject.toml"),
+        REPO / "tools" / "pyproject.toml",
+    ]
+)
 LOCAL = re.compile(r"^unistream-")
 
 

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from unistream_common import codec
 from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import Bar, GapMarker, Tick, TickBatch, TrainingDataPacket
-from unistream_features.cnn import PREDICTION_NAMES, MtfCnnRunner
 from unistream_features.core import FeatureConfig, FeatureEngine
-from unistream_features.layout import StateLayout, make_layout, time_features
-from unistream_features.micro import TickCache, feature_names, micro_features
-from unistream_features.mtf import TIMEFRAMES, BarWindows
+from unistream_model.cnn import PREDICTION_NAMES, MtfCnnRunner
+from unistream_model.layout import StateLayout, make_layout, time_features
+from unistream_model.micro import TickCache, feature_names, micro_features
+from unistream_model.mtf import TIMEFRAMES, BarWindows
 
 pytestmark = pytest.mark.heavy
 

@@ -32,7 +32,7 @@ def test_readme_shows_the_two_commands() -> None:
 
 
 def test_readme_state_layout_table_is_the_default_layout() -> None:
-    from unistream_features.layout import make_layout
+    from unistream_model.layout import make_layout
 
     table = make_layout().table_markdown()
     assert table in README.read_text(), "regenerate with: .venv/bin/unistream features layout"

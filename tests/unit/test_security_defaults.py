@@ -28,7 +28,7 @@ from unistream_common.stats import Stats
 from unistream_common.supervisor import RunOptions, build_plan
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("libs", "services", "scripts")
+SOURCE_DIRS = ("libs", "services", "tools", "scripts")
 
 
 # --------------------------------------------------------------------------- loopback
@@ -182,7 +182,7 @@ def test_the_scan_lets_the_safe_forms_through(snippet: str) -> None:
 
 
 def test_model_weights_are_read_with_safetensors_only() -> None:
-    for path in ("services/features/unistream_features/cnn.py", "services/trainer/unistream_trainer/replicas.py"):
+    for path in ("libs/model/unistream_model/cnn.py", "services/trainer/unistream_trainer/replicas.py"):
         text = (REPO / path).read_text()
         assert "safetensors" in text and "sha256" in text, path
 

@@ -11,9 +11,9 @@ import torch
 from unistream_common import codec
 from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import Bar, TrainingDataPacket
-from unistream_features.cnn import EXPECTED_TENSORS, MtfCnnRunner, predictions_from_logits, sha256_hex
-from unistream_features.layout import make_layout
-from unistream_features.mtf import BarWindows
+from unistream_model.cnn import EXPECTED_TENSORS, MtfCnnRunner, predictions_from_logits, sha256_hex
+from unistream_model.layout import make_layout
+from unistream_model.mtf import BarWindows
 from unistream_trainer.extrema import (
     BOTTOM,
     CLOSE_RET,

@@ -39,9 +39,7 @@ import torch
 
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
-from unistream_trainer.core import TrainerCore
-from unistream_trainer.dqn import Hyperparameters
-from unistream_trainer.evaluate import (
+from unistream_tools.evaluate import (
     FoldResult,
     block_bounds,
     paper_trade,
@@ -50,7 +48,9 @@ from unistream_trainer.evaluate import (
     walk_forward,
     walk_forward_blocks,
 )
-from unistream_trainer.verdict import Costs, Verdict, format_verdict, path_result, turnover_matched
+from unistream_tools.verdict import Costs, Verdict, format_verdict, path_result, turnover_matched
+from unistream_trainer.core import TrainerCore
+from unistream_trainer.dqn import Hyperparameters
 
 pytestmark = pytest.mark.heavy
 
@@ -247,7 +247,7 @@ def test_a_fold_is_a_fresh_core_trained_on_the_earlier_blocks_only() -> None:
 
 
 def test_too_little_data_for_the_folds_is_refused_with_the_reason() -> None:
-    from unistream_trainer.evaluate import EvaluationError
+    from unistream_tools.evaluate import EvaluationError
 
     with pytest.raises(EvaluationError, match="too little data"):
         block_bounds(79, folds=3)

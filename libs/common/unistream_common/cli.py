@@ -19,7 +19,7 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "run": ("unistream_common.supervisor", "main", "run Redis and every service locally, as compose defines them"),
     "tail": ("unistream_common.tools", "tail_main", "print the newest entries of a stream (--follow for more)"),
     "status": ("unistream_common.tools", "status_main", "streams, consumer groups, lag and pending entries"),
-    "evaluate": ("unistream_trainer.evaluate", "main", "walk-forward evaluation of the trainer on archive files"),
+    "evaluate": ("unistream_tools.evaluate", "main", "walk-forward evaluation of the trainer on archive files"),
 }
 
 

@@ -10,7 +10,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``unistream features``; configuration comes from ``UNISTREAM_*`` variables."""
     if argv and argv[0] == "layout":
         # Before the service imports: printing the layout needs neither torch nor Redis.
-        from unistream_features.layout import main as layout_main
+        from unistream_model.layout import main as layout_main
 
         return layout_main(argv[1:])
 

@@ -4,7 +4,7 @@ Inputs, per configured symbol:
 
 - closed bars of every timeframe (:meth:`FeatureEngine.on_bar`): live bars from the aggregator
   (``md:bars:*``) and warm-up history from ingest (``md:history:*``, ``is_history``), any order;
-  they fill the bounded multi-timeframe buffers of :class:`~unistream_features.mtf.BarWindows`;
+  they fill the bounded multi-timeframe buffers of :class:`~unistream_model.mtf.BarWindows`;
 - trade batches and gap markers (:meth:`on_ticks`, :meth:`on_gap`).
 
 Output: every live 1s bar gets exactly one TrainingDataPacket (:meth:`emit`), built at the bar's
@@ -12,7 +12,7 @@ close time ``t`` from data at or before ``t`` only:
 
 - the four windows (1s, 1m, 1h, 1d) of every symbol as of ``t``, one CNN forward pass for all
   symbols together (the state of each symbol carries every symbol's windows and CNN outputs,
-  its own first, see :mod:`unistream_features.layout`);
+  its own first, see :mod:`unistream_model.layout`);
 - microstructure of the trades strictly before ``t``;
 - warm-up: per timeframe, the share of each window that is real bars.
 
@@ -50,10 +50,10 @@ from unistream_common.packets import (
     TrainingDataPacket,
     UIDataPacket,
 )
-from unistream_features import micro
-from unistream_features.cnn import BRANCH_FEATURES, HIDDEN, MODEL_NAME, PREDICTION_NAMES, MtfCnnRunner
-from unistream_features.layout import DEFAULT_SYMBOLS, StateLayout, assemble, make_layout, time_features
-from unistream_features.mtf import DEFAULT_WINDOW_BARS, TIMEFRAMES, BarWindows
+from unistream_model import micro
+from unistream_model.cnn import BRANCH_FEATURES, HIDDEN, MODEL_NAME, PREDICTION_NAMES, MtfCnnRunner
+from unistream_model.layout import DEFAULT_SYMBOLS, StateLayout, assemble, make_layout, time_features
+from unistream_model.mtf import DEFAULT_WINDOW_BARS, TIMEFRAMES, BarWindows
 
 _SECOND_MS = 1_000
 # Bars kept per 1m/1h/1d buffer beyond the window + 1: a bar let in for one symbol's state must not

@@ -54,9 +54,9 @@ from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_common.tools import group_overrun
-from unistream_features.cnn import MODEL_NAME, ModelRejected
 from unistream_features.core import FeatureConfig, FeatureEngine
 from unistream_features.settings import FeaturesSettings
+from unistream_model.cnn import MODEL_NAME, ModelRejected
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ import torch
 
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
+from unistream_model.layout import position_slot
 from unistream_trainer.checkpoint import Checkpoint, CheckpointError, encode_checkpoint
 from unistream_trainer.dqn import (
     ACTION_POSITION,
@@ -50,7 +51,6 @@ from unistream_trainer.dqn import (
 )
 
 POSITION_INDEX = {p: i for i, p in enumerate(ACTION_POSITION)}
-POSITION_VALUE_FROM_END = 4  # layout v2 ends with position.position, unrealised_pnl, time_in_position_s, last_action
 
 
 def step_reward(position: int, prev_position: int, price: float, next_price: float, fee: float) -> float:
@@ -74,15 +74,16 @@ def published_values_kind(metadata: Mapping[str, str]) -> str:
     return "market" if isinstance(hp, dict) and hp.get("known_costs") is True else "q"
 
 
-def observation(state: np.ndarray, position: int, layout_v2: bool = False) -> np.ndarray:
+def observation(state: np.ndarray, position: int, slot: int | None = None) -> np.ndarray:
     """State vector with the one-hot of ``position`` (order flat, long, short) appended; float32.
 
-    With ``layout_v2`` the state's ``position.position`` value is set to the position too.
+    ``slot``: where the state holds ``position.position`` (:func:`~unistream_model.layout.position_slot`),
+    set to the position too; None for layouts without one.
     """
     obs = np.zeros(state.size + N_ACTIONS, np.float32)
     obs[: state.size] = state
-    if layout_v2 and state.size >= POSITION_VALUE_FROM_END:
-        obs[state.size - POSITION_VALUE_FROM_END] = position
+    if slot is not None:
+        obs[slot] = position
     obs[state.size + POSITION_INDEX[position]] = 1.0
     return obs
 
@@ -161,9 +162,9 @@ class TrainerCore:
             self.events["skipped_bad_state"] += 1
             return
         agent = self._agent_for(packet.state_dim)
-        v2 = packet.layout_version.startswith("v2")
+        slot = position_slot(packet.layout_version, packet.state_dim)
         position = start = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
-        obs0 = observation(states[0], position, v2)
+        obs0 = observation(states[0], position, slot)
         action0 = agent.act(obs0)
         action, rewards = action0, []
         cost = self.hp.fee + self.hp.slippage
@@ -175,7 +176,7 @@ class TrainerCore:
             rewards.append(step_reward(new_position, position, chain[i + lag].price, chain[i + lag + 1].price, cost))
             position = new_position
             if i < steps - 1:
-                action = self._greedy(agent, observation(states[i + 1], position, v2))
+                action = self._greedy(agent, observation(states[i + 1], position, slot))
         ret = n_step_return(rewards, self.hp.gamma) * self.hp.reward_scale
         if self.hp.known_costs:  # the first change's cost is subtracted at decision time, not learned
             ret += self.hp.switch_cost * abs(ACTION_POSITION[action0] - start)
@@ -185,7 +186,7 @@ class TrainerCore:
                     obs=obs0,
                     action=action0,
                     reward=ret,
-                    next_obs=observation(states[steps], position, v2),
+                    next_obs=observation(states[steps], position, slot),
                     discount=self.hp.gamma**steps,
                 )
             ]
@@ -209,7 +210,7 @@ class TrainerCore:
         state = codec.f32_from_bytes(packet.state)
         if self.agent is None or packet.state_dim != self.state_dim:
             return POSITION_INDEX[position], np.zeros(N_ACTIONS, np.float32)
-        q = self.agent.values(observation(state, position, packet.layout_version.startswith("v2")))
+        q = self.agent.values(observation(state, position, position_slot(packet.layout_version, packet.state_dim)))
         return int(q.argmax()), q
 
     def _store(self, transitions: list[NStepTransition]) -> None:

@@ -82,7 +82,7 @@ import torch.nn.functional as F
 from unistream_common import codec
 from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import TrainingDataPacket
-from unistream_features.cnn import (
+from unistream_model.cnn import (
     EXTREMA_CLASSES,
     INPUT_CLIP,
     MIN_WINDOW_BARS,
@@ -92,8 +92,8 @@ from unistream_features.cnn import (
     init_model,
     save_bytes,
 )
-from unistream_features.layout import LAYOUT_VERSION
-from unistream_features.mtf import CHANNELS
+from unistream_model.layout import LAYOUT_VERSION
+from unistream_model.mtf import CHANNELS
 
 BOTTOM, NONE, TOP = 0, 1, 2  # indices of EXTREMA_CLASSES
 DOWN, UP = 0, 1  # indices of DIRECTION_CLASSES

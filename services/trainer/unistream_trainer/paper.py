@@ -7,7 +7,7 @@ on everything known then. It fills at the first step at or after ``ts_ms + laten
 default: with a packet a second, the next bar's close, never the deciding bar's own price), at that
 step's price, and pays ``fee + slippage`` per side of the change there (the fee is the venue's, the
 slippage the half spread and the impact; 2 bps by default). A later decision due at the same step
-replaces an earlier one. ``unistream evaluate`` (:mod:`unistream_trainer.verdict`) executes the
+replaces an earlier one. ``unistream evaluate`` (:mod:`unistream_tools.verdict`) executes the
 same way. A step books
 
     r_k = h_{k-1} * log(price_k / price_{k-1}) - (fee + slippage) * |h_k - h_{k-1}|
@@ -34,7 +34,7 @@ own held position of ``lag`` earlier (a seeded lag between 30 min and 2 h per bo
 the same trades, holds them as long and pays the same costs, with their timing destroyed. (A
 random policy drawing positions of its own pays other costs: the one this replaced paid ~1.33 fee
 units per change against the policy's ~1.08, and on pure noise that difference was the policy's
-whole "edge".) Offline, :mod:`unistream_trainer.verdict` shifts the positions circularly instead
+whole "edge".) Offline, :mod:`unistream_tools.verdict` shifts the positions circularly instead
 and ranks the policy in the distribution of shifts.
 
 **Metrics** (:meth:`PaperBook.metrics`, ``paper/...``): ``pnl`` (sum of net log returns),

@@ -9,11 +9,11 @@ follow in configured order, so an index means the same thing relative to the sta
 in every symbol's state; block names carry the concrete symbols):
 
 1. per symbol: ``{SYM}.window.{tf}`` for tf in 1s, 1m, 1h, 1d: ``len(CHANNELS) x window_bars``
-   normalised bar channels (see :mod:`unistream_features.mtf`), channel-major, oldest bar first:
+   normalised bar channels (see :mod:`unistream_model.mtf`), channel-major, oldest bar first:
    index ``start + c * window_bars + (window_bars - 1 - lag)`` is channel ``c`` ``lag`` bars back;
 2. per symbol: ``{SYM}.cnn.branch`` (``4 x branch_features``, timeframe-major),
    ``{SYM}.cnn.hidden``, ``{SYM}.cnn.predictions`` (per timeframe p_bottom, p_none, p_top, p_down,
-   p_up), ``{SYM}.micro`` (:mod:`unistream_features.micro`), ``{SYM}.warmup`` (share of each
+   p_up), ``{SYM}.micro`` (:mod:`unistream_model.micro`), ``{SYM}.warmup`` (share of each
    timeframe's window that is real bars);
 3. ``time``: hour of day and day of week (UTC) as sin/cos;
 4. ``position``: the agent's position context, zero here; the trainer writes it.
@@ -37,8 +37,8 @@ from functools import cached_property
 import numpy as np
 
 from unistream_common.keys import check_symbol
-from unistream_features.micro import feature_names as micro_feature_names
-from unistream_features.mtf import CHANNELS, CLIP, DEFAULT_WINDOW_BARS, TIMEFRAMES
+from unistream_model.micro import feature_names as micro_feature_names
+from unistream_model.mtf import CHANNELS, CLIP, DEFAULT_WINDOW_BARS, TIMEFRAMES
 
 LAYOUT_VERSION = "v2"
 
@@ -248,6 +248,23 @@ def _prediction_names(n: int) -> tuple[str, ...]:
     if n == len(TIMEFRAMES) * len(PREDICTIONS_PER_TIMEFRAME):
         return tuple(f"{tf}.{p}" for tf in TIMEFRAMES for p in PREDICTIONS_PER_TIMEFRAME)
     return tuple(f"pred[{i}]" for i in range(n))
+
+
+def position_slot(layout_version: str, state_dim: int, name: str = "position") -> int | None:
+    """Index of ``position.{name}`` in a state of ``layout_version`` (as packets carry it,
+    ``v2/<fingerprint>``) with ``state_dim`` values; None when that version has no position block
+    (v1) or the state is too short to hold one.
+
+    The trainer, which writes the agent's position into states it did not build, finds the slot
+    here rather than from the features' configuration: :func:`make_layout` builds the position
+    block last, so its values sit at the same distance from the end whatever the symbols,
+    windows or CNN sizes (a test checks this against :meth:`StateLayout.index_of`).
+    """
+    if name not in POSITION_NAMES:
+        raise KeyError(f"no position value {name!r}; the position block holds {', '.join(POSITION_NAMES)}")
+    if layout_version.split("/", 1)[0] != LAYOUT_VERSION or state_dim < len(POSITION_NAMES):
+        return None
+    return state_dim - len(POSITION_NAMES) + POSITION_NAMES.index(name)
 
 
 def make_layout(

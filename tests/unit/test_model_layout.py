@@ -12,18 +12,19 @@ import pytest
 
 from unistream_common.packets import Bar, Tick
 from unistream_features.__main__ import main as features_main
-from unistream_features.layout import (
+from unistream_model.layout import (
     LAYOUT_VERSION,
     POSITION_NAMES,
     StateLayout,
     assemble,
     make_layout,
+    position_slot,
     sanitize,
     time_features,
 )
-from unistream_features.micro import TickCache, micro_features
-from unistream_features.micro import feature_names as micro_names
-from unistream_features.mtf import CHANNELS, TIMEFRAMES, BarWindows
+from unistream_model.micro import TickCache, micro_features
+from unistream_model.micro import feature_names as micro_names
+from unistream_model.mtf import CHANNELS, TIMEFRAMES, BarWindows
 
 DEFAULT_DIM = 2 * (4 * 5 * 300 + 4 * 128 + 160 + 20 + 24 + 4) + 4 + 4  # 13,448
 
@@ -286,3 +287,26 @@ def test_cli_layout_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["dim"] == DEFAULT_DIM
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"symbols": ("BTCUSDT",)},
+        {"symbols": ("SOLUSDT", "ETHUSDT", "BTCUSDT"), "window_bars": 7, "branch_features": 3, "hidden": 5},
+        {"symbols": ("ETHUSDT", "BTCUSDT"), "focus": "BTCUSDT", "n_predictions_per_symbol": 2},
+    ],
+)
+def test_the_trainer_finds_each_position_value_where_the_layout_names_it(kwargs: dict[str, object]) -> None:
+    layout = make_layout(**kwargs)
+    version = f"{layout.version}/{layout.fingerprint}"
+    for name in POSITION_NAMES:
+        assert position_slot(version, layout.dim, name) == layout.index_of(f"position.{name}")
+
+
+def test_a_layout_without_a_position_block_has_no_slot() -> None:
+    assert position_slot("v1/0123456789abcdef", 6_728) is None
+    assert position_slot("", 100) is None
+    with pytest.raises(KeyError, match="position block holds"):
+        position_slot("v2/x", 100, "leverage")

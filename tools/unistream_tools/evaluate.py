@@ -31,7 +31,7 @@ block ``i`` more: training is deterministic for a seed (the paper trading change
 core), so this is exactly a fresh core trained on blocks ``0..i``, at about half the cost. Each
 seed (1..``--seeds``) repeats this with its own initialisation, replay sampling and exploration.
 
-**Verdict** (:mod:`unistream_trainer.verdict`). The test block is the unit of replication: the
+**Verdict** (:mod:`unistream_tools.verdict`). The test block is the unit of replication: the
 seeds share its prices, so they are averaged inside it, and intervals are over blocks. The
 baselines are buy-and-hold, flat and the policy's own positions circularly shifted against the
 prices (the random baseline matched in turnover and cost); the shifts' distribution is the null
@@ -78,7 +78,9 @@ import torch
 from unistream_common.keys import check_symbol
 from unistream_common.packets import TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, FeatureEngine
-from unistream_features.mtf import DEFAULT_WINDOW_BARS
+from unistream_model.mtf import DEFAULT_WINDOW_BARS
+from unistream_tools.report import write_report
+from unistream_tools.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
 from unistream_trainer.core import TrainerCore
 from unistream_trainer.dqn import ACTION_POSITION, Hyperparameters
 from unistream_trainer.paper import (
@@ -91,8 +93,6 @@ from unistream_trainer.paper import (
     fold_rows,
     format_table,
 )
-from unistream_trainer.report import write_report
-from unistream_trainer.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
 
 CNN_SEED = 7  # the services' default seed: the features service's untrained CNN
 MIN_BLOCK_PACKETS = 20  # decision points per walk-forward block, at least
@@ -354,7 +354,7 @@ def walk_forward(
 def walk_forward_blocks(
     packets: Sequence[TrainingDataPacket], results: Sequence[FoldResult], latency_ms: int
 ) -> list[BlockPaths]:
-    """One :class:`~unistream_trainer.verdict.BlockPaths` per test block: its prices and every seed's decisions."""
+    """One :class:`~unistream_tools.verdict.BlockPaths` per test block: its prices and every seed's decisions."""
     by_fold: dict[int, list[FoldResult]] = {}
     for r in results:
         by_fold.setdefault(r.fold, []).append(r)
@@ -383,7 +383,7 @@ def summarize(
     blocks: Sequence[BlockPaths] | None = None,
 ) -> tuple[list[TableRow], Verdict]:
     """The descriptive table (each metric averaged over seeds inside a block, intervals over blocks)
-    and the :class:`~unistream_trainer.verdict.Verdict` on the test blocks (``blocks``: their
+    and the :class:`~unistream_tools.verdict.Verdict` on the test blocks (``blocks``: their
     :func:`walk_forward_blocks`, when the caller has them already)."""
     by_fold: dict[int, list[dict[str, float]]] = {}
     for r in results:

@@ -1,4 +1,4 @@
-"""unistream_trainer.verdict: execution, returns, the shift null and the Sharpe ratios, shown able to fail.
+"""unistream_tools.verdict: execution, returns, the shift null and the Sharpe ratios, shown able to fail.
 
 The statistical properties are checked by simulation: on random walks the shift null rejects at
 about its level (size), and a look-ahead leak smaller than the fees is found in the gross arm
@@ -13,7 +13,7 @@ import statistics
 import numpy as np
 import pytest
 
-from unistream_trainer.verdict import (
+from unistream_tools.verdict import (
     Costs,
     block_paths,
     deflated_sharpe,

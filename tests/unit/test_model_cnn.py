@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from unistream_features.cnn import (
+from unistream_model.cnn import (
     BRANCH_FEATURES,
     EXPECTED_TENSORS,
     HIDDEN,

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unistream_common.packets import Tick
-from unistream_features.micro import (
+from unistream_model.micro import (
     FEATURES,
     HORIZONS_S,
     N_FEATURES,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from unistream_trainer.verdict import BlockPaths, Verdict, shift_offsets, step_returns
+from unistream_tools.verdict import BlockPaths, Verdict, shift_offsets, step_returns
 
 WIDTH, HEIGHT = 720, 260
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 64, 150, 28, 34

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unistream_trainer.report import curves, drawdown, histogram, line_chart, write_report
-from unistream_trainer.verdict import Costs, block_paths, format_verdict, judge
+from unistream_tools.report import curves, drawdown, histogram, line_chart, write_report
+from unistream_tools.verdict import Costs, block_paths, format_verdict, judge
 
 T0 = 1_700_000_000_000
 COSTS = Costs(fee=0.001, slippage=0.0002)

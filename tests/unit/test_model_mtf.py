@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import Bar
-from unistream_features.mtf import CHANNELS, CLIP, N_CHANNELS, TIMEFRAMES, BarWindows
+from unistream_model.mtf import CHANNELS, CLIP, N_CHANNELS, TIMEFRAMES, BarWindows
 
 T0 = 1_700_006_400_000  # ms, midnight UTC: aligned to every timeframe
 C = {name: i for i, name in enumerate(CHANNELS)}
