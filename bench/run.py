@@ -70,6 +70,10 @@ Rows (ticks/s unless stated):
   ``UNISTREAM_CLAIM_IDLE_MS`` of 20 s and learned from). Goal: < 30 s;
 - ``trainer_merge_round_ms``: the leader's merge round (gather, average, publish) with both
   replicas in it, default network, from the replicas' ``/stats`` (``info.last_merge``) (ms).
+- ``evaluate_s_per_day``: seconds ``unistream evaluate`` takes per day of data at its defaults (the
+  deployed configuration: two symbols, the trainer's 256-256 network and 4 updates per packet),
+  stride 1, on 5 minutes of two synthetic archive files; reference: ``evaluate_standin_s_per_day``,
+  the same with ``--hidden 64 --updates-per-packet 1`` (see ``bench/evaluation.py``; once each);
 - ``dashboard_overview_ready_s``: ``unistream dashboard`` as its own process, fed a running
   system's packets and heartbeats every second: from ``page.goto`` of the Overview in headless
   Chromium (a new session) until every symbol card shows its counts and price and every service
@@ -84,7 +88,7 @@ Rows (ticks/s unless stated):
 - ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
   refresh (INFO commandstats over the tab's window, the feeder's and the idle rate taken off,
   divided by the fragment runs the browser received).
-The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
+The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
 (at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s), the trainer rows in
 ``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all), the
 dashboard rows in ``bench/dashboard.py`` (2 runs of the ready rows, two 6 s windows per page of
@@ -113,6 +117,7 @@ from pathlib import Path
 from typing import Any
 
 import dashboard
+import evaluation
 import features
 import redis.asyncio as aioredis
 import trainer
@@ -137,6 +142,7 @@ from dashboard import (
     dashboard_redis_commands_per_refresh,
     streamlit_hello_ready_s,
 )
+from evaluation import evaluate_s_per_day, evaluate_standin_s_per_day
 from features import (
     features_bar_to_packet_p50_ms,
     features_bar_to_packet_p99_ms,
@@ -179,8 +185,8 @@ SLOW_ROWS = dict.fromkeys(
     3,
 )  # fmt: skip
 GOALS = {**AGGREGATOR_GOALS, **features.GOALS, **trainer.GOALS, **dashboard.GOALS}
-MAX_RUNS = {**SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS}
-NOTES = (features.NOTES, trainer.NOTES, dashboard.NOTES)  # filled by the rows as they run
+MAX_RUNS = {**SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS, **evaluation.MAX_RUNS}
+NOTES = (features.NOTES, trainer.NOTES, dashboard.NOTES, evaluation.NOTES)  # filled by the rows as they run
 
 
 def make_ticks(n: int, first_id: int = 1) -> list[Tick]:
@@ -461,6 +467,8 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     ),
     "trainer_claim_s": (trainer_claim_s, None, "s"),
     "trainer_merge_round_ms": (trainer_merge_round_ms, None, "ms"),
+    "evaluate_standin_s_per_day": (evaluate_standin_s_per_day, None, "s/day"),
+    "evaluate_s_per_day": (evaluate_s_per_day, "evaluate_standin_s_per_day", "s/day"),
     "streamlit_hello_ready_s": (streamlit_hello_ready_s, None, "s"),
     "dashboard_overview_ready_s": (dashboard_overview_ready_s, "streamlit_hello_ready_s", "s"),
     "dashboard_cpu_idle_pct": (dashboard_cpu_idle_pct, None, "% core"),

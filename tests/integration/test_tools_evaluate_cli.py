@@ -4,15 +4,13 @@ with the reason for files it cannot use. No Redis: the replay, aggregator and fe
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+from archives import archive_zip
 
 pytestmark = pytest.mark.heavy
 
@@ -23,23 +21,6 @@ QUICK = ("--symbol", "ETHUSDT", "--window-bars", "8", "--hidden", "16", "--seeds
          "--updates-per-packet", "0.5")  # fmt: skip
 TABLE_METRICS = ("pnl", "sharpe", "max_drawdown", "win_rate", "trades_per_hour", "fee_share")
 BASELINES = ("buy_and_hold", "flat", "random")
-
-
-def archive_zip(directory: Path, day: str, first_id: int, seconds: int, t0_ms: int, seed: int) -> Path:
-    """A trades .zip as data.binance.vision serves it (header-less CSV, µs times): a random walk, ~2 trades/s."""
-    rnd = random.Random(seed)
-    price, rows, trade_id = 2500.0, [], first_id
-    for sec in range(seconds):
-        for ms in sorted(rnd.randrange(1_000) for _ in range(rnd.randrange(0, 5))):
-            price *= math.exp(rnd.gauss(0.0, 0.0005))
-            buyer_maker = "true" if rnd.random() < 0.5 else "false"
-            rows.append(f"{trade_id},{price:.2f},{rnd.uniform(0.001, 2):.4f},1.0,{(t0_ms + sec * 1000 + ms) * 1000},"
-                        f"{buyer_maker},true\n")  # fmt: skip
-            trade_id += 1
-    path = directory / f"ETHUSDT-trades-{day}.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(f"ETHUSDT-trades-{day}.csv", "".join(rows))
-    return path
 
 
 def evaluate(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -85,6 +66,7 @@ def test_evaluate_prints_the_walk_forward_table_with_the_baselines(tmp_path: Pat
     assert out.rstrip().splitlines()[-1].startswith(("EDGE", "NO EDGE")), "one line says what it means"
     assert "fills 1000 ms after a decision" in out and "slippage 0.0002" in out
     assert "2 folds x 2 seeds" in out
+    assert "Extrema heads of the CNN on the test blocks" in out and "| 1s | 3 | top |" in out
     assert "seed 2 fold 1" in done.stderr, "progress goes to stderr"
 
 
@@ -110,13 +92,48 @@ def test_evaluate_json_holds_every_run_and_the_intervals(tmp_path: Path) -> None
         assert r["test_from_ms"] > T0 and r["metrics"]["paper/steps"] == r["test_packets"]
     blocks = data["decision_points"] // 3
     assert abs(runs[0]["train_packets"] - blocks) <= 1 and abs(runs[1]["train_packets"] - 2 * blocks) <= 1
-    verdict = report["verdict"]
+    assert report["symbols"] == ["ETHUSDT"] and set(report["verdicts"]) == {"ETHUSDT"}
+    verdict = report["verdicts"]["ETHUSDT"]
     assert set(verdict["edges"]["net"]) == set(BASELINES) and set(verdict["edges"]["gross"]) == set(BASELINES)
     assert verdict["edges"]["net"]["flat"]["n"] == 2
     assert 0 < verdict["p_value"]["net"] <= 1 and len(verdict["block_p_values"]["net"]) == 2
     assert set(verdict["sweep_bps"]) == {"0", "2", "5", "10"}
     assert verdict["costs"] == {"fee": 0.001, "slippage": 0.0002, "latency_ms": 1000}
-    assert [len(r["targets"]) for r in runs] == [r["test_packets"] for r in runs]
+    assert [len(r["targets"]["ETHUSDT"]) for r in runs] == [r["test_packets"] for r in runs]
+    # the CNN's extrema heads, walk-forward on every 1s packet (stride 2 here: a second pass over the files)
+    extrema = report["extrema"]
+    assert extrema["order"] == {"1s": 3, "1m": 3, "1h": 3, "1d": 3} and len(extrema["blocks"]) == 2
+    top = extrema["summary"]["1s"]["top"]
+    assert top["blocks"] == 2 and top["labels"] > 300 and 0 < top["base_rate"] < top["past_rule"] <= 1
+
+
+def test_evaluate_runs_every_symbol_of_the_files_through_one_engine_and_one_policy(tmp_path: Path) -> None:
+    """As deployed: the symbols read from the file names, one features engine for both (a state holds
+    both symbols' blocks, its own first), one DQN trained on both symbols' packets in time order,
+    one paper portfolio; a verdict per symbol on its own prices."""
+    eth = archive_zip(tmp_path, "2025-02-19", 1_000, 600, T0, seed=1)
+    btc = archive_zip(tmp_path, "2025-02-19", 5_000, 600, T0, seed=3, symbol="BTCUSDT")
+    quick = [a for a in QUICK if a not in ("--symbol", "ETHUSDT")]
+    done = evaluate("--path", btc, eth, *quick, "--json", "--report", tmp_path / "report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["symbols"] == ["ETHUSDT", "BTCUSDT"], "the deployed order, not the order given"
+    assert report["files"] == {"ETHUSDT": [str(eth)], "BTCUSDT": [str(btc)]}
+    one = 4 * 5 * 8 + 4 * 128 + 160 + 20 + 24 + 4  # a symbol's blocks at --window-bars 8
+    assert report["data"]["state_dim"] == 2 * one + 4 + 4
+    assert set(report["verdicts"]) == {"ETHUSDT", "BTCUSDT"}
+    for verdict in report["verdicts"].values():
+        assert verdict["edges"]["net"]["flat"]["n"] == 2
+    for run in report["runs"]:
+        assert set(run["targets"]) == {"ETHUSDT", "BTCUSDT"}
+        assert sum(len(t) for t in run["targets"].values()) == run["test_packets"]
+        # the two symbols' test blocks cover the same seconds: a block never splits a second
+        assert abs(len(run["targets"]["ETHUSDT"]) - len(run["targets"]["BTCUSDT"])) <= 2
+    assert report["settings"]["hyperparameters"]["n_step"] == 3, "the trainer's settings where not overridden"
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "ETHUSDT: Test block 1 of 2" in page and "BTCUSDT: Shift null" in page
+    assert "== BTCUSDT ==" in (tmp_path / "report" / "report.html").read_text()
+    assert report["data"]["seconds_per_day"] > 0
 
 
 def test_evaluate_exits_2_with_the_reason_for_files_it_cannot_use(tmp_path: Path) -> None:
@@ -134,3 +151,9 @@ def test_evaluate_exits_2_with_the_reason_for_files_it_cannot_use(tmp_path: Path
     short = evaluate("--path", FIXTURES / "trades_us.csv", *QUICK)  # three trades: two 1s bars
     assert short.returncode == 2
     assert "too little data" in short.stderr
+
+    unnamed = evaluate("--path", FIXTURES / "trades_us.csv", *[a for a in QUICK if a not in ("--symbol", "ETHUSDT")])
+    assert unnamed.returncode == 2 and "cannot tell the symbol of trades_us.csv" in unnamed.stderr
+    other = archive_zip(tmp_path, "2025-02-19", 1, 30, T0, seed=1, symbol="BTCUSDT")
+    mismatch = evaluate("--path", other, *QUICK)
+    assert mismatch.returncode == 2 and "holds BTCUSDT by its name, not --symbol ETHUSDT" in mismatch.stderr

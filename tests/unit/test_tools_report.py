@@ -65,7 +65,7 @@ def test_the_report_is_one_page_without_outside_references_and_the_json_beside_i
     verdict = judge(paths, COSTS, latency_ms=1_000)
     text = format_verdict(verdict)
     numbers = {"verdict": {"p_value": verdict.p_value}}
-    written = write_report(tmp_path / "out", "a <title> & more", text, paths, verdict, numbers)
+    written = write_report(tmp_path / "out", "a <title> & more", text, [("", paths, verdict)], numbers)
     assert [p.name for p in written] == ["report.html", "report.json"]
     page = written[0].read_text()
     assert "<h1>a &lt;title&gt; &amp; more</h1>" in page

@@ -1,37 +1,43 @@
-"""``unistream evaluate``: walk-forward evaluation of the trainer on Binance archive files (no Redis).
+"""``unistream evaluate``: walk-forward evaluation of the deployed pipeline on Binance archive files (no Redis).
 
-    unistream evaluate --path ETHUSDT-trades-2025-02-19.zip [FILE ...] [--symbol ETHUSDT]
-        [--seeds 3] [--folds 3] [--fee 0.001] [--slippage-bps 2] [--latency-ms 1000] [--trials 1]
-        [--hidden 64] [--updates-per-packet 1.0] [--stride 1] [--window-bars 300] [--threads 1] [--json]
+    unistream evaluate --path ETHUSDT-trades-2025-02-19.zip BTCUSDT-trades-2025-02-19.zip [FILE ...]
+        [--symbol SYMBOL] [--seeds 3] [--folds 3] [--fee 0.001] [--slippage-bps 2] [--latency-ms 1000]
+        [--trials 1] [--hidden 256,256] [--updates-per-packet 4] [--stride 1] [--window-bars 300]
+        [--threads 1] [--json] [--report DIR]
 
-**Data.** The files (trades or aggTrades, .csv or the downloaded .zip, one symbol) are read as the
-ingest replay reads them (:class:`~unistream_ingest.replay.ReplaySource`: merged in time order,
-the same validation), the trades go through the aggregator's core
+**Data, as deployed.** Each file's symbol is read from its name as data.binance.vision names them
+(``--symbol`` for files named otherwise). Each symbol's files are read as the ingest replay reads
+them (:class:`~unistream_ingest.replay.ReplaySource`: merged in time order, the same validation),
+the symbols' trades are merged second by second in time order, go through the aggregator's core
 (:class:`~unistream_aggregator.core.BarAggregator`: closed 1s/1m/1h/1d bars, empty seconds
-filled) and the features engine (:class:`~unistream_features.core.FeatureEngine`), all in this
-process, into the symbol's time-ordered training packets: one per 1s bar, as the live system
-builds them. Choices that differ from a live run, on purpose:
+filled) and one features engine (:class:`~unistream_features.core.FeatureEngine`) configured for
+all the symbols, as the features service is: a state holds every symbol's blocks (13,448 values
+for two symbols at 300 bars), its own symbol first. One packet per symbol and 1s bar. The DQN's
+hyperparameters are the trainer's settings (``UNISTREAM_DQN_*``, defaults included: a 256-256
+network, 4 updates per packet), one network trained on every symbol's packets in time order as
+the live trainer is; ``--hidden`` and ``--updates-per-packet`` override them. Still not as
+deployed: the CNN keeps its seeded, untrained initialisation (seed 7, the services' default; the
+live trainer trains its extrema heads), and there is no warm-up history (the windows fill from
+the files themselves: a few days leave the 1h and 1d windows mostly empty, as the state's
+warm-up values say).
 
-- the engine is configured for ``--symbol`` alone (the files hold one symbol), so a state is that
-  symbol's blocks of layout v2 only (6,728 values at 300 bars per window, 1,928 at 60);
-- the CNN keeps its seeded, untrained initialisation (seed 7, the services' default);
-- there is no warm-up history: the windows fill from the files themselves (a few days leave the
-  1h and 1d windows mostly empty; the state's warm-up values say so, as they do live).
-
-**Walk-forward.** The packets are split into ``folds + 1`` consecutive blocks of (nearly) equal
-length. Fold ``i`` trains a :class:`~unistream_trainer.core.TrainerCore` on blocks ``0..i`` in
+**Walk-forward.** The packets (every symbol's, in time order) are split into ``folds + 1``
+consecutive blocks of (nearly) equal length that never split a second, so the symbols' blocks
+cover the same time. Fold ``i`` trains a :class:`~unistream_trainer.core.TrainerCore` on blocks ``0..i`` in
 time order (each packet with its up to ``n_step`` predecessors, as the live trainer gets it,
 ``--updates-per-packet`` gradient steps per packet) and then paper-trades its greedy policy on
 block ``i + 1`` with learning frozen: the decision at a packet sees only that packet, the position
 last decided and the network trained on earlier blocks, and fills ``--latency-ms`` later at the
 fee plus ``--slippage-bps`` per side, exactly as the live paper trader executes
-(:class:`~unistream_trainer.paper.PaperPortfolio`); flat at the block's start. Nothing later than
+(:class:`~unistream_trainer.paper.PaperPortfolio`: one book per symbol, equal capital); flat at
+the block's start. Nothing later than
 block ``i`` is ever trained on. The model of fold ``i`` is the model of fold ``i - 1`` trained on
 block ``i`` more: training is deterministic for a seed (the paper trading changes nothing in the
 core), so this is exactly a fresh core trained on blocks ``0..i``, at about half the cost. Each
 seed (1..``--seeds``) repeats this with its own initialisation, replay sampling and exploration.
 
-**Verdict** (:mod:`unistream_tools.verdict`). The test block is the unit of replication: the
+**Verdict** (:mod:`unistream_tools.verdict`), per symbol on its own prices (the descriptive table
+is the paper portfolio's). The test block is the unit of replication: the
 seeds share its prices, so they are averaged inside it, and intervals are over blocks. The
 baselines are buy-and-hold, flat and the policy's own positions circularly shifted against the
 prices (the random baseline matched in turnover and cost); the shifts' distribution is the null
@@ -41,17 +47,14 @@ positions at 0, 2, 5 and 10 bps per side. The descriptive table (pnl, sharpe, ma
 win_rate, trades_per_hour, fee_share) is averaged over seeds inside each block, intervals over
 blocks.
 
-**Cost.** Building a packet takes about 1 ms (the CNN pass); training is what costs: the live
-network (256, 256) on states of several thousand values is slow on a CPU, so the default network
-here is small (``--hidden 64``: two shared layers of 64), ``--updates-per-packet`` defaults to 1
-(the live trainer: 4) and torch runs on one thread (``--threads``; more were slower on small
-networks). Measured at the defaults on a slow 2-core machine: about 5 ms per packet trained on,
-so an hour of data (3,600 packets, 3 folds x 3 seeds) takes about a minute, a day at stride 1
-about 15-20 minutes. ``--stride k`` makes every k-th packet a decision point and drops the rest
-(one step of the DQN is then k seconds: its rewards span k seconds and its n-step returns n x k;
-the chain gap limit scales with k), which cuts memory and training time k-fold; ``--window-bars``
-shrinks the states. Memory: the kept packets (4 x state size bytes each: 27 KB at the defaults, a
-day at stride 1 about 2.3 GB) and one replay buffer (2 x 5,000 x state size x 4 bytes).
+**Cost.** Building a packet takes about 1 ms (the CNN pass); training is what costs, and at the
+deployed network and update rate it dominates (``data.seconds_per_day`` in ``--json``, and the
+header, give the time per day of data; ``make bench`` measures it). ``--stride k`` makes every
+k-th packet of each symbol a decision point and drops the rest (one step of the DQN is then k
+seconds: its rewards span k seconds and its n-step returns n x k; the chain gap limit scales
+with k), which cuts memory and training time k-fold; ``--window-bars`` shrinks the states.
+Memory: the kept packets (4 x state size bytes each: 54 KB for two symbols at the defaults) and
+one replay buffer (2 x buffer size x state size x 4 bytes).
 
 Exit status: 0 after the report; 2 for files that are missing or unreadable, a bad argument, or
 too little data for the requested folds (each block needs :data:`MIN_BLOCK_PACKETS` packets).
@@ -60,14 +63,15 @@ too little data for the requested folds (each block needs :data:`MIN_BLOCK_PACKE
 from __future__ import annotations
 
 import argparse
-import itertools
+import heapq
 import json
 import math
+import re
 import sys
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,13 +80,15 @@ import numpy as np
 import torch
 
 from unistream_common.keys import check_symbol
-from unistream_common.packets import TickBatch, TrainingDataPacket
+from unistream_common.packets import Tick, TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, FeatureEngine
+from unistream_model.layout import DEFAULT_SYMBOLS
 from unistream_model.mtf import DEFAULT_WINDOW_BARS
 from unistream_tools.report import write_report
 from unistream_tools.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
 from unistream_trainer.core import TrainerCore
 from unistream_trainer.dqn import ACTION_POSITION, Hyperparameters
+from unistream_trainer.extrema import DEFAULT_ORDER, ExtremaTrainer
 from unistream_trainer.paper import (
     BASELINES,
     DEFAULT_LATENCY_MS,
@@ -93,6 +99,7 @@ from unistream_trainer.paper import (
     fold_rows,
     format_table,
 )
+from unistream_trainer.settings import TrainerSettings
 
 CNN_SEED = 7  # the services' default seed: the features service's untrained CNN
 MIN_BLOCK_PACKETS = 20  # decision points per walk-forward block, at least
@@ -118,7 +125,7 @@ def _quiet(_: str) -> None:
 class PacketSource:
     """What :func:`packets_from_archives` read and built."""
 
-    packets: list[TrainingDataPacket]  # the kept packets (every ``stride``-th), time order
+    packets: list[TrainingDataPacket]  # the kept packets (every ``stride``-th of each symbol), time order
     built: int  # packets the features engine built (one per 1s bar)
     trades: int  # trades accepted by the replay's validator
     rejected: dict[str, int]  # trades the validator rejected, by reason
@@ -127,6 +134,7 @@ class PacketSource:
     bars_1s: int
     state_dim: int
     seconds: float  # wall time of the build
+    symbols: tuple[str, ...] = ()  # the engine's symbols, the deployed order
 
 
 def _check_files(paths: Sequence[str | Path]) -> None:
@@ -142,21 +150,83 @@ def _check_files(paths: Sequence[str | Path]) -> None:
             raise EvaluationError(f"{p}: unreadable ({type(exc).__name__}: {exc})") from exc
 
 
-def packets_from_archives(
-    paths: Sequence[str | Path],
-    symbol: str,
-    window_bars: int = DEFAULT_WINDOW_BARS,
-    stride: int = 1,
-    cnn_seed: int = CNN_SEED,
-    progress: Progress = _quiet,
-) -> PacketSource:
-    """The training packets of ``symbol`` built from archive files: replay -> aggregator -> features.
+_ARCHIVE_NAME = re.compile(r"^([A-Z0-9]{2,20})-(?:trades|aggTrades)-")
 
-    Every ``stride``-th packet is kept (the first one included). Raises :class:`EvaluationError`
-    for missing or unreadable files and for files without a trade of ``symbol``.
+
+def files_by_symbol(paths: Sequence[str | Path], symbol: str | None = None) -> dict[str, list[str | Path]]:
+    """The files of each symbol, in the deployed symbol order (the services' default symbols first).
+
+    A file's symbol is read from its name as data.binance.vision names them
+    (``ETHUSDT-trades-2025-02-19.zip``, ``BTCUSDT-aggTrades-...``); ``symbol`` gives the symbol of
+    every file instead (files named otherwise), and refuses a file whose name says another one.
     """
-    if stride < 1:
-        raise ValueError(f"stride must be at least 1, was {stride}")
+    out: dict[str, list[str | Path]] = {}
+    for path in paths:
+        m = _ARCHIVE_NAME.match(Path(path).name)
+        named = m.group(1) if m else None
+        if symbol is not None:
+            if named is not None and named != symbol:
+                raise EvaluationError(f"{Path(path).name} holds {named} by its name, not --symbol {symbol}")
+            named = symbol
+        if named is None:
+            raise EvaluationError(
+                f"cannot tell the symbol of {Path(path).name} from its name (SYMBOL-trades-DATE.zip); pass --symbol"
+            )
+        try:
+            check_symbol(named)
+        except ValueError as exc:
+            raise EvaluationError(f"{Path(path).name}: {exc}") from None
+        out.setdefault(named, []).append(path)
+    order = {s: k for k, s in enumerate(DEFAULT_SYMBOLS)}
+    return {s: out[s] for s in sorted(out, key=lambda s: (order.get(s, len(order)), s))}
+
+
+def _seconds_of(source: Any, symbol: str, rank: int) -> Iterator[tuple[int, int, str, list[Tick]]]:
+    """(second, ``rank``, ``symbol``, its trades in that second) of one replay, time order: merged
+    on (second, rank), the symbols' seconds interleave in time, in symbol order within a second."""
+    pending: list[Tick] = []
+    second = -1
+    while not source.done:
+        # The validator compares trade times with the wall clock (future_ts): replay time is now.
+        ticks = source.advance(int(time.time() * 1000)).get(symbol)
+        for t in ticks or ():
+            sec = t.ts_event_ms // 1_000
+            if sec != second and pending:
+                yield second, rank, symbol, pending
+                pending = []
+            second = sec
+            pending.append(t)
+    if pending:
+        yield second, rank, symbol, pending
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_packets` read, filled as it goes (complete once it is exhausted)."""
+
+    built: int = 0  # packets the features engine built (one per symbol and 1s bar)
+    bars_1s: int = 0
+    trades: int = 0  # trades accepted by the replays' validators
+    rejected: dict[str, int] = field(default_factory=dict)  # trades the validators rejected, by reason
+    rows: dict[str, int] = field(default_factory=dict)  # rows read per file
+    malformed: dict[str, int] = field(default_factory=dict)  # malformed rows per file
+
+
+def build_packets(
+    files: Mapping[str, Sequence[str | Path]],
+    window_bars: int = DEFAULT_WINDOW_BARS,
+    cnn_seed: int = CNN_SEED,
+    report: BuildReport | None = None,
+    progress: Progress = _quiet,
+) -> Iterator[TrainingDataPacket]:
+    """Every training packet of archive files, time order, as the deployed pipeline builds them:
+    each symbol's replay (``files``: symbol -> its files) -> the aggregator's core -> one features
+    engine configured for all the symbols (their states hold every symbol's blocks, the state's
+    own symbol first), the symbols' trades merged second by second in time order.
+
+    Raises :class:`EvaluationError` for missing or unreadable files and, once exhausted, for a
+    symbol without an accepted trade.
+    """
     try:  # the replay and the aggregator's core: only this step needs those packages
         from unistream_aggregator.core import BarAggregator
         from unistream_ingest.replay import ReplaySource
@@ -165,59 +235,89 @@ def packets_from_archives(
             f"{exc.name} is not installed: evaluate reads the files with unistream-ingest and "
             "unistream-aggregator (pip install -e services/ingest services/aggregator)"
         ) from exc
-    _check_files(paths)
-    started = time.perf_counter()
+    symbols = tuple(files)
+    if not symbols:
+        raise EvaluationError("no archive files given")
+    _check_files([p for paths in files.values() for p in paths])
+    report = BuildReport() if report is None else report
     wall_ms = int(time.time() * 1000)
-    source = ReplaySource(paths, symbol, None, wall_ms)
+    sources = {s: ReplaySource(list(paths), s, None, wall_ms) for s, paths in files.items()}
     aggregator = BarAggregator()
     engine = FeatureEngine(
-        FeatureConfig(symbols=(symbol,), window_bars=window_bars, bar_capacity=max(1_000, window_bars + 1)),
-        cnn_seed,
+        FeatureConfig(symbols=symbols, window_bars=window_bars, bar_capacity=max(1_000, window_bars + 1)), cnn_seed,
         wall_ms,
-    )
-    kept: list[TrainingDataPacket] = []
-    built = bars_1s = entries = 0
+    )  # fmt: skip
+    entries = 0
     next_report = 50_000
+    streams = [_seconds_of(src, symbol, k) for k, (symbol, src) in enumerate(sources.items())]
     try:
-        while not source.done:
-            # The validator compares trade times with the wall clock (future_ts): replay time is now.
+        for _sec, _k, symbol, ticks in heapq.merge(*streams, key=lambda item: (item[0], item[1])):
             now_ms = int(time.time() * 1000)
-            ticks = source.advance(now_ms).get(symbol)
-            if not ticks:
-                continue
             batch = TickBatch(symbol=symbol, source="REPLAY", ticks=ticks)
             entries += 1
             out = aggregator.apply([(("evaluate", f"{entries}-0"), batch)])
             engine.on_ticks(batch)
             for bar in out.bars:
-                bars_1s += bar.timeframe == "1s"
+                report.bars_1s += bar.timeframe == "1s"
                 engine.on_bar(bar, now_ms)
             for packet in engine.emit(now_ms):
-                if built % stride == 0:
-                    kept.append(packet)
-                built += 1
-            if built >= next_report:
-                progress(f"{built:,} packets built from {source.released:,} trades")
+                report.built += 1
+                yield packet
+            if report.built >= next_report:
+                released = sum(s.released for s in sources.values())
+                progress(f"{report.built:,} packets built from {released:,} trades")
                 next_report += 50_000
     except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:  # a file damaged after its first block
         raise EvaluationError(f"the archive files could not be read: {type(exc).__name__}: {exc}") from exc
-    rows = {path: r.rows for path, r in source.reports.items()}
-    empty = [path for path, n in rows.items() if n == 0]
+    report.rows = {path: r.rows for src in sources.values() for path, r in src.reports.items()}
+    report.malformed = {path: r.malformed for src in sources.values() for path, r in src.reports.items()}
+    empty = [path for path, n in report.rows.items() if n == 0]
     if empty:
         raise EvaluationError(f"no trade rows could be read from: {', '.join(empty)}")
-    validator = source.validator.stats()
-    if not validator["accepted"]:
-        raise EvaluationError(f"no trade of the files was accepted as {symbol}: rejected {validator['rejected']}")
+    for symbol, src in sources.items():
+        validator = src.validator.stats()
+        if not validator["accepted"]:
+            raise EvaluationError(f"no trade of the files was accepted as {symbol}: rejected {validator['rejected']}")
+        report.trades += int(validator["accepted"])
+        for reason, n in validator["rejected"].items():
+            report.rejected[reason] = report.rejected.get(reason, 0) + int(n)
+
+
+def packets_from_archives(
+    files: Mapping[str, Sequence[str | Path]],
+    window_bars: int = DEFAULT_WINDOW_BARS,
+    stride: int = 1,
+    cnn_seed: int = CNN_SEED,
+    progress: Progress = _quiet,
+) -> PacketSource:
+    """The packets of :func:`build_packets`, every ``stride``-th of each symbol kept (its first
+    included), in time order (the symbols in ``files``' order within a second)."""
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, was {stride}")
+    started = time.perf_counter()
+    report = BuildReport()
+    seen: dict[str, int] = {}
+    kept: list[TrainingDataPacket] = []
+    for packet in build_packets(files, window_bars, cnn_seed, report, progress):
+        n = seen.get(packet.symbol, 0)
+        if n % stride == 0:
+            kept.append(packet)
+        seen[packet.symbol] = n + 1
+    # A symbol's bar closes at its own next trade, so one symbol's packets may come a few seconds
+    # before another's of the same time (live too); offline they are put in time order.
+    rank = {s: k for k, s in enumerate(files)}
+    kept.sort(key=lambda p: (p.ts_event_ms, rank[p.symbol]))
     return PacketSource(
         packets=kept,
-        built=built,
-        trades=int(validator["accepted"]),
-        rejected=dict(validator["rejected"]),
-        rows=rows,
-        malformed={path: r.malformed for path, r in source.reports.items()},
-        bars_1s=bars_1s,
+        built=report.built,
+        trades=report.trades,
+        rejected=report.rejected,
+        rows=report.rows,
+        malformed=report.malformed,
+        bars_1s=report.bars_1s,
         state_dim=kept[0].state_dim if kept else 0,
         seconds=time.perf_counter() - started,
+        symbols=tuple(files),
     )
 
 
@@ -226,7 +326,7 @@ def packets_from_archives(
 
 @dataclass(frozen=True)
 class FoldResult:
-    """One seed's policy on one test block."""
+    """One seed's policy on one test block (every symbol, one paper portfolio as the live trader's)."""
 
     seed: int
     fold: int  # trained on blocks 0..fold, tested on block fold + 1
@@ -236,7 +336,7 @@ class FoldResult:
     test_to_ms: int
     updates: int  # gradient steps taken before the test
     metrics: dict[str, float] = field(default_factory=dict)  # PaperPortfolio.metrics() of the test block
-    targets: list[float] = field(default_factory=list)  # the position decided at each test packet
+    targets: dict[str, list[float]] = field(default_factory=dict)  # per symbol: the position decided at each packet
 
 
 def block_bounds(n: int, folds: int, min_block: int = MIN_BLOCK_PACKETS) -> list[tuple[int, int]]:
@@ -258,20 +358,37 @@ def block_bounds(n: int, folds: int, min_block: int = MIN_BLOCK_PACKETS) -> list
 
 
 def _check_sequence(packets: Sequence[TrainingDataPacket]) -> None:
-    symbols = {p.symbol for p in packets}
-    if len(symbols) > 1:
-        raise ValueError(f"walk-forward takes one symbol's packets, got {sorted(symbols)}")
-    for a, b in itertools.pairwise(packets):
-        if b.ts_event_ms <= a.ts_event_ms:
-            raise ValueError(f"packets are not in strictly increasing time order at {b.ts_event_ms}")
+    """Each symbol's packets in strictly increasing time order, the symbols interleaved by time."""
+    last: dict[str, int] = {}
+    previous = -1
+    for p in packets:
+        if p.ts_event_ms <= last.get(p.symbol, -1):
+            raise ValueError(f"{p.symbol}: packets are not in strictly increasing time order at {p.ts_event_ms}")
+        if p.ts_event_ms < previous:
+            raise ValueError(f"packets are not in time order at {p.ts_event_ms} ({p.symbol})")
+        last[p.symbol] = previous = p.ts_event_ms
+
+
+def _predecessors(packets: Sequence[TrainingDataPacket], n: int) -> list[list[int]]:
+    """For each packet, the indices of up to ``n`` earlier packets of its symbol, oldest first."""
+    recent: dict[str, list[int]] = {}
+    out = []
+    for k, p in enumerate(packets):
+        mine = recent.setdefault(p.symbol, [])
+        out.append(mine[-n:] if n else [])
+        mine.append(k)
+        if len(mine) > 2 * n + 1:
+            del mine[: len(mine) - n]
+    return out
 
 
 def train_on(core: TrainerCore, packets: Sequence[TrainingDataPacket], start: int, end: int) -> None:
-    """Feed ``packets[start:end]`` to ``core`` in order, each with its ``n_step + fill_lag`` predecessors
-    (earlier packets only)."""
+    """Feed ``packets[start:end]`` to ``core`` in order, each with its symbol's ``n_step + fill_lag``
+    predecessors (earlier packets only), as the live trainer gets them."""
     n = core.hp.n_step + core.hp.fill_lag
+    before = _predecessors(packets[:end], n)
     for k in range(start, end):
-        core.process([packets[k]], [packets[max(0, k - n) : k]])
+        core.process([packets[k]], [[packets[i] for i in before[k]]])
 
 
 def paper_trade(
@@ -280,23 +397,105 @@ def paper_trade(
     costs: Costs,
     seed: int,
     latency_ms: int = DEFAULT_LATENCY_MS,
-) -> tuple[dict[str, float], list[float]]:
-    """The greedy policy of ``core`` on ``packets`` (one symbol, time order), flat at the start: its
-    paper/* metrics, executed as the live paper trader executes (latency, fee and slippage), and
-    the position it decided at each packet.
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The greedy policy of ``core`` on ``packets`` (time order, any symbols), flat at the start: the
+    paper/* metrics of one portfolio over the symbols, executed as the live paper trader executes
+    (latency, fee and slippage), and per symbol the position decided at each of its packets.
 
-    The decision at a packet uses that packet and the position last decided, nothing later; the
-    core is not changed (learning is frozen on a test block).
+    The decision at a packet uses that packet and its symbol's position last decided, nothing
+    later; the core is not changed (learning is frozen on a test block).
     """
     book = PaperPortfolio(fee=costs.fee, seed=seed, latency_ms=latency_ms, slippage=costs.slippage)
-    position = 0
-    targets: list[float] = []
+    positions: dict[str, int] = {}
+    targets: dict[str, list[float]] = {}
     for p in packets:
-        action, _ = core.greedy_action(p, position)
-        position = ACTION_POSITION[action]
-        targets.append(float(position))
-        book.step(p.symbol, p.ts_event_ms, p.price, float(position))
+        action, _ = core.greedy_action(p, positions.get(p.symbol, 0))
+        positions[p.symbol] = ACTION_POSITION[action]
+        targets.setdefault(p.symbol, []).append(float(positions[p.symbol]))
+        book.step(p.symbol, p.ts_event_ms, p.price, float(positions[p.symbol]))
     return book.metrics(), targets
+
+
+def walk_forward_bounds(
+    packets: Sequence[TrainingDataPacket], folds: int, min_block: int = MIN_BLOCK_PACKETS
+) -> list[tuple[int, int]]:
+    """The ``folds + 1`` blocks of :func:`walk_forward` as ``[start, end)`` indices into ``packets``:
+    nearly equal, never splitting a second (the symbols' packets of one second go to one block),
+    each holding at least ``min_block`` packets of every symbol (else :class:`EvaluationError`)."""
+    _check_sequence(packets)
+    symbols = sorted({p.symbol for p in packets})
+    bounds = block_bounds(len(packets), folds, min_block * len(symbols))
+    edges = [a for a, _ in bounds[1:]]
+    for k, e in enumerate(edges):
+        while 0 < e < len(packets) and packets[e].ts_event_ms == packets[e - 1].ts_event_ms:
+            e += 1
+        edges[k] = e
+    cuts = [0, *edges, len(packets)]
+    bounds = [(cuts[k], cuts[k + 1]) for k in range(len(bounds))]
+    for k, (a, b) in enumerate(bounds):
+        counts = {s: sum(1 for p in packets[a:b] if p.symbol == s) for s in symbols}
+        if min(counts.values()) < min_block:
+            raise EvaluationError(
+                f"too little data: block {k + 1} holds {counts} decision points; each symbol needs "
+                f"{min_block} in every block (use longer files, fewer --folds or a smaller --stride)"
+            )
+    return bounds
+
+
+def extrema_order(window_bars: int) -> dict[str, int]:
+    """The extrema labels' order k per timeframe: the live trainer's 5, less where a window is too
+    short for the 2k + 1 bars a label needs."""
+    return {tf: min(DEFAULT_ORDER[tf], (window_bars - 1) // 2) for tf in DEFAULT_ORDER}
+
+
+def extrema_walk_forward(
+    packets: Iterable[TrainingDataPacket],
+    test_starts_ms: Sequence[int],
+    window_bars: int = DEFAULT_WINDOW_BARS,
+    updates_per_packet: float = 0.2,
+    seed: int = CNN_SEED,
+) -> list[dict[str, float]]:
+    """The CNN's extrema heads, walk-forward: per test block, the metrics of
+    :class:`~unistream_trainer.extrema.ExtremaTrainer` on that block's labels alone, scored by the
+    model trained on every label known before the block began, learning frozen inside it.
+
+    ``packets``: every packet (all symbols, time order; the labels need consecutive 1s packets,
+    so not a strided subset); ``test_starts_ms``: the first time of each test block, ascending.
+    The first block is trained on as the live trainer trains (``updates_per_packet`` steps per
+    packet, interleaved); a test block's labels are scored first and trained on once it ends,
+    at the same rate, before the next block is scored.
+    """
+    trainer = ExtremaTrainer(
+        window_bars=window_bars, order=extrema_order(window_bars), seed=seed, buffer_size=2_000, score_window=10**7
+    )
+    out: list[dict[str, float]] = []
+    block = 0
+    credit = 0.0
+
+    def train(steps: float) -> None:
+        nonlocal credit
+        credit += steps
+        if int(credit):
+            trainer.train(int(credit))
+            credit -= int(credit)
+
+    deferred = 0.0  # steps owed for the test block being scored
+    for p in packets:
+        while block < len(test_starts_ms) and p.ts_event_ms >= test_starts_ms[block]:
+            if block:
+                out.append(trainer.metrics())
+                train(deferred)
+                deferred = 0.0
+            trainer.reset_scores()
+            block += 1
+        trainer.observe(p)
+        if block == 0:
+            train(updates_per_packet)
+        else:
+            deferred += updates_per_packet
+    if block:
+        out.append(trainer.metrics())
+    return out
 
 
 def walk_forward(
@@ -313,12 +512,13 @@ def walk_forward(
     """Walk-forward runs (module docstring): for each seed and fold, train on blocks 0..fold, trade block fold + 1.
 
     ``hp`` is the template of every run's hyperparameters (its ``seed`` is replaced by each of
-    ``seeds``; its ``fee`` is also the paper trading's, beside ``slippage``). ``packets``: one
-    symbol, strictly increasing times. Results come seed-major, folds in order.
+    ``seeds``; its ``fee`` is also the paper trading's, beside ``slippage``). ``packets``: time
+    order, each symbol's strictly increasing; blocks are cut on this sequence, so with the
+    symbols' packets a second apart they share their time ranges, and every block must hold
+    ``min_block`` packets of each symbol. Results come seed-major, folds in order.
     """
     costs = Costs(fee=hp.fee, slippage=slippage)
-    _check_sequence(packets)
-    bounds = block_bounds(len(packets), folds, min_block)
+    bounds = walk_forward_bounds(packets, folds, min_block)
     results: list[FoldResult] = []
     for seed in seeds:
         core = TrainerCore(replace(hp, seed=seed), max_gap_ms=max_gap_ms)
@@ -351,22 +551,37 @@ def walk_forward(
 # --- summary --------------------------------------------------------------------------------------
 
 
+def _only_symbol(results: Sequence[FoldResult]) -> str:
+    symbols = {s for r in results for s in r.targets}
+    if len(symbols) != 1:
+        raise ValueError(f"name the symbol: the results hold {sorted(symbols)}")
+    return symbols.pop()
+
+
 def walk_forward_blocks(
-    packets: Sequence[TrainingDataPacket], results: Sequence[FoldResult], latency_ms: int
+    packets: Sequence[TrainingDataPacket],
+    results: Sequence[FoldResult],
+    latency_ms: int,
+    symbol: str | None = None,
 ) -> list[BlockPaths]:
-    """One :class:`~unistream_tools.verdict.BlockPaths` per test block: its prices and every seed's decisions."""
+    """One :class:`~unistream_tools.verdict.BlockPaths` per test block of ``symbol`` (None: the only
+    one): its prices and every seed's decisions."""
+    symbol = _only_symbol(results) if symbol is None else symbol
     by_fold: dict[int, list[FoldResult]] = {}
     for r in results:
         by_fold.setdefault(r.fold, []).append(r)
-    index = {p.ts_event_ms: k for k, p in enumerate(packets)}
+    first = {p.ts_event_ms: k for k, p in reversed(list(enumerate(packets)))}
     blocks = []
     for fold in sorted(by_fold):
         runs = by_fold[fold]
-        start = index[runs[0].test_from_ms]
-        block = packets[start : start + runs[0].test_packets]
+        start = first[runs[0].test_from_ms]  # blocks never split a second (see walk_forward)
+        block = [p for p in packets[start : start + runs[0].test_packets] if p.symbol == symbol]
         blocks.append(
             block_paths(
-                [p.ts_event_ms for p in block], [p.price for p in block], {r.seed: r.targets for r in runs}, latency_ms
+                [p.ts_event_ms for p in block],
+                [p.price for p in block],
+                {r.seed: r.targets[symbol] for r in runs},
+                latency_ms,
             )
         )
     return blocks
@@ -381,19 +596,67 @@ def summarize(
     metrics: Sequence[str] = TABLE_METRICS,
     confidence: float = CONFIDENCE,
     blocks: Sequence[BlockPaths] | None = None,
+    symbol: str | None = None,
 ) -> tuple[list[TableRow], Verdict]:
-    """The descriptive table (each metric averaged over seeds inside a block, intervals over blocks)
-    and the :class:`~unistream_tools.verdict.Verdict` on the test blocks (``blocks``: their
-    :func:`walk_forward_blocks`, when the caller has them already)."""
+    """The descriptive table of the paper portfolio (each metric averaged over seeds inside a
+    block, intervals over blocks) and the :class:`~unistream_tools.verdict.Verdict` on ``symbol``'s
+    test blocks (None: the only symbol; ``blocks``: its :func:`walk_forward_blocks`, when the
+    caller has them already)."""
     by_fold: dict[int, list[dict[str, float]]] = {}
     for r in results:
         by_fold.setdefault(r.fold, []).append(r.metrics)
     per_block = [{k: float(np.mean([m[k] for m in runs])) for k in runs[0]} for _, runs in sorted(by_fold.items())]
     rows = fold_rows(per_block, metrics, BASELINES, confidence)
     if blocks is None:
-        blocks = walk_forward_blocks(packets, results, latency_ms)
+        blocks = walk_forward_blocks(packets, results, latency_ms, symbol)
     verdict = judge(blocks, costs, latency_ms, trials=trials, confidence=confidence)
     return rows, verdict
+
+
+def extrema_summary(blocks: Sequence[Mapping[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per timeframe and class (top, bottom), over the test blocks that have positives: the mean
+    PR-AUC, base rate (a random classifier's PR-AUC) and past rule's PR-AUC, how many blocks
+    scored above the past rule, and the labels scored."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for tf in DEFAULT_ORDER:
+        for name in ("top", "bottom"):
+            rows = [b for b in blocks if f"extrema/pr_auc_{name}_{tf}" in b]
+            if not rows:
+                continue
+            pr = [b[f"extrema/pr_auc_{name}_{tf}"] for b in rows]
+            past = [b[f"extrema/past_rule_{name}_{tf}"] for b in rows]
+            out.setdefault(tf, {})[name] = {
+                "pr_auc": float(np.mean(pr)),
+                "base_rate": float(np.mean([b[f"extrema/baseline_{name}_{tf}"] for b in rows])),
+                "past_rule": float(np.mean(past)),
+                "blocks": len(rows),
+                "blocks_above_past_rule": sum(a > b for a, b in zip(pr, past, strict=True)),
+                "labels": float(sum(b.get(f"extrema/scored_{tf}", 0.0) for b in rows)),
+            }
+    return out
+
+
+def format_extrema(summary: Mapping[str, Mapping[str, Mapping[str, float]]], order: Mapping[str, int]) -> str:
+    """The extrema heads' table (see :func:`extrema_summary`)."""
+    if not summary:
+        return "Extrema heads of the CNN: no test block had a labelled extremum (too little data per timeframe)."
+    lines = [
+        (
+            "Extrema heads of the CNN on the test blocks (scored by the model trained on the labels before each "
+            "block, frozen in it; means over blocks; the past rule knows only that a bar closed at the extreme of "
+            "the k before it: an edge on the future is PR-AUC above it):"
+        ),
+        "",
+        "| timeframe | k | class | PR-AUC | base rate | past rule | blocks above the past rule | labels |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for tf, classes in summary.items():
+        for name, m in classes.items():
+            lines.append(
+                f"| {tf} | {order[tf]} | {name} | {m['pr_auc']:.3f} | {m['base_rate']:.3f} | {m['past_rule']:.3f} "
+                f"| {int(m['blocks_above_past_rule'])} of {int(m['blocks'])} | {int(m['labels']):,} |"
+            )
+    return "\n".join(lines)
 
 
 def _interval_json(iv: Interval) -> dict[str, float | int | None]:
@@ -403,19 +666,26 @@ def _interval_json(iv: Interval) -> dict[str, float | int | None]:
     return {"mean": iv.value, "low": num(iv.low), "high": num(iv.high), "n": iv.n}
 
 
-def format_report(rows: Sequence[TableRow], verdict: Verdict, header: str) -> str:
-    """The header, the descriptive table (per block, seeds averaged) and the verdict."""
-    return "\n".join(
-        [
-            header,
-            "",
-            f"Descriptive, per test block (seeds averaged in each; {100 * CONFIDENCE:g}% CI over blocks):",
-            "",
-            format_table(rows, confidence=CONFIDENCE),
-            "",
-            format_verdict(verdict),
-        ]
-    )
+def format_report(rows: Sequence[TableRow], verdicts: Mapping[str, Verdict], header: str, extrema: str = "") -> str:
+    """The header, the paper portfolio's descriptive table (per block, seeds averaged), the extrema
+    heads' table (``extrema``, when there is one) and each symbol's verdict (its last line the
+    conclusion)."""
+    lines = [
+        header,
+        "",
+        (
+            f"Descriptive, the paper portfolio over {', '.join(verdicts)}, per test block (seeds averaged in each; "
+            f"{100 * CONFIDENCE:g}% CI over blocks):"
+        ),
+        "",
+        format_table(rows, confidence=CONFIDENCE),
+    ]
+    if extrema:
+        lines += ["", extrema]
+    for symbol, verdict in verdicts.items():
+        lines += ["", f"== {symbol} =="] if len(verdicts) > 1 else [""]
+        lines.append(format_verdict(verdict))
+    return "\n".join(lines)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -452,8 +722,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unistream evaluate",
         description=(
-            "Walk-forward evaluation of the trainer on Binance archive files, in process (no Redis): replay -> "
-            "aggregator -> features into the symbol's training packets, split into FOLDS+1 consecutive blocks; "
+            "Walk-forward evaluation of the deployed pipeline on Binance archive files, in process (no Redis): "
+            "replay -> aggregator -> features into the symbols' training packets, split into FOLDS+1 consecutive blocks; "
             "fold i trains a DQN per seed on blocks 0..i and trades its greedy policy on block i+1, learning frozen, "
             "filled --latency-ms later at the fee plus --slippage-bps. The verdict takes the test block as the unit "
             "of replication (seeds averaged inside it): the policy against buy-and-hold, flat and its own positions "
@@ -461,21 +731,29 @@ def build_parser() -> argparse.ArgumentParser:
             "returns (probabilistic and deflated) and a fee sweep."
         ),
         epilog=(
-            "Practical choices: the states are the symbol's own (features configured for --symbol alone), the CNN "
-            "is the seeded untrained one, there is no warm-up history. The live network (256,256) is slow on "
-            "states of thousands of values, hence --hidden 64 (two layers of 64) and --updates-per-packet 1 "
-            "(live: 4); about 5 ms per packet trained on, 15-20 minutes for a day at stride 1. --stride k keeps "
-            "every k-th packet as a decision point (a DQN step is then k seconds), cutting time and memory k-fold; "
-            "memory is about 4 x state size bytes per kept packet (27 KB at --window-bars 300: a day at stride 1 "
-            "is about 2.3 GB). Exit 2: missing or unreadable files, too "
-            f"little data for --folds (each block needs {MIN_BLOCK_PACKETS} decision points)."
+            "As deployed: the files' symbols (read from their names) through one features engine, the trainer's "
+            "settings (UNISTREAM_DQN_*: a 256-256 network, 4 updates per packet) unless --hidden or "
+            "--updates-per-packet say otherwise. Not as deployed: the CNN is the seeded untrained one and there is "
+            "no warm-up history. --stride k keeps every k-th packet of each symbol as a decision point (a DQN step "
+            "is then k seconds), cutting time and memory k-fold; the header gives the minutes per day of data. "
+            "Exit 2: missing or unreadable files, a file whose symbol cannot be told, too little data for --folds "
+            f"(each block needs {MIN_BLOCK_PACKETS} decision points of each symbol)."
         ),
     )
     parser.add_argument(
-        "--path", nargs="+", required=True, metavar="FILE", help="archive files of one symbol (.csv or .zip)"
+        "--path",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="archive files (.csv or .zip), one or more symbols, each file's symbol read from its name "
+        "(ETHUSDT-trades-2025-02-19.zip)",
     )
     parser.add_argument(
-        "--symbol", type=_symbol_arg, default="ETHUSDT", metavar="SYMBOL", help="the files' symbol (default ETHUSDT)"
+        "--symbol",
+        type=_symbol_arg,
+        default=None,
+        metavar="SYMBOL",
+        help="the symbol of every file, for files not named as the archive names them",
     )
     parser.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="seeds per fold (default 3)")
     parser.add_argument("--folds", type=_positive_int, default=3, metavar="N", help="walk-forward folds (default 3)")
@@ -485,16 +763,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hidden",
         type=_hidden_arg,
-        default=(64, 64),
+        default=None,
         metavar="W[,W...]",
-        help="width of the Q-network's two shared layers, or comma-separated widths (default 64)",
+        help="width of the Q-network's two shared layers, or comma-separated widths (default: the trainer's, "
+        "UNISTREAM_DQN_HIDDEN_SIZES, 256,256)",
     )
     parser.add_argument(
         "--updates-per-packet",
         type=float,
-        default=1.0,
+        default=None,
         metavar="X",
-        help="gradient steps per training packet (default 1.0)",
+        help="gradient steps per training packet (default: the trainer's, UNISTREAM_DQN_UPDATES_PER_TRANSITION, 4)",
     )
     parser.add_argument(
         "--stride",
@@ -533,6 +812,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="configurations tried on this data before this one, for the deflated Sharpe ratio (default 1)",
     )
     parser.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--no-extrema",
+        action="store_true",
+        help="skip the CNN's extrema heads (trained and scored walk-forward on every 1s packet; at --stride > 1 "
+        "this reads the files a second time)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument(
         "--report",
@@ -549,7 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not 0.0 <= args.fee < 0.1:
         parser.error(f"--fee must be in [0, 0.1), was {args.fee}")
-    if not 0.0 <= args.updates_per_packet <= 1_000:
+    if args.updates_per_packet is not None and not 0.0 <= args.updates_per_packet <= 1_000:
         parser.error(f"--updates-per-packet must be in [0, 1000], was {args.updates_per_packet}")
     if args.window_bars < 8:
         parser.error(f"--window-bars must be at least 8 (the CNN's minimum), was {args.window_bars}")
@@ -563,22 +848,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(text: str) -> None:
         print(f"unistream evaluate: {text}", file=sys.stderr, flush=True)
 
-    hp = Hyperparameters(
-        hidden_sizes=args.hidden,
+    try:
+        settings = TrainerSettings()  # the trainer's settings, UNISTREAM_DQN_* included
+    except ValueError as exc:
+        parser.error(f"the trainer's settings (UNISTREAM_* variables) are invalid: {exc}")
+    deployed = settings.hyperparameters()
+    updates = deployed.updates_per_transition if args.updates_per_packet is None else args.updates_per_packet
+    hp = replace(
+        deployed,
+        hidden_sizes=deployed.hidden_sizes if args.hidden is None else args.hidden,
         fee=args.fee,
         slippage=costs.slippage,
         # rewards credit the step a decision's fill holds: the first packet --latency-ms later
         fill_lag=math.ceil(args.latency_ms / (1_000 * args.stride)),
-        updates_per_transition=args.updates_per_packet,
-        max_updates_per_batch=max(16, math.ceil(args.updates_per_packet)),
+        updates_per_transition=updates,
+        max_updates_per_batch=max(deployed.max_updates_per_batch, math.ceil(updates)),
     )
     seeds = list(range(1, args.seeds + 1))
     try:
-        src = packets_from_archives(args.path, args.symbol, args.window_bars, args.stride, progress=progress)
+        files = files_by_symbol(args.path, args.symbol)
+        src = packets_from_archives(files, args.window_bars, args.stride, progress=progress)
         progress(
-            f"{src.built:,} packets ({src.state_dim:,} values each) from {src.trades:,} trades in "
-            f"{src.seconds:.1f} s; {len(src.packets):,} decision points at stride {args.stride}"
+            f"{src.built:,} packets ({src.state_dim:,} values each) of {', '.join(src.symbols)} from "
+            f"{src.trades:,} trades in {src.seconds:.1f} s; {len(src.packets):,} decision points at stride {args.stride}"
         )
+        extrema_blocks: list[dict[str, float]] = []
+        extrema_s = 0.0
+        if not args.no_extrema:
+            started = time.perf_counter()
+            bounds = walk_forward_bounds(src.packets, args.folds)
+            starts = [src.packets[a].ts_event_ms for a, _ in bounds[1:]]
+            every = src.packets if args.stride == 1 else build_packets(files, args.window_bars)
+            extrema_blocks = extrema_walk_forward(
+                every, starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed
+            )
+            extrema_s = time.perf_counter() - started
+            progress(f"extrema heads scored on {len(extrema_blocks)} test blocks in {extrema_s:.1f} s")
         started = time.perf_counter()
         results = walk_forward(
             src.packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress,
@@ -588,12 +893,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unistream evaluate: {exc}", file=sys.stderr)
         return 2
     train_s = time.perf_counter() - started
-    blocks = walk_forward_blocks(src.packets, results, args.latency_ms)
-    rows, verdict = summarize(results, src.packets, costs, args.latency_ms, args.trials, blocks=blocks)
+    blocks = {s: walk_forward_blocks(src.packets, results, args.latency_ms, s) for s in src.symbols}
+    verdicts: dict[str, Verdict] = {}
+    rows: list[TableRow] = []
+    for symbol in src.symbols:
+        rows, verdicts[symbol] = summarize(
+            results, src.packets, costs, args.latency_ms, args.trials, blocks=blocks[symbol], symbol=symbol
+        )
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
+    days = max(hours / 24, 1e-9)
     out: dict[str, Any] = {
-        "symbol": args.symbol,
-        "files": [str(p) for p in args.path],
+        "symbols": list(src.symbols),
+        "files": {s: [str(p) for p in paths] for s, paths in files.items()},
         "settings": {
             "seeds": seeds,
             "folds": args.folds,
@@ -601,8 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "slippage": costs.slippage,
             "latency_ms": args.latency_ms,
             "trials": args.trials,
-            "hidden_sizes": list(args.hidden),
-            "updates_per_packet": args.updates_per_packet,
+            "hidden_sizes": list(hp.hidden_sizes),
+            "updates_per_packet": hp.updates_per_transition,
+            "hyperparameters": asdict(hp),
             "stride": args.stride,
             "window_bars": args.window_bars,
             "confidence": CONFIDENCE,
@@ -618,7 +930,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hours": hours,
             "build_s": src.seconds,
             "walk_forward_s": train_s,
+            "extrema_s": extrema_s,
+            "seconds_per_day": (src.seconds + train_s + extrema_s) / days,
         },
+        "extrema": {
+            "order": extrema_order(args.window_bars),
+            "updates_per_packet": settings.extrema_updates_per_packet,
+            "summary": extrema_summary(extrema_blocks),
+            "blocks": extrema_blocks,
+        }
+        if not args.no_extrema
+        else None,
         "rows": {
             r.metric: {
                 "policy": _interval_json(r.policy),
@@ -626,21 +948,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for r in rows
         },
-        "verdict": verdict_json(verdict),
+        "verdicts": {s: verdict_json(v) for s, v in verdicts.items()},
         "runs": [asdict(r) for r in results],
     }
     header = (
-        f"unistream evaluate: {args.symbol}, {len(src.packets):,} decision points (stride {args.stride}) over "
-        f"{hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee {args.fee:g} + slippage {costs.slippage:g} per "
-        f"side, fills {args.latency_ms} ms after a decision, hidden "
-        f"{','.join(map(str, args.hidden))}, {args.updates_per_packet:g} updates per packet "
-        f"(packets {src.seconds:.0f} s, walk-forward {train_s:.0f} s)"
+        f"unistream evaluate: {', '.join(src.symbols)} ({src.state_dim:,} values a state), {len(src.packets):,} "
+        f"decision points (stride {args.stride}) over {hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee "
+        f"{args.fee:g} + slippage {costs.slippage:g} per side, fills {args.latency_ms} ms after a decision, hidden "
+        f"{','.join(map(str, hp.hidden_sizes))}, {hp.updates_per_transition:g} updates per packet "
+        f"(packets {src.seconds:.0f} s, extrema {extrema_s:.0f} s, walk-forward {train_s:.0f} s: "
+        f"{(src.seconds + train_s + extrema_s) / days / 60:.0f} min per day of data)"
     )
-    text = format_report(rows, verdict, header)
+    extrema_text = (
+        format_extrema(extrema_summary(extrema_blocks), extrema_order(args.window_bars)) if not args.no_extrema else ""
+    )
+    text = format_report(rows, verdicts, header, extrema_text)
     if args.report is not None:
-        title = f"unistream evaluate: {args.symbol}, {', '.join(Path(p).name for p in args.path)}"
+        title = f"unistream evaluate: {', '.join(src.symbols)}, {', '.join(Path(p).name for p in args.path)}"
+        sections = [(s if len(verdicts) > 1 else "", blocks[s], v) for s, v in verdicts.items()]
         try:
-            written = write_report(args.report, title, text, blocks, verdict, out)
+            written = write_report(args.report, title, text, sections, out)
         except OSError as exc:
             print(f"unistream evaluate: cannot write the report to {args.report}: {exc}", file=sys.stderr)
             return 2

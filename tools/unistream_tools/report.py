@@ -206,16 +206,17 @@ def histogram(title: str, values: np.ndarray, observed: float, x_label: str, bin
 # --- the page ---------------------------------------------------------------------------------------
 
 
-def charts(blocks: Sequence[BlockPaths], verdict: Verdict) -> list[tuple[str, str]]:
-    """(heading, SVG) of every chart of the report, in page order."""
+def charts(blocks: Sequence[BlockPaths], verdict: Verdict, symbol: str = "") -> list[tuple[str, str]]:
+    """(heading, SVG) of every chart of one symbol's report, in page order (``symbol``: heading prefix)."""
     out: list[tuple[str, str]] = []
     cost = verdict.costs.per_side
+    prefix = f"{symbol}: " if symbol else ""
     for k, paths in enumerate(blocks):
         c = curves(paths, cost, seed=k)
         hours = (paths.ts_ms - paths.ts_ms[0]) / 3_600_000
         series = {name: (hours, c[name]) for name in ("policy", "buy_and_hold", "flat", "random") if name in c}
         band = (hours, c["random_low"], c["random_high"]) if "random_low" in c else None
-        heading = f"Test block {k + 1} of {len(blocks)}"
+        heading = f"{prefix}Test block {k + 1} of {len(blocks)}"
         out.append((heading, line_chart(f"{heading}: cumulative net return", series, "hours into the block",
                                         "net log return", band=band)))  # fmt: skip
         out.append(("", line_chart(f"{heading}: the policy's drawdown", {"policy": (hours, drawdown(c["policy"]))},
@@ -228,13 +229,13 @@ def charts(blocks: Sequence[BlockPaths], verdict: Verdict) -> list[tuple[str, st
         series[base] = (np.array(bps, dtype=np.float64), np.array([iv.value for iv in ivs]))
         dx = 0.12 * (k - 1)  # side by side, not on top of each other
         whiskers[base] = [(float(b) + dx, iv.low, iv.high) for b, iv in zip(bps, ivs, strict=True)]
-    out.append(("Costs", line_chart("Policy minus each baseline by cost per side (intervals over blocks)", series,
+    out.append((f"{prefix}Costs", line_chart(f"{prefix}Policy minus each baseline by cost per side (intervals over blocks)", series,
                                      "bps per side (fee + slippage)", "return per block", whiskers=whiskers)))  # fmt: skip
     for arm in ("net", "gross"):
         nulls = np.sum([b.null_net if arm == "net" else b.null_gross for b in verdict.blocks], axis=0)
         observed = sum((b.net if arm == "net" else b.gross)["policy"] for b in verdict.blocks)
-        title = f"Shift null, {arm} (p = {verdict.p_value[arm]:.3g}): the policy's positions out of time"
-        out.append(("Shift null" if arm == "net" else "", histogram(
+        title = f"{prefix}Shift null, {arm} (p = {verdict.p_value[arm]:.3g}): the policy's positions out of time"
+        out.append((f"{prefix}Shift null" if arm == "net" else "", histogram(
             title, nulls, observed, f"{arm} return summed over blocks")))  # fmt: skip
     return out
 
@@ -255,12 +256,18 @@ def render_html(title: str, text: str, figures: Sequence[tuple[str, str]]) -> st
 
 
 def write_report(
-    directory: Path, title: str, text: str, blocks: Sequence[BlockPaths], verdict: Verdict, numbers: dict[str, Any]
+    directory: Path,
+    title: str,
+    text: str,
+    sections: Sequence[tuple[str, Sequence[BlockPaths], Verdict]],
+    numbers: dict[str, Any],
 ) -> list[Path]:
-    """Write ``report.html`` (``text``: the printed verdict, then the charts) and ``report.json``."""
+    """Write ``report.html`` (``text``: the printed verdicts, then each symbol's charts; ``sections``:
+    (symbol, its test blocks, its verdict)) and ``report.json``."""
     directory.mkdir(parents=True, exist_ok=True)
     page = directory / "report.html"
-    page.write_text(render_html(title, text, charts(blocks, verdict)), encoding="utf-8")
+    figures = [fig for symbol, blocks, verdict in sections for fig in charts(blocks, verdict, symbol)]
+    page.write_text(render_html(title, text, figures), encoding="utf-8")
     data = directory / "report.json"
     data.write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
     return [page, data]

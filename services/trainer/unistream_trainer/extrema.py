@@ -511,6 +511,11 @@ class ExtremaTrainer:
             "scores": sum(len(s.rows) for s in self.scores.values()),
         }
 
+    def reset_scores(self) -> None:
+        """Forget the kept scores: :meth:`metrics` then describes only the labels from here on
+        (an offline evaluation scores each test block on its own)."""
+        self.scores = {tf: _Scores(self.scores[tf].maxlen) for tf in TIMEFRAMES}
+
     def metrics(self) -> dict[str, float]:
         """CleanRL-style metrics; per-timeframe keys only for timeframes with labels.
 
