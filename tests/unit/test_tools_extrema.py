@@ -3,20 +3,21 @@ trained on the labels known before it, learning frozen inside it."""
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
+import numpy as np
 import pytest
 from archives import archive_zip
 
+from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
 from unistream_tools.evaluate import (
+    PacketSource,
     extrema_order,
     extrema_summary,
     extrema_walk_forward,
     format_extrema,
     packets_from_archives,
     walk_forward_bounds,
+    with_trained_cnn,
 )
 from unistream_trainer.extrema import ExtremaTrainer, random_walk_extremum_rate
 
@@ -24,22 +25,22 @@ T0 = 1_740_000_000_000
 pytestmark = pytest.mark.heavy
 WINDOW = 16
 RATE = 0.25  # extrema steps per packet
-
-
-@functools.cache
-def packets(directory: Path) -> list[TrainingDataPacket]:
-    path = archive_zip(directory, "2025-02-19", 1, 900, T0, seed=4)
-    return packets_from_archives({"ETHUSDT": [path]}, window_bars=WINDOW).packets
+PUBLISHED: list[bytes] = []  # the walk's CNN per test block
 
 
 @pytest.fixture(scope="module")
-def walk(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[list[TrainingDataPacket], list[int], list[dict[str, float]]]:
-    ps = packets(tmp_path_factory.mktemp("archives"))
+def src(tmp_path_factory: pytest.TempPathFactory) -> PacketSource:
+    path = archive_zip(tmp_path_factory.mktemp("archives"), "2025-02-19", 1, 900, T0, seed=4)
+    return packets_from_archives({"ETHUSDT": [path]}, window_bars=WINDOW)
+
+
+@pytest.fixture(scope="module")
+def walk(src: PacketSource) -> tuple[list[TrainingDataPacket], list[int], list[dict[str, float]]]:
+    ps = src.packets
     bounds = walk_forward_bounds(ps, folds=2)
     starts = [ps[a].ts_event_ms for a, _ in bounds[1:]]
-    return ps, starts, extrema_walk_forward(ps, starts, WINDOW, RATE)
+    PUBLISHED.clear()
+    return ps, starts, extrema_walk_forward(ps, starts, WINDOW, RATE, published=PUBLISHED)
 
 
 def test_a_test_block_is_scored_by_the_model_trained_on_the_blocks_before_it_only(walk) -> None:  # type: ignore[no-untyped-def]
@@ -85,3 +86,31 @@ def test_the_summary_compares_each_head_with_the_base_rate_and_the_past_rule(wal
 def test_short_windows_take_the_largest_order_their_labels_fit() -> None:
     assert extrema_order(300) == {"1s": 5, "1m": 5, "1h": 5, "1d": 5}
     assert set(extrema_order(8).values()) == {3}
+
+
+def test_each_block_s_states_get_the_cnn_trained_before_it_and_nothing_else_changes(src: PacketSource, walk) -> None:  # type: ignore[no-untyped-def]
+    ps, starts, _ = walk
+    bounds = walk_forward_bounds(ps, folds=2)
+    seeded = ExtremaTrainer(window_bars=WINDOW).publish_bytes()  # the engine's own seeded CNN, as published
+    same = with_trained_cnn(ps, starts, [seeded, seeded], src.layouts, WINDOW)
+    layout = src.layouts["ETHUSDT"]
+    cnn = [layout.slice(f"ETHUSDT.cnn.{b}") for b in ("branch", "hidden", "predictions")]
+    for before, after in zip(ps, same, strict=True):  # recomputed from the state's windows: what the engine computed
+        a, b = codec.f32_from_bytes(before.state), codec.f32_from_bytes(after.state)
+        for part in cnn:
+            np.testing.assert_allclose(b[part], a[part], rtol=1e-5, atol=1e-6)
+    published = PUBLISHED
+    assert len(published) == 2 and published[0] != published[1] != seeded
+    trained = with_trained_cnn(ps, starts, published, src.layouts, WINDOW)
+    first = bounds[1][0]
+    assert trained[:first] == ps[:first], "the first block keeps the seeded CNN"
+    cnn_mask = np.zeros(layout.dim, bool)
+    for part in cnn:
+        cnn_mask[part] = True
+    changed = 0
+    for before, after in zip(ps[first:], trained[first:], strict=True):
+        a, b = codec.f32_from_bytes(before.state), codec.f32_from_bytes(after.state)
+        assert np.array_equal(a[~cnn_mask], b[~cnn_mask]), "windows, microstructure, time and position untouched"
+        changed += not np.array_equal(a[cnn_mask], b[cnn_mask])
+        assert after.model_version != before.model_version
+    assert changed == len(ps) - first

@@ -63,6 +63,7 @@ too little data for the requested folds (each block needs :data:`MIN_BLOCK_PACKE
 from __future__ import annotations
 
 import argparse
+import bisect
 import heapq
 import json
 import math
@@ -76,13 +77,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import torch
 
+from unistream_common import codec
 from unistream_common.keys import check_symbol
 from unistream_common.packets import Tick, TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, FeatureEngine
-from unistream_model.layout import DEFAULT_SYMBOLS
+from unistream_model.cnn import TIMEFRAMES as CNN_TIMEFRAMES
+from unistream_model.cnn import MtfCnnRunner, sha256_hex
+from unistream_model.layout import DEFAULT_SYMBOLS, StateLayout
 from unistream_model.mtf import DEFAULT_WINDOW_BARS
 from unistream_tools.report import write_report
 from unistream_tools.verdict import BlockPaths, Costs, Verdict, block_paths, format_verdict, judge, verdict_json
@@ -135,6 +140,7 @@ class PacketSource:
     state_dim: int
     seconds: float  # wall time of the build
     symbols: tuple[str, ...] = ()  # the engine's symbols, the deployed order
+    layouts: dict[str, StateLayout] = field(default_factory=dict)  # the engine's state layout per symbol
 
 
 def _check_files(paths: Sequence[str | Path]) -> None:
@@ -210,6 +216,7 @@ class BuildReport:
     rejected: dict[str, int] = field(default_factory=dict)  # trades the validators rejected, by reason
     rows: dict[str, int] = field(default_factory=dict)  # rows read per file
     malformed: dict[str, int] = field(default_factory=dict)  # malformed rows per file
+    layouts: dict[str, StateLayout] = field(default_factory=dict)  # the engine's state layout per symbol
 
 
 def build_packets(
@@ -247,6 +254,7 @@ def build_packets(
         FeatureConfig(symbols=symbols, window_bars=window_bars, bar_capacity=max(1_000, window_bars + 1)), cnn_seed,
         wall_ms,
     )  # fmt: skip
+    report.layouts = dict(engine.layouts)
     entries = 0
     next_report = 50_000
     streams = [_seconds_of(src, symbol, k) for k, (symbol, src) in enumerate(sources.items())]
@@ -318,6 +326,7 @@ def packets_from_archives(
         state_dim=kept[0].state_dim if kept else 0,
         seconds=time.perf_counter() - started,
         symbols=tuple(files),
+        layouts=report.layouts,
     )
 
 
@@ -454,6 +463,7 @@ def extrema_walk_forward(
     window_bars: int = DEFAULT_WINDOW_BARS,
     updates_per_packet: float = 0.2,
     seed: int = CNN_SEED,
+    published: list[bytes] | None = None,
 ) -> list[dict[str, float]]:
     """The CNN's extrema heads, walk-forward: per test block, the metrics of
     :class:`~unistream_trainer.extrema.ExtremaTrainer` on that block's labels alone, scored by the
@@ -463,7 +473,9 @@ def extrema_walk_forward(
     so not a strided subset); ``test_starts_ms``: the first time of each test block, ascending.
     The first block is trained on as the live trainer trains (``updates_per_packet`` steps per
     packet, interleaved); a test block's labels are scored first and trained on once it ends,
-    at the same rate, before the next block is scored.
+    at the same rate, before the next block is scored. ``published`` (when given) receives, per
+    test block, the CNN that scored it as the trainer publishes it (safetensors bytes): see
+    :func:`with_trained_cnn`.
     """
     trainer = ExtremaTrainer(
         window_bars=window_bars, order=extrema_order(window_bars), seed=seed, buffer_size=2_000, score_window=10**7
@@ -487,6 +499,8 @@ def extrema_walk_forward(
                 train(deferred)
                 deferred = 0.0
             trainer.reset_scores()
+            if published is not None:
+                published.append(trainer.publish_bytes())
             block += 1
         trainer.observe(p)
         if block == 0:
@@ -495,6 +509,63 @@ def extrema_walk_forward(
             deferred += updates_per_packet
     if block:
         out.append(trainer.metrics())
+    return out
+
+
+def with_trained_cnn(
+    packets: Sequence[TrainingDataPacket],
+    test_starts_ms: Sequence[int],
+    published: Sequence[bytes],
+    layouts: Mapping[str, StateLayout],
+    window_bars: int = DEFAULT_WINDOW_BARS,
+) -> list[TrainingDataPacket]:
+    """``packets`` with the CNN's blocks of their states (every symbol's branch features, hidden
+    layer and predictions) computed as the live features service would have: by the CNN the
+    trainer had trained when the packet was built. Block ``b >= 1`` (from ``test_starts_ms[b - 1]``
+    on) gets ``published[b - 1]``, trained on the labels of the blocks before it; the first block
+    keeps the seeded initialisation, as a fresh deployment does. The windows, microstructure and
+    the rest of each state are left as they are; ``layouts`` (per symbol, the engine's) say where
+    each block sits.
+    """
+    runner = MtfCnnRunner(CNN_SEED, 0, window_bars=window_bars)
+    out: list[TrainingDataPacket] = []
+    current = 0
+    for p in packets:
+        block = bisect.bisect_right(test_starts_ms, p.ts_event_ms)
+        if block == 0:
+            out.append(p)
+            continue
+        if block != current:
+            data = published[block - 1]
+            runner.load(data, sha256_hex(data), f"evaluate-block-{block}", 0, 0)
+            current = block
+        layout = layouts[p.symbol]
+        if p.state_dim != layout.dim or p.layout_version != f"{layout.version}/{layout.fingerprint}":
+            raise ValueError(f"{p.symbol} at {p.ts_event_ms}: the packet's layout is not the engine's")
+        state = codec.f32_from_bytes(p.state).copy()
+        symbols = layout.symbols
+        windows = np.stack(
+            [
+                np.stack([state[layout.slice(f"{s}.window.{tf}")].reshape(-1, window_bars) for tf in CNN_TIMEFRAMES])
+                for s in symbols
+            ]
+        )
+        version, branch, hidden, preds = runner.infer_with_version(windows)
+        for k, s in enumerate(symbols):
+            state[layout.slice(f"{s}.cnn.branch")] = branch[k]
+            state[layout.slice(f"{s}.cnn.hidden")] = hidden[k]
+            state[layout.slice(f"{s}.cnn.predictions")] = preds[k]
+        own = symbols.index(p.symbol)
+        out.append(
+            msgspec.structs.replace(
+                p,
+                state=codec.f32_to_bytes(state),
+                cnn_features=codec.f32_to_bytes(hidden[own]),
+                cnn_predictions=codec.f32_to_bytes(preds[own]),
+                model_version=version,
+                cnn_state="LOADED",
+            )
+        )
     return out
 
 
@@ -874,31 +945,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         extrema_blocks: list[dict[str, float]] = []
         extrema_s = 0.0
+        packets = src.packets
         if not args.no_extrema:
             started = time.perf_counter()
             bounds = walk_forward_bounds(src.packets, args.folds)
             starts = [src.packets[a].ts_event_ms for a, _ in bounds[1:]]
             every = src.packets if args.stride == 1 else build_packets(files, args.window_bars)
+            published: list[bytes] = []
             extrema_blocks = extrema_walk_forward(
-                every, starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed
+                every, starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed, published
             )
+            packets = with_trained_cnn(src.packets, starts, published, src.layouts, args.window_bars)
             extrema_s = time.perf_counter() - started
-            progress(f"extrema heads scored on {len(extrema_blocks)} test blocks in {extrema_s:.1f} s")
+            progress(
+                f"extrema heads trained and scored on {len(extrema_blocks)} test blocks, and each block's states "
+                f"given the CNN trained before it, in {extrema_s:.1f} s"
+            )
         started = time.perf_counter()
         results = walk_forward(
-            src.packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress,
+            packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress,
             slippage=costs.slippage, latency_ms=args.latency_ms,
         )  # fmt: skip
     except EvaluationError as exc:
         print(f"unistream evaluate: {exc}", file=sys.stderr)
         return 2
     train_s = time.perf_counter() - started
-    blocks = {s: walk_forward_blocks(src.packets, results, args.latency_ms, s) for s in src.symbols}
+    blocks = {s: walk_forward_blocks(packets, results, args.latency_ms, s) for s in src.symbols}
     verdicts: dict[str, Verdict] = {}
     rows: list[TableRow] = []
     for symbol in src.symbols:
         rows, verdicts[symbol] = summarize(
-            results, src.packets, costs, args.latency_ms, args.trials, blocks=blocks[symbol], symbol=symbol
+            results, packets, costs, args.latency_ms, args.trials, blocks=blocks[symbol], symbol=symbol
         )
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
     days = max(hours / 24, 1e-9)
