@@ -15,6 +15,7 @@ from unistream_tools.evaluate import (
     extrema_summary,
     extrema_walk_forward,
     format_extrema,
+    in_time_order,
     packets_from_archives,
     walk_forward_bounds,
     with_trained_cnn,
@@ -57,11 +58,16 @@ def test_a_test_block_is_scored_by_the_model_trained_on_the_blocks_before_it_onl
         if int(credit):
             fresh.train(int(credit))
             credit -= int(credit)
-    fresh.reset_scores()
+    fresh.reset_scores(from_ms=starts[0])
+    scored = 0
     for p in ps:
         if starts[0] <= p.ts_event_ms < starts[1]:
-            fresh.observe(p)
+            samples = fresh.observe(p)
+            scored += sum(s.bar_close_ms >= starts[0] and s.timeframe == "1s" for s in samples)
+            assert all(s.labelled_at_ms >= starts[0] for s in samples)
     assert fresh.metrics() == blocks[0]
+    # Bars that closed before the block but were labelled inside it are trained on, not scored (embargo).
+    assert blocks[0]["extrema/scored_1s"] == scored
     # Nothing after a block changes its scores: cut the data where the last block begins.
     cut = next(k for k, p in enumerate(ps) if p.ts_event_ms >= starts[1])
     assert extrema_walk_forward(ps[:cut], starts, WINDOW, RATE) == blocks[:1]
@@ -114,3 +120,17 @@ def test_each_block_s_states_get_the_cnn_trained_before_it_and_nothing_else_chan
         changed += not np.array_equal(a[cnn_mask], b[cnn_mask])
         assert after.model_version != before.model_version
     assert changed == len(ps) - first
+
+
+def test_packets_a_few_seconds_out_of_order_come_out_in_time_order() -> None:
+    def packet(symbol: str, t: int) -> TrainingDataPacket:
+        return TrainingDataPacket(symbol=symbol, ts_event_ms=t, price=1.0, source="REPLAY", state_dim=0, state=b"",
+                                  cnn_features=b"", cnn_predictions=b"", prediction_names=[], model_version="", window_fill=1.0)  # fmt: skip
+
+    arrived = [packet("ETHUSDT", 1_000), packet("ETHUSDT", 2_000), packet("BTCUSDT", 1_000), packet("ETHUSDT", 3_000),
+               packet("BTCUSDT", 2_000), packet("BTCUSDT", 3_000)]  # fmt: skip
+    out = list(in_time_order(arrived, slack_ms=1_500))
+    assert [(p.ts_event_ms, p.symbol) for p in out] == [
+        (1_000, "ETHUSDT"), (1_000, "BTCUSDT"), (2_000, "ETHUSDT"), (2_000, "BTCUSDT"), (3_000, "ETHUSDT"),
+        (3_000, "BTCUSDT"),
+    ]  # fmt: skip

@@ -15,11 +15,14 @@ all the symbols, as the features service is: a state holds every symbol's blocks
 for two symbols at 300 bars), its own symbol first. One packet per symbol and 1s bar. The DQN's
 hyperparameters are the trainer's settings (``UNISTREAM_DQN_*``, defaults included: a 256-256
 network, 4 updates per packet), one network trained on every symbol's packets in time order as
-the live trainer is; ``--hidden`` and ``--updates-per-packet`` override them. Still not as
-deployed: the CNN keeps its seeded, untrained initialisation (seed 7, the services' default; the
-live trainer trains its extrema heads), and there is no warm-up history (the windows fill from
-the files themselves: a few days leave the 1h and 1d windows mostly empty, as the state's
-warm-up values say).
+the live trainer is; ``--hidden`` and ``--updates-per-packet`` override them. The CNN is trained
+as the live trainer trains it (its extrema heads, ``UNISTREAM_EXTREMA_UPDATES_PER_PACKET`` steps
+per packet) and walk-forward: each block's states carry the CNN trained on the labels of the
+blocks before it, as the features service's states carry the CNN the trainer last published
+(the first block the seeded one; ``--no-extrema`` keeps the seeded CNN throughout). Still not
+as deployed: there is no warm-up history (the windows fill from the files themselves: a few days
+leave the 1h and 1d windows mostly empty, as the state's warm-up values say), and the CNN
+changes at block boundaries rather than at every merge.
 
 **Walk-forward.** The packets (every symbol's, in time order) are split into ``folds + 1``
 consecutive blocks of (nearly) equal length that never split a second, so the symbols' blocks
@@ -86,7 +89,7 @@ from unistream_common.keys import check_symbol
 from unistream_common.packets import Tick, TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, FeatureEngine
 from unistream_model.cnn import TIMEFRAMES as CNN_TIMEFRAMES
-from unistream_model.cnn import MtfCnnRunner, sha256_hex
+from unistream_model.cnn import ModelRejected, MtfCnnRunner, sha256_hex
 from unistream_model.layout import DEFAULT_SYMBOLS, StateLayout
 from unistream_model.mtf import DEFAULT_WINDOW_BARS
 from unistream_tools.report import write_report
@@ -291,6 +294,19 @@ def build_packets(
             report.rejected[reason] = report.rejected.get(reason, 0) + int(n)
 
 
+def in_time_order(packets: Iterable[TrainingDataPacket], slack_ms: int = 60_000) -> Iterator[TrainingDataPacket]:
+    """``packets`` put in time order, streaming: :func:`build_packets` yields one symbol's packets a
+    few seconds before another's of the same time at most, so a packet is held until one
+    ``slack_ms`` newer has come (ties: in arrival order, one symbol's packets never reorder)."""
+    held: list[tuple[int, int, TrainingDataPacket]] = []
+    for n, p in enumerate(packets):
+        heapq.heappush(held, (p.ts_event_ms, n, p))
+        while held[0][0] < p.ts_event_ms - slack_ms:
+            yield heapq.heappop(held)[2]
+    while held:
+        yield heapq.heappop(held)[2]
+
+
 def packets_from_archives(
     files: Mapping[str, Sequence[str | Path]],
     window_bars: int = DEFAULT_WINDOW_BARS,
@@ -473,7 +489,9 @@ def extrema_walk_forward(
     so not a strided subset); ``test_starts_ms``: the first time of each test block, ascending.
     The first block is trained on as the live trainer trains (``updates_per_packet`` steps per
     packet, interleaved); a test block's labels are scored first and trained on once it ends,
-    at the same rate, before the next block is scored. ``published`` (when given) receives, per
+    at the same rate, before the next block is scored. Only bars that close inside the block are
+    scored: one closing just before it is labelled inside it, but its neighbours' labels, known
+    before the block, were trained on (an embargo of k bars). ``published`` (when given) receives, per
     test block, the CNN that scored it as the trainer publishes it (safetensors bytes): see
     :func:`with_trained_cnn`.
     """
@@ -498,7 +516,7 @@ def extrema_walk_forward(
                 out.append(trainer.metrics())
                 train(deferred)
                 deferred = 0.0
-            trainer.reset_scores()
+            trainer.reset_scores(from_ms=test_starts_ms[block])
             if published is not None:
                 published.append(trainer.publish_bytes())
             block += 1
@@ -518,6 +536,7 @@ def with_trained_cnn(
     published: Sequence[bytes],
     layouts: Mapping[str, StateLayout],
     window_bars: int = DEFAULT_WINDOW_BARS,
+    log_rejected: Progress = _quiet,
 ) -> list[TrainingDataPacket]:
     """``packets`` with the CNN's blocks of their states (every symbol's branch features, hidden
     layer and predictions) computed as the live features service would have: by the CNN the
@@ -537,7 +556,10 @@ def with_trained_cnn(
             continue
         if block != current:
             data = published[block - 1]
-            runner.load(data, sha256_hex(data), f"evaluate-block-{block}", 0, 0)
+            try:
+                runner.load(data, sha256_hex(data), f"evaluate-block-{block}", 0, 0)
+            except ModelRejected as exc:  # the features service keeps the model it has, and so does this
+                log_rejected(f"block {block + 1}: the trained CNN was rejected ({exc}); its states keep the last one")
             current = block
         layout = layouts[p.symbol]
         if p.state_dim != layout.dim or p.layout_version != f"{layout.version}/{layout.fingerprint}":
@@ -804,8 +826,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "As deployed: the files' symbols (read from their names) through one features engine, the trainer's "
             "settings (UNISTREAM_DQN_*: a 256-256 network, 4 updates per packet) unless --hidden or "
-            "--updates-per-packet say otherwise. Not as deployed: the CNN is the seeded untrained one and there is "
-            "no warm-up history. --stride k keeps every k-th packet of each symbol as a decision point (a DQN step "
+            "--updates-per-packet say otherwise, the CNN's extrema heads trained walk-forward and each block's "
+            "states built with the CNN trained before it. Not as deployed: no warm-up history. --stride k keeps every k-th packet of each symbol as a decision point (a DQN step "
             "is then k seconds), cutting time and memory k-fold; the header gives the minutes per day of data. "
             "Exit 2: missing or unreadable files, a file whose symbol cannot be told, too little data for --folds "
             f"(each block needs {MIN_BLOCK_PACKETS} decision points of each symbol)."
@@ -950,12 +972,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             started = time.perf_counter()
             bounds = walk_forward_bounds(src.packets, args.folds)
             starts = [src.packets[a].ts_event_ms for a, _ in bounds[1:]]
-            every = src.packets if args.stride == 1 else build_packets(files, args.window_bars)
+            every = src.packets if args.stride == 1 else in_time_order(build_packets(files, args.window_bars))
             published: list[bytes] = []
             extrema_blocks = extrema_walk_forward(
                 every, starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed, published
             )
-            packets = with_trained_cnn(src.packets, starts, published, src.layouts, args.window_bars)
+            packets = with_trained_cnn(src.packets, starts, published, src.layouts, args.window_bars, progress)
             extrema_s = time.perf_counter() - started
             progress(
                 f"extrema heads trained and scored on {len(extrema_blocks)} test blocks, and each block's states "

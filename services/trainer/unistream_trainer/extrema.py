@@ -329,6 +329,7 @@ class ExtremaTrainer:
         self.last_losses: dict[str, float] = {}
         self.events: Counter[str] = Counter()
         self._symbols: OrderedDict[str, _SymbolState] = OrderedDict()
+        self._score_from_ms = 0  # bars closing earlier are trained on, not scored (see reset_scores)
         self._input_size = N_TIMEFRAMES * N_CHANNELS * window_bars
 
     # --- weights ---------------------------------------------------------------------------------
@@ -446,7 +447,8 @@ class ExtremaTrainer:
                 past_top=past_top,
                 past_bottom=past_bottom,
             )
-            self.scores[tf].add(sample)
+            if bar_ms >= self._score_from_ms:
+                self.scores[tf].add(sample)
             self.buffer.add(inputs, ti, ext, dirn)
             self.class_counts[ti, ext] += 1
             self.labelled[tf] += 1
@@ -511,10 +513,13 @@ class ExtremaTrainer:
             "scores": sum(len(s.rows) for s in self.scores.values()),
         }
 
-    def reset_scores(self) -> None:
-        """Forget the kept scores: :meth:`metrics` then describes only the labels from here on
-        (an offline evaluation scores each test block on its own)."""
+    def reset_scores(self, from_ms: int = 0) -> None:
+        """Forget the kept scores: :meth:`metrics` then describes only the labels from here on, and
+        only those of bars closing at ``from_ms`` or later (an offline evaluation scores each test
+        block on its own: a bar that closed before the block, labelled inside it, is a neighbour
+        of the labels trained on just before, and is trained on but not scored)."""
         self.scores = {tf: _Scores(self.scores[tf].maxlen) for tf in TIMEFRAMES}
+        self._score_from_ms = from_ms
 
     def metrics(self) -> dict[str, float]:
         """CleanRL-style metrics; per-timeframe keys only for timeframes with labels.
