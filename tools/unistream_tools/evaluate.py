@@ -773,6 +773,11 @@ def format_report(rows: Sequence[TableRow], verdicts: Mapping[str, Verdict], hea
         "",
         format_table(rows, confidence=CONFIDENCE),
     ]
+    if "sharpe" not in {r.metric for r in rows}:
+        lines.append(
+            "(no sharpe row: the paper trader's Sharpe needs 3 complete hours in a block; see the Sharpe of the "
+            "block returns in the verdict)"
+        )
     if extrema:
         lines += ["", extrema]
     for symbol, verdict in verdicts.items():
@@ -995,9 +1000,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks = {s: walk_forward_blocks(packets, results, args.latency_ms, s) for s in src.symbols}
     verdicts: dict[str, Verdict] = {}
     rows: list[TableRow] = []
+    # The paper trader's Sharpe rests on three complete hours or more (0 before): on shorter blocks
+    # the row would read 0 [0, 0]; the verdict gives the Sharpe of the block returns instead.
+    metrics = [m for m in TABLE_METRICS if m != "sharpe" or min(r.metrics["paper/sharpe_hours"] for r in results) >= 3]
     for symbol in src.symbols:
         rows, verdicts[symbol] = summarize(
-            results, packets, costs, args.latency_ms, args.trials, blocks=blocks[symbol], symbol=symbol
+            results, packets, costs, args.latency_ms, args.trials, metrics, blocks=blocks[symbol], symbol=symbol
         )
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
     days = max(hours / 24, 1e-9)
