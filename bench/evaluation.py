@@ -3,8 +3,8 @@
 - ``evaluate_s_per_day``: seconds ``unistream evaluate`` needs per day of data at its defaults,
   the deployed configuration (two symbols through one features engine, 300-bar windows, the
   trainer's network and update rate: 256-256, 4 updates per packet), stride 1, one seed and one
-  fold, on two synthetic archive files of ``MINUTES`` minutes (a random walk, ~2 trades/s per
-  symbol): the build and the walk-forward measured, scaled by the data's span (what the tool's
+  fold, on two synthetic archive files of ``MINUTES`` minutes (:mod:`unistream_tools.synthetic`'s
+  random walk, ~3 trades/s per symbol): the build and the walk-forward measured, scaled by the data's span (what the tool's
   own ``data.seconds_per_day`` reports). Reference: ``evaluate_standin_s_per_day``, the same
   files with the network the tool evaluated before it ran the deployed one (``--hidden 64
   --updates-per-packet 1``). Each runs once (about a minute and ten seconds here).
@@ -16,40 +16,22 @@ import asyncio
 import contextlib
 import io
 import json
-import math
-import random
 import tempfile
-import zipfile
 from pathlib import Path
 
 MINUTES = 5
-T0_MS = 1_740_000_000_000
+T0_MS = 1_739_923_200_000  # 2025-02-19 00:00 UTC
+SYMBOLS = ("ETHUSDT", "BTCUSDT")
 MAX_RUNS: dict[str, int] = {"evaluate_s_per_day": 1, "evaluate_standin_s_per_day": 1}
 NOTES: dict[str, list[str]] = {}
 
 
-def _archive(directory: Path, symbol: str, price: float, seed: int) -> Path:
-    """A trades .zip as data.binance.vision serves it: a random walk of ``MINUTES`` minutes."""
-    rnd = random.Random(seed)
-    rows, trade_id = [], 1
-    for sec in range(MINUTES * 60):
-        for ms in sorted(rnd.randrange(1_000) for _ in range(rnd.randrange(0, 5))):
-            price *= math.exp(rnd.gauss(0.0, 0.0005))
-            maker = "true" if rnd.random() < 0.5 else "false"
-            rows.append(f"{trade_id},{price:.2f},{rnd.uniform(0.001, 2):.4f},1.0,{(T0_MS + sec * 1000 + ms) * 1000},"
-                        f"{maker},true\n")  # fmt: skip
-            trade_id += 1
-    path = directory / f"{symbol}-trades-2025-02-19.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(path.with_suffix(".csv").name, "".join(rows))
-    return path
-
-
 def _seconds_per_day(extra: list[str]) -> tuple[float, dict[str, float]]:
     from unistream_tools.evaluate import main
+    from unistream_tools.synthetic import write_archive
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = [_archive(Path(tmp), "ETHUSDT", 2_500.0, 1), _archive(Path(tmp), "BTCUSDT", 60_000.0, 2)]
+        files = [write_archive(Path(tmp), s, T0_MS, MINUTES * 60, planted=False, seed=k) for k, s in enumerate(SYMBOLS)]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(["--path", *map(str, files), "--seeds", "1", "--folds", "1", "--json", *extra])
