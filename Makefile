@@ -52,7 +52,7 @@ run: venv system ## run Redis and every service locally (ARGS="--scale trainer=2
 test: venv system ## the whole test suite (two workers; TEST_WORKERS=0 runs it in one process)
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 2-5 runs; bench-results/*.json; ~9 min)
+bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 1-5 runs; bench-results/*.json; ~10.5 min)
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
 chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and poison; fails on any loss (~10 min)

@@ -88,13 +88,14 @@ Rows (ticks/s unless stated):
 - ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
   refresh (INFO commandstats over the tab's window, the feeder's and the idle rate taken off,
   divided by the fragment runs the browser received).
-The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in ``bench/aggregator.py``, the features rows in ``bench/features.py``
-(at most ``MAX_RUNS`` = 3 runs each: one pass over them takes ~50 s), the trainer rows in
-``bench/trainer.py`` (3 runs of the in-process rows, 2 of the process rows: ~3.5 min in all), the
-dashboard rows in ``bench/dashboard.py`` (2 runs of the ready rows, two 6 s windows per page of
-the CPU rows: ~3 min); rows that start processes or wait on the clock run 3 times, the quick
-in-process ones ``--repeat`` (5) times. The whole run: ~9 min on this 2-core machine;
-``--only`` takes row names. A goal marked ``x`` compares the ratio to the row's reference.
+The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in
+``bench/aggregator.py``, the features rows in ``bench/features.py`` (at most ``MAX_RUNS`` = 3 runs
+each: one pass over them takes ~50 s), the trainer rows in ``bench/trainer.py`` (3 runs of the
+in-process rows, 2 of the process rows: ~3.5 min in all), the dashboard rows in
+``bench/dashboard.py`` (2 runs of the ready rows, two 6 s windows per page of the CPU rows: ~3 min);
+rows that start processes or wait on the clock run 3 times, the quick in-process ones ``--repeat``
+(5) times. The whole run: ~10.5 min on this 2-core machine; ``--only`` takes row names. A goal
+marked ``x`` compares the ratio to the row's reference.
 """
 
 from __future__ import annotations
