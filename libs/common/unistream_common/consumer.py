@@ -333,12 +333,13 @@ class GroupConsumer:
             self.streams.remove(stream)
         self.held = {ref for ref in self.held if ref[0] != stream}
 
-    async def take_over_pending(self, stream: str, deliver: bool = False) -> int:
+    async def take_over_pending(self, stream: str) -> int:
         """Claim the entries of ``stream`` pending on other consumers of the group; how many.
 
-        Delivery counts are kept (JUSTID). With ``deliver`` they are also handed to the callback
-        now, oldest first; without, the next read of this consumer's own pending entries (as
-        :meth:`add_stream` does) delivers them.
+        Delivery counts are kept (JUSTID). The next read of this consumer's own pending entries
+        (as :meth:`add_stream` does) delivers them, in stream order with the rest of its pending
+        ones: handing them to the callback apart could put them out of order with a batch read
+        but not yet delivered.
         """
         cmd, claimed, start = self.runtime.cmd, 0, "-"
         while True:
@@ -347,9 +348,6 @@ class GroupConsumer:
             if ids:
                 await cmd.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
                 claimed += len(ids)
-                if deliver:
-                    entries = [(s(e[0]), e[1]) for eid in ids for e in await cmd.xrange(stream, min=eid, max=eid)]
-                    await self._deliver([(stream, entries)], await self._deliveries(stream, entries))
             if len(rows) < 1_000:
                 return claimed
             start = "(" + s(rows[-1]["message_id"])
