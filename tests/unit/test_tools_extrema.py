@@ -134,3 +134,28 @@ def test_packets_a_few_seconds_out_of_order_come_out_in_time_order() -> None:
         (1_000, "ETHUSDT"), (1_000, "BTCUSDT"), (2_000, "ETHUSDT"), (2_000, "BTCUSDT"), (3_000, "ETHUSDT"),
         (3_000, "BTCUSDT"),
     ]  # fmt: skip
+
+
+def test_with_two_symbols_one_cnn_pass_a_second_fills_both_packets_as_the_engine_did(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    directory = tmp_path_factory.mktemp("pair")
+    files = {
+        "ETHUSDT": [archive_zip(directory, "2025-02-19", 1, 240, T0, seed=5)],
+        "BTCUSDT": [archive_zip(directory, "2025-02-19", 1, 240, T0, seed=6, symbol="BTCUSDT", price=60_000.0)],
+    }
+    pair = packets_from_archives(files, window_bars=WINDOW)
+    seeded = ExtremaTrainer(window_bars=WINDOW).publish_bytes()
+    start = pair.packets[len(pair.packets) // 2].ts_event_ms
+    rebuilt = with_trained_cnn(pair.packets, [start], [seeded], pair.layouts, WINDOW)
+    parts = ("branch", "hidden", "predictions")
+    checked = 0
+    for before, after in zip(pair.packets, rebuilt, strict=True):
+        layout = pair.layouts[before.symbol]
+        a, b = codec.f32_from_bytes(before.state), codec.f32_from_bytes(after.state)
+        for s in ("ETHUSDT", "BTCUSDT"):  # each symbol's blocks, wherever the packet's layout puts them
+            for part in parts:
+                cut = layout.slice(f"{s}.cnn.{part}")
+                np.testing.assert_allclose(b[cut], a[cut], rtol=1e-5, atol=1e-6)
+        checked += before.ts_event_ms >= start
+    assert checked > 200
