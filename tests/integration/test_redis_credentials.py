@@ -240,7 +240,11 @@ def test_what_services_commit_in_transactions_survives_a_redis_restart(tmp_path:
     # commands against that user's rules (redis/redis#14541): with a default user that may only
     # PING, every transaction was dropped at a restart while plain writes came back, so the
     # aggregator's bars, checkpoints and acknowledgements vanished and the ticks stayed.
-    server = start_redis(tmp_path / "redis", appendonly=True, extra_args=redis_arguments(COMPOSE, SECRETS))
+    # Compose's `everysec` may postpone a write(2) while the last fsync runs (a busy disk), so a
+    # SIGKILL can lose the last second of either kind of write: documented durability, not the
+    # question here. `always` (the last argument wins) writes every reply's commands first.
+    arguments = [*redis_arguments(COMPOSE, SECRETS), "--appendfsync", "always"]
+    server = start_redis(tmp_path / "redis", appendonly=True, extra_args=arguments)
     aggregator = redis.Redis.from_url(compose_url("aggregator", server.port))
     aggregator.xadd(keys.ticks("ETHUSDT"), {"tick": "1"})
     with aggregator.pipeline(transaction=True) as pipe:
@@ -252,8 +256,7 @@ def test_what_services_commit_in_transactions_survives_a_redis_restart(tmp_path:
         server.kill()
     else:
         server.stop()
-    server = start_redis(tmp_path / "redis", port=server.port, appendonly=True,
-                         extra_args=redis_arguments(COMPOSE, SECRETS))  # fmt: skip
+    server = start_redis(tmp_path / "redis", port=server.port, appendonly=True, extra_args=arguments)
     try:
         admin = admin_client(server)
         assert admin.xlen(keys.ticks("ETHUSDT")) == 1
