@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
@@ -27,6 +28,7 @@ from unistream_trainer.dqn import (
     soft_update,
     td_loss,
     train_step,
+    upgrade_state_dict,
 )
 
 torch.set_num_threads(1)
@@ -115,6 +117,32 @@ def test_dueling_q_network_advantages_average_to_the_state_value():
     v = net.value(net.trunk(obs))
     assert q.shape == (4, 3)
     torch.testing.assert_close(q.mean(dim=1, keepdim=True), v)
+
+
+def linear_layout(net: QNetwork) -> dict[str, torch.Tensor]:
+    """``net``'s weights as saved before the first layer kept its weight (in, out): nn.Linear's names and layout."""
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["trunk.0.weight"] = state.pop("trunk.0.weight_in_out").t().contiguous()
+    return state
+
+
+def test_the_first_layer_computes_what_nn_linear_computes_and_weights_saved_in_its_layout_load():
+    torch.manual_seed(3)
+    net = QNetwork(7, (5, 4))
+    torch.manual_seed(3)
+    as_before = nn.Sequential(nn.Linear(7, 5))  # the same draws, in the order QNetwork makes them
+    first = net.trunk[0]
+    torch.testing.assert_close(first.weight_in_out, as_before[0].weight.t())
+    torch.testing.assert_close(first.bias, as_before[0].bias)
+    obs = torch.randn(6, 7)
+    torch.testing.assert_close(first(obs), as_before(obs))
+    old = linear_layout(net)
+    assert set(upgrade_state_dict(old)) == set(net.state_dict())
+    other = QNetwork(7, (5, 4))
+    other.load_state_dict(upgrade_state_dict(old), strict=True)
+    torch.testing.assert_close(other(obs), net(obs))
+    current = net.state_dict()
+    assert upgrade_state_dict(current) is current
 
 
 def test_one_gradient_step_reduces_the_td_loss_on_a_fixed_batch():
@@ -302,6 +330,12 @@ def test_merged_weights_are_adopted_when_they_fit_and_wait_for_the_first_packet(
     other = TrainerCore(small_hp())
     other.observe(packet(1, 100.0, dim=7), [packet(0, 100.0, dim=7)])
     assert other.adopt(weights, "x") is False and other.events["weights_not_fitting"] == 1
+    # weights a replica of the previous release publishes (nn.Linear's layout of the first layer) fit too
+    older = TrainerCore(small_hp())
+    older.observe(packet(1, 100.0), [packet(0, 100.0)])
+    assert older.adopt(linear_layout(donor.agent.q_network), "dqn-r0000002") is True  # type: ignore[union-attr]
+    for name, tensor in weights.items():
+        assert torch.equal(older.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
 
 
 # --- checkpoints ------------------------------------------------------------------------------

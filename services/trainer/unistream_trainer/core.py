@@ -48,6 +48,7 @@ from unistream_trainer.dqn import (
     Hyperparameters,
     NStepTransition,
     n_step_return,
+    upgrade_state_dict,
 )
 
 POSITION_INDEX = {p: i for i, p in enumerate(ACTION_POSITION)}
@@ -243,6 +244,7 @@ class TrainerCore:
             self.pending_weights = (tensors, version)
             return False
         self.pending_weights = None
+        tensors = upgrade_state_dict(tensors)
         own = self.agent.q_network.state_dict()
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
             self.events["weights_not_fitting"] += 1

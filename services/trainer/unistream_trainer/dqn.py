@@ -108,6 +108,38 @@ class Hyperparameters:
 # --- the Q-network ------------------------------------------------------------------------------
 
 
+class InputLayer(nn.Module):
+    """The first affine layer, its weight stored (in_features, out_features): ``x @ weight + bias``.
+
+    It holds nearly all the network's parameters (13,451 x 256) and most of an update's time. Stored
+    the other way round, as ``nn.Linear`` stores it, the weight's gradient is ``grad_out.T @ x``: a
+    GEMM with a transposed left operand and an output 13,451 wide, which ran at half the speed of
+    ``x.T @ grad_out`` here (13.4 ms against 7.4 ms, one thread, batch 64); the forward passes cost
+    the same either way. :func:`upgrade_state_dict` reads weights saved in ``nn.Linear``'s layout.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        # nn.Linear's initialisation (Kaiming uniform, a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), drawn
+        # in its layout and transposed, so a seed gives the same network as before.
+        reference = nn.Linear(in_features, out_features)
+        self.weight_in_out = nn.Parameter(reference.weight.detach().t().contiguous())
+        self.bias = nn.Parameter(reference.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.weight_in_out)
+
+
+def upgrade_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Q-network weights saved before :class:`InputLayer` (``trunk.0.weight``, out x in) in today's names
+    and layout (``trunk.0.weight_in_out``, in x out); other dicts are returned as they are."""
+    if "trunk.0.weight" not in tensors or "trunk.0.weight_in_out" in tensors:
+        return tensors
+    out = {k: v for k, v in tensors.items() if k != "trunk.0.weight"}
+    out["trunk.0.weight_in_out"] = tensors["trunk.0.weight"].t().contiguous()
+    return out
+
+
 class QNetwork(nn.Module):
     """Dueling MLP: shared ReLU layers, then Q(s, a) = V(s) + A(s, a) - mean_a A(s, a)."""
 
@@ -116,7 +148,7 @@ class QNetwork(nn.Module):
         layers: list[nn.Module] = []
         width = obs_dim
         for h in hidden_sizes:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [InputLayer(width, h) if not layers else nn.Linear(width, h), nn.ReLU()]
             width = h
         self.trunk = nn.Sequential(*layers)
         self.value = nn.Linear(width, 1)
@@ -409,6 +441,7 @@ class DQNAgent:
         return out
 
     def load_q_network(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Resume from saved online weights; the target network starts as a copy of them."""
+        """Resume from saved online weights (either layout of the first layer); the target network starts as a copy."""
+        state_dict = upgrade_state_dict(state_dict)
         self.q_network.load_state_dict(state_dict, strict=True)
         self.target_network.load_state_dict(state_dict, strict=True)
