@@ -455,6 +455,23 @@ def test_sharpe_is_na_under_three_completed_hours_and_names_its_hours_under_a_da
     assert training.fmt_stat(None, "num") == "n/a"
 
 
+def test_the_edge_verdict_reads_the_interval_and_waits_for_three_hours() -> None:
+    def values(**metrics: float) -> dict[str, Value]:
+        return {f"paper/{k}": Value(v, T0, "trainer-0") for k, v in metrics.items()}
+
+    assert training.edge_verdict({}, "random").endswith("n/a, needs 3 completed hours (0 so far).")
+    assert "(2 so far)" in training.edge_verdict(values(edge_random_hours=2.0), "random")
+    none = values(edge_random=0.0004, edge_random_low=-0.001, edge_random_high=0.0018, edge_random_hours=7.0)
+    assert training.edge_verdict(none, "random").endswith(
+        "+0.0004 log return per hour, 95 % interval [-0.001, +0.0018] over 7 h: **no difference shown**."
+    )
+    assert training.edge_verdict(none, "random").startswith("Policy vs the random baseline (its own trades")
+    worse = values(edge_flat=-0.002, edge_flat_low=-0.003, edge_flat_high=-0.001, edge_flat_hours=4.0)
+    assert training.edge_verdict(worse, "flat").endswith("over 4 h: **worse**.")
+    better = values(edge_flat=0.002, edge_flat_low=0.001, edge_flat_high=0.003, edge_flat_hours=4.0)
+    assert training.edge_verdict(better, "flat").endswith("**better**.")
+
+
 # --------------------------------------------------------------------------- pages (AppTest)
 
 
@@ -629,7 +646,9 @@ def _write_training(conn: redis.Redis, now: int) -> None:
                 "paper/random_pnl": -0.002 * k, "paper/sharpe": 1.25, "paper/max_drawdown": 0.05,
                 "paper/win_rate": 0.55, "paper/trades_per_hour": 12.0, "paper/fee_share": 0.2,
                 "paper/hours": 0.25 + k, "paper/sharpe_hours": 3.0 + k, "merge/duration_ms": 42.0,
-                "merge/members": 2.0,
+                "merge/members": 2.0, "paper/gross_pnl": 0.03 * k,
+                "paper/edge_random": 0.0004, "paper/edge_random_low": -0.001, "paper/edge_random_high": 0.0018,
+                "paper/edge_random_hours": 3.0 + k, "paper/edge_flat_hours": 2.0,
             }  # fmt: skip
             sizes = {"sensitivity/chosen_size_0": 0.6, "sensitivity/chosen_size_0.5": 0.4} if k == 2 else {}
             packets.append(
@@ -676,6 +695,19 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
     stats = {m.label: m.value for m in at.metric}
     assert stats["Sharpe (5 h)"] == "1.25" and stats["Max drawdown"] == "5.0 %" and stats["Win rate"] == "55.0 %"
     assert stats["Trades / hour"] == "12" and stats["Fee share"] == "20.0 %" and stats["PnL (log)"] == "0.02"
+    assert stats["Gross PnL (log)"] == "0.06"
+    verdicts = [m.value for m in at.markdown if m.value.startswith("Policy vs ")]
+    assert verdicts == [
+        training.edge_verdict(
+            {
+                "paper/edge_random": Value(0.0004, 0, ""), "paper/edge_random_low": Value(-0.001, 0, ""),
+                "paper/edge_random_high": Value(0.0018, 0, ""), "paper/edge_random_hours": Value(5.0, 0, ""),
+            },
+            "random",
+        ),
+        "Policy vs staying flat: n/a, needs 3 completed hours (2 so far).",
+    ]  # fmt: skip
+    assert "over 5 h: **no difference shown**." in verdicts[0]
     assert stats["Sensitivity edge (mean reward over the baseline's)"] == "+0.003"
     extrema = _traces(charts["training-extrema-top"])
     assert extrema["PR-AUC top"]["x"] == ["1s", "1m"] and extrema["PR-AUC top"]["y"] == [0.4, 0.3]

@@ -246,6 +246,56 @@ def test_the_random_baseline_is_the_policy_s_own_trades_out_of_time_so_it_pays_t
     assert PaperBook(fee=FEE, seed=2).lag_ms != book.lag_ms, "seeded per book"
 
 
+def _hourly_run(prices: np.ndarray, targets: np.ndarray, seed: int = 1) -> dict[str, float]:
+    """One step a second from an hour boundary, the default execution (1 s latency, 2 bps)."""
+    book = PaperBook(fee=FEE, seed=seed)
+    start = T0 - T0 % HOUR
+    for k, (p, a) in enumerate(zip(prices, targets, strict=True)):
+        book.step(start + 1000 * k, float(p), float(a))
+    return book.metrics()
+
+
+def test_the_hourly_edge_over_a_baseline_is_the_mean_and_interval_of_the_hourly_differences():
+    rng = np.random.default_rng(21)
+    n = 6 * 3_600 + 10  # six complete hours and a few seconds of the seventh
+    prices = 100 * np.exp(np.cumsum(rng.normal(0, 0.0005, n)))
+    targets = np.repeat(rng.choice([0, 1, -1], size=n // 600 + 1), 600)[:n]  # a change every ten minutes
+    m = _hourly_run(prices, targets)
+    assert m["paper/edge_random_hours"] == 6 and m["paper/edge_flat_hours"] == 6
+    # flat earns nothing, so the edge over flat is the policy's own hourly return: rebuilt from the curve
+    book = PaperBook(fee=FEE, seed=1)
+    for k, (p, a) in enumerate(zip(prices, targets, strict=True)):
+        book.step(T0 - T0 % HOUR + 1000 * k, float(p), float(a))
+    hours = book.policy.curve.completed_hours()
+    iv = mean_ci(hours)
+    assert (m["paper/edge_flat"], m["paper/edge_flat_low"], m["paper/edge_flat_high"]) == pytest.approx(
+        (iv.value, iv.low, iv.high)
+    )
+    random_hours = book.baselines["random"].curve.completed_hours()
+    assert m["paper/edge_random"] == pytest.approx(np.mean(np.subtract(hours, random_hours)))
+    # under three completed hours: only the count
+    short = _hourly_run(prices[: 2 * 3_600 + 5], targets[: 2 * 3_600 + 5])
+    assert short["paper/edge_random_hours"] == 2 and "paper/edge_random" not in short
+
+
+def test_the_hourly_edge_over_the_matched_random_baseline_finds_foresight_and_not_churn_on_noise():
+    rng = np.random.default_rng(22)
+    n = 12 * 3_600 + 1
+    steps = rng.normal(0, 0.0005, n)
+    prices = 100 * np.exp(np.cumsum(steps))
+    # churn on noise: a new position every ~20 s, blind to the future; the random baseline pays the same costs
+    blind = np.repeat(rng.choice([0, 1, -1], size=n // 20 + 1), 20)[:n]
+    churn = _hourly_run(prices, blind)
+    assert churn["paper/edge_random_low"] < 0 < churn["paper/edge_random_high"], churn
+    assert churn["paper/edge_flat_high"] < 0, "fees make churning worse than staying flat"
+    # foresight: the sign of the move ten seconds ahead, held from a decision filled a second later
+    # (decided at 10 j, filled at 10 j + 1, held until the next fill at 10 j + 11)
+    log_price = np.concatenate([np.log(prices), np.full(12, np.log(prices[-1]))])
+    ahead = np.sign(log_price[np.arange(n) + 11] - log_price[np.arange(n) + 1])
+    seeing = np.repeat(ahead[::10], 10)[:n]
+    assert _hourly_run(prices, seeing)["paper/edge_random_low"] > 0
+
+
 def test_a_decision_fills_after_the_latency_at_the_price_then_and_pays_the_slippage_too():
     book = PaperBook(fee=FEE, latency_ms=1_000, slippage=0.0002)
     book.step(T0, 100.0, 1)  # decided at 100: fills at the next step's price

@@ -71,6 +71,7 @@ PAPER_LINES: dict[str, str] = {
 }
 PAPER_STATS: tuple[tuple[str, str, str], ...] = (
     # (label, metric, format: "num" | "pct")
+    ("Gross PnL (log)", "paper/gross_pnl", "num"),
     ("Sharpe", "paper/sharpe", "num"),
     ("Max drawdown", "paper/max_drawdown", "pct"),
     ("Win rate", "paper/win_rate", "pct"),
@@ -324,6 +325,38 @@ def sharpe_value(sharpe: float | None, hours: float | None) -> float | None:
     return sharpe
 
 
+EDGE_LABELS: dict[str, str] = {
+    "random": "the random baseline (its own trades, out of time: same turnover and costs)",
+    "flat": "staying flat",
+}
+EDGE_KEYS: tuple[str, ...] = tuple(
+    f"paper/edge_{name}{suffix}" for name in EDGE_LABELS for suffix in ("", "_low", "_high", "_hours")
+)
+
+
+def edge_verdict(values: Mapping[str, Value], name: str) -> str:
+    """One sentence: the policy's net return less baseline ``name``'s per completed hour, its 95 %
+    interval over the hours (the trainer's ``paper/edge_<name>*``) and what that interval allows
+    one to say; or how many hours it still needs."""
+    label = EDGE_LABELS[name]
+    hours_v = values.get(f"paper/edge_{name}_hours")
+    mean, low, high = (values.get(f"paper/edge_{name}{s}") for s in ("", "_low", "_high"))
+    if mean is None or low is None or high is None:
+        have = f"{hours_v.value:.0f}" if hours_v else "0"
+        return f"Policy vs {label}: n/a, needs {SHARPE_MIN_HOURS} completed hours ({have} so far)."
+    hours = f"{hours_v.value:.0f} h" if hours_v else "its hours"
+    if low.value > 0:
+        word = "better"
+    elif high.value < 0:
+        word = "worse"
+    else:
+        word = "no difference shown"
+    return (
+        f"Policy vs {label}: {mean.value:+.3g} log return per hour, 95 % interval "
+        f"[{low.value:+.3g}, {high.value:+.3g}] over {hours}: **{word}**."
+    )
+
+
 def fmt_stat(value: float | None, kind: str) -> str:
     """A paper statistic for st.metric: ``pct`` as ``12.3 %``, ``num`` with 3 significant digits."""
     if value is None:
@@ -507,7 +540,8 @@ def _paper_panel(settings: DashboardSettings) -> None:
             _no_metrics()
     else:
         values = newest_values(
-            read.metrics, [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()) + [PAPER_HOURS, SHARPE_HOURS]
+            read.metrics,
+            [key for _, key, _ in PAPER_STATS] + list(PAPER_LINES.values()) + [PAPER_HOURS, SHARPE_HOURS, *EDGE_KEYS],
         )
         pnl, hold = values.get(PAPER_LINES["policy"]), values.get(PAPER_LINES["buy & hold"])
         columns = st.columns(len(PAPER_STATS) + 1)
@@ -532,7 +566,15 @@ def _paper_panel(settings: DashboardSettings) -> None:
                     ),
                 )
                 continue
-            column.metric(label, fmt_stat(v.value if v else None, kind))
+            help_text = (
+                "Before costs: what the positions earned, fees and slippage not taken off."
+                if (key == "paper/gross_pnl")
+                else None
+            )
+            column.metric(label, fmt_stat(v.value if v else None, kind), help=help_text)
+        with st.container(key="training-paper-edge"):
+            for name in EDGE_LABELS:
+                st.markdown(edge_verdict(values, name))
         baselines = [label for label in series if label != "policy"]
         _plot(
             charts.lines_figure(

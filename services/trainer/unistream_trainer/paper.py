@@ -47,7 +47,11 @@ of closed trades whose net return is > 0; 0 without closed trades, see ``trades`
 ``trades_per_hour`` (closed trades per hour of event time between the first and the last step),
 ``fee_share`` (``fees / (|gross_pnl| + fees)``, fees meaning every cost paid, slippage included: 0
 without costs, 1/2 when they equal the gross PnL in size, 1 when the gross PnL is 0), and
-``pnl``/``sharpe``/``max_drawdown`` of each baseline as ``paper/<baseline>_<metric>``.
+``pnl``/``sharpe``/``max_drawdown`` of each baseline as ``paper/<baseline>_<metric>``, and
+``edge_random``/``edge_flat`` (with ``_low``, ``_high``, ``_hours``): the policy's net return less
+the turnover-matched random baseline's (less nothing: flat's) per completed hour, the mean and its
+95 % Student-t interval over the hours, from :data:`SHARPE_MIN_HOURS` completed hours on (what the
+dashboard's Training page judges the live policy by; offline, :mod:`unistream_tools.verdict`).
 
 Several symbols: :class:`PaperPortfolio`, one book per symbol, capital split equally among the
 symbols seen so far (see there).
@@ -257,6 +261,24 @@ def _curve_metrics(curve: _Curve, prefix: str) -> dict[str, float]:
     }
 
 
+EDGES: tuple[str, ...] = ("random", "flat")  # baselines the policy's hourly edge is measured against
+
+
+def _edge_metrics(policy: _Curve, baseline: _Curve, name: str, confidence: float = 0.95) -> dict[str, float]:
+    """``paper/edge_<name>[_low|_high|_hours]``: the policy's net return less ``baseline``'s per completed
+    hour, its mean and Student-t interval over the hours (live, the hour is the unit of replication,
+    as the test block is offline); only ``_hours`` until :data:`SHARPE_MIN_HOURS` are complete."""
+    p, b = policy.completed_hours(), baseline.completed_hours()
+    n = min(len(p), len(b))
+    out = {f"paper/edge_{name}_hours": float(n)}
+    if n >= SHARPE_MIN_HOURS:
+        iv = mean_ci([x - y for x, y in zip(p[len(p) - n :], b[len(b) - n :], strict=True)], confidence)
+        out.update(
+            {f"paper/edge_{name}": iv.value, f"paper/edge_{name}_low": iv.low, f"paper/edge_{name}_high": iv.high}
+        )
+    return out
+
+
 # --- one symbol ---------------------------------------------------------------------------------
 
 
@@ -345,6 +367,8 @@ class PaperBook:
         )
         for name, ledger in self.baselines.items():
             out.update(_curve_metrics(ledger.curve, f"paper/{name}_"))
+        for name in EDGES:
+            out.update(_edge_metrics(p.curve, self.baselines[name].curve, name))
         out["paper/random_position_changes"] = float(self.baselines["random"].changes)
         return out
 
@@ -444,8 +468,11 @@ class PaperPortfolio:
                 "paper/sharpe_hours": float(len(curve.completed_hours())),
             }
         )
-        for name in BASELINES:
-            out.update(_curve_metrics(self._curves[name].snapshot(), f"paper/{name}_"))
+        baselines = {name: self._curves[name].snapshot() for name in BASELINES}
+        for name, baseline in baselines.items():
+            out.update(_curve_metrics(baseline, f"paper/{name}_"))
+        for name in EDGES:
+            out.update(_edge_metrics(curve, baselines[name], name))
         out["paper/random_position_changes"] = float(sum(b.baselines["random"].changes for b in self.books.values()))
         return out
 
