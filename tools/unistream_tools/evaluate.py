@@ -46,7 +46,10 @@ baselines are buy-and-hold, flat and the policy's own positions circularly shift
 prices (the random baseline matched in turnover and cost); the shifts' distribution is the null
 the policy's net and gross (fee-free) returns are ranked in. The Sharpe ratio comes from the block
 returns, with its probabilistic and deflated forms (``--trials``); a fee sweep re-costs the same
-positions at 0, 2, 5 and 10 bps per side. The descriptive table (pnl, sharpe, max_drawdown,
+positions at 0, 2, 5 and 10 bps per side. The symbols' verdicts are one family: each symbol's
+intervals and its p-value threshold are Bonferroni-corrected (95 % and 0.05 over all the
+symbols: 97.5 % and 0.025 each for two) and the deflated Sharpe counts ``--trials`` x symbols
+configurations. The descriptive table (pnl, sharpe, max_drawdown,
 win_rate, trades_per_hour, fee_share) is averaged over seeds inside each block, intervals over
 blocks.
 
@@ -690,11 +693,13 @@ def summarize(
     confidence: float = CONFIDENCE,
     blocks: Sequence[BlockPaths] | None = None,
     symbol: str | None = None,
+    family: int = 1,
 ) -> tuple[list[TableRow], Verdict]:
     """The descriptive table of the paper portfolio (each metric averaged over seeds inside a
     block, intervals over blocks) and the :class:`~unistream_tools.verdict.Verdict` on ``symbol``'s
     test blocks (None: the only symbol; ``blocks``: its :func:`walk_forward_blocks`, when the
-    caller has them already)."""
+    caller has them already; ``family``: the symbols judged together, see
+    :func:`~unistream_tools.verdict.judge`)."""
     by_fold: dict[int, list[dict[str, float]]] = {}
     for r in results:
         by_fold.setdefault(r.fold, []).append(r.metrics)
@@ -702,7 +707,7 @@ def summarize(
     rows = fold_rows(per_block, metrics, BASELINES, confidence)
     if blocks is None:
         blocks = walk_forward_blocks(packets, results, latency_ms, symbol)
-    verdict = judge(blocks, costs, latency_ms, trials=trials, confidence=confidence)
+    verdict = judge(blocks, costs, latency_ms, trials=trials, confidence=confidence, family=family)
     return rows, verdict
 
 
@@ -1005,8 +1010,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = [m for m in TABLE_METRICS if m != "sharpe" or min(r.metrics["paper/sharpe_hours"] for r in results) >= 3]
     for symbol in src.symbols:
         rows, verdicts[symbol] = summarize(
-            results, packets, costs, args.latency_ms, args.trials, metrics, blocks=blocks[symbol], symbol=symbol
-        )
+            results, packets, costs, args.latency_ms, args.trials, metrics, blocks=blocks[symbol], symbol=symbol,
+            family=len(src.symbols),
+        )  # fmt: skip
     hours = (src.packets[-1].ts_event_ms - src.packets[0].ts_event_ms) / 3_600_000
     days = max(hours / 24, 1e-9)
     out: dict[str, Any] = {

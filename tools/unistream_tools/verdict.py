@@ -32,6 +32,12 @@ come from block returns (one value per block), never annualised from seconds; th
 Sharpe ratio (:func:`probabilistic_sharpe`) and the deflated one (:func:`deflated_sharpe`, for the
 number of configurations tried) say how likely the true Sharpe exceeds 0 and the best of N tries.
 
+**Several symbols.** One evaluation judges each symbol on its own prices: ``family`` verdicts looked
+at together. A symbol's EDGE needs its p-value under ``(1 - confidence) / family`` and its
+intervals are at ``1 - (1 - confidence) / family`` (Bonferroni: 95 % over two symbols makes each
+97.5 %, so the chance that any symbol shows an edge it does not have stays 5 %), and the deflated
+Sharpe counts ``trials x family`` configurations.
+
 **Arms.** ``net`` at the configured costs and ``gross`` (no costs): a look-ahead leak shows as a
 gross edge even where fees eat it. :func:`fee_sweep` re-costs the same held positions at other
 costs per side (0, 2, 5, 10 bps), which is honest only as a statement about these positions: a
@@ -332,7 +338,8 @@ class Verdict:
     costs: Costs
     latency_ms: int
     trials: int
-    confidence: float
+    confidence: float  # family-wise: over the ``family`` verdicts judged together
+    family: int  # verdicts judged together (the evaluation's symbols): Bonferroni
     edges: dict[str, dict[str, Interval]]  # arm ("net"/"gross") -> baseline -> policy minus baseline, over blocks
     p_value: dict[str, float]  # arm -> the sum over blocks ranked in the sum of shifted paths
     block_p_values: dict[str, list[float]]
@@ -343,9 +350,19 @@ class Verdict:
     sweep: dict[float, dict[str, Interval]]  # bps -> baseline -> policy minus baseline, over blocks
     cost_matched: bool  # the random baseline's turnover is the policy's, within 5 % (or one unit)
 
-    def significant(self, arm: str = "net", alpha: float = 0.05) -> bool:
-        """Whether the policy beat the shift null in ``arm`` at level ``alpha``."""
-        return self.p_value[arm] < alpha
+    @property
+    def alpha(self) -> float:
+        """The level each p-value is held to: ``(1 - confidence) / family``."""
+        return (1.0 - self.confidence) / self.family
+
+    @property
+    def each_confidence(self) -> float:
+        """The confidence of each interval here: ``1 - alpha``."""
+        return 1.0 - self.alpha
+
+    def significant(self, arm: str = "net", alpha: float | None = None) -> bool:
+        """Whether the policy beat the shift null in ``arm`` at level ``alpha`` (default :attr:`alpha`)."""
+        return self.p_value[arm] < (self.alpha if alpha is None else alpha)
 
 
 def judge(
@@ -356,10 +373,15 @@ def judge(
     trials: int = 1,
     confidence: float = 0.95,
     shifts: int = NULL_SHIFTS,
+    family: int = 1,
 ) -> Verdict:
-    """The verdict over test ``blocks`` (each a :class:`BlockPaths`; every block is one replicate)."""
+    """The verdict over test ``blocks`` (each a :class:`BlockPaths`; every block is one replicate),
+    one of ``family`` judged together (module docstring: intervals at ``1 - (1 - confidence) / family``)."""
     if not blocks:
         raise ValueError("no test block to judge")
+    if family < 1 or trials < 1:
+        raise ValueError(f"family and trials must be at least 1, were {family} and {trials}")
+    each = 1.0 - (1.0 - confidence) / family
     rng = np.random.default_rng(seed)
     verdicts = [judge_block(b, costs, rng, shifts) for b in blocks]
     edges: dict[str, dict[str, Interval]] = {}
@@ -367,9 +389,7 @@ def judge(
     block_p: dict[str, list[float]] = {}
     for arm in ("net", "gross"):
         values = [getattr(v, arm) for v in verdicts]
-        edges[arm] = {
-            base: mean_ci([v["policy"] - v[base] for v in values], confidence) for base in ARMS if base != "policy"
-        }
+        edges[arm] = {base: mean_ci([v["policy"] - v[base] for v in values], each) for base in ARMS if base != "policy"}
         nulls = [v.null_net if arm == "net" else v.null_gross for v in verdicts]
         observed = sum(v["policy"] for v in values)
         p_value[arm] = rank_p_value(observed, np.sum(nulls, axis=0))
@@ -380,7 +400,7 @@ def judge(
     sr = sharpe(returns)
     sweep = {
         bps: {
-            base: mean_ci([v.sweep[bps]["policy"] - v.sweep[bps][base] for v in verdicts], confidence)
+            base: mean_ci([v.sweep[bps]["policy"] - v.sweep[bps][base] for v in verdicts], each)
             for base in ARMS
             if base != "policy"
         }
@@ -395,13 +415,14 @@ def judge(
         latency_ms=latency_ms,
         trials=trials,
         confidence=confidence,
+        family=family,
         edges=edges,
         p_value=p_value,
         block_p_values=block_p,
         sharpe=sr,
         sharpe_annual=sr * math.sqrt(per_year),
         probabilistic_sharpe=probabilistic_sharpe(returns),
-        deflated_sharpe=deflated_sharpe(returns, trials),
+        deflated_sharpe=deflated_sharpe(returns, trials * family),
         sweep=sweep,
         cost_matched=matched,
     )
@@ -427,35 +448,44 @@ def edge_word(iv: Interval) -> str:
     return "no difference"
 
 
-def conclusion(v: Verdict, alpha: float = 0.05) -> str:
-    """One line: whether the policy earned more than its own trades out of time, after costs."""
-    if v.significant("net", alpha):
-        return f"EDGE: beats its own positions out of time after costs (p = {v.p_value['net']:.3g})"
-    if v.significant("gross", alpha):
+def conclusion(v: Verdict) -> str:
+    """One line: whether the policy earned more than its own trades out of time, after costs, at :attr:`Verdict.alpha`."""
+    level = f"< {v.alpha:.3g}" + (f", {1 - v.confidence:g} over {v.family} symbols" if v.family > 1 else "")
+    if v.significant("net"):
+        return f"EDGE: beats its own positions out of time after costs (p = {v.p_value['net']:.3g} {level})"
+    if v.significant("gross"):
         return (
-            f"NO EDGE AFTER COSTS: a gross edge (p = {v.p_value['gross']:.3g}) that costs eat "
+            f"NO EDGE AFTER COSTS: a gross edge (p = {v.p_value['gross']:.3g} {level}) that costs eat "
             f"(net p = {v.p_value['net']:.3g})"
         )
-    return f"NO EDGE: not distinguishable from its own positions out of time (net p = {v.p_value['net']:.3g})"
+    return (
+        f"NO EDGE: not distinguishable from its own positions out of time (net p = {v.p_value['net']:.3g}, "
+        f"needs {level})"
+    )
 
 
 def format_verdict(v: Verdict) -> str:
     """The verdict as Markdown: arms over blocks, edges, null p-values, Sharpe ratios, the fee sweep."""
     n = len(v.blocks)
-    c = f"{100 * v.confidence:g}%"
+    c = f"{100 * v.each_confidence:g}%"
+    family = (
+        f"; intervals at {c}: {100 * v.confidence:g}% over the {v.family} symbols judged together"
+        if v.family > 1
+        else ""
+    )
     lines = [
         (
             f"{n} test blocks (the unit of replication; seeds averaged inside each), {np.mean([b.hours for b in v.blocks]):.2f} h"
             f" each; costs {10_000 * v.costs.fee:g} bps fee + {10_000 * v.costs.slippage:g} bps slippage per side; fills "
-            f"{v.latency_ms} ms after each decision"
+            f"{v.latency_ms} ms after each decision{family}"
         ),
         "",
         f"| arm | net return per block [{c} CI] | gross | turnover per block |",
         "|---|---|---|---:|",
     ]
     for arm in ARMS:
-        net = mean_ci([b.net[arm] for b in v.blocks], v.confidence)
-        gross = mean_ci([b.gross[arm] for b in v.blocks], v.confidence)
+        net = mean_ci([b.net[arm] for b in v.blocks], v.each_confidence)
+        gross = mean_ci([b.gross[arm] for b in v.blocks], v.each_confidence)
         turnover = float(np.mean([b.turnover[arm] for b in v.blocks]))
         lines.append(f"| {arm} | {_iv(net)} | {_iv(gross)} | {turnover:.1f} |")
     lines += ["", f"| policy minus | net [{c} CI over blocks] | | gross | |", "|---|---|---|---|---|"]
@@ -470,7 +500,7 @@ def format_verdict(v: Verdict) -> str:
         f"random baseline cost-matched: {'yes' if v.cost_matched else 'NO'}",
         (
             f"Sharpe of the net block returns: {v.sharpe:+.3g} per block ({v.sharpe_annual:+.3g} annualised from blocks); "
-            f"probabilistic Sharpe P(SR > 0) = {v.probabilistic_sharpe:.3f}; deflated for {v.trials} "
+            f"probabilistic Sharpe P(SR > 0) = {v.probabilistic_sharpe:.3f}; deflated for {v.trials * v.family} "
             f"configuration(s) tried = {v.deflated_sharpe:.3f}"
         ),
         "",
@@ -509,6 +539,9 @@ def verdict_json(v: Verdict) -> dict[str, object]:
         "probabilistic_sharpe": v.probabilistic_sharpe,
         "deflated_sharpe": v.deflated_sharpe,
         "trials": v.trials,
+        "family": v.family,
+        "alpha": v.alpha,
+        "interval_confidence": v.each_confidence,
         "cost_matched": v.cost_matched,
         "sweep_bps": {f"{bps:g}": {base: iv(x) for base, x in e.items()} for bps, e in v.sweep.items()},
         "conclusion": conclusion(v),
