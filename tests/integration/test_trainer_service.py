@@ -217,3 +217,28 @@ async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url
         assert len(fills) >= 1 or max(decisions) == 0, "every position change is a fill"
     finally:
         await r.aclose()
+
+
+async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_layer_is_in_nn_linear_layout(
+    redis_url: str, tmp_path: Path
+):
+    from unistream_trainer.dqn import QNetwork
+    from unistream_trainer.replicas import ReplicaSync
+
+    r = command_client(redis_url)
+    try:
+        new, old = QNetwork(6, (4, 3)), QNetwork(6, (4, 3))
+        old_tensors = {k: v.clone() for k, v in old.state_dict().items()}
+        old_tensors["trunk.0.weight"] = old_tensors.pop("trunk.0.weight_in_out").t().contiguous()
+        leader = ReplicaSync(r, "trainer-new", str(tmp_path), ttl_ms=10_000)
+        previous = ReplicaSync(r, "trainer-old", str(tmp_path), ttl_ms=10_000)
+        await leader.submit({"dqn": new.state_dict()}, 100, {})
+        await previous.submit({"dqn": old_tensors}, 300, {})
+        result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {})
+        assert result is not None and result.members == ["trainer-new", "trainer-old"]
+        merged = load_safetensors((tmp_path / "dqn" / f"dqn-{result.version}.safetensors").read_bytes())
+        expected = 0.25 * new.trunk[0].weight_in_out + 0.75 * old.trunk[0].weight_in_out
+        torch.testing.assert_close(merged["trunk.0.weight_in_out"], expected.detach())
+        assert "trunk.0.weight" not in merged
+    finally:
+        await r.aclose()

@@ -36,7 +36,8 @@ from safetensors.torch import save as save_safetensors
 from unistream_common import codec, keys
 from unistream_common.packets import ModelAnnouncement
 from unistream_common.redisio import s
-from unistream_trainer.checkpoint import read_metadata, sha256_hex, write_atomic
+from unistream_trainer.checkpoint import MODEL_NAME, read_metadata, sha256_hex, write_atomic
+from unistream_trainer.dqn import upgrade_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,9 @@ class ReplicaSync:
                 continue
             try:
                 groups, meta = unpack(data)
+                # a replica of the previous release submits the DQN's first layer in nn.Linear's layout
+                if MODEL_NAME in groups:
+                    groups[MODEL_NAME] = upgrade_state_dict(groups[MODEL_NAME])
                 out.append(Submission(m, groups, float(meta.get("samples", "0")), meta))
             except Exception as exc:  # noqa: BLE001 - a broken submission must not stop the merge
                 log.warning("submission of %s passed over: %s", m, exc)
