@@ -338,6 +338,23 @@ def test_merged_weights_are_adopted_when_they_fit_and_wait_for_the_first_packet(
         assert torch.equal(older.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
 
 
+def test_adopted_weights_leave_a_learning_agent_s_target_to_its_polyak_rule():
+    core = trained_core()
+    agent = core.agent
+    assert agent is not None and agent.updates > 0
+    target_before = {k: v.clone() for k, v in agent.target_network.state_dict().items()}
+    merged = {k: v + 0.5 for k, v in agent.q_network.state_dict().items()}
+    assert core.adopt(merged, "dqn-r0000003")
+    for name, tensor in agent.target_network.state_dict().items():
+        assert torch.equal(tensor, target_before[name]), f"{name}: the target was reset to the merged weights"
+    agent.learn(1)
+    tau = core.hp.tau
+    online = agent.q_network.state_dict()
+    for name, tensor in agent.target_network.state_dict().items():
+        expected = target_before[name] + tau * (online[name] - target_before[name])
+        torch.testing.assert_close(tensor, expected, msg=name)
+
+
 # --- checkpoints ------------------------------------------------------------------------------
 
 

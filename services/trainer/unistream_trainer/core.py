@@ -236,9 +236,10 @@ class TrainerCore:
         return self.agent
 
     def adopt(self, tensors: dict[str, torch.Tensor], version: str) -> bool:
-        """Take merged (or published) weights for the online and target networks; False if they do not fit.
+        """Take merged (or published) weights for the online network; False if they do not fit.
 
-        Before the first packet the weights wait, and are taken when the agent is built with their shape.
+        The target network follows them by its Polyak rule (:meth:`DQNAgent.adopt_online`). Before
+        the first packet the weights wait, and are taken when the agent is built with their shape.
         """
         if self.agent is None:
             self.pending_weights = (tensors, version)
@@ -249,7 +250,7 @@ class TrainerCore:
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
             self.events["weights_not_fitting"] += 1
             return False
-        self.agent.load_q_network(tensors)
+        self.agent.adopt_online(tensors)
         self.model_version = version
         self.events["weights_adopted"] += 1
         return True

@@ -440,6 +440,25 @@ class DQNAgent:
                 soft_update(self.target_network, self.q_network, self.hp.tau)
         return out
 
+    def adopt_online(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Take merged weights for the online network (either layout of the first layer).
+
+        The target network keeps its own rule: it is not reset to the merged weights but moves
+        toward them by ``tau`` per gradient step, as it follows every other change of the online
+        network. (Copying them into the target at every merge round made the target a periodic
+        hard copy, not the documented Polyak average.) An agent that has not taken a step yet
+        has no target worth keeping: its target starts as a copy.
+
+        Adam's moments are kept, not merged nor reset: they are running statistics of this
+        replica's gradients on the same stream the merged weights were trained on, and the
+        merged point is an average of nearby points, so they stay the right scale; resetting them
+        would restart Adam's bias correction with a burst of large steps at every round.
+        """
+        state_dict = upgrade_state_dict(state_dict)
+        self.q_network.load_state_dict(state_dict, strict=True)
+        if self.updates == 0:
+            self.target_network.load_state_dict(state_dict, strict=True)
+
     def load_q_network(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Resume from saved online weights (either layout of the first layer); the target network starts as a copy."""
         state_dict = upgrade_state_dict(state_dict)
