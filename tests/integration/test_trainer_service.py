@@ -234,6 +234,7 @@ async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_la
         previous = ReplicaSync(r, "trainer-old", str(tmp_path), ttl_ms=10_000)
         await leader.submit({"dqn": new.state_dict()}, 100, {})
         await previous.submit({"dqn": old_tensors}, 300, {})
+        assert 9_000 < await r.pttl("ml:trainer:weights:trainer-old") <= 10_000, "kept as long as the heartbeat"
         result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {})
         assert result is not None and result.members == ["trainer-new", "trainer-old"]
         merged = load_safetensors((tmp_path / "dqn" / f"dqn-{result.version}.safetensors").read_bytes())

@@ -162,7 +162,8 @@ class ReplicaSync:
         self, groups: Mapping[str, Mapping[str, torch.Tensor]], samples: int, meta: Mapping[str, str]
     ) -> None:
         data = pack(groups, {**meta, "member": self.member, "samples": str(samples)})
-        await self.redis.set(weights_key(self.member), data, px=3 * self.ttl_ms)
+        # Kept as long as this member's heartbeat (``ttl_ms``: 3 rounds in the service), as the module says.
+        await self.redis.set(weights_key(self.member), data, px=self.ttl_ms)
 
     async def try_lead(self) -> bool:
         self.leader = bool(await self._renew(keys=[LEADER], args=[self.member, self.ttl_ms]))
