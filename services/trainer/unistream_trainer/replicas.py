@@ -112,6 +112,15 @@ class Submission:
     samples: float
     metadata: dict[str, str]
 
+    def samples_of(self, model: str) -> float:
+        """The samples behind ``model``'s tensors: ``samples.<model>`` when submitted (the CNN's
+        labelled samples), else ``samples`` (the DQN's packets)."""
+        return float(self.metadata.get(f"samples.{model}", self.samples))
+
+
+def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
 
 @dataclass
 class MergeResult:
@@ -191,29 +200,36 @@ class ReplicaSync:
     async def merge(self, members: Sequence[str], now_ms: int, meta: Mapping[str, str]) -> MergeResult | None:
         """As leader: average the submissions and publish every model in them; None with nothing to merge."""
         started = time.perf_counter()
-        subs = [x for x in await self.collect(members) if x.samples > 0]
-        if not subs:
+        subs = await self.collect(members)
+        # Per model, the submissions that learned it something, weighted by their samples of it (the
+        # DQN by packets, the CNN by labelled samples: only its owner submits it); only those with the
+        # tensor names and shapes of the first one merge together.
+        parts: dict[str, list[Submission]] = {}
+        for model in sorted({m for x in subs for m in x.groups}):
+            having = [x for x in subs if model in x.groups and x.samples_of(model) > 0]
+            if having:
+                shapes = _shapes(having[0].groups[model])
+                parts[model] = [x for x in having if _shapes(x.groups[model]) == shapes]
+        if not parts:
             return None
-        # Only submissions with the same tensor names and shapes as the largest group merge together.
-        shapes = {k: tuple(v.shape) for g in subs[0].groups.values() for k, v in g.items()}
-        subs = [x for x in subs if {k: tuple(v.shape) for g in x.groups.values() for k, v in g.items()} == shapes]
         round_no = int(await self.redis.incr(ROUND))
         version_tag = f"r{round_no:07d}"
-        samples = sum(x.samples for x in subs)
-        contributors = [x.member for x in subs]
+        contributors = sorted({x.member for group in parts.values() for x in group})
+        samples = sum(x.samples for x in subs if x.member in contributors)
         result = MergeResult(version_tag, round_no, contributors, samples, 0.0)
-        for model in sorted(set.intersection(*(set(x.groups) for x in subs))):
-            merged = average([(x.groups[model], x.samples) for x in subs])
+        for model, group in parts.items():
+            merged = average([(x.groups[model], x.samples_of(model)) for x in group])
+            model_samples = sum(x.samples_of(model) for x in group)
             version = f"{model}-{version_tag}"
             metadata = {
                 **meta,
-                **{k: v for k, v in subs[0].metadata.items() if k.startswith(model + ".")},
+                **{k: v for k, v in group[0].metadata.items() if k.startswith(model + ".")},
                 "model": model,
                 "version": version,
                 "round": str(round_no),
-                "parents": ",".join(f"{x.member}:{x.metadata.get('base', '')}" for x in subs),
-                "members": ",".join(contributors),
-                "samples": str(int(samples)),
+                "parents": ",".join(f"{x.member}:{x.metadata.get('base', '')}" for x in group),
+                "members": ",".join(x.member for x in group),
+                "samples": str(int(model_samples)),
                 "published_ms": str(now_ms),
             }
             data = save_safetensors({k: v.contiguous() for k, v in merged.items()}, metadata=metadata)
@@ -231,8 +247,8 @@ class ReplicaSync:
             await self._prune(model)
             metrics = {
                 "merge/round": float(round_no),
-                "merge/members": float(len(contributors)),
-                "merge/samples": float(samples),
+                "merge/members": float(len(group)),
+                "merge/samples": float(model_samples),
             }
             result.announcements.append(
                 ModelAnnouncement(

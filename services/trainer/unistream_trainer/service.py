@@ -2,13 +2,21 @@
 
 - Each consumed batch: every packet gets its symbol's predecessors (``prev_id`` chains: from a cache
   of recent packets, else fetched by id), then :class:`~unistream_trainer.core.TrainerCore` builds
-  the n-step transitions and takes the gradient steps they earned, and the extrema trainer learns
-  the CNN's heads from labels that became known, in a worker thread (the event loop stays free).
-  Entries are acknowledged at once: the replay buffer is a cache of recent experience.
+  the n-step transitions and takes the gradient steps they earned, in a worker thread (the event
+  loop stays free). Entries are acknowledged at once: the replay buffer is a cache of recent experience.
+- The CNN has one owner, the replica holding the lease: an extremum label needs the packet of its
+  bar and the one ``k`` bars later (hours apart for 1h bars), which the group hands to different
+  replicas, so a learner fed one replica's share lost most labels (about half at two replicas).
+  The owner reads every ``ml:training`` packet in stream order, from the cursor
+  ``ml:trainer:cnn_cursor`` the previous owner left (the stream's start at the first), learns the
+  heads from the labels that became known and moves the cursor on (only while it holds the lease).
+  A new owner starts from the newest merged CNN; labels whose bar came before the cursor and whose
+  later bar comes after it are lost at a change of owner (at most ``k`` bars per timeframe and symbol).
 - A dead replica's unacknowledged packets are claimed by the others after ``claim_idle_ms``.
 - Every ``merge_every_s`` (:mod:`unistream_trainer.replicas`): heartbeat, submit the weights learned
   since the last round, and, for the replica holding the lease, average every live replica's
-  submission and publish the merged DQN and CNN (registry in Redis + files + ``ml:models``). Every
+  submission (the DQN weighted by packets, the CNN by labelled samples: its owner's alone) and
+  publish the merged DQN and CNN (registry in Redis + files + ``ml:models``). Every
   replica adopts each newer merged version; a new replica starts from the newest.
 - The leader also paper-trades the current policy on every packet as it arrives (``ml:training``
   read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
@@ -37,7 +45,7 @@ from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
 from unistream_trainer.core import TrainerCore, published_values_kind, values_kind
-from unistream_trainer.replicas import ReplicaSync, describe
+from unistream_trainer.replicas import LEADER, ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,14 @@ SERVICE = "trainer"
 TIMER_S = 0.5
 CNN_MODEL = "cnn-mtf"
 PAPER_READ = 500
+CNN_READ = 256  # training packets the CNN's owner reads per timer tick (~40 ms of labels to learn each)
+CNN_CURSOR = "ml:trainer:cnn_cursor"  # the last ml:training entry the CNN's owner learned from
+# Claim the entries after the cursor up to ARGV[3]: only the lease holder, only from where the cursor is.
+_CLAIM_CNN_BATCH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[2], ARGV[3]) return 1
+"""
 
 
 def now_ms() -> int:
@@ -74,12 +90,16 @@ class TrainerService:
         self.members: list[str] = []
         self._extrema_credit = 0.0
         self._extrema_samples = 0  # labelled CNN samples since the last submission
+        self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
+        self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
+        self._claim_cnn_batch: Any = None
 
     def register(self) -> GroupConsumer:
         self.sync = ReplicaSync(
             self.runtime.cmd, self.producer, self.settings.model_dir, ttl_ms=int(3_000 * self.settings.merge_every_s),
             models_maxlen=self.settings.models_maxlen, files_keep=self.settings.checkpoint_keep,
         )  # fmt: skip
+        self._claim_cnn_batch = self.runtime.cmd.register_script(_CLAIM_CNN_BATCH)
         return self.runtime.register_consumer(
             keys.GROUP_TRAINER,
             self.on_messages,
@@ -127,6 +147,8 @@ class TrainerService:
         if ann.name == MODEL_NAME and not self._same_values(ann.version, meta):
             return False
         self._adopted_ts[ann.name] = ann.ts_ms
+        if ann.name == CNN_MODEL and meta.get("members") == self.producer:
+            return True  # the CNN this replica owns, as it submitted it: it has learned more since
         if ann.name == MODEL_NAME:
             ok = self.core.adopt(groups, ann.version)
         else:
@@ -198,16 +220,51 @@ class TrainerService:
         return Result()
 
     def _learn(self, packets: list[TrainingDataPacket], ancestors: list[list[TrainingDataPacket]]) -> int:
-        steps = self.core.process(packets, ancestors)
-        if self.extrema is not None:
-            for p in packets:
-                self._extrema_samples += len(self.extrema.observe(p))
-            self._extrema_credit += self.settings.extrema_updates_per_packet * len(packets)
-            n = int(self._extrema_credit)
-            if n:
-                self._extrema_credit -= n
-                self.extrema.train(n)
-        return steps
+        return self.core.process(packets, ancestors)
+
+    def _learn_extrema(self, packets: list[TrainingDataPacket]) -> int:
+        """The CNN owner's step: observe ``packets`` (stream order), train the steps they earned; labels found."""
+        assert self.extrema is not None
+        labelled = sum(len(self.extrema.observe(p)) for p in packets)
+        self._extrema_credit += self.settings.extrema_updates_per_packet * len(packets)
+        n = int(self._extrema_credit)
+        if n:
+            self._extrema_credit -= n
+            self.extrema.train(n)
+        return labelled
+
+    async def cnn_learn(self) -> None:
+        """As the CNN's owner (the lease holder): learn from the next ``CNN_READ`` packets of the stream."""
+        assert self.extrema is not None and self.sync is not None
+        cmd = self.runtime.cmd
+        if self._cnn_id is None:
+            cursor = await cmd.get(CNN_CURSOR)
+            self._cnn_id = s(cursor) if cursor else "0-0"
+        reply = await cmd.xread({keys.TRAINING: self._cnn_id}, count=CNN_READ)
+        last, packets = self._cnn_id, []
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                last = s(entry_id)
+                try:
+                    packet = codec.decode(fields)
+                except codec.DecodeError:
+                    continue  # counted by the group's consumer, which reads the same entry
+                if isinstance(packet, TrainingDataPacket):
+                    packets.append(packet)
+        if last == self._cnn_id:
+            return
+        # The batch is claimed before it is learned, so that each entry is learned once: a lease
+        # lost meanwhile, or a cursor another owner moved, leaves it to the owner of the cursor.
+        if not await self._claim_cnn_batch(keys=[LEADER, CNN_CURSOR], args=[self.producer, self._cnn_id, last]):
+            self._cnn_id = None
+            self.stats.inc("trainer_extrema_batches_not_claimed")
+            return
+        self._cnn_id = last
+        labelled = await asyncio.to_thread(self._learn_extrema, packets)
+        self._extrema_samples += labelled
+        self.extrema_labels += labelled
+        self.stats.inc("trainer_extrema_packets", len(packets))
+        self.stats.inc("trainer_extrema_labels", labelled)
 
     # --- the cycle ---------------------------------------------------------------------------
 
@@ -217,7 +274,12 @@ class TrainerService:
             self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
             writes.extend(await self.merge_round(now))
         await self.adopt_newer()
-        if self.sync is not None and self.sync.leader and self.paper is not None:
+        leader = self.sync is not None and self.sync.leader
+        if leader and self.extrema is not None:
+            await self.cnn_learn()
+        elif not leader:
+            self._cnn_id = None  # not the owner (any more): a next turn starts from the cursor in Redis
+        if leader and self.paper is not None:
             writes.extend(await self.paper_trade())
         if now >= self._next_metrics_ms:
             self._next_metrics_ms = now + int(self.settings.metrics_every_s * 1000)
@@ -228,7 +290,7 @@ class TrainerService:
         metrics = self.core.metrics(now)
         metrics["charts/model_round"] = float(round_of(self.core.model_version))
         metrics["charts/replicas"] = float(len(self.members))
-        if self.extrema is not None:
+        if self.extrema is not None and self.extrema_labels:  # only an owner of the CNN has learned labels
             metrics.update(self.extrema.metrics())
         if self.paper is not None and self.sync is not None and self.sync.leader:
             metrics.update(self.paper.metrics())
@@ -245,8 +307,11 @@ class TrainerService:
         assert sync is not None
         self.members = await sync.heartbeat(now)
         groups = self._groups()
-        if groups and self.core.samples_since_merge > 0:
-            meta = describe({"base": self.core.model_version, "state_dim": self.core.state_dim})
+        if groups and (self.core.samples_since_merge > 0 or self._extrema_samples > 0):
+            meta = describe({
+                "base": self.core.model_version, "state_dim": self.core.state_dim,
+                f"samples.{CNN_MODEL}": self._extrema_samples,
+            })  # fmt: skip
             await sync.submit(groups, self.core.samples_since_merge, meta)
             self.core.samples_since_merge = 0
             self._extrema_samples = 0
@@ -277,8 +342,7 @@ class TrainerService:
         out: dict[str, dict[str, Any]] = {}
         if self.core.agent is not None:
             out[MODEL_NAME] = {k: v.detach().clone() for k, v in self.core.agent.q_network.state_dict().items()}
-        if self.extrema is not None and out:
-            # Averaged with the same weight as the DQN (both learn from every packet the replica receives).
+        if self.extrema is not None and self._extrema_samples > 0:  # the CNN's owner, with labels learned
             out[CNN_MODEL] = {k: v.detach().clone() for k, v in self.extrema.model.state_dict().items()}
         return out
 
@@ -334,6 +398,8 @@ class TrainerService:
             "leader": bool(self.sync and self.sync.leader),
             "members": self.members,
             "last_merge": self.last_merge,
+            "cnn_owner": self._cnn_id is not None,
+            "extrema_labels": self.extrema_labels,
             "hyperparameters": {k: v for k, v in vars(core.hp).items()},
         }
 
