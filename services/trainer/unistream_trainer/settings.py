@@ -76,7 +76,10 @@ class TrainerSettings(CommonSettings):
     )
     paper_maxlen: int = Field(5_000, ge=10, description="Paper-trading fills kept on ml:paper, entries")
     extrema_updates_per_packet: float = Field(
-        0.2, ge=0, description="Supervised steps of the CNN's extrema heads per training packet received"
+        0.2,
+        ge=0,
+        description="Supervised steps of the CNN's extrema heads per training packet (taken by the CNN's owner, "
+        "the lease holder, over every packet)",
     )
     metrics_maxlen: int = Field(10_000, ge=10, description="Approximate retention of the metrics stream, entries")
     models_maxlen: int = Field(1_000, ge=10, description="Approximate retention of the model registry stream, entries")
