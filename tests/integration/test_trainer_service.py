@@ -243,3 +243,46 @@ async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_la
         assert "trunk.0.weight" not in merged
     finally:
         await r.aclose()
+
+
+async def test_a_returning_leader_paper_trades_from_the_head_not_the_packets_of_its_absence(
+    redis_url: str, tmp_path: Path
+):
+    from unistream_trainer.replicas import LEADER
+
+    r = command_client(redis_url)
+    writer = Writer(r, seed=4)
+    settings = make_settings(redis_url, tmp_path, "trainer-1")
+
+    async def steps() -> float:
+        found = [m.metrics["paper/steps"] for m in await metrics(r) if "paper/steps" in m.metrics]
+        return found[-1] if found else -1.0
+
+    try:
+        async with running_worker("trainer", settings, worker) as ctx:
+            await writer.seconds(0, 30)
+            await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await writer.seconds(30, 60)
+            await eventually(lambda: _paper(r), timeout=20, what="paper decisions")
+            await r.set(LEADER, "trainer-elsewhere", px=60_000)  # the lease goes to another replica
+            await eventually(lambda: _true(not ctx.info()["leader"]), timeout=10, what="the lease lost")
+            before = await steps()
+            await writer.seconds(60, 120)  # 120 packets another leader trades
+            await asyncio.sleep(1.5)
+            await r.delete(LEADER)
+            await eventually(lambda: _true(ctx.info()["leader"]), timeout=10, what="the lease back")
+            await writer.seconds(120, 125)
+            await eventually(lambda: _true_async(steps(), lambda n: n > before), timeout=20, what="new decisions")
+            await asyncio.sleep(1.5)  # every packet of 120..125 decided and reported
+            after = await steps()
+        assert before >= 0 and after - before <= 2 * 5 + 2, (before, after)
+    finally:
+        await r.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _true_async(value: Any, check: Any) -> bool:
+    return bool(check(await value))
