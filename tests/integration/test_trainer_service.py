@@ -235,6 +235,7 @@ async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_la
         await leader.submit({"dqn": new.state_dict()}, 100, {})
         await previous.submit({"dqn": old_tensors}, 300, {})
         assert 9_000 < await r.pttl("ml:trainer:weights:trainer-old") <= 10_000, "kept as long as the heartbeat"
+        assert await leader.try_lead()
         result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {})
         assert result is not None and result.members == ["trainer-new", "trainer-old"]
         merged = load_safetensors((tmp_path / "dqn" / f"dqn-{result.version}.safetensors").read_bytes())
@@ -287,3 +288,30 @@ async def _true(value: bool) -> bool:
 
 async def _true_async(value: Any, check: Any) -> bool:
     return bool(check(await value))
+
+
+async def test_a_leader_whose_lease_expired_publishes_nothing(redis_url: str, tmp_path: Path):
+    from unistream_trainer.dqn import QNetwork
+    from unistream_trainer.replicas import LEADER, ReplicaSync
+
+    r = command_client(redis_url)
+    try:
+        stale = ReplicaSync(r, "trainer-a", str(tmp_path), ttl_ms=10_000)
+        assert await stale.try_lead()
+        await stale.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
+        # a stall longer than the lease: it expires and another replica takes it
+        await r.set(LEADER, "trainer-b", px=10_000)
+        assert stale.leader, "it does not know yet"
+        assert await stale.merge(["trainer-a"], 1_000, {}) is None
+        assert not stale.leader
+        assert await r.xlen(keys.MODELS) == 0 and not [k async for k in r.scan_iter("ml:registry:*")]
+        assert not list(tmp_path.rglob("*.safetensors")), "nor on the volume"
+        # the lease holder publishes: registry, index and announcement together
+        holder = ReplicaSync(r, "trainer-b", str(tmp_path), ttl_ms=10_000)
+        await holder.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
+        result = await holder.merge(["trainer-b"], 2_000, {})
+        assert result is not None
+        (announced,) = await announcements(r, "dqn")
+        assert announced == result.announcements[0] and await r.exists(announced.uri.removeprefix("redis:"))
+    finally:
+        await r.aclose()

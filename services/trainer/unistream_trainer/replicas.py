@@ -10,8 +10,10 @@ from once). Every ``merge_every_s`` each replica
 3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time). The leader takes every
    live member's submission (GETDEL: each counts in one round only), averages the tensors weighted
    by samples, and publishes the merged version: bytes in the registry ``ml:registry:{model}:{version}``
-   (Redis, for distribution; the newest few kept) and a file under ``<model_dir>/<model>/`` with a JSON
-   of its metadata (the volume, for persistence), then a ModelAnnouncement on ``ml:models``.
+   (Redis, for distribution; the newest few kept) with a ModelAnnouncement on ``ml:models``, in one
+   script that first checks the lease (a leader whose lease expired during a stall publishes
+   nothing), then a file under ``<model_dir>/<model>/`` with a JSON of its metadata (the volume,
+   for persistence).
 4. Every replica loads each newer merged version it sees announced (also the leader), and a new or
    restarted replica starts from the newest one: nobody starts from scratch once a model exists.
 
@@ -52,6 +54,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+# A merged version is published only by the lease holder, in one step: its registry entry, the
+# registry index and its announcement on ml:models (ARGV[5..]: the entry's fields and values).
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+return 1
 """
 
 
@@ -147,6 +160,7 @@ class ReplicaSync:
         self.files_keep = files_keep
         self.leader = False
         self._renew = redis.register_script(_RENEW)
+        self._publish = redis.register_script(_PUBLISH)
 
     async def heartbeat(self, now_ms: int) -> list[str]:
         """Renew this member; drop expired ones; the live members, sorted."""
@@ -234,28 +248,31 @@ class ReplicaSync:
             }
             data = save_safetensors({k: v.contiguous() for k, v in merged.items()}, metadata=metadata)
             key = registry_key(model, version)
+            metrics = {
+                "merge/round": float(round_no),
+                "merge/members": float(len(group)),
+                "merge/samples": float(model_samples),
+            }
+            ann = ModelAnnouncement(
+                name=model, version=version, ts_ms=now_ms, uri=f"redis:{key}", sha256=sha256_hex(data),
+                producer=self.member, parameters=sum(t.numel() for t in merged.values()), metrics=metrics,
+            )  # fmt: skip
+            fields = [part for pair in codec.encode(ann).items() for part in pair]
+            keys_ = [LEADER, key, f"ml:registry:{model}", keys.MODELS]
+            if not await self._publish(keys=keys_, args=[self.member, data, version, self.models_maxlen, *fields]):
+                # The lease expired (a stall longer than its TTL) and another replica may lead: a
+                # stale leader publishes nothing, and the submissions it took are lost for this round.
+                self.leader = False
+                log.warning("merge round %d not published: %s no longer holds the lease", round_no, self.member)
+                return None
             path = self.model_dir / model / f"{version}.safetensors"
             write_atomic(path, data)
             path.with_suffix(".json").write_text(json.dumps(metadata, indent=1, sort_keys=True))
             for old in sorted(path.parent.glob(f"{model}-r*.safetensors"))[: -self.files_keep]:
                 old.unlink(missing_ok=True)
                 old.with_suffix(".json").unlink(missing_ok=True)
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(key, data)
-            pipe.rpush(f"ml:registry:{model}", version)
-            await pipe.execute()
             await self._prune(model)
-            metrics = {
-                "merge/round": float(round_no),
-                "merge/members": float(len(group)),
-                "merge/samples": float(model_samples),
-            }
-            result.announcements.append(
-                ModelAnnouncement(
-                    name=model, version=version, ts_ms=now_ms, uri=f"redis:{key}", sha256=sha256_hex(data),
-                    producer=self.member, parameters=sum(t.numel() for t in merged.values()), metrics=metrics,
-                )
-            )  # fmt: skip
+            result.announcements.append(ann)
         result.duration_ms = (time.perf_counter() - started) * 1000
         return result
 

@@ -290,7 +290,7 @@ class TrainerService:
         writes: list[Write] = []
         if now >= self._next_merge_ms:
             self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
-            writes.extend(await self.merge_round(now))
+            await self.merge_round(now)
         await self.adopt_newer()
         leader = self.sync is not None and self.sync.leader
         if leader and self.extrema is not None:
@@ -323,8 +323,8 @@ class TrainerService:
         self.stats.set("trainer_replay_size", metrics["charts/replay_size"])
         return MetricsPacket(producer=self.producer, ts_ms=now, step=self.core.updates, metrics=metrics)
 
-    async def merge_round(self, now: int) -> list[Write]:
-        """Heartbeat, submit, and (as leader) merge and publish; the announcements to write."""
+    async def merge_round(self, now: int) -> None:
+        """Heartbeat, submit, and (as leader) merge and publish (the announcements included)."""
         sync = self.sync
         assert sync is not None
         self.members = await sync.heartbeat(now)
@@ -338,7 +338,7 @@ class TrainerService:
             self.core.samples_since_merge = 0
             self._extrema_samples = 0
         if not await sync.try_lead():
-            return []
+            return
         meta = describe({
             "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
             "state_dim": self.core.state_dim,
@@ -348,9 +348,9 @@ class TrainerService:
             "data_to_ms": self.core.data_to_ms,
             "metrics": {"losses/td_loss": self.core.last_loss},
         })  # fmt: skip
-        result = await sync.merge(self.members, now, meta)
+        result = await sync.merge(self.members, now, meta)  # announced on ml:models too, under the lease
         if result is None:
-            return []
+            return
         self.last_merge = {"round": result.round, "members": len(result.members), "duration_ms": result.duration_ms}
         self.stats.inc("trainer_merge_rounds")
         self.stats.set("trainer_merge_duration_ms", result.duration_ms)
@@ -358,7 +358,6 @@ class TrainerService:
             "merge round %d: %d replicas, %d samples, %.0f ms", result.round, len(result.members), result.samples,
             result.duration_ms,
         )  # fmt: skip
-        return [Write(keys.MODELS, a, maxlen=self.settings.models_maxlen) for a in result.announcements]
 
     def _groups(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
