@@ -315,38 +315,3 @@ async def test_a_leader_whose_lease_expired_publishes_nothing(redis_url: str, tm
         assert announced == result.announcements[0] and await r.exists(announced.uri.removeprefix("redis:"))
     finally:
         await r.aclose()
-
-
-@pytest.mark.parametrize("replicas", [1, 2, 3])
-async def test_every_transition_a_replica_learns_reaches_a_published_merge_once(
-    redis_url: str, tmp_path: Path, replicas: int
-):
-    # Merging without loss: a replica's learning after its submission is kept across the merge,
-    # and a submission the leader leaves out is carried to the next one, so the transitions the
-    # published merges hold add up to those the replicas learned, whatever their number.
-    import contextlib
-
-    r = command_client(redis_url)
-    writer = Writer(r, seed=5)
-    settings = [make_settings(redis_url, tmp_path, f"trainer-{k}") for k in range(replicas)]
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            contexts = [await stack.enter_async_context(running_worker("trainer", s, worker)) for s in settings]
-            for k in range(8):
-                await writer.seconds(15 * k, 15 * k + 15)
-                await asyncio.sleep(0.3)
-
-            async def all_merged() -> bool:
-                infos = [c.info() for c in contexts]
-                return sum(c.stats.total("trainer_packets") for c in contexts) == 2 * 120 and all(
-                    i["unmerged_transitions"] == 0 for i in infos
-                )
-
-            await eventually(all_merged, timeout=40, what="every replica's transitions in a published merge")
-            learned = sum(c.info()["transitions"] for c in contexts)
-            published = sum(a.metrics["merge/samples"] for a in await announcements(r, "dqn"))
-            assert learned > 0 and published == learned, (published, learned)
-            if replicas > 1:
-                assert sum(1 for c in contexts if c.stats.total("trainer_packets") > 0) > 1
-    finally:
-        await r.aclose()

@@ -394,42 +394,6 @@ def test_adopted_weights_leave_a_learning_agent_s_target_to_its_polyak_rule():
         torch.testing.assert_close(tensor, expected, msg=name)
 
 
-def _state(core: TrainerCore) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in core.agent.q_network.state_dict().items()}  # type: ignore[union-attr]
-
-
-def test_a_merge_keeps_what_the_replica_learned_since_its_submission_or_since_the_last_merge():
-    core = trained_core()
-    pending = core.samples_since_merge
-    submitted, samples = core.submission(1)
-    assert samples == pending > 0
-    feed(core, [packet(t, 100.0 + (t % 5)) for t in range(40, 60)])
-    now = _state(core)
-    learned_since = core.samples_since_merge - samples
-    assert learned_since > 0
-    # a merge that holds submission 1: the merged weights plus the steps taken since it
-    merged = {k: v + 0.25 for k, v in submitted.items()}
-    assert core.adopt(merged, "dqn-r0000001", included=1)
-    for name, tensor in _state(core).items():
-        torch.testing.assert_close(tensor, merged[name] + (now[name] - submitted[name]), msg=name)
-    assert core.samples_since_merge == learned_since, "only the merged submission's transitions left the count"
-    # one replica alone: the merge is its own submission, and adopting it changes nothing
-    alone, _ = core.submission(2)
-    assert core.adopt({k: v.clone() for k, v in alone.items()}, "dqn-r0000002", included=2)
-    for name, tensor in _state(core).items():
-        torch.testing.assert_close(tensor, alone[name], msg=name)
-    assert core.samples_since_merge == 0
-    # a merge without this replica's submission keeps everything learned since the last merge taken
-    feed(core, [packet(t, 100.0 + (t % 3)) for t in range(60, 80)])
-    before, anchor = _state(core), alone
-    core.submission(3)  # still waiting in Redis: the leader will leave it out (an older base)
-    other = {k: v - 0.5 for k, v in before.items()}
-    assert core.adopt(other, "dqn-r0000003", included=None)
-    for name, tensor in _state(core).items():
-        torch.testing.assert_close(tensor, other[name] + (before[name] - anchor[name]), msg=name)
-    assert core.samples_since_merge > 0, "its transitions wait for the next submission"
-
-
 # --- checkpoints ------------------------------------------------------------------------------
 
 

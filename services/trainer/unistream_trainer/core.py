@@ -139,11 +139,7 @@ class TrainerCore:
         self.events: Counter[str] = Counter()
         self._rng = np.random.default_rng(hp.seed + 1)
         self._update_credit = 0.0
-        # Merging without loss (see :meth:`submission` and :meth:`adopt`).
-        self.samples_since_merge = 0  # transitions learned and not yet in a published merge
-        self._anchor: dict[str, torch.Tensor] | None = None  # the merged weights last taken (or the first)
-        # submissions not yet seen in a merge: number -> (weights, transitions behind them)
-        self._submitted: dict[int, tuple[dict[str, torch.Tensor], int]] = {}
+        self.samples_since_merge = 0  # transitions stored since the weights were last averaged
         self.pending_weights: tuple[dict[str, torch.Tensor], str, str] | None = None
         self.model_version = ""  # merged version the weights came from ("" before any)
         # What the data looked like, for the published model's metadata.
@@ -267,44 +263,18 @@ class TrainerCore:
         self._other_layout_run = 0
         self._update_credit = 0.0
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
-        self._submitted.clear()
-        self.samples_since_merge = 0
         if self.resume is not None:
             self._resume(self.agent)
-        self._anchor = {k: v.detach().clone() for k, v in self.agent.q_network.state_dict().items()}
         if self.pending_weights is not None:
             self.adopt(*self.pending_weights)
         return self.agent
 
-    def submission(self, number: int) -> tuple[dict[str, torch.Tensor], int]:
-        """Submission ``number`` (increasing): the online weights and the transitions behind them that
-        no published merge holds yet; remembered until a merge is adopted (the newest three)."""
-        assert self.agent is not None
-        weights = {k: v.detach().clone() for k, v in self.agent.q_network.state_dict().items()}
-        self._submitted[number] = (weights, self.samples_since_merge)
-        for old in sorted(self._submitted)[:-3]:
-            del self._submitted[old]
-        return {k: v.clone() for k, v in weights.items()}, self.samples_since_merge
-
-    def adopt(
-        self, tensors: dict[str, torch.Tensor], version: str, layout: str = "", included: int | None = None
-    ) -> bool:
+    def adopt(self, tensors: dict[str, torch.Tensor], version: str, layout: str = "") -> bool:
         """Take merged (or published) weights for the online network; False if they do not fit.
 
-        **Nothing learned is lost.** The merged weights replace what they already hold of this
-        replica, and keep what they do not: when the merge holds this replica's :meth:`submission`
-        number ``included`` the online network becomes ``merged + (now - submitted)``, the steps taken
-        since that submission; otherwise ``merged + (now - anchor)``, everything learned since the
-        merged weights last taken (the anchor), to be submitted at the next round (a submission
-        still waiting in Redis starts from an older merge: the leader leaves it out). The
-        transitions not yet merged (:attr:`samples_since_merge`) fall by those of the submission
-        the merge holds. This is local SGD
-        / federated averaging with the replicas' progress carried across rounds rather than
-        overwritten by the average (McMahan et al. 2017; Stich 2019; Lin et al. 2020, "Don't use
-        large mini-batches, use local SGD"). The target network follows by its Polyak rule
-        (:meth:`DQNAgent.adopt_online`). Before the first packet the weights wait, and are taken
-        when the agent is built with their shape. Weights of another state ``layout`` than the
-        agent's are refused ("": not recorded, not checked).
+        The target network follows them by its Polyak rule (:meth:`DQNAgent.adopt_online`). Before
+        the first packet the weights wait, and are taken when the agent is built with their shape.
+        Weights of another state ``layout`` than the agent's are refused ("": not recorded, not checked).
         """
         if self.agent is None:
             self.pending_weights = (tensors, version, layout)
@@ -318,17 +288,7 @@ class TrainerCore:
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
             self.events["weights_not_fitting"] += 1
             return False
-        submitted = self._submitted.get(included) if included is not None else None
-        keep = submitted[0] if submitted is not None else self._anchor
-        if keep is not None:
-            online = {k: tensors[k] + (own[k] - keep[k]) for k in own}
-        else:
-            online = {k: v.clone() for k, v in tensors.items()}
-        self.agent.adopt_online(online)
-        self._anchor = {k: v.detach().clone() for k, v in tensors.items()}
-        if submitted is not None:
-            self.samples_since_merge -= submitted[1]
-        self._submitted.clear()  # merged now, or left out by the leader (started from an older merge)
+        self.agent.adopt_online(tensors)
         self.model_version = version
         self.events["weights_adopted"] += 1
         return True

@@ -217,18 +217,10 @@ class ReplicaSync:
         subs = await self.collect(members)
         # Per model, the submissions that learned it something, weighted by their samples of it (the
         # DQN by packets, the CNN by labelled samples: only its owner submits it); only those with the
-        # tensor names and shapes of the first one merge together. A DQN submission must start from
-        # the newest published DQN: one from an older base would drag the average back to it. Its
-        # replica keeps what it learned (see TrainerCore.adopt) and submits it on the newest next time.
-        newest = await self.redis.lindex(f"ml:registry:{MODEL_NAME}", -1)
+        # tensor names and shapes of the first one merge together.
         parts: dict[str, list[Submission]] = {}
         for model in sorted({m for x in subs for m in x.groups}):
             having = [x for x in subs if model in x.groups and x.samples_of(model) > 0]
-            if model == MODEL_NAME and newest is not None:
-                stale = [x.member for x in having if x.metadata.get("base", "") != s(newest)]
-                if stale:
-                    log.info("submissions of %s left out: not based on %s", ", ".join(stale), s(newest))
-                    having = [x for x in having if x.member not in stale]
             if having:
                 shapes = _shapes(having[0].groups[model])
                 parts[model] = [x for x in having if _shapes(x.groups[model]) == shapes]
@@ -251,7 +243,6 @@ class ReplicaSync:
                 "round": str(round_no),
                 "parents": ",".join(f"{x.member}:{x.metadata.get('base', '')}" for x in group),
                 "members": ",".join(x.member for x in group),
-                "submissions": ",".join(f"{x.member}@{x.metadata.get('seq', '')}" for x in group),
                 "samples": str(int(model_samples)),
                 "published_ms": str(now_ms),
             }

@@ -92,7 +92,6 @@ class TrainerService:
         self._extrema_samples = 0  # labelled CNN samples since the last submission
         self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
         self._layout_logged = ""  # the last refused state layout a warning named
-        self._submission_seq = 0  # numbers this replica's submissions: a merge names those it holds
         self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
         self._claim_cnn_batch: Any = None
 
@@ -156,7 +155,7 @@ class TrainerService:
         if ann.name == CNN_MODEL and meta.get("members") == self.producer:
             return True  # the CNN this replica owns, as it submitted it: it has learned more since
         if ann.name == MODEL_NAME:
-            ok = self.core.adopt(groups, ann.version, meta.get("layout_version", ""), self._merged_submission(meta))
+            ok = self.core.adopt(groups, ann.version, meta.get("layout_version", ""))
             if not ok and self.core.events.get("weights_other_layout"):
                 log.warning(
                     "merged model %s not adopted: it learned state layout %r, this replica's DQN layout %r",
@@ -166,14 +165,6 @@ class TrainerService:
             ok = self.extrema is not None and adopt_cnn(self.extrema, groups)
         self.stats.inc("trainer_models_adopted" if ok else "trainer_models_waiting", model=ann.name)
         return ok
-
-    def _merged_submission(self, meta: dict[str, str]) -> int | None:
-        """The number of this replica's submission a merged model holds (its metadata's ``submissions``)."""
-        for item in meta.get("submissions", "").split(","):
-            member, _, number = item.rpartition("@")
-            if member == self.producer and number.isdigit():
-                return int(number)
-        return None
 
     def _same_values(self, version: str, meta: dict[str, str]) -> bool:
         """Whether a published DQN's outputs mean what this replica's do (see ``known_costs``); counted if not."""
@@ -297,10 +288,10 @@ class TrainerService:
 
     async def on_timer(self, now: int) -> Result:
         writes: list[Write] = []
-        await self.adopt_newer()  # first: a submission made after it starts from the newest merge
         if now >= self._next_merge_ms:
             self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
             await self.merge_round(now)
+        await self.adopt_newer()
         leader = self.sync is not None and self.sync.leader
         if leader and self.extrema is not None:
             await self.cnn_learn()
@@ -337,19 +328,14 @@ class TrainerService:
         sync = self.sync
         assert sync is not None
         self.members = await sync.heartbeat(now)
-        if self.core.samples_since_merge > 0 or self._extrema_samples > 0:
-            groups: dict[str, dict[str, Any]] = {}
-            samples = 0
-            if self.core.agent is not None and self.core.samples_since_merge > 0:
-                groups[MODEL_NAME], samples = self.core.submission(self._submission_seq + 1)
-            if self.extrema is not None and self._extrema_samples > 0:  # the CNN's owner, with labels learned
-                groups[CNN_MODEL] = {k: v.detach().clone() for k, v in self.extrema.model.state_dict().items()}
-            self._submission_seq += 1
+        groups = self._groups()
+        if groups and (self.core.samples_since_merge > 0 or self._extrema_samples > 0):
             meta = describe({
-                "base": self.core.model_version, "state_dim": self.core.state_dim, "seq": self._submission_seq,
+                "base": self.core.model_version, "state_dim": self.core.state_dim,
                 f"samples.{CNN_MODEL}": self._extrema_samples,
             })  # fmt: skip
-            await sync.submit(groups, samples, meta)
+            await sync.submit(groups, self.core.samples_since_merge, meta)
+            self.core.samples_since_merge = 0
             self._extrema_samples = 0
         if not await sync.try_lead():
             return
@@ -372,6 +358,14 @@ class TrainerService:
             "merge round %d: %d replicas, %d samples, %.0f ms", result.round, len(result.members), result.samples,
             result.duration_ms,
         )  # fmt: skip
+
+    def _groups(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if self.core.agent is not None:
+            out[MODEL_NAME] = {k: v.detach().clone() for k, v in self.core.agent.q_network.state_dict().items()}
+        if self.extrema is not None and self._extrema_samples > 0:  # the CNN's owner, with labels learned
+            out[CNN_MODEL] = {k: v.detach().clone() for k, v in self.extrema.model.state_dict().items()}
+        return out
 
     async def adopt_newer(self) -> None:
         """Adopt merged versions announced since the last ones adopted."""
@@ -419,7 +413,6 @@ class TrainerService:
             "updates": core.updates,
             "packets": core.packets,
             "transitions": core.transitions,
-            "unmerged_transitions": core.samples_since_merge,
             "replay_size": len(core.agent.replay) if core.agent else 0,
             "epsilon": core.epsilon,
             "model_version": core.model_version,
