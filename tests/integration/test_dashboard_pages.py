@@ -324,7 +324,8 @@ def test_dead_letters_are_counted_per_stream_with_the_latest_reasons(
     assert rows.loc[bars, ["dead letters", "total"]].tolist() == ["3", "3"]
     _find(rows.loc[bars, "latest reasons"], r"^\d\.\d s ago by features-1 \(features\): bar rejected: three; "
                                              r"\d\.\d s ago by features-1 \(features\): bar rejected: two$")  # fmt: skip
-    assert rows.loc[keys.TRAINING, "latest reasons"] == "60 s ago by trainer-a (trainer): state_dim 12 != 512"
+    # 60 s old when written; a render that takes more than a second on a busy machine says 61 or 62
+    _find(rows.loc[keys.TRAINING, "latest reasons"], r"^6[012] s ago by trainer-a \(trainer\): state_dim 12 != 512$")
 
 
 def test_data_quality_per_symbol_shows_the_counters_and_score(client: redis.Redis) -> None:

@@ -54,7 +54,7 @@ SERVICE = "trainer"
 TIMER_S = 0.5
 CNN_MODEL = "cnn-mtf"
 PAPER_READ = 500
-CNN_READ = 256  # training packets the CNN's owner reads per timer tick (~40 ms of labels to learn each)
+CNN_READ = 64  # training packets the CNN's owner reads per timer tick: short ticks, 128 packets/s at most
 CNN_CURSOR = "ml:trainer:cnn_cursor"  # the last ml:training entry the CNN's owner learned from
 # Claim the entries after the cursor up to ARGV[3]: only the lease holder, only from where the cursor is.
 _CLAIM_CNN_BATCH = """
