@@ -272,7 +272,6 @@ async def test_a_returning_leader_paper_trades_from_the_head_not_the_packets_of_
             await asyncio.sleep(1.5)
             await r.delete(LEADER)
             await eventually(lambda: _true(ctx.info()["leader"]), timeout=10, what="the lease back")
-            await asyncio.sleep(1.5)  # its next timer ticks find the head (writing before would race them)
             await writer.seconds(120, 125)
             await eventually(lambda: _true_async(steps(), lambda n: n > before), timeout=20, what="new decisions")
             await asyncio.sleep(1.5)  # every packet of 120..125 decided and reported

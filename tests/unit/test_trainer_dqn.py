@@ -56,14 +56,12 @@ def small_hp(**kw: object) -> Hyperparameters:
     return Hyperparameters(**base)  # type: ignore[arg-type]
 
 
-def packet(
-    t: int, price: float, dim: int = 6, symbol: str = "ETHUSDT", value: float = 0.1, layout: str = ""
-) -> TrainingDataPacket:
+def packet(t: int, price: float, dim: int = 6, symbol: str = "ETHUSDT", value: float = 0.1) -> TrainingDataPacket:
     state = np.full(dim, value, np.float32)
     return TrainingDataPacket(
         symbol=symbol, ts_event_ms=T0 + 1000 * t, price=price, source="SYNTHETIC", state_dim=dim,
         state=codec.f32_to_bytes(state), cnn_features=b"", cnn_predictions=b"", prediction_names=[],
-        model_version="cnn-init-7", window_fill=1.0, layout_version=layout,
+        model_version="cnn-init-7", window_fill=1.0,
     )  # fmt: skip
 
 
@@ -299,43 +297,6 @@ def test_core_reinitialises_when_the_state_dim_changes_and_counts_it():
     core.observe(packet(6, 100.0, dim=9), [packet(5, 100.0, dim=9)])
     assert core.agent is not first and core.agent is not None and core.agent.obs_dim == 12
     assert core.state_dim == 9 and core.state_dim_changes == 1 and len(core.agent.replay) == 1
-
-
-def test_packets_of_another_state_layout_are_refused_until_the_features_service_was_reconfigured():
-    from unistream_trainer.core import LAYOUT_SWITCH_AFTER
-
-    core = TrainerCore(small_hp())
-    feed(core, [packet(t, 100.0 + t % 3, layout="v2/aaaa") for t in range(20)])
-    learned = core.transitions
-    assert core.layout == "v2/aaaa" and learned > 0
-    # the same size, other meanings (say, the symbols' order swapped): refused, never learned from
-    others = [packet(t, 100.0, layout="v2/bbbb") for t in range(20, 40)]
-    feed(core, others)
-    assert core.transitions == learned and core.events["layout_refused"] == 20 and core.refused_layout == "v2/bbbb"
-    assert core.greedy_action(others[-1], 1)[0] == 1, "no decision on a state it cannot read: it holds"
-    # a chain never crosses a change of layout
-    mixed = [packet(40, 100.0, layout="v2/bbbb"), packet(41, 101.0, layout="v2/aaaa")]
-    core.observe(mixed[1], mixed[:1])
-    assert core.events["no_predecessor"] >= 1 and core.transitions == learned
-    # a run of the new layout long enough: the features service was reconfigured, the agent starts over
-    core.events.clear()
-    feed(core, [packet(t, 100.0 + t % 3, layout="v2/bbbb") for t in range(100, 100 + LAYOUT_SWITCH_AFTER + 20)])
-    assert core.events["layout_refused"] == LAYOUT_SWITCH_AFTER - 1 and core.events["layout_changes"] == 1
-    assert core.layout == "v2/bbbb" and 0 < core.transitions < learned + 25
-
-
-def test_weights_and_checkpoints_of_another_layout_are_refused(tmp_path: Path):
-    core = TrainerCore(small_hp())
-    feed(core, [packet(t, 100.0 + t % 4, layout="v2/aaaa") for t in range(30)])
-    weights = {k: v + 1.0 for k, v in core.agent.q_network.state_dict().items()}  # type: ignore[union-attr]
-    assert core.adopt(weights, "dqn-r0000009", "v2/bbbb") is False and core.events["weights_other_layout"] == 1
-    assert core.adopt(weights, "dqn-r0000009", "v2/aaaa") is True
-    data, _ = core.checkpoint(ck.checkpoint_version(T0, core.updates), "trainer-test")
-    ckpt = ck.decode_checkpoint(data)
-    assert ckpt.layout == "v2/aaaa"
-    resumed = TrainerCore(small_hp(), resume=ckpt)
-    resumed.observe(packet(1, 100.0, layout="v2/bbbb"), [packet(0, 100.0, layout="v2/bbbb")])
-    assert resumed.events["resume_rejected"] == 1 and "layout v2/aaaa" in resumed.resume_error
 
 
 def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():

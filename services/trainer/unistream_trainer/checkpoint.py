@@ -65,7 +65,6 @@ def encode_checkpoint(
     updates: int,
     transitions: int,
     values: str = "q",
-    layout: str = "",
 ) -> bytes:
     """safetensors bytes of ``state_dict`` with the metadata that says what it fits."""
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
@@ -81,7 +80,6 @@ def encode_checkpoint(
         "actions": "flat,long,short",
         "observation": "state + one-hot(position held: flat,long,short)",
         "values": values,
-        "layout_version": layout,
     }
     return save_safetensors(tensors, metadata=metadata)
 
@@ -99,12 +97,9 @@ class Checkpoint:
     updates: int
     transitions: int
     values: str = "q"
-    layout: str = ""  # the state layout it learned ("" when written before layouts were recorded)
 
-    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int], values: str = "q", layout: str = "") -> str:
+    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int], values: str = "q") -> str:
         """Why this checkpoint does not fit a network of this shape and meaning ("" when it does)."""
-        if self.layout and layout and self.layout != layout:
-            return f"it learned states of layout {self.layout}, the stream now gives layout {layout}"
         if self.values != values:
             return (
                 f"its outputs are {VALUES.get(self.values, repr(self.values))}, the settings ask for {VALUES[values]}"
@@ -139,7 +134,6 @@ def decode_checkpoint(data: bytes, expected_sha256: str | None = None) -> Checkp
             updates=int(meta["updates"]),
             transitions=int(meta["transitions"]),
             values=meta.get("values", "q"),  # written before known costs: Q-values
-            layout=meta.get("layout_version", ""),
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"checkpoint metadata is incomplete or malformed: {exc!r}") from None

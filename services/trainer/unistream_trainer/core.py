@@ -92,36 +92,18 @@ def observation(state: np.ndarray, position: int, slot: int | None = None) -> np
 def usable_chain(
     packet: TrainingDataPacket, ancestors: Sequence[TrainingDataPacket], max_gap_ms: int
 ) -> list[TrainingDataPacket]:
-    """``ancestors + [packet]`` cut after the last link that breaks (another symbol or state layout, not
-    older, a gap)."""
+    """``ancestors + [packet]`` cut after the last link that breaks (another symbol, not older, a gap)."""
     chain = [packet]
     for prev in reversed(ancestors):
         nxt = chain[0]
-        if (
-            prev.symbol != nxt.symbol
-            or prev.layout_version != nxt.layout_version
-            or not 0 < nxt.ts_event_ms - prev.ts_event_ms <= max_gap_ms
-        ):
+        if prev.symbol != nxt.symbol or not 0 < nxt.ts_event_ms - prev.ts_event_ms <= max_gap_ms:
             break
         chain.insert(0, prev)
     return chain
 
 
-LAYOUT_SWITCH_AFTER = 600  # packets in a row of one other state layout that make the agent start over on it
-
-
 class TrainerCore:
-    """One DQN agent fed by chains of training packets of every symbol.
-
-    **One state layout.** The agent learns the layout (``"<version>/<fingerprint>"``, see
-    :mod:`unistream_model.layout`) of the packet it was built from: states of another layout mean
-    other things at the same positions, so their packets are refused (``layout_refused``, the
-    layout in :attr:`refused_layout`), as are checkpoints and merged weights of another layout.
-    When :data:`LAYOUT_SWITCH_AFTER` packets in a row all have one other layout, the features
-    service was reconfigured: the agent starts over on the new layout (``layout_changes``), as it
-    does for a new state size. A few packets of an old layout (a features replica still
-    running the old settings) are refused, never mixed in.
-    """
+    """One DQN agent fed by chains of training packets of every symbol."""
 
     def __init__(self, hp: Hyperparameters, max_gap_ms: int = 5_000, resume: Checkpoint | None = None) -> None:
         self.hp = hp
@@ -133,14 +115,11 @@ class TrainerCore:
         self.packets = 0
         self.state_dim = 0
         self.state_dim_changes = 0
-        self.layout = ""  # the state layout the agent learns (its first packet's)
-        self.refused_layout = ""  # the last other layout refused
-        self._other_layout_run = 0  # packets in a row of refused_layout
         self.events: Counter[str] = Counter()
         self._rng = np.random.default_rng(hp.seed + 1)
         self._update_credit = 0.0
         self.samples_since_merge = 0  # transitions stored since the weights were last averaged
-        self.pending_weights: tuple[dict[str, torch.Tensor], str, str] | None = None
+        self.pending_weights: tuple[dict[str, torch.Tensor], str] | None = None
         self.model_version = ""  # merged version the weights came from ("" before any)
         # What the data looked like, for the published model's metadata.
         self.layout_version = ""
@@ -170,18 +149,6 @@ class TrainerCore:
     def observe(self, packet: TrainingDataPacket, ancestors: Sequence[TrainingDataPacket] = ()) -> None:
         """Take one training packet with up to ``n_step`` predecessors of its symbol (oldest first)."""
         self.packets += 1
-        if self.agent is not None and packet.layout_version != self.layout:
-            if packet.layout_version == self.refused_layout:
-                self._other_layout_run += 1
-            else:
-                self.refused_layout, self._other_layout_run = packet.layout_version, 1
-            if self._other_layout_run < LAYOUT_SWITCH_AFTER:
-                self.events["layout_refused"] += 1
-                return
-            self.events["layout_changes"] += 1
-            self.agent = None  # the features service was reconfigured: start over on its new layout
-        elif self.agent is not None:
-            self._other_layout_run = 0
         self.layout_version, self.cnn_version = packet.layout_version, packet.model_version
         if not self.data_from_ms or packet.ts_event_ms < self.data_from_ms:
             self.data_from_ms = packet.ts_event_ms
@@ -195,7 +162,7 @@ class TrainerCore:
         if any(s.size != packet.state_dim or not np.isfinite(s).all() for s in states):
             self.events["skipped_bad_state"] += 1
             return
-        agent = self._agent_for(packet.state_dim, packet.layout_version)
+        agent = self._agent_for(packet.state_dim)
         slot = position_slot(packet.layout_version, packet.state_dim)
         position = start = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
         obs0 = observation(states[0], position, slot)
@@ -242,7 +209,7 @@ class TrainerCore:
     def greedy_action(self, packet: TrainingDataPacket, position: int) -> tuple[int, np.ndarray]:
         """The current policy's action at ``packet`` holding ``position``, and its Q-values (paper trading)."""
         state = codec.f32_from_bytes(packet.state)
-        if self.agent is None or packet.state_dim != self.state_dim or packet.layout_version != self.layout:
+        if self.agent is None or packet.state_dim != self.state_dim:
             return POSITION_INDEX[position], np.zeros(N_ACTIONS, np.float32)
         q = self.agent.values(observation(state, position, position_slot(packet.layout_version, packet.state_dim)))
         return int(q.argmax()), q
@@ -252,37 +219,32 @@ class TrainerCore:
         for t in transitions:
             self.agent.replay.add(t.obs, t.action, t.reward, t.next_obs, t.discount)
 
-    def _agent_for(self, state_dim: int, layout: str) -> DQNAgent:
+    def _agent_for(self, state_dim: int) -> DQNAgent:
         if self.agent is not None and state_dim == self.state_dim:
             return self.agent
-        if self.agent is not None or (self.state_dim and state_dim != self.state_dim):
+        if self.agent is not None:
             self.state_dim_changes += 1
             self.events["state_dim_changes"] += 1
         self.state_dim = state_dim
-        self.layout = layout
-        self._other_layout_run = 0
         self._update_credit = 0.0
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
         if self.resume is not None:
             self._resume(self.agent)
         if self.pending_weights is not None:
-            self.adopt(*self.pending_weights)
+            tensors, version = self.pending_weights
+            self.adopt(tensors, version)
         return self.agent
 
-    def adopt(self, tensors: dict[str, torch.Tensor], version: str, layout: str = "") -> bool:
+    def adopt(self, tensors: dict[str, torch.Tensor], version: str) -> bool:
         """Take merged (or published) weights for the online network; False if they do not fit.
 
         The target network follows them by its Polyak rule (:meth:`DQNAgent.adopt_online`). Before
         the first packet the weights wait, and are taken when the agent is built with their shape.
-        Weights of another state ``layout`` than the agent's are refused ("": not recorded, not checked).
         """
         if self.agent is None:
-            self.pending_weights = (tensors, version, layout)
+            self.pending_weights = (tensors, version)
             return False
         self.pending_weights = None
-        if layout and self.layout and layout != self.layout:
-            self.events["weights_other_layout"] += 1
-            return False
         tensors = upgrade_state_dict(tensors)
         own = self.agent.q_network.state_dict()
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
@@ -296,7 +258,7 @@ class TrainerCore:
     def _resume(self, agent: DQNAgent) -> None:
         ckpt, self.resume = self.resume, None
         assert ckpt is not None
-        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp), self.layout)
+        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp))
         if reason:
             self.events["resume_rejected"] += 1
             self.resume_error = f"{ckpt.version}: {reason}"
@@ -391,6 +353,5 @@ class TrainerCore:
             updates=self.agent.updates,
             transitions=self.agent.transitions,
             values=values_kind(self.hp),
-            layout=self.layout,
         )
         return data, sum(p.numel() for p in q.parameters())

@@ -44,7 +44,7 @@ from unistream_common.redisio import s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
-from unistream_trainer.core import LAYOUT_SWITCH_AFTER, TrainerCore, published_values_kind, values_kind
+from unistream_trainer.core import TrainerCore, published_values_kind, values_kind
 from unistream_trainer.replicas import LEADER, ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
@@ -91,7 +91,6 @@ class TrainerService:
         self._extrema_credit = 0.0
         self._extrema_samples = 0  # labelled CNN samples since the last submission
         self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
-        self._layout_logged = ""  # the last refused state layout a warning named
         self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
         self._claim_cnn_batch: Any = None
 
@@ -127,11 +126,7 @@ class TrainerService:
                 tensors, meta = unpack_single(data)
                 if model == MODEL_NAME and not self._same_values(version, meta):
                     continue
-                ok = (
-                    self.core.adopt(tensors, version, meta.get("layout_version", ""))
-                    if model == MODEL_NAME
-                    else adopt_cnn(self.extrema, tensors)
-                )
+                ok = self.core.adopt(tensors, version) if model == MODEL_NAME else adopt_cnn(self.extrema, tensors)
                 self.stats.inc("trainer_models_from_volume", model=model)
                 log.info(
                     "starting from %s on the volume (%s)", version, "adopted" if ok else "waits for the first packet"
@@ -155,12 +150,7 @@ class TrainerService:
         if ann.name == CNN_MODEL and meta.get("members") == self.producer:
             return True  # the CNN this replica owns, as it submitted it: it has learned more since
         if ann.name == MODEL_NAME:
-            ok = self.core.adopt(groups, ann.version, meta.get("layout_version", ""))
-            if not ok and self.core.events.get("weights_other_layout"):
-                log.warning(
-                    "merged model %s not adopted: it learned state layout %r, this replica's DQN layout %r",
-                    ann.version, meta.get("layout_version"), self.core.layout,
-                )  # fmt: skip
+            ok = self.core.adopt(groups, ann.version)
         else:
             ok = self.extrema is not None and adopt_cnn(self.extrema, groups)
         self.stats.inc("trainer_models_adopted" if ok else "trainer_models_waiting", model=ann.name)
@@ -224,14 +214,6 @@ class TrainerService:
         steps = await asyncio.to_thread(self._learn, packets, ancestors)
         self.stats.inc("trainer_packets", len(packets))
         self.stats.inc("trainer_updates", steps)
-        if self.core.events.get("layout_refused") and self.core.refused_layout != self._layout_logged:
-            self._layout_logged = self.core.refused_layout
-            log.warning(
-                "training packets of state layout %r refused: this replica's DQN learns layout %r, where the same "
-                "positions mean other things. %d packets in a row of the new layout make it start over on it (the "
-                "features service was reconfigured); restart the trainer to follow a new layout at once.",
-                self.core.refused_layout, self.core.layout, LAYOUT_SWITCH_AFTER,
-            )  # fmt: skip
         for name, value in self.core.events.items():
             self.stats.inc(f"trainer_{name}", value)
         self.core.events.clear()
@@ -342,7 +324,7 @@ class TrainerService:
         meta = describe({
             "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
             "state_dim": self.core.state_dim,
-            "layout_version": self.core.layout,
+            "layout_version": self.core.layout_version,
             "cnn_version": self.core.cnn_version,
             "data_from_ms": self.core.data_from_ms,
             "data_to_ms": self.core.data_to_ms,
