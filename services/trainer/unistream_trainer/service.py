@@ -277,11 +277,11 @@ class TrainerService:
         leader = self.sync is not None and self.sync.leader
         if leader and self.extrema is not None:
             await self.cnn_learn()
-        elif not leader:
-            self._cnn_id = None  # not the owner (any more): a next turn starts from the cursor in Redis
         if not leader:
-            # A next turn as leader paper-trades from the stream's head, never packets of the time it
-            # did not lead (which the group has meanwhile trained on: in-sample decisions).
+            # A next turn as leader owns the CNN from the cursor in Redis, and paper-trades from the
+            # stream's head, never packets of the time it did not lead (which the group has meanwhile
+            # trained on: in-sample decisions).
+            self._cnn_id = None
             self._paper_id = "$"
         if leader and self.paper is not None:
             writes.extend(await self.paper_trade())
