@@ -184,17 +184,14 @@ def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
 
     compose = tmp_path / "compose.yml"
 
-    def start(*extra: str, env: dict[str, str] | None = None, slow: bool = False) -> Run:
-        # the first run of a test writes the compose file; later ones run the same (same ports)
-        if not compose.exists():
-            write_compose(compose, free_port(), slow_port=free_port() if slow else None)
-        run_dir = tmp_path / "run"
+    def launch(extra: tuple[str, ...], env: dict[str, str] | None) -> subprocess.Popen[str]:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
         child_env.update(env or {})
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable, "-m", "unistream_common.cli", "run", "--compose", str(compose),
-                "--run-dir", str(run_dir), "--redis-port", str(free_port()), "--stop-timeout", "1.5", *extra,
+                "--run-dir", str(tmp_path / "run"), "--redis-port", str(free_port()), "--stop-timeout", "1.5",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -202,7 +199,25 @@ def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
             env={**child_env, "PYTHONUNBUFFERED": "1"},
             cwd=tmp_path,
         )  # fmt: skip
-        run = Run(proc=proc, run_dir=run_dir)
+
+    def start(*extra: str, env: dict[str, str] | None = None, slow: bool = False) -> Run:
+        # the first run of a test writes the compose file; later ones run the same (same ports)
+        if compose.exists():
+            proc = launch(extra, env)
+        else:
+            # A free port is an ephemeral one: another worker's connection may take it before the
+            # run checks it ("port(s) in use"); then new ports, at most three tries.
+            for _ in range(3):
+                write_compose(compose, free_port(), slow_port=free_port() if slow else None)
+                proc = launch(extra, env)
+                try:
+                    proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    break
+                output = proc.stdout.read() if proc.stdout else ""
+                if "port(s) in use" not in output:
+                    raise AssertionError(f"unistream run exited {proc.returncode} at start:\n{output}")
+        run = Run(proc=proc, run_dir=tmp_path / "run")
         runs.append(run)
         return run
 
