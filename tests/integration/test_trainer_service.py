@@ -94,6 +94,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
         async with running_worker("trainer", settings, worker) as ctx:
             await writer.seconds(0, 60)
             await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await eventually(lambda: _paper_started(r), timeout=20, what="the leader's paper trading")
             await writer.seconds(60, 70)  # the leader paper-trades packets that arrive while it leads
             await eventually(lambda: _paper(r), timeout=20, what="paper-trading metrics")
             await eventually(lambda: _round_reported(r), timeout=20, what="metrics naming the adopted round")
@@ -180,6 +181,15 @@ async def _paper(r: aioredis.Redis) -> bool:
     )
 
 
+async def _paper_started(r: aioredis.Redis) -> bool:
+    """A leader reports paper metrics from its first tick on: it trades every packet written after."""
+    return any("paper/steps" in m.metrics for m in await metrics(r))
+
+
+async def _paper_reports(r: aioredis.Redis) -> int:
+    return sum("paper/steps" in m.metrics for m in await metrics(r))
+
+
 async def _round_reported(r: aioredis.Redis) -> bool:
     return any(m.metrics.get("charts/model_round", 0) >= 1 for m in await metrics(r))
 
@@ -208,6 +218,7 @@ async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url
         async with running_worker("trainer", settings, worker) as ctx:
             await writer.seconds(0, 40)
             await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await eventually(lambda: _paper_started(r), timeout=20, what="the leader's paper trading")
             await writer.seconds(40, 200)
             await eventually(lambda: _paper(r), timeout=20, what="paper decisions")
             fills = [codec.decode(f) for _, f in await r.xrange(keys.PAPER)]
@@ -249,6 +260,7 @@ async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_la
 async def test_a_returning_leader_paper_trades_from_the_head_not_the_packets_of_its_absence(
     redis_url: str, tmp_path: Path
 ):
+    from unistream_trainer.paper_policy import PaperPolicy
     from unistream_trainer.replicas import LEADER
 
     r = command_client(redis_url)
@@ -263,20 +275,67 @@ async def test_a_returning_leader_paper_trades_from_the_head_not_the_packets_of_
         async with running_worker("trainer", settings, worker) as ctx:
             await writer.seconds(0, 30)
             await eventually(lambda: _n(announcements(r, "dqn"), 1), timeout=20, what="a merged DQN")
+            await eventually(lambda: _paper_started(r), timeout=20, what="the leader's paper trading")
             await writer.seconds(30, 60)
             await eventually(lambda: _paper(r), timeout=20, what="paper decisions")
+            await eventually(lambda: _stat(ctx, "trainer_paper_books_kept", 2), timeout=10, what="books kept")
             await r.set(LEADER, "trainer-elsewhere", px=60_000)  # the lease goes to another replica
             await eventually(lambda: _true(not ctx.info()["leader"]), timeout=10, what="the lease lost")
-            before = await steps()
+            books = PaperPolicy()
+            books.load_bytes(await r.get(keys.TRAINER_BOOKS))  # what it takes back: its own, as last kept
+            kept = books.portfolio.metrics()["paper/steps"]
             await writer.seconds(60, 120)  # 120 packets another leader trades
             await asyncio.sleep(1.5)
             await r.delete(LEADER)
             await eventually(lambda: _true(ctx.info()["leader"]), timeout=10, what="the lease back")
+            await eventually(lambda: _stat(ctx, "trainer_paper_books_taken", 1), timeout=10, what="books taken back")
+            reported = await _paper_reports(r)  # the next report comes after it found the stream's head
+            await eventually(lambda: _true_async(_paper_reports(r), lambda n: n > reported), what="a report")
             await writer.seconds(120, 125)
-            await eventually(lambda: _true_async(steps(), lambda n: n > before), timeout=20, what="new decisions")
+            await eventually(lambda: _true_async(steps(), lambda n: n > kept), timeout=20, what="new decisions")
             await asyncio.sleep(1.5)  # every packet of 120..125 decided and reported
             after = await steps()
-        assert before >= 0 and after - before <= 2 * 5 + 2, (before, after)
+        assert kept > 0 and after - kept <= 2 * 5 + 2, (kept, after)
+    finally:
+        await r.aclose()
+
+
+async def test_a_new_leader_goes_on_with_the_books_its_predecessor_kept(redis_url: str, tmp_path: Path):
+    r = command_client(redis_url)
+    writer = Writer(r, seed=6)
+
+    async def last_paper() -> dict[str, float]:
+        found = [m.metrics for m in await metrics(r) if "paper/steps" in m.metrics]
+        return found[-1] if found else {}
+
+    try:
+        async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-1"), worker) as first:
+            await writer.seconds(0, 10)
+            await eventually(lambda: _paper_started(r), timeout=20, what="the leader's paper trading")
+            await writer.seconds(10, 40)
+            await eventually(lambda: _paper(r), timeout=20, what="paper decisions")
+            await asyncio.sleep(1.0)  # every packet decided and reported
+            assert first.info()["leader"]
+            before = await last_paper()
+        # a clean stop keeps the books and gives up the lease; the next replica leads and takes them
+        async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-2"), worker) as second:
+            await eventually(lambda: _stat(second, "trainer_paper_books_taken", 1), timeout=20, what="books taken")
+            assert second.info()["paper_books_from"]["kept_by"] == "trainer-1"
+            reported = await _paper_reports(r)  # the next report comes after it found the stream's head
+            await eventually(lambda: _true_async(_paper_reports(r), lambda n: n > reported), what="a report")
+            await writer.seconds(40, 45)
+            await eventually(
+                lambda: _true_async(last_paper(), lambda m: m["paper/steps"] > before["paper/steps"]),
+                timeout=20, what="the second leader's decisions",
+            )  # fmt: skip
+            await asyncio.sleep(1.0)
+            after = await last_paper()
+        assert before["paper/steps"] >= 2 * 29, before
+        # the figures go on: the first leader's steps, hours and curve, then 5 seconds of both symbols
+        assert before["paper/steps"] < after["paper/steps"] <= before["paper/steps"] + 2 * 5 + 2
+        assert after["paper/hours"] >= before["paper/hours"]
+        assert after["sensitivity/trades"] >= before["sensitivity/trades"]
+        assert after["paper/decisions"] > before["paper/decisions"]
     finally:
         await r.aclose()
 

@@ -27,6 +27,9 @@ METRICS = "ml:metrics"
 MODELS = "ml:models"
 PREDICTIONS = "ui:predictions"  # PredictionPacket per training state (features), for chart markers
 PAPER = "ml:paper"  # PaperFill per position change of the paper trader (trainer leader)
+# The paper trader's books (ledgers, positions, sensitivity learner), kept by the trainer leader
+# every merge round and taken by the next leader: a torch file of tensors and plain values.
+TRAINER_BOOKS = "ml:trainer:books"
 # Service heartbeats: a hash per process, refreshed every few seconds, expiring when it stops.
 SERVICES = "svc:index"  # sorted set: "<service>/<consumer>" -> last heartbeat (ms)
 

@@ -69,7 +69,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -106,6 +106,20 @@ class _Curve:
         self.last_ts = ts_ms
         hour = ts_ms // MS_PER_HOUR
         self.hourly[hour] = self.hourly.get(hour, 0.0) + r
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "equity": self.equity, "peak": self.peak, "max_drawdown": self.max_drawdown,
+            "first_ts": self.first_ts, "last_ts": self.last_ts, "hourly": sorted(self.hourly.items()),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Curve:
+        c = cls()
+        c.equity, c.peak, c.max_drawdown = float(state["equity"]), float(state["peak"]), float(state["max_drawdown"])
+        c.first_ts, c.last_ts = state["first_ts"], state["last_ts"]
+        c.hourly = {int(h): float(r) for h, r in state["hourly"]}
+        return c
 
     def copy(self) -> _Curve:
         c = _Curve()
@@ -159,6 +173,16 @@ class _OpenTrade:
     net_return: float
     fees: float
     tag: object
+
+
+def _tag_state(tag: object) -> list[float] | None:
+    """A trade's tag as kept books hold it: None, or its values as floats (a signal context)."""
+    if tag is None:
+        return None
+    try:
+        return [float(v) for v in tag]  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a tag must be None or a sequence of numbers to be kept, was {tag!r}") from exc
 
 
 def _sign(x: float) -> int:
@@ -222,6 +246,36 @@ class _Ledger:
         self.price = price
         self.steps += 1
         return closed
+
+    def state_dict(self) -> dict[str, Any]:
+        t = self.open_trade
+        return {
+            "cost": self.cost, "latency_ms": self.latency_ms, "position": self.position, "price": self.price,
+            "steps": self.steps, "changes": self.changes, "fees": self.fees, "gross": self.gross,
+            "trades": self.trades, "wins": self.wins, "last_return": self.last_return,
+            "open_trade": None if t is None else {
+                "side": t.side, "entry_ts_ms": t.entry_ts_ms, "entry_price": t.entry_price,
+                "net_return": t.net_return, "fees": t.fees, "tag": _tag_state(t.tag),
+            },
+            "curve": self.curve.state_dict(),
+            "pending": [(ts, target, _tag_state(tag)) for ts, target, tag in self.pending],
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Ledger:
+        t = state["open_trade"]
+        return cls(
+            cost=float(state["cost"]), latency_ms=int(state["latency_ms"]), position=float(state["position"]),
+            price=state["price"], steps=int(state["steps"]), changes=int(state["changes"]),
+            fees=float(state["fees"]), gross=float(state["gross"]), trades=int(state["trades"]),
+            wins=int(state["wins"]), last_return=float(state["last_return"]),
+            open_trade=None if t is None else _OpenTrade(
+                int(t["side"]), int(t["entry_ts_ms"]), float(t["entry_price"]), float(t["net_return"]),
+                float(t["fees"]), t["tag"],
+            ),
+            curve=_Curve.from_state(state["curve"]),
+            pending=deque((int(ts), float(target), tag) for ts, target, tag in state["pending"]),
+        )  # fmt: skip
 
     def _close(self, ts_ms: int, price: float, exit_cost: float) -> ClosedTrade:
         t = self.open_trade
@@ -338,6 +392,24 @@ class PaperBook:
         self.baselines["random"].step(ts_ms, price, lagged)
         return closed
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the book has booked, as plain values (see :meth:`PaperPortfolio.state_dict`)."""
+        return {
+            "fee": self.fee, "slippage": self.slippage, "latency_ms": self.latency_ms, "lag_ms": self.lag_ms,
+            "policy": self.policy.state_dict(),
+            "baselines": {name: ledger.state_dict() for name, ledger in self.baselines.items()},
+            "held": list(self._held),
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> PaperBook:
+        book = cls(float(state["fee"]), 0, int(state["latency_ms"]), float(state["slippage"]))
+        book.lag_ms = int(state["lag_ms"])
+        book.policy = _Ledger.from_state(state["policy"])
+        book.baselines = {name: _Ledger.from_state(state["baselines"][name]) for name in BASELINES}
+        book._held = deque((int(ts), float(position)) for ts, position in state["held"])
+        return book
+
     def last_returns(self) -> dict[str, float]:
         """Net return booked by the latest step, for the policy and each baseline."""
         out = {"policy": self.policy.last_return}
@@ -394,6 +466,20 @@ class _PooledCurve:
         self.pending += r  # the same time, or late (another symbol behind): joins the open step
         self.pending_symbols = n_symbols
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "curve": self.curve.state_dict(), "pending_ts": self.pending_ts, "pending": self.pending,
+            "pending_symbols": self.pending_symbols,
+        }  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _PooledCurve:
+        c = cls()
+        c.curve = _Curve.from_state(state["curve"])
+        c.pending_ts, c.pending = state["pending_ts"], float(state["pending"])
+        c.pending_symbols = int(state["pending_symbols"])
+        return c
+
     def snapshot(self) -> _Curve:
         c = self.curve.copy()
         if self.pending_ts is not None:
@@ -439,6 +525,33 @@ class PaperPortfolio:
         for name, r in book.last_returns().items():
             self._curves[name].add(ts_ms, r, len(self.books))
         return closed
+
+    def state_dict(self) -> dict[str, Any]:
+        """The books as plain values (numbers, strings, lists, dicts, None): what a successor needs to
+        go on booking exactly as this portfolio would (:meth:`load_state_dict`). A trade's tag is
+        kept as a list of floats (a signal context), or None."""
+        return {
+            "fee": self.fee, "seed": self.seed, "latency_ms": self.latency_ms, "slippage": self.slippage,
+            "books": {symbol: book.state_dict() for symbol, book in self.books.items()},
+            "curves": {name: curve.state_dict() for name, curve in self._curves.items()},
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the books of :meth:`state_dict`. Books kept under other costs or latency would go on
+        booking by rules other than this portfolio's: ValueError says which differ, and nothing changes."""
+        mine = {"fee": self.fee, "slippage": self.slippage, "latency_ms": self.latency_ms}
+        differ = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if differ:
+            raise ValueError(
+                "the books were kept under other execution settings: "
+                + ", ".join(f"{k} {kept} (kept) vs {now} (now)" for k, (kept, now) in differ.items())
+            )
+        try:
+            books = {str(symbol): PaperBook.from_state(b) for symbol, b in state["books"].items()}
+            curves = {name: _PooledCurve.from_state(state["curves"][name]) for name in ("policy", *BASELINES)}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the books are incomplete or malformed: {type(exc).__name__}: {exc}") from exc
+        self.books, self._curves = books, curves
 
     def metrics(self) -> dict[str, float]:
         """The same ``paper/...`` names as :meth:`PaperBook.metrics`, for the whole portfolio."""

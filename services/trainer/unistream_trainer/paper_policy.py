@@ -8,18 +8,30 @@ returned change is the decision's), and when that opens a trade it tags it with 
 DQN's Q-values, the CNN's 1s predictions). Every closed trade's net outcome (fees included) is fed
 to the :class:`~unistream_trainer.sensitivity.SensitivityLearner`, which learns at which confidence
 and size to act, scored against a fixed-threshold baseline on the same trades.
+
+**Kept books.** :meth:`PaperPolicy.to_bytes` holds everything booked and learned (the portfolio's
+ledgers, positions, pending fills, the sensitivity learner with its optimizer and stored trades)
+as a torch file of tensors and plain values, read back with ``weights_only`` (no code is run):
+the trainer keeps it in Redis, so that the next leader goes on with the same books
+(:meth:`PaperPolicy.load_bytes`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import copy
+import io
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from unistream_common.packets import TrainingDataPacket
 from unistream_trainer.dqn import ACTION_POSITION
 from unistream_trainer.paper import DEFAULT_LATENCY_MS, DEFAULT_SLIPPAGE, PaperPortfolio
 from unistream_trainer.sensitivity import CONTEXT_NAMES, SensitivityLearner, packet_predictions, signal_context
+
+BOOKS_FORMAT = 1  # of PaperPolicy.state_dict; books of another format are not taken
 
 
 class Policy(Protocol):
@@ -72,3 +84,53 @@ class PaperPolicy:
         out.update(self.sensitivity.metrics())
         out["paper/decisions"] = float(self.decisions)
         return out
+
+    # --- keeping the books --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": BOOKS_FORMAT,
+            "portfolio": self.portfolio.state_dict(),
+            "sensitivity": self.sensitivity.state_dict(),
+            "positions": dict(self.positions),
+            "last_ts": dict(self.last_ts),
+            "decisions": self.decisions,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the books of :meth:`state_dict`, all or nothing; ValueError says why not (another
+        format, other execution settings, another learner shape, missing parts)."""
+        if state.get("format") != BOOKS_FORMAT:
+            raise ValueError(f"the books are of format {state.get('format')!r}, this trainer reads {BOOKS_FORMAT}")
+        mine = self.portfolio
+        portfolio = PaperPortfolio(fee=mine.fee, seed=mine.seed, latency_ms=mine.latency_ms, slippage=mine.slippage)
+        portfolio.load_state_dict(state["portfolio"])
+        sensitivity = copy.deepcopy(self.sensitivity)
+        sensitivity.load_state_dict(state["sensitivity"])
+        try:
+            positions = {str(k): int(v) for k, v in state["positions"].items()}
+            last_ts = {str(k): int(v) for k, v in state["last_ts"].items()}
+            decisions = int(state["decisions"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"the books are incomplete or malformed: {type(exc).__name__}: {exc}") from exc
+        self.portfolio, self.sensitivity = portfolio, sensitivity
+        self.positions, self.last_ts, self.decisions = positions, last_ts, decisions
+
+    def to_bytes(self, **meta: str | int) -> bytes:
+        """:meth:`state_dict` (with ``meta``, e.g. who kept it and when) as bytes."""
+        buf = io.BytesIO()
+        torch.save({**self.state_dict(), "meta": dict(meta)}, buf)
+        return buf.getvalue()
+
+    def load_bytes(self, data: bytes) -> dict[str, str | int]:
+        """Take the books of :meth:`to_bytes`; returns their ``meta``. ValueError (nothing changed)
+        for bytes that are not such books or books this policy cannot go on with."""
+        try:
+            state = torch.load(io.BytesIO(data), weights_only=True)
+        except Exception as exc:  # torch raises many kinds for foreign or broken files
+            raise ValueError(f"the books could not be read: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(state, dict):
+            raise ValueError(f"the books hold a {type(state).__name__}, not a dict")  # noqa: TRY004 - bad input, one kind
+        self.load_state_dict(state)
+        meta = state.get("meta")
+        return dict(meta) if isinstance(meta, dict) else {}

@@ -38,9 +38,11 @@ fixed-threshold baseline (size 1 when the confidence is at least ``baseline_thre
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -281,6 +283,62 @@ class SensitivityLearner:
             self.losses.append(float(loss.detach()))
             self.updates += 1
         return n_updates
+
+    # --- keeping ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything learned and scored (network, optimizer, random state, stored trades, scores),
+        as tensors and plain values: what :meth:`load_state_dict` needs to go on exactly as this learner."""
+        n = self.stored
+        return {
+            "context_dim": self.context_dim, "sizes": list(self.sizes), "heads": self.heads,
+            "capacity": len(self.outcomes),
+            "q_network": self.q_network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "contexts": torch.from_numpy(self.contexts[:n].copy()),
+            "outcomes": torch.from_numpy(self.outcomes[:n].copy()),
+            "boot_weights": torch.from_numpy(self.boot_weights[:n].copy()),
+            "pos": self.pos, "stored": n, "x_mean": self.x_mean.clone(), "x_std": self.x_std.clone(),
+            "updates": self.updates, "losses": list(self.losses), "trades": self.trades,
+            "size_counts": list(self.size_counts), "baseline_acts": self.baseline_acts,
+            "reward_sum": self.reward_sum, "baseline_sum": self.baseline_sum, "always_sum": self.always_sum,
+            "edge_mean": self._edge_mean, "edge_m2": self._edge_m2, "recent": [list(r) for r in self.recent],
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take the state of :meth:`state_dict`; ValueError (nothing changed) when it was kept by a
+        learner of another shape (context, sizes, heads, buffer capacity or network)."""
+        shape = {"context_dim": self.context_dim, "sizes": list(self.sizes), "heads": self.heads}
+        shape["capacity"] = len(self.outcomes)
+        differ = [f"{k} {state.get(k)} (kept) vs {v} (now)" for k, v in shape.items() if state.get(k) != v]
+        if differ:
+            raise ValueError("the sensitivity learner was kept with another shape: " + ", ".join(differ))
+        try:
+            network = copy.deepcopy(self.q_network)
+            network.load_state_dict(state["q_network"], strict=True)
+            optimizer = torch.optim.AdamW(network.parameters())  # its settings come with its state
+            optimizer.load_state_dict(state["optimizer"])
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+            n = int(state["stored"])
+            buffers = [state[k].numpy() for k in ("contexts", "outcomes", "boot_weights")]
+            if any(len(b) != n for b in buffers) or not 0 <= int(state["pos"]) < len(self.outcomes):
+                raise ValueError(f"{n} trades stored, buffers of {[len(b) for b in buffers]}, pos {state['pos']}")
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"the sensitivity state is incomplete or malformed: {type(exc).__name__}: {exc}") from exc
+        self.q_network, self.optimizer, self.rng = network, optimizer, rng
+        for name, values in zip(("contexts", "outcomes", "boot_weights"), buffers, strict=True):
+            getattr(self, name)[:n] = values
+        self.pos, self.stored = int(state["pos"]), n
+        self.x_mean, self.x_std = state["x_mean"].clone(), state["x_std"].clone()
+        self.updates, self.trades = int(state["updates"]), int(state["trades"])
+        self.baseline_acts = int(state["baseline_acts"])
+        self.losses = deque(state["losses"], maxlen=self.losses.maxlen)
+        self.size_counts = [int(c) for c in state["size_counts"]]
+        self.reward_sum, self.baseline_sum = float(state["reward_sum"]), float(state["baseline_sum"])
+        self.always_sum = float(state["always_sum"])
+        self._edge_mean, self._edge_m2 = float(state["edge_mean"]), float(state["edge_m2"])
+        self.recent = deque((tuple(r) for r in state["recent"]), maxlen=self.recent.maxlen)
 
     # --- reporting ---------------------------------------------------------------------------
 

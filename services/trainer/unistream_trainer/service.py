@@ -20,7 +20,11 @@
   replica adopts each newer merged version; a new replica starts from the newest.
 - The leader also paper-trades the current policy on every packet as it arrives (``ml:training``
   read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
-  the closed trades, and publishes ``paper/*`` and ``sensitivity/*`` metrics.
+  the closed trades, and publishes ``paper/*`` and ``sensitivity/*`` metrics. It keeps these books
+  (ledgers, positions, the sensitivity learner) in ``ml:trainer:books`` every merge round and when
+  it stops, under the lease; a new or returning leader takes them and goes on from the stream's
+  head, so a change of leader keeps the figures. What was booked since the last keeping is lost
+  with a leader that dies (one round at most; none at a clean stop).
 - Metrics (``losses/*``, ``charts/*``, ``extrema/*``, ``merge/*``) every ``metrics_every_s``.
 
 The callback and the timer run one after the other in the consumer's loop, never concurrently.
@@ -64,6 +68,13 @@ redis.call('SET', KEYS[2], ARGV[3]) return 1
 """
 
 
+# Keep the paper books only while holding the lease: a stale leader must not overwrite its successor's.
+_KEEP_BOOKS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2]) return 1
+"""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -93,6 +104,9 @@ class TrainerService:
         self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
         self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
         self._claim_cnn_batch: Any = None
+        self._keep_books: Any = None
+        self._leading = False  # held the lease at the last timer tick
+        self.books_from: dict[str, str | int] = {}  # who kept the paper books this replica took, and when
 
     def register(self) -> GroupConsumer:
         self.sync = ReplicaSync(
@@ -100,6 +114,7 @@ class TrainerService:
             models_maxlen=self.settings.models_maxlen, files_keep=self.settings.checkpoint_keep,
         )  # fmt: skip
         self._claim_cnn_batch = self.runtime.cmd.register_script(_CLAIM_CNN_BATCH)
+        self._keep_books = self.runtime.cmd.register_script(_KEEP_BOOKS)
         return self.runtime.register_consumer(
             keys.GROUP_TRAINER,
             self.on_messages,
@@ -275,6 +290,9 @@ class TrainerService:
             await self.merge_round(now)
         await self.adopt_newer()
         leader = self.sync is not None and self.sync.leader
+        if leader and not self._leading and self.paper is not None:
+            await self.take_books()
+        self._leading = leader
         if leader and self.extrema is not None:
             await self.cnn_learn()
         if not leader:
@@ -321,6 +339,7 @@ class TrainerService:
             self._extrema_samples = 0
         if not await sync.try_lead():
             return
+        await self.keep_books(now)
         meta = describe({
             "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
             "state_dim": self.core.state_dim,
@@ -387,6 +406,45 @@ class TrainerService:
                         fills.append(Write(keys.PAPER, fill, maxlen=self.settings.paper_maxlen))
         return fills
 
+    async def keep_books(self, now: int) -> bool:
+        """As leader: the paper books into ``ml:trainer:books`` (only while the lease is this replica's).
+
+        Not before a new leader has taken its predecessor's books (the timer tick after the one
+        that won the lease): it would overwrite them with its own."""
+        if self.paper is None or self.sync is None or not self.sync.leader or not self._leading:
+            return False
+        data = await asyncio.to_thread(self.paper.to_bytes, kept_by=self.producer, kept_ms=now)
+        kept = bool(await self._keep_books(keys=[LEADER, keys.TRAINER_BOOKS], args=[self.producer, data]))
+        self.stats.inc("trainer_paper_books_kept" if kept else "trainer_paper_books_not_kept")
+        return kept
+
+    async def take_books(self) -> None:
+        """Just became leader: go on with the books the last leader kept (none: this replica's own)."""
+        assert self.paper is not None
+        data = await self.runtime.cmd.get(keys.TRAINER_BOOKS)
+        if data is None:
+            return
+        try:
+            self.books_from = await asyncio.to_thread(self.paper.load_bytes, bytes(data))
+        except ValueError as exc:  # other settings or another release: these books start afresh
+            self.stats.inc("trainer_paper_books_refused")
+            log.warning("the paper books in %s were not taken, this leader's own go on: %s", keys.TRAINER_BOOKS, exc)
+            return
+        self.stats.inc("trainer_paper_books_taken")
+        log.info(
+            "paper books taken (kept by %s at %s): %d decisions, %d sensitivity trades",
+            self.books_from.get("kept_by", "?"), self.books_from.get("kept_ms", "?"), self.paper.decisions,
+            self.paper.sensitivity.trades,
+        )  # fmt: skip
+
+    async def leave(self) -> None:
+        """A clean stop: the books kept (when leading), then out of the members and the lease released."""
+        if self.sync is None:
+            return
+        if self.sync.leader:
+            await self.keep_books(now_ms())
+        await self.sync.leave()
+
     def info(self) -> dict[str, Any]:
         """What /stats shows besides the counters."""
         core = self.core
@@ -403,6 +461,7 @@ class TrainerService:
             "last_merge": self.last_merge,
             "cnn_owner": self._cnn_id is not None,
             "extrema_labels": self.extrema_labels,
+            "paper_books_from": self.books_from,
             "hyperparameters": {k: v for k, v in vars(core.hp).items()},
         }
 
@@ -464,6 +523,5 @@ async def worker(ctx: ServiceContext) -> None:
     try:
         await run_consumers(ctx, runtime, service.info)
     finally:
-        if service.sync is not None:
-            with contextlib.suppress(Exception):  # best effort on the way out: the heartbeat expires anyway
-                await service.sync.leave()
+        with contextlib.suppress(Exception):  # best effort on the way out: the heartbeat expires anyway
+            await service.leave()
