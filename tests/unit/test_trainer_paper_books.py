@@ -66,7 +66,9 @@ def test_books_taken_by_a_successor_go_on_exactly_as_the_leader_s_would(stream: 
     kept_trades = leader.sensitivity.trades
     trade(leader, stream[half:])
 
-    successor = PaperPolicy(seed=9, sensitivity_updates_per_trade=1)  # another replica: its own seed, as a new leader has
+    successor = PaperPolicy(
+        seed=9, sensitivity_updates_per_trade=1
+    )  # another replica: its own seed, as a new leader has
     assert successor.load_bytes(kept) == {"kept_by": "trainer-1", "kept_ms": 123}
     trade(successor, stream[half:])
     fresh = PaperPolicy(seed=5, sensitivity_updates_per_trade=1)
