@@ -373,3 +373,24 @@ async def test_a_leader_whose_lease_expired_publishes_nothing(redis_url: str, tm
         assert announced == result.announcements[0] and await r.exists(announced.uri.removeprefix("redis:"))
     finally:
         await r.aclose()
+
+
+async def test_submissions_of_another_state_layout_are_not_merged_with_the_first(redis_url: str, tmp_path: Path):
+    from unistream_trainer.dqn import QNetwork
+    from unistream_trainer.replicas import ReplicaSync
+
+    r = command_client(redis_url)
+    try:
+        members = ["trainer-a", "trainer-b", "trainer-c"]
+        syncs = {m: ReplicaSync(r, m, str(tmp_path), ttl_ms=10_000) for m in members}
+        layouts = {"trainer-a": "v2/aaaa", "trainer-b": "v2/bbbb", "trainer-c": ""}  # c: an older release
+        for m, sync in syncs.items():
+            meta = {"layout_version": layouts[m]} if layouts[m] else {}
+            await sync.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, meta)
+        assert await syncs["trainer-a"].try_lead()
+        result = await syncs["trainer-a"].merge(members, 1_000, {})
+        assert result is not None and result.members == ["trainer-a", "trainer-c"]
+        (announced,) = await announcements(r, "dqn")
+        assert announced.metrics["merge/members"] == 2
+    finally:
+        await r.aclose()

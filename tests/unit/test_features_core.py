@@ -854,11 +854,13 @@ def test_ui_packet_fields_describe_the_buffers_the_layout_and_the_predictions():
     n_trades = 1 + sum(len(sec.trades[ETH]) for sec in seconds)
     assert p.tick_cache_size == len(eng.symbols[ETH].cache) == n_trades and p.tick_cache_capacity == 400
     assert p.ticks_seen == n_trades and p.bars_seen == 10 and p.training_packets == 10
-    assert p.layout_version == last.layout_version == f"v2/{focus_layout(ETH).fingerprint}"
+    assert p.layout_version == last.layout_version == f"v2/{focus_layout(ETH).role_fingerprint}"
     assert p.rl_state_dim == focus_layout(ETH).dim == last.state_dim
     assert p.cnn_predictions == last.cnn_predictions and p.prediction_names == list(PREDICTION_NAMES)
     assert p.cnn.version == f"cnn-mtf-init-{SEED}" and p.cnn.state == "INITIALISED"
-    assert ui[BTC].layout_version == f"v2/{focus_layout(BTC).fingerprint}" != p.layout_version
+    # the same tag for both symbols' states: each index means the same relative to the state's own symbol
+    assert ui[BTC].layout_version == f"v2/{focus_layout(BTC).role_fingerprint}" == p.layout_version
+    assert focus_layout(BTC).fingerprint != focus_layout(ETH).fingerprint
 
 
 # --- 8. what a state holds ---------------------------------------------------------------------
@@ -882,7 +884,7 @@ def test_a_state_is_its_symbols_windows_cnn_outputs_micro_warmup_and_time_own_sy
         p = next(q for q in packets if q.symbol == s and q.ts_event_ms == t)
         layout, state = focus_layout(s), state_of(p)
         assert p.state_dim == state.size == layout.dim and layout.blocks[0].name == f"{s}.window.1s"
-        assert p.layout_version == f"v2/{layout.fingerprint}"
+        assert p.layout_version == f"v2/{layout.role_fingerprint}"
         assert p.price == seconds[(t - T0) // 1000 - 1].bars[s].close
         assert p.cnn_features == codec.f32_to_bytes(hidden[k]) and p.cnn_predictions == codec.f32_to_bytes(preds[k])
         for j, other in enumerate(SYMBOLS):
@@ -931,7 +933,7 @@ def test_states_stay_finite_with_extreme_input(single: bool):
         for values in (p.state, p.cnn_features, p.cnn_predictions):
             assert np.isfinite(codec.f32_from_bytes(values)).all()
         assert p.state_dim == focus_layout(p.symbol).dim
-        assert p.layout_version == f"v2/{focus_layout(p.symbol).fingerprint}"
+        assert p.layout_version == f"v2/{focus_layout(p.symbol).role_fingerprint}"
     assert eng.cnn.nonfinite_inputs == 0 and eng.cnn.nonfinite_outputs == 0
 
 
@@ -955,7 +957,7 @@ def test_state_dim_and_layout_version_follow_the_configuration():
     (p,) = eng.emit(T0 + 1_000)
     layout = make_layout(symbols, window_bars=8, micro_names=feature_names((10,)), focus=BTC)
     assert eng.dim == p.state_dim == layout.dim
-    assert p.layout_version == eng.layout_version(BTC) == f"v2/{layout.fingerprint}"
+    assert p.layout_version == eng.layout_version(BTC) == f"v2/{layout.role_fingerprint}"
     assert layout.blocks[0].name == "BTCUSDT.window.1s"
 
 

@@ -67,6 +67,8 @@ def test_focus_symbol_comes_first_and_every_focus_shares_starts_and_lengths():
     assert btc.blocks[4].name == "ETHUSDT.window.1s"
     assert [(b.start, b.length) for b in eth.blocks] == [(b.start, b.length) for b in btc.blocks]
     assert eth.fingerprint != btc.fingerprint  # the same index means another symbol's value
+    assert eth.role_fingerprint == btc.role_fingerprint  # ... but the same relative to the state's own symbol
+    assert eth.tag == btc.tag == f"v2/{eth.role_fingerprint}"
     assert make_layout(("ETHUSDT",)).dim == 4 * 5 * 300 + 512 + 160 + 20 + 24 + 4 + 8
 
 
@@ -310,3 +312,17 @@ def test_a_layout_without_a_position_block_has_no_slot() -> None:
     assert position_slot("", 100) is None
     with pytest.raises(KeyError, match="position block holds"):
         position_slot("v2/x", 100, "leverage")
+
+
+def test_the_role_fingerprint_changes_with_the_symbols_a_feature_or_a_size_and_nothing_else():
+    base = make_layout(("ETHUSDT", "BTCUSDT"))
+    assert make_layout(("BTCUSDT", "ETHUSDT")).role_fingerprint == base.role_fingerprint  # BTC's own view
+    changed = [
+        make_layout(("ETHUSDT", "SOLUSDT")),  # another symbol: "other1" means something else
+        make_layout(("ETHUSDT", "BTCUSDT", "SOLUSDT")),
+        make_layout(("ETHUSDT", "BTCUSDT"), window_bars=299),
+        make_layout(("ETHUSDT", "BTCUSDT"), hidden=156, branch_features=129),  # the same size, other blocks
+        make_layout(("ETHUSDT", "BTCUSDT"), micro_names=[f"m{i}" for i in range(len(micro_names()))]),
+    ]
+    assert changed[3].dim == base.dim
+    assert len({base.role_fingerprint, *(layout.role_fingerprint for layout in changed)}) == 1 + len(changed)

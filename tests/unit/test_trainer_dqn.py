@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -297,6 +298,33 @@ def test_core_reinitialises_when_the_state_dim_changes_and_counts_it():
     core.observe(packet(6, 100.0, dim=9), [packet(5, 100.0, dim=9)])
     assert core.agent is not first and core.agent is not None and core.agent.obs_dim == 12
     assert core.state_dim == 9 and core.state_dim_changes == 1 and len(core.agent.replay) == 1
+
+
+def test_core_refuses_states_of_another_layout_of_the_same_size_and_weights_trained_on_one():
+    def tagged(t: int, layout: str, symbol: str = "ETHUSDT") -> TrainingDataPacket:
+        return msgspec.structs.replace(packet(t, 100.0 + t % 2, symbol=symbol), layout_version=layout)
+
+    core = TrainerCore(small_hp())
+    for t in range(1, 5):
+        core.observe(tagged(t, "v2/aaaa"), [tagged(t - 1, "v2/aaaa")])
+    core.observe(tagged(5, "v2/aaaa", "BTCUSDT"), [tagged(4, "v2/aaaa", "BTCUSDT")])  # every symbol: one tag
+    first, stored = core.agent, len(core.agent.replay)
+    assert stored == 5 and core.agent_layout == "v2/aaaa" and not core.events["layout_mismatch"]
+    core.observe(tagged(6, "v2/bbbb"), [tagged(5, "v2/bbbb")])
+    core.observe(tagged(7, "v2/aaaa"), [tagged(6, "v2/bbbb")])  # a predecessor of the other layout
+    assert core.events["layout_mismatch"] == 2 and len(core.agent.replay) == stored and core.agent is first
+    assert "v2/bbbb" in core.layout_error and "built for v2/aaaa" in core.layout_error
+    assert core.greedy_action(tagged(8, "v2/bbbb"), 1) == (1, pytest.approx(np.zeros(3)))  # holds, no decision
+    core.observe(tagged(8, ""), [tagged(7, "v2/aaaa")])  # a packet of an older release names none: not checked
+    assert len(core.agent.replay) == stored + 1
+
+    weights = {k: v.clone() + 1 for k, v in first.q_network.state_dict().items()}
+    assert not core.adopt(weights, "dqn-r0000002", "v2/bbbb") and core.events["weights_other_layout"] == 1
+    assert core.adopt(weights, "dqn-r0000003", "v2/aaaa") and core.model_version == "dqn-r0000003"
+    waiting = TrainerCore(small_hp())
+    assert not waiting.adopt(weights, "dqn-r0000003", "v2/bbbb")  # no network yet: waits for the first packet
+    waiting.observe(tagged(2, "v2/aaaa"), [tagged(1, "v2/aaaa")])
+    assert waiting.model_version == "" and waiting.events["weights_other_layout"] == 1
 
 
 def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():

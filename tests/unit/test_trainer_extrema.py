@@ -60,7 +60,7 @@ def make_packet(
         prediction_names=[],
         model_version="test",
         window_fill=1.0,
-        layout_version=f"v2/{LAYOUT.fingerprint}" if layout_version is None else layout_version,
+        layout_version=LAYOUT.tag if layout_version is None else layout_version,
         warmup=dict(WARM_1S_ONLY) if warmup is None else warmup,
     )
 

@@ -565,7 +565,7 @@ def with_trained_cnn(
                 log_rejected(f"block {block + 1}: the trained CNN was rejected ({exc}); its states keep the last one")
             current = block
         layout = layouts[p.symbol]
-        if p.state_dim != layout.dim or p.layout_version != f"{layout.version}/{layout.fingerprint}":
+        if p.state_dim != layout.dim or p.layout_version != layout.tag:
             raise ValueError(f"{p.symbol} at {p.ts_event_ms}: the packet's layout is not the engine's")
         state = codec.f32_from_bytes(p.state).copy()
         symbols = layout.symbols

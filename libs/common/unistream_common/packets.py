@@ -157,7 +157,8 @@ class TrainingDataPacket(msgspec.Struct, frozen=True):
     prediction_names: list[str]
     model_version: str  # CNN weights that produced the features
     window_fill: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]  # share of the windows that is real bars (mean)
-    # What the state means: "<layout version>/<fingerprint>" (`unistream features layout` prints it).
+    # What the state means relative to its own symbol: "<layout version>/<role fingerprint>", the
+    # same for every symbol of one configuration (`unistream features layout` prints it).
     layout_version: str = ""
     cnn_state: str = ""  # INITIALISED: seeded, untrained weights; LOADED: weights the trainer published
     # Per timeframe, the share of the state's own symbol's window that is real bars; warm: all are 1.
@@ -216,7 +217,7 @@ class UIDataPacket(msgspec.Struct, frozen=True):
     latest_bars: list[Bar] = []  # the newest closed bar of each timeframe buffered (1s, 1m, 1h, 1d)
     bars_buffered: dict[str, NonNegInt] = {}  # bars buffered per timeframe
     warmup: dict[str, Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]] = {}  # share of each window that is real
-    layout_version: str = ""  # of the training states ("<version>/<fingerprint>")
+    layout_version: str = ""  # of the training states ("<version>/<role fingerprint>")
     last_bar_ms: EpochMs = 0  # close time of the newest 1s bar
 
 

@@ -144,6 +144,26 @@ class StateLayout:
             h.update(b"\0" + name.encode())
         return h.hexdigest()[:16]
 
+    @cached_property
+    def role_fingerprint(self) -> str:
+        """Like :attr:`fingerprint`, with each symbol in the names replaced by its role (``self`` for
+        the state's own symbol, ``other1``.. for the others, in order), and the set of symbols: equal
+        for every symbol's state of one configuration, different when a block, a feature, a size or
+        the symbols change. Packets carry it (:attr:`tag`): one network learns from every symbol's
+        states, so what must agree is what each index means relative to the state's own symbol."""
+        roles = {s: "self" if k == 0 else f"other{k}" for k, s in enumerate(self.symbols)}
+        h = hashlib.sha256(self.version.encode())
+        h.update(b"\0" + ",".join(sorted(self.symbols)).encode())
+        for name in self.feature_names():
+            head, dot, tail = name.partition(".")
+            h.update(b"\0" + (roles[head] + dot + tail if head in roles else name).encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def tag(self) -> str:
+        """``<version>/<role fingerprint>``: what a packet's ``layout_version`` says of its state."""
+        return f"{self.version}/{self.role_fingerprint}"
+
     def block(self, name: str) -> Block:
         try:
             return self._by_name[name]
@@ -193,7 +213,7 @@ class StateLayout:
             yield from b.feature_names()
 
     def to_json(self, all_names: bool = False) -> dict[str, object]:
-        """JSON-ready description: version, dim, fingerprint, and per block its range and names.
+        """JSON-ready description: version, dim, fingerprints, and per block its range and names.
 
         Blocks of at most :data:`NAMES_IN_JSON_UP_TO` values (or all, with ``all_names``) list every
         feature name; window blocks give ``channels`` and ``bars`` instead.
@@ -218,6 +238,8 @@ class StateLayout:
             "version": self.version,
             "dim": self.dim,
             "fingerprint": self.fingerprint,
+            "role_fingerprint": self.role_fingerprint,
+            "tag": self.tag,
             "symbols": list(self.symbols),
             "window_bars": self.window_bars,
             "timeframes": list(TIMEFRAMES),
@@ -227,8 +249,8 @@ class StateLayout:
     def table_markdown(self) -> str:
         """The blocks as a Markdown table with their sizes (for the README and the CLI)."""
         title = (
-            f"State layout {self.version}: {self.dim:,} float32 values, fingerprint {self.fingerprint} "
-            f"(symbols {', '.join(self.symbols)}, the state's own symbol first; windows of {self.window_bars} bars)"
+            f"State layout {self.version}: {self.dim:,} float32 values, fingerprint {self.fingerprint}, "
+            f"packets' layout_version {self.tag} (symbols {', '.join(self.symbols)}, the state's own symbol first; windows of {self.window_bars} bars)"
         )
         lines = [
             title,
@@ -252,7 +274,7 @@ def _prediction_names(n: int) -> tuple[str, ...]:
 
 def position_slot(layout_version: str, state_dim: int, name: str = "position") -> int | None:
     """Index of ``position.{name}`` in a state of ``layout_version`` (as packets carry it,
-    ``v2/<fingerprint>``) with ``state_dim`` values; None when that version has no position block
+    ``v2/<role fingerprint>``) with ``state_dim`` values; None when that version has no position block
     (v1) or the state is too short to hold one.
 
     The trainer, which writes the agent's position into states it did not build, finds the slot

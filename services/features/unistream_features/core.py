@@ -166,9 +166,9 @@ class FeatureEngine:
         return SymbolState(cache=cache, emitted_until_ms=emitted_until_ms, released_until_ms=emitted_until_ms)
 
     def layout_version(self, symbol: str) -> str:
-        """``<version>/<fingerprint>`` of the layout of ``symbol``'s states."""
-        layout = self.layouts[symbol]
-        return f"{layout.version}/{layout.fingerprint}"
+        """``<version>/<role fingerprint>`` of the layout of ``symbol``'s states (the same for every
+        symbol: :attr:`~unistream_model.layout.StateLayout.role_fingerprint`)."""
+        return self.layouts[symbol].tag
 
     # --- input -------------------------------------------------------------------------------
 

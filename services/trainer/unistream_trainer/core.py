@@ -22,7 +22,11 @@ A chain is cut where two packets are more than ``max_gap_ms`` apart (fewer steps
 gap); a packet without a usable predecessor gives no transition (counted). The observation is the
 state with the held position written into its ``position.position`` value (layout v2) and a one-hot
 of the position appended (flat, long, short). When the state dimension changes (a new layout) the
-agent is re-initialised and the change counted.
+agent is re-initialised and the change counted. A packet whose ``layout_version`` (the layout's
+role fingerprint: what each index means relative to the state's own symbol) differs from the one
+the network was built for, at the same size, is refused and counted (``layout_mismatch``, with
+:attr:`TrainerCore.layout_error` saying what differs): its values would feed the wrong inputs.
+Merged weights of another layout are not adopted either.
 
 Time comes in as arguments; there is no clock, Redis or file access here.
 """
@@ -119,7 +123,9 @@ class TrainerCore:
         self._rng = np.random.default_rng(hp.seed + 1)
         self._update_credit = 0.0
         self.samples_since_merge = 0  # transitions stored since the weights were last averaged
-        self.pending_weights: tuple[dict[str, torch.Tensor], str] | None = None
+        self.pending_weights: tuple[dict[str, torch.Tensor], str, str] | None = None  # tensors, version, layout
+        self.agent_layout = ""  # layout_version of the packets the network was built for ("" unknown)
+        self.layout_error = ""  # the last packet refused for its layout, and why
         self.model_version = ""  # merged version the weights came from ("" before any)
         # What the data looked like, for the published model's metadata.
         self.layout_version = ""
@@ -162,7 +168,9 @@ class TrainerCore:
         if any(s.size != packet.state_dim or not np.isfinite(s).all() for s in states):
             self.events["skipped_bad_state"] += 1
             return
-        agent = self._agent_for(packet.state_dim)
+        if not self._fits_layout(chain):
+            return
+        agent = self._agent_for(packet.state_dim, packet.layout_version)
         slot = position_slot(packet.layout_version, packet.state_dim)
         position = start = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
         obs0 = observation(states[0], position, slot)
@@ -202,6 +210,26 @@ class TrainerCore:
             self._update_credit + self.hp.updates_per_transition, float(self.hp.max_updates_per_batch)
         )
 
+    def _fits_layout(self, chain: Sequence[TrainingDataPacket]) -> bool:
+        """Whether the chain's states mean what the network's inputs do (counted and explained if not).
+
+        A network built on packets without a layout tag, or a packet without one, is not checked;
+        a chain that changes size goes to the re-initialisation of :meth:`_agent_for` instead."""
+        packet = chain[-1]
+        if self.agent is None or not self.agent_layout or packet.state_dim != self.state_dim:
+            return True
+        wrong = [p for p in chain if p.layout_version and p.layout_version != self.agent_layout]
+        if not wrong:
+            return True
+        self.events["layout_mismatch"] += 1
+        self.layout_error = (
+            f"{wrong[0].symbol} at {wrong[0].ts_event_ms}: state layout {wrong[0].layout_version}, the network was "
+            f"built for {self.agent_layout} (same size, other meaning): the features' configuration changed or two "
+            "configurations feed ml:training; restart the trainer replicas after the change (a new network is "
+            "built for the new layout) or run one configuration"
+        )
+        return False
+
     @staticmethod
     def _greedy(agent: DQNAgent, obs: np.ndarray) -> int:
         return int(agent.values(obs).argmax())
@@ -209,7 +237,8 @@ class TrainerCore:
     def greedy_action(self, packet: TrainingDataPacket, position: int) -> tuple[int, np.ndarray]:
         """The current policy's action at ``packet`` holding ``position``, and its Q-values (paper trading)."""
         state = codec.f32_from_bytes(packet.state)
-        if self.agent is None or packet.state_dim != self.state_dim:
+        other_layout = bool(self.agent_layout and packet.layout_version and packet.layout_version != self.agent_layout)
+        if self.agent is None or packet.state_dim != self.state_dim or other_layout:
             return POSITION_INDEX[position], np.zeros(N_ACTIONS, np.float32)
         q = self.agent.values(observation(state, position, position_slot(packet.layout_version, packet.state_dim)))
         return int(q.argmax()), q
@@ -219,32 +248,37 @@ class TrainerCore:
         for t in transitions:
             self.agent.replay.add(t.obs, t.action, t.reward, t.next_obs, t.discount)
 
-    def _agent_for(self, state_dim: int) -> DQNAgent:
+    def _agent_for(self, state_dim: int, layout: str = "") -> DQNAgent:
         if self.agent is not None and state_dim == self.state_dim:
             return self.agent
         if self.agent is not None:
             self.state_dim_changes += 1
             self.events["state_dim_changes"] += 1
         self.state_dim = state_dim
+        self.agent_layout = layout
         self._update_credit = 0.0
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
         if self.resume is not None:
             self._resume(self.agent)
         if self.pending_weights is not None:
-            tensors, version = self.pending_weights
-            self.adopt(tensors, version)
+            self.adopt(*self.pending_weights)
         return self.agent
 
-    def adopt(self, tensors: dict[str, torch.Tensor], version: str) -> bool:
+    def adopt(self, tensors: dict[str, torch.Tensor], version: str, layout: str = "") -> bool:
         """Take merged (or published) weights for the online network; False if they do not fit.
 
-        The target network follows them by its Polyak rule (:meth:`DQNAgent.adopt_online`). Before
-        the first packet the weights wait, and are taken when the agent is built with their shape.
+        ``layout``: the ``layout_version`` they were trained on ("" unknown); weights of another
+        layout than the network's are not taken (counted: ``weights_other_layout``). The target
+        network follows them by its Polyak rule (:meth:`DQNAgent.adopt_online`). Before the first
+        packet the weights wait, and are taken when the agent is built with their shape and layout.
         """
         if self.agent is None:
-            self.pending_weights = (tensors, version)
+            self.pending_weights = (tensors, version, layout)
             return False
         self.pending_weights = None
+        if layout and self.agent_layout and layout != self.agent_layout:
+            self.events["weights_other_layout"] += 1
+            return False
         tensors = upgrade_state_dict(tensors)
         own = self.agent.q_network.state_dict()
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):

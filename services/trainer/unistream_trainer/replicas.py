@@ -135,6 +135,11 @@ def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
+def _layout(subs: Sequence[Submission]) -> str:
+    """The first state layout the submissions name ("" for none)."""
+    return next((x.metadata["layout_version"] for x in subs if x.metadata.get("layout_version")), "")
+
+
 @dataclass
 class MergeResult:
     version: str
@@ -217,13 +222,16 @@ class ReplicaSync:
         subs = await self.collect(members)
         # Per model, the submissions that learned it something, weighted by their samples of it (the
         # DQN by packets, the CNN by labelled samples: only its owner submits it); only those with the
-        # tensor names and shapes of the first one merge together.
+        # tensor names and shapes of the first one, and its state layout (a submission that names
+        # none, of an older release, goes with any), merge together.
         parts: dict[str, list[Submission]] = {}
         for model in sorted({m for x in subs for m in x.groups}):
             having = [x for x in subs if model in x.groups and x.samples_of(model) > 0]
             if having:
-                shapes = _shapes(having[0].groups[model])
-                parts[model] = [x for x in having if _shapes(x.groups[model]) == shapes]
+                shapes, layout = _shapes(having[0].groups[model]), _layout(having)
+                parts[model] = [
+                    x for x in having if _shapes(x.groups[model]) == shapes and _layout([x]) in ("", layout)
+                ]
         if not parts:
             return None
         round_no = int(await self.redis.incr(ROUND))

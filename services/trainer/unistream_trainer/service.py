@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from typing import Any, cast
@@ -106,6 +107,7 @@ class TrainerService:
         self._claim_cnn_batch: Any = None
         self._keep_books: Any = None
         self._leading = False  # held the lease at the last timer tick
+        self._layout_warned = -math.inf  # monotonic time of the last warning about refused layouts
         self.books_from: dict[str, str | int] = {}  # who kept the paper books this replica took, and when
 
     def register(self) -> GroupConsumer:
@@ -141,7 +143,10 @@ class TrainerService:
                 tensors, meta = unpack_single(data)
                 if model == MODEL_NAME and not self._same_values(version, meta):
                     continue
-                ok = self.core.adopt(tensors, version) if model == MODEL_NAME else adopt_cnn(self.extrema, tensors)
+                if model == MODEL_NAME:
+                    ok = self.core.adopt(tensors, version, meta.get("layout_version", ""))
+                else:
+                    ok = adopt_cnn(self.extrema, tensors)
                 self.stats.inc("trainer_models_from_volume", model=model)
                 log.info(
                     "starting from %s on the volume (%s)", version, "adopted" if ok else "waits for the first packet"
@@ -165,7 +170,7 @@ class TrainerService:
         if ann.name == CNN_MODEL and meta.get("members") == self.producer:
             return True  # the CNN this replica owns, as it submitted it: it has learned more since
         if ann.name == MODEL_NAME:
-            ok = self.core.adopt(groups, ann.version)
+            ok = self.core.adopt(groups, ann.version, meta.get("layout_version", ""))
         else:
             ok = self.extrema is not None and adopt_cnn(self.extrema, groups)
         self.stats.inc("trainer_models_adopted" if ok else "trainer_models_waiting", model=ann.name)
@@ -231,6 +236,9 @@ class TrainerService:
         self.stats.inc("trainer_updates", steps)
         for name, value in self.core.events.items():
             self.stats.inc(f"trainer_{name}", value)
+        if self.core.events["layout_mismatch"] and time.monotonic() >= self._layout_warned + 60:
+            self._layout_warned = time.monotonic()  # once a minute: every packet of a wrong layout is counted
+            log.warning("training packets refused: %s", self.core.layout_error)
         self.core.events.clear()
         return Result()
 
@@ -332,6 +340,7 @@ class TrainerService:
         if groups and (self.core.samples_since_merge > 0 or self._extrema_samples > 0):
             meta = describe({
                 "base": self.core.model_version, "state_dim": self.core.state_dim,
+                "layout_version": self.core.agent_layout,
                 f"samples.{CNN_MODEL}": self._extrema_samples,
             })  # fmt: skip
             await sync.submit(groups, self.core.samples_since_merge, meta)
@@ -343,7 +352,7 @@ class TrainerService:
         meta = describe({
             "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
             "state_dim": self.core.state_dim,
-            "layout_version": self.core.layout_version,
+            "layout_version": self.core.agent_layout,  # of the states the network was built for
             "cnn_version": self.core.cnn_version,
             "data_from_ms": self.core.data_from_ms,
             "data_to_ms": self.core.data_to_ms,
@@ -459,6 +468,8 @@ class TrainerService:
             "leader": bool(self.sync and self.sync.leader),
             "members": self.members,
             "last_merge": self.last_merge,
+            "layout_version": core.agent_layout,
+            "layout_error": core.layout_error,
             "cnn_owner": self._cnn_id is not None,
             "extrema_labels": self.extrema_labels,
             "paper_books_from": self.books_from,
