@@ -61,10 +61,16 @@ Rows (ticks/s unless stated):
   hidden 256, 256), replay pre-filled with random transitions, torch on one thread; reference:
   ``sb3_dqn_updates_per_s``, Stable-Baselines3's ``DQN.train`` with ``net_arch=[256, 256]`` on a
   gymnasium Box of the same size, same batch and replay. Goal: >= 1.5 x the reference;
-- ``trainer_packets_per_s_1_replica`` / ``trainer_packets_per_s_2_replicas``: training packets
-  learned per second by 1 and 2 ``unistream trainer`` processes (default settings, full states)
+- ``trainer_packets_per_s_1_replica`` / ``_2_replicas`` / ``_3_replicas``: training packets
+  learned per second by 1, 2 and 3 ``unistream trainer`` processes (default settings, full states)
   from a backlog on ``ml:training``, first acknowledgement to nothing read or pending (XINFO
-  GROUPS); the 2-replica row's reference is the 1-replica row. Goal: >= 1.7 x;
+  GROUPS); the 2- and 3-replica rows' reference is the 1-replica row. Goal (2 replicas): >= 1.7 x
+  (on a machine with a core per replica);
+- ``trainer_updates_per_packet_1_replica`` / ``_2_replicas`` / ``_3_replicas``: DQN updates per
+  packet of the same backlogs (``trainer_updates`` over ``trainer_packets`` of the replicas'
+  ``/stats``); reference: ``trainer_updates_per_packet_live``, the same ratio over the real-time
+  packets the 2 replicas learn after their backlog. A backlog should learn as much per packet as
+  live (the default: 4);
 - ``trainer_claim_s``: a consumer of the ``trainer`` group reads a batch and never acknowledges
   it, beside two running replicas: seconds until none of it is pending (claimed after the default
   ``UNISTREAM_CLAIM_IDLE_MS`` of 20 s and learned from). Goal: < 30 s;
@@ -160,6 +166,11 @@ from trainer import (
     trainer_merge_round_ms,
     trainer_packets_per_s_1_replica,
     trainer_packets_per_s_2_replicas,
+    trainer_packets_per_s_3_replicas,
+    trainer_updates_per_packet_1_replica,
+    trainer_updates_per_packet_2_replicas,
+    trainer_updates_per_packet_3_replicas,
+    trainer_updates_per_packet_live,
     trainer_updates_per_s,
     trainer_updates_per_s_float32,
 )
@@ -465,6 +476,27 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
         trainer_packets_per_s_2_replicas,
         "trainer_packets_per_s_1_replica",
         "packets/s",
+    ),
+    "trainer_packets_per_s_3_replicas": (
+        trainer_packets_per_s_3_replicas,
+        "trainer_packets_per_s_1_replica",
+        "packets/s",
+    ),
+    "trainer_updates_per_packet_live": (trainer_updates_per_packet_live, None, "updates/packet"),
+    "trainer_updates_per_packet_1_replica": (
+        trainer_updates_per_packet_1_replica,
+        "trainer_updates_per_packet_live",
+        "updates/packet",
+    ),
+    "trainer_updates_per_packet_2_replicas": (
+        trainer_updates_per_packet_2_replicas,
+        "trainer_updates_per_packet_live",
+        "updates/packet",
+    ),
+    "trainer_updates_per_packet_3_replicas": (
+        trainer_updates_per_packet_3_replicas,
+        "trainer_updates_per_packet_live",
+        "updates/packet",
     ),
     "trainer_claim_s": (trainer_claim_s, None, "s"),
     "trainer_merge_round_ms": (trainer_merge_round_ms, None, "ms"),

@@ -17,7 +17,7 @@ Two kinds of measurement:
 - ``unistream trainer`` as processes (``.venv/bin/unistream trainer``, what the supervisor starts,
   with ``UNISTREAM_*`` variables as the supervisor sets them: own ``UNISTREAM_CONSUMER_NAME`` and
   ``UNISTREAM_HTTP_PORT`` per replica, one shared model directory), default settings otherwise:
-  full 13,448-value states, network 256, 256, 4 updates per packet capped at 16 per consumed batch,
+  full 13,448-value states, network 256, 256, 4 updates per packet (batches of 4 packets, 16 updates),
   the CNN's extrema heads trained at 0.5 steps per packet, paper trading on the leader, merge
   rounds every 30 s, claims after 20 s idle.
 
@@ -93,7 +93,7 @@ N_ACTIONS = 3
 OBS_DIM = STATE_DIM + N_ACTIONS
 UPDATES = 60  # timed gradient steps per learner run
 WARMUP_UPDATES = 3
-BACKLOG_SECONDS = 300  # replay backlog: 600 packets over the two symbols
+BACKLOG_SECONDS = 150  # replay backlog: 300 packets over the two symbols (learned at 4 updates each)
 DEAD_SECONDS = 10  # packets the dead replica takes: 20
 LIVE_SECONDS = 100  # real-time seconds available after the backlog (claim and merge phases)
 CLAIM_TIMEOUT_S = 60.0
@@ -117,6 +117,11 @@ MAX_RUNS: dict[str, int] = {
     "trainer_updates_per_s_float32": 3,
     "trainer_packets_per_s_1_replica": 2,
     "trainer_packets_per_s_2_replicas": 2,
+    "trainer_packets_per_s_3_replicas": 2,
+    "trainer_updates_per_packet_live": 2,
+    "trainer_updates_per_packet_1_replica": 2,
+    "trainer_updates_per_packet_2_replicas": 2,
+    "trainer_updates_per_packet_3_replicas": 2,
     "trainer_claim_s": 2,
     "trainer_merge_round_ms": 2,
 }
@@ -458,6 +463,8 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
     learned = [delta(i, "trainer_packets") for i in range(len(reps.procs))]
     if sum(learned) != total:
         raise RuntimeError(f"the replicas learned {learned} packets, {total:,} were written")
+    # DQN updates per packet of the whole backlog (the first batch included): the catch-up rate
+    _UPDATES[len(reps.procs)] = sum(delta(i, "trainer_updates") for i in range(len(reps.procs))) / total
     elapsed = end - start
     per = "; ".join(
         f"{p.name}: {learned[i]:.0f} packets, {delta(i, 'trainer_updates'):.0f} DQN updates, "
@@ -482,13 +489,54 @@ async def _start(url: str, n: int) -> tuple[aioredis.Redis, _Replicas]:
     return client, _Replicas(url, n)
 
 
-async def trainer_packets_per_s_1_replica(url: str, n: int, batch: int) -> float:
-    client, reps = await _start(url, 1)
+async def _replicas_replay(url: str, n: int, row: str) -> float:
+    client, reps = await _start(url, n)
     try:
         async with reps:
-            return await _replay(client, reps, "trainer_packets_per_s_1_replica")
+            return await _replay(client, reps, row)
     finally:
         await client.aclose()
+
+
+async def trainer_packets_per_s_1_replica(url: str, n: int, batch: int) -> float:
+    return await _replicas_replay(url, 1, "trainer_packets_per_s_1_replica")
+
+
+async def trainer_packets_per_s_3_replicas(url: str, n: int, batch: int) -> float:
+    return await _replicas_replay(url, 3, "trainer_packets_per_s_3_replicas")
+
+
+# DQN updates per packet of the latest backlog learned by n replicas (filled by _replay), and of
+# the real-time packets the 2-replica run learns after it (key "live"): the catch-up rate beside
+# the live one.
+_UPDATES: dict[int | str, float] = {}
+
+
+async def _updates_per_packet(url: str, key: int | str) -> float:
+    if key not in _UPDATES:  # run alone (--only): learn a backlog for it
+        if key == "live" or key == 2:
+            await _from_two_replicas(url, "trainer_packets_per_s_2_replicas")
+        else:
+            await _replicas_replay(url, int(key), f"trainer_packets_per_s_{key}_replica{'s' if key != 1 else ''}")
+    if key not in _UPDATES:
+        raise RuntimeError("the run that measures it gave no value")
+    return _UPDATES.pop(key)
+
+
+async def trainer_updates_per_packet_live(url: str, n: int, batch: int) -> float:
+    return await _updates_per_packet(url, "live")
+
+
+async def trainer_updates_per_packet_1_replica(url: str, n: int, batch: int) -> float:
+    return await _updates_per_packet(url, 1)
+
+
+async def trainer_updates_per_packet_2_replicas(url: str, n: int, batch: int) -> float:
+    return await _updates_per_packet(url, 2)
+
+
+async def trainer_updates_per_packet_3_replicas(url: str, n: int, batch: int) -> float:
+    return await _updates_per_packet(url, 3)
 
 
 # --- two replicas: replay, then a dead replica's packets and merge rounds -----------------------
@@ -561,12 +609,25 @@ async def two_replicas(url: str) -> None:
             watch = asyncio.create_task(_watch_merges(reps, rounds))
             claiming = asyncio.create_task(_claim(client, reps))
             await asyncio.sleep(0.2)  # the dead consumer's MULTI went first
+            before = [(await p.stats())["counters"] for p in reps.procs]
             live = asyncio.create_task(_live(client, BACKLOG_SECONDS + DEAD_SECONDS))
             try:
                 _CACHE["trainer_claim_s"] = await claiming
             except RuntimeError as exc:
                 _CACHE["trainer_claim_s"] = exc
             await _wait_merge(reps, rounds, live)
+            after = [(await p.stats())["counters"] for p in reps.procs]
+
+            def total(name: str) -> float:
+                return sum(float(a.get(name, 0)) - float(b.get(name, 0)) for a, b in zip(after, before))
+
+            if total("trainer_packets"):
+                _UPDATES["live"] = total("trainer_updates") / total("trainer_packets")
+                _note(
+                    "trainer_updates_per_packet_live",
+                    f"{total('trainer_packets'):.0f} packets (one second of both symbols per wall second, and the "
+                    f"dead replica's {2 * DEAD_SECONDS}) and {total('trainer_updates'):.0f} DQN updates",
+                )
     except RuntimeError as exc:
         for row in ("trainer_packets_per_s_2_replicas", "trainer_claim_s", "trainer_merge_round_ms"):
             _CACHE.setdefault(row, exc)

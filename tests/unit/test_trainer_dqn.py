@@ -15,7 +15,7 @@ from torch import nn
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
 from unistream_trainer import checkpoint as ck
-from unistream_trainer.core import TrainerCore, observation, step_reward
+from unistream_trainer.core import TrainerCore, observation, packets_per_batch, step_reward
 from unistream_trainer.dqn import (
     Batch,
     Hyperparameters,
@@ -459,6 +459,26 @@ def test_trainer_settings_parse_hidden_sizes_and_refuse_learning_before_one_batc
         TrainerSettings(dqn_batch_size=64, dqn_learning_starts=10)
     with pytest.raises(ValidationError, match="positive integers"):
         TrainerSettings(dqn_hidden_sizes="256,0")
+    with pytest.raises(ValidationError, match="at least UNISTREAM_DQN_UPDATES_PER_TRANSITION \\(4\\)"):
+        TrainerSettings(dqn_max_updates_per_batch=3)
+
+
+def test_a_consumed_batch_holds_the_packets_whose_updates_fit_in_one_batch_so_a_backlog_learns_at_the_live_rate():
+    assert packets_per_batch(small_hp(updates_per_transition=4.0, max_updates_per_batch=16)) == 4
+    assert packets_per_batch(small_hp(updates_per_transition=0.5, max_updates_per_batch=16)) == 32
+    assert packets_per_batch(small_hp(updates_per_transition=0.1, max_updates_per_batch=16)) == 64  # at most 64
+    assert packets_per_batch(small_hp(updates_per_transition=0.0)) == 64
+    # a backlog fed batch by batch learns as many steps per packet as live, one packet at a time
+    hp = small_hp(learning_starts=8, updates_per_transition=2.0, max_updates_per_batch=8)
+    packets = [packet(t, 100.0 + (t % 3)) for t in range(81)]
+    live, backlog = TrainerCore(hp), TrainerCore(hp)
+    for t in range(1, 81):
+        live.process([packets[t]], [[packets[t - 1]]])
+    n = packets_per_batch(hp)
+    for first in range(1, 81, n):
+        batch = packets[first : first + n]
+        backlog.process(batch, [[packets[first + k - 1]] for k in range(len(batch))])
+    assert n == 4 and backlog.updates == live.updates > 100
 
 
 def test_a_bf16_update_keeps_float32_weights_and_agrees_with_float32_to_bf16_precision():

@@ -93,6 +93,21 @@ def observation(state: np.ndarray, position: int, slot: int | None = None) -> np
     return obs
 
 
+def packets_per_batch(hp: Hyperparameters, most: int = 64) -> int:
+    """Packets the trainer consumes at a time: as many as earn ``max_updates_per_batch`` gradient
+    steps (``updates_per_transition`` each), at most ``most``.
+
+    Each batch's steps are capped, so a batch of more packets than that (64 at 16 steps: 0.25 per
+    packet) learned a backlog at a sixteenth of the live rate (4 per packet). With batches this
+    size every packet earns its steps, live or catching up; a backlog is consumed at the pace of
+    learning (more replicas consume it faster) and no batch stays unacknowledged long enough to be
+    claimed by another replica.
+    """
+    if hp.updates_per_transition <= 0:
+        return most
+    return max(1, min(most, int(hp.max_updates_per_batch // hp.updates_per_transition)))
+
+
 def usable_chain(
     packet: TrainingDataPacket, ancestors: Sequence[TrainingDataPacket], max_gap_ms: int
 ) -> list[TrainingDataPacket]:

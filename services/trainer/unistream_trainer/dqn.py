@@ -51,7 +51,9 @@ class Hyperparameters:
     updates_per_transition: float = 4.0
     """gradient steps owed per new transition (the replay ratio)"""
     max_updates_per_batch: int = 16
-    """at most this many gradient steps per consumed batch, so the consumer keeps up with the stream"""
+    """at most this many gradient steps per consumed batch: the trainer consumes this over
+    ``updates_per_transition`` packets at a time (``core.packets_per_batch``), so every packet earns
+    its steps in a backlog as live, and a batch is learned in well under a second"""
     tau: float = 0.005
     """target network update rate: 1.0 copies the weights, smaller values are Polyak averaging"""
     target_network_frequency: int = 1

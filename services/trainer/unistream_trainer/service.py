@@ -1,7 +1,9 @@
 """The trainer I/O shell: the ``trainer`` group over ``ml:training``, replicas merged into one model.
 
-- Each consumed batch: every packet gets its symbol's predecessors (``prev_id`` chains: from a cache
-  of recent packets, else fetched by id), then :class:`~unistream_trainer.core.TrainerCore` builds
+- Each consumed batch (as many packets as earn the most gradient steps a batch takes: 4 at the
+  defaults, so a backlog is learned at the live rate, at the pace of learning): every packet gets
+  its symbol's predecessors (``prev_id`` chains: from a cache of recent packets, else fetched by
+  id), then :class:`~unistream_trainer.core.TrainerCore` builds
   the n-step transitions and takes the gradient steps they earned, in a worker thread (the event
   loop stays free). Entries are acknowledged at once: the replay buffer is a cache of recent experience.
 - The CNN has one owner, the replica holding the lease: an extremum label needs the packet of its
@@ -49,7 +51,7 @@ from unistream_common.redisio import s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
-from unistream_trainer.core import TrainerCore, published_values_kind, values_kind
+from unistream_trainer.core import TrainerCore, packets_per_batch, published_values_kind, values_kind
 from unistream_trainer.replicas import LEADER, ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
@@ -122,7 +124,10 @@ class TrainerService:
             self.on_messages,
             ["training"],
             options=ConsumerOptions(
-                batch_size=64, timer_interval_s=TIMER_S, claim_idle_ms=self.settings.claim_idle_ms, claim_every_s=2.0
+                batch_size=packets_per_batch(self.core.hp),
+                timer_interval_s=TIMER_S,
+                claim_idle_ms=self.settings.claim_idle_ms,
+                claim_every_s=2.0,
             ),
             on_timer=self.on_timer,
             packet_types=(TrainingDataPacket,),

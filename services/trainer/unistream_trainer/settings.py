@@ -34,7 +34,12 @@ class TrainerSettings(CommonSettings):
     dqn_batch_size: int = Field(64, ge=1, description="Transitions per gradient step")
     dqn_learning_starts: int = Field(64, ge=1, description="Replay size before the first gradient step")
     dqn_updates_per_transition: float = Field(4.0, ge=0, description="Gradient steps per new transition")
-    dqn_max_updates_per_batch: int = Field(16, ge=0, description="Most gradient steps per consumed batch")
+    dqn_max_updates_per_batch: int = Field(
+        16,
+        ge=1,
+        description="Most gradient steps per consumed batch; a batch holds this over UNISTREAM_DQN_UPDATES_PER_"
+        "TRANSITION packets, so a backlog is learned at the live rate and a batch is done in well under a second",
+    )
     dqn_tau: float = Field(0.005, gt=0, le=1, description="Target network update rate (1: copy)")
     dqn_target_network_frequency: int = Field(1, ge=1, description="Gradient steps between target updates")
     dqn_precision: Literal["auto", "float32", "bf16"] = Field(
@@ -103,6 +108,17 @@ class TrainerSettings(CommonSettings):
         capacity = info.data.get("dqn_buffer_size")
         if capacity is not None and value > capacity:
             raise ValueError(f"the batch ({value}) must not exceed UNISTREAM_DQN_BUFFER_SIZE ({capacity})")
+        return value
+
+    @field_validator("dqn_max_updates_per_batch")
+    @classmethod
+    def _a_packet_earns_its_updates(cls, value: int, info: ValidationInfo) -> int:
+        per_packet = info.data.get("dqn_updates_per_transition")
+        if per_packet is not None and value < per_packet:
+            raise ValueError(
+                f"must be at least UNISTREAM_DQN_UPDATES_PER_TRANSITION ({per_packet:g}): a batch of one packet "
+                "would learn less than that packet earns"
+            )
         return value
 
     @field_validator("dqn_learning_starts")
