@@ -4,24 +4,32 @@ A label needs the packet of its bar and the one ``k`` bars later; the consumer g
 to different replicas. Before the CNN had one owner, each replica learned from its own share and
 about half the labels were lost at two replicas (a third survived at three). Now the lease holder
 reads every packet in stream order: with 1, 2 or 3 replicas fed the same packets, the labels
-learned are exactly those one extrema trainer finds in the whole stream.
+learned are exactly those one extrema trainer finds in the whole stream. And every DQN sample a
+replica learns from reaches a published model once (the replicas submit deltas, and keep what
+they learned since submitting when they adopt a merged round): with one replica, the published
+DQN is its own weights.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+import torch
 from helpers import eventually, running_worker
+from safetensors.torch import load as load_safetensors
 
 from unistream_common import codec, keys
-from unistream_common.packets import TrainingDataPacket
+from unistream_common.packets import ModelAnnouncement, TrainingDataPacket
 from unistream_common.redisio import command_client
 from unistream_tools.evaluate import build_packets, files_by_symbol
 from unistream_tools.synthetic import write_archive
+from unistream_trainer import service
 from unistream_trainer.extrema import ExtremaTrainer
 from unistream_trainer.service import CNN_CURSOR, worker
 from unistream_trainer.settings import TrainerSettings
@@ -63,10 +71,23 @@ async def write(r: aioredis.Redis, packets: list[TrainingDataPacket]) -> str:
     return entry_id
 
 
+async def announcements(r: aioredis.Redis, name: str) -> list[ModelAnnouncement]:
+    out = [codec.decode(f) for _, f in await r.xrange(keys.MODELS)]
+    return [a for a in out if isinstance(a, ModelAnnouncement) and a.name == name]
+
+
 @pytest.mark.parametrize("replicas", [1, 2, 3])
-async def test_every_label_in_the_stream_is_learned_once_whatever_the_replica_count(
-    redis_url: str, tmp_path: Path, packets: list[TrainingDataPacket], replicas: int
+async def test_every_label_and_every_dqn_sample_is_learned_once_whatever_the_replica_count(
+    redis_url: str, tmp_path: Path, packets: list[TrainingDataPacket], replicas: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    services: list[service.TrainerService] = []
+
+    class Recorded(service.TrainerService):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            services.append(self)
+
+    monkeypatch.setattr(service, "TrainerService", Recorded)
     expected = labels_in(packets)
     assert expected > len(packets) // 3, "the 1s bars give most packets a label"
     r = command_client(redis_url)
@@ -91,6 +112,18 @@ async def test_every_label_in_the_stream_is_learned_once_whatever_the_replica_co
                 ) == len(packets)
 
             await eventually(all_learned, timeout=120, what="the CNN's owner learned from the whole stream")
+
+            async def every_sample_merged() -> bool:  # each replica's learning reaches a published DQN once
+                merged = sum(int(a.metrics["merge/samples"]) for a in await announcements(r, "dqn"))
+                return merged == sum(c.info()["transitions"] for c in contexts) > 0
+
+            await eventually(every_sample_merged, timeout=30, what="every DQN sample in a merged model")
+            if replicas == 1:  # one replica: the published DQN is its weights, nothing lost on the way
+                await asyncio.sleep(2.5)  # it adopted the last round (no packet since)
+                (newest,) = (await announcements(r, "dqn"))[-1:]
+                published = load_safetensors(await r.get(newest.uri.removeprefix("redis:")))
+                own = services[0].core.online_weights()
+                assert own is not None and all(torch.equal(published[k], own[k]) for k in own)
             infos = [c.info() for c in contexts]
             assert sum(i["cnn_owner"] for i in infos) == 1, infos
             assert sum(i["extrema_labels"] for i in infos) == expected

@@ -230,29 +230,36 @@ async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url
         await r.aclose()
 
 
-async def test_a_merge_takes_a_submission_of_the_previous_release_whose_first_layer_is_in_nn_linear_layout(
+async def test_a_merge_adds_the_members_deltas_to_the_base_and_takes_a_previous_release_s_whole_weights(
     redis_url: str, tmp_path: Path
 ):
     from unistream_trainer.dqn import QNetwork
-    from unistream_trainer.replicas import ReplicaSync
+    from unistream_trainer.replicas import DELTA_MODELS, ReplicaSync, deltas_key, pack, weights_key
 
     r = command_client(redis_url)
     try:
-        new, old = QNetwork(6, (4, 3)), QNetwork(6, (4, 3))
-        old_tensors = {k: v.clone() for k, v in old.state_dict().items()}
+        base, new, old = QNetwork(6, (4, 3)), QNetwork(6, (4, 3)), QNetwork(6, (4, 3))
+        base_t = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        step = {k: v.detach() - base_t[k] for k, v in new.state_dict().items()}  # learned in two submissions
+        old_tensors = {k: v.detach().clone() for k, v in old.state_dict().items()}
         old_tensors["trunk.0.weight"] = old_tensors.pop("trunk.0.weight_in_out").t().contiguous()
         leader = ReplicaSync(r, "trainer-new", str(tmp_path), ttl_ms=10_000)
-        previous = ReplicaSync(r, "trainer-old", str(tmp_path), ttl_ms=10_000)
-        await leader.submit({"dqn": new.state_dict()}, 100, {})
-        await previous.submit({"dqn": old_tensors}, 300, {})
-        assert 9_000 < await r.pttl("ml:trainer:weights:trainer-old") <= 10_000, "kept as long as the heartbeat"
+        delta = {DELTA_MODELS: "dqn"}
+        await leader.submit({"dqn": {k: 0.5 * v for k, v in step.items()}}, 40, delta)
+        await leader.submit({"dqn": {k: 0.5 * v for k, v in step.items()}}, 60, delta)
+        assert 9_000 < await r.pttl(deltas_key("trainer-new")) <= 10_000, "kept as long as the heartbeat"
+        # the previous release stored its whole weights (first layer in nn.Linear's layout) under one key
+        await r.set(weights_key("trainer-old"), pack({"dqn": old_tensors}, {"samples": "300"}), px=10_000)
         assert await leader.try_lead()
-        result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {})
-        assert result is not None and result.members == ["trainer-new", "trainer-old"]
+        result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {}, {"dqn": base_t})
+        assert result is not None and result.members == ["trainer-new", "trainer-old"] and result.samples == 400
         merged = load_safetensors((tmp_path / "dqn" / f"dqn-{result.version}.safetensors").read_bytes())
-        expected = 0.25 * new.trunk[0].weight_in_out + 0.75 * old.trunk[0].weight_in_out
-        torch.testing.assert_close(merged["trunk.0.weight_in_out"], expected.detach())
+        for k, b in base_t.items():  # the base + the members' updates averaged by samples (100 and 300)
+            expected = b + 0.25 * step[k] + 0.75 * (old.state_dict()[k].detach() - b)
+            torch.testing.assert_close(merged[k], expected)
         assert "trunk.0.weight" not in merged
+        assert not await r.exists(deltas_key("trainer-new"), weights_key("trainer-old")), "each counts once"
+        assert await leader.merge(["trainer-new", "trainer-old"], 2_000, {}, {"dqn": base_t}) is None
     finally:
         await r.aclose()
 

@@ -327,6 +327,31 @@ def test_core_refuses_states_of_another_layout_of_the_same_size_and_weights_trai
     assert waiting.model_version == "" and waiting.events["weights_other_layout"] == 1
 
 
+def test_adopting_merged_weights_keeps_what_the_replica_learned_since_it_submitted():
+    core = TrainerCore(small_hp(learning_starts=8, updates_per_transition=1.0, max_updates_per_batch=64))
+    packets = [packet(t, 100.0 + (t % 3)) for t in range(60)]
+    feed(core, packets[:30])
+    assert core.origin is not None
+    submitted = core.take_delta()
+    assert submitted is not None and any(v.abs().sum() > 0 for v in submitted.values())
+    feed(core, packets[30:])  # learned between its submission and the merged round's adoption
+    before = core.online_weights()
+    assert before is not None and core.mark is not None
+    local = {k: before[k] - core.mark[k] for k in before}
+    assert any(v.abs().sum() > 0 for v in local.values())
+    merged = {k: core.origin[k] + 2 * submitted[k] + 0.01 for k in before}  # anything the leader published
+    assert core.adopt(merged, "dqn-r0000001")
+    after = core.online_weights()
+    assert after is not None
+    for k in after:  # the merged weights plus the local learning, not the merged weights alone
+        torch.testing.assert_close(after[k], merged[k] + local[k])
+    again = core.take_delta()  # ... which goes into the next submission, once
+    assert again is not None
+    for k in again:
+        torch.testing.assert_close(again[k], local[k])
+    assert all(float(v.abs().sum()) == 0 for v in (core.take_delta() or {}).values())
+
+
 def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
     core = TrainerCore(small_hp(learning_starts=8, updates_per_transition=2.0, max_updates_per_batch=4))
     packets = [packet(t, 100.0 + (t % 3)) for t in range(42)]

@@ -139,6 +139,10 @@ class TrainerCore:
         self._update_credit = 0.0
         self.samples_since_merge = 0  # transitions stored since the weights were last averaged
         self.pending_weights: tuple[dict[str, torch.Tensor], str, str] | None = None  # tensors, version, layout
+        # The online weights at the last submission or adoption: what was learned since is this
+        # replica's own, not yet in a merged model (see take_delta and adopt).
+        self.mark: dict[str, torch.Tensor] | None = None
+        self.origin: dict[str, torch.Tensor] | None = None  # the weights the network started from
         self.agent_layout = ""  # layout_version of the packets the network was built for ("" unknown)
         self.layout_error = ""  # the last packet refused for its layout, and why
         self.model_version = ""  # merged version the weights came from ("" before any)
@@ -275,6 +279,8 @@ class TrainerCore:
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
         if self.resume is not None:
             self._resume(self.agent)
+        self.origin = self.online_weights()
+        self.mark = self.online_weights()
         if self.pending_weights is not None:
             self.adopt(*self.pending_weights)
         return self.agent
@@ -299,10 +305,32 @@ class TrainerCore:
         if set(own) != set(tensors) or any(tuple(own[k].shape) != tuple(tensors[k].shape) for k in own):
             self.events["weights_not_fitting"] += 1
             return False
-        self.agent.adopt_online(tensors)
+        merged = {k: v.detach().clone() for k, v in tensors.items()}
+        mark = self.mark if self.mark is not None else merged
+        # The merged weights plus what this replica learned since its last submission (not in them
+        # yet: it goes into its next submission), so that adopting a round loses none of it.
+        self.agent.adopt_online({k: merged[k] + (own[k].detach() - mark[k]) for k in own})
+        self.mark = merged
         self.model_version = version
         self.events["weights_adopted"] += 1
         return True
+
+    def online_weights(self) -> dict[str, torch.Tensor] | None:
+        """A copy of the online network's weights (None before the first packet)."""
+        if self.agent is None:
+            return None
+        return {k: v.detach().clone() for k, v in self.agent.q_network.state_dict().items()}
+
+    def take_delta(self) -> dict[str, torch.Tensor] | None:
+        """What the online weights learned since the last submission or adoption (then marked as
+        submitted); None before the first packet. Merging these deltas (rather than the weights)
+        keeps every replica's learning: see :mod:`unistream_trainer.replicas`."""
+        now = self.online_weights()
+        if now is None or self.mark is None:
+            return None
+        delta = {k: now[k] - self.mark[k] for k in now}
+        self.mark = now
+        return delta
 
     def _resume(self, agent: DQNAgent) -> None:
         ckpt, self.resume = self.resume, None

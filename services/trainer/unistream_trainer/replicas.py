@@ -5,17 +5,35 @@ from once). Every ``merge_every_s`` each replica
 
 1. renews its heartbeat in ``ml:trainer:members`` (a sorted set: name -> expiry, ms) and drops
    members whose heartbeat expired: replicas join and leave at any time;
-2. when it learned something since its last submission, stores its weights with the number of
-   samples behind them under ``ml:trainer:weights:{name}`` (safetensors, expires after 3 rounds);
+2. when it learned something since its last submission, appends a submission to its list
+   ``ml:trainer:deltas:{name}`` (safetensors; the list expires 3 rounds after the last one): the
+   DQN as a *delta*, what its online weights learned since its previous submission or adoption,
+   with the number of samples behind it; the CNN (learned by one replica, its owner) as weights;
 3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time). The leader takes every
-   live member's submission (GETDEL: each counts in one round only), averages the tensors weighted
-   by samples, and publishes the merged version: bytes in the registry ``ml:registry:{model}:{version}``
+   live member's submissions (the whole list at once: each counts in one round only) and
+   publishes the merged version: the DQN is the newest published DQN (the base) plus the
+   members' deltas averaged by samples, each member's deltas summed (they are consecutive steps
+   of one run); the CNN is its submitted weights (averaged by labelled samples if several
+   replicas submitted one). Bytes go to the registry ``ml:registry:{model}:{version}``
    (Redis, for distribution; the newest few kept) with a ModelAnnouncement on ``ml:models``, in one
    script that first checks the lease (a leader whose lease expired during a stall publishes
    nothing), then a file under ``<model_dir>/<model>/`` with a JSON of its metadata (the volume,
    for persistence).
 4. Every replica loads each newer merged version it sees announced (also the leader), and a new or
    restarted replica starts from the newest one: nobody starts from scratch once a model exists.
+   A replica adopts the merged weights *plus* what it learned since its last submission (its next
+   delta), so the steps it took between submitting and adopting are not overwritten.
+
+Why deltas: with weights, the leader averaged each replica's weights at submission time and every
+replica then replaced its weights by the average, losing the steps it took in between (half a
+round per replica on average) while its samples still counted. Averaging the members' updates
+from a shared point weighted by their samples is federated averaging (McMahan et al. 2017) /
+local SGD (Stich 2019; Lin et al. 2020); keeping the local update made since the last
+communication on top of the new average is how asynchronous variants avoid the overwrite.
+Replicas' deltas start from the merged version they last adopted, which may be a round behind
+the base they are added to (the staleness of asynchronous SGD, bounded by a round). With one
+replica the published DQN is exactly its weights. A submission of an older release (whole
+weights, under ``ml:trainer:weights:{name}``) is taken as its weights less the base.
 
 :func:`average` is pure; :class:`ReplicaSync` is the I/O.
 """
@@ -69,7 +87,16 @@ return 1
 
 
 def weights_key(member: str) -> str:
+    """A submission of the previous release: one member's whole weights (read, never written)."""
     return f"ml:trainer:weights:{member}"
+
+
+def deltas_key(member: str) -> str:
+    """A member's submissions not yet merged, oldest first (a Redis list)."""
+    return f"ml:trainer:deltas:{member}"
+
+
+DELTA_MODELS = "delta_models"  # submission metadata: the models submitted as deltas, comma-separated
 
 
 def registry_key(model: str, version: str) -> str:
@@ -130,6 +157,9 @@ class Submission:
         labelled samples), else ``samples`` (the DQN's packets)."""
         return float(self.metadata.get(f"samples.{model}", self.samples))
 
+    def is_delta(self, model: str) -> bool:
+        return model in self.metadata.get(DELTA_MODELS, "").split(",")
+
 
 def _shapes(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in tensors.items()}
@@ -189,23 +219,34 @@ class ReplicaSync:
     async def submit(
         self, groups: Mapping[str, Mapping[str, torch.Tensor]], samples: int, meta: Mapping[str, str]
     ) -> None:
+        """Append a submission (``meta`` names the models that are deltas under ``DELTA_MODELS``)."""
         data = pack(groups, {**meta, "member": self.member, "samples": str(samples)})
         # Kept as long as this member's heartbeat (``ttl_ms``: 3 rounds in the service), as the module says.
-        await self.redis.set(weights_key(self.member), data, px=self.ttl_ms)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(deltas_key(self.member), data)
+        pipe.pexpire(deltas_key(self.member), self.ttl_ms)
+        await pipe.execute()
 
     async def try_lead(self) -> bool:
         self.leader = bool(await self._renew(keys=[LEADER], args=[self.member, self.ttl_ms]))
         return self.leader
 
     async def collect(self, members: Sequence[str]) -> list[Submission]:
-        """Take (GETDEL) the live members' submissions; undecodable ones are dropped with a warning."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Take the live members' submissions, oldest first per member (each list and any
+        previous-release submission read and deleted at once); undecodable ones are dropped with a warning."""
+        pipe = self.redis.pipeline(transaction=True)
         for m in members:
             pipe.getdel(weights_key(m))
+            pipe.lrange(deltas_key(m), 0, -1)
+            pipe.delete(deltas_key(m))
+        replies = await pipe.execute()
+        taken = [
+            (m, data)
+            for k, m in enumerate(members)
+            for data in ([replies[3 * k]] if replies[3 * k] else []) + list(replies[3 * k + 1])
+        ]
         out = []
-        for m, data in zip(members, await pipe.execute(), strict=True):
-            if not data:
-                continue
+        for m, data in taken:
             try:
                 groups, meta = unpack(data)
                 # a replica of the previous release submits the DQN's first layer in nn.Linear's layout
@@ -216,8 +257,15 @@ class ReplicaSync:
                 log.warning("submission of %s passed over: %s", m, exc)
         return out
 
-    async def merge(self, members: Sequence[str], now_ms: int, meta: Mapping[str, str]) -> MergeResult | None:
-        """As leader: average the submissions and publish every model in them; None with nothing to merge."""
+    async def merge(
+        self, members: Sequence[str], now_ms: int, meta: Mapping[str, str],
+        bases: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> MergeResult | None:  # fmt: skip
+        """As leader: merge the submissions and publish every model in them; None with nothing to merge.
+
+        ``bases``: per model, the weights deltas are added to (the newest published version; before
+        any, the leader's starting weights); a model submitted as deltas without a base is not merged.
+        """
         started = time.perf_counter()
         subs = await self.collect(members)
         # Per model, the submissions that learned it something, weighted by their samples of it (the
@@ -240,8 +288,16 @@ class ReplicaSync:
         samples = sum(x.samples for x in subs if x.member in contributors)
         result = MergeResult(version_tag, round_no, contributors, samples, 0.0)
         for model, group in parts.items():
-            merged = average([(x.groups[model], x.samples_of(model)) for x in group])
+            base = (bases or {}).get(model)
+            if base is not None and _shapes(base) != _shapes(group[0].groups[model]):
+                log.warning("%s: the base does not fit the submissions (another state size): not used", model)
+                base = None
+            if base is None and any(x.is_delta(model) for x in group):
+                log.warning("%s not merged this round: its deltas have no base", model)
+                continue
+            merged = merge_model(model, group, base)
             model_samples = sum(x.samples_of(model) for x in group)
+            names = list(dict.fromkeys(x.member for x in group))  # a member may have queued several
             version = f"{model}-{version_tag}"
             metadata = {
                 **meta,
@@ -250,7 +306,8 @@ class ReplicaSync:
                 "version": version,
                 "round": str(round_no),
                 "parents": ",".join(f"{x.member}:{x.metadata.get('base', '')}" for x in group),
-                "members": ",".join(x.member for x in group),
+                "members": ",".join(names),
+                "submissions": str(len(group)),
                 "samples": str(int(model_samples)),
                 "published_ms": str(now_ms),
             }
@@ -258,7 +315,8 @@ class ReplicaSync:
             key = registry_key(model, version)
             metrics = {
                 "merge/round": float(round_no),
-                "merge/members": float(len(group)),
+                "merge/members": float(len(names)),
+                "merge/submissions": float(len(group)),
                 "merge/samples": float(model_samples),
             }
             ann = ModelAnnouncement(
@@ -318,6 +376,32 @@ class ReplicaSync:
             if isinstance(p, ModelAnnouncement) and p.name == model:
                 return p if p.ts_ms > after_ts_ms else None
         return None
+
+
+def merge_model(
+    model: str, group: Sequence[Submission], base: Mapping[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor]:
+    """One model's merged tensors from a round's submissions of it (see the module docstring).
+
+    With a ``base``: base + the members' updates averaged by their samples, each member's update
+    the sum of its submissions (deltas as they are; whole weights less the base). Without one:
+    the samples-weighted average of the members' newest whole weights.
+    """
+    members: dict[str, list[Submission]] = {}
+    for x in group:
+        members.setdefault(x.member, []).append(x)
+    if base is None:
+        return average([(subs[-1].groups[model], sum(x.samples_of(model) for x in subs)) for subs in members.values()])
+    zero = {k: torch.zeros_like(v) for k, v in base.items()}
+    updates: list[tuple[Mapping[str, torch.Tensor], float]] = []
+    for subs in members.values():
+        update = dict(zero)
+        for x in subs:
+            t = x.groups[model]
+            update = {k: update[k] + (t[k] if x.is_delta(model) else t[k] - base[k]) for k in update}
+        updates.append((update, sum(x.samples_of(model) for x in subs)))
+    mean = average(updates)
+    return {k: (base[k].to(torch.float64) + mean[k].to(torch.float64)).to(base[k].dtype) for k in base}
 
 
 def describe(meta: Mapping[str, Any]) -> dict[str, str]:

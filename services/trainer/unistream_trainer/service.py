@@ -15,11 +15,12 @@
   A new owner starts from the newest merged CNN; labels whose bar came before the cursor and whose
   later bar comes after it are lost at a change of owner (at most ``k`` bars per timeframe and symbol).
 - A dead replica's unacknowledged packets are claimed by the others after ``claim_idle_ms``.
-- Every ``merge_every_s`` (:mod:`unistream_trainer.replicas`): heartbeat, submit the weights learned
-  since the last round, and, for the replica holding the lease, average every live replica's
-  submission (the DQN weighted by packets, the CNN by labelled samples: its owner's alone) and
-  publish the merged DQN and CNN (registry in Redis + files + ``ml:models``). Every
-  replica adopts each newer merged version; a new replica starts from the newest.
+- Every ``merge_every_s`` (:mod:`unistream_trainer.replicas`): heartbeat, submit what was learned
+  since the last submission (the DQN as a delta, the CNN's weights from its owner), and, for the
+  replica holding the lease, add the live replicas' DQN deltas averaged by packets to the newest
+  merged DQN, take the CNN (by labelled samples: its owner's alone) and publish both (registry in
+  Redis + files + ``ml:models``). Every replica adopts each newer merged version plus its own
+  learning since its submission; a new replica starts from the newest.
 - The leader also paper-trades the current policy on every packet as it arrives (``ml:training``
   read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
   the closed trades, and publishes ``paper/*`` and ``sensitivity/*`` metrics. It keeps these books
@@ -52,7 +53,8 @@ from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
 from unistream_trainer.core import TrainerCore, packets_per_batch, published_values_kind, values_kind
-from unistream_trainer.replicas import LEADER, ReplicaSync, describe
+from unistream_trainer.dqn import upgrade_state_dict
+from unistream_trainer.replicas import DELTA_MODELS, LEADER, ReplicaSync, describe
 from unistream_trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,7 @@ class TrainerService:
         self._leading = False  # held the lease at the last timer tick
         self._layout_warned = -math.inf  # monotonic time of the last warning about refused layouts
         self.books_from: dict[str, str | int] = {}  # who kept the paper books this replica took, and when
+        self._base: tuple[str, dict[str, Any]] = ("", {})  # the newest published DQN read as a merge base
 
     def register(self) -> GroupConsumer:
         self.sync = ReplicaSync(
@@ -345,7 +348,7 @@ class TrainerService:
         if groups and (self.core.samples_since_merge > 0 or self._extrema_samples > 0):
             meta = describe({
                 "base": self.core.model_version, "state_dim": self.core.state_dim,
-                "layout_version": self.core.agent_layout,
+                "layout_version": self.core.agent_layout, DELTA_MODELS: MODEL_NAME,
                 f"samples.{CNN_MODEL}": self._extrema_samples,
             })  # fmt: skip
             await sync.submit(groups, self.core.samples_since_merge, meta)
@@ -363,7 +366,11 @@ class TrainerService:
             "data_to_ms": self.core.data_to_ms,
             "metrics": {"losses/td_loss": self.core.last_loss},
         })  # fmt: skip
-        result = await sync.merge(self.members, now, meta)  # announced on ml:models too, under the lease
+        bases = await self._merge_bases()
+        if MODEL_NAME not in bases:  # the submissions stay queued for a round that has one
+            self.stats.inc("trainer_merge_rounds_without_base")
+            return
+        result = await sync.merge(self.members, now, meta, bases)  # announced on ml:models too, under the lease
         if result is None:
             return
         self.last_merge = {"round": result.round, "members": len(result.members), "duration_ms": result.duration_ms}
@@ -374,10 +381,27 @@ class TrainerService:
             result.duration_ms,
         )  # fmt: skip
 
+    async def _merge_bases(self) -> dict[str, dict[str, Any]]:
+        """The DQN the members' deltas are added to: the newest published one (read from the
+        registry once per version), else, before any, this replica's starting weights."""
+        assert self.sync is not None
+        ann = await self.sync.newest(MODEL_NAME)
+        if ann is not None and self._base[0] != ann.version:
+            data = await self.sync.fetch(ann)
+            if data is not None:
+                tensors, _ = unpack_single(data)
+                self._base = (ann.version, upgrade_state_dict(tensors))
+        if ann is not None and self._base[0] == ann.version:
+            return {MODEL_NAME: self._base[1]}
+        if ann is None and self.core.origin is not None:
+            return {MODEL_NAME: self.core.origin}
+        return {}  # the newest is unreadable, or nothing was learned here yet: no round now
+
     def _groups(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        if self.core.agent is not None:
-            out[MODEL_NAME] = {k: v.detach().clone() for k, v in self.core.agent.q_network.state_dict().items()}
+        delta = self.core.take_delta()
+        if delta is not None:
+            out[MODEL_NAME] = delta
         if self.extrema is not None and self._extrema_samples > 0:  # the CNN's owner, with labels learned
             out[CNN_MODEL] = {k: v.detach().clone() for k, v in self.extrema.model.state_dict().items()}
         return out
