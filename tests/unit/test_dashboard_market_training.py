@@ -97,7 +97,9 @@ def metrics(producer: str, ts_ms: int, step: int = 0, **values: float) -> Metric
     )
 
 
-def announcement(name: str, version: str, ts_ms: int, producer: str = "trainer-0", **m: float) -> ModelAnnouncement:
+def announcement(
+    name: str, version: str, ts_ms: int, producer: str = "trainer-0", members: tuple[str, ...] = (), **m: float
+) -> ModelAnnouncement:
     return ModelAnnouncement(
         name=name,
         version=version,
@@ -107,6 +109,7 @@ def announcement(name: str, version: str, ts_ms: int, producer: str = "trainer-0
         producer=producer,
         parameters=1000,
         metrics={k.replace("__", "/"): v for k, v in m.items()},
+        members=list(members),
     )
 
 
@@ -399,6 +402,28 @@ def test_model_timeline_per_model_with_rounds() -> None:
     assert [t["name"] for t in fig["data"]] == ["cnn-mtf", "dqn", "other"]
 
 
+def test_merge_rounds_name_their_contributors_newest_first() -> None:
+    anns = [
+        announcement("dqn", "dqn-r0000001", T0 + 1000, "trainer-1", ("trainer-1", "trainer-2"), merge__round=1,
+                     merge__members=2, merge__samples=640),
+        announcement("cnn-mtf", "cnn-mtf-r0000001", T0 + 1000, "trainer-1", ("trainer-1",), merge__round=1),
+        announcement("dqn", "dqn-r0000002", T0 + 31_000, "trainer-1", ("trainer-1", "trainer-2", "trainer-3"),
+                     merge__round=2, merge__members=3, merge__samples=700),
+        announcement("dqn", "dqn-r0000000", T0, "trainer-9", merge__round=0, merge__members=2),  # an older release
+    ]  # fmt: skip
+    timeline = training.model_timeline(anns)
+    assert timeline["dqn"].contributors == [[], ["trainer-1", "trainer-2"], ["trainer-1", "trainer-2", "trainer-3"]]
+    rows = training.merge_rows(timeline, limit=3)
+    assert [(r["model"], r["round"]) for r in rows] == [("dqn", 2), ("dqn", 1), ("cnn-mtf", 1)]
+    assert rows[0] == {
+        "round": 2, "model": "dqn", "time (UTC)": "15:06:31", "contributors": "trainer-1, trainer-2, trainer-3",
+        "samples": 700, "published by": "trainer-1",
+    }  # fmt: skip
+    assert training.merge_rows(timeline)[-1]["contributors"] == "2 replicas"
+    hover = training.model_figure(timeline).to_dict()["data"][1]["text"]
+    assert hover[-1].endswith("from trainer-1, trainer-2, trainer-3")
+
+
 def test_replica_rows_name_the_lease_holder_and_the_heartbeat_ages() -> None:
     now = T0 + 100_000
     packets = [
@@ -667,7 +692,15 @@ def _write_training(conn: redis.Redis, now: int) -> None:
     _put(
         conn,
         keys.MODELS,
-        announcement("dqn", "dqn-r0000001", now - 14_000, "trainer-0", merge__round=1, merge__members=2),
+        announcement(
+            "dqn",
+            "dqn-r0000001",
+            now - 14_000,
+            "trainer-0",
+            ("trainer-0", "trainer-1"),
+            merge__round=1,
+            merge__members=2,
+        ),
         announcement("cnn-mtf", "cnn-mtf-r0000001", now - 14_000, "trainer-0", merge__round=1),
         announcement("dqn", "dqn-r0000002", now - 9_000, "trainer-0", merge__round=2, merge__members=2),
     )
@@ -715,6 +748,9 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
     assert _traces(charts["training-edge"])["trainer-0"]["y"] == pytest.approx([0.001, 0.002, 0.003])
     models = _traces(charts["training-models"])
     assert list(models) == ["cnn-mtf", "dqn"] and models["dqn"]["y"] == [1, 2]
+    merges = next(f.value for f in at.dataframe if "contributors" in f.value.columns)
+    first = merges[(merges["model"] == "dqn") & (merges["round"] == 1)]
+    assert first["contributors"].tolist() == ["trainer-0, trainer-1"]
     table = next(f.value for f in at.dataframe if "replica" in f.value.columns)
     assert table["replica"].tolist() == ["trainer-0", "trainer-1", "trainer-2"]
     assert table["lease"].tolist() == [True, False, False]

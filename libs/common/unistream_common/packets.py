@@ -233,6 +233,7 @@ class ModelAnnouncement(msgspec.Struct, frozen=True):
     producer: str
     parameters: NonNegInt
     metrics: dict[str, float] = {}
+    members: list[str] = []  # a merged version: the replicas whose submissions it holds (empty before)
 
 
 class MetricsPacket(msgspec.Struct, frozen=True):

@@ -202,6 +202,8 @@ class ModelTimeline:
     versions: list[str] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)
     members: list[int | None] = field(default_factory=list)
+    contributors: list[list[str]] = field(default_factory=list)  # by name, where the announcement says
+    samples: list[int | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.times_ms)
@@ -225,8 +227,33 @@ def model_timeline(models: Iterable[ModelAnnouncement]) -> dict[str, ModelTimeli
             line.versions.append(ann.version)
             line.producers.append(ann.producer)
             line.members.append(int(members) if _finite(members) else None)  # type: ignore[arg-type]
+            line.contributors.append(list(ann.members))
+            samples = ann.metrics.get("merge/samples")
+            line.samples.append(int(samples) if _finite(samples) else None)  # type: ignore[arg-type]
         out[name] = line
     return out
+
+
+def merge_rows(timeline: Mapping[str, ModelTimeline], limit: int = 8) -> list[dict[str, Any]]:
+    """The newest ``limit`` merged versions of every model, newest first: round, model, time,
+    the replicas whose submissions it holds (their number when an older release did not name
+    them), the samples behind it and who published it."""
+    rows = [
+        {
+            "round": line.rounds[i],
+            "model": name,
+            "time (UTC)": charts.utc_datetime(line.times_ms[i]).strftime("%H:%M:%S"),
+            "contributors": ", ".join(line.contributors[i])
+            or (f"{line.members[i]} replicas" if line.members[i] is not None else ""),
+            "samples": line.samples[i],
+            "published by": line.producers[i],
+            "_ts": line.times_ms[i],
+        }
+        for name, line in timeline.items()
+        for i in range(len(line))
+    ]
+    rows.sort(key=lambda r: (r["_ts"], r["round"], r["model"]), reverse=True)
+    return [{k: v for k, v in r.items() if k != "_ts"} for r in rows[:limit]]
 
 
 def latest_per_producer(metrics: Iterable[MetricsPacket]) -> dict[str, MetricsPacket]:
@@ -405,8 +432,9 @@ def model_figure(timeline: Mapping[str, ModelTimeline], height: int = 280) -> go
                 line={"shape": "hv"},
                 name=name,
                 text=[
-                    f"{v}{SEP}by {p}" + (f"{SEP}{m} replicas" if m is not None else "")
-                    for v, p, m in zip(line.versions, line.producers, line.members, strict=True)
+                    f"{v}{SEP}by {p}"
+                    + (f"{SEP}from {', '.join(c)}" if c else (f"{SEP}{m} replicas" if m is not None else ""))
+                    for v, p, m, c in zip(line.versions, line.producers, line.members, line.contributors, strict=True)
                 ],
                 hovertemplate="%{text}<extra></extra>",
             )
@@ -652,6 +680,7 @@ def _replicas_panel(settings: DashboardSettings) -> None:
     timeline = model_timeline(read.models)
     if timeline:
         _plot(model_figure(timeline), "training-plot-models")
+        st.dataframe(merge_rows(timeline), hide_index=True, key="training-merges-table")
         newest = sorted(
             ((line.times_ms[-1], line.versions[-1], line.producers[-1]) for line in timeline.values()), reverse=True
         )

@@ -322,6 +322,7 @@ class ReplicaSync:
             ann = ModelAnnouncement(
                 name=model, version=version, ts_ms=now_ms, uri=f"redis:{key}", sha256=sha256_hex(data),
                 producer=self.member, parameters=sum(t.numel() for t in merged.values()), metrics=metrics,
+                members=names,
             )  # fmt: skip
             fields = [part for pair in codec.encode(ann).items() for part in pair]
             keys_ = [LEADER, key, f"ml:registry:{model}", keys.MODELS]
