@@ -375,6 +375,25 @@ def test_extrema_rows_per_timeframe_beside_their_baselines() -> None:
     assert list(fig["data"][0]["y"]) == [0.4, 0.3]
 
 
+def test_the_sizing_verdict_says_which_rule_trades_and_why() -> None:
+    def values(**m: float) -> dict[str, Value]:
+        return {k.replace("__", "/"): Value(v, T0, "trainer-0") for k, v in m.items()}
+
+    assert training.sizing_verdict({}) == "Sizing: full size (no sensitivity metrics yet)."
+    assert "shadow (1 of 3 held-out blocks of trades scored)" in training.sizing_verdict(
+        values(sensitivity__blocks=1.0, sensitivity__trading=0.0)
+    )
+    trading = training.sizing_verdict(
+        values(
+            sensitivity__blocks=20.0, sensitivity__trading=1.0, sensitivity__threshold=0.7,
+            sensitivity__block_edge_always=0.0016, sensitivity__block_edge_always_low=0.0014,
+            sensitivity__block_edge_threshold=0.0006, sensitivity__block_edge_threshold_low=0.0005,
+        )
+    )  # fmt: skip
+    assert trading.startswith("Sizing: **the sensitivity learner sizes the trades**: it beats both rules (over 20")
+    assert "acting always +0.0016 (95 % low +0.0014), the best past threshold (0.70) +0.0006" in trading
+
+
 def test_chosen_sizes_in_size_order() -> None:
     sizes = {"sensitivity/chosen_size_1": 0.2, "sensitivity/chosen_size_0.5": 0.3, "sensitivity/chosen_size_0": 0.5}
     values = training.newest_values([metrics("t", T0, **sizes)])
@@ -676,6 +695,11 @@ def _write_training(conn: redis.Redis, now: int) -> None:
                 "paper/edge_random_hours": 3.0 + k, "paper/edge_flat_hours": 2.0,
             }  # fmt: skip
             sizes = {"sensitivity/chosen_size_0": 0.6, "sensitivity/chosen_size_0.5": 0.4} if k == 2 else {}
+            sizes |= {
+                "sensitivity/blocks": 4.0, "sensitivity/trading": 0.0, "sensitivity/threshold": 0.71,
+                "sensitivity/block_edge_always": 0.002, "sensitivity/block_edge_always_low": 0.001,
+                "sensitivity/block_edge_threshold": 0.0001, "sensitivity/block_edge_threshold_low": -0.0003,
+            }  # fmt: skip
             packets.append(
                 metrics(
                     name, ts, step=100 * (k + 1),
@@ -741,7 +765,15 @@ def test_training_page_shows_what_the_trainers_reported(client: redis.Redis) -> 
         "Policy vs staying flat: n/a, needs 3 completed hours (2 so far).",
     ]  # fmt: skip
     assert "over 5 h: **no difference shown**." in verdicts[0]
-    assert stats["Sensitivity edge (mean reward over the baseline's)"] == "+0.003"
+    assert stats["Sensitivity edge (mean reward over the best past threshold's)"] == "+0.003"
+    sizing = [m.value for m in at.markdown if m.value.startswith("Sizing:")]
+    assert sizing == [
+        (
+            "Sizing: full size; the sensitivity learner is in the shadow: it does not beat both rules (over 4 "
+            "held-out blocks, its mean reward per trade less acting always +0.002 (95 % low +0.001), the best past "
+            "threshold (0.71) +0.0001 (95 % low -0.0003))."
+        )
+    ]
     extrema = _traces(charts["training-extrema-top"])
     assert extrema["PR-AUC top"]["x"] == ["1s", "1m"] and extrema["PR-AUC top"]["y"] == [0.4, 0.3]
     assert extrema["baseline top"]["y"] == [0.1, 0.05]

@@ -134,3 +134,27 @@ def test_bytes_that_are_not_books_are_refused_without_running_anything(capsys: p
     torch.save([1, 2], buf)
     with pytest.raises(ValueError, match="list, not a dict"):
         paper.load_bytes(buf.getvalue())
+
+
+def test_the_paper_trader_takes_the_signals_at_full_size_until_the_learner_trades_then_at_its_size(
+    stream: list[TrainingDataPacket],
+):
+    shadow = PaperPolicy(seed=2, sensitivity_updates_per_trade=1)
+    trade(shadow, stream[:400])
+    assert shadow.metrics()["paper/sizing"] == 0.0
+    assert shadow.portfolio.metrics() == shadow.signals.metrics(), "in the shadow the two books are one"
+
+    sized = PaperPolicy(seed=2, sensitivity_updates_per_trade=1)
+    sized.sensitivity.trading = lambda: (True, "learner sizes the trades")  # type: ignore[method-assign]
+    sized.sensitivity.decide = lambda context: (True, 0.5)  # type: ignore[method-assign]
+    policy, fills = ChurningPolicy(), []
+    for p in stream[:400]:
+        change = sized.on_packet(p, policy)
+        if change is not None:
+            fills.append(change)
+    assert fills and all(abs(a) in (0.0, 0.5) and abs(b) in (0.0, 0.5) for a, b in fills)
+    assert set(sized.sized.values()) <= {-0.5, 0.0, 0.5} and set(sized.positions.values()) <= {-1, 0, 1}
+    assert sized.signals.metrics() == shadow.signals.metrics(), "the signals book is the DQN's at full size"
+    half, full = sized.portfolio.metrics(), sized.signals.metrics()
+    assert half["paper/fees"] == pytest.approx(full["paper/fees"] / 2)
+    assert half["paper/gross_pnl"] == pytest.approx(full["paper/gross_pnl"] / 2)

@@ -99,17 +99,22 @@ def test_an_untrained_learner_skips_and_training_waits_for_min_trades():
 def test_each_outcome_is_scored_before_it_is_trained_on():
     rng = np.random.default_rng(0)
     contexts = synthetic_contexts(rng, 300)
-    learner = SensitivityLearner(len(CONTEXT_NAMES), seed=1)
+    learner = SensitivityLearner(len(CONTEXT_NAMES), seed=1, block_trades=50)
+    acts, thresholds = 0, []
     for k, c in enumerate(contexts):
         before = learner.decide(c)[1]
+        thresholds.append(learner.threshold)
+        acts += c[1] >= learner.threshold  # the threshold rule as chosen before this trade
         assert learner.record(c, 0.01 * (c[1] - 0.6)) == before
         if k % 20 == 19:
             learner.train(20)
     m = learner.metrics()
-    assert m["sensitivity/trades"] == 300
+    assert m["sensitivity/trades"] == 300 and m["sensitivity/blocks"] == 6
     shares = [m[f"sensitivity/chosen_size_{s:g}"] for s in (0.0, 0.5, 1.0)]
     assert sum(shares) == pytest.approx(1.0)
-    assert m["sensitivity/baseline_act_rate"] == pytest.approx(np.mean(contexts[:, 1] >= 0.5))
+    assert m["sensitivity/baseline_act_rate"] == pytest.approx(acts / 300)
+    # the first block acts on every signal; each later one by a threshold chosen on the trades before it
+    assert thresholds[:50] == [0.0] * 50 and len(set(thresholds[50:100])) == 1 and thresholds[50] > 0.5
 
 
 def test_the_same_seed_and_trades_give_the_same_learner():
@@ -125,21 +130,36 @@ def test_the_same_seed_and_trades_give_the_same_learner():
 # --- what it learns -----------------------------------------------------------------------------
 
 
-def test_it_beats_the_fixed_threshold_when_confidence_and_the_cnn_predict_the_outcome():
+def _cnn_agreement_day(cnn: float) -> tuple[np.ndarray, np.ndarray]:
+    """Net of fees a trade wins only above 70 % confidence, more so when the CNN agrees with its side."""
     rng = np.random.default_rng(0)
     n = 3000
     contexts = synthetic_contexts(rng, n)
     p_action, p_up, p_down, side = contexts[:, 1], contexts[:, 4], contexts[:, 5], contexts[:, 6]
-    # Net of fees a trade wins only above 70 % confidence, more so when the CNN agrees with its side.
-    outcomes = 0.01 * (p_action - 0.7) + 0.004 * side * (p_up - p_down) + rng.normal(0, 0.003, n)
+    return contexts, 0.01 * (p_action - 0.7) + cnn * side * (p_up - p_down) + rng.normal(0, 0.003, n)
+
+
+def test_it_sizes_the_trades_when_it_beats_acting_always_and_the_best_past_threshold_on_held_out_blocks():
+    contexts, outcomes = _cnn_agreement_day(0.008)
     learner = SensitivityLearner(len(CONTEXT_NAMES), seed=0)
     stream(learner, contexts, outcomes)
     m = learner.metrics()
+    assert m["sensitivity/threshold"] == pytest.approx(0.7, abs=0.05)  # the rule found the 70 % cut-off
     assert m["sensitivity/mean_reward"] > m["sensitivity/baseline_mean_reward"] > 0
-    assert m["sensitivity/edge_t"] > 4  # measured 7.5
-    assert m["sensitivity/recent_edge"] > 0
-    assert m["sensitivity/act_rate"] < m["sensitivity/baseline_act_rate"]
-    assert m["sensitivity/chosen_size_0.5"] > 0
+    assert m["sensitivity/edge_t"] > 4  # measured 12.0
+    assert m["sensitivity/block_edge_threshold_low"] > 0 and m["sensitivity/block_edge_always_low"] > 0
+    assert learner.trading()[0] and m["sensitivity/trading"] == 1.0
+    assert m["sensitivity/act_rate"] < 1 and m["sensitivity/chosen_size_0.5"] > 0
+
+
+def test_it_stays_in_the_shadow_when_the_best_past_threshold_does_as_well():
+    contexts, outcomes = _cnn_agreement_day(0.004)  # the CNN's part is too small to beat the threshold
+    learner = SensitivityLearner(len(CONTEXT_NAMES), seed=0)
+    stream(learner, contexts, outcomes)
+    m = learner.metrics()
+    assert m["sensitivity/block_edge_always_low"] > 0 and m["sensitivity/block_edge_threshold_low"] < 0
+    trading, why = learner.trading()
+    assert not trading and why.startswith("shadow, full size: over 20 held-out blocks")
 
 
 def test_it_shows_no_edge_and_mostly_skips_when_outcomes_ignore_the_signal():
@@ -153,6 +173,7 @@ def test_it_shows_no_edge_and_mostly_skips_when_outcomes_ignore_the_signal():
     assert abs(m["sensitivity/edge_t"]) < 2  # measured -1.1
     assert m["sensitivity/recent_act_rate"] < 0.25  # measured 0.11
     assert abs(m["sensitivity/mean_reward"]) < 3 * 0.003 / math.sqrt(n)
+    assert not learner.trading()[0] and m["sensitivity/trading"] == 0.0
 
 
 def test_risk_aversion_picks_half_size_for_a_noisy_edge_full_for_a_clear_one_and_skips_a_loser():

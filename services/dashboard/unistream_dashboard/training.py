@@ -352,6 +352,37 @@ def sharpe_value(sharpe: float | None, hours: float | None) -> float | None:
     return sharpe
 
 
+SIZING_MIN_BLOCKS = 3  # held-out blocks the trainer's sensitivity learner needs before it may size trades
+
+
+def sizing_verdict(values: Mapping[str, Value]) -> str:
+    """Which rule sizes the paper trader's trades and why, from ``sensitivity/trading``,
+    ``sensitivity/blocks``, ``sensitivity/threshold`` and ``sensitivity/block_edge_{always,threshold}[_low]``."""
+    blocks = values.get("sensitivity/blocks")
+    if blocks is None:
+        return "Sizing: full size (no sensitivity metrics yet)."
+    n = int(blocks.value)
+    if n < SIZING_MIN_BLOCKS:
+        return (
+            f"Sizing: full size; the sensitivity learner is in the shadow ({n} of {SIZING_MIN_BLOCKS} held-out "
+            "blocks of trades scored)."
+        )
+    threshold = values.get("sensitivity/threshold")
+    parts = []
+    for name, label in (
+        ("always", "acting always"),
+        ("threshold", f"the best past threshold ({threshold.value:.2f})" if threshold else "the best past threshold"),
+    ):
+        mean, low = values.get(f"sensitivity/block_edge_{name}"), values.get(f"sensitivity/block_edge_{name}_low")
+        if mean is not None and low is not None:
+            parts.append(f"{label} {mean.value:+.2g} (95 % low {low.value:+.2g})")
+    compared = f"over {n} held-out blocks, its mean reward per trade less " + ", ".join(parts)
+    trading = values.get("sensitivity/trading")
+    if trading is not None and trading.value >= 1:
+        return f"Sizing: **the sensitivity learner sizes the trades**: it beats both rules ({compared})."
+    return f"Sizing: full size; the sensitivity learner is in the shadow: it does not beat both rules ({compared})."
+
+
 EDGE_LABELS: dict[str, str] = {
     "random": "the random baseline (its own trades, out of time: same turnover and costs)",
     "flat": "staying flat",
@@ -639,7 +670,7 @@ def _cnn_panel(settings: DashboardSettings) -> None:
         else:
             se = values.get(EDGE_SE)
             st.metric(
-                "Sensitivity edge (mean reward over the baseline's)",
+                "Sensitivity edge (mean reward over the best past threshold's)",
                 f"{edge.value:+.3g}",
                 help=f"± {se.value:.2g} standard error" if se else None,
             )
@@ -647,6 +678,7 @@ def _cnn_panel(settings: DashboardSettings) -> None:
                 charts.lines_figure(metric_series(read.metrics, EDGE), "Sensitivity edge", "training-edge"),
                 "training-plot-edge",
             )
+            st.markdown(sizing_verdict(values))
             sizes = chosen_sizes(values)
             if sizes:
                 st.caption("Chosen sizes: " + ", ".join(f"{k}: {100 * v:.0f} %" for k, v in sizes.items()))

@@ -30,10 +30,21 @@ ensemble and each size is valued at ``mean - pessimism * std`` over its heads, s
 trades have not yet shown is not acted on. Ties and an untrained learner skip.
 
 **Judging it.** :meth:`SensitivityLearner.record` first scores the outcome *prequentially* (the
-learner's decision for the context as it stands, before it trains on that outcome) against the
-fixed-threshold baseline (size 1 when the confidence is at least ``baseline_threshold``, default
-0.5, else skip) and against acting on every signal; the metrics compare their raw rewards
-``size * outcome`` (log-return units, not the utility).
+learner's decision for the context as it stands, before it trains on that outcome) against two
+fixed rules that are not degenerate: ``always`` (full size on every signal: the DQN's own
+trades) and ``threshold`` (full size when the confidence is at least a threshold chosen on the
+trades *before* the current block: the one, among the deciles of their confidences, whose rule
+earned the most on them; the first block acts on every signal). (The fixed threshold of 0.5 this
+replaced was never reached by the softmax of the DQN's Q-values, so learner and baseline both
+skipped every trade and their difference was 0 by construction.) The metrics compare raw rewards
+``size * outcome`` (log-return units, not the utility); ``baseline`` names the threshold rule.
+
+**Whether it trades.** Trades are scored in blocks of ``block_trades``; each block is held out
+for all three (the learner trained, and the threshold chosen, on earlier trades only). The
+learner sizes the paper trader's trades only when, over the last ``max_blocks`` blocks (at least
+``min_blocks``), its per-block mean reward beats both fixed rules with the lower end of the 95 %
+Student-t interval of the block differences above 0 (the block is the unit of replication);
+otherwise it runs in the shadow and the trades are taken at full size (:meth:`trading`).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from torch import nn
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
 from unistream_trainer.dqn import ACTION_POSITION
+from unistream_trainer.paper import mean_ci
 
 SIZES: tuple[float, ...] = (0.0, 0.5, 1.0)  # 0 is skip
 CONTEXT_NAMES: tuple[str, ...] = ("q_gap", "p_action", "1s.p_top", "1s.p_bottom", "1s.p_up", "1s.p_down", "side")
@@ -84,6 +96,11 @@ def signal_context(
     cnn = [float(predictions[name]) if name in predictions else float(fill or 0.0) for name in CNN_INPUTS]
     values = [q[action] - q[0], p[action], *cnn, float(ACTION_POSITION[action])]
     return np.asarray(values, np.float32)
+
+
+def _t_low(diffs: np.ndarray, confidence: float = 0.95) -> float:
+    """The lower end of the Student-t interval of the mean of ``diffs`` (-inf for one value)."""
+    return float(mean_ci(diffs, confidence).low)
 
 
 class EnsembleQNetwork(nn.Module):
@@ -136,9 +153,11 @@ class SensitivityLearner:
         min_trades: int = 32,
         risk_aversion: float = 0.5,
         reward_scale: float = 100.0,
-        baseline_threshold: float = 0.5,
         confidence_index: int = CONFIDENCE_INDEX,
         window: int = 500,
+        block_trades: int = 50,
+        min_blocks: int = 3,
+        max_blocks: int = 20,
     ) -> None:
         if context_dim < 1:
             raise ValueError(f"context_dim must be at least 1, was {context_dim}")
@@ -158,7 +177,13 @@ class SensitivityLearner:
         self.pessimism = pessimism
         self.heads = heads
         self.reward_scale = reward_scale
-        self.baseline_threshold = baseline_threshold
+        self.threshold = 0.0  # the threshold rule's, chosen on the trades before the current block
+        self.block_trades = max(1, block_trades)
+        self.min_blocks = max(2, min_blocks)
+        self.max_blocks = max(self.min_blocks, max_blocks)
+        self._block = [0.0, 0.0, 0.0]  # the current block's reward sums: learner, always, threshold
+        self._block_n = 0
+        self.blocks: deque[tuple[float, float, float]] = deque(maxlen=self.max_blocks)  # held-out block means
         self.confidence_index = confidence_index
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -223,8 +248,35 @@ class SensitivityLearner:
         return size > 0, size
 
     def baseline_size(self, context: Sequence[float] | np.ndarray) -> float:
-        """The fixed-threshold baseline: size 1 when the confidence is at least the threshold."""
-        return 1.0 if float(context[self.confidence_index]) >= self.baseline_threshold else 0.0
+        """The threshold rule: size 1 when the confidence is at least :attr:`threshold`, else 0."""
+        return 1.0 if float(context[self.confidence_index]) >= self.threshold else 0.0
+
+    def choose_threshold(self) -> float:
+        """The threshold whose rule earned the most on the stored trades (ties: the lowest, which
+        acts on more signals), among the deciles of their confidences; 0 (act always) without trades."""
+        if not self.stored:
+            return 0.0
+        confidence = self.contexts[: self.stored, self.confidence_index].astype(np.float64)
+        outcomes = self.outcomes[: self.stored].astype(np.float64)
+        best, best_sum = 0.0, float(outcomes.sum())
+        for q in np.unique(np.quantile(confidence, np.linspace(0.1, 0.9, 9))):
+            earned = float(outcomes[confidence >= q].sum())
+            if earned > best_sum + 1e-12:
+                best, best_sum = float(q), earned
+        return best
+
+    def trading(self) -> tuple[bool, str]:
+        """(whether the learner sizes the trades, why): see the module docstring."""
+        n = len(self.blocks)
+        if n < self.min_blocks:
+            return False, f"shadow: {n} of {self.min_blocks} held-out blocks of {self.block_trades} trades scored"
+        learner, always, threshold = (np.asarray(x) for x in zip(*self.blocks, strict=True))
+        lows = {name: _t_low(learner - rule) for name, rule in (("always", always), ("threshold", threshold))}
+        text = ", ".join(f"vs {name} {float(np.mean(learner - r)):+.2g} (low {lows[name]:+.2g})"
+                         for name, r in (("always", always), ("threshold", threshold)))  # fmt: skip
+        if all(low > 0 for low in lows.values()):
+            return True, f"learner sizes the trades: over {n} held-out blocks it beats both rules ({text})"
+        return False, f"shadow, full size: over {n} held-out blocks it does not beat both rules ({text})"
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -239,6 +291,9 @@ class SensitivityLearner:
         _, size = self.decide(c)
         base = self.baseline_size(c)
         learner_r, base_r = size * outcome, base * outcome
+        for k, r in enumerate((learner_r, outcome, base_r)):
+            self._block[k] += r
+        self._block_n += 1
         self.trades += 1
         self.size_counts[self.sizes.index(size)] += 1
         self.baseline_acts += base > 0
@@ -255,6 +310,11 @@ class SensitivityLearner:
         self.boot_weights[i] = self.rng.poisson(1.0, self.heads)
         self.pos = (i + 1) % len(self.outcomes)
         self.stored = min(self.stored + 1, len(self.outcomes))
+        if self._block_n == self.block_trades:  # the block ends: its means, then the next block's threshold
+            self.blocks.append((self._block[0] / self._block_n, self._block[1] / self._block_n,
+                                self._block[2] / self._block_n))  # fmt: skip
+            self._block, self._block_n = [0.0, 0.0, 0.0], 0
+            self.threshold = self.choose_threshold()
         return size
 
     def targets(self, outcomes: torch.Tensor) -> torch.Tensor:
@@ -303,6 +363,8 @@ class SensitivityLearner:
             "size_counts": list(self.size_counts), "baseline_acts": self.baseline_acts,
             "reward_sum": self.reward_sum, "baseline_sum": self.baseline_sum, "always_sum": self.always_sum,
             "edge_mean": self._edge_mean, "edge_m2": self._edge_m2, "recent": [list(r) for r in self.recent],
+            "threshold": self.threshold, "block": list(self._block), "block_n": self._block_n,
+            "blocks": [list(b) for b in self.blocks],
         }  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -339,6 +401,9 @@ class SensitivityLearner:
         self.always_sum = float(state["always_sum"])
         self._edge_mean, self._edge_m2 = float(state["edge_mean"]), float(state["edge_m2"])
         self.recent = deque((tuple(r) for r in state["recent"]), maxlen=self.recent.maxlen)
+        self.threshold, self._block_n = float(state["threshold"]), int(state["block_n"])
+        self._block = [float(x) for x in state["block"]]
+        self.blocks = deque((tuple(float(x) for x in b) for b in state["blocks"]), maxlen=self.max_blocks)
 
     # --- reporting ---------------------------------------------------------------------------
 
@@ -351,10 +416,19 @@ class SensitivityLearner:
         trades. ``chosen_size_<s>`` is the share of trades the learner scored at size ``s``.
         """
         n = self.trades
+        trading, _ = self.trading()
         out: dict[str, float] = {
             "sensitivity/trades": float(n),
             "sensitivity/updates": float(self.updates),
+            "sensitivity/threshold": self.threshold,
+            "sensitivity/blocks": float(len(self.blocks)),
+            "sensitivity/trading": float(trading),
         }
+        if len(self.blocks) >= 2:
+            learner, always, threshold = (np.asarray(x) for x in zip(*self.blocks, strict=True))
+            for name, rule in (("always", always), ("threshold", threshold)):
+                out[f"sensitivity/block_edge_{name}"] = float(np.mean(learner - rule))
+                out[f"sensitivity/block_edge_{name}_low"] = _t_low(learner - rule)
         if self.losses:
             out["sensitivity/loss"] = float(np.mean(self.losses))
         for size, count in zip(self.sizes, self.size_counts):
