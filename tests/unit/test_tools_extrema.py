@@ -10,13 +10,16 @@ from archives import archive_zip
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
 from unistream_tools.evaluate import (
+    ExtremaWalkForward,
     PacketSource,
+    archive_span_ms,
     extrema_order,
     extrema_summary,
     extrema_walk_forward,
     format_extrema,
     in_time_order,
     packets_from_archives,
+    time_block_starts,
     walk_forward_bounds,
     with_trained_cnn,
 )
@@ -159,3 +162,24 @@ def test_with_two_symbols_one_cnn_pass_a_second_fills_both_packets_as_the_engine
                 np.testing.assert_allclose(b[cut], a[cut], rtol=1e-5, atol=1e-6)
         checked += before.ts_event_ms >= start
     assert checked > 200
+
+
+def test_one_build_feeds_the_extrema_heads_every_packet_and_keeps_every_stride_th_as_two_builds_did(
+    tmp_path_factory: pytest.TempPathFactory, src: PacketSource
+) -> None:
+    path = archive_zip(tmp_path_factory.mktemp("again"), "2025-02-19", 1, 900, T0, seed=4)  # src's file
+    files = {"ETHUSDT": [path]}
+    first, last = archive_span_ms(files)
+    starts = time_block_starts(first, last, 2)
+    assert starts[0] % 1_000 == 0 and starts == sorted(starts) and first < starts[0] < starts[1] <= last
+    assert abs((starts[1] - starts[0]) - (starts[0] - first)) <= 1_000, "blocks of equal duration"
+    walk = ExtremaWalkForward(starts, WINDOW, RATE)
+    strided = packets_from_archives(files, window_bars=WINDOW, stride=5, on_every=walk.observe)
+    assert [p.ts_event_ms for p in strided.packets] == [p.ts_event_ms for p in src.packets[::5]]
+    # what two passes gave: every packet of a stride-1 build, then the heads walked over them
+    published: list[bytes] = []
+    assert walk.finish() == extrema_walk_forward(src.packets, starts, WINDOW, RATE, published=published)
+    assert walk.published == published and len(published) == 2
+    bounds = walk_forward_bounds(strided.packets, 2, min_block=10, starts_ms=starts)
+    assert [strided.packets[a].ts_event_ms >= t for (a, _), t in zip(bounds[1:], starts)] == [True, True]
+    assert all(strided.packets[a - 1].ts_event_ms < t for (a, _), t in zip(bounds[1:], starts))

@@ -25,8 +25,10 @@ leave the 1h and 1d windows mostly empty, as the state's warm-up values say), an
 changes at block boundaries rather than at every merge.
 
 **Walk-forward.** The packets (every symbol's, in time order) are split into ``folds + 1``
-consecutive blocks of (nearly) equal length that never split a second, so the symbols' blocks
-cover the same time. Fold ``i`` trains a :class:`~unistream_trainer.core.TrainerCore` on blocks ``0..i`` in
+consecutive blocks of (nearly) equal duration, cut at whole seconds (so the symbols' blocks cover
+the same time) from the files' first to last trade, read before the packets are built: the
+extrema heads then learn walk-forward from every 1s packet as it is built, and the states are
+built once whatever ``--stride`` keeps. Fold ``i`` trains a :class:`~unistream_trainer.core.TrainerCore` on blocks ``0..i`` in
 time order (each packet with its up to ``n_step`` predecessors, as the live trainer gets it,
 ``--updates-per-packet`` gradient steps per packet) and then paper-trades its greedy policy on
 block ``i + 1`` with learning frozen: the decision at a packet sees only that packet, the position
@@ -316,16 +318,23 @@ def packets_from_archives(
     stride: int = 1,
     cnn_seed: int = CNN_SEED,
     progress: Progress = _quiet,
+    on_every: Callable[[TrainingDataPacket], None] | None = None,
 ) -> PacketSource:
     """The packets of :func:`build_packets`, every ``stride``-th of each symbol kept (its first
-    included), in time order (the symbols in ``files``' order within a second)."""
+    included), in time order (the symbols in ``files``' order within a second).
+
+    ``on_every`` sees every packet built, in time order (:func:`in_time_order`), the ones not kept
+    too: the extrema heads learn from every 1s packet while the states are built once.
+    """
     if stride < 1:
         raise ValueError(f"stride must be at least 1, was {stride}")
     started = time.perf_counter()
     report = BuildReport()
     seen: dict[str, int] = {}
     kept: list[TrainingDataPacket] = []
-    for packet in build_packets(files, window_bars, cnn_seed, report, progress):
+    for packet in in_time_order(build_packets(files, window_bars, cnn_seed, report, progress)):
+        if on_every is not None:
+            on_every(packet)
         n = seen.get(packet.symbol, 0)
         if n % stride == 0:
             kept.append(packet)
@@ -365,6 +374,33 @@ class FoldResult:
     updates: int  # gradient steps taken before the test
     metrics: dict[str, float] = field(default_factory=dict)  # PaperPortfolio.metrics() of the test block
     targets: dict[str, list[float]] = field(default_factory=dict)  # per symbol: the position decided at each packet
+
+
+def archive_span_ms(files: Mapping[str, Sequence[str | Path]]) -> tuple[int, int]:
+    """The first and last trade time (ms) of all the files, read before the packets are built."""
+    from unistream_ingest.archive import read_columns_in_time_order
+
+    _check_files([p for paths in files.values() for p in paths])
+    first, last = math.inf, -math.inf
+    try:
+        for paths in files.values():
+            for block in read_columns_in_time_order(list(paths)):
+                if block.ts_event_ms:
+                    first, last = min(first, block.ts_event_ms[0]), max(last, block.ts_event_ms[-1])
+    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise EvaluationError(f"the archive files could not be read: {type(exc).__name__}: {exc}") from exc
+    if first > last:
+        raise EvaluationError("no trade rows could be read from the files")
+    return int(first), int(last)
+
+
+def time_block_starts(first_ms: int, last_ms: int, folds: int) -> list[int]:
+    """The start (ms, a whole second) of each of the ``folds`` test blocks when the seconds from
+    ``first_ms`` to ``last_ms`` are cut into ``folds + 1`` blocks of (nearly) equal duration."""
+    if folds < 1:
+        raise ValueError(f"folds must be at least 1, was {folds}")
+    first_s, seconds = first_ms // 1_000, last_ms // 1_000 - first_ms // 1_000 + 1
+    return [(first_s + round(k * seconds / (folds + 1))) * 1_000 for k in range(1, folds + 1)]
 
 
 def block_bounds(n: int, folds: int, min_block: int = MIN_BLOCK_PACKETS) -> list[tuple[int, int]]:
@@ -445,21 +481,32 @@ def paper_trade(
 
 
 def walk_forward_bounds(
-    packets: Sequence[TrainingDataPacket], folds: int, min_block: int = MIN_BLOCK_PACKETS
+    packets: Sequence[TrainingDataPacket],
+    folds: int,
+    min_block: int = MIN_BLOCK_PACKETS,
+    starts_ms: Sequence[int] | None = None,
 ) -> list[tuple[int, int]]:
     """The ``folds + 1`` blocks of :func:`walk_forward` as ``[start, end)`` indices into ``packets``:
-    nearly equal, never splitting a second (the symbols' packets of one second go to one block),
-    each holding at least ``min_block`` packets of every symbol (else :class:`EvaluationError`)."""
+    nearly equal in packets, or, with ``starts_ms`` (the test blocks' first times, ascending:
+    :func:`time_block_starts`), cut at those times; never splitting a second (the symbols' packets
+    of one second go to one block), each holding at least ``min_block`` packets of every symbol
+    (else :class:`EvaluationError`)."""
     _check_sequence(packets)
     symbols = sorted({p.symbol for p in packets})
-    bounds = block_bounds(len(packets), folds, min_block * len(symbols))
-    edges = [a for a, _ in bounds[1:]]
+    if starts_ms is not None:
+        if len(starts_ms) != folds:
+            raise ValueError(f"{len(starts_ms)} test block starts for {folds} folds")
+        times = [p.ts_event_ms for p in packets]
+        edges = [bisect.bisect_left(times, t) for t in starts_ms]
+    else:
+        bounds = block_bounds(len(packets), folds, min_block * len(symbols))
+        edges = [a for a, _ in bounds[1:]]
     for k, e in enumerate(edges):
         while 0 < e < len(packets) and packets[e].ts_event_ms == packets[e - 1].ts_event_ms:
             e += 1
         edges[k] = e
     cuts = [0, *edges, len(packets)]
-    bounds = [(cuts[k], cuts[k + 1]) for k in range(len(bounds))]
+    bounds = [(cuts[k], cuts[k + 1]) for k in range(folds + 1)]
     for k, (a, b) in enumerate(bounds):
         counts = {s: sum(1 for p in packets[a:b] if p.symbol == s) for s in symbols}
         if min(counts.values()) < min_block:
@@ -476,6 +523,72 @@ def extrema_order(window_bars: int) -> dict[str, int]:
     return {tf: min(DEFAULT_ORDER[tf], (window_bars - 1) // 2) for tf in DEFAULT_ORDER}
 
 
+class ExtremaWalkForward:
+    """The CNN's extrema heads, walk-forward, fed one packet at a time (:meth:`observe`): per test
+    block, the metrics of :class:`~unistream_trainer.extrema.ExtremaTrainer` on that block's labels
+    alone, scored by the model trained on every label known before the block began, learning
+    frozen inside it.
+
+    Packets: every packet (all symbols, time order; the labels need consecutive 1s packets, so not
+    a strided subset); ``test_starts_ms``: the first time of each test block, ascending. The first
+    block is trained on as the live trainer trains (``updates_per_packet`` steps per packet,
+    interleaved); a test block's labels are scored first and trained on once it ends, at the same
+    rate, before the next block is scored. Only bars that close inside the block are scored: one
+    closing just before it is labelled inside it, but its neighbours' labels, known before the
+    block, were trained on (an embargo of k bars). :attr:`published` receives, per test block, the
+    CNN that scored it as the trainer publishes it (safetensors bytes): see :func:`with_trained_cnn`.
+    """
+
+    def __init__(
+        self,
+        test_starts_ms: Sequence[int],
+        window_bars: int = DEFAULT_WINDOW_BARS,
+        updates_per_packet: float = 0.2,
+        seed: int = CNN_SEED,
+    ) -> None:
+        self.trainer = ExtremaTrainer(
+            window_bars=window_bars, order=extrema_order(window_bars), seed=seed, buffer_size=2_000,
+            score_window=10**7,
+        )  # fmt: skip
+        self.starts = list(test_starts_ms)
+        self.updates_per_packet = updates_per_packet
+        self.published: list[bytes] = []
+        self.blocks: list[dict[str, float]] = []
+        self.seconds = 0.0  # time spent learning and scoring
+        self._block = 0
+        self._credit = 0.0
+        self._deferred = 0.0  # steps owed for the test block being scored
+
+    def _train(self, steps: float) -> None:
+        self._credit += steps
+        if int(self._credit):
+            self.trainer.train(int(self._credit))
+            self._credit -= int(self._credit)
+
+    def observe(self, p: TrainingDataPacket) -> None:
+        started = time.perf_counter()
+        while self._block < len(self.starts) and p.ts_event_ms >= self.starts[self._block]:
+            if self._block:
+                self.blocks.append(self.trainer.metrics())
+                self._train(self._deferred)
+                self._deferred = 0.0
+            self.trainer.reset_scores(from_ms=self.starts[self._block])
+            self.published.append(self.trainer.publish_bytes())
+            self._block += 1
+        self.trainer.observe(p)
+        if self._block == 0:
+            self._train(self.updates_per_packet)
+        else:
+            self._deferred += self.updates_per_packet
+        self.seconds += time.perf_counter() - started
+
+    def finish(self) -> list[dict[str, float]]:
+        """The test blocks' metrics, the last one's included (call once, after the last packet)."""
+        if self._block:
+            self.blocks.append(self.trainer.metrics())
+        return self.blocks
+
+
 def extrema_walk_forward(
     packets: Iterable[TrainingDataPacket],
     test_starts_ms: Sequence[int],
@@ -484,53 +597,14 @@ def extrema_walk_forward(
     seed: int = CNN_SEED,
     published: list[bytes] | None = None,
 ) -> list[dict[str, float]]:
-    """The CNN's extrema heads, walk-forward: per test block, the metrics of
-    :class:`~unistream_trainer.extrema.ExtremaTrainer` on that block's labels alone, scored by the
-    model trained on every label known before the block began, learning frozen inside it.
-
-    ``packets``: every packet (all symbols, time order; the labels need consecutive 1s packets,
-    so not a strided subset); ``test_starts_ms``: the first time of each test block, ascending.
-    The first block is trained on as the live trainer trains (``updates_per_packet`` steps per
-    packet, interleaved); a test block's labels are scored first and trained on once it ends,
-    at the same rate, before the next block is scored. Only bars that close inside the block are
-    scored: one closing just before it is labelled inside it, but its neighbours' labels, known
-    before the block, were trained on (an embargo of k bars). ``published`` (when given) receives, per
-    test block, the CNN that scored it as the trainer publishes it (safetensors bytes): see
-    :func:`with_trained_cnn`.
-    """
-    trainer = ExtremaTrainer(
-        window_bars=window_bars, order=extrema_order(window_bars), seed=seed, buffer_size=2_000, score_window=10**7
-    )
-    out: list[dict[str, float]] = []
-    block = 0
-    credit = 0.0
-
-    def train(steps: float) -> None:
-        nonlocal credit
-        credit += steps
-        if int(credit):
-            trainer.train(int(credit))
-            credit -= int(credit)
-
-    deferred = 0.0  # steps owed for the test block being scored
+    """:class:`ExtremaWalkForward` over ``packets``; ``published`` (when given) receives the CNN
+    that scored each test block."""
+    walk = ExtremaWalkForward(test_starts_ms, window_bars, updates_per_packet, seed)
     for p in packets:
-        while block < len(test_starts_ms) and p.ts_event_ms >= test_starts_ms[block]:
-            if block:
-                out.append(trainer.metrics())
-                train(deferred)
-                deferred = 0.0
-            trainer.reset_scores(from_ms=test_starts_ms[block])
-            if published is not None:
-                published.append(trainer.publish_bytes())
-            block += 1
-        trainer.observe(p)
-        if block == 0:
-            train(updates_per_packet)
-        else:
-            deferred += updates_per_packet
-    if block:
-        out.append(trainer.metrics())
-    return out
+        walk.observe(p)
+    if published is not None:
+        published.extend(walk.published)
+    return walk.finish()
 
 
 def with_trained_cnn(
@@ -604,6 +678,7 @@ def walk_forward(
     progress: Progress = _quiet,
     slippage: float = DEFAULT_SLIPPAGE,
     latency_ms: int = DEFAULT_LATENCY_MS,
+    starts_ms: Sequence[int] | None = None,
 ) -> list[FoldResult]:
     """Walk-forward runs (module docstring): for each seed and fold, train on blocks 0..fold, trade block fold + 1.
 
@@ -614,7 +689,7 @@ def walk_forward(
     ``min_block`` packets of each symbol. Results come seed-major, folds in order.
     """
     costs = Costs(fee=hp.fee, slippage=slippage)
-    bounds = walk_forward_bounds(packets, folds, min_block)
+    bounds = walk_forward_bounds(packets, folds, min_block, starts_ms)
     results: list[FoldResult] = []
     for seed in seeds:
         core = TrainerCore(replace(hp, seed=seed), max_gap_ms=max_gap_ms)
@@ -918,8 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-extrema",
         action="store_true",
-        help="skip the CNN's extrema heads (trained and scored walk-forward on every 1s packet; at --stride > 1 "
-        "this reads the files a second time)",
+        help="skip the CNN's extrema heads (trained and scored walk-forward on every 1s packet as it is built)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument(
@@ -970,25 +1044,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(1, args.seeds + 1))
     try:
         files = files_by_symbol(args.path, args.symbol)
-        src = packets_from_archives(files, args.window_bars, args.stride, progress=progress)
+        # Blocks of equal duration, known before the packets are built: the extrema heads learn
+        # walk-forward from every packet as it is built, while only every --stride-th is kept.
+        starts = time_block_starts(*archive_span_ms(files), args.folds)
+        extrema = (
+            None if args.no_extrema
+            else ExtremaWalkForward(starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed)
+        )  # fmt: skip
+        src = packets_from_archives(
+            files, args.window_bars, args.stride, progress=progress, on_every=extrema.observe if extrema else None
+        )
+        build_s = src.seconds - (extrema.seconds if extrema else 0.0)
         progress(
             f"{src.built:,} packets ({src.state_dim:,} values each) of {', '.join(src.symbols)} from "
-            f"{src.trades:,} trades in {src.seconds:.1f} s; {len(src.packets):,} decision points at stride {args.stride}"
+            f"{src.trades:,} trades in {build_s:.1f} s; {len(src.packets):,} decision points at stride {args.stride}"
         )
         extrema_blocks: list[dict[str, float]] = []
         extrema_s = 0.0
         packets = src.packets
-        if not args.no_extrema:
+        walk_forward_bounds(packets, args.folds, starts_ms=starts)  # too little data: say so before any work
+        if extrema is not None:
             started = time.perf_counter()
-            bounds = walk_forward_bounds(src.packets, args.folds)
-            starts = [src.packets[a].ts_event_ms for a, _ in bounds[1:]]
-            every = src.packets if args.stride == 1 else in_time_order(build_packets(files, args.window_bars))
-            published: list[bytes] = []
-            extrema_blocks = extrema_walk_forward(
-                every, starts, args.window_bars, settings.extrema_updates_per_packet, settings.seed, published
-            )
-            packets = with_trained_cnn(src.packets, starts, published, src.layouts, args.window_bars, progress)
-            extrema_s = time.perf_counter() - started
+            extrema_blocks = extrema.finish()
+            packets = with_trained_cnn(src.packets, starts, extrema.published, src.layouts, args.window_bars, progress)
+            extrema_s = extrema.seconds + time.perf_counter() - started
             progress(
                 f"extrema heads trained and scored on {len(extrema_blocks)} test blocks, and each block's states "
                 f"given the CNN trained before it, in {extrema_s:.1f} s"
@@ -996,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         results = walk_forward(
             packets, args.folds, seeds, hp, max_gap_ms=LIVE_MAX_GAP_MS * args.stride, progress=progress,
-            slippage=costs.slippage, latency_ms=args.latency_ms,
+            slippage=costs.slippage, latency_ms=args.latency_ms, starts_ms=starts,
         )  # fmt: skip
     except EvaluationError as exc:
         print(f"unistream evaluate: {exc}", file=sys.stderr)
@@ -1041,10 +1120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decision_points": len(src.packets),
             "state_dim": src.state_dim,
             "hours": hours,
-            "build_s": src.seconds,
+            "build_s": build_s,
             "walk_forward_s": train_s,
             "extrema_s": extrema_s,
-            "seconds_per_day": (src.seconds + train_s + extrema_s) / days,
+            "seconds_per_day": (build_s + train_s + extrema_s) / days,
         },
         "extrema": {
             "order": extrema_order(args.window_bars),
@@ -1069,8 +1148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"decision points (stride {args.stride}) over {hours:.2f} h, {args.folds} folds x {len(seeds)} seeds, fee "
         f"{args.fee:g} + slippage {costs.slippage:g} per side, fills {args.latency_ms} ms after a decision, hidden "
         f"{','.join(map(str, hp.hidden_sizes))}, {hp.updates_per_transition:g} updates per packet "
-        f"(packets {src.seconds:.0f} s, extrema {extrema_s:.0f} s, walk-forward {train_s:.0f} s: "
-        f"{(src.seconds + train_s + extrema_s) / days / 60:.0f} min per day of data)"
+        f"(packets {build_s:.0f} s, extrema {extrema_s:.0f} s, walk-forward {train_s:.0f} s: "
+        f"{(build_s + train_s + extrema_s) / days / 60:.0f} min per day of data)"
     )
     extrema_text = (
         format_extrema(extrema_summary(extrema_blocks), extrema_order(args.window_bars)) if not args.no_extrema else ""
