@@ -67,10 +67,11 @@ Rows (ticks/s unless stated):
   GROUPS); the 2- and 3-replica rows' reference is the 1-replica row. Goal (2 replicas): >= 1.7 x
   (on a machine with a core per replica);
 - ``trainer_updates_per_packet_1_replica`` / ``_2_replicas`` / ``_3_replicas``: DQN updates per
-  packet of the same backlogs (``trainer_updates`` over ``trainer_packets`` of the replicas'
-  ``/stats``); reference: ``trainer_updates_per_packet_live``, the same ratio over the real-time
-  packets the 2 replicas learn after their backlog. A backlog should learn as much per packet as
-  live (the default: 4);
+  packet of the same backlogs past each replica's replay warm-up (``trainer_updates`` over
+  ``trainer_packets`` less the default ``learning_starts`` of 64 per replica, from the replicas'
+  ``/stats``: a replica's first 64 transitions earn no update, live or not); reference:
+  ``trainer_updates_per_packet_live``, the ratio over the real-time packets the 2 replicas learn
+  after their backlog. A backlog should learn as much per packet as live (the default: 4);
 - ``trainer_claim_s``: a consumer of the ``trainer`` group reads a batch and never acknowledges
   it, beside two running replicas: seconds until none of it is pending (claimed after the default
   ``UNISTREAM_CLAIM_IDLE_MS`` of 20 s and learned from). Goal: < 30 s;

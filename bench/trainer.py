@@ -463,8 +463,14 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
     learned = [delta(i, "trainer_packets") for i in range(len(reps.procs))]
     if sum(learned) != total:
         raise RuntimeError(f"the replicas learned {learned} packets, {total:,} were written")
-    # DQN updates per packet of the whole backlog (the first batch included): the catch-up rate
-    _UPDATES[len(reps.procs)] = sum(delta(i, "trainer_updates") for i in range(len(reps.procs))) / total
+    # DQN updates per packet of the backlog past each replica's replay warm-up (its first
+    # learning_starts transitions earn none, live or not): the catch-up rate
+    from unistream_trainer.dqn import Hyperparameters
+
+    warm = Hyperparameters().learning_starts
+    past_warmup = sum(max(0.0, learned[i] - warm) for i in range(len(reps.procs)))
+    if past_warmup:
+        _UPDATES[len(reps.procs)] = sum(delta(i, "trainer_updates") for i in range(len(reps.procs))) / past_warmup
     elapsed = end - start
     per = "; ".join(
         f"{p.name}: {learned[i]:.0f} packets, {delta(i, 'trainer_updates'):.0f} DQN updates, "
