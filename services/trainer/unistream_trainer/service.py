@@ -344,14 +344,19 @@ class TrainerService:
         sync = self.sync
         assert sync is not None
         self.members = await sync.heartbeat(now)
-        groups = self._groups()
-        if groups and (self.core.samples_since_merge > 0 or self._extrema_samples > 0):
+        mark = self.core.mark
+        groups = self._groups() if self.core.samples_since_merge > 0 or self._extrema_samples > 0 else {}
+        if groups:
             meta = describe({
                 "base": self.core.model_version, "state_dim": self.core.state_dim,
                 "layout_version": self.core.agent_layout, DELTA_MODELS: MODEL_NAME,
                 f"samples.{CNN_MODEL}": self._extrema_samples,
             })  # fmt: skip
-            await sync.submit(groups, self.core.samples_since_merge, meta)
+            try:
+                await sync.submit(groups, self.core.samples_since_merge, meta)
+            except Exception:
+                self.core.mark = mark  # not submitted: what it learned goes into the next submission
+                raise
             self.core.samples_since_merge = 0
             self._extrema_samples = 0
         if not await sync.try_lead():
