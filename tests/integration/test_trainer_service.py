@@ -401,3 +401,28 @@ async def test_submissions_of_another_state_layout_are_not_merged_with_the_first
         assert announced.metrics["merge/members"] == 2
     finally:
         await r.aclose()
+
+
+async def test_after_a_change_of_state_size_the_deltas_merge_onto_the_replicas_own_start_not_the_old_model(
+    redis_url: str, tmp_path: Path
+):
+    from unistream_trainer.dqn import QNetwork
+    from unistream_trainer.replicas import ReplicaSync
+
+    r = command_client(redis_url)
+    writer = Writer(r, seed=8)
+    try:
+        # a DQN published before the features were reconfigured: states of another size
+        old = ReplicaSync(r, "trainer-old", str(tmp_path), ttl_ms=10_000)
+        assert await old.try_lead()
+        await old.submit({"dqn": QNetwork(DIM + 10 + 3, (16,)).state_dict()}, 10, {})
+        assert await old.merge(["trainer-old"], 1_000, {}) is not None
+        await r.delete("ml:trainer:leader")
+        async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-1"), worker):
+            await writer.seconds(0, 40)
+            await eventually(lambda: _n(announcements(r, "dqn"), 2), timeout=20, what="a DQN of the new size")
+        newest = (await announcements(r, "dqn"))[-1]
+        published = load_safetensors(await r.get(newest.uri.removeprefix("redis:")))
+        assert published["trunk.0.weight_in_out"].shape[0] == DIM + 3  # the state and the position one-hot
+    finally:
+        await r.aclose()

@@ -113,7 +113,7 @@ class TrainerService:
         self._leading = False  # held the lease at the last timer tick
         self._layout_warned = -math.inf  # monotonic time of the last warning about refused layouts
         self.books_from: dict[str, str | int] = {}  # who kept the paper books this replica took, and when
-        self._base: tuple[str, dict[str, Any]] = ("", {})  # the newest published DQN read as a merge base
+        self._base: tuple[str, dict[str, Any], str] = ("", {}, "")  # newest published DQN: version, tensors, layout
 
     def register(self) -> GroupConsumer:
         self.sync = ReplicaSync(
@@ -394,13 +394,22 @@ class TrainerService:
         if ann is not None and self._base[0] != ann.version:
             data = await self.sync.fetch(ann)
             if data is not None:
-                tensors, _ = unpack_single(data)
-                self._base = (ann.version, upgrade_state_dict(tensors))
-        if ann is not None and self._base[0] == ann.version:
+                tensors, meta = unpack_single(data)
+                self._base = (ann.version, upgrade_state_dict(tensors), meta.get("layout_version", ""))
+        if ann is not None and self._base[0] == ann.version and self._fits(self._base[1], self._base[2]):
             return {MODEL_NAME: self._base[1]}
-        if ann is None and self.core.origin is not None:
+        # None published yet, or the newest is of another state size or layout (the features were
+        # reconfigured): the deltas of this network start from its starting weights
+        if self.core.origin is not None and (ann is None or self._base[0] == ann.version):
             return {MODEL_NAME: self.core.origin}
         return {}  # the newest is unreadable, or nothing was learned here yet: no round now
+
+    def _fits(self, tensors: dict[str, Any], layout: str) -> bool:
+        """Whether published DQN weights are of this replica's network: names, shapes and state layout."""
+        own = self.core.origin
+        if own is None or set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
+            return False
+        return not (layout and self.core.agent_layout and layout != self.core.agent_layout)
 
     def _groups(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
