@@ -553,6 +553,10 @@ class PaperPortfolio:
             raise ValueError(f"the books are incomplete or malformed: {type(exc).__name__}: {exc}") from exc
         self.books, self._curves = books, curves
 
+    def pnl(self) -> float:
+        """The portfolio's net log return so far (``paper/pnl`` of :meth:`metrics`, without the rest)."""
+        return self._curves["policy"].snapshot().equity
+
     def metrics(self) -> dict[str, float]:
         """The same ``paper/...`` names as :meth:`PaperBook.metrics`, for the whole portfolio."""
         ledgers = [b.policy for b in self.books.values()]

@@ -101,7 +101,7 @@ class PaperPolicy:
         out = self.portfolio.metrics()
         out.update(self.sensitivity.metrics())
         out["paper/decisions"] = float(self.decisions)
-        out["paper/signal_pnl"] = self.signals.metrics()["paper/pnl"]
+        out["paper/signal_pnl"] = self.signals.pnl()
         out["paper/sizing"] = out["sensitivity/trading"]
         return out
 
