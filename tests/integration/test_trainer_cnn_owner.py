@@ -7,7 +7,7 @@ reads every packet in stream order: with 1, 2 or 3 replicas fed the same packets
 learned are exactly those one extrema trainer finds in the whole stream. And every DQN sample a
 replica learns from reaches a published model once (the replicas submit deltas, and keep what
 they learned since submitting when they adopt a merged round): with one replica, the published
-DQN is its own weights.
+DQN is its own weights, and its input statistics count every state once.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ async def test_every_label_and_every_dqn_sample_is_learned_once_whatever_the_rep
                 redis_url=redis_url, symbols=SYMBOLS, consumer_name=f"trainer-{k}", model_dir=str(tmp_path / str(k)),
                 dqn_hidden_sizes="8", dqn_buffer_size=200, dqn_batch_size=8, dqn_learning_starts=8,
                 dqn_updates_per_transition=0.1, merge_every_s=1.0, metrics_every_s=0.5,
-                extrema_updates_per_packet=0.02, claim_idle_ms=5_000,
+                extrema_updates_per_packet=0.02, claim_idle_ms=5_000, dqn_normalize=True,
             )  # type: ignore[arg-type]
             for k in range(replicas)
         ]  # fmt: skip
@@ -118,6 +118,10 @@ async def test_every_label_and_every_dqn_sample_is_learned_once_whatever_the_rep
                 return merged == sum(c.info()["transitions"] for c in contexts) > 0
 
             await eventually(every_sample_merged, timeout=30, what="every DQN sample in a merged model")
+            # the input statistics count each state once, whichever replica learned from it
+            (newest,) = (await announcements(r, "dqn"))[-1:]
+            published = load_safetensors(await r.get(newest.uri.removeprefix("redis:")))
+            assert published["input_stats.count"].item() == sum(c.info()["transitions"] for c in contexts)
             if replicas == 1:  # one replica: the published DQN is its weights, nothing lost on the way
                 await asyncio.sleep(2.5)  # it adopted the last round (no packet since)
                 (newest,) = (await announcements(r, "dqn"))[-1:]

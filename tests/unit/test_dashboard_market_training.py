@@ -449,7 +449,7 @@ def test_replica_rows_name_the_lease_holder_and_the_heartbeat_ages() -> None:
         metrics("trainer-0", now - 4000, step=10, charts__packets_per_s=50.0, charts__updates_per_s=5.0),
         metrics(
             "trainer-0", now - 2000, step=20, charts__packets_per_s=60.0, charts__updates_per_s=6.0,
-            charts__model_round=4.0, merge__duration_ms=35.5, merge__members=2.0,
+            charts__model_round=4.0, merge__duration_ms=35.5, merge__members=2.0, charts__replay_fresh=0.25,
         ),
         metrics("trainer-1", now - 3000, step=7, charts__packets_per_s=40.0, charts__updates_per_s=float("nan")),
         metrics("trainer-old", now - 600_000, step=1),
@@ -474,6 +474,7 @@ def test_replica_rows_name_the_lease_holder_and_the_heartbeat_ages() -> None:
     assert t0["heartbeat age s"] == 1.5 and t0["member expires in s"] == 20.0 and t0["ready"] is True
     assert t0["metrics age s"] == 2.0 and t0["model round"] == 4
     assert t0["last merge round"] == 4 and t0["last merge ms"] == 35.5 and t0["last merge members"] == 2
+    assert t0["replay fresh %"] == 25.0 and by_name["trainer-1"]["replay fresh %"] is None
     t1 = by_name["trainer-1"]
     assert t1["updates/s"] is None and t1["heartbeat age s"] is None and t1["ready"] is None
     assert t1["last merge round"] == 2 and t1["last merge ms"] is None

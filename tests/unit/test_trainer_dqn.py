@@ -14,16 +14,19 @@ from torch import nn
 
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
+from unistream_model.layout import position_slot
 from unistream_trainer import checkpoint as ck
 from unistream_trainer.core import TrainerCore, observation, packets_per_batch, step_reward
 from unistream_trainer.dqn import (
     Batch,
     Hyperparameters,
+    InputStatistics,
     NStepAccumulator,
     QNetwork,
     ReplayBuffer,
     cost_matrix,
     double_dqn_td_target,
+    is_statistic,
     linear_schedule,
     n_step_return,
     soft_update,
@@ -31,6 +34,7 @@ from unistream_trainer.dqn import (
     train_step,
     upgrade_state_dict,
 )
+from unistream_trainer.replicas import Submission, merge_model
 
 torch.set_num_threads(1)
 
@@ -57,12 +61,15 @@ def small_hp(**kw: object) -> Hyperparameters:
     return Hyperparameters(**base)  # type: ignore[arg-type]
 
 
-def packet(t: int, price: float, dim: int = 6, symbol: str = "ETHUSDT", value: float = 0.1) -> TrainingDataPacket:
-    state = np.full(dim, value, np.float32)
+def packet(
+    t: int, price: float, dim: int = 6, symbol: str = "ETHUSDT", value: float = 0.1, state: np.ndarray | None = None,
+    layout: str = "", cnn: str = "cnn-init-7",
+) -> TrainingDataPacket:  # fmt: skip
+    values = np.full(dim, value, np.float32) if state is None else np.asarray(state, np.float32)
     return TrainingDataPacket(
-        symbol=symbol, ts_event_ms=T0 + 1000 * t, price=price, source="SYNTHETIC", state_dim=dim,
-        state=codec.f32_to_bytes(state), cnn_features=b"", cnn_predictions=b"", prediction_names=[],
-        model_version="cnn-init-7", window_fill=1.0,
+        symbol=symbol, ts_event_ms=T0 + 1000 * t, price=price, source="SYNTHETIC", state_dim=values.size,
+        state=codec.f32_to_bytes(values), cnn_features=b"", cnn_predictions=b"", prediction_names=[],
+        model_version=cnn, window_fill=1.0, layout_version=layout,
     )  # fmt: skip
 
 
@@ -370,25 +377,30 @@ def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
 
 
 def test_merged_weights_are_adopted_when_they_fit_and_wait_for_the_first_packet():
-    donor = TrainerCore(small_hp())
+    donor = TrainerCore(small_hp(normalize=True))
     feed(donor, [packet(t, 100.0 + (t % 4)) for t in range(30)])
     weights = {k: v.clone() for k, v in donor.agent.q_network.state_dict().items()}  # type: ignore[union-attr]
-    fresh = TrainerCore(small_hp())
+    fresh = TrainerCore(small_hp(normalize=True))
     assert fresh.adopt(weights, "dqn-r0000001") is False, "no agent yet: waits"
     fresh.observe(packet(1, 100.0), [packet(0, 100.0)])
     assert fresh.model_version == "dqn-r0000001"
+    own = fresh.agent.q_network.state_dict()  # type: ignore[union-attr]
+    assert own["input_stats.count"].item() == weights["input_stats.count"].item() + 1, "its own first state counted"
     for name, tensor in weights.items():
-        assert torch.equal(fresh.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+        if is_statistic(name):
+            continue
+        assert torch.equal(own[name], tensor), name
         assert torch.equal(fresh.agent.target_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
-    other = TrainerCore(small_hp())
+    other = TrainerCore(small_hp(normalize=True))
     other.observe(packet(1, 100.0, dim=7), [packet(0, 100.0, dim=7)])
     assert other.adopt(weights, "x") is False and other.events["weights_not_fitting"] == 1
     # weights a replica of the previous release publishes (nn.Linear's layout of the first layer) fit too
-    older = TrainerCore(small_hp())
+    older = TrainerCore(small_hp(normalize=True))
     older.observe(packet(1, 100.0), [packet(0, 100.0)])
     assert older.adopt(linear_layout(donor.agent.q_network), "dqn-r0000002") is True  # type: ignore[union-attr]
     for name, tensor in weights.items():
-        assert torch.equal(older.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+        if not is_statistic(name):  # the statistics: the merged ones plus its own state since
+            assert torch.equal(older.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
 
 
 def test_adopted_weights_leave_a_learning_agent_s_target_to_its_polyak_rule():
@@ -398,12 +410,18 @@ def test_adopted_weights_leave_a_learning_agent_s_target_to_its_polyak_rule():
     target_before = {k: v.clone() for k, v in agent.target_network.state_dict().items()}
     merged = {k: v + 0.5 for k, v in agent.q_network.state_dict().items()}
     assert core.adopt(merged, "dqn-r0000003")
+    online = agent.q_network.state_dict()
     for name, tensor in agent.target_network.state_dict().items():
+        if is_statistic(name):  # one set of input statistics, the online network's
+            assert torch.equal(tensor, online[name]), name
+            continue
         assert torch.equal(tensor, target_before[name]), f"{name}: the target was reset to the merged weights"
     agent.learn(1)
     tau = core.hp.tau
     online = agent.q_network.state_dict()
     for name, tensor in agent.target_network.state_dict().items():
+        if is_statistic(name):
+            continue
         expected = target_before[name] + tau * (online[name] - target_before[name])
         torch.testing.assert_close(tensor, expected, msg=name)
 
@@ -411,15 +429,15 @@ def test_adopted_weights_leave_a_learning_agent_s_target_to_its_polyak_rule():
 # --- checkpoints ------------------------------------------------------------------------------
 
 
-def trained_core() -> TrainerCore:
-    core = TrainerCore(small_hp())
+def trained_core(**kw: object) -> TrainerCore:
+    core = TrainerCore(small_hp(**kw))
     feed(core, [packet(t, 100.0 + (t % 4)) for t in range(30)])
     assert core.updates > 0
     return core
 
 
 def test_checkpoint_round_trip_restores_weights_counters_and_shape(tmp_path: Path):
-    core = trained_core()
+    core = trained_core(normalize=True)
     version = ck.checkpoint_version(T0, core.updates)
     data, params = core.checkpoint(version, "trainer-test")
     path = tmp_path / "dqn" / f"{version}.safetensors"
@@ -429,13 +447,128 @@ def test_checkpoint_round_trip_restores_weights_counters_and_shape(tmp_path: Pat
     assert restored.version == version and restored.sha256 == ck.sha256_hex(data)
     assert (restored.obs_dim, restored.state_dim, restored.hidden_sizes) == (9, 6, (16,))
     assert (restored.updates, restored.transitions) == (core.updates, core.transitions)
-    assert params == sum(t.numel() for t in restored.tensors.values())
+    assert params == sum(t.numel() for k, t in restored.tensors.items() if not is_statistic(k))
 
-    resumed = TrainerCore(small_hp(), resume=restored)
+    resumed = TrainerCore(small_hp(normalize=True), resume=restored)
     resumed.observe(packet(100, 100.0), [packet(99, 100.0)])
     assert resumed.resumed_from == version and resumed.updates == core.updates
+    now = resumed.agent.q_network.state_dict()  # type: ignore[union-attr]
     for name, tensor in core.agent.q_network.state_dict().items():  # type: ignore[union-attr]
-        assert torch.equal(resumed.agent.q_network.state_dict()[name], tensor), name  # type: ignore[union-attr]
+        if not is_statistic(name):
+            assert torch.equal(now[name], tensor), name
+    # the input statistics resume too: the checkpoint's, plus the one state seen since
+    assert now["input_stats.count"].item() == restored.tensors["input_stats.count"].item() + 1
+
+
+def test_a_checkpoint_of_raw_inputs_is_not_resumed_by_a_normalising_trainer_and_says_why():
+    raw = TrainerCore(small_hp(normalize=False))
+    feed(raw, [packet(t, 100.0 + (t % 4)) for t in range(30)])
+    data, _ = raw.checkpoint("dqn-raw", "p")
+    resumed = TrainerCore(small_hp(normalize=True), resume=ck.decode_checkpoint(data))
+    resumed.observe(packet(100, 100.0), [packet(99, 100.0)])
+    assert resumed.events["resume_rejected"] == 1 and "raw inputs" in resumed.resume_error
+    assert "UNISTREAM_DQN_NORMALIZE" in resumed.resume_error
+    same = TrainerCore(small_hp(normalize=False), resume=ck.decode_checkpoint(data))
+    same.observe(packet(100, 100.0), [packet(99, 100.0)])
+    assert same.resumed_from == "dqn-raw"
+
+
+# --- input statistics and stale CNN states ------------------------------------------------------
+
+
+def test_input_statistics_standardise_each_state_value_and_leave_the_position_raw():
+    rng = np.random.default_rng(3)
+    core = TrainerCore(small_hp(normalize=True))
+    scales = np.array([0.001, 1.0, 40.0, 1_000.0, 5.0, 0.0], np.float32)  # the last one constant
+    offsets = np.array([0.0, 3.0, -100.0, 30_000.0, 0.0, 7.0], np.float32)
+    states = [offsets + scales * rng.standard_normal(6).astype(np.float32) for _ in range(400)]
+    chain = [packet(t, 100.0, state=states[t]) for t in range(400)]
+    for t in range(1, 400):
+        core.observe(chain[t], chain[max(0, t - 4) : t])
+    stats = core.agent.q_network.input_stats  # type: ignore[union-attr]
+    assert stats.count.item() == 399, "each packet's state counted once, when its transition is stored"
+    mean, std = stats.mean_std()
+    counted = np.stack(states[1:])
+    np.testing.assert_allclose(mean[:6].numpy(), counted.mean(axis=0), rtol=1e-5, atol=1e-6)
+    expected = np.sqrt(counted.astype(np.float64).var(axis=0) + InputStatistics.EPS)
+    np.testing.assert_allclose(std[:5].numpy(), expected[:5], rtol=1e-4)
+    assert std[5].item() == pytest.approx(1e-4), "a constant feature: sqrt(eps), and it standardises to 0"
+    # the position one-hot is passed through as it is
+    assert mean[6:].tolist() == [0.0, 0.0, 0.0] and std[6:].tolist() == [1.0, 1.0, 1.0]
+    x = torch.from_numpy(observation(states[7], 1)).unsqueeze(0)
+    z = stats(x)[0].numpy()
+    assert np.all(np.abs(z[:5]) < 6) and z[5] == 0.0 and z[6:].tolist() == [0.0, 1.0, 0.0]
+    wild = x.clone()
+    wild[0, 3] = 1e9
+    assert stats(wild)[0, 3].item() == core.hp.clip_obs, "clipped"
+    # the target network reads observations on the same scale (one set of statistics)
+    assert core.agent.target_network.input_stats is stats  # type: ignore[union-attr]
+
+
+def test_the_position_written_into_a_v2_state_is_not_standardised():
+    dim = 8
+    core = TrainerCore(small_hp(normalize=True))
+    layout = "v2/abc"
+    slot = position_slot(layout, dim)
+    assert slot is not None
+    ps = [packet(t, 100.0, dim=dim, layout=layout) for t in range(5)]
+    for t in range(1, 5):
+        core.observe(ps[t], ps[:t])
+    mean, std = core.agent.q_network.input_stats.mean_std()  # type: ignore[union-attr]
+    assert (mean[slot].item(), std[slot].item()) == (0.0, 1.0)
+
+
+def test_by_default_the_network_reads_raw_states_and_keeps_no_statistics():
+    core = trained_core()
+    assert core.agent.q_network.input_stats is None  # type: ignore[union-attr]
+    assert not any(is_statistic(k) for k in core.agent.q_network.state_dict())  # type: ignore[union-attr]
+    assert "charts/input_states" not in core.metrics(T0)
+
+
+def test_merged_input_statistics_count_every_replica_s_states_once():
+    base = {"input_stats.count": torch.tensor([10.0], dtype=torch.float64),
+            "input_stats.total": torch.tensor([5.0, 1.0], dtype=torch.float64),
+            "w": torch.tensor([1.0, 1.0])}  # fmt: skip
+
+    def sub(member: str, count: float, total: list[float], w: list[float], samples: float) -> Submission:
+        groups = {"dqn": {"input_stats.count": torch.tensor([count], dtype=torch.float64),
+                          "input_stats.total": torch.tensor(total, dtype=torch.float64), "w": torch.tensor(w)}}  # fmt: skip
+        return Submission(member, groups, samples, {"delta_models": "dqn"})
+
+    merged = merge_model("dqn", [sub("a", 3, [1, 2], [1, 0], 3), sub("b", 1, [0, 4], [0, 4], 1)], base)
+    assert merged["input_stats.count"].tolist() == [14.0], "summed: 10 + 3 + 1"
+    assert merged["input_stats.total"].tolist() == [6.0, 7.0]
+    assert merged["w"].tolist() == pytest.approx([1.75, 2.0]), "weights: the samples-weighted mean of the deltas"
+
+
+def test_replay_draws_only_states_of_recent_cnn_versions_and_falls_back_when_too_few():
+    buf = ReplayBuffer(100, 2, max_age=1)
+    for k in range(60):
+        buf.add(np.full(2, k, np.float32), 0, 0.0, np.zeros(2, np.float32), 0.9, cnn=k // 20)  # versions 0, 1, 2
+    rng = np.random.default_rng(0)
+    drawn = np.concatenate([buf.sample(32, rng).obs[:, 0].numpy() for _ in range(30)])
+    assert drawn.min() >= 20, "version 0 is two versions older than the newest: not sampled"
+    assert set(np.unique(drawn).astype(int)) == set(range(20, 60))
+    assert buf.stale_batches == 0
+    buf.add(np.full(2, 99, np.float32), 0, 0.0, np.zeros(2, np.float32), 0.9, cnn=5)  # a jump: one fresh state
+    drawn = buf.sample(64, rng).obs[:, 0].numpy()
+    assert buf.stale_batches == 1 and drawn.min() < 20, "too few fresh ones: the whole buffer"
+    everything = ReplayBuffer(100, 2)
+    for k in range(10):
+        everything.add(np.full(2, k, np.float32), 0, 0.0, np.zeros(2, np.float32), 0.9, cnn=k)
+    assert len(everything.fresh()) == 10, "no age limit"
+
+
+def test_the_core_numbers_cnn_versions_as_first_seen_and_tags_each_transition():
+    core = TrainerCore(small_hp(cnn_max_age=0))
+    ps = [packet(t, 100.0 + t % 3, cnn=("cnn-r0000001" if t < 40 else "cnn-r0000002")) for t in range(80)]
+    for t in range(1, 80):
+        core.observe(ps[t], ps[max(0, t - 4) : t])
+    replay = core.agent.replay  # type: ignore[union-attr]
+    tags = replay.cnn[: len(replay)]
+    # a transition is tagged with the CNN of its first state (the one its action was chosen on)
+    assert sorted(set(tags.tolist())) == [0, 1] and (tags == 1).sum() == 80 - 43, "chains from packet 43 on"
+    assert set(replay.fresh().tolist()) == set(np.flatnonzero(tags == 1).tolist())
 
 
 def test_checkpoint_with_a_different_sha256_is_rejected():

@@ -52,6 +52,7 @@ EPSILON = "charts/epsilon"
 PACKETS_PER_S = "charts/packets_per_s"
 UPDATES_PER_S = "charts/updates_per_s"
 MODEL_ROUND = "charts/model_round"
+REPLAY_FRESH = "charts/replay_fresh"  # share of the replay built by the newest CNN versions
 MERGE_MS = "merge/duration_ms"
 MERGE_MEMBERS = "merge/members"
 PAPER_HOURS = "paper/hours"
@@ -289,7 +290,8 @@ def replica_rows(
     ``updates/s`` and ``step`` of its newest metrics, ``heartbeat age s`` (from its heartbeat
     hash), ``member expires in s`` (negative: expired), ``metrics age s``, ``model round`` (of the
     model it runs), ``last merge round`` (newest round it merged as leader), ``last merge ms`` and
-    ``last merge members`` (of its newest metrics). Missing values are None."""
+    ``last merge members`` (of its newest metrics), ``replay fresh %`` (the share of its replay
+    a batch may draw: states of the newest CNN versions). Missing values are None."""
     latest = latest_per_producer(metrics)
     led: dict[str, int] = {}
     for ann in models:
@@ -330,6 +332,7 @@ def replica_rows(
                 "last merge round": led.get(name),
                 "last merge ms": metric(MERGE_MS),
                 "last merge members": None if merge_members is None else int(merge_members),
+                "replay fresh %": None if (fresh := metric(REPLAY_FRESH)) is None else 100 * fresh,
             }
         )
     return rows

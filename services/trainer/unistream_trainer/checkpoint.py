@@ -98,8 +98,10 @@ class Checkpoint:
     transitions: int
     values: str = "q"
 
-    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int], values: str = "q") -> str:
-        """Why this checkpoint does not fit a network of this shape and meaning ("" when it does)."""
+    def misfit(self, obs_dim: int, hidden_sizes: Sequence[int], values: str = "q", normalized: bool = False) -> str:
+        """Why this checkpoint does not fit a network of this shape and meaning ("" when it does).
+
+        ``normalized``: the network standardises its inputs (``input_stats.*`` tensors)."""
         if self.values != values:
             return (
                 f"its outputs are {VALUES.get(self.values, repr(self.values))}, the settings ask for {VALUES[values]}"
@@ -108,6 +110,14 @@ class Checkpoint:
             return f"it was trained on observations of {self.obs_dim} values, the stream now gives {obs_dim}"
         if self.hidden_sizes != tuple(hidden_sizes):
             return f"its hidden sizes are {self.hidden_sizes}, the settings ask for {tuple(hidden_sizes)}"
+        has_stats = any(k.startswith("input_stats.") for k in self.tensors)
+        if normalized and not has_stats:
+            return (
+                "it was trained on raw inputs (no input statistics: saved before input normalisation), the "
+                "settings standardise them (UNISTREAM_DQN_NORMALIZE=false to resume it)"
+            )
+        if has_stats and not normalized:
+            return "it was trained on standardised inputs, the settings ask for raw ones (UNISTREAM_DQN_NORMALIZE)"
         return ""
 
 

@@ -28,6 +28,13 @@ the network was built for, at the same size, is refused and counted (``layout_mi
 :attr:`TrainerCore.layout_error` saying what differs): its values would feed the wrong inputs.
 Merged weights of another layout are not adopted either.
 
+Inputs: with ``normalize`` (off by default: see dqn.Hyperparameters) the network standardises every state value by running statistics
+(:class:`~unistream_trainer.dqn.InputStatistics`), counting each packet's state once, when its
+transition is stored; the position written into the state and the one-hot are left raw. Each
+transition is tagged with the CNN version that built its state (``model_version``, numbered in the
+order first seen), and replay samples draw only from states of the newest ``cnn_max_age`` versions
+(see :class:`~unistream_trainer.dqn.ReplayBuffer`: stale states are dropped, not re-encoded).
+
 Time comes in as arguments; there is no clock, Redis or file access here.
 """
 
@@ -146,6 +153,8 @@ class TrainerCore:
         self.agent_layout = ""  # layout_version of the packets the network was built for ("" unknown)
         self.layout_error = ""  # the last packet refused for its layout, and why
         self.model_version = ""  # merged version the weights came from ("" before any)
+        self._cnn_ordinals: dict[str, int] = {}  # CNN version -> its number, in the order first seen
+        self._cnn_count = 0
         # What the data looked like, for the published model's metadata.
         self.layout_version = ""
         self.cnn_version = ""
@@ -191,6 +200,7 @@ class TrainerCore:
             return
         agent = self._agent_for(packet.state_dim, packet.layout_version)
         slot = position_slot(packet.layout_version, packet.state_dim)
+        agent.count_input(observation(states[-1], 0, slot))
         position = start = ACTION_POSITION[int(self._rng.integers(N_ACTIONS))]
         obs0 = observation(states[0], position, slot)
         action0 = agent.act(obs0)
@@ -217,7 +227,8 @@ class TrainerCore:
                     next_obs=observation(states[steps], position, slot),
                     discount=self.hp.gamma**steps,
                 )
-            ]
+            ],
+            self._cnn_ordinal(chain[0].model_version),
         )
         if steps < self.hp.n_step:
             self.events["short_chains"] += 1
@@ -262,10 +273,22 @@ class TrainerCore:
         q = self.agent.values(observation(state, position, position_slot(packet.layout_version, packet.state_dim)))
         return int(q.argmax()), q
 
-    def _store(self, transitions: list[NStepTransition]) -> None:
+    def _store(self, transitions: list[NStepTransition], cnn: int = 0) -> None:
         assert self.agent is not None
         for t in transitions:
-            self.agent.replay.add(t.obs, t.action, t.reward, t.next_obs, t.discount)
+            self.agent.replay.add(t.obs, t.action, t.reward, t.next_obs, t.discount, cnn)
+
+    def _cnn_ordinal(self, version: str) -> int:
+        """The number of a CNN version: versions in the order this core first saw them (the
+        features service only moves to newer ones)."""
+        number = self._cnn_ordinals.get(version)
+        if number is None:
+            number = self._cnn_ordinals[version] = self._cnn_count
+            self._cnn_count += 1
+            if len(self._cnn_ordinals) > 4 * self.hp.buffer_size:  # bounded: forget the oldest names
+                for old in list(self._cnn_ordinals)[: self.hp.buffer_size]:
+                    del self._cnn_ordinals[old]
+        return number
 
     def _agent_for(self, state_dim: int, layout: str = "") -> DQNAgent:
         if self.agent is not None and state_dim == self.state_dim:
@@ -277,6 +300,10 @@ class TrainerCore:
         self.agent_layout = layout
         self._update_credit = 0.0
         self.agent = DQNAgent(state_dim + N_ACTIONS, self.hp)
+        if self.agent.q_network.input_stats is not None:  # the position inputs are not state values
+            slot = position_slot(layout, state_dim)
+            raw = [state_dim + k for k in range(N_ACTIONS)] + ([slot] if slot is not None else [])
+            self.agent.q_network.input_stats.keep_raw(raw)
         if self.resume is not None:
             self._resume(self.agent)
         self.origin = self.online_weights()
@@ -335,7 +362,7 @@ class TrainerCore:
     def _resume(self, agent: DQNAgent) -> None:
         ckpt, self.resume = self.resume, None
         assert ckpt is not None
-        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp))
+        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp), self.hp.normalize)
         if reason:
             self.events["resume_rejected"] += 1
             self.resume_error = f"{ckpt.version}: {reason}"
@@ -398,6 +425,15 @@ class TrainerCore:
             "charts/state_dim": float(self.state_dim),
             "charts/state_dim_changes": float(self.state_dim_changes),
         }
+        if self.agent is not None and len(self.agent.replay):
+            replay = self.agent.replay
+            # the share of the replay a batch may draw (states of the newest CNN versions) and the
+            # batches that had to draw from all of it
+            out["charts/replay_fresh"] = len(replay.fresh()) / len(replay)
+            out["charts/replay_stale_batches"] = float(replay.stale_batches)
+        stats = self.agent.q_network.input_stats if self.agent is not None else None
+        if stats is not None:
+            out["charts/input_states"] = float(stats.count.item())
         if self._losses:
             out["losses/td_loss"] = float(np.mean(self._losses))
             out["losses/q_values"] = float(np.mean(self._q_values))

@@ -83,6 +83,21 @@ class Hyperparameters:
     what holding each position earns (``W(s, a)``, the immediate cost added back to the stored return)
     and every decision and TD target takes ``W(s, a) - switch_cost * |a - held|``. False: the network
     learns Q(s, a) with the cost in it, and on noise its errors outweigh the cost: the policy churns"""
+    normalize: bool = False
+    """standardise every state value by running statistics (:class:`InputStatistics`) before the
+    network (deployed states put microstructure values with standard deviations of 16-41 beside
+    windows within +-10). Off by default until it is shown to help: on the sanity suite's noise
+    markets (3 markets x 3 seeds, the sanity learner) it weakened the learned fall of churn, early
+    -> late position changes an hour 126 -> 55 raw against 102 -> 69 standardised; the runs spread
+    too widely (0 to 360) for that difference to be sure either way"""
+    clip_obs: float = 10.0
+    """standardised features are clipped to +-this (a feature that was constant and starts moving)"""
+    cnn_max_age: int = 20
+    """replayed states built by a CNN more than this many versions older than the newest one seen
+    are not sampled (:class:`ReplayBuffer`). Live, a CNN version is a merge round (30 s), and the
+    CNN's owner takes about 12 of its Adam steps a round (0.2 per packet, 2 symbols a second):
+    20 rounds keep the states of the last 10 minutes, about 240 CNN steps; the default replay of
+    2,000 transitions spans about 33 rounds at one replica and more with several"""
     bf16: bool = False
     """run the update's matmuls in bfloat16 (autocast; weights, optimiser state and loss stay float32).
     Worth it only on CPUs with native bf16 (AVX512-BF16, AMX): see :func:`native_bf16`"""
@@ -105,6 +120,10 @@ class Hyperparameters:
             raise ValueError(f"learning_starts ({self.learning_starts}) is below batch_size ({self.batch_size})")
         if not self.hidden_sizes:
             raise ValueError("hidden_sizes is empty")
+        if not self.clip_obs > 0:
+            raise ValueError(f"clip_obs must be positive, was {self.clip_obs}")
+        if self.cnn_max_age < 0:
+            raise ValueError(f"cnn_max_age must be >= 0, was {self.cnn_max_age}")
 
 
 # --- the Q-network ------------------------------------------------------------------------------
@@ -142,11 +161,86 @@ def upgrade_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-class QNetwork(nn.Module):
-    """Dueling MLP: shared ReLU layers, then Q(s, a) = V(s) + A(s, a) - mean_a A(s, a)."""
+STATISTICS = "input_stats."  # names of the Q-network's input statistics in its state dict
 
-    def __init__(self, obs_dim: int, hidden_sizes: Sequence[int] = (256, 256), n_actions: int = N_ACTIONS) -> None:
+
+def is_statistic(name: str) -> bool:
+    """Whether a Q-network tensor is a sum of observations (merged by adding replicas' updates)
+    rather than a weight (merged by averaging them)."""
+    return name.startswith(STATISTICS)
+
+
+class InputStatistics(nn.Module):
+    """Per-feature standardisation by running statistics: ``clip((x - mean) / sqrt(var + eps))``.
+
+    The statistics are kept as sums in float64 (``count``, ``total``, ``total_sq``: buffers, so
+    they travel in the state dict, the checkpoint and the merged model). Sums make replicas exact:
+    each replica's update since its last submission is the sums of the states it saw, and the
+    merged statistics are the base plus every replica's update (:func:`is_statistic`), so every
+    state counts once whichever replica learned from it. Features that are not state values (the
+    position written into the state and the position one-hot) are passed through: see
+    :meth:`keep_raw`. Until two states are counted the layer is the identity.
+
+    The replay buffer keeps raw observations and every forward pass standardises with the current
+    statistics, so old and new transitions are read on one scale (as SB3's VecNormalize does for
+    off-policy learners); the statistics settle within the first thousands of states.
+    """
+
+    EPS = 1e-8
+
+    def __init__(self, dim: int, clip: float = 10.0) -> None:
         super().__init__()
+        self.clip = clip
+        self.register_buffer("count", torch.zeros(1, dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("total_sq", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("scaled", torch.ones(dim, dtype=torch.bool), persistent=False)
+
+    def keep_raw(self, indices: Sequence[int]) -> None:
+        """Leave these features unstandardised (set by the trainer core from the layout)."""
+        self.scaled[list(indices)] = False
+
+    @torch.no_grad()
+    def update(self, x: np.ndarray) -> None:
+        """Count one observation (or a batch of them, rows)."""
+        t = torch.from_numpy(np.atleast_2d(np.asarray(x, np.float64)))
+        self.count += t.shape[0]
+        self.total += t.sum(dim=0)
+        self.total_sq += (t * t).sum(dim=0)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, standard deviation) per feature, float32; 0 and 1 for raw features or too few states."""
+        n = float(self.count)
+        if n < 2:
+            return torch.zeros_like(self.total, dtype=torch.float32), torch.ones_like(self.total, dtype=torch.float32)
+        mean = self.total / n
+        var = (self.total_sq / n - mean * mean).clamp_min(0.0)
+        std = torch.sqrt(var + self.EPS)
+        return (
+            torch.where(self.scaled, mean, 0.0).float(),
+            torch.where(self.scaled, std, 1.0).float(),
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if float(self.count) < 2:
+            return obs
+        mean, std = self.mean_std()
+        return torch.sub(obs, mean).div_(std).clamp_(-self.clip, self.clip)  # one new tensor, not three
+
+
+class QNetwork(nn.Module):
+    """Dueling MLP: shared ReLU layers, then Q(s, a) = V(s) + A(s, a) - mean_a A(s, a).
+
+    With ``normalize`` the observation is first standardised by :class:`InputStatistics`
+    (``input_stats``), which the caller updates with the states it observes.
+    """
+
+    def __init__(
+        self, obs_dim: int, hidden_sizes: Sequence[int] = (256, 256), n_actions: int = N_ACTIONS,
+        normalize: bool = False, clip_obs: float = 10.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.input_stats = InputStatistics(obs_dim, clip_obs) if normalize else None
         layers: list[nn.Module] = []
         width = obs_dim
         for h in hidden_sizes:
@@ -159,6 +253,8 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """(batch, obs_dim) -> Q-values (batch, n_actions)."""
+        if self.input_stats is not None:
+            obs = self.input_stats(obs)
         z = self.trunk(obs)
         advantage = self.advantage(z)
         return self.value(z) + advantage - advantage.mean(dim=1, keepdim=True)
@@ -181,33 +277,64 @@ class Batch:
 
 
 class ReplayBuffer:
-    """Fixed-capacity ring of n-step transitions in preallocated numpy arrays; the oldest is overwritten."""
+    """Fixed-capacity ring of n-step transitions in preallocated numpy arrays; the oldest is overwritten.
 
-    def __init__(self, capacity: int, obs_dim: int) -> None:
+    Each transition carries the version of the CNN that built its state (an ordinal: versions
+    numbered in the order the trainer first saw them). The CNN's blocks of a state (branch
+    features, hidden layer, predictions) mean what that version made of the windows, and the CNN
+    is retrained and republished every merge round while the replay spans many rounds. Re-encoding
+    a replayed state would cost a CNN pass per sampled state and step; weighting keeps stale meanings
+    in every batch. The rule here is to *drop*: a sample draws only from transitions whose CNN is at
+    most ``max_age`` versions older than the newest one in the buffer (the ring still overwrites
+    the oldest first). When fewer than a batch qualify (right after a change of CNN with a short
+    history) the batch draws from the whole buffer, counted in :attr:`stale_batches`.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, max_age: int | None = None) -> None:
         self.capacity = capacity
+        self.max_age = max_age
         self.obs = np.zeros((capacity, obs_dim), np.float32)
         self.next_obs = np.zeros((capacity, obs_dim), np.float32)
         self.actions = np.zeros(capacity, np.int64)
         self.rewards = np.zeros(capacity, np.float32)
         self.discounts = np.zeros(capacity, np.float32)
+        self.cnn = np.zeros(capacity, np.int64)  # ordinal of the CNN version that built the state
         self.pos = 0  # next slot to write
         self.size = 0
+        self.stale_batches = 0  # batches drawn from the whole buffer: too few fresh transitions
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, discount: float) -> None:
+    def add(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, discount: float, cnn: int = 0
+    ) -> None:
         i = self.pos
         self.obs[i] = obs
         self.actions[i] = action
         self.rewards[i] = reward
         self.next_obs[i] = next_obs
         self.discounts[i] = discount
+        self.cnn[i] = cnn
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
+    def fresh(self) -> np.ndarray:
+        """Indices of the transitions a sample may draw (all of them without ``max_age``)."""
+        if self.max_age is None or self.size == 0:
+            return np.arange(self.size)
+        versions = self.cnn[: self.size]
+        return np.flatnonzero(versions >= versions.max() - self.max_age)
+
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
-        idx = rng.integers(0, self.size, size=batch_size)
+        pool = self.fresh()
+        if len(pool) == self.size:
+            idx = rng.integers(0, self.size, size=batch_size)
+        elif len(pool) >= batch_size:
+            idx = pool[rng.integers(0, len(pool), size=batch_size)]
+        else:
+            self.stale_batches += 1
+            idx = rng.integers(0, self.size, size=batch_size)
         return Batch(
             obs=torch.from_numpy(self.obs[idx]),
             actions=torch.from_numpy(self.actions[idx]),
@@ -392,11 +519,13 @@ class DQNAgent:
         self.obs_dim = obs_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
-            self.q_network = QNetwork(obs_dim, hp.hidden_sizes)
+            self.q_network = QNetwork(obs_dim, hp.hidden_sizes, normalize=hp.normalize, clip_obs=hp.clip_obs)
         self.target_network = copy.deepcopy(self.q_network)
+        # One set of input statistics: the target network reads observations on the online one's scale.
+        self.target_network.input_stats = self.q_network.input_stats
         # Fused Adam: one kernel for the whole step instead of a Python loop of small ops (10x faster on CPU).
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=hp.learning_rate, fused=True)
-        self.replay = ReplayBuffer(hp.buffer_size, obs_dim)
+        self.replay = ReplayBuffer(hp.buffer_size, obs_dim, hp.cnn_max_age)
         self.rng = np.random.default_rng(hp.seed)
         self.costs = cost_matrix(hp)
         self.updates = 0  # gradient steps taken
@@ -412,6 +541,11 @@ class DQNAgent:
         if self.rng.random() < self.epsilon:
             return int(self.rng.integers(N_ACTIONS))
         return int(self.values(obs).argmax())
+
+    def count_input(self, obs: np.ndarray) -> None:
+        """Count an observed state in the input statistics (each state once; a no-op without them)."""
+        if self.q_network.input_stats is not None:
+            self.q_network.input_stats.update(obs)
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         """The values the greedy policy maximises at one observation (net of known costs)."""

@@ -57,7 +57,7 @@ from unistream_common import codec, keys
 from unistream_common.packets import ModelAnnouncement
 from unistream_common.redisio import s
 from unistream_trainer.checkpoint import MODEL_NAME, read_metadata, sha256_hex, write_atomic
-from unistream_trainer.dqn import upgrade_state_dict
+from unistream_trainer.dqn import is_statistic, upgrade_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -385,8 +385,11 @@ def merge_model(
     """One model's merged tensors from a round's submissions of it (see the module docstring).
 
     With a ``base``: base + the members' updates averaged by their samples, each member's update
-    the sum of its submissions (deltas as they are; whole weights less the base). Without one:
-    the samples-weighted average of the members' newest whole weights.
+    the sum of its submissions (deltas as they are; whole weights less the base). Sums of
+    observations (the DQN's input statistics, :func:`~unistream_trainer.dqn.is_statistic`) take the
+    *sum* of the members' updates instead: each state is counted by the one replica that learned
+    from it, so base + every update counts each exactly once. Without a base: the samples-weighted
+    average of the members' newest whole weights (for sums, a pooled estimate on an averaged count).
     """
     members: dict[str, list[Submission]] = {}
     for x in group:
@@ -402,7 +405,8 @@ def merge_model(
             update = {k: update[k] + (t[k] if x.is_delta(model) else t[k] - base[k]) for k in update}
         updates.append((update, sum(x.samples_of(model) for x in subs)))
     mean = average(updates)
-    return {k: (base[k].to(torch.float64) + mean[k].to(torch.float64)).to(base[k].dtype) for k in base}
+    total = {k: sum(u[k].to(torch.float64) for u, _ in updates) for k in base if is_statistic(k)}
+    return {k: (base[k].to(torch.float64) + total.get(k, mean[k]).to(torch.float64)).to(base[k].dtype) for k in base}
 
 
 def describe(meta: Mapping[str, Any]) -> dict[str, str]:

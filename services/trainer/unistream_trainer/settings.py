@@ -47,6 +47,17 @@ class TrainerSettings(CommonSettings):
         description="Matmuls of the DQN update: bf16 (autocast; weights and loss stay float32), float32, or auto "
         "(bf16 where the CPU has native bf16: AVX512-BF16/AMX)",
     )
+    dqn_normalize: bool = Field(
+        False,
+        description="Standardise every state value by running statistics (kept in the checkpoint) before the DQN "
+        "(off until shown to help: see the README's Training section)",
+    )
+    dqn_cnn_max_age: int = Field(
+        20,
+        ge=0,
+        description="Replayed states built by a CNN more than this many versions older than the newest are not "
+        "sampled (a version per merge round: 20 is 10 minutes at the default 30 s)",
+    )
     dqn_max_grad_norm: float = Field(10.0, gt=0, description="Gradient clipping norm")
     dqn_start_e: float = Field(1.0, ge=0, le=1, description="Initial exploration epsilon")
     dqn_end_e: float = Field(0.05, ge=0, le=1, description="Final exploration epsilon")
@@ -143,6 +154,8 @@ class TrainerSettings(CommonSettings):
             tau=self.dqn_tau,
             target_network_frequency=self.dqn_target_network_frequency,
             max_grad_norm=self.dqn_max_grad_norm,
+            normalize=self.dqn_normalize,
+            cnn_max_age=self.dqn_cnn_max_age,
             start_e=self.dqn_start_e,
             end_e=self.dqn_end_e,
             exploration_steps=self.dqn_exploration_steps,
