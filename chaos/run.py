@@ -128,7 +128,8 @@ def write_archive(path: Path, seed: int, minutes: int) -> Archive:
         trade_id += 1
         maker = rng.random() < 0.5
         price, size = f"{cents // 100}.{cents % 100:02d}", f"0.{size_units:08d}"
-        quote = f"{cents * size_units / 1e10:.8f}"
+        notional = cents * size_units // 100  # Binance's quoteQty: price x qty truncated to 8 decimals
+        quote = f"{notional // 10**8}.{notional % 10**8:08d}"
         lines.append(f"{trade_id},{price},{size},{quote},{t},{'True' if maker else 'False'},True")
         valid.append(Tick(trade_id, float(price), float(size), "SELL" if maker else "BUY", t, t))
         if rng.random() < 0.003:  # the same id again, another price: a duplicate to refuse

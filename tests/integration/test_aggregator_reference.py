@@ -163,8 +163,9 @@ def exact_bars(trades: Trades, timeframe: str) -> dict[int, Row]:
     assert bars["volume"].dtype == np.int64 and bars["taker"].dtype == np.int64
     # The int64 sums cannot have wrapped: no interval holds more than this.
     assert int(bars["count"].max()) * int(trades.size_units.max()) < 2**63
-    # price x size as Python ints (up to ~1e23 a trade), summed per interval in trade order.
-    quote_each = trades.cents.astype(object) * CENT_UNITS * trades.size_units.astype(object)
+    # Each trade's notional as Binance reports it: price x size (Python ints, up to ~1e23 in units of
+    # 1e-16) truncated to 8 decimals, summed per interval in trade order.
+    quote_each = trades.cents.astype(object) * CENT_UNITS * trades.size_units.astype(object) // SCALE
     starts = np.concatenate(([0], np.cumsum(bars["count"].to_numpy())[:-1]))
     quote = np.add.reduceat(quote_each, starts).tolist()
     open_ms = bars.index.as_unit("ms").asi8.tolist()
@@ -185,9 +186,9 @@ def real_bar(symbol: str, timeframe: str, open_ms: int, row: Row) -> Bar:
         low=low,
         close=close,
         volume=volume / SCALE,  # int / int: the correctly rounded value of the exact decimal
-        quote_volume=quote / SCALE**2,
+        quote_volume=quote / SCALE,
         trade_count=count,
-        vwap=quote / (volume * SCALE),
+        vwap=min(max(quote / volume, low), high),  # truncated notionals can sum below size x low
         taker_buy_volume=taker / SCALE,
         filled=False,
         source="REPLAY",

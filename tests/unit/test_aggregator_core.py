@@ -12,7 +12,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 
 import msgspec
@@ -20,7 +20,14 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from unistream_aggregator.core import CHECKPOINT_VERSION, AggregatorOutput, BarAggregator, EntryRef, SymbolCheckpoint
+from unistream_aggregator.core import (
+    CHECKPOINT_VERSION,
+    Acc,
+    AggregatorOutput,
+    BarAggregator,
+    EntryRef,
+    SymbolCheckpoint,
+)
 from unistream_common.keys import TIMEFRAME_MS, TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, Source, Tick, TickBatch
 
@@ -592,9 +599,18 @@ def test_restore_refuses_a_checkpoint_of_another_symbol_or_version() -> None:
     checkpoint = SymbolCheckpoint(CHECKPOINT_VERSION, BTC, T0, 1.0, 5, {}, [], "SYNTHETIC")
     with pytest.raises(ValueError, match="restore of ETHUSDT got the checkpoint of BTCUSDT"):
         agg.restore(ETH, checkpoint)
-    old = msgspec.structs.replace(checkpoint, symbol=ETH, version=CHECKPOINT_VERSION + 1)
+    newer = msgspec.structs.replace(checkpoint, symbol=ETH, version=CHECKPOINT_VERSION + 1)
     with pytest.raises(ValueError, match="version"):
-        agg.restore(ETH, old)
+        agg.restore(ETH, newer)
+
+
+def test_a_version_1_checkpoint_s_forming_quote_sums_of_exact_products_become_units_of_1e_8() -> None:
+    agg = BarAggregator()
+    forming = Acc(T0, 100.0, 100.0, 100.0, 100.0, volume=3, quote=12_345_678_912_345_678, count=2, real=True)
+    agg.restore(ETH, SymbolCheckpoint(1, ETH, T0, 100.0, 5, {"1m": forming}, [], "SYNTHETIC"))
+    now = agg.checkpoint(ETH)
+    assert now.version == CHECKPOINT_VERSION == 2
+    assert now.forming["1m"].quote == 123_456_789  # 1.23456789123... in 1e-16 units -> 1.23456789
 
 
 def test_checkpoint_is_a_copy_that_later_trades_do_not_change() -> None:
@@ -725,10 +741,14 @@ def classify(ticks: Iterable[Tick]) -> tuple[list[Tick], int, int]:
 
 
 def exact(trades: Sequence[Tick]) -> tuple[int, int, int]:
-    """(volume, taker-buy volume) in 1e-8 units and quote volume in 1e-16 units."""
+    """(volume, taker-buy volume, quote volume) in 1e-8 units; the quote volume as Binance sums it,
+    each trade's notional (price x size) truncated to 8 decimals, computed here in decimal."""
     volume = sum(size_units(t) for t in trades)
     taker = sum(size_units(t) for t in trades if t.aggressor_side == "BUY")
-    quote = sum(PRICE_UNITS[t.price] * size_units(t) for t in trades)
+    quote = sum(
+        int((Decimal(repr(t.price)) * Decimal(repr(t.size))).scaleb(8).to_integral_value(rounding=ROUND_DOWN))
+        for t in trades
+    )
     return volume, taker, quote
 
 
@@ -755,10 +775,10 @@ def reference_1s(applied: Sequence[Tick], max_fill_bars: int) -> tuple[list[tupl
                         for k in range(1, missing + 1)]  # fmt: skip
         prices = [t.price for t in trades]
         volume, taker, quote = exact(trades)
-        vwap = min(max(correctly_rounded(Fraction(quote, volume * SCALE)), min(prices)), max(prices))
+        vwap = min(max(correctly_rounded(Fraction(quote, volume)), min(prices)), max(prices))
         out.append(
             (open_ms, prices[0], max(prices), min(prices), prices[-1],
-             correctly_rounded(Fraction(volume, SCALE)), correctly_rounded(Fraction(quote, SCALE * SCALE)),
+             correctly_rounded(Fraction(volume, SCALE)), correctly_rounded(Fraction(quote, SCALE)),
              correctly_rounded(Fraction(taker, SCALE)), len(trades), vwap, False)
         )  # fmt: skip
         prev = (open_ms, prices[-1])
@@ -937,9 +957,9 @@ def roll_up_check(higher: Bar, parts: list[Bar], trades: list[Tick]) -> None:
     volume, taker, quote = exact(trades)
     assert higher.volume == correctly_rounded(Fraction(volume, SCALE))
     assert higher.taker_buy_volume == correctly_rounded(Fraction(taker, SCALE))
-    assert higher.quote_volume == correctly_rounded(Fraction(quote, SCALE * SCALE))
+    assert higher.quote_volume == correctly_rounded(Fraction(quote, SCALE))
     if volume:
-        assert higher.vwap == min(max(correctly_rounded(Fraction(quote, volume * SCALE)), higher.low), higher.high)
+        assert higher.vwap == min(max(correctly_rounded(Fraction(quote, volume)), higher.low), higher.high)
     assert higher.incomplete == any(b.incomplete for b in parts)
     assert higher.source == parts[-1].source
 
@@ -1246,14 +1266,9 @@ def test_a_crash_restored_from_the_bar_streams_leaves_the_bars_of_an_uninterrupt
 ) -> None:
     reference = run(split(entries, [chunk]), max_fill_bars=max_fill_bars)
     crashed = run_with_crash(entries, chunk, crash_after, lose_next, True, max_fill_bars)
-    got, want = crashed.all_bars(), reference.all_bars()
-    assert [msgspec.structs.replace(b, quote_volume=0.0, vwap=b.close) for b in got] == [
-        msgspec.structs.replace(b, quote_volume=0.0, vwap=b.close) for b in want
-    ]
-    # Quote sums are read back from floats: exact to about the last place, not beyond.
-    for g, w in zip(got, want, strict=True):
-        assert g.quote_volume == pytest.approx(w.quote_volume, rel=1e-14)
-        assert g.vwap == pytest.approx(w.vwap, rel=1e-14)
+    # every sum has 8 decimals (quote volumes are of truncated notionals), so the floats read
+    # back from the streams give the exact sums again
+    assert crashed.all_bars() == reference.all_bars()
     assert crashed.refused == 0
 
 

@@ -8,12 +8,16 @@ Bar semantics (per symbol):
 
 - A bar covers the UTC-aligned, left-closed interval ``[open_time_ms, open_time_ms + span)``;
   a trade at ``ts_event_ms`` belongs to the 1s bar opening at ``ts_event_ms - ts_event_ms % 1000``.
-- open/high/low/close are trade prices in trade order; ``volume`` (base), ``quote_volume``
-  (sum of price x size), ``taker_buy_volume`` (trades whose aggressor bought) and ``vwap`` are
+- open/high/low/close are trade prices in trade order; ``volume`` (base), ``quote_volume``,
+  ``taker_buy_volume`` (trades whose aggressor bought) and ``vwap`` (quote volume / volume) are
   computed EXACTLY: prices and sizes are taken in units of 1e-8 (Binance's finest step), summed
   as integers, and each float in a bar is the correctly rounded value of the exact decimal. So
   a bar does not depend on how its trades were batched, and a reference computation in exact
   decimal arithmetic agrees to the last digit.
+- ``quote_volume`` is Binance's: the sum of each trade's notional as the venue reports it
+  (``quoteQty`` in its archives), which is price x size truncated to 8 decimals
+  (:func:`notional_units`), not the exact sum of the products (those differ by ~1e-7 relative an
+  hour on a pair like ETHBTC). Websocket trades carry no notional; the same rule gives it.
 - A 1s bar closes when a trade of a later interval arrives (event time passed its end), or from
   the timer once the wall clock reaches its end + ``grace_ms`` (live sources only: see
   :meth:`BarAggregator.close_due`).
@@ -63,12 +67,11 @@ from unistream_common.packets import Bar, GapMarker, Source, TickBatch
 
 EntryRef = tuple[str, str]  # (stream, entry id)
 
-SCALE = 100_000_000  # prices and sizes in units of 1e-8
-SCALE2 = SCALE * SCALE  # price x size in units of 1e-16
+SCALE = 100_000_000  # prices, sizes and notionals in units of 1e-8
 HIGHER: tuple[str, ...] = ("1m", "1h", "1d")
 SECOND_MS = 1_000
 LIVE_SOURCES: frozenset[str] = frozenset({"REAL", "SYNTHETIC"})  # the timer closes only these
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: quote sums in 1e-8 units of truncated notionals (1: exact products, 1e-16)
 
 COUNTERS = quality.COUNTERS
 """Counters of the core, per symbol; every increment goes out with the bar or the checkpoint it
@@ -87,8 +90,14 @@ def units(x: float) -> int:
     return round(x * SCALE)
 
 
+def notional_units(price_units: int, size_units: int) -> int:
+    """A trade's notional as Binance reports it (``quoteQty``), in units of 1e-8: price x size
+    truncated to 8 decimals. Both arguments in units of 1e-8 and non-negative."""
+    return price_units * size_units // SCALE
+
+
 class Acc(msgspec.Struct):
-    """A bar being built: float prices, integer sums (1e-8 units; quote in 1e-16)."""
+    """A bar being built: float prices, integer sums in 1e-8 units (quote: of truncated notionals)."""
 
     open_ms: int
     open: float
@@ -106,7 +115,7 @@ class Acc(msgspec.Struct):
     def to_bar(self, symbol: str, timeframe: str) -> Bar:
         span = TIMEFRAME_MS[timeframe]
         if self.real:
-            vwap = min(max(self.quote / (self.volume * SCALE), self.low), self.high) if self.volume else self.close
+            vwap = min(max(self.quote / self.volume, self.low), self.high) if self.volume else self.close
         else:
             vwap = self.close
         return Bar(
@@ -119,7 +128,7 @@ class Acc(msgspec.Struct):
             low=self.low,
             close=self.close,
             volume=self.volume / SCALE,
-            quote_volume=self.quote / SCALE2,
+            quote_volume=self.quote / SCALE,
             trade_count=self.count,
             vwap=vwap,
             taker_buy_volume=self.taker / SCALE,
@@ -132,12 +141,11 @@ class Acc(msgspec.Struct):
 def acc_of_bar(bar: Bar) -> Acc:
     """Accumulator of an emitted bar read back from a stream (fallback restore only).
 
-    Integer sums are recovered from the floats: exact for volumes (at most 8 decimals), within
-    a unit in the last place for quote volumes, whose exact sums carry 16 decimals.
+    Integer sums are recovered exactly from the floats: every sum has at most 8 decimals.
     """
     return Acc(
         bar.open_time_ms, bar.open, bar.high, bar.low, bar.close,
-        units(bar.volume), round(bar.quote_volume * SCALE2), units(bar.taker_buy_volume),
+        units(bar.volume), units(bar.quote_volume), units(bar.taker_buy_volume),
         bar.trade_count, not bar.filled, bar.incomplete, bar.source,
     )  # fmt: skip
 
@@ -272,12 +280,17 @@ class BarAggregator:
             return
         if checkpoint.symbol != symbol:
             raise ValueError(f"restore of {symbol} got the checkpoint of {checkpoint.symbol}")
-        if checkpoint.version != CHECKPOINT_VERSION:
+        if checkpoint.version not in (1, CHECKPOINT_VERSION):
             raise ValueError(f"checkpoint version {checkpoint.version} is not {CHECKPOINT_VERSION}")
+        forming = checkpoint.forming
+        if checkpoint.version == 1:  # quote sums of exact products in 1e-16: the forming bars' become
+            # 1e-8 units (truncated once, not per trade: those bars may differ from Binance's quote
+            # volume by under a unit per trade; every bar opened after the upgrade is exact)
+            forming = {tf: msgspec.structs.replace(acc, quote=acc.quote // SCALE) for tf, acc in forming.items()}
         st.last_open_ms = checkpoint.last_open_ms
         st.prev_close = checkpoint.prev_close
         st.last_trade_id = st.seen_id = checkpoint.last_trade_id
-        st.forming = {tf: msgspec.structs.replace(acc) for tf, acc in checkpoint.forming.items()}
+        st.forming = {tf: msgspec.structs.replace(acc) for tf, acc in forming.items()}
         st.gaps = [list(g) for g in checkpoint.gaps]
         st.source = checkpoint.source
         st.counted_through = _entry_pair(checkpoint.counted_through)
@@ -476,7 +489,7 @@ class BarAggregator:
             bar.close = price
             q = round(tick.size * SCALE)
             bar.volume += q
-            bar.quote += round(price * SCALE) * q
+            bar.quote += notional_units(round(price * SCALE), q)
             if tick.aggressor_side == "BUY":
                 bar.taker += q
             bar.count += 1
