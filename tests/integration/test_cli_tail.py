@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import redis
 
-from unistream_common import codec, keys
+from unistream_common import codec, keys, tools
 from unistream_common.cli import main
-from unistream_common.packets import Bar, Tick, TickBatch
+from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
 from unistream_common.redis_server import free_port
 
 T0 = 1_700_000_000_000
@@ -148,3 +149,37 @@ def test_tail_follow_prints_entries_added_later(redis_url: str, client: redis.Re
 def test_tail_against_an_unreachable_redis_exits_1_with_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tail", STREAM, "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]) == 1
     assert "cannot reach Redis at redis://127.0.0.1:" in capsys.readouterr().err
+
+
+def training_packet(t: int, state: list[float]) -> TrainingDataPacket:
+    return TrainingDataPacket(
+        symbol="ETHUSDT", ts_event_ms=T0 + 1000 * t, price=3000.5, source="SYNTHETIC", state_dim=len(state),
+        state=codec.f32_to_bytes(state), cnn_features=codec.f32_to_bytes([0.25, -1.5]),
+        cnn_predictions=codec.f32_to_bytes([0.75]), prediction_names=["top_1s"], model_version="cnn-init-7",
+        window_fill=1.0,
+    )  # fmt: skip
+
+
+def test_tail_json_prints_a_training_packet_s_vectors_as_lists_of_floats(
+    client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = [0.1, -2.0, 3.5e-7, 40.0]
+    client.xadd(keys.TRAINING, codec.encode(training_packet(0, state)), id=f"{T0}-0")
+    assert main(["tail", keys.TRAINING, "--json", "--redis-url", redis_url]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert record["state"] == np.asarray(state, np.float32).tolist(), "each float32's value, not base64 text"
+    assert record["cnn_features"] == [0.25, -1.5] and record["cnn_predictions"] == [0.75]
+
+
+def test_tail_all_prints_every_entry_oldest_first_a_chunk_at_a_time(
+    client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tools, "ALL_CHUNK", 2)
+    for k in range(5):
+        client.xadd(STREAM, codec.encode(batch(100 + 10 * k, 1)), id=f"{k + 1}-0")
+    assert main(["tail", STREAM, "--all", "--redis-url", redis_url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["1-0", "2-0", "3-0", "4-0", "5-0"]
+    assert main(["tail", STREAM, "--count", "0", "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out == ""

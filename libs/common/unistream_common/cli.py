@@ -20,6 +20,7 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "tail": ("unistream_common.tools", "tail_main", "print the newest entries of a stream (--follow for more)"),
     "status": ("unistream_common.tools", "status_main", "streams, consumer groups, lag and pending entries"),
     "evaluate": ("unistream_tools.evaluate", "main", "walk-forward evaluation of the trainer on archive files"),
+    "export": ("unistream_tools.export", "main", "write streams to Parquet or CSV files (ticks, bars, training data)"),
 }
 
 

@@ -74,12 +74,13 @@ def decode(fields: Mapping[Any, Any] | None) -> Packet:
 
 
 def to_builtins(packet: Packet) -> dict[str, Any]:
-    """Plain dict of a packet for display: float32 byte fields become lists of floats."""
-    out = msgspec.to_builtins(packet)
+    """Plain dict of a packet: float32 byte fields become lists of floats (each the float32's
+    exact value; msgspec alone would give base64 text)."""
+    out = msgspec.to_builtins(packet, builtin_types=(bytes, bytearray))
     out = {"type": packet.TYPE, **out}
     for key, value in list(out.items()):
         if isinstance(value, (bytes, bytearray)):
-            out[key] = [round(float(x), 6) for x in f32_from_bytes(value)]
+            out[key] = f32_from_bytes(value).tolist()
     return out
 
 

@@ -1,5 +1,9 @@
 """Operator tools: ``unistream tail`` (read a stream) and ``unistream status`` (streams and groups).
 
+``tail --json`` prints one JSON object per tick, bar or packet, float32 vectors (a training
+packet's state, CNN features and predictions) as lists of floats; ``tail --all`` prints every
+entry. Files for pandas or polars come from ``unistream export`` (:mod:`unistream_tools.export`).
+
 Both talk to Redis synchronously with the same pinned protocol as the services (RESP2, no
 automatic retries). Formatting is kept in pure functions (:func:`entry_records`,
 :func:`format_record`, :func:`group_overrun`, :func:`format_status`) so it can be tested without
@@ -12,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -146,16 +150,33 @@ def print_entries(
     return last_id, bad
 
 
+ALL = -1  # tail's count for every entry
+ALL_CHUNK = 1_000
+
+
+def _all_entries(client: redis.Redis, stream: str) -> Iterator[list[tuple[Any, Any]]]:
+    """Every entry of ``stream``, oldest first, :data:`ALL_CHUNK` at a time (memory stays flat)."""
+    start = "-"
+    while entries := client.xrange(stream, min=start, max="+", count=ALL_CHUNK):
+        yield entries
+        start = "(" + s(entries[-1][0])
+
+
 def tail(client: redis.Redis, stream: str, count: int, as_json: bool, follow: bool, out: TextIO, err: TextIO) -> int:
-    """The last ``count`` entries of ``stream``, then (with ``follow``) new ones as they arrive."""
+    """The last ``count`` entries of ``stream`` (:data:`ALL`: every one), then (with ``follow``)
+    new ones as they arrive."""
     kind = s(client.type(stream))
     if kind not in ("stream", "none"):
         raise ToolError(f"{stream} is a Redis {kind}, not a stream")
     if kind == "none" and not follow:
         raise ToolError(f"stream {stream} does not exist (nothing written yet?); --follow waits for it")
     newest = client.xrevrange(stream, count=max(count, 1)) if kind == "stream" else []
-    shown = list(reversed(newest))[-count:] if count > 0 else []
-    print_entries(stream, shown, as_json, out, err)
+    if count is ALL:
+        for entries in _all_entries(client, stream):  # oldest first, a chunk at a time
+            print_entries(stream, entries, as_json, out, err)
+    else:
+        shown = list(reversed(newest))[-count:] if count > 0 else []
+        print_entries(stream, shown, as_json, out, err)
     if not follow:
         return 0
     # Continue after the newest entry even if it was not shown (count 0); "0-0" when there is
@@ -176,13 +197,19 @@ def tail_main(argv: list[str]) -> int:
         "(a tick batch prints one line per tick). Undecodable entries are reported on stderr.",
     )
     parser.add_argument("stream", help="stream name, e.g. 'md:ticks:{ETHUSDT}' (quote the braces)")
-    parser.add_argument("--count", "-n", type=int, default=10, metavar="N", help="newest N entries (default 10)")
+    parser.add_argument(
+        "--count", "-n", type=int, default=10, metavar="N",
+        help="newest N entries (default 10; 0: none, with --follow only new ones)",
+    )  # fmt: skip
+    parser.add_argument("--all", action="store_true", help="every entry, oldest first (for files: unistream export)")
     parser.add_argument("--json", action="store_true", help="JSON lines instead of text")
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new entries until Ctrl-C")
     _redis_url_argument(parser)
     args = parser.parse_args(argv)
     if args.count < 0:
         parser.error("--count must be >= 0")
+    if args.all:
+        args.count = ALL
     url, _ = redis_url_from(args.redis_url, os.environ)
     try:
         # blocking reads need a socket timeout longer than BLOCK

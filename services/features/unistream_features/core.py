@@ -126,6 +126,24 @@ def _close_time(bar: Bar) -> int:
     return bar.close_time_ms
 
 
+def state_layouts(config: FeatureConfig) -> dict[str, StateLayout]:
+    """The layout of each symbol's states under ``config`` (what the engine builds; tools that
+    read training packets name their values with it)."""
+    micro_names = micro.feature_names(config.horizons_s)
+    return {
+        s: make_layout(
+            config.symbols,
+            window_bars=config.window_bars,
+            branch_features=BRANCH_FEATURES,
+            hidden=HIDDEN,
+            n_predictions_per_symbol=len(PREDICTION_NAMES),
+            micro_names=micro_names,
+            focus=s,
+        )
+        for s in config.symbols
+    }
+
+
 class FeatureEngine:
     """All symbols' buffers, the CNN, and the packet builders."""
 
@@ -136,19 +154,7 @@ class FeatureEngine:
         self._capacity = capacity
         self.windows = BarWindows(capacity, symbols=config.symbols)
         self.cnn = MtfCnnRunner(seed, now_ms, window_bars=config.window_bars)
-        micro_names = micro.feature_names(config.horizons_s)
-        self.layouts: dict[str, StateLayout] = {
-            s: make_layout(
-                config.symbols,
-                window_bars=config.window_bars,
-                branch_features=BRANCH_FEATURES,
-                hidden=HIDDEN,
-                n_predictions_per_symbol=len(PREDICTION_NAMES),
-                micro_names=micro_names,
-                focus=s,
-            )
-            for s in config.symbols
-        }
+        self.layouts: dict[str, StateLayout] = state_layouts(config)
         self.dim = self.layouts[config.symbols[0]].dim
         self.symbols: dict[str, SymbolState] = {s: self._new_symbol() for s in config.symbols}
         self.events: Counter[str] = Counter()  # what happened, for the shell's counters
