@@ -81,6 +81,12 @@ Rows (ticks/s unless stated):
   deployed configuration: two symbols, the trainer's 256-256 network and 4 updates per packet),
   stride 1, on 5 minutes of two synthetic archive files; reference: ``evaluate_standin_s_per_day``,
   the same with ``--hidden 64 --updates-per-packet 1`` (see ``bench/evaluation.py``; once each);
+- ``export_s_per_day``: seconds ``unistream export`` takes (its own process, Parquet) for a day of
+  1s bars of one symbol (86,400) and the training packets the features service keeps by default
+  (3,600, full 13,448-value states); reference: ``xrange_s_per_day``, reading the same entries
+  with XRANGE in the same chunks and nothing else. ``export_peak_rss_mib_day``: that process's
+  peak resident memory (MiB); reference: ``export_peak_rss_mib_quarter``, the same for a quarter
+  of it (6 h of bars, 900 packets): memory flat means a ratio near 1 (``bench/export.py``);
 - ``dashboard_overview_ready_s``: ``unistream dashboard`` as its own process, fed a running
   system's packets and heartbeats every second: from ``page.goto`` of the Overview in headless
   Chromium (a new session) until every symbol card shows its counts and price and every service
@@ -126,6 +132,7 @@ from typing import Any
 
 import dashboard
 import evaluation
+import export
 import features
 import redis.asyncio as aioredis
 import trainer
@@ -151,6 +158,7 @@ from dashboard import (
     streamlit_hello_ready_s,
 )
 from evaluation import evaluate_s_per_day, evaluate_standin_s_per_day
+from export import export_peak_rss_mib_day, export_peak_rss_mib_quarter, export_s_per_day, xrange_s_per_day
 from features import (
     features_bar_to_packet_p50_ms,
     features_bar_to_packet_p99_ms,
@@ -161,6 +169,7 @@ from features import (
     features_rss_mb_start,
     redis_xadd_roundtrip_p50_ms,
 )
+from procs import peak_rss_mib
 from trainer import (
     sb3_dqn_updates_per_s,
     trainer_claim_s,
@@ -198,8 +207,16 @@ SLOW_ROWS = dict.fromkeys(
     3,
 )  # fmt: skip
 GOALS = {**AGGREGATOR_GOALS, **features.GOALS, **trainer.GOALS, **dashboard.GOALS}
-MAX_RUNS = {**SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS, **evaluation.MAX_RUNS}
-NOTES = (features.NOTES, trainer.NOTES, dashboard.NOTES, evaluation.NOTES)  # filled by the rows as they run
+MAX_RUNS = {
+    **SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS, **evaluation.MAX_RUNS, **export.MAX_RUNS,
+}  # fmt: skip
+NOTES = (
+    features.NOTES,
+    trainer.NOTES,
+    dashboard.NOTES,
+    evaluation.NOTES,
+    export.NOTES,
+)  # filled by the rows as they run
 
 
 def make_ticks(n: int, first_id: int = 1) -> list[Tick]:
@@ -301,26 +318,8 @@ async def replay_max(url: str, n: int, batch: int, history_bars: int = 300) -> f
     return n / elapsed
 
 
-# A small launcher runs the command and reports its children's peak RSS. ru_maxrss survives exec,
-# so a child forked straight from this (large) process would start at this process's size.
-_LAUNCHER = (
-    "import resource, subprocess, sys\n"
-    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode\n"
-    "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-)
-
-
 async def replay_max_ticks_only(url: str, n: int, batch: int) -> float:
     return await replay_max(url, n, batch, history_bars=0)
-
-
-def _peak_rss_mib(cmd: list[str], env: dict[str, str]) -> float:
-    """Peak RSS of ``cmd`` run to completion, MiB."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True, check=True)
-    rc, kib = out.stdout.split()
-    if rc != "0":
-        raise RuntimeError(f"{cmd[:4]} exited {rc}")
-    return int(kib) / 1024
 
 
 async def replay_peak_rss_mib(url: str, n: int, batch: int) -> float:
@@ -333,11 +332,11 @@ async def replay_peak_rss_mib(url: str, n: int, batch: int) -> float:
     await client.aclose()
     cmd = [sys.executable, "-m", "unistream_common.cli", "ingest", "--source", "replay",
            "--path", str(archive_file(n)), "--symbol", "ETHUSDT", "--speed", "max"]  # fmt: skip
-    return await asyncio.to_thread(_peak_rss_mib, cmd, env)
+    return await asyncio.to_thread(peak_rss_mib, cmd, env)
 
 
 async def python_rss_mib(url: str, n: int, batch: int) -> float:
-    return await asyncio.to_thread(_peak_rss_mib, [sys.executable, "-c", "pass"], dict(os.environ))
+    return await asyncio.to_thread(peak_rss_mib, [sys.executable, "-c", "pass"], dict(os.environ))
 
 
 _LIVE_CACHE: dict[str, list[float]] = {}
@@ -502,6 +501,10 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "trainer_claim_s": (trainer_claim_s, None, "s"),
     "trainer_merge_round_ms": (trainer_merge_round_ms, None, "ms"),
     "evaluate_standin_s_per_day": (evaluate_standin_s_per_day, None, "s/day"),
+    "xrange_s_per_day": (xrange_s_per_day, None, "s"),
+    "export_s_per_day": (export_s_per_day, "xrange_s_per_day", "s"),
+    "export_peak_rss_mib_quarter": (export_peak_rss_mib_quarter, None, "MiB"),
+    "export_peak_rss_mib_day": (export_peak_rss_mib_day, "export_peak_rss_mib_quarter", "MiB"),
     "evaluate_s_per_day": (evaluate_s_per_day, "evaluate_standin_s_per_day", "s/day"),
     "streamlit_hello_ready_s": (streamlit_hello_ready_s, None, "s"),
     "dashboard_overview_ready_s": (dashboard_overview_ready_s, "streamlit_hello_ready_s", "s"),

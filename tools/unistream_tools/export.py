@@ -155,13 +155,12 @@ def state_names(packet: TrainingDataPacket, symbols: Sequence[str], window_bars:
     ``window_bars`` gives the packet's layout version and size (None otherwise)."""
     if packet.symbol not in symbols:
         return None
-    from unistream_features.core import FeatureConfig, state_layouts
+    # The layout module alone (the features service's sizes are its defaults; the tag check below
+    # catches any other configuration): the CNN's module would load torch for nothing.
+    from unistream_model.layout import make_layout
 
     try:
-        config = FeatureConfig(
-            symbols=tuple(symbols), window_bars=window_bars, bar_capacity=max(1_000, window_bars + 1)
-        )
-        layout = state_layouts(config)[packet.symbol]
+        layout = make_layout(symbols, window_bars=window_bars, focus=packet.symbol)
     except ValueError:
         return None
     if layout.tag != packet.layout_version or layout.dim != packet.state_dim:
@@ -231,19 +230,25 @@ class _Writer:
         self._writer = None
 
 
+CHUNK_BYTES = 16 * 2**20  # a chunk holds at most about this much entry data (54 KB training packets: ~300)
+
+
 def entry_chunks(
     client: redis.Redis, stream: str, since: str, until: str, chunk: int
 ) -> Iterator[list[tuple[Any, Any]]]:
-    """The entries of ``stream`` between ids ``since`` and ``until`` (inclusive), ``chunk`` at a time."""
-    start = since
+    """The entries of ``stream`` between ids ``since`` and ``until`` (inclusive), at most ``chunk``
+    at a time and fewer when entries are large (:data:`CHUNK_BYTES`), so memory stays flat."""
+    start, count = since, min(chunk, 16)  # a small first read measures the entries' size
     while True:
-        entries = client.xrange(stream, min=start, max=until, count=chunk)
+        entries = client.xrange(stream, min=start, max=until, count=count)
         if not entries:
             return
         yield entries
-        if len(entries) < chunk:
+        if len(entries) < count:
             return
         start = "(" + s(entries[-1][0])  # exclusive: after the last one read
+        size = sum(len(v) for _, fields in entries for v in fields.values()) / len(entries)
+        count = max(1, min(chunk, int(CHUNK_BYTES // max(size, 1.0))))
 
 
 def export_stream(
