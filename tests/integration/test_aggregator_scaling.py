@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ from aggregator_harness import (
     make_entries,
     pending_ids,
     plain_client,
+    quality_of,
     reference_run,
     start_aggregator,
     wait_ready,
@@ -446,3 +449,35 @@ def test_a_lease_is_renewed_by_its_holder_and_after_it_ran_out_only_if_nobody_to
     assert renew("aggregator-1:a") is None, "taken and let go in between: its state is stale"
     assert take("aggregator-1:c") == 1, "a restarted aggregator-1 takes it back"
     client.close()
+
+
+def test_a_catch_up_beside_busy_cores_keeps_its_leases_and_redelivers_nothing(
+    redis_server: RedisServer, tmp_path: Path, entries: list[TickBatch], expected: Expected, reference: Reference
+) -> None:
+    """The whole backlog is written before the aggregator starts, with the shortest lease allowed
+    (1 s) and both cores kept busy by two spinning processes: its batches compete for the CPU for
+    far longer than a lease, and the lease keeper must still renew on time. No lease is lost (none
+    counted, none logged), no trade is applied twice (ticks_already_applied 0: nothing redelivered),
+    and the bars are the reference's."""
+    url = redis_server.url
+    client = plain_client(url)
+    log = tmp_path / "aggregator.log"
+    write_chunk(client, ((n, b) for n, b in enumerate(entries)))
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)
+    ]  # the machine's two cores busy
+    agg = start_aggregator(url, log, "aggregator-busy", owner_ttl_ms=1_000)
+    try:
+        wait_until(lambda: caught_up(client, expected), 120, "bars caught up beside the busy cores", [agg])
+        counters = agg.stats().get("counters", {})
+        lost = counters.get("aggregator_leases_lost", 0)
+        assert not lost, f"leases lost: {lost}\n{agg.tail()}"
+        assert "lease lost" not in log.read_text() and "lease ran out" not in log.read_text(), agg.tail()
+        for symbol in SYMBOLS:
+            assert quality_of(client, symbol)["ticks_already_applied"] == 0, (symbol, agg.tail())
+        assert_same_bars(client, reference, log=log)
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+        cleanup([agg])

@@ -140,7 +140,7 @@ def test_read_health_lists_live_heartbeats_and_the_trainer_leader(client: redis.
     samples.heartbeat(client, "ingest", "ingest-a", started_ms=NOW - 10, updated_ms=NOW)
     samples.heartbeat(client, "trainer", "trainer-a", started_ms=NOW, updated_ms=NOW + 1)
     client.zadd(keys.SERVICES, {"features/features-gone": NOW})  # listed, but its hash expired
-    client.set(data.TRAINER_LEADER, "trainer-a")
+    client.set(data.TRAINER_LEADER, "trainer-a:5d1f0c9e2b7a")  # the holder process's token
     read = data.read_health(redis_url)
     assert [(b.service, b.consumer, b.ready) for b in read.beats] == [
         ("ingest", "ingest-a", True),

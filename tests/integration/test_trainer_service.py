@@ -365,19 +365,44 @@ async def test_a_leader_whose_lease_expired_publishes_nothing(redis_url: str, tm
         assert await stale.try_lead()
         await stale.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
         # a stall longer than the lease: it expires and another replica takes it
-        await r.set(LEADER, "trainer-b", px=10_000)
+        holder = ReplicaSync(r, "trainer-b", str(tmp_path), ttl_ms=10_000)
+        await r.set(LEADER, holder.token, px=10_000)
         assert stale.leader, "it does not know yet"
         assert await stale.merge(["trainer-a"], 1_000, {}) is None
         assert not stale.leader
         assert await r.xlen(keys.MODELS) == 0 and not [k async for k in r.scan_iter("ml:registry:*")]
         assert not list(tmp_path.rglob("*.safetensors")), "nor on the volume"
         # the lease holder publishes: registry, index and announcement together
-        holder = ReplicaSync(r, "trainer-b", str(tmp_path), ttl_ms=10_000)
         await holder.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
         result = await holder.merge(["trainer-b"], 2_000, {})
         assert result is not None
         (announced,) = await announcements(r, "dqn")
         assert announced == result.announcements[0] and await r.exists(announced.uri.removeprefix("redis:"))
+    finally:
+        await r.aclose()
+
+
+async def test_a_replica_restarted_under_the_same_name_does_not_take_its_former_self_s_lease(
+    redis_url: str, tmp_path: Path
+):
+    from unistream_trainer.dqn import QNetwork
+    from unistream_trainer.replicas import LEADER, ReplicaSync
+
+    r = command_client(redis_url)
+    try:
+        before = ReplicaSync(r, "trainer-1", str(tmp_path), ttl_ms=10_000)
+        assert await before.try_lead()
+        assert keys.lease_holder(await r.get(LEADER)) == "trainer-1" and (await r.get(LEADER)).decode() == before.token
+        # the process dies holding the lease; a new one starts as trainer-1 (compose restarts it)
+        after = ReplicaSync(r, "trainer-1", str(tmp_path), ttl_ms=10_000)
+        assert after.token != before.token
+        assert not await after.try_lead(), "the lease is its former self's: it waits for it to run out"
+        await after.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
+        after.leader = True  # even believing it leads, it cannot publish under another process's lease
+        assert await after.merge(["trainer-1"], 1_000, {}) is None and await r.xlen(keys.MODELS) == 0
+        await r.pexpire(LEADER, 1)  # the dead process's lease runs out
+        await asyncio.sleep(0.05)
+        assert await after.try_lead() and (await r.get(LEADER)).decode() == after.token
     finally:
         await r.aclose()
 

@@ -30,6 +30,36 @@ PAPER = "ml:paper"  # PaperFill per position change of the paper trader (trainer
 # The paper trader's books (ledgers, positions, sensitivity learner), kept by the trainer leader
 # every merge round and taken by the next leader: a torch file of tensors and plain values.
 TRAINER_BOOKS = "ml:trainer:books"
+# Trainer replicas (unistream_trainer.replicas): heartbeats, the merge lease, the round counter,
+# the CNN owner's cursor on ml:training, and each replica's queued submissions.
+TRAINER_MEMBERS = "ml:trainer:members"  # sorted set: replica -> heartbeat expiry (ms)
+TRAINER_LEADER = "ml:trainer:leader"  # string: the lease holder's token, "<replica>:<random>"
+TRAINER_ROUND = "ml:trainer:round"  # integer: the last merge round
+TRAINER_CNN_CURSOR = "ml:trainer:cnn_cursor"  # the last ml:training entry the CNN's owner learned from
+
+
+def trainer_deltas(member: str) -> str:
+    """A trainer replica's submissions not yet merged, oldest first (a list)."""
+    return f"ml:trainer:deltas:{member}"
+
+
+def trainer_weights(member: str) -> str:
+    """A submission of a previous release: one replica's whole weights (read, never written)."""
+    return f"ml:trainer:weights:{member}"
+
+
+def lease_holder(value: str | bytes | None) -> str | None:
+    """The process named by a lease's value (``<name>:<token>``: the trainer's merge lease, an
+    aggregator's symbol lease); a value without a token (a previous release) is the name."""
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    if not text:
+        return None
+    name, sep, _ = text.rpartition(":")
+    return name if sep else text
+
+
 # Service heartbeats: a hash per process, refreshed every few seconds, expiring when it stops.
 SERVICES = "svc:index"  # sorted set: "<service>/<consumer>" -> last heartbeat (ms)
 

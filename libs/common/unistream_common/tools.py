@@ -360,7 +360,7 @@ def collect_bar_quality(client: redis.Redis, symbols: list[str]) -> list[dict[st
         rows.append(
             {
                 "symbol": symbol,
-                "owner": s(owner).rsplit(":", 1)[0] if owner else None,
+                "owner": keys.lease_holder(owner),
                 **counts,
                 "score": quality.score(counts) if raw else None,
             }

@@ -54,7 +54,7 @@ MODELS_WINDOW = 50
 HEARTBEAT_TTL_MS = 10_000
 SERVICE_NAME = "dashboard"
 # The trainer replicas' lease (see unistream_trainer.replicas; not imported: it pulls in torch).
-TRAINER_LEADER = "ml:trainer:leader"
+TRAINER_LEADER = keys.TRAINER_LEADER
 
 T = TypeVar("T")
 
@@ -368,7 +368,7 @@ def read_health(url: str) -> HealthRead:
     fetch_ms = _elapsed_ms(started)
     beats = [b for raw in hashes if raw and (b := parse_heartbeat(raw)) is not None]
     beats.sort(key=lambda b: (b.service, b.consumer))
-    return HealthRead(beats=beats, leader=text(leader) if leader is not None else None, fetch_ms=fetch_ms)
+    return HealthRead(beats=beats, leader=keys.lease_holder(leader), fetch_ms=fetch_ms)
 
 
 @dataclass(frozen=True)

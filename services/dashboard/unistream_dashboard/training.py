@@ -40,8 +40,8 @@ from unistream_dashboard.market import SEP, decode_entries, fetched_caption, liv
 from unistream_dashboard.settings import DashboardSettings
 
 TRAINER_SERVICE = "trainer"
-MEMBERS = "ml:trainer:members"  # sorted set: replica -> heartbeat expiry (ms)
-LEADER = "ml:trainer:leader"  # string: the replica holding the merge lease
+MEMBERS = keys.TRAINER_MEMBERS
+LEADER = keys.TRAINER_LEADER
 MODELS_WINDOW = 1_000  # the trainer keeps ~1,000 announcements
 CACHE_TTL_S = 1
 ALIVE_MS = 10_000  # a heartbeat hash older than this (its TTL) belongs to a stopped replica
@@ -533,7 +533,7 @@ def read_trainer(url: str, metrics_count: int) -> TrainerRead:
         metrics=metrics,
         models=models,
         members=members,
-        leader=text(leader_reply) if leader_reply else None,
+        leader=keys.lease_holder(leader_reply),
         heartbeats=heartbeats,
         skipped=skipped_metrics + skipped_models,
         fetch_ms=fetch_ms,

@@ -9,7 +9,10 @@ from once). Every ``merge_every_s`` each replica
    ``ml:trainer:deltas:{name}`` (safetensors; the list expires 3 rounds after the last one): the
    DQN as a *delta*, what its online weights learned since its previous submission or adoption,
    with the number of samples behind it; the CNN (learned by one replica, its owner) as weights;
-3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time). The leader takes every
+3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time; its value is the holder's
+   :attr:`ReplicaSync.token`, ``<member>:<random>``, new in every process, so a replica restarted
+   under the same name never takes its former self's lease for its own: it leads once that
+   lease is released or runs out). The leader takes every
    live member's submissions (the whole list at once: each counts in one round only) and
    publishes the merged version: the DQN is the newest published DQN (the base) plus the
    members' deltas averaged by samples, each member's deltas summed (they are consecutive steps
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,9 +65,9 @@ from unistream_trainer.dqn import is_statistic, upgrade_state_dict
 
 log = logging.getLogger(__name__)
 
-MEMBERS = "ml:trainer:members"
-LEADER = "ml:trainer:leader"
-ROUND = "ml:trainer:round"
+MEMBERS = keys.TRAINER_MEMBERS
+LEADER = keys.TRAINER_LEADER
+ROUND = keys.TRAINER_ROUND
 REGISTRY_KEEP = 5  # merged versions kept in Redis per model
 MODEL_SCAN = 100
 
@@ -86,14 +90,8 @@ return 1
 """
 
 
-def weights_key(member: str) -> str:
-    """A submission of the previous release: one member's whole weights (read, never written)."""
-    return f"ml:trainer:weights:{member}"
-
-
-def deltas_key(member: str) -> str:
-    """A member's submissions not yet merged, oldest first (a Redis list)."""
-    return f"ml:trainer:deltas:{member}"
+weights_key = keys.trainer_weights
+deltas_key = keys.trainer_deltas
 
 
 DELTA_MODELS = "delta_models"  # submission metadata: the models submitted as deltas, comma-separated
@@ -194,6 +192,8 @@ class ReplicaSync:
         self.models_maxlen = models_maxlen
         self.files_keep = files_keep
         self.leader = False
+        # The lease's value: this process, not only its name (a restart under the same name is another holder).
+        self.token = f"{member}:{secrets.token_hex(6)}"
         self._renew = redis.register_script(_RENEW)
         self._publish = redis.register_script(_PUBLISH)
 
@@ -212,7 +212,7 @@ class ReplicaSync:
         if self.leader:
             await self.redis.eval(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                1, LEADER, self.member,
+                1, LEADER, self.token,
             )  # fmt: skip
             self.leader = False
 
@@ -228,7 +228,7 @@ class ReplicaSync:
         await pipe.execute()
 
     async def try_lead(self) -> bool:
-        self.leader = bool(await self._renew(keys=[LEADER], args=[self.member, self.ttl_ms]))
+        self.leader = bool(await self._renew(keys=[LEADER], args=[self.token, self.ttl_ms]))
         return self.leader
 
     async def collect(self, members: Sequence[str]) -> list[Submission]:
@@ -326,7 +326,7 @@ class ReplicaSync:
             )  # fmt: skip
             fields = [part for pair in codec.encode(ann).items() for part in pair]
             keys_ = [LEADER, key, f"ml:registry:{model}", keys.MODELS]
-            if not await self._publish(keys=keys_, args=[self.member, data, version, self.models_maxlen, *fields]):
+            if not await self._publish(keys=keys_, args=[self.token, data, version, self.models_maxlen, *fields]):
                 # The lease expired (a stall longer than its TTL) and another replica may lead: a
                 # stale leader publishes nothing, and the submissions it took are lost for this round.
                 self.leader = False

@@ -64,7 +64,7 @@ TIMER_S = 0.5
 CNN_MODEL = "cnn-mtf"
 PAPER_READ = 500
 CNN_READ = 64  # training packets the CNN's owner reads per timer tick: short ticks, 128 packets/s at most
-CNN_CURSOR = "ml:trainer:cnn_cursor"  # the last ml:training entry the CNN's owner learned from
+CNN_CURSOR = keys.TRAINER_CNN_CURSOR
 # Claim the entries after the cursor up to ARGV[3]: only the lease holder, only from where the cursor is.
 _CLAIM_CNN_BATCH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -286,7 +286,7 @@ class TrainerService:
             return
         # The batch is claimed before it is learned, so that each entry is learned once: a lease
         # lost meanwhile, or a cursor another owner moved, leaves it to the owner of the cursor.
-        if not await self._claim_cnn_batch(keys=[LEADER, CNN_CURSOR], args=[self.producer, self._cnn_id, last]):
+        if not await self._claim_cnn_batch(keys=[LEADER, CNN_CURSOR], args=[self.sync.token, self._cnn_id, last]):
             self._cnn_id = None
             self.stats.inc("trainer_extrema_batches_not_claimed")
             return
@@ -466,7 +466,7 @@ class TrainerService:
         if self.paper is None or self.sync is None or not self.sync.leader or not self._leading:
             return False
         data = await asyncio.to_thread(self.paper.to_bytes, kept_by=self.producer, kept_ms=now)
-        kept = bool(await self._keep_books(keys=[LEADER, keys.TRAINER_BOOKS], args=[self.producer, data]))
+        kept = bool(await self._keep_books(keys=[LEADER, keys.TRAINER_BOOKS], args=[self.sync.token, data]))
         self.stats.inc("trainer_paper_books_kept" if kept else "trainer_paper_books_not_kept")
         return kept
 
