@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from unistream_aggregator.core import BarAggregator
 from unistream_aggregator.service import AggregatorShell, run_with_restarts
@@ -204,6 +205,14 @@ def test_ingest_and_aggregator_processes_write_consecutive_bars_publish_forming_
         assert httpx.get(f"http://127.0.0.1:{ports['ingest']}/stats").json()["info"]["source"] == "SYNTHETIC"
         info = httpx.get(f"http://127.0.0.1:{ports['aggregator']}/stats").json()["info"]
         assert info["owned"] == sorted(LIVE_SYMBOLS)
+        # the latencies users alert on, as Prometheus histograms the client library's parser reads
+        for name, histogram in (("ingest", "unistream_ingest_tick_write_seconds"),
+                                ("aggregator", "unistream_aggregator_bar_close_seconds")):  # fmt: skip
+            text = httpx.get(f"http://127.0.0.1:{ports[name]}/metrics", timeout=2).text
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            assert families[histogram].type == "histogram", name
+            counts = [x.value for x in families[histogram].samples if x.name.endswith("_count")]
+            assert counts and all(c > 0 for c in counts), (name, counts)
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -41,7 +41,7 @@ def test_probes_report_live_ready_metrics_and_stats(redis_url: str) -> None:
         assert r.status_code == 200 and r.json()["ready"] is True
         m = client.get("/metrics")
         assert m.headers["content-type"].startswith("text/plain")
-        assert 'unistream_ticks_written_total{service="demo",symbol="ETHUSDT"} 5' in m.text
+        assert 'unistream_ticks_written_total{service="demo",symbol="ETHUSDT"} 5.0' in m.text
         s = client.get("/stats").json()
         assert s["counters"]["ticks_written"] == {"symbol=ETHUSDT": 5}
         assert s["info"] == {"source": "SYNTHETIC"}

@@ -144,6 +144,9 @@ class AggregatorShell:
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
         stats.describe("aggregator_ticks_already_applied", "trades redelivered after a restart, already in the bars")
         stats.describe("aggregator_owned_symbols", "symbols this process owns (aggregates) now")
+        stats.describe(
+            "aggregator_bar_close_seconds", "live 1s bars: from the bar's end until it is handed to its commit, seconds"
+        )
 
     def register(self) -> None:
         """Register the (dynamic) consumer group with the runtime; streams come with ownership."""
@@ -497,6 +500,9 @@ class AggregatorShell:
         for bar in out.bars:
             if bar.timeframe == "1s":
                 last_1s[bar.symbol] = bar
+                if bar.source in LIVE_SOURCES:
+                    self.stats.observe("aggregator_bar_close_seconds", max(0, now_ms - bar.close_time_ms) / 1000,
+                                       symbol=bar.symbol)  # fmt: skip
         state: list[StateWrite] = []
         symbols = set(out.checkpoints) | set(incr) | set(last_1s)
         for symbol in sorted(symbols):

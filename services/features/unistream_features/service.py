@@ -102,6 +102,10 @@ class FeaturesService:
         self.settings = settings
         self.runtime = runtime
         self.stats = stats
+        stats.describe(
+            "features_bar_to_packet_seconds",
+            "live training packets: from the 1s bar's end (the state's time) until the packet is built, seconds",
+        )
         self.engine = FeatureEngine(
             FeatureConfig(
                 symbols=tuple(settings.symbols),
@@ -328,6 +332,10 @@ class FeaturesService:
             p = msgspec.structs.replace(p, prev_id=prev_id, prev_ts_event_ms=prev_ts)
             self._prev[p.symbol] = (entry_id, p.ts_event_ms)
             self.recent_training.append(p)
+            if p.source != "REPLAY":  # live: from the 1s bar's end (the state's time) to its packet
+                self.stats.observe(
+                    "features_bar_to_packet_seconds", max(0, now - p.ts_event_ms) / 1000, symbol=p.symbol
+                )
             writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen))
             marker = PredictionPacket(
                 symbol=p.symbol, ts_event_ms=p.ts_event_ms, price=p.price, model_version=p.model_version,

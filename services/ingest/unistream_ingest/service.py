@@ -97,6 +97,9 @@ class IngestWriter:
         self._history_prices: dict[str, float] | None = None
         self._history_task: asyncio.Task[dict[str, int]] | None = None
         stats.describe("ingest_ticks_written", "trades written to md:ticks:{SYMBOL}")
+        stats.describe(
+            "ingest_tick_write_seconds", "live trades: from the receipt of a batch's first trade until Redis took it"
+        )
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
         stats.describe("ingest_ticks_accepted", "trades the validator accepted")
@@ -409,6 +412,10 @@ class IngestWriter:
                 failure = reply
                 continue
             self.buffer.discard(symbol, ticks)
+            if self.source.label != "REPLAY":  # a replay's receipt times are its file's
+                written_ms = time.time() * 1000
+                self.stats.observe("ingest_tick_write_seconds", max(0.0, written_ms - ticks[0].ts_recv_ms) / 1000,
+                                   symbol=symbol)  # fmt: skip
             self.stats.inc("ingest_ticks_written", len(ticks), symbol=symbol)
             self.stats.inc("ingest_batches_written", symbol=symbol)
             self.stats.set("ingest_last_price", ticks[-1].price, symbol=symbol)
