@@ -30,6 +30,10 @@ Scenarios (each a fresh process, its start-up never timed):
   service paces its own reads), VmRSS sampled every 10 simulated minutes, the last after every
   packet of the hour is out.
 
+The latency rows run with the default ``UNISTREAM_SYMBOL_SYNC_MS`` (a state waits for its inputs
+on other streams: deterministic packets); ``features_bar_to_packet_no_wait_p50_ms``/``_p99_ms``
+are the same with the wait off (``0``, the default before), what determinism costs beside.
+
 References, measured in the same runs: ``redis_xadd_roundtrip_p50_ms`` (one XADD of a 54 KB
 entry, a training packet's size, until a blocked XREAD on another connection returns it: the
 floor under the latency) and ``features_engine_packets_per_s`` (the pure ``FeatureEngine`` of
@@ -90,6 +94,7 @@ GOALS: dict[str, tuple[str, float]] = {
 MAX_RUNS: dict[str, int] = dict.fromkeys(
     (
         "redis_xadd_roundtrip_p50_ms", "features_bar_to_packet_p50_ms", "features_bar_to_packet_p99_ms",
+        "features_bar_to_packet_no_wait_p50_ms", "features_bar_to_packet_no_wait_p99_ms",
         "features_engine_packets_per_s", "features_catchup_packets_per_s", "features_rss_mb_start",
         "features_rss_mb_after_hour", "features_rss_growth_pct",
     ),
@@ -240,11 +245,12 @@ def _second_entries(seconds: list[list[Second]]) -> list[Entry]:
 # --- the service as a process ---------------------------------------------------------------
 
 
-def _features_env(url: str, model_dir: str) -> dict[str, str]:
+def _features_env(url: str, model_dir: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     env.update({
         "UNISTREAM_REDIS_URL": url, "UNISTREAM_HTTP_PORT": str(free_port()), "UNISTREAM_SYMBOLS": ",".join(SYMBOLS),
         "UNISTREAM_CONSUMER_NAME": CONSUMER, "UNISTREAM_MODEL_DIR": model_dir, "UNISTREAM_LOG_LEVEL": "WARNING",
+        **(extra or {}),
     })  # fmt: skip
     return env
 
@@ -252,13 +258,13 @@ def _features_env(url: str, model_dir: str) -> dict[str, str]:
 class _Features:
     """``unistream features`` as a process, output to a temporary log; stopped on the way out."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, extra_env: dict[str, str] | None = None) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="unistream-bench-features-")
         self.log = Path(self.dir.name) / "features.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "unistream_common.cli", "features"],
-                env=_features_env(url, self.dir.name), stdout=out, stderr=subprocess.STDOUT,
+                env=_features_env(url, self.dir.name, extra_env), stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def check(self, what: str, deadline: float) -> None:
@@ -341,7 +347,7 @@ def _batches(packets: list[TrainingDataPacket]) -> list[int]:
 _CACHE: dict[str, Any] = {}
 
 
-async def bar_to_packet_latencies(url: str) -> tuple[list[float], str]:
+async def bar_to_packet_latencies(url: str, extra_env: dict[str, str] | None = None) -> tuple[list[float], str]:
     """Latencies (ms) of the measured live bars of one run, and a note on them (see the module docstring)."""
     d = data()
     client = aioredis.Redis.from_url(url)
@@ -365,7 +371,7 @@ async def bar_to_packet_latencies(url: str) -> tuple[list[float], str]:
     try:
         await _write(client, d.history)
         await _write(client, _second_entries(d.seconds[:WARM_SECONDS]))
-        with _Features(url) as proc:
+        with _Features(url, extra_env) as proc:
             await _wait_packets(client, proc, 2 * WARM_SECONDS, 120)
             last = (await client.xrevrange(keys.TRAINING, count=1))[0][0]
             reading = asyncio.create_task(read(last))
@@ -424,6 +430,21 @@ async def features_bar_to_packet_p50_ms(url: str, n: int, batch: int) -> float:
 
 async def features_bar_to_packet_p99_ms(url: str, n: int, batch: int) -> float:
     values = _CACHE.pop("latency", None) or (await bar_to_packet_latencies(url))[0]
+    return percentile(values, 0.99)
+
+
+NO_WAIT = {"UNISTREAM_SYMBOL_SYNC_MS": "0"}  # the default before training packets waited for their inputs
+
+
+async def features_bar_to_packet_no_wait_p50_ms(url: str, n: int, batch: int) -> float:
+    values, note = await bar_to_packet_latencies(url, NO_WAIT)
+    _CACHE["latency_no_wait"] = values
+    NOTES.setdefault("features_bar_to_packet_no_wait_p99_ms", []).append(note)
+    return percentile(values, 0.50)
+
+
+async def features_bar_to_packet_no_wait_p99_ms(url: str, n: int, batch: int) -> float:
+    values = _CACHE.pop("latency_no_wait", None) or (await bar_to_packet_latencies(url, NO_WAIT))[0]
     return percentile(values, 0.99)
 
 

@@ -48,6 +48,9 @@ Rows (ticks/s unless stated):
   returns its training packet, ~200 bars a run (ms); reference: ``redis_xadd_roundtrip_p50_ms``,
   one XADD of a 54 KB entry (a training packet's size) until a blocked XREAD returns it. Goal:
   p99 < 20 ms;
+- ``features_bar_to_packet_no_wait_p50_ms`` / ``_p99_ms``: the same with ``UNISTREAM_SYMBOL_SYNC_MS=0``
+  (states do not wait for inputs on other streams, the default before deterministic packets);
+  reference: the deterministic rows above, so the ratio is what the wait costs, inverted;
 - ``features_catchup_packets_per_s``: training packets of 30 min of both symbols written before
   the service starts, from the first packet's ``ts_emit_ms`` until the last is on the stream;
   reference: ``features_engine_packets_per_s``, the pure ``FeatureEngine`` in-process on the
@@ -160,6 +163,8 @@ from dashboard import (
 from evaluation import evaluate_s_per_day, evaluate_standin_s_per_day
 from export import export_peak_rss_mib_day, export_peak_rss_mib_quarter, export_s_per_day, xrange_s_per_day
 from features import (
+    features_bar_to_packet_no_wait_p50_ms,
+    features_bar_to_packet_no_wait_p99_ms,
     features_bar_to_packet_p50_ms,
     features_bar_to_packet_p99_ms,
     features_catchup_packets_per_s,
@@ -463,6 +468,16 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "redis_xadd_roundtrip_p50_ms": (redis_xadd_roundtrip_p50_ms, None, "ms"),
     "features_bar_to_packet_p50_ms": (features_bar_to_packet_p50_ms, "redis_xadd_roundtrip_p50_ms", "ms"),
     "features_bar_to_packet_p99_ms": (features_bar_to_packet_p99_ms, "redis_xadd_roundtrip_p50_ms", "ms"),
+    "features_bar_to_packet_no_wait_p50_ms": (
+        features_bar_to_packet_no_wait_p50_ms,
+        "features_bar_to_packet_p50_ms",
+        "ms",
+    ),
+    "features_bar_to_packet_no_wait_p99_ms": (
+        features_bar_to_packet_no_wait_p99_ms,
+        "features_bar_to_packet_p99_ms",
+        "ms",
+    ),
     "features_engine_packets_per_s": (features_engine_packets_per_s, None, "packets/s"),
     "features_catchup_packets_per_s": (features_catchup_packets_per_s, "features_engine_packets_per_s", "packets/s"),
     "features_rss_mb_start": (features_rss_mb_start, None, "MiB"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -383,59 +384,55 @@ def test_inputs_after_t_never_change_a_packet_at_or_before_t(seed: int, order: s
     assert eng.bars_ahead(ETH, "1d") == eng.bars_ahead(BTC, "1d") == 1, "the day bar closing at midnight waits"
 
 
-_ORDER_DEPENDENCE = (
-    "order dependence: a state at t is built from whatever has arrived when emit() runs, not from "
-    "everything at or before t"
-)
-
-
 @pytest.mark.parametrize(
     ("order", "each_bar"),
     [
         pytest.param("trades_first", True, id="trades_first"),
         pytest.param("second_at_once", False, id="second_at_once"),
-        pytest.param(
-            "symbol_by_symbol",
-            True,
-            id="symbol_by_symbol",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{_ORDER_DEPENDENCE}: fed symbol by symbol, ETHUSDT's state at t is built before "
-                "BTCUSDT's trades of [t-1s, t) arrive, so its BTCUSDT.micro block lacks them; a catch-up has "
-                "them (they differ in BTCUSDT.micro only)",
-            ),
-        ),
-        pytest.param(
-            "higher_last",
-            True,
-            id="higher_last",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{_ORDER_DEPENDENCE}: a 1m/1h bar closing at t that is read after the 1s bar closing at t "
-                "is missing from the state at t (the window at t includes bars closing at t); in a catch-up it "
-                "waits ahead and is in it (states at 04:59:00 and 05:00:00 differ in their 1m/1h windows)",
-            ),
-        ),
-        pytest.param(
-            "trades_first",
-            False,
-            id="emit_per_second_vs_per_bar",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=f"{_ORDER_DEPENDENCE}: when emit() runs after each bar, ETHUSDT's state at t is built before "
-                "BTCUSDT's 1s bar closing at t is read; when it runs after both, both states share one CNN pass "
-                "that includes it: every ETHUSDT state differs in BTCUSDT.window.1s and the CNN blocks",
-            ),
-        ),
+        # Until symbol_sync_ms waited by default these three failed (order dependence: a state at t
+        # was built from whatever had arrived when emit() ran, not from everything at or before t):
+        # fed symbol by symbol, ETHUSDT's state at t was built before BTCUSDT's trades of [t-1s, t)
+        # arrived (its BTCUSDT.micro block lacked them) ...
+        pytest.param("symbol_by_symbol", True, id="symbol_by_symbol"),
+        # ... a 1m/1h bar closing at t read after the 1s bar closing at t was missing from the state
+        # at t (states at 04:59:00 and 05:00:00 differed in their 1m/1h windows) ...
+        pytest.param("higher_last", True, id="higher_last"),
+        # ... and with emit() after each bar, ETHUSDT's state at t was built before BTCUSDT's 1s bar
+        # closing at t was read (every ETHUSDT state differed in BTCUSDT.window.1s and the CNN blocks).
+        pytest.param("trades_first", False, id="emit_per_second_vs_per_bar"),
     ],
 )
 def test_a_catch_up_in_big_batches_gives_the_packets_of_second_by_second_feeding(order: str, each_bar: bool):
     """B reads all trades of 25 seconds, then their 1m/1h bars, then their 1s bars (catch-up order):
     the trades wait in the engine's queue and the bars ahead of the states wait too, so B's packets
-    are bit-identical to those of A fed second by second as a live reader would."""
+    are bit-identical to those of A fed second by second as a live reader would (from the second
+    second on: at the first, no symbol is known to be active yet, so nothing is waited for)."""
     eng = engine()
     actual = feed_batched(eng, market(0), 25, history(0), each_bar=each_bar)
-    assert_same_packets(reference(0, order), actual)
+    first = T0 + 1_000
+    expected = reference(0, order)
+    assert_same_packets([p for p in expected if p.ts_event_ms > first], [p for p in actual if p.ts_event_ms > first])
+    assert times(actual) == times(expected)
+
+
+@pytest.mark.parametrize(
+    ("order", "each_bar", "differing"),
+    [
+        ("symbol_by_symbol", True, "BTCUSDT.micro"),
+        ("higher_last", True, "ETHUSDT.window.1m"),
+        ("trades_first", False, "BTCUSDT.window.1s"),
+    ],
+)
+def test_without_the_wait_a_live_reader_s_states_depend_on_the_order_of_arrival(
+    order: str, each_bar: bool, differing: str
+):
+    """The test above can fail: with ``symbol_sync_ms=0`` (the default before) each of these
+    orders builds states that differ from the catch-up's, in the blocks the late input feeds."""
+    live = tuple(feed(engine(symbol_sync_ms=0), market(0), order, history(0)))
+    caught_up = feed_batched(engine(symbol_sync_ms=0), market(0), 25, history(0), each_bar=each_bar)
+    first = T0 + 1_000
+    with pytest.raises(AssertionError, match=re.escape(differing)):
+        assert_same_packets([p for p in live if p.ts_event_ms > first], [p for p in caught_up if p.ts_event_ms > first])
 
 
 @pytest.mark.parametrize("order", ["symbol_by_symbol", "trades_first"])

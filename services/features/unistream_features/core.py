@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from unistream_common import codec
+from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import (
     Bar,
     GapMarker,
@@ -75,9 +76,10 @@ class FeatureConfig:
     tick_wait_ms: int = 5_000  # a 1s bar waits at most this long (wall clock) for its trades
     max_pending_ticks: int = 200_000  # trades queued ahead of the states per symbol; beyond, the oldest go in
     ui_max_per_s: float = 10.0  # UI packets per second, all symbols together
-    # A state at t may wait this long (wall clock) for the other active symbols' 1s bars at t, so that
-    # it holds their bar t too and a live run builds the states a replay builds. 0: never wait.
-    symbol_sync_ms: int = 0
+    # A state at t waits at most this long (wall clock) for the inputs it depends on that are not in
+    # yet (the other active symbols' 1s bar at t and its trades, every 1m/1h/1d bar closing at t), so
+    # that a live run builds the states a replay or a catch-up builds. 0: never wait.
+    symbol_sync_ms: int = 1_000
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -117,6 +119,7 @@ class SymbolState:
     last_price: float = 0.0
     last_tick_ms: int = 0
     last_bar_ms: int = 0
+    last_close_ms: dict[str, int] = field(default_factory=dict)  # higher timeframe -> newest live bar's close
     source: Source = "REAL"
     predictions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     ui_sent_ms: int = 0
@@ -230,6 +233,8 @@ class FeatureEngine:
         if bar.is_history:
             self._buffer(bar)
             return
+        if bar.timeframe != "1s":
+            st.last_close_ms[bar.timeframe] = max(st.last_close_ms.get(bar.timeframe, 0), bar.close_time_ms)
         if bar.timeframe == "1s":
             if bar.close_time_ms <= st.last_bar_ms:
                 # The aggregator writes a symbol's 1s bars in order: this one was here before.
@@ -314,12 +319,41 @@ class FeatureEngine:
             return True
         return now_ms - received_ms >= self.config.tick_wait_ms  # waited long enough: build it without them
 
+    def _active(self, st: SymbolState, t: int) -> bool:
+        """Whether a symbol is expected to have a live 1s bar at ``t``: it had one within ACTIVE_MS
+        before. (At start-up no symbol is known to be active yet: the very first state is built
+        from what has arrived, and may differ from a replay's.)"""
+        return bool(st.last_bar_ms) and t - ACTIVE_MS <= st.last_bar_ms
+
     def _others_behind(self, symbol: str, t: int) -> list[str]:
-        """Other symbols with live 1s bars lately (within ACTIVE_MS before ``t``) whose bar at ``t`` is not in yet."""
-        return [s for s, o in self.symbols.items() if s != symbol and t - ACTIVE_MS <= o.last_bar_ms < t]
+        """Other active symbols (:meth:`_active`) whose bar at ``t`` is not in yet."""
+        return [s for s, o in self.symbols.items() if s != symbol and o.last_bar_ms < t and self._active(o, t)]
+
+    def _inputs_missing(self, symbol: str, t: int) -> list[str]:
+        """What a state of ``symbol`` at ``t`` would lack of the inputs it depends on (empty: none).
+
+        A state at ``t`` holds every symbol's bars closing at or before ``t`` and trades before
+        ``t``. The active symbols (a live 1s bar within ACTIVE_MS) will have them: the other
+        symbols' 1s bar at ``t`` with its trades, and every symbol's 1m/1h/1d bar closing at ``t``
+        (the aggregator writes one with the 1s bar that completes it, filled or not).
+        """
+        missing = [f"{s} 1s" for s in self._others_behind(symbol, t)]
+        for s, o in self.symbols.items():
+            if s == symbol or not self._active(o, t):
+                continue
+            if o.queue and o.queue[0][0].close_time_ms == t and not self._has_trades(o, o.queue[0][0]):
+                missing.append(f"{s} trades")
+        for s, o in self.symbols.items():
+            if s != symbol and not (o.last_bar_ms and self._active(o, t)):
+                continue
+            for tf in ("1m", "1h", "1d"):
+                if t % TIMEFRAME_MS[tf] == 0 and o.last_close_ms.get(tf, 0) < t:
+                    missing.append(f"{s} {tf}")
+        return missing
 
     def _synced(self, symbol: str, bar: Bar, received_ms: int, now_ms: int) -> bool:
-        if not self.config.symbol_sync_ms or not self._others_behind(symbol, bar.close_time_ms):
+        """Whether every input of the state at the bar's close is in, or ``symbol_sync_ms`` passed waiting."""
+        if not self.config.symbol_sync_ms or not self._inputs_missing(symbol, bar.close_time_ms):
             return True
         return now_ms - received_ms >= self.config.symbol_sync_ms
 
@@ -391,7 +425,7 @@ class FeatureEngine:
                 st = self.symbols[s]
                 if bar.trade_count and not self._has_trades(st, bar):
                     self.events["bars_without_all_trades"] += 1
-                if self.config.symbol_sync_ms and self._others_behind(s, t):
+                if self.config.symbol_sync_ms and self._inputs_missing(s, t):
                     self.events["states_without_other_symbols"] += 1
                 st.queue.popleft()
                 st.emitted_until_ms = t

@@ -24,11 +24,12 @@ class FeaturesSettings(CommonSettings):
         5_000, ge=0, le=600_000, description="A 1s bar waits at most this long for its trades before its state is built"
     )
     symbol_sync_ms: int = Field(
-        0,
+        1_000,
         ge=0,
         le=10_000,
-        description="A state may wait this long for the other symbols' 1s bar of the same second, ms "
-        "(0: never; >0: live states equal replayed ones, at that much latency)",
+        description="A state at t waits at most this long for the inputs not in yet (the other symbols' 1s bar at t "
+        "and its trades, the 1m/1h/1d bars closing at t), ms, so live states equal replayed and caught-up ones "
+        "bit for bit; 0: never wait (states depend on the order of arrival)",
     )
     cycle_ms: int = Field(100, ge=10, le=10_000, description="Processing cycle: UI packets and late bars, ms")
     ui_max_per_s: float = Field(10.0, gt=0, le=1_000, description="UI packets per second at most, all symbols together")
