@@ -1005,3 +1005,60 @@ def test_a_bar_whose_trades_were_moved_to_the_cache_early_is_ready_when_all_arri
     eng.on_ticks(batch(ETH, [tick(k, T0 + 5_000 + 10 * k) for k in range(25)]))
     eng.on_bar(make_bar(ETH, "1s", T0 + 5_000, 3000.0, 3000.0, 3000.0, 3000.0, 12.5, 25), T0 + 6_000)
     assert [p.ts_event_ms for p in eng.emit(T0 + 6_000)] == [T0 + 6_000]
+
+
+def _shuffled_feed(
+    eng: FeatureEngine, seconds: Sequence[Second], data: st.DataObject, emits: list[TrainingDataPacket]
+) -> None:
+    """Each second's inputs (every symbol's trade batch and 1s bar, the 1m/1h bars closing at its end:
+    one entry per stream, so any order keeps each stream's own order) in an order hypothesis draws,
+    with emit() after a drawn subset of them and at the second's end."""
+    for sec in seconds:
+        items = second_inputs(sec, "trades_first")
+        order = data.draw(st.permutations(range(len(items))), label=f"order of second {sec.i}")
+        emit_after = data.draw(st.sets(st.integers(0, len(items) - 1)), label=f"emits in second {sec.i}")
+        for k, idx in enumerate(order):
+            item = items[idx]
+            if isinstance(item, TickBatch):
+                eng.on_ticks(item)
+            else:
+                eng.on_bar(item, sec.now_ms)
+            if k in emit_after:
+                emits.extend(eng.emit(sec.now_ms))
+        emits.extend(eng.emit(sec.now_ms))
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), restart_at=st.integers(10, N_SECONDS - 8), seed=st.sampled_from([0, 1]))
+def test_packets_are_a_function_of_the_market_whatever_the_order_of_arrival_and_a_restart(
+    data: st.DataObject, restart_at: int, seed: int
+):
+    """The same market read in random orders (per second, every stream's entry in any order, emit()
+    at random points) with a restart in the middle (a new engine rebuilt from the streams at the
+    newest packet of each symbol, re-reading a few seconds after it) gives the packets of an
+    engine that read each second at once and never stopped, bit for bit (from the second second
+    on: at the first no symbol is known to be active yet)."""
+    seconds = market(seed)
+    hist = history(seed)
+    expected = reference(seed, "second_at_once")
+    first = engine()
+    for b in hist:
+        first.on_bar(b, T0)
+    before: list[TrainingDataPacket] = []
+    _shuffled_feed(first, seconds[:restart_at], data, before)
+    marks = {s: max(p.ts_event_ms for p in before if p.symbol == s) for s in SYMBOLS}
+    assert set(marks.values()) == {seconds[restart_at - 1].close_ms}, "every state of the fed seconds was built"
+    # a new process: everything on the streams up to a few seconds after the mark is read back
+    reread = 4
+    read = seconds[: restart_at + reread]
+    bars = [*hist, *(b for sec in read for b in (*sec.bars.values(), *sec.closing))]
+    batches = [batch(s, sec.trades[s]) for sec in read for s in SYMBOLS if sec.trades[s]]
+    eng = engine()
+    now = read[-1].now_ms
+    eng.rebuild(bars, batches, marks, now)
+    after = eng.emit(now)
+    _shuffled_feed(eng, seconds[restart_at + reread :], data, after)
+    start = T0 + 1_000
+    assert_same_packets(
+        [p for p in expected if p.ts_event_ms > start], [p for p in before + after if p.ts_event_ms > start]
+    )
