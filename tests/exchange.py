@@ -108,8 +108,10 @@ class TestExchange:
         first_ids: dict[str, int] | None = None,
         ping_interval_s: float = 20.0,
         seed: int = 7,
+        clock_offset_ms: int = 0,
     ) -> None:
         self.symbols = tuple(s.upper() for s in symbols)
+        self.clock_offset_ms = clock_offset_ms  # the venue's clock minus the host's: trade and server times
         self.rate_per_s = rate_per_s
         self.ping_interval_s = ping_interval_s
         self._rng = random.Random(seed)
@@ -271,7 +273,7 @@ class TestExchange:
         trade_id = self.first_ids[symbol] + len(log)
         self._price[symbol] += Decimal(self._rng.choice((-1, 0, 0, 1))) * Decimal("0.01")
         qty = Decimal(self._rng.randint(1, 5000)) / Decimal(1000)
-        now = _now_ms()
+        now = _now_ms() + self.clock_offset_ms
         trade = LoggedTrade(symbol, trade_id, str(self._price[symbol]), str(qty), now, self._rng.random() < 0.5)
         log.append(trade)
         data = {
@@ -368,7 +370,7 @@ class TestExchange:
             self._retry_until = now + self._retry_after_s
             return 429, _error(-1003, "Too many requests"), {"Retry-After": str(self._retry_after_s)}
         if split.path == "/api/v3/time":
-            return 200, json.dumps({"serverTime": _now_ms()}).encode(), {}
+            return 200, json.dumps({"serverTime": _now_ms() + self.clock_offset_ms}).encode(), {}
         if split.path == "/api/v3/historicalTrades":
             return self._historical_trades(query)
         if split.path == "/api/v3/klines":

@@ -401,6 +401,25 @@ def test_timer_closes_no_interval_ending_after_the_writer_s_watermark() -> None:
     assert opens(of(out)) == [3_000, 4_000, 5_000, 6_000, 7_000]
 
 
+def test_the_timer_closes_bars_by_the_venue_s_clock_ahead_of_or_behind_this_host_s() -> None:
+    # This host's clock runs 1 s ahead of the venue's (offset +1,000): by the host's clock the
+    # second [T0, T0+1s) ended + grace long ago, by the venue's it has not: its trades still come.
+    agg = BarAggregator(grace_ms=250)
+    agg.apply([entry("1-0", tick(T0 + 100, 5.0))])
+    now = T0 + 1_000 + 250 + 500  # host
+    assert agg.close_due(now, venue_offsets={ETH: 1_000}).bars == [], "by the venue's clock it is T0 + 750"
+    out = agg.apply([entry("2-0", tick(T0 + 900, 6.0))])  # a trade the host's clock would have made late
+    assert count(out, "ticks_late") == 0
+    out = agg.close_due(now + 1_000, venue_offsets={ETH: 1_000})
+    assert opens(of(out)) == [0] and of(out)[0].trade_count == 2
+    # a venue ahead of this host (offset -1,000): its seconds close a second before the host's clock says
+    ahead = BarAggregator(grace_ms=250)
+    ahead.apply([entry("1-0", tick(T0 + 100, 5.0))])
+    early = T0 + 250 + 10  # host; the venue's clock reads T0 + 1,260
+    assert ahead.due_symbols(early) == [] and ahead.close_due(early).bars == [], "by the host's clock: not yet"
+    assert opens(of(ahead.close_due(early, venue_offsets={ETH: -1_000}))) == [0]
+
+
 def test_timer_holds_only_the_symbols_that_have_a_watermark() -> None:
     agg = BarAggregator(grace_ms=0)
     agg.apply([entry("1-0", tick(T0 + 100), symbol=ETH), entry("1-0", tick(T0 + 100), symbol=BTC)])

@@ -176,9 +176,9 @@ async def test_a_batch_in_the_stream_of_another_symbol_is_refused_and_acknowledg
 
 async def test_checkpoint_sums_beyond_64_bits_survive_the_state_key_and_restore_the_same_bars() -> None:
     shell = make_shell(ETH)
-    # 60,000 x 1,000 is 6e23 in units of 1e-16: msgpack's 64-bit integers could not hold it.
-    await shell.on_messages([message("1-0", ETH, (DAY + 100, 60_000.0), size=1_000.0)])
-    held = message("2-0", ETH, (DAY + 1_100, 60_001.0), size=1_000.0)
+    # 60,000 x 10,000,000 is 6e19 in units of 1e-8: msgpack's 64-bit integers could not hold it.
+    await shell.on_messages([message("1-0", ETH, (DAY + 100, 60_000.0), size=10_000_000.0)])
+    held = message("2-0", ETH, (DAY + 1_100, 60_001.0), size=10_000_000.0)
     result = await shell.on_messages([held])
     raw = state_of(result, keys.agg_state(ETH)).value or b""
     checkpoint = msgspec.json.decode(raw, type=SymbolCheckpoint)

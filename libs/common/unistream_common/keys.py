@@ -107,10 +107,12 @@ def ticks(symbol: str) -> str:
 
 
 def ticks_watermark(symbol: str) -> str:
-    """``md:ticks:{SYMBOL}:watermark``: a string key, epoch ms, that ingest's live source sets after
-    each successful write: every trade it had received by then is in the tick stream. The
-    aggregator's timer closes no bar that ends after it, so trades held back by a Redis outage
-    are not made late by the wall clock."""
+    """``md:ticks:{SYMBOL}:watermark``: a string key, ``<venue ms>:<host ms>``, that ingest's live
+    source sets after each successful write: every trade it had received by then is in the tick
+    stream; the time by the venue's clock (the host's less the recent median of receipt minus
+    trade time) and by ingest's host. The aggregator's timer closes no bar that ends after it, so
+    trades held back by a Redis outage are not made late by the wall clock, and closes bars by the
+    venue's clock. A plain ``<ms>`` (an older ingest) is both."""
     return f"{ticks(symbol)}:watermark"
 
 

@@ -574,24 +574,36 @@ class BarAggregator:
         return best
 
     def close_due(
-        self, now_ms: int, symbols: Iterable[str] | None = None, watermarks: Mapping[str, int] | None = None
+        self,
+        now_ms: int,
+        symbols: Iterable[str] | None = None,
+        watermarks: Mapping[str, int] | None = None,
+        venue_offsets: Mapping[str, int] | None = None,
     ) -> AggregatorOutput:
-        """Timer (live sources): close 1s intervals whose end + grace is at or before ``now_ms``.
+        """Timer (live sources): close 1s intervals whose end + grace is at or before the venue's time.
 
         The open bar is emitted and the empty intervals after it are filled up to the newest
         interval that may close, so a quiet market still gets its bars on time. ``symbols``
         restricts this to symbols the caller knows have no undelivered trades (closing a bar
-        while its trades are still queued would make them late). ``watermarks`` (epoch ms, per
-        symbol) say up to when the writer has written every trade it received: no interval
-        ending after a symbol's watermark is closed (its trades may still be on their way).
+        while its trades are still queued would make them late). ``watermarks`` (epoch ms of the
+        venue's clock, per symbol) say up to when the writer has written every trade it
+        received: no interval ending after a symbol's watermark is closed (its trades may still
+        be on their way). ``venue_offsets`` (ms, per symbol): how far ``now_ms`` runs ahead of the
+        venue's clock that stamps the trades (negative: behind); the venue's time is ``now_ms``
+        less it, and bars close when it passes their end + grace, whatever this host's clock says.
         """
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
-        for symbol in self.due_symbols(now_ms):
+        offsets = venue_offsets or {}
+        ahead = max(0, -min(offsets.values(), default=0))
+        for symbol in self.due_symbols(now_ms + ahead):
             if symbol not in allowed:
                 continue
-            held_to = now_ms if watermarks is None or symbol not in watermarks else watermarks[symbol] + self.grace_ms
-            target = self._timer_target(min(now_ms, held_to))
+            venue_now = now_ms - offsets.get(symbol, 0)
+            held_to = (
+                venue_now if watermarks is None or symbol not in watermarks else watermarks[symbol] + self.grace_ms
+            )
+            target = self._timer_target(min(venue_now, held_to))
             st = self._symbols[symbol]
             if st.bar is not None and st.bar.open_ms >= target:
                 continue  # its end is past the watermark

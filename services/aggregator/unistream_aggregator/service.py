@@ -137,6 +137,7 @@ class AggregatorShell:
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
         self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
         self._holding: set[str] = set()  # symbols whose bars wait for ingest's watermark (logged once)
+        self.venue_offsets: dict[str, int] = {}  # symbol -> ingest host ms - venue ms, from the newest watermark
         # Leases the keeper (keep_leases) could not renew: symbol -> who holds it now (None: nobody).
         self._lost: dict[str, str | None] = {}
         self._retake: set[str] = set()  # owned symbols dropped to be taken again (stranded entries)
@@ -237,11 +238,14 @@ class AggregatorShell:
             self._next_lease_s = time.monotonic() + self.lease_ms / 5_000
             await self._maintain_leases(now_ms)
         result = None
-        due = [sym for sym in self.core.due_symbols(now_ms) if sym in self.owned]
+        # The venue's clock (from ingest's watermarks) may run ahead of this host's: look that far ahead.
+        ahead = max(0, -min((self.venue_offsets.get(s, 0) for s in self.owned), default=0))
+        due = [sym for sym in self.core.due_symbols(now_ms + ahead) if sym in self.owned]
         if due:
             caught_up, watermarks = await self._caught_up(due, now_ms)
             if caught_up:
-                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up, watermarks))
+                offsets = {s: self.venue_offsets[s] for s in watermarks if s in self.venue_offsets}
+                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up, watermarks, offsets))
         await self._publish_forming(now_ms)
         due = self.core.next_due_ms()
         if due is not None and self.gc is not None and due > time.time() * 1000:
@@ -582,11 +586,12 @@ class AggregatorShell:
         """
         held: dict[str, int] = {}
         for symbol, value in raw.items():
-            try:
-                watermark = int(value) if value is not None else None
-            except ValueError:
-                watermark = None
-            lag_ms = now_ms - watermark if watermark is not None else 0
+            watermark, written_ms = parse_watermark(value)
+            if watermark is not None:
+                # The venue's clock runs this far behind ingest's host (negative: ahead); bars close by it.
+                self.venue_offsets[symbol] = written_ms - watermark
+                self.stats.set("aggregator_venue_clock_offset_ms", written_ms - watermark, symbol=symbol)
+            lag_ms = now_ms - written_ms if watermark is not None else 0
             self.stats.set("aggregator_watermark_lag_ms", lag_ms, symbol=symbol)
             if watermark is None or lag_ms > self.settings.watermark_hold_ms:
                 if symbol in self._holding:
@@ -604,6 +609,19 @@ class AggregatorShell:
                 self._holding.discard(symbol)
                 log.info("%s: ingest's watermark caught up; bars close on time again", symbol)
         return held
+
+
+def parse_watermark(value: Any) -> tuple[int | None, int]:
+    """(venue ms, host ms) of a ``keys.ticks_watermark`` value (``<venue>:<host>``, or an older
+    ingest's ``<ms>``, both); (None, 0) for none or garbage."""
+    if value is None:
+        return None, 0
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    venue, _, host = text.partition(":")
+    try:
+        return int(venue), int(host or venue)
+    except ValueError:
+        return None, 0
 
 
 def _decode_bar(fields: Any) -> Bar | None:

@@ -319,10 +319,19 @@ class IngestWriter:
 
     # --- Redis -----------------------------------------------------------------------------
 
+    def _venue_offset_ms(self) -> int:
+        """How far this host's clock runs ahead of the venue's trade times (ms; negative: behind):
+        the median of ``receipt - trade time`` over recent trades (transit included); 0 before any."""
+        validator = getattr(self.source, "validator", None)
+        skew = validator.stats()["skew_ms"]["p50_recent"] if validator is not None else None
+        return int(skew) if skew is not None else 0
+
     async def _write_watermarks(self, now_ms: int) -> None:
         """Say, per symbol of a live source with nothing left unwritten, that every trade received
-        by ``now_ms`` is in its tick stream (``keys.ticks_watermark``; at most every
-        WATERMARK_EVERY_MS).
+        by ``now_ms`` is in its tick stream (``keys.ticks_watermark``: ``<venue ms>:<host ms>``, the
+        venue's time by the recent clock offset and this host's; at most every WATERMARK_EVERY_MS).
+        The aggregator closes live bars by the venue's clock from it, so a host clock ahead of the
+        venue's does not make real trades late, and one behind it does not hold bars back.
 
         Set only after the writes succeeded, in a round trip of its own, so the watermark never
         runs ahead of the ticks. While Redis is down it stands still, and the aggregator holds the
@@ -336,9 +345,10 @@ class IngestWriter:
         written = [symbol for symbol in self.symbols if self.buffer.size(symbol) == 0]
         if not written:
             return
+        venue_ms = now_ms - self._venue_offset_ms()
         pipe = self.redis.pipeline(transaction=False)
         for symbol in written:
-            pipe.set(keys.ticks_watermark(symbol), now_ms)
+            pipe.set(keys.ticks_watermark(symbol), f"{venue_ms}:{now_ms}")
         await pipe.execute()
         self._watermark_ms = now_ms
         self._last_ok = time.monotonic()
