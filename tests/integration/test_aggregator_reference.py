@@ -134,13 +134,13 @@ def batches_of(trades: Trades, rng: np.random.Generator) -> list[TickBatch]:
 # --- the reference ----------------------------------------------------------------------------
 
 
-Row = tuple[float, float, float, float, int, int, int, int]  # OHLC, count, volume, taker, quote
+Row = tuple[float, float, float, float, int, int, int, int, int]  # OHLC, count, volume, taker, quote, taker quote
 
 
 def exact_bars(trades: Trades, timeframe: str) -> dict[int, Row]:
     """Per interval with trades, by open time (ms): OHLC, count and the exact integer sums.
 
-    ``volume`` and ``taker`` are in units of 1e-8, ``quote`` (a Python int) in units of 1e-16.
+    ``volume``, ``taker``, ``quote`` and ``taker quote`` (Python ints) in units of 1e-8.
     """
     index = pd.to_datetime(trades.ts_ms, unit="ms", utc=True)
     frame = pd.DataFrame(
@@ -168,14 +168,15 @@ def exact_bars(trades: Trades, timeframe: str) -> dict[int, Row]:
     quote_each = trades.cents.astype(object) * CENT_UNITS * trades.size_units.astype(object) // SCALE
     starts = np.concatenate(([0], np.cumsum(bars["count"].to_numpy())[:-1]))
     quote = np.add.reduceat(quote_each, starts).tolist()
+    taker_quote = np.add.reduceat(quote_each * trades.buy.astype(object), starts).tolist()
     open_ms = bars.index.as_unit("ms").asi8.tolist()
     assert all(t % SPAN_MS[timeframe] == 0 for t in open_ms)
     columns = [bars[c].tolist() for c in ("open", "high", "low", "close", "count", "volume", "taker")]
-    return dict(zip(open_ms, zip(*columns, quote, strict=True), strict=True))
+    return dict(zip(open_ms, zip(*columns, quote, taker_quote, strict=True), strict=True))
 
 
 def real_bar(symbol: str, timeframe: str, open_ms: int, row: Row) -> Bar:
-    open_, high, low, close, count, volume, taker, quote = row
+    open_, high, low, close, count, volume, taker, quote, taker_quote = row
     return Bar(
         symbol=symbol,
         timeframe=timeframe,  # type: ignore[arg-type]
@@ -190,6 +191,7 @@ def real_bar(symbol: str, timeframe: str, open_ms: int, row: Row) -> Bar:
         trade_count=count,
         vwap=min(max(quote / volume, low), high),  # truncated notionals can sum below size x low
         taker_buy_volume=taker / SCALE,
+        taker_buy_quote_volume=taker_quote / SCALE,
         filled=False,
         source="REPLAY",
     )

@@ -37,7 +37,7 @@ def test_every_trade_s_reported_notional_is_its_price_times_qty_truncated_to_8_d
     assert exact - Decimal(truncated).scaleb(-8) > Decimal("8e-8"), "the fixture exercises the truncation"
 
 
-def test_a_minute_of_archive_trades_gives_binance_s_kline_on_every_field_quote_volume_included() -> None:
+def test_a_minute_of_archive_trades_gives_binance_s_kline_on_every_field_quote_volumes_included() -> None:
     trades = list(read_archive(TRADES, "ETHBTC"))
     ticks = [
         Tick(t.trade_id, t.price, t.size, "SELL" if t.buyer_is_maker else "BUY", t.ts_event_ms, t.ts_event_ms)
@@ -50,12 +50,13 @@ def test_a_minute_of_archive_trades_gives_binance_s_kline_on_every_field_quote_v
     bars = agg.apply([(("md:ticks:{ETHBTC}", "1-0"), batch)]).bars
     [minute] = [b for b in bars if b.timeframe == "1m"]
     (row,) = csv.reader(KLINE.open())
-    open_ms, o, h, lo, c, volume, close_ms, quote, count, taker_base = row[:10]
+    open_ms, o, h, lo, c, volume, close_ms, quote, count, taker_base, taker_quote = row[:11]
     assert minute.open_time_ms == int(open_ms) and minute.close_time_ms - 1 == int(close_ms)
     assert (minute.open, minute.high, minute.low, minute.close) == tuple(float(x) for x in (o, h, lo, c))
     assert minute.volume == float(volume) and minute.taker_buy_volume == float(taker_base)
     assert minute.trade_count == int(count)
     assert minute.quote_volume == float(quote), "the sum of the truncated notionals, not of the exact products"
+    assert minute.taker_buy_quote_volume == float(taker_quote), "the same rule over the trades whose taker bought"
     assert minute.vwap == units(quote) / units(volume)
     # the 1s bars sum to it too: the rule is applied per trade, never per bar
     seconds = [b for b in bars if b.timeframe == "1s" and not b.filled]

@@ -977,6 +977,8 @@ def roll_up_check(higher: Bar, parts: list[Bar], trades: list[Tick]) -> None:
     assert higher.volume == correctly_rounded(Fraction(volume, SCALE))
     assert higher.taker_buy_volume == correctly_rounded(Fraction(taker, SCALE))
     assert higher.quote_volume == correctly_rounded(Fraction(quote, SCALE))
+    _, _, taker_quote = exact([t for t in trades if t.aggressor_side == "BUY"])
+    assert higher.taker_buy_quote_volume == correctly_rounded(Fraction(taker_quote, SCALE))
     if volume:
         assert higher.vwap == min(max(correctly_rounded(Fraction(quote, volume)), higher.low), higher.high)
     assert higher.incomplete == any(b.incomplete for b in parts)

@@ -109,6 +109,7 @@ class Bar(msgspec.Struct, frozen=True):
     source: Source
     is_history: bool = False
     incomplete: bool = False  # rests on trades with a known, unrepaired gap
+    taker_buy_quote_volume: NonNegFloat = 0.0  # quote volume of the trades whose aggressor bought
 
     def __post_init__(self) -> None:
         span = TIMEFRAME_MS[self.timeframe]

@@ -14,7 +14,8 @@ Bar semantics (per symbol):
   as integers, and each float in a bar is the correctly rounded value of the exact decimal. So
   a bar does not depend on how its trades were batched, and a reference computation in exact
   decimal arithmetic agrees to the last digit.
-- ``quote_volume`` is Binance's: the sum of each trade's notional as the venue reports it
+- ``quote_volume`` (and ``taker_buy_quote_volume``, of the trades whose aggressor bought) is
+  Binance's: the sum of each trade's notional as the venue reports it
   (``quoteQty`` in its archives), which is price x size truncated to 8 decimals
   (:func:`notional_units`), not the exact sum of the products (those differ by ~1e-7 relative an
   hour on a pair like ETHBTC). Websocket trades carry no notional; the same rule gives it.
@@ -111,6 +112,7 @@ class Acc(msgspec.Struct):
     real: bool = False  # has trades (or, for higher bars, a 1s bar with trades)
     incomplete: bool = False
     source: Source = "SYNTHETIC"
+    taker_quote: int = 0  # quote volume of the trades whose aggressor bought
 
     def to_bar(self, symbol: str, timeframe: str) -> Bar:
         span = TIMEFRAME_MS[timeframe]
@@ -132,6 +134,7 @@ class Acc(msgspec.Struct):
             trade_count=self.count,
             vwap=vwap,
             taker_buy_volume=self.taker / SCALE,
+            taker_buy_quote_volume=self.taker_quote / SCALE,
             filled=not self.real,
             source=self.source,
             incomplete=self.incomplete,
@@ -146,7 +149,7 @@ def acc_of_bar(bar: Bar) -> Acc:
     return Acc(
         bar.open_time_ms, bar.open, bar.high, bar.low, bar.close,
         units(bar.volume), units(bar.quote_volume), units(bar.taker_buy_volume),
-        bar.trade_count, not bar.filled, bar.incomplete, bar.source,
+        bar.trade_count, not bar.filled, bar.incomplete, bar.source, units(bar.taker_buy_quote_volume),
     )  # fmt: skip
 
 
@@ -164,6 +167,7 @@ def add_into(into: Acc, part: Acc) -> None:
     into.volume += part.volume
     into.quote += part.quote
     into.taker += part.taker
+    into.taker_quote += part.taker_quote
     into.count += part.count
     if part.incomplete:
         into.incomplete = True
@@ -489,9 +493,11 @@ class BarAggregator:
             bar.close = price
             q = round(tick.size * SCALE)
             bar.volume += q
-            bar.quote += notional_units(round(price * SCALE), q)
+            notional = notional_units(round(price * SCALE), q)
+            bar.quote += notional
             if tick.aggressor_side == "BUY":
                 bar.taker += q
+                bar.taker_quote += notional
             bar.count += 1
             st.open_max_id = tid
             applied += 1

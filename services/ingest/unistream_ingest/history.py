@@ -138,20 +138,21 @@ def bars_from_klines(
             if k.volume:
                 raise HistoryError(f"{symbol} kline opening at {k.open_time_ms} had volume {k.volume} but no trades")
             o = h = lo = c = vwap = k.close
-            volume = quote_volume = taker = 0.0
+            volume = quote_volume = taker = taker_quote = 0.0
             filled = True
         else:
             o, h, lo, c = k.open, k.high, k.low, k.close
             volume, quote_volume = k.volume, k.quote_volume
             vwap = _clamp(quote_volume / volume, lo, h) if volume > 0 else c
             taker = min(k.taker_buy_base, volume)  # float noise must not break taker <= volume
+            taker_quote = min(k.taker_buy_quote, quote_volume)
             filled = False
         try:
             bar = Bar(
                 symbol=symbol, timeframe=timeframe, open_time_ms=k.open_time_ms, close_time_ms=close_ms,  # type: ignore[arg-type]
                 open=o, high=h, low=lo, close=c, volume=volume, quote_volume=quote_volume,
                 trade_count=k.trade_count, vwap=vwap, taker_buy_volume=taker, filled=filled, source=source,
-                is_history=True,
+                is_history=True, taker_buy_quote_volume=taker_quote,
             )  # fmt: skip
             # Constructors check only __post_init__; decoding also checks the field constraints
             # (prices > 0, volumes >= 0) that every consumer will apply.
