@@ -43,8 +43,8 @@ import redis
 
 from unistream_common import codec
 from unistream_common.packets import TickBatch, TrainingDataPacket
-from unistream_common.redisio import s, safe_url
-from unistream_common.tools import ToolError, connect, redis_url_from
+from unistream_common.redisio import s
+from unistream_common.tools import ToolError, connect, redis_url_from, report_failure
 
 FORMATS = ("parquet", "csv")
 DEFAULT_CHUNK = 1_000
@@ -362,12 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
         return 1 if failed else 0
-    except ToolError as exc:
-        print(f"unistream export: {exc}", file=sys.stderr)
-        return 1
-    except redis.RedisError as exc:
-        print(f"unistream export: Redis at {safe_url(url)} failed: {exc}", file=sys.stderr)
-        return 1
+    except (ToolError, redis.RedisError) as exc:
+        return report_failure("unistream export", url, exc)
     except OSError as exc:
         print(f"unistream export: cannot write to {args.out}: {exc}", file=sys.stderr)
         return 1

@@ -79,6 +79,15 @@ def connect(url: str, timeout_s: float = 5.0) -> redis.Redis:
     return client
 
 
+def report_failure(prog: str, url: str, exc: Exception) -> int:
+    """A :class:`ToolError` or a Redis failure in one line on stderr; returns the exit status, 1."""
+    if isinstance(exc, redis.RedisError):
+        print(f"{prog}: Redis at {safe_url(url)} failed: {exc}", file=sys.stderr)
+    else:
+        print(f"{prog}: {exc}", file=sys.stderr)
+    return 1
+
+
 def _redis_url_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
@@ -215,12 +224,8 @@ def tail_main(argv: list[str]) -> int:
         # blocking reads need a socket timeout longer than BLOCK
         client = connect(url, timeout_s=FOLLOW_BLOCK_MS / 1000 + 5)
         return tail(client, args.stream, args.count, args.json, args.follow, sys.stdout, sys.stderr)
-    except ToolError as exc:
-        print(f"unistream tail: {exc}", file=sys.stderr)
-        return 1
-    except redis.RedisError as exc:
-        print(f"unistream tail: Redis at {safe_url(url)} failed: {exc}", file=sys.stderr)
-        return 1
+    except (ToolError, redis.RedisError) as exc:
+        return report_failure("unistream tail", url, exc)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
@@ -453,12 +458,8 @@ def status_main(argv: list[str]) -> int:
     try:
         client = connect(url)
         status = collect_status(client, symbols)
-    except ToolError as exc:
-        print(f"unistream status: {exc}", file=sys.stderr)
-        return 1
-    except redis.RedisError as exc:
-        print(f"unistream status: Redis at {safe_url(url)} failed: {exc}", file=sys.stderr)
-        return 1
+    except (ToolError, redis.RedisError) as exc:
+        return report_failure("unistream status", url, exc)
     try:
         if args.json:
             print(json.dumps({"redis_url": safe_url(url), **status}, indent=2))
