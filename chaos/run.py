@@ -334,7 +334,7 @@ class Chaos:
         self.kill(name, "SIGKILL owner", flowing=True)
 
     def kill_leader(self) -> None:
-        leader = (self.system.client().get("ml:trainer:leader") or b"").decode()
+        leader = keys.lease_holder(self.system.client().get(keys.TRAINER_LEADER)) or ""
         name = leader if leader in self.system.processes() else "trainer-1"
         self.kill(name, "SIGKILL leader")
 
