@@ -16,7 +16,7 @@ import redis
 
 from unistream_common import codec, keys
 from unistream_common.cli import main
-from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
+from unistream_common.packets import Bar, GapMarker, Tick, TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, state_layouts
 from unistream_tools import export
 
@@ -64,6 +64,9 @@ def test_bars_and_ticks_go_to_parquet_and_csv_that_pandas_and_polars_read_back(
     ticks = keys.ticks("ETHUSDT")
     client.xadd(ticks, codec.encode(TickBatch("ETHUSDT", "REAL", [Tick(7, 2700.5, 0.25, "BUY", T0, T0 + 4)])), id="1-0")
     client.xadd(ticks, {"type": "tick_batch", "v": "1", "data": b"\xc1 not msgpack"}, id="2-0")
+    client.xadd(
+        ticks, codec.encode(GapMarker("ETHUSDT", "REAL", 8, 8, T0, T0 + 5, "backfill failed", T0 + 6)), id="2-1"
+    )
     later = [Tick(8, 2701.0, 1.0, "SELL", T0 + 5, T0 + 9), Tick(9, 2699.0, 2.0, "BUY", T0 + 6, T0 + 9)]
     client.xadd(ticks, codec.encode(TickBatch("ETHUSDT", "REAL", later)), id="3-0")
     streams = [keys.bars("ETHUSDT", "1s"), ticks]
@@ -71,7 +74,7 @@ def test_bars_and_ticks_go_to_parquet_and_csv_that_pandas_and_polars_read_back(
         out = tmp_path / fmt
         assert main(["export", *streams, "--out", str(out), "--format", fmt, "--redis-url", redis_url]) == 0
         stdout, err = capsys.readouterr()
-        assert "10 entries, 10 rows" in stdout and "3 entries, 3 rows" in stdout
+        assert "10 entries, 10 rows" in stdout and "4 entries, 4 rows" in stdout
         assert "1 undecodable entries left out (first: 2-0)" in err
         bar_file = out / f"md_bars_ETHUSDT_1s.{fmt}"
         frame = pd.read_parquet(bar_file) if fmt == "parquet" else pd.read_csv(bar_file)
@@ -85,6 +88,11 @@ def test_bars_and_ticks_go_to_parquet_and_csv_that_pandas_and_polars_read_back(
         assert tick_frame["trade_id"].tolist() == [7, 8, 9] and tick_frame["entry_id"].tolist() == ["1-0", "3-0", "3-0"]
         assert tick_frame["aggressor_side"].tolist() == ["BUY", "SELL", "BUY"]
         assert set(tick_frame["source"]) == {"REAL"} and set(tick_frame["symbol"]) == {"ETHUSDT"}
+        # the tick stream's gap marker goes to a file of its own beside the ticks
+        gap_file = out / f"md_ticks_ETHUSDT.gap.{fmt}"
+        gaps = pd.read_parquet(gap_file) if fmt == "parquet" else pd.read_csv(gap_file)
+        assert gaps["entry_id"].tolist() == ["2-1"] and gaps["from_trade_id"].tolist() == [8]
+        assert export.read_metadata(gap_file)["unistream.type"] == "gap"
         assert export.read_metadata(bar_file)["unistream.type"] == "bar"
     # --since / --until: [since, until) on the entry ids (a bar's is its open time)
     out = tmp_path / "range"

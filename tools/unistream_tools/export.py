@@ -18,7 +18,8 @@ layout for ``--symbols`` and ``--window-bars``, when it gives the packets' layou
 ``--since``/``--until`` select entries by id time, ``[since, until)``: a bar's id is its open
 time, other entries' ids are when Redis stored them. Undecodable entries are counted, reported
 on stderr and left out; a change of columns mid-stream (another state size) starts a new part
-file rather than failing.
+file rather than failing. Entries of another packet type than the stream's first (a tick stream's gap
+markers) go to a file of their own beside it, ``<stem>.<type>.<format>``.
 """
 
 from __future__ import annotations
@@ -271,11 +272,12 @@ def export_stream(
     until = f"{until_ms - 1}" if until_ms is not None else "+"
     total = int(client.xlen(stream))
     result = StreamExport(stream)
-    writer = _Writer(out_dir, file_stem(stream), fmt)
+    # One file per packet type: a tick stream also holds gap markers, which go beside the ticks.
+    writers: dict[str, _Writer] = {}
     seen_symbols: set[str] = set()
     try:
         for entries in entry_chunks(client, stream, since, until, chunk):
-            rows: list[dict[str, Any]] = []
+            rows: dict[str, list[dict[str, Any]]] = {}
             for raw_id, fields in entries:
                 entry_id = s(raw_id)
                 try:
@@ -285,24 +287,30 @@ def export_stream(
                     if len(result.bad_ids) < 5:
                         result.bad_ids.append(entry_id)
                     continue
-                result.packet_type = result.packet_type or type(packet).TYPE
+                kind = type(packet).TYPE
+                result.packet_type = result.packet_type or kind
+                if kind not in writers:
+                    stem = file_stem(stream) if not writers else f"{file_stem(stream)}.{kind}"
+                    writers[kind] = _Writer(out_dir, stem, fmt)
+                    writers[kind].metadata.update({f"{META}stream": stream, f"{META}type": kind})
                 if isinstance(packet, TrainingDataPacket) and packet.symbol not in seen_symbols:
                     seen_symbols.add(packet.symbol)
-                    writer.metadata.update(_training_metadata(packet, symbols, window_bars))
-                rows.extend(records(entry_id, packet))
+                    writers[kind].metadata.update(_training_metadata(packet, symbols, window_bars))
+                rows.setdefault(kind, []).extend(records(entry_id, packet))
             result.entries += len(entries)
-            if rows:
-                writer.metadata.update({f"{META}stream": stream, f"{META}type": result.packet_type})
-                writer.write(chunk_table(rows, csv=fmt == "csv"))
-                result.rows += len(rows)
+            for kind, kind_rows in rows.items():
+                if kind_rows:
+                    writers[kind].write(chunk_table(kind_rows, csv=fmt == "csv"))
+                    result.rows += len(kind_rows)
             if progress is not None:
                 progress.write(f"\r{stream}: {result.entries:,} of {total:,} entries")
                 progress.flush()
     finally:
-        writer.close()
+        for w in writers.values():
+            w.close()
         if progress is not None:
             progress.write("\n")
-    result.files = writer.paths
+    result.files = [path for w in writers.values() for path in w.paths]
     return result
 
 
