@@ -302,6 +302,7 @@ class ReplayBuffer:
         self.pos = 0  # next slot to write
         self.size = 0
         self.stale_batches = 0  # batches drawn from the whole buffer: too few fresh transitions
+        self._fresh: np.ndarray | None = None  # fresh() until the next add
 
     def __len__(self) -> int:
         return self.size
@@ -316,15 +317,19 @@ class ReplayBuffer:
         self.next_obs[i] = next_obs
         self.discounts[i] = discount
         self.cnn[i] = cnn
+        self._fresh = None
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def fresh(self) -> np.ndarray:
         """Indices of the transitions a sample may draw (all of them without ``max_age``)."""
-        if self.max_age is None or self.size == 0:
-            return np.arange(self.size)
-        versions = self.cnn[: self.size]
-        return np.flatnonzero(versions >= versions.max() - self.max_age)
+        if self._fresh is None:  # the tags change only when a transition is added
+            if self.max_age is None or self.size == 0:
+                self._fresh = np.arange(self.size)
+            else:
+                versions = self.cnn[: self.size]
+                self._fresh = np.flatnonzero(versions >= versions.max() - self.max_age)
+        return self._fresh
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
         pool = self.fresh()
