@@ -234,6 +234,32 @@ def test_when_redis_is_down_the_door_answers_503_writes_nothing_and_a_resend_lan
             restarted.stop()
 
 
+def test_accepted_ticks_that_a_killed_redis_lost_are_written_again_before_the_next_batch(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url
+    with TestClient(App(url).app) as c:
+        assert c.post(PATH, json=batch(tick(1), tick(2))).status_code == 200
+        time.sleep(1.2)  # appendfsync everysec: the first batch is in the file by now
+        position = redis_server.aof_position()
+        assert position is not None
+        assert c.post(PATH, json=batch(tick(3), tick(4), source="REAL")).json()["accepted"] == 2
+        assert redis_server.kill_losing_after(position) > 0  # Redis comes back without the second batch
+        restarted = start_redis(redis_server.data_dir, port=redis_server.port, appendonly=True)
+        try:
+            assert [[t.trade_id for t in b.ticks] for b in stream(url)] == [[1, 2]]
+            r = c.post(PATH, json=batch(tick(5)))
+            assert (r.status_code, r.json()["accepted"]) == (200, 1), r.text
+            written = stream(url)
+            assert [[t.trade_id for t in b.ticks] for b in written] == [[1, 2], [3, 4], [5]]
+            assert written[1].source == "REAL"  # written again as it was accepted
+            counters = c.get("/stats").json()["counters"]
+            assert counters["door_redis_rollbacks"] == {"symbol=ETHUSDT": 1}
+            assert counters["door_ticks_resent"] == {"symbol=ETHUSDT": 2}
+        finally:
+            restarted.stop()
+
+
 # --- websocket -----------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ class Running:
             generated = self.stats.get("ingest_ticks_generated", symbol=s)
             accounted = (
                 self.stats.get("ingest_ticks_written", symbol=s)
+                - self.stats.get("ingest_ticks_resent", symbol=s)  # written twice: Redis lost the first
                 + self.stats.get("ingest_ticks_dropped", symbol=s)
                 + self.stats.get("ingest_ticks_already_written", symbol=s)
                 + self.writer.buffer.size(s)
@@ -99,6 +100,52 @@ async def test_writer_keeps_ticks_through_a_redis_restart_with_no_gap_and_no_dup
                 "ingest_ticks_already_written", symbol=symbol
             )
             assert all(t.ts_event_ms <= t.ts_recv_ms for t in ticks)
+        await client.aclose()
+    finally:
+        if not run.task.done():
+            await run.stop()
+        if restarted is not None:
+            restarted.stop()
+
+
+@pytest.mark.parametrize("outage_s", [0.0, 0.5], ids=["restarted-at-once", "down-half-a-second"])
+async def test_writer_writes_again_what_a_killed_redis_lost_from_its_append_only_file(
+    redis_server: RedisServer, outage_s: float
+) -> None:
+    """Redis SIGKILLed before its last writes reached the AOF restarts without them: the writer
+    notices from the stream's mark and writes those ticks again, in order, before newer ones.
+    At once (the writer never sees Redis down: its next command finds the restarted one) and
+    after an outage (writes fail, then the writer reconciles)."""
+    run = Running(settings(redis_server.url))
+    restarted: RedisServer | None = None
+    try:
+        await wait_written(run)
+        await asyncio.sleep(0.3)
+        position = redis_server.aof_position()
+        assert position is not None
+        await asyncio.sleep(0.5)  # writes the cut below takes away again
+        written = {s: run.writer.written.through[s] for s in SYMBOLS}
+        cut = redis_server.kill_losing_after(position)  # blocking: the writer does not run meanwhile
+        assert cut > 0
+        if outage_s:
+            await asyncio.sleep(outage_s)
+        restarted = start_redis(redis_server.data_dir, port=redis_server.port, appendonly=True)
+        client = command_client(restarted.url)
+        marks = {s: int(await client.get(keys.ticks_mark(s))) for s in SYMBOLS}
+        assert all(marks[s] < written[s] for s in SYMBOLS), "nothing was rolled back: the test proves nothing"
+        deadline = time.monotonic() + 10
+        while not all(run.stats.get("ingest_redis_rollbacks", symbol=s) for s in SYMBOLS) or run.writer.buffer.size():
+            assert time.monotonic() < deadline, "the writer did not notice the rollback"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        await run.stop()
+        run.assert_every_tick_accounted_for()
+        for s in SYMBOLS:
+            assert run.stats.get("ingest_ticks_resent", symbol=s) >= written[s] - marks[s]
+            assert run.stats.get("ingest_ticks_lost_in_rollback", symbol=s) == 0
+            ids = [t.trade_id for _, batch in await stream_ticks(client, s) for t in batch]
+            assert ids == list(range(ids[0], ids[0] + len(ids))), f"{s}: a gap or a duplicate after the rollback"
+            assert ids[-1] >= written[s] and int(await client.get(keys.ticks_mark(s))) == ids[-1]
         await client.aclose()
     finally:
         if not run.task.done():

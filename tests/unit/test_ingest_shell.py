@@ -32,7 +32,13 @@ class SwallowingPipeline:
             self.entered.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.01)
-        return [[] if c == "xrevrange" else True if c == "set" else b"1-0" for c in self.commands]
+        return [[] if c == "xrevrange" else True if c == "set" else [1, b"1-0"] for c in self.commands]
+
+
+async def fenced_xadd(keys: list[str], args: list[Any], client: SwallowingPipeline) -> SwallowingPipeline:
+    """The writer's fenced XADD script, queued on the fake pipeline (answered as written)."""
+    client.xadd()
+    return client
 
 
 class SwallowingRedis:
@@ -44,6 +50,12 @@ class SwallowingRedis:
 
     async def ping(self) -> bool:
         return True
+
+    async def mget(self, names: list[str]) -> list[None]:
+        return [None for _ in names]
+
+    def register_script(self, script: str) -> Any:
+        return fenced_xadd
 
 
 async def test_writer_stops_on_cancel_even_when_a_redis_call_swallows_the_cancellation() -> None:

@@ -116,6 +116,13 @@ def ticks_watermark(symbol: str) -> str:
     return f"{ticks(symbol)}:watermark"
 
 
+def ticks_mark(symbol: str) -> str:
+    """``md:ticks:{SYMBOL}:mark``: a string key, the trade id of the last trade written to the
+    symbol's tick stream, set by the same script as the XADD (so the two roll back together). A
+    writer that finds it below what it wrote knows Redis lost acknowledged writes, and repairs."""
+    return f"{ticks(symbol)}:mark"
+
+
 def bars(symbol: str, timeframe: str) -> str:
     """Bar stream of one symbol and timeframe: ``md:bars:{SYMBOL}:TF``."""
     return f"md:bars:{{{check_symbol(symbol)}}}:{check_timeframe(timeframe)}"

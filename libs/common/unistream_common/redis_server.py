@@ -109,6 +109,41 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
 
+    def aof_position(self) -> AofPosition | None:
+        """Where the append-only file ends now (None without one): see :meth:`kill_losing_after`."""
+        manifest = self.data_dir / "appendonlydir" / "appendonly.aof.manifest"
+        if manifest.exists():  # Redis 7: a multi-part AOF, appended to its last "incr" file
+            incr = [line.split()[1] for line in manifest.read_text().splitlines() if line.split()[-1:] == ["i"]]
+            if not incr:
+                return None
+            path = manifest.parent / incr[-1]
+        else:
+            path = self.data_dir / "appendonly.aof"
+        return AofPosition(path, path.stat().st_size) if path.exists() else None
+
+    def kill_losing_after(self, position: AofPosition) -> int:
+        """SIGKILL, then cut the append-only file back to ``position``: what a Redis killed before its
+        last writes reached the file (``appendfsync everysec``, a host crash) restarts with. Redis
+        loads such a file (``aof-load-truncated``: an unfinished command or MULTI at its end is
+        dropped). Returns the bytes cut (0 when the file was rewritten since: nothing is cut)."""
+        self.kill()
+        if not position.path.exists():
+            return 0
+        size = position.path.stat().st_size
+        if size <= position.size:
+            return 0
+        with position.path.open("r+b") as f:
+            f.truncate(position.size)
+        return size - position.size
+
+
+@dataclass(frozen=True)
+class AofPosition:
+    """A point in a Redis append-only file: the file and its size then."""
+
+    path: Path
+    size: int
+
 
 def start_redis(
     data_dir: Path,

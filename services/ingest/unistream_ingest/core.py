@@ -389,6 +389,13 @@ class TickBuffer:
         written = {id(t) for t in ticks}
         self._ticks[symbol] = deque(t for t in q if id(t) not in written)
 
+    def requeue(self, symbol: str, ticks: Sequence[Tick]) -> None:
+        """Put ``ticks`` (older than everything buffered: written once, lost since) in front.
+
+        Not bounded: they were accepted and are owed; the bound applies again at the next extend."""
+        q = self._ticks.setdefault(symbol, deque())
+        q.extendleft(reversed(ticks))
+
     def discard_through(self, symbol: str, trade_id: int) -> int:
         """Remove ticks with ``trade_id`` <= ``trade_id`` (known to be written); return how many."""
         q = self._ticks.get(symbol)
@@ -403,3 +410,89 @@ class TickBuffer:
         if symbol is not None:
             return len(self._ticks.get(symbol, ()))
         return sum(len(q) for q in self._ticks.values())
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What :meth:`WrittenTicks.reconcile` found when Redis's mark differed from this writer's.
+
+    ``rolled_back``: Redis holds fewer of this writer's trades than it wrote (a Redis restart that
+    lost its last writes: AOF ``everysec`` after SIGKILL, a failover to a lagging replica).
+    ``resend``: the written trades Redis no longer holds that this writer still remembers, oldest
+    first, to write again before anything newer. ``lost``: (first, last) trade ids of a stretch
+    that was rolled back further than the writer remembers, or None.
+    ``ahead``: Redis holds trades past this writer's (another writer, or this one's write whose
+    reply was lost): buffered trades up to the mark are already written.
+    """
+
+    rolled_back: bool = False
+    resend: list[Tick] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the source label each of ``resend`` was written with
+    lost: tuple[int, int] | None = None
+    ahead: bool = False
+
+
+class WrittenTicks:
+    """The trades a writer put on each tick stream lately, to repair a Redis that rolled back.
+
+    Each tick stream has a mark (``keys.ticks_mark``): the last trade id written, set in the same
+    script as the XADD, so the mark and the stream roll back together. The writer remembers the
+    id it last set (``through``) and the trades it wrote in the last ``keep_ms`` (at most
+    ``max_ticks`` per symbol). A mark below ``through`` means Redis lost writes that it had
+    acknowledged; the remembered trades after the mark go out again.
+    """
+
+    def __init__(self, keep_ms: int, max_ticks: int) -> None:
+        self.keep_ms = keep_ms
+        self.max_ticks = max_ticks
+        self.through: dict[str, int] = {}  # last trade id this writer knows Redis has, per symbol
+        self._recent: dict[str, deque[tuple[int, Tick, str]]] = {}  # (written at ms, tick, source), oldest first
+        self._complete: dict[str, bool] = {}  # nothing written was forgotten yet
+
+    def expected(self, symbol: str) -> str:
+        """The mark the next write of ``symbol`` expects to find ("*": unknown, not checked)."""
+        through = self.through.get(symbol)
+        return "*" if through is None else str(through)
+
+    def start(self, symbol: str, mark: int | None) -> None:
+        """Take Redis's mark as this writer's (at start: nothing of its own written yet)."""
+        if mark is not None:
+            self.through[symbol] = mark
+
+    def note(self, symbol: str, ticks: Sequence[Tick], now_ms: int, source: str = "") -> None:
+        """``ticks`` were written at ``now_ms`` (their mark set with them), labelled ``source``."""
+        if not ticks:
+            return
+        q = self._recent.setdefault(symbol, deque())
+        self._complete.setdefault(symbol, True)
+        q.extend((now_ms, t, source) for t in ticks)
+        self.through[symbol] = ticks[-1].trade_id
+        horizon = now_ms - self.keep_ms
+        while q and (len(q) > self.max_ticks or q[0][0] < horizon):
+            q.popleft()
+            self._complete[symbol] = False
+
+    def reconcile(self, symbol: str, mark: int | None) -> Reconciled:
+        """Compare Redis's ``mark`` with what this writer wrote, and take the mark as the new truth."""
+        through = self.through.get(symbol)
+        if through is None or mark == through:
+            self.start(symbol, mark)
+            return Reconciled()
+        if mark is not None and mark > through:
+            self.through[symbol] = mark
+            return Reconciled(ahead=True)
+        q = self._recent.get(symbol, deque())
+        floor = -1 if mark is None else mark
+        again = [(t, src) for _, t, src in q if t.trade_id > floor]
+        resend = [t for t, _ in again]
+        # Covered when nothing written was forgotten yet, or the oldest trade remembered is at most
+        # the one after the mark (ids only grow: every trade forgotten is at or below the mark).
+        covered = self._complete.get(symbol, True) or bool(q and q[0][1].trade_id <= floor + 1)
+        lost = None if covered else (floor + 1, (resend[0].trade_id - 1) if resend else through)
+        while q and q[-1][1].trade_id > floor:  # they go out again, and are noted again then
+            q.pop()
+        if mark is None:
+            self.through.pop(symbol, None)
+        else:
+            self.through[symbol] = mark
+        return Reconciled(rolled_back=True, resend=resend, sources=[src for _, src in again], lost=lost)

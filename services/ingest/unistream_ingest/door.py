@@ -51,15 +51,18 @@ from typing import Annotated, Any
 import msgspec
 import redis.asyncio as aioredis
 from fastapi import APIRouter, FastAPI, Request, Response, WebSocket
+from redis.exceptions import RedisError
 from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from unistream_common import codec, keys
-from unistream_common.packets import Side, Source, Tick, TickBatch
+from unistream_common.packets import GapMarker, Side, Source, Tick, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, command_client
 from unistream_common.settings import is_loopback
 from unistream_common.stats import Stats
+from unistream_ingest.core import WrittenTicks
 from unistream_ingest.settings import IngestSettings
+from unistream_ingest.tickwrite import FENCED_XADD, ROLLBACK_KEEP_MS, queue_batch, written
 from unistream_ingest.validate import Rejection, Validator
 from unistream_ingest.venue import RawTrade
 
@@ -258,9 +261,12 @@ class Door:
     # Symbols whose last write failed with an unknown outcome: read the stream top before the next one.
     _uncertain: set[str] = field(default_factory=set, init=False)
     _last_error: str = field(default="", init=False)  # last Redis failure logged, "" once writes succeed
+    written: WrittenTicks = field(init=False)  # what the door wrote lately, to repair a Redis rollback
+    _fenced: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.validator = Validator(self.settings.symbols)
+        self.written = WrittenTicks(ROLLBACK_KEEP_MS, 100_000)
         self._symbols = frozenset(self.settings.door_symbols)
         self._busy = frozenset(self.settings.symbols) - self._symbols  # written by the built-in source
         self._token = self.settings.ingest_token.encode()
@@ -272,6 +278,9 @@ class Door:
         describe("door_auth_failures", "/v1/ticks requests without the right bearer token")
         describe("door_oversized", "/v1/ticks bodies or messages over max_body_bytes")
         describe("door_write_errors", "failed /v1/ticks writes and stream-top reads (answered 503)")
+        describe("door_redis_rollbacks", "times a tick stream's mark was found below what the door wrote")
+        describe("door_ticks_resent", "accepted ticks written again after Redis lost them in a rollback")
+        describe("door_ticks_lost_in_rollback", "accepted ticks Redis lost further back than remembered")
 
     # --- Redis -------------------------------------------------------------------------------
 
@@ -284,6 +293,7 @@ class Door:
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis_loop is not loop:
             self._redis = command_client(self.settings.redis_url, name="ingest:door", timeout_s=REDIS_TIMEOUT_S)
+            self._fenced = self._redis.register_script(FENCED_XADD)
             self._redis_loop = loop
             self._lock = asyncio.Lock()
         return self._redis
@@ -313,8 +323,47 @@ class Door:
         last = self.validator.last_ids.get(symbol)
         if top is not None and (last is None or top > last):
             self.validator.resume(symbol, top)
+        mark = await client.get(keys.ticks_mark(symbol))
+        await self._repair(client, symbol, int(mark) if mark else None)
         self._seeded.add(symbol)
         self._uncertain.discard(symbol)
+
+    async def _repair(self, client: aioredis.Redis, symbol: str, mark: int | None) -> None:
+        """Take Redis's ``mark``; after a rollback, write again the accepted ticks it lost (in order)."""
+        found = self.written.reconcile(symbol, mark)
+        if not found.rolled_back:
+            return
+        self.stats.inc("door_redis_rollbacks", symbol=symbol)
+        log.warning("%s: Redis rolled back (the stream's mark is trade %s): writing %d accepted tick(s) again",
+                    symbol, mark, len(found.resend))  # fmt: skip
+        min_id = max(0, wall_ms() - self.settings.tick_retention_s * 1000)
+        if found.lost is not None:
+            first, last = found.lost
+            after = found.resend[0].ts_event_ms if found.resend else 0
+            marker = GapMarker(symbol, found.sources[0] if found.sources else "REAL", first, last, 0, after)
+            await client.xadd(keys.ticks(symbol), codec.encode(marker), id="*", minid=min_id, approximate=True)
+            self.stats.inc("door_ticks_lost_in_rollback", last - first + 1, symbol=symbol)
+        start = 0
+        while start < len(found.resend):  # runs of one source label, in batches the door would accept
+            end = start + 1
+            while (end < len(found.resend) and end - start < self.settings.max_batch_items
+                   and found.sources[end] == found.sources[start]):  # fmt: skip
+                end += 1
+            await self._write_fenced(client, TickBatch(symbol, found.sources[start], found.resend[start:end]), min_id)  # type: ignore[arg-type]
+            self.stats.inc("door_ticks_resent", end - start, symbol=symbol)
+            start = end
+
+    async def _write_fenced(self, client: aioredis.Redis, batch: TickBatch, min_id: int) -> str:
+        """Append ``batch`` if the stream's mark is the door's; repair a rollback first. The entry id."""
+        for _ in range(3):
+            ok, value = written(
+                await queue_batch(self._fenced, client, batch, self.written.expected(batch.symbol), min_id)
+            )
+            if ok:
+                self.written.note(batch.symbol, batch.ticks, wall_ms(), batch.source)
+                return str(value)
+            await self._repair(client, batch.symbol, value)  # type: ignore[arg-type]
+        raise RedisError(f"the mark of {keys.ticks(batch.symbol)} keeps changing: is another writer on the stream?")
 
     # --- auth --------------------------------------------------------------------------------
 
@@ -399,13 +448,10 @@ class Door:
                 # these ticks is seen as duplicates rather than written twice.
                 self._uncertain.add(symbol)
                 try:
-                    reply = await client.xadd(
-                        keys.ticks(symbol), codec.encode(batch), id="*", minid=min_id, approximate=True
-                    )
+                    entry_id = await self._write_fenced(client, batch, min_id)
                 except REDIS_ERRORS as exc:
                     return self._unavailable(parsed, len(ticks), exc)
                 self._uncertain.discard(symbol)
-                entry_id = reply.decode() if isinstance(reply, bytes) else str(reply)
             self._last_error = ""
             self.validator = trial  # commit: the write (if any) succeeded
         return self._accepted(parsed, ticks, duplicates, gaps, entry_id)

@@ -15,6 +15,14 @@ Failure policy (never silent):
   symbol's top entry before retrying and discards buffered ticks whose trade id is already
   there (``ingest_ticks_already_written``), so a retry never writes a trade twice. This relies
   on one writer per tick stream and on Redis executing a pipeline's commands in order.
+- Redis that rolls back (killed with the last second of its append-only file unwritten, or a
+  failover to a replica that lagged) loses ticks it had acknowledged. Each batch goes out in a
+  script that appends it only if the stream's mark (``keys.ticks_mark``: the last trade id
+  written, set by the same script) is the one this writer last set. A mark found lower means
+  a rollback: the trades after it that the writer still remembers (:class:`WrittenTicks`, the
+  last ``ROLLBACK_KEEP_MS``) are written again, in order, before anything newer
+  (``ingest_redis_rollbacks``, ``ingest_ticks_resent``); a stretch rolled back further than that
+  gets a gap marker (``ingest_ticks_lost_in_rollback``), as for trades the venue cannot resend.
 
 Live Binance and replay come in a later build: ``UNISTREAM_SOURCE=auto`` uses the simulator and
 says so in the log, and every batch carries ``source="SYNTHETIC"``.
@@ -36,13 +44,14 @@ from unistream_common.packets import GapMarker, Tick, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, command_client, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
-from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource
+from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource, WrittenTicks
 from unistream_ingest.history import provide_history
 from unistream_ingest.live import BinanceLiveSource, reachable
 from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
 from unistream_ingest.settings import IngestSettings
+from unistream_ingest.tickwrite import FENCED_XADD, ROLLBACK_KEEP_MS, queue_batch, written
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ IDLE_PING_S = 1.0  # with nothing to write, PING this often so readiness still m
 WATERMARK_EVERY_MS = 100  # well inside the aggregator's grace (250 ms): bars close on time
 BACKOFF_MIN_S = 0.1
 SHUTDOWN_FLUSH_S = 1.0
-HISTORY_WAIT_S = 120.0  # a finished replay waits this long for its warm-up history before exiting  # on SIGTERM, try this long to write what is buffered
+HISTORY_WAIT_S = 120.0  # a finished replay waits this long for its warm-up history before exiting
 
 
 def wall_ms() -> int:
@@ -81,6 +90,8 @@ class IngestWriter:
         self.redis = redis
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.max_buffer_ticks)
+        self.written = WrittenTicks(ROLLBACK_KEEP_MS, settings.max_buffer_ticks)
+        self._fenced_xadd = redis.register_script(FENCED_XADD)
         self.source: TickSource | None = None
         self._last_ok = -float("inf")  # monotonic time of the last successful round trip
         self._uncertain = True  # unknown what the stream holds: resolve before the first write
@@ -101,6 +112,9 @@ class IngestWriter:
             "ingest_tick_write_seconds", "live trades: from the receipt of a batch's first trade until Redis took it"
         )
         stats.describe("ingest_write_errors", "failed write attempts (ticks kept and retried)")
+        stats.describe("ingest_redis_rollbacks", "times a tick stream's mark was found below what was written")
+        stats.describe("ingest_ticks_resent", "trades written again after Redis lost them in a rollback")
+        stats.describe("ingest_ticks_lost_in_rollback", "trades Redis lost further back than remembered (gap marker)")
         stats.describe("ingest_ticks_dropped", "buffered trades dropped because the buffer was full")
         stats.describe("ingest_ticks_accepted", "trades the validator accepted")
         stats.describe("ingest_ticks_rejected", "trades the validator refused, by reason")
@@ -137,6 +151,7 @@ class IngestWriter:
         while True:
             try:
                 tops = await self._read_tops()
+                marks = await self._read_marks()
                 break
             except REDIS_ERRORS as exc:
                 self._note_error(exc)
@@ -144,6 +159,8 @@ class IngestWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_backoff_max_ms / 1000)
         self._uncertain = False
+        for symbol, mark in marks.items():
+            self.written.start(symbol, mark)
         self._last_ok = time.monotonic()
         start_ms = wall_ms()
         self.source = await self._make_source(tops, start_ms)
@@ -377,13 +394,48 @@ class IngestWriter:
                 self._top_markers[symbol] = packet
         return out
 
+    async def _read_marks(self) -> dict[str, int | None]:
+        """Each tick stream's mark (the last trade id written; None where there is none)."""
+        values = await self.redis.mget([keys.ticks_mark(symbol) for symbol in self.symbols])
+        return {symbol: int(v) if v else None for symbol, v in zip(self.symbols, values)}
+
+    def _reconcile(self, symbol: str, mark: int | None) -> None:
+        """Bring the buffer in line with Redis's ``mark`` for ``symbol`` (see the module docstring)."""
+        found = self.written.reconcile(symbol, mark)
+        if found.ahead and mark is not None:
+            n = self.buffer.discard_through(symbol, mark)
+            if n:
+                self.stats.inc("ingest_ticks_already_written", n, symbol=symbol)
+        if not found.rolled_back:
+            return
+        self.stats.inc("ingest_redis_rollbacks", symbol=symbol)
+        self.buffer.requeue(symbol, found.resend)
+        self.stats.inc("ingest_ticks_resent", len(found.resend), symbol=symbol)
+        log.warning(
+            "%s: Redis rolled back (the stream's mark is trade %s): %d written trade(s) it lost are written again",
+            symbol, mark, len(found.resend),
+        )  # fmt: skip
+        if found.lost is not None:
+            first, last = found.lost
+            label = self.source.label if self.source is not None else "REAL"
+            after = found.resend[0].ts_event_ms if found.resend else 0
+            self._markers.append(GapMarker(symbol, label, first, last, 0, after))  # type: ignore[arg-type]
+            self.stats.inc("ingest_ticks_lost_in_rollback", last - first + 1, symbol=symbol)
+            log.error(
+                "%s: Redis rolled back further than the trades remembered (%d ms): trades %d..%d are lost "
+                "(a gap marker says so)", symbol, ROLLBACK_KEEP_MS, first, last,
+            )  # fmt: skip
+
     async def _write(self, now_ms: int) -> None:
         """Write everything buffered; raise a Redis error if any part failed (kept for retry)."""
         if self._uncertain:
             tops = await self._read_tops()
+            marks = await self._read_marks()
             self._markers = [m for m in self._markers if self._top_markers.get(m.symbol) != m]
             for symbol, top in tops.items():
-                if top is not None:
+                if marks[symbol] is not None:
+                    self._reconcile(symbol, marks[symbol])
+                elif top is not None:  # a stream written before marks existed
                     n = self.buffer.discard_through(symbol, top.trade_id)
                     if n:
                         self.stats.inc("ingest_ticks_already_written", n, symbol=symbol)
@@ -401,9 +453,13 @@ class IngestWriter:
             return
         min_id = max(0, now_ms - self.settings.tick_retention_s * 1000)
         pipe = self.redis.pipeline(transaction=False)
+        expect: dict[str, str] = {}
         for symbol, ticks in chunks:
             batch = TickBatch(symbol=symbol, source=self.source.label, ticks=ticks)
-            pipe.xadd(keys.ticks(symbol), codec.encode(batch), id="*", minid=min_id, approximate=True)
+            await queue_batch(
+                self._fenced_xadd, pipe, batch, expect.get(symbol) or self.written.expected(symbol), min_id
+            )
+            expect[symbol] = str(ticks[-1].trade_id)
         started = time.perf_counter()
         try:
             replies = await pipe.execute(raise_on_error=False)
@@ -415,13 +471,18 @@ class IngestWriter:
         self.stats.inc("ingest_writes")
         self.stats.set("ingest_write_latency_ms", elapsed * 1000)
         failure: BaseException | None = None
+        fenced: dict[str, int | None] = {}
         for (symbol, ticks), reply in zip(chunks, replies):
             if isinstance(reply, Exception):
-                # Later chunks of this symbol may still succeed: they are written out of order
-                # rather than twice; the aggregator counts any tick that arrives too late.
+                # The symbol's later chunks expected this one's mark: they are refused too.
                 failure = reply
                 continue
+            ok, value = written(reply)
+            if not ok:  # the mark was not the one expected: nothing of the symbol went out
+                fenced.setdefault(symbol, value)  # type: ignore[arg-type]
+                continue
             self.buffer.discard(symbol, ticks)
+            self.written.note(symbol, ticks, now_ms)
             if self.source.label != "REPLAY":  # a replay's receipt times are its file's
                 written_ms = time.time() * 1000
                 self.stats.observe("ingest_tick_write_seconds", max(0.0, written_ms - ticks[0].ts_recv_ms) / 1000,
@@ -430,6 +491,8 @@ class IngestWriter:
             self.stats.inc("ingest_batches_written", symbol=symbol)
             self.stats.set("ingest_last_price", ticks[-1].price, symbol=symbol)
             self.stats.set("ingest_last_trade_ms", ticks[-1].ts_event_ms, symbol=symbol)
+        for symbol, mark in fenced.items():
+            self._reconcile(symbol, mark)
         self.stats.set("ingest_buffered_ticks", self.buffer.size())
         if failure is not None:
             raise failure
