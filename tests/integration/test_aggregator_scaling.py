@@ -437,14 +437,14 @@ def test_a_lease_is_renewed_by_its_holder_and_after_it_ran_out_only_if_nobody_to
     def renew(token: str) -> object:
         return client.eval(_RENEW, 2, lease, fence, token, 5_000)
 
-    assert take("aggregator-1:a") == 1 and client.get(fence) == b"aggregator-1:a"
+    assert take("aggregator-1:a") == 1 and client.get(fence) == b"aggregator-1:a#0"
     assert take("aggregator-2:b") == 0, "held"
     assert renew("aggregator-1:a") == 1
     assert renew("aggregator-2:b") == b"aggregator-1:a", "a renewal that fails says who holds the lease"
     client.delete(lease)  # ran out (the holder was too slow), and nobody took the symbol
     assert renew("aggregator-1:a") == 1 and client.get(lease) == b"aggregator-1:a", "its state is still the truth"
     client.delete(lease)
-    assert take("aggregator-2:b") == 1 and client.get(fence) == b"aggregator-2:b"
+    assert take("aggregator-2:b") == 1 and client.get(fence) == b"aggregator-2:b#0"
     assert client.eval(_RELEASE, 1, lease, "aggregator-2:b") == 1  # handed back: the lease is free again
     assert renew("aggregator-1:a") is None, "taken and let go in between: its state is stale"
     assert take("aggregator-1:c") == 1, "a restarted aggregator-1 takes it back"

@@ -22,6 +22,7 @@ from unistream_common.consumer import (
     GroupConsumer,
     Message,
     Result,
+    SequencedFence,
     StateWrite,
     StreamRuntime,
     Write,
@@ -437,6 +438,49 @@ async def test_a_fenced_commit_writes_nothing_once_the_fence_key_changed_and_the
     await asyncio.gather(task, return_exceptions=True)
     await rt.close()
     await client.aclose()
+
+
+async def test_a_sequenced_fence_refuses_a_commit_on_top_of_a_redis_that_lost_the_last_commits(tmp_path: Path) -> None:
+    """Redis SIGKILLed before its append-only file had the last commits restarts without them; the
+    consumer's connection comes back without an error to see. The next commit finds the fence at
+    an earlier count of the same holder: nothing is written, the rollback is counted."""
+    server = start_redis(tmp_path / "r", appendonly=True)
+    restarted: RedisServer | None = None
+    rt = runtime(server.url)
+    gc = rt.register_consumer("g", echo_callback([]), ["metrics"], options=FAST)
+    client = command_client(server.url)
+    try:
+        fence = SequencedFence("test:fence", "c1:token")
+        await client.set(fence.key, fence.value)
+
+        async def commit(step: int) -> None:
+            await gc._commit(Result(writes=[Write(OUT, metric(step))], fence={fence.key: fence}), [])
+
+        await commit(0)
+        await asyncio.sleep(1.2)  # appendfsync everysec: in the file by now
+        position = server.aof_position()
+        assert position is not None
+        await commit(1)
+        await commit(2)
+        assert fence.n == 3 and await client.get(fence.key) == b"c1:token#3"
+        assert server.kill_losing_after(position) > 0
+        restarted = start_redis(tmp_path / "r", port=server.port, appendonly=True)
+        # As when the pool's health check reconnected on its own (redis-py does so for a socket it
+        # finds closed): the consumer's next command runs on the restarted Redis without an error.
+        for c in (client, rt.cmd):
+            await c.connection_pool.disconnect()
+        assert await client.get(fence.key) == b"c1:token#1", "the cut took the last two commits"
+        with pytest.raises(FenceLost) as lost:
+            await commit(3)
+        assert lost.value.rolled_back and "rolled back" in str(lost.value)
+        assert await client.xlen(OUT) == 1, "nothing is written on top of the rolled-back state"
+        assert rt.stats.total("consumer_rollbacks") == 1
+        other = SequencedFence("test:fence", "c2:token", 5)  # another holder's fence is a takeover, not a rollback
+        assert not other.behind("c1:token#1") and fence.behind("c1:token#1") and not fence.behind("c1:token#3")
+    finally:
+        await rt.close()
+        await client.aclose()
+        (restarted or server).stop()
 
 
 async def test_a_timer_can_ask_to_run_sooner_than_its_interval(redis_url: str) -> None:

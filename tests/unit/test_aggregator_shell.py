@@ -17,7 +17,7 @@ from unistream_aggregator.core import SymbolCheckpoint
 from unistream_aggregator.service import AggregatorShell
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import keys, quality
-from unistream_common.consumer import Message, Result, StateWrite, StreamRuntime
+from unistream_common.consumer import Message, Result, StateWrite, StreamRuntime, fence_value
 from unistream_common.packets import Bar, Source, Tick, TickBatch
 from unistream_common.stats import Stats
 
@@ -89,6 +89,11 @@ def message(
     return Message(keys.ticks(symbol), eid, TickBatch(symbol=symbol, source=source, ticks=ticks))
 
 
+def fences(result: Result) -> dict[str, str]:
+    """The values a result's commit expects its fencing keys to hold."""
+    return {key: fence_value(expected) for key, expected in result.fence.items()}
+
+
 def state_of(result: Result, key: str) -> StateWrite:
     [write] = [w for w in result.state if w.key == key]
     return write
@@ -145,7 +150,7 @@ async def test_an_acknowledgement_without_bars_still_writes_the_checkpoint_and_c
     assert result.writes == [] and result.ack == [(ETH_TICKS, "3-0")]
     assert state_of(result, keys.quality(ETH)).incr == {"ticks_late": 1}
     assert state_of(result, keys.agg_state(ETH)).value is not None
-    assert result.fence == {keys.agg_fence(ETH): shell.token}
+    assert fences(result) == {keys.agg_fence(ETH): f"{shell.token}#0"}
 
 
 async def test_results_are_fenced_on_the_owner_lease_of_every_symbol_they_write_or_acknowledge() -> None:
@@ -154,7 +159,7 @@ async def test_results_are_fenced_on_the_owner_lease_of_every_symbol_they_write_
     result = await shell.on_messages(
         [message("2-0", ETH, (DAY + 1_100, 11.0)), message("2-0", BTC, (DAY + 1_100, 51.0))]
     )
-    assert result.fence == {keys.agg_fence(ETH): shell.token, keys.agg_fence(BTC): shell.token}
+    assert fences(result) == {keys.agg_fence(ETH): f"{shell.token}#0", keys.agg_fence(BTC): f"{shell.token}#0"}
     assert shell.token.startswith("aggregator-test:")
 
 
@@ -235,7 +240,7 @@ async def test_timer_closes_bars_only_of_symbols_whose_stream_holds_nothing_beyo
     assert result is not None and result.ack == [(ETH_TICKS, "7-0")]
     assert [w.id for w in result.writes] == [f"{DAY + k * 1_000}-0" for k in range(4)]  # then filled up to now
     assert [w.key for w in result.state] == [keys.agg_state(ETH), keys.quality(ETH)]
-    assert result.fence == {keys.agg_fence(ETH): shell.token}
+    assert fences(result) == {keys.agg_fence(ETH): f"{shell.token}#0"}
 
 
 async def test_callbacks_raise_a_cancellation_that_a_library_swallowed() -> None:

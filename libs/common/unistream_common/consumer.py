@@ -17,7 +17,10 @@ restarts of the same process slot. The life of a batch:
    refuses as "equal or smaller than the top item" are counted as already written. A result
    may name fencing keys (a lease): the MULTI then runs under WATCH and only while each key
    still holds the value the callback expects, else :class:`FenceLost` is raised and nothing
-   is written.
+   is written. A :class:`SequencedFence` also moves with every commit, so a Redis that rolled
+   back (restarted without its last writes) is noticed at the next commit, however the
+   connection came back, and counted (``consumer_rollbacks``); the rewind that follows rebuilds
+   the callback's state from what Redis really holds.
 
 A callback that raises is retried entry by entry to isolate the poison (unless it raised a
 connection error: Redis went away under it, which is an outage like any other); an entry that keeps
@@ -111,19 +114,54 @@ class Result:
     writes: list[Write] = field(default_factory=list)
     ack: list[tuple[str, str]] | None = None
     state: list[StateWrite] = field(default_factory=list)
-    fence: Mapping[str, str] = field(default_factory=dict)
+    fence: Mapping[str, str | SequencedFence] = field(default_factory=dict)
 
 
 class FenceLost(Exception):
     """A fencing key no longer held the expected value: the commit was not made.
 
     ``keys`` are the keys that differed. Nothing of the result was written or acknowledged;
-    the entries stay pending for whoever holds the fence now.
+    the entries stay pending for whoever holds the fence now. ``rolled_back``: a sequenced
+    fence was found at an earlier commit of its own holder (Redis lost acknowledged writes).
     """
 
-    def __init__(self, keys: list[str]) -> None:
-        super().__init__(f"fencing keys changed: {', '.join(keys)}")
+    def __init__(self, keys: list[str], rolled_back: bool = False) -> None:
+        what = "Redis rolled back behind the last commits of" if rolled_back else "fencing keys changed:"
+        super().__init__(f"{what} {', '.join(keys)}")
         self.keys = keys
+        self.rolled_back = rolled_back
+
+
+@dataclass
+class SequencedFence:
+    """A fencing key holding ``<holder>#<n>``, where ``n`` counts the holder's commits.
+
+    In a result's ``fence``, the commit runs only while the key holds this value, and sets it to
+    the next one in the same MULTI. Redis that lost the last commits (killed before its
+    append-only file had them, a failover to a lagging replica) lost their moves too: the key
+    is found at an earlier ``n`` of the same holder, which is a rollback, not a takeover.
+    """
+
+    key: str
+    holder: str
+    n: int = 0
+
+    @property
+    def value(self) -> str:
+        return f"{self.holder}#{self.n}"
+
+    @property
+    def next_value(self) -> str:
+        return f"{self.holder}#{self.n + 1}"
+
+    def behind(self, found: str | None) -> bool:
+        """True when ``found`` is an earlier value of this holder's."""
+        holder, _, n = (found or "").rpartition("#")
+        return holder == self.holder and n.isdigit() and int(n) < self.n
+
+
+def fence_value(expected: str | SequencedFence) -> str:
+    return expected.value if isinstance(expected, SequencedFence) else expected
 
 
 Callback = Callable[[list[Message]], "Awaitable[Result | None] | Result | None"]
@@ -666,18 +704,36 @@ class GroupConsumer:
             async with self.runtime.cmd.pipeline(transaction=True) as pipe:
                 await pipe.watch(*fence_keys)
                 values = await pipe.mget(fence_keys)
-                lost = [k for k, v in zip(fence_keys, values) if v is None or s(v) != result.fence[k]]
+                found = dict(zip(fence_keys, (None if v is None else s(v) for v in values)))
+                lost = [k for k in fence_keys if found[k] != fence_value(result.fence[k])]
                 if lost:
                     await pipe.unwatch()
                     self.stats.inc("consumer_fence_lost", len(lost), **self._labels)
-                    raise FenceLost(lost)
+                    behind = [
+                        k for k in lost if isinstance(f := result.fence[k], SequencedFence) and f.behind(found[k])
+                    ]
+                    if behind:
+                        self.stats.inc("consumer_rollbacks", **self._labels)
+                        log.warning(
+                            "%s/%s: Redis rolled back: %s; this consumer's state is rebuilt from what Redis holds",
+                            self.group, self.consumer,
+                            ", ".join(f"{k} is at {found[k]}, was {fence_value(result.fence[k])}" for k in behind),
+                        )  # fmt: skip
+                    raise FenceLost(lost, rolled_back=bool(behind))
                 pipe.multi()
                 self._queue(pipe, result, by_stream)
+                moved = [f for f in result.fence.values() if isinstance(f, SequencedFence)]
+                for f in moved:
+                    pipe.set(f.key, f.next_value)
                 try:
-                    return list(await pipe.execute(raise_on_error=False))
+                    replies = list(await pipe.execute(raise_on_error=False))
                 except WatchError:
                     # A fencing key was touched (a renewal, or a new holder): look again.
                     self.stats.inc("consumer_fence_retries", **self._labels)
+                    continue
+                for f in moved:
+                    f.n += 1
+                return replies[: len(replies) - len(moved)]
 
     async def _dead_letter(self, dead: list[tuple[str, str, dict[bytes, bytes], str]]) -> None:
         pipe = self.runtime.cmd.pipeline(transaction=True)

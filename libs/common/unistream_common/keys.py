@@ -22,6 +22,9 @@ SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
 # Streams without a symbol.
 TRAINING = "ml:training"
+# The features writer's sequenced fence (consumer.SequencedFence): "<holder>#<commits>", moved with
+# every commit to ml:training, so a Redis that lost the last commits is noticed at the next one.
+TRAINING_FENCE = "ml:training:fence"
 UI = "ui:packets"
 METRICS = "ml:metrics"
 MODELS = "ml:models"

@@ -62,6 +62,7 @@ from unistream_common.consumer import (
     GroupConsumer,
     Message,
     Result,
+    SequencedFence,
     StateWrite,
     StreamRuntime,
     Write,
@@ -92,14 +93,15 @@ _ENCODER = msgspec.json.Encoder()
 _RENEW = (
     "local v = redis.call('GET', KEYS[1]) "
     "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
-    "if v == false and redis.call('GET', KEYS[2]) == ARGV[1] then "
+    "local f = redis.call('GET', KEYS[2]) "
+    "if v == false and f and string.sub(f, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '#' then "
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return v"
 )
 # Take: when the lease is free or held by a former self (ARGV[3]: this consumer's prefix).
 _TAKE = (
     "local v = redis.call('GET', KEYS[1]) "
     "if v == false or string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then "
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[1]) return 1 end return 0"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[1] .. '#0') return 1 end return 0"
 )
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -129,6 +131,7 @@ class AggregatorShell:
         self.restart_requested = asyncio.Event()
         self.core_error: BaseException | None = None
         self.token = f"{runtime.consumer}:{secrets.token_hex(6)}"
+        self._fences: dict[str, SequencedFence] = {}  # per owned symbol, made at the take
         self.owned: dict[str, float] = {}  # symbol -> monotonic time it was taken
         self.quality: dict[str, dict[str, int]] = {}  # committed totals of owned symbols
         self.gc: GroupConsumer | None = None
@@ -345,6 +348,7 @@ class AggregatorShell:
         )  # fmt: skip
         if taken:
             self._valid_until[symbol] = sent + self.lease_ms / 1000
+            self._fences[symbol] = SequencedFence(keys.agg_fence(symbol), self.token)  # what _TAKE set
             await self._take(symbol)
         return bool(taken)
 
@@ -412,8 +416,15 @@ class AggregatorShell:
         limit = time.monotonic() + (BLOCK_MS + self.lease_ms / 4) / 1000
         return [st for st in streams if self._valid_until.get(keys.parse_ticks(st) or "", 0.0) > limit]
 
+    def _fence(self, symbol: str) -> SequencedFence:
+        """The symbol's fence: this taker's token and its commits since the take (``_TAKE`` set #0)."""
+        if symbol not in self._fences:
+            self._fences[symbol] = SequencedFence(keys.agg_fence(symbol), self.token)
+        return self._fences[symbol]
+
     def _forget(self, symbol: str) -> None:
         self.owned.pop(symbol, None)
+        self._fences.pop(symbol, None)
         self._valid_until.pop(symbol, None)
         self.quality.pop(symbol, None)
         self._published.pop(symbol, None)
@@ -527,11 +538,11 @@ class AggregatorShell:
                 for name, n in incr.get(symbol, {}).items():
                     totals[name] = totals.get(name, 0) + n
         self.stats.set("aggregator_held_entries", len(self.core.held()))
-        fence = {keys.agg_fence(symbol): self.token for symbol in symbols}
+        fence: dict[str, str | SequencedFence] = {keys.agg_fence(symbol): self._fence(symbol) for symbol in symbols}
         for stream, _ in out.ack:
             symbol = keys.parse_ticks(stream)
             if symbol is not None:
-                fence[keys.agg_fence(symbol)] = self.token
+                fence[keys.agg_fence(symbol)] = self._fence(symbol)
         return Result(writes=writes, ack=out.ack, state=state, fence=fence)
 
     async def _publish_forming(self, now_ms: int) -> None:

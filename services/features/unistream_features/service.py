@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from pathlib import Path
@@ -40,7 +41,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from unistream_common import codec, keys
-from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
+from unistream_common.consumer import (
+    ConsumerOptions,
+    GroupConsumer,
+    Message,
+    Result,
+    SequencedFence,
+    StreamRuntime,
+    Write,
+)
 from unistream_common.packets import (
     Bar,
     GapMarker,
@@ -135,6 +144,9 @@ class FeaturesService:
         # name its symbol's previous packet before either is written.
         self._last_id: tuple[int, int] = (0, 0)
         self._prev: dict[str, tuple[str, int]] = {}  # symbol -> (entry id, ts_event_ms) of its newest packet
+        # Every commit expects the fence where this process's last one left it (set at each rewind):
+        # Redis that rolled back is noticed before anything is written on top of it.
+        self.fence = SequencedFence(keys.TRAINING_FENCE, f"{runtime.consumer}:{secrets.token_hex(6)}")
         self.paused: set[str] = set()
 
     @property
@@ -183,6 +195,8 @@ class FeaturesService:
 
     async def on_rewind(self) -> None:
         """Reload the buffers as of each symbol's mark and set the group back to deliver what follows."""
+        self.fence = SequencedFence(keys.TRAINING_FENCE, f"{self.runtime.consumer}:{secrets.token_hex(6)}")
+        await self.cmd.set(self.fence.key, self.fence.value)
         marks = await self._emission_marks()
         bars: list[Bar] = []
         for symbol in self.settings.symbols:
@@ -357,7 +371,7 @@ class FeaturesService:
                 self.engine.on_bar(packet, now)
         writes = self._training_writes(now)
         self._count_events()
-        return Result(writes=writes)
+        return Result(writes=writes, fence={self.fence.key: self.fence})
 
     async def on_timer(self, now: int) -> Result:
         """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
@@ -375,7 +389,7 @@ class FeaturesService:
         self.recent_ui.extend(ui)
         writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
         self._count_events()
-        return Result(writes=writes)
+        return Result(writes=writes, fence={self.fence.key: self.fence})
 
     async def check_overrun(self) -> None:
         """Did trimming ``ml:training`` delete entries a consumer group had not read yet? (gauge per group)
