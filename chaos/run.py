@@ -13,8 +13,12 @@ One run (~10 minutes on a 2-core machine):
 4. injects faults one after another, in a seeded random order with random pauses: SIGKILL of
    each service several times (the supervisor restarts it, as compose's restart policy would),
    of the aggregator replica that owns the symbol and of the trainer replica holding the merge
-   lease; a Redis restart (SIGTERM, AOF kept) and Redis taken away for 10 s; poison entries on
-   every stream a consumer group reads; garbage bodies at the ingest door. After each it measures
+   lease; a Redis restart (SIGTERM, AOF kept) and Redis taken away for 10 s; Redis SIGKILLed
+   with the last 1 s and 2 s of its append-only file lost (what ``appendfsync everysec`` risks:
+   the file is cut back to its size that long before the kill, and Redis restarts from it, so
+   every service finds Redis behind what it wrote or acknowledged and must notice and repair);
+   poison entries on every stream a consumer group reads; garbage bodies at the ingest door.
+   After each it measures
    the seconds until every process answers ``/readyz`` again (a restarted trainer also until it
    has adopted the newest model published before it was killed);
 5. waits for the replay to end and the bars to settle, then checks: the tick stream holds every
@@ -268,6 +272,7 @@ class Chaos:
     poison: list[tuple[str, str]] = field(default_factory=list)  # (stream, entry id)
     door: list[tuple[int, int]] = field(default_factory=list)  # (status, expected status)
     door_counted: int = 0
+    rollbacks: list[tuple[float, int, list[int], dict[str, float]]] = field(default_factory=list)
 
     def record(self, fault: Fault) -> None:
         self.faults.append(fault)
@@ -347,6 +352,62 @@ class Chaos:
         fault = Fault("Redis restart" if away_s == 0 else f"Redis away {away_s:g} s", "redis")
         fault.detail = f"(down {back - started:.1f} s; counted from its return)"
         self._recover(fault, back, flowing=True)
+
+    def redis_kill(self, lose_s: float) -> None:
+        """SIGKILL Redis, its append-only file cut back to where it was ``lose_s`` before, and restart it.
+
+        The detail reports what Redis lost (trades, 1s bars and training packets behind their
+        streams' tops at the kill) and what the services counted repairing it."""
+        server = self.system.server
+        assert server is not None
+        before = self._repair_counters()
+        position = server.aof_position()
+        time.sleep(lose_s)  # the writes of this second are the ones the cut takes away
+        tops = self._tops()
+        started = time.monotonic()
+        cut = server.kill_losing_after(position) if position is not None else 0
+        self.system.start_redis()
+        back = time.monotonic()
+        after_restart = self._tops()
+        fault = Fault(f"Redis SIGKILL, {lose_s:g} s lost", "redis")
+        self._recover(fault, back, flowing=True)
+        wait(lambda: self._tops()[0] >= tops[0], 30, 0.2)  # the lost trades written again
+        repaired = {k: v - before.get(k, 0) for k, v in self._repair_counters().items()}
+        lost = [a - b for a, b in zip(tops, after_restart)]
+        what = (
+            f"(down {back - started:.1f} s; AOF cut by {cut:,} bytes: rolled back {lost[0]:,} trades, "
+            f"{lost[1]:,} 1s bars, {lost[2]:,} training packets; repaired: "
+            + ", ".join(f"{k} {v:g}" for k, v in repaired.items())
+            + ")"
+        )
+        fault.detail += " " + what
+        self.rollbacks.append((lose_s, cut, lost, repaired))
+        say(f"  {what}")
+
+    def _tops(self) -> tuple[int, int, int]:
+        """Newest trade id on the tick stream, 1s bars and training packets written (counts)."""
+        client = self.system.client()
+        trade = 0
+        for _eid, fields in client.xrevrange(keys.ticks(SYMBOL), count=20):
+            with contextlib.suppress(codec.DecodeError):
+                packet = codec.decode(fields)
+                if isinstance(packet, TickBatch):
+                    trade = max(trade, packet.ticks[-1].trade_id)
+        return trade, client.xlen(keys.bars(SYMBOL, "1s")), client.xlen(keys.TRAINING)
+
+    def _repair_counters(self) -> dict[str, float]:
+        """The services' counts of rollbacks noticed and trades written again, summed over processes."""
+        out: dict[str, float] = {}
+        for name in self.system.processes():
+            if name.startswith("dashboard"):
+                continue
+            with contextlib.suppress(Exception):
+                counters = self.system.stats(name).get("counters", {})
+                for key in ("ingest_redis_rollbacks", "ingest_ticks_resent", "consumer_rollbacks",
+                            "consumer_reconnects"):  # fmt: skip
+                    value = counters.get(key, 0)
+                    out[key] = out.get(key, 0) + (sum(value.values()) if isinstance(value, dict) else value)
+        return out
 
     def inject_poison(self) -> None:
         client = self.system.client()
@@ -583,6 +644,7 @@ def plan_faults(chaos: Chaos) -> list[Callable[[], None]]:
         faults += [lambda n=name: chaos.kill(n)]
     faults += [chaos.kill_owner, chaos.kill_owner, chaos.kill_leader]
     faults += [lambda: chaos.redis_restart(0.0), lambda: chaos.redis_restart(10.0)]
+    faults += [lambda: chaos.redis_kill(1.0), lambda: chaos.redis_kill(2.0)]
     faults += [chaos.inject_poison, chaos.inject_poison, chaos.door_garbage]
     chaos.rng.shuffle(faults)
     return faults
@@ -622,6 +684,15 @@ def summary(chaos: Chaos, checks: list[Check], archive: Archive, elapsed_s: floa
             else ("never" if f.recovery_s is None else f"{f.recovery_s:.1f}")
         )
         print(f"| {f.kind} | {f.target} | {f.at_s:.0f} | {took} | {'ok' if f.ok else 'SLOW'} {f.detail} |")
+    if chaos.rollbacks:
+        print()
+        print(
+            "| Redis SIGKILL | AOF cut (bytes) | rolled back: trades / 1s bars / training packets | repaired (counted) |"
+        )
+        print("|---|---|---|---|")
+        for lose_s, cut, lost, repaired in chaos.rollbacks:
+            counted = ", ".join(f"{k} {v:g}" for k, v in repaired.items() if v)
+            print(f"| last {lose_s:g} s lost | {cut:,} | {lost[0]:,} / {lost[1]:,} / {lost[2]:,} | {counted or '-'} |")
     failed = [c for c in checks if c.mismatches] + slow
     if door_wrong or chaos.door_counted < len(chaos.door):
         failed.append(Check("door", len(chaos.door), door_wrong))

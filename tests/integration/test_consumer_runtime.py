@@ -483,6 +483,25 @@ async def test_a_sequenced_fence_refuses_a_commit_on_top_of_a_redis_that_lost_th
         (restarted or server).stop()
 
 
+async def test_a_renumbered_write_lands_above_a_foreign_entry_instead_of_being_taken_for_a_duplicate(
+    redis_url: str,
+) -> None:
+    client = command_client(redis_url)
+    rt = runtime(redis_url)
+    gc = rt.register_consumer("g", echo_callback([]), ["metrics"], options=FAST)
+    await client.xadd(OUT, {"foreign": "x"}, id="2000-0")  # another writer went above the ids chosen here
+    await gc._commit(
+        Result(writes=[Write(OUT, metric(1), id="1000-0", renumber=True), Write(OUT, metric(2), id="1500-0")]), []
+    )
+    entries = await client.xrange(OUT)
+    assert [s(e[0]) for e in entries[:1]] == ["2000-0"] and len(entries) == 2
+    assert codec.decode(entries[1][1]).step == 1, "the renumbered packet is there, after the foreign entry"
+    assert rt.stats.total("consumer_renumbered_writes") == 1
+    assert rt.stats.total("consumer_duplicate_writes") == 1  # without renumber: taken as already written
+    await rt.close()
+    await client.aclose()
+
+
 async def test_a_timer_can_ask_to_run_sooner_than_its_interval(redis_url: str) -> None:
     calls: list[float] = []
     gc_box: list[GroupConsumer] = []

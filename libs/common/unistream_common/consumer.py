@@ -84,12 +84,19 @@ class Message:
 
 @dataclass(frozen=True)
 class Write:
-    """A packet to append to ``stream``; ``id`` explicit (``<ms>-0``) for idempotent writes."""
+    """A packet to append to ``stream``; ``id`` explicit (``<ms>-0``) for idempotent writes.
+
+    An explicit id that Redis refuses as not above the stream's top means the packet is already
+    there, unless ``renumber``: the id was only chosen ahead of the write (to be named by a later
+    packet) and another writer went above it, so the packet is appended again under an id Redis
+    picks (``consumer_renumbered_writes``) rather than lost.
+    """
 
     stream: str
     packet: Packet
     id: str = "*"
     maxlen: int | None = None
+    renumber: bool = False
 
 
 @dataclass(frozen=True)
@@ -665,13 +672,27 @@ class GroupConsumer:
             pipe = self.runtime.cmd.pipeline(transaction=True)
             self._queue(pipe, result, by_stream)
             replies = await pipe.execute(raise_on_error=False)
+        renumber: list[Write] = []
         for w, reply in zip(result.writes, replies):
             if isinstance(reply, Exception):
+                if is_id_too_small(reply) and w.renumber:
+                    renumber.append(w)
+                    continue
                 if is_id_too_small(reply):
                     self.stats.inc("consumer_duplicate_writes", stream=w.stream, **self._labels)
                     continue
                 raise reply
             self.stats.inc("consumer_written", stream=w.stream, **self._labels)
+        if renumber:
+            # Another writer's entry is above the ids chosen here: these go after it (and after any
+            # later packet of this result that did fit below it).
+            pipe = self.runtime.cmd.pipeline(transaction=True)
+            for w in renumber:
+                pipe.xadd(w.stream, codec.encode(w.packet), id="*", maxlen=w.maxlen, approximate=True)
+            await pipe.execute()
+            self.stats.inc("consumer_renumbered_writes", len(renumber), **self._labels)
+            log.warning("%s: %d packet(s) written under a new id: another writer's entry was above the ids chosen "
+                        "(%s)", self.group, len(renumber), renumber[0].stream)  # fmt: skip
         for reply in replies[len(result.writes) :]:
             if isinstance(reply, Exception):
                 raise reply

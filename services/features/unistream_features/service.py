@@ -350,7 +350,7 @@ class FeaturesService:
                 self.stats.observe(
                     "features_bar_to_packet_seconds", max(0, now - p.ts_event_ms) / 1000, symbol=p.symbol
                 )
-            writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen))
+            writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen, renumber=True))
             marker = PredictionPacket(
                 symbol=p.symbol, ts_event_ms=p.ts_event_ms, price=p.price, model_version=p.model_version,
                 names=p.prediction_names, values=p.cnn_predictions,
