@@ -1,6 +1,6 @@
 """``make chaos``: the whole system under faults, from a replayed file with known content; nothing may be lost.
 
-One run (~10 minutes on a 2-core machine):
+One run (~6 minutes on a 2-core machine):
 
 1. writes a Binance trades archive (CSV) of :data:`SYMBOL` from a seed: 50 min of event time across a
    UTC midnight (so 1s, 1m, 1h and 1d bars all close), with malformed rows and repeated ids that
