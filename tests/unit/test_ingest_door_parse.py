@@ -189,27 +189,44 @@ def test_a_configured_token_must_match_exactly(header: str | None, query: str | 
 
 
 class FakeRedis:
-    """Records XADDs; fails them while ``down`` is set."""
+    """Records XADDs and the tick stream's mark; fails them while ``down`` is set."""
 
     def __init__(self) -> None:
         self.entries: list[dict[bytes, bytes]] = []
+        self.mark: str | None = None
         self.down = False
+
+    async def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise RedisConnectionError("down")
+        return self.mark.encode() if self.mark else None
 
     async def xrevrange(self, stream: str, count: int) -> list[Any]:
         if self.down:
             raise RedisConnectionError("down")
         return [(b"1-0", self.entries[-1])] if self.entries else []
 
-    async def xadd(self, stream: str, fields: dict[bytes, bytes], **kwargs: Any) -> bytes:
+    async def xadd(self, stream: str, fields: dict[bytes, bytes], mark: str | None = None, **kwargs: Any) -> bytes:
         if self.down:
             raise RedisConnectionError("down")
         self.entries.append(fields)
+        self.mark = mark  # set with the entry, as the door's script does
         return f"{len(self.entries)}-0".encode()
+
+
+async def fenced_xadd(keys: list[str], args: list[Any], client: FakeRedis) -> list[Any]:
+    """The door's fenced XADD script against the fake: append only while the mark is the expected one."""
+    expected, mark, _min_id, *fields = args
+    if expected != "*" and client.mark != expected:
+        return [0, (client.mark or "").encode()]
+    entry = dict(zip(fields[::2], fields[1::2], strict=True))
+    return [1, await client.xadd(keys[0], entry, mark=mark)]
 
 
 def with_fake(d: Door) -> FakeRedis:
     fake = FakeRedis()
     d._redis, d._redis_loop, d._lock = fake, asyncio.get_running_loop(), asyncio.Lock()  # type: ignore[assignment]
+    d._fenced = fenced_xadd
     return fake
 
 
