@@ -213,20 +213,18 @@ class FakeRedis:
         self.mark = mark  # set with the entry, as the door's script does
         return f"{len(self.entries)}-0".encode()
 
-
-async def fenced_xadd(keys: list[str], args: list[Any], client: FakeRedis) -> list[Any]:
-    """The door's fenced XADD script against the fake: append only while the mark is the expected one."""
-    expected, mark, _min_id, *fields = args
-    if expected != "*" and client.mark != expected:
-        return [0, (client.mark or "").encode()]
-    entry = dict(zip(fields[::2], fields[1::2], strict=True))
-    return [1, await client.xadd(keys[0], entry, mark=mark)]
+    async def eval(self, script: str, numkeys: int, stream: str, _mark_key: str, *args: Any) -> list[Any]:
+        """The door's fenced XADD script: append only while the mark is the expected one."""
+        expected, mark, _min_id, *fields = args
+        if expected != "*" and self.mark != expected:
+            return [0, (self.mark or "").encode()]
+        entry = dict(zip(fields[::2], fields[1::2], strict=True))
+        return [1, await self.xadd(stream, entry, mark=mark)]
 
 
 def with_fake(d: Door) -> FakeRedis:
     fake = FakeRedis()
     d._redis, d._redis_loop, d._lock = fake, asyncio.get_running_loop(), asyncio.Lock()  # type: ignore[assignment]
-    d._fenced = fenced_xadd
     return fake
 
 

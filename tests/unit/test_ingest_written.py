@@ -25,6 +25,15 @@ def test_a_mark_below_what_was_written_gives_back_the_lost_trades_in_order() -> 
     assert [t.trade_id for t in again.resend] == [3, 4, 5]
 
 
+def test_a_mark_inside_a_batch_gives_back_only_the_batch_s_later_trades() -> None:
+    w = WrittenTicks(keep_ms=10_000, max_ticks=100)
+    w.note("ETHUSDT", ticks(1, 2, 3, 4), now_ms=0)
+    found = w.reconcile("ETHUSDT", 2)
+    assert [t.trade_id for t in found.resend] == [3, 4] and found.lost is None
+    w.note("ETHUSDT", found.resend, now_ms=5)
+    assert [t.trade_id for t in w.reconcile("ETHUSDT", 1).resend] == [2, 3, 4]
+
+
 def test_a_rollback_further_back_than_remembered_names_the_lost_stretch() -> None:
     w = WrittenTicks(keep_ms=100, max_ticks=100)
     w.note("ETHUSDT", ticks(1, 2, 3), now_ms=0)
@@ -36,7 +45,8 @@ def test_a_rollback_further_back_than_remembered_names_the_lost_stretch() -> Non
 
 def test_the_count_bound_forgets_too_and_a_lost_mark_loses_everything_forgotten() -> None:
     w = WrittenTicks(keep_ms=10_000, max_ticks=2)
-    w.note("ETHUSDT", ticks(1, 2, 3, 4), now_ms=0)
+    w.note("ETHUSDT", ticks(1, 2), now_ms=0)
+    w.note("ETHUSDT", ticks(3, 4), now_ms=0)  # whole batches are forgotten: 1, 2 go
     found = w.reconcile("ETHUSDT", None)  # the mark itself is gone: Redis lost all of it
     assert [t.trade_id for t in found.resend] == [3, 4] and found.lost == (0, 2)
     assert w.expected("ETHUSDT") == "*"

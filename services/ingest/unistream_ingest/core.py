@@ -446,7 +446,10 @@ class WrittenTicks:
         self.keep_ms = keep_ms
         self.max_ticks = max_ticks
         self.through: dict[str, int] = {}  # last trade id this writer knows Redis has, per symbol
-        self._recent: dict[str, deque[tuple[int, Tick, str]]] = {}  # (written at ms, tick, source), oldest first
+        # Per symbol, the batches written, oldest first: (written at ms, source, ticks); whole
+        # batches are kept and forgotten, so remembering costs nothing per trade.
+        self._recent: dict[str, deque[tuple[int, str, Sequence[Tick]]]] = {}
+        self._count: dict[str, int] = {}  # trades in _recent
         self._complete: dict[str, bool] = {}  # nothing written was forgotten yet
 
     def expected(self, symbol: str) -> str:
@@ -460,17 +463,20 @@ class WrittenTicks:
             self.through[symbol] = mark
 
     def note(self, symbol: str, ticks: Sequence[Tick], now_ms: int, source: str = "") -> None:
-        """``ticks`` were written at ``now_ms`` (their mark set with them), labelled ``source``."""
+        """``ticks`` (a batch, not changed afterwards) were written at ``now_ms`` with their mark."""
         if not ticks:
             return
         q = self._recent.setdefault(symbol, deque())
         self._complete.setdefault(symbol, True)
-        q.extend((now_ms, t, source) for t in ticks)
+        q.append((now_ms, source, ticks))
+        count = self._count.get(symbol, 0) + len(ticks)
         self.through[symbol] = ticks[-1].trade_id
         horizon = now_ms - self.keep_ms
-        while q and (len(q) > self.max_ticks or q[0][0] < horizon):
-            q.popleft()
+        # The newest batch stays, whatever its size: the bound is on what is kept besides it.
+        while len(q) > 1 and (count - len(q[0][2]) >= self.max_ticks or q[0][0] < horizon):
+            count -= len(q.popleft()[2])
             self._complete[symbol] = False
+        self._count[symbol] = count
 
     def reconcile(self, symbol: str, mark: int | None) -> Reconciled:
         """Compare Redis's ``mark`` with what this writer wrote, and take the mark as the new truth."""
@@ -483,16 +489,26 @@ class WrittenTicks:
             return Reconciled(ahead=True)
         q = self._recent.get(symbol, deque())
         floor = -1 if mark is None else mark
-        again = [(t, src) for _, t, src in q if t.trade_id > floor]
-        resend = [t for t, _ in again]
+        resend: list[Tick] = []
+        sources: list[str] = []
+        for _, src, batch in q:
+            after = [t for t in batch if t.trade_id > floor]
+            resend.extend(after)
+            sources.extend([src] * len(after))
         # Covered when nothing written was forgotten yet, or the oldest trade remembered is at most
         # the one after the mark (ids only grow: every trade forgotten is at or below the mark).
-        covered = self._complete.get(symbol, True) or bool(q and q[0][1].trade_id <= floor + 1)
+        covered = self._complete.get(symbol, True) or bool(q and q[0][2][0].trade_id <= floor + 1)
         lost = None if covered else (floor + 1, (resend[0].trade_id - 1) if resend else through)
-        while q and q[-1][1].trade_id > floor:  # they go out again, and are noted again then
-            q.pop()
+        # What goes out again is noted again then: keep only what Redis still holds.
+        while q and q[-1][2][0].trade_id > floor:
+            self._count[symbol] -= len(q.pop()[2])
+        if q and q[-1][2][-1].trade_id > floor:
+            _, src, batch = q.pop()
+            kept = [t for t in batch if t.trade_id <= floor]
+            q.append((_, src, kept))
+            self._count[symbol] -= len(batch) - len(kept)
         if mark is None:
             self.through.pop(symbol, None)
         else:
             self.through[symbol] = mark
-        return Reconciled(rolled_back=True, resend=resend, sources=[src for _, src in again], lost=lost)
+        return Reconciled(rolled_back=True, resend=resend, sources=sources, lost=lost)

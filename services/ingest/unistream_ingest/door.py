@@ -62,7 +62,7 @@ from unistream_common.settings import is_loopback
 from unistream_common.stats import Stats
 from unistream_ingest.core import WrittenTicks
 from unistream_ingest.settings import IngestSettings
-from unistream_ingest.tickwrite import FENCED_XADD, ROLLBACK_KEEP_MS, queue_batch, written
+from unistream_ingest.tickwrite import ROLLBACK_KEEP_MS, queue_batch, written
 from unistream_ingest.validate import Rejection, Validator
 from unistream_ingest.venue import RawTrade
 
@@ -262,7 +262,6 @@ class Door:
     _uncertain: set[str] = field(default_factory=set, init=False)
     _last_error: str = field(default="", init=False)  # last Redis failure logged, "" once writes succeed
     written: WrittenTicks = field(init=False)  # what the door wrote lately, to repair a Redis rollback
-    _fenced: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.validator = Validator(self.settings.symbols)
@@ -293,7 +292,6 @@ class Door:
         loop = asyncio.get_running_loop()
         if self._redis is None or self._redis_loop is not loop:
             self._redis = command_client(self.settings.redis_url, name="ingest:door", timeout_s=REDIS_TIMEOUT_S)
-            self._fenced = self._redis.register_script(FENCED_XADD)
             self._redis_loop = loop
             self._lock = asyncio.Lock()
         return self._redis
@@ -356,9 +354,7 @@ class Door:
     async def _write_fenced(self, client: aioredis.Redis, batch: TickBatch, min_id: int) -> str:
         """Append ``batch`` if the stream's mark is the door's; repair a rollback first. The entry id."""
         for _ in range(3):
-            ok, value = written(
-                await queue_batch(self._fenced, client, batch, self.written.expected(batch.symbol), min_id)
-            )
+            ok, value = written(await queue_batch(client, batch, self.written.expected(batch.symbol), min_id))
             if ok:
                 self.written.note(batch.symbol, batch.ticks, wall_ms(), batch.source)
                 return str(value)

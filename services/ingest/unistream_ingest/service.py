@@ -51,7 +51,7 @@ from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
 from unistream_ingest.settings import IngestSettings
-from unistream_ingest.tickwrite import FENCED_XADD, ROLLBACK_KEEP_MS, queue_batch, written
+from unistream_ingest.tickwrite import ROLLBACK_KEEP_MS, queue_batch, written
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ class IngestWriter:
         self.symbols = list(settings.symbols)
         self.buffer = TickBuffer(settings.max_buffer_ticks)
         self.written = WrittenTicks(ROLLBACK_KEEP_MS, settings.max_buffer_ticks)
-        self._fenced_xadd = redis.register_script(FENCED_XADD)
         self.source: TickSource | None = None
         self._last_ok = -float("inf")  # monotonic time of the last successful round trip
         self._uncertain = True  # unknown what the stream holds: resolve before the first write
@@ -456,9 +455,7 @@ class IngestWriter:
         expect: dict[str, str] = {}
         for symbol, ticks in chunks:
             batch = TickBatch(symbol=symbol, source=self.source.label, ticks=ticks)
-            await queue_batch(
-                self._fenced_xadd, pipe, batch, expect.get(symbol) or self.written.expected(symbol), min_id
-            )
+            queue_batch(pipe, batch, expect.get(symbol) or self.written.expected(symbol), min_id)
             expect[symbol] = str(ticks[-1].trade_id)
         started = time.perf_counter()
         try:
