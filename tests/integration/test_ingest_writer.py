@@ -72,6 +72,14 @@ class Running:
             assert generated > 0 and generated == accounted, s
 
 
+async def stop_all(run: Running, restarted: RedisServer | None) -> None:
+    """The writer, if a failed check left it running, and the Redis a test restarted."""
+    if not run.task.done():
+        await run.stop()
+    if restarted is not None:
+        restarted.stop()
+
+
 async def test_writer_keeps_ticks_through_a_redis_restart_with_no_gap_and_no_duplicate(
     redis_server: RedisServer,
 ) -> None:
@@ -102,10 +110,7 @@ async def test_writer_keeps_ticks_through_a_redis_restart_with_no_gap_and_no_dup
             assert all(t.ts_event_ms <= t.ts_recv_ms for t in ticks)
         await client.aclose()
     finally:
-        if not run.task.done():
-            await run.stop()
-        if restarted is not None:
-            restarted.stop()
+        await stop_all(run, restarted)
 
 
 @pytest.mark.parametrize("outage_s", [0.0, 0.5], ids=["restarted-at-once", "down-half-a-second"])
@@ -148,10 +153,7 @@ async def test_writer_writes_again_what_a_killed_redis_lost_from_its_append_only
             assert ids[-1] >= written[s] and int(await client.get(keys.ticks_mark(s))) == ids[-1]
         await client.aclose()
     finally:
-        if not run.task.done():
-            await run.stop()
-        if restarted is not None:
-            restarted.stop()
+        await stop_all(run, restarted)
 
 
 async def test_writer_counts_dropped_ticks_when_the_buffer_overflows_during_an_outage(
