@@ -432,7 +432,7 @@ class IngestWriter:
             marks = await self._read_marks()
             self._markers = [m for m in self._markers if self._top_markers.get(m.symbol) != m]
             for symbol, top in tops.items():
-                if marks[symbol] is not None:
+                if marks[symbol] is not None or symbol in self.written.through:  # no mark left: all rolled back
                     self._reconcile(symbol, marks[symbol])
                 elif top is not None:  # a stream written before marks existed
                     n = self.buffer.discard_through(symbol, top.trade_id)
