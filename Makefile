@@ -55,7 +55,7 @@ test: venv system ## the whole test suite (two workers; TEST_WORKERS=0 runs it i
 bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 1-5 runs; bench-results/*.json; ~10.5 min)
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
-chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and poison; fails on any loss (~10 min)
+chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and SIGKILLs, poison; fails on any loss (~6 min)
 	$(VENV)/bin/python chaos/run.py $(ARGS)
 
 lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose spec, ruff

@@ -14,11 +14,20 @@ from unistream_common.redis_server import RedisServer, start_redis
 REPO = Path(__file__).resolve().parents[1]
 
 
+INTEGRATION = REPO / "tests" / "integration"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files marked ``heavy`` first: ``make test``'s workers take a file at a time in this order
+    """Every test under ``tests/integration`` is marked ``integration`` (a module cannot forget it:
+    ``pytest -m "not integration and not e2e"`` is the run without a Redis server).
+
+    Files marked ``heavy`` first: ``make test``'s workers take a file at a time in this order
     (``--no-loadscope-reorder``: xdist would otherwise start with the files of most tests, leaving
     the one-test end-to-end files for last), and a long file picked up last leaves the other
     worker idle while it runs (longest first)."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: file order kept
 
 
