@@ -21,7 +21,6 @@ from unistream_trainer.dqn import (
     Batch,
     Hyperparameters,
     InputStatistics,
-    NStepAccumulator,
     QNetwork,
     ReplayBuffer,
     cost_matrix,
@@ -79,25 +78,6 @@ def packet(
 def test_n_step_return_discounts_each_later_reward_by_one_more_gamma():
     assert n_step_return([1.0, 2.0, 3.0], 0.5) == pytest.approx(1 + 0.5 * 2 + 0.25 * 3)
     assert n_step_return([], 0.9) == 0.0
-
-
-def test_n_step_accumulator_emits_after_n_steps_and_flushes_short_tails_with_their_own_discount():
-    acc = NStepAccumulator(n=3, gamma=0.9)
-    s = [np.full(2, float(k), np.float32) for k in range(6)]
-    out = []
-    for k in range(4):
-        out += acc.push(s[k], k % 3, float(k + 1), s[k + 1])
-    assert len(out) == 2
-    first = out[0]
-    assert first.obs[0] == 0 and first.action == 0 and first.next_obs[0] == 3
-    assert first.reward == pytest.approx(1 + 0.9 * 2 + 0.81 * 3)
-    assert first.discount == pytest.approx(0.9**3)
-    tail = acc.flush()
-    assert [t.obs[0] for t in tail] == [2.0, 3.0]
-    assert tail[0].reward == pytest.approx(3 + 0.9 * 4) and tail[0].discount == pytest.approx(0.81)
-    assert tail[1].reward == pytest.approx(4.0) and tail[1].discount == pytest.approx(0.9)
-    assert tail[1].next_obs[0] == 4
-    assert acc.flush() == []
 
 
 def test_double_dqn_target_takes_the_online_argmax_valued_by_the_target_network():

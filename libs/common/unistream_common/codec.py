@@ -44,12 +44,6 @@ def _field(fields: Mapping[Any, Any], name: bytes) -> bytes | None:
     return value
 
 
-def entry_type(fields: Mapping[Any, Any]) -> str | None:
-    """The ``type`` field of an entry, or None when it has none."""
-    t = _field(fields, F_TYPE)
-    return t.decode(errors="replace") if t is not None else None
-
-
 def decode(fields: Mapping[Any, Any] | None) -> Packet:
     """Packet held by stream-entry ``fields``; raises :class:`DecodeError` with the reason."""
     if not fields:

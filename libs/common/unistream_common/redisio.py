@@ -93,12 +93,6 @@ def is_id_too_small(exc: BaseException) -> bool:
     return "equal or smaller than the target stream top item" in str(exc)
 
 
-async def server_version(client: aioredis.Redis) -> tuple[int, ...]:
-    """Redis server version as a tuple of ints."""
-    info = await client.info("server")
-    return tuple(int(x) for x in str(info["redis_version"]).split(".")[:3])
-
-
 _QUERY_PASSWORD_RE = re.compile(r"(?i)(?<=[?&]password=)[^&#]*")
 
 

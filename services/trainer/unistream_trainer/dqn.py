@@ -16,9 +16,8 @@ without bootstrapping past the cut.
 from __future__ import annotations
 
 import copy
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -367,43 +366,6 @@ class NStepTransition:
     reward: float  # n_step_return of the rewards it spans
     next_obs: np.ndarray  # observation after the last reward it spans
     discount: float  # gamma ** (rewards spanned): what the bootstrap value is multiplied by
-
-
-@dataclass
-class NStepAccumulator:
-    """Turns one symbol's 1-step transitions into n-step ones, oldest first."""
-
-    n: int
-    gamma: float
-    pending: deque[tuple[np.ndarray, int, float, np.ndarray]] = field(default_factory=deque)
-
-    def push(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray) -> list[NStepTransition]:
-        """Add a 1-step transition; returns the n-step transition that became complete, if any."""
-        self.pending.append((obs, action, reward, next_obs))
-        if len(self.pending) < self.n:
-            return []
-        out = self._head(self.n)
-        self.pending.popleft()
-        return [out]
-
-    def flush(self) -> list[NStepTransition]:
-        """At a cut: the shorter transitions still pending (1..n-1 steps), bootstrapped where they end."""
-        out = []
-        while self.pending:
-            out.append(self._head(len(self.pending)))
-            self.pending.popleft()
-        return out
-
-    def _head(self, steps: int) -> NStepTransition:
-        first = self.pending[0]
-        rewards = [self.pending[k][2] for k in range(steps)]
-        return NStepTransition(
-            obs=first[0],
-            action=first[1],
-            reward=n_step_return(rewards, self.gamma),
-            next_obs=self.pending[steps - 1][3],
-            discount=self.gamma**steps,
-        )
 
 
 # --- exploration --------------------------------------------------------------------------------
