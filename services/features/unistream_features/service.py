@@ -146,7 +146,7 @@ class FeaturesService:
         self._prev: dict[str, tuple[str, int]] = {}  # symbol -> (entry id, ts_event_ms) of its newest packet
         # Every commit expects the fence where this process's last one left it (set at each rewind):
         # Redis that rolled back is noticed before anything is written on top of it.
-        self.fence = SequencedFence(keys.TRAINING_FENCE, f"{runtime.consumer}:{secrets.token_hex(6)}")
+        self.fence = self._new_fence()
         self.paused: set[str] = set()
 
     @property
@@ -193,9 +193,13 @@ class FeaturesService:
 
     # --- start and rewind --------------------------------------------------------------------
 
+    def _new_fence(self) -> SequencedFence:
+        """A fence of this process's own (a fresh token), at its first commit."""
+        return SequencedFence(keys.TRAINING_FENCE, f"{self.runtime.consumer}:{secrets.token_hex(6)}")
+
     async def on_rewind(self) -> None:
         """Reload the buffers as of each symbol's mark and set the group back to deliver what follows."""
-        self.fence = SequencedFence(keys.TRAINING_FENCE, f"{self.runtime.consumer}:{secrets.token_hex(6)}")
+        self.fence = self._new_fence()
         await self.cmd.set(self.fence.key, self.fence.value)
         marks = await self._emission_marks()
         bars: list[Bar] = []

@@ -265,7 +265,7 @@ class Door:
 
     def __post_init__(self) -> None:
         self.validator = Validator(self.settings.symbols)
-        self.written = WrittenTicks(ROLLBACK_KEEP_MS, 100_000)
+        self.written = WrittenTicks(ROLLBACK_KEEP_MS, self.settings.max_buffer_ticks)
         self._symbols = frozenset(self.settings.door_symbols)
         self._busy = frozenset(self.settings.symbols) - self._symbols  # written by the built-in source
         self._token = self.settings.ingest_token.encode()
