@@ -13,6 +13,7 @@ import re
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
+import redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -45,6 +46,22 @@ def blocking_client(url: str, name: str = "unistream-reader", connect_timeout_s:
     """Client for blocking XREADGROUP: no socket timeout, so BLOCK never races it."""
     return aioredis.Redis.from_url(
         url, socket_timeout=None, socket_connect_timeout=connect_timeout_s, **_common(url, name)
+    )
+
+
+def sync_client(
+    url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: float | None = None
+) -> redis.Redis:
+    """The synchronous client every non-asyncio caller uses (the dashboard, the operator tools,
+    the start-up access check): RESP2 pinned (see PROTOCOL), bytes replies, no automatic retry
+    (a caller that fails repeats at its own pace), socket timeout ``timeout_s`` seconds and
+    connect timeout ``connect_timeout_s`` (default: ``timeout_s``).
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
+        **_common(url, name),
     )
 
 
@@ -123,19 +140,9 @@ def access_problem(url: str, timeout_s: float = 3.0) -> str | None:
     with this message instead of a restart loop of tracebacks. The message never holds the
     password (:func:`safe_url`).
     """
-    import redis  # the synchronous client: this runs once, before any event loop
-
     where = safe_url(url)
     try:
-        client = redis.Redis.from_url(
-            url,
-            protocol=PROTOCOL,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            client_name="unistream-access-check",
-            health_check_interval=0,
-        )
+        client = sync_client(url, "unistream-access-check", timeout_s)
     except ValueError:
         return None  # the settings validate the URL's shape; nothing to add here
     try:
