@@ -49,9 +49,7 @@ def blocking_client(url: str, name: str = "unistream-reader", connect_timeout_s:
     )
 
 
-def sync_client(
-    url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: float | None = None
-) -> redis.Redis:
+def sync_client(url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: float | None = None) -> redis.Redis:
     """The synchronous client every non-asyncio caller uses (the dashboard, the operator tools,
     the start-up access check): RESP2 pinned (see PROTOCOL), bytes replies, no automatic retry
     (a caller that fails repeats at its own pace), socket timeout ``timeout_s`` seconds and

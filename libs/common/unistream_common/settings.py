@@ -6,9 +6,12 @@ which prints what to change and exits with status 2 on bad configuration.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import ipaddress
 import socket
 import sys
+import textwrap
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlparse
 
@@ -79,6 +82,27 @@ class CommonSettings(BaseSettings):
             return self.consumer_name
         replica = compose_replica()
         return f"{service}-{replica}" if replica is not None else f"{service}-{socket.gethostname()}"
+
+
+def attribute_docstrings(cls: type) -> dict[str, str]:
+    """``{field: docstring}`` of a class whose fields carry a string literal right below them (the
+    house style of a hyperparameter dataclass), whitespace folded to single spaces.
+
+    Settings generated from such a class (:func:`pydantic.create_model`) take their descriptions
+    from here, so the configuration table documents each field with the words the code keeps.
+    """
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    docs: dict[str, str] = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):  # type: ignore[attr-defined]
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def is_loopback(host: str) -> bool:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Le
 from torch import nn
 
 N_ACTIONS = 3
@@ -31,42 +33,48 @@ ACTION_POSITION: tuple[int, ...] = (0, 1, -1)  # target position of each action
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Hyperparameters of the DQN learner."""
+    """Hyperparameters of the DQN learner.
+
+    The one definition of each: the trainer's ``UNISTREAM_DQN_<NAME>`` settings are generated from
+    these fields (default, bounds in the ``Annotated`` metadata, and the docstring as the
+    description: :mod:`unistream_trainer.settings`).
+    """
 
     seed: int = 7
     """seed of the network initialisation, the replay sampling and the exploration"""
-    learning_rate: float = 1e-4
+    learning_rate: Annotated[float, Gt(0)] = 1e-4
     """Adam learning rate"""
-    gamma: float = 0.99
+    gamma: Annotated[float, Gt(0), Le(1)] = 0.99
     """discount per step (one step = one 1s bar)"""
-    n_step: int = 3
+    n_step: Annotated[int, Ge(1), Le(20)] = 3
     """steps summed into one return before bootstrapping from the target network"""
-    buffer_size: int = 2_000
+    buffer_size: Annotated[int, Ge(1)] = 2_000
     """replay capacity, transitions; memory = 2 x buffer_size x obs_dim x 4 bytes (about 215 MB at 13,451)"""
-    batch_size: int = 64
+    batch_size: Annotated[int, Ge(1)] = 64
     """transitions per gradient step"""
-    learning_starts: int = 64
+    learning_starts: Annotated[int, Ge(1)] = 64
     """transitions in the replay buffer before the first gradient step"""
-    updates_per_transition: float = 4.0
+    updates_per_transition: Annotated[float, Ge(0)] = 4.0
     """gradient steps owed per new transition (the replay ratio)"""
-    max_updates_per_batch: int = 16
+    max_updates_per_batch: Annotated[int, Ge(1)] = 16
     """at most this many gradient steps per consumed batch: the trainer consumes this over
     ``updates_per_transition`` packets at a time (``core.packets_per_batch``), so every packet earns
     its steps in a backlog as live, and a batch is learned in well under a second"""
-    tau: float = 0.005
+    tau: Annotated[float, Gt(0), Le(1)] = 0.005
     """target network update rate: 1.0 copies the weights, smaller values are Polyak averaging"""
-    target_network_frequency: int = 1
+    target_network_frequency: Annotated[int, Ge(1)] = 1
     """gradient steps between target network updates"""
-    max_grad_norm: float = 10.0
+    max_grad_norm: Annotated[float, Gt(0)] = 10.0
     """global L2 norm gradients are clipped to"""
-    start_e: float = 1.0
+    start_e: Annotated[float, Ge(0), Le(1)] = 1.0
     """exploration epsilon at the first transition"""
-    end_e: float = 0.05
+    end_e: Annotated[float, Ge(0), Le(1)] = 0.05
     """exploration epsilon after ``exploration_steps`` transitions"""
-    exploration_steps: int = 20_000
+    exploration_steps: Annotated[int, Ge(0)] = 20_000
     """transitions over which epsilon falls linearly from start_e to end_e"""
     hidden_sizes: tuple[int, ...] = (256, 256)
-    """widths of the Q-network's shared layers; the first one holds nearly all the parameters"""
+    """widths of the Q-network's shared layers (in the environment comma-separated, e.g. 256,256);
+    the first one holds nearly all the parameters"""
     fee: float = 0.001
     """fee per side as a fraction of notional (Binance spot: 0.1 %)"""
     slippage: float = 0.0002
@@ -91,7 +99,7 @@ class Hyperparameters:
     too widely (0 to 360) for that difference to be sure either way"""
     clip_obs: float = 10.0
     """standardised features are clipped to +-this (a feature that was constant and starts moving)"""
-    cnn_max_age: int = 20
+    cnn_max_age: Annotated[int, Ge(0)] = 20
     """replayed states built by a CNN more than this many versions older than the newest one seen
     are not sampled (:class:`ReplayBuffer`). Live, a CNN version is a merge round (30 s), and the
     CNN's owner takes about 12 of its Adam steps a round (0.2 per packet, 2 symbols a second):
