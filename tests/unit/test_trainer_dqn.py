@@ -601,6 +601,27 @@ def test_trainer_settings_parse_hidden_sizes_and_refuse_learning_before_one_batc
         TrainerSettings(dqn_max_updates_per_batch=3)
 
 
+def test_dqn_settings_are_the_dataclass_fields_with_its_defaults_bounds_and_docstrings(monkeypatch: pytest.MonkeyPatch):
+    from pydantic import ValidationError
+
+    from unistream_trainer.settings import DQN_SETTINGS, TrainerSettings
+
+    defaults = Hyperparameters()
+    fields = TrainerSettings.model_fields
+    for name in DQN_SETTINGS:
+        assert fields[f"dqn_{name}"].default == getattr(defaults, name), name
+        assert fields[f"dqn_{name}"].description, name
+    assert fields["dqn_gamma"].description == "Discount per step (one step = one 1s bar)"
+    with pytest.raises(ValidationError, match="UNISTREAM_DQN_GAMMA|dqn_gamma"):
+        TrainerSettings(dqn_gamma=1.5)
+    with pytest.raises(ValidationError, match="dqn_n_step"):
+        TrainerSettings(dqn_n_step=0)
+    monkeypatch.setenv("UNISTREAM_DQN_LEARNING_RATE", "0.01")
+    monkeypatch.setenv("UNISTREAM_DQN_CNN_MAX_AGE", "5")
+    hp = TrainerSettings().hyperparameters()
+    assert (hp.learning_rate, hp.cnn_max_age, hp.tau) == (0.01, 5, defaults.tau)
+
+
 def test_a_consumed_batch_holds_the_packets_whose_updates_fit_in_one_batch_so_a_backlog_learns_at_the_live_rate():
     assert packets_per_batch(small_hp(updates_per_transition=4.0, max_updates_per_batch=16)) == 4
     assert packets_per_batch(small_hp(updates_per_transition=0.5, max_updates_per_batch=16)) == 32
