@@ -51,7 +51,6 @@ import torch
 from unistream_common import codec
 from unistream_common.packets import TrainingDataPacket
 from unistream_model.layout import position_slot
-from unistream_trainer.checkpoint import Checkpoint, CheckpointError, encode_checkpoint
 from unistream_trainer.dqn import (
     ACTION_POSITION,
     N_ACTIONS,
@@ -131,12 +130,9 @@ def usable_chain(
 class TrainerCore:
     """One DQN agent fed by chains of training packets of every symbol."""
 
-    def __init__(self, hp: Hyperparameters, max_gap_ms: int = 5_000, resume: Checkpoint | None = None) -> None:
+    def __init__(self, hp: Hyperparameters, max_gap_ms: int = 5_000) -> None:
         self.hp = hp
         self.max_gap_ms = max_gap_ms
-        self.resume = resume  # checkpoint to start from when the first packet's size fits it
-        self.resumed_from = ""
-        self.resume_error = ""
         self.agent: DQNAgent | None = None
         self.packets = 0
         self.state_dim = 0
@@ -304,8 +300,6 @@ class TrainerCore:
             slot = position_slot(layout, state_dim)
             raw = [state_dim + k for k in range(N_ACTIONS)] + ([slot] if slot is not None else [])
             self.agent.q_network.input_stats.keep_raw(raw)
-        if self.resume is not None:
-            self._resume(self.agent)
         self.origin = self.online_weights()
         self.mark = self.online_weights()
         if self.pending_weights is not None:
@@ -358,28 +352,6 @@ class TrainerCore:
         delta = {k: now[k] - self.mark[k] for k in now}
         self.mark = now
         return delta
-
-    def _resume(self, agent: DQNAgent) -> None:
-        ckpt, self.resume = self.resume, None
-        assert ckpt is not None
-        reason = ckpt.misfit(agent.obs_dim, self.hp.hidden_sizes, values_kind(self.hp), self.hp.normalize)
-        if reason:
-            self.events["resume_rejected"] += 1
-            self.resume_error = f"{ckpt.version}: {reason}"
-            return
-        try:
-            agent.load_q_network(ckpt.tensors)
-        except RuntimeError as exc:  # load_state_dict names the tensors that do not fit
-            self.events["resume_rejected"] += 1
-            self.resume_error = f"{ckpt.version}: {exc}"
-            return
-        agent.updates = ckpt.updates
-        agent.transitions = ckpt.transitions
-        self._updates_at_metrics = agent.updates
-        self.resumed_from = ckpt.version
-        self.events["resumed"] += 1
-
-    # --- learning --------------------------------------------------------------------------
 
     def updates_due(self) -> int:
         """Gradient steps owed for the transitions seen so far (bounded per batch); takes them off the credit."""
@@ -450,21 +422,3 @@ class TrainerCore:
         self._updates_at_metrics = self.updates
         self._metrics_ms = now_ms
         return out
-
-    def checkpoint(self, version: str, producer: str) -> tuple[bytes, int]:
-        """(safetensors bytes of the online Q-network, parameter count); raises CheckpointError without an agent."""
-        if self.agent is None:
-            raise CheckpointError("nothing to checkpoint: no training packet seen yet")
-        q = self.agent.q_network
-        data = encode_checkpoint(
-            q.state_dict(),
-            version=version,
-            producer=producer,
-            obs_dim=self.agent.obs_dim,
-            state_dim=self.state_dim,
-            hidden_sizes=self.hp.hidden_sizes,
-            updates=self.agent.updates,
-            transitions=self.agent.transitions,
-            values=values_kind(self.hp),
-        )
-        return data, sum(p.numel() for p in q.parameters())
