@@ -311,7 +311,7 @@ async def test_cnn_weights_published_in_the_trainers_redis_registry_are_loaded(r
     r = command_client(redis_url)
     settings = make_settings(redis_url, tmp_path)
     data = save_bytes(init_model(321))
-    key = "ml:registry:cnn-mtf:cnn-mtf-r0000001"
+    key = keys.registry("cnn-mtf", "cnn-mtf-r0000001")
     try:
         await r.set(key, data)
         await write_history(r)

@@ -51,6 +51,16 @@ def trainer_weights(member: str) -> str:
     return f"ml:trainer:weights:{member}"
 
 
+def registry(model: str, version: str) -> str:
+    """A published model's bytes (a string): announced on ml:models as ``redis:<this key>``."""
+    return f"ml:registry:{model}:{version}"
+
+
+def registry_index(model: str) -> str:
+    """A model's published versions in the registry, oldest first (a list); the oldest are pruned."""
+    return f"ml:registry:{model}"
+
+
 def lease_holder(value: str | bytes | None) -> str | None:
     """The process named by a lease's value (``<name>:<token>``: the trainer's merge lease, an
     aggregator's symbol lease); a value without a token (a previous release) is the name."""

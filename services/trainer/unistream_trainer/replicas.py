@@ -97,10 +97,6 @@ deltas_key = keys.trainer_deltas
 DELTA_MODELS = "delta_models"  # submission metadata: the models submitted as deltas, comma-separated
 
 
-def registry_key(model: str, version: str) -> str:
-    return f"ml:registry:{model}:{version}"
-
-
 def average(parts: Sequence[tuple[Mapping[str, torch.Tensor], float]]) -> dict[str, torch.Tensor]:
     """Tensors averaged with the given weights (samples learned); every part must have the same names and shapes.
 
@@ -312,7 +308,7 @@ class ReplicaSync:
                 "published_ms": str(now_ms),
             }
             data = save_safetensors({k: v.contiguous() for k, v in merged.items()}, metadata=metadata)
-            key = registry_key(model, version)
+            key = keys.registry(model, version)
             metrics = {
                 "merge/round": float(round_no),
                 "merge/members": float(len(names)),
@@ -325,7 +321,7 @@ class ReplicaSync:
                 members=names,
             )  # fmt: skip
             fields = [part for pair in codec.encode(ann).items() for part in pair]
-            keys_ = [LEADER, key, f"ml:registry:{model}", keys.MODELS]
+            keys_ = [LEADER, key, keys.registry_index(model), keys.MODELS]
             if not await self._publish(keys=keys_, args=[self.token, data, version, self.models_maxlen, *fields]):
                 # The lease expired (a stall longer than its TTL) and another replica may lead: a
                 # stale leader publishes nothing, and the submissions it took are lost for this round.
@@ -344,12 +340,12 @@ class ReplicaSync:
         return result
 
     async def _prune(self, model: str) -> None:
-        index = f"ml:registry:{model}"
+        index = keys.registry_index(model)
         extra = int(await self.redis.llen(index)) - REGISTRY_KEEP
         for _ in range(max(0, extra)):
             old = await self.redis.lpop(index)
             if old:
-                await self.redis.delete(registry_key(model, s(old)))
+                await self.redis.delete(keys.registry(model, s(old)))
 
     async def fetch(self, ann: ModelAnnouncement) -> bytes | None:
         """The bytes an announcement points at (registry key or file), checked against its sha256."""
