@@ -709,3 +709,66 @@ async def test_a_consumer_whose_reads_fail_right_after_set_up_backs_off(
     attempts = rt.stats.total("consumer_reconnects")
     # doubling from 0.1 s (x0.5..1.5 jitter) allows at most 8 in 2.5 s; at a flat 0.1 s it was ~25
     assert 2 <= attempts <= 8, attempts
+
+
+# --- burst mode ---------------------------------------------------------------------------------
+
+
+async def test_burst_mode_delivers_what_the_streams_hold_runs_the_timer_once_and_returns(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await publish(client, range(1_200))  # more than one batch
+    seen: list[int] = []
+    timer_calls: list[int] = []
+    rt = runtime(redis_url)
+    gc = rt.register_consumer(
+        "g", echo_callback(seen), ["metrics"], options=ConsumerOptions(batch_size=500, timer_interval_s=60),
+        on_timer=lambda now_ms: timer_calls.append(now_ms),
+    )  # fmt: skip
+    assert await gc.run_until_drained(now_ms=123) == 1_200
+    assert sorted(seen) == list(range(1_200)) and await client.xlen(OUT) == 1_200
+    assert await pending_count(client) == 0 and timer_calls == [123], "the timer ran once, at the time given"
+    await publish(client, range(1_200, 1_203))
+    assert await gc.run_until_drained(now_ms=456) == 3 and seen[-3:] == [1_200, 1_201, 1_202]
+    assert await gc.run_until_drained(now_ms=789) == 0 and timer_calls == [123, 456, 789]
+    # the runtime goes round until a round reads nothing: the timer runs once a round
+    await publish(client, range(1_203, 1_205))
+    assert await rt.run_until_drained(now_ms=1_000) == 2 and timer_calls[-2:] == [1_000, 1_000]
+    await rt.close()
+    await client.aclose()
+
+
+async def test_burst_mode_runs_a_pipeline_of_consumers_until_nothing_is_left(redis_url: str) -> None:
+    client = command_client(redis_url)
+    second = "test:burst:second"
+    seen: list[int] = []
+
+    def forward(messages: list[Message]) -> Result:  # g1: SRC -> OUT
+        return Result(writes=[Write(OUT, m.packet) for m in messages])
+
+    def copy(messages: list[Message]) -> Result:  # g2: OUT -> second
+        seen.extend(m.packet.step for m in messages)
+        return Result(writes=[Write(second, m.packet) for m in messages])
+
+    rt = runtime(redis_url)
+    rt.register_consumer("g2", copy, [], streams=[OUT])  # registered first: reads OUT before g1 fills it
+    rt.register_consumer("g", forward, ["metrics"])
+    await publish(client, range(7))
+    assert await rt.run_until_drained() == 14, "7 entries read by each consumer"
+    assert sorted(seen) == list(range(7)) and await client.xlen(second) == 7
+    await rt.close()
+    await client.aclose()
+
+
+async def test_burst_mode_redelivers_own_pending_entries_first_like_a_restart(redis_url: str) -> None:
+    client = command_client(redis_url)
+    await client.xgroup_create(SRC, "g", id="0", mkstream=True)
+    await publish(client, range(5))
+    await client.xreadgroup("g", "c1", {SRC: ">"}, count=3)  # a previous run of c1 died holding 3
+    await publish(client, range(5, 7))
+    seen: list[int] = []
+    rt = runtime(redis_url, "c1")
+    rt.register_consumer("g", echo_callback(seen), ["metrics"])
+    assert await rt.run_until_drained() == 4, "pending entries are redelivered, not counted as read"
+    assert seen == [0, 1, 2, 3, 4, 5, 6] and await pending_count(client) == 0
+    await rt.close()
+    await client.aclose()

@@ -29,6 +29,10 @@ consumers), is dead-lettered. A lost connection or a Redis restart makes the run
 with backoff and re-read its pending entries; ``on_rewind`` tells the callback to forget state
 built from unacknowledged entries, which come again. NOGROUP (Redis lost its data) recreates
 the group from ``0``: whatever the stream now holds has not been processed by this group.
+
+Burst mode (:meth:`StreamRuntime.run_until_drained`) runs the same steps without the loop: deliver
+what the streams hold now, run each timer once, return. Integration tests use it to process
+"everything written so far" and then look, instead of sleeping and hoping the loop got there.
 """
 
 from __future__ import annotations
@@ -281,6 +285,7 @@ class GroupConsumer:
         # the next blocking read); None: all of them.
         self.readable: Callable[[list[str]], list[str]] | None = None
         self._labels = {"group": name}
+        self._burst_started = False  # burst mode (run_until_drained) has set up and rewound
 
     @property
     def consumer(self) -> str:
@@ -332,6 +337,40 @@ class GroupConsumer:
                 delay = self.options.backoff_min_s
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.options.backoff_max_s)
+
+    async def run_until_drained(self, now_ms: int | None = None) -> int:
+        """Burst mode: deliver what the streams hold now, run the timer once, return; for tests and
+        one-shot jobs that want "process everything, then look" without sleeping.
+
+        The first call does what :meth:`run` does on connecting (create the groups, rewind, deliver
+        this consumer's own pending entries); every call then reads new entries without blocking
+        until a read comes back empty, and calls ``on_timer`` once with ``now_ms`` (default: the
+        wall clock) if there is one. Returns the number of entries read. Errors propagate: no
+        reconnecting, no backoff.
+        """
+        read = 0
+        async with self._lock:
+            if not self._burst_started:
+                await self._setup()
+                await self._rewind()
+                await self._drain_pending()
+                self._rewound.clear()
+                self._burst_started = True
+            while True:
+                streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
+                if not streams:
+                    break
+                reply = await self.runtime.cmd.xreadgroup(
+                    self.group, self.consumer, dict.fromkeys(streams, ">"), count=self.options.batch_size
+                )
+                batch = read_reply(reply)
+                if not batch:
+                    break
+                read += sum(len(entries) for _, entries in batch)
+                await self._deliver(batch, {})
+            if self.on_timer is not None:
+                await self._run_timer(now_ms)
+        return read
 
     async def _setup(self) -> None:
         for stream in self.streams:
@@ -634,9 +673,9 @@ class GroupConsumer:
         log.error("%s: %s %s failed %d times, dead-lettered: %r", self.group, message.stream, message.id, attempt, exc)
         await self._dead_letter([(message.stream, message.id, message.fields, f"callback failed: {exc!r}")])
 
-    async def _run_timer(self) -> None:
+    async def _run_timer(self, now_ms: int | None = None) -> None:
         assert self.on_timer is not None
-        result = await _maybe_await(self.on_timer(int(time.time() * 1000)))
+        result = await _maybe_await(self.on_timer(int(time.time() * 1000) if now_ms is None else now_ms))
         if result is not None and (result.writes or result.ack):
             await self._commit(result, [])
 
@@ -836,6 +875,22 @@ class StreamRuntime:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def run_until_drained(self, now_ms: int | None = None, max_rounds: int = 100) -> int:
+        """Burst mode for every registered consumer (:meth:`GroupConsumer.run_until_drained`), in
+        rounds until a round reads nothing, so that what one consumer writes for another in this
+        process is processed too; returns the entries read. ``max_rounds`` bounds a pipeline that
+        never settles (raises RuntimeError).
+        """
+        total = 0
+        for _ in range(max_rounds):
+            read = 0
+            for gc in self.consumers:
+                read += await gc.run_until_drained(now_ms)
+            total += read
+            if read == 0:
+                return total
+        raise RuntimeError(f"the consumers still read entries after {max_rounds} rounds")
 
     @property
     def ready(self) -> bool:
