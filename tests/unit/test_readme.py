@@ -39,3 +39,34 @@ def test_docs_state_layout_table_is_the_default_layout() -> None:
     table = make_layout().table_markdown()
     text = (DOCS / "state-layout.md").read_text()
     assert table in text, "regenerate with: .venv/bin/unistream features layout (into docs/state-layout.md)"
+
+
+def test_readme_stays_a_map_of_at_most_200_lines() -> None:
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines: move details to docs/ and link them"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _relative_links(path: Path) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.DOTALL | re.MULTILINE)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t for t in targets if not re.match(r"[a-z]+:", t)]
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_at_an_existing_file_and_heading() -> None:
+    broken = []
+    for doc in [README, *sorted(DOCS.glob("*.md"))]:
+        for target in _relative_links(doc):
+            file, _, anchor = target.partition("#")
+            dest = (doc.parent / file).resolve() if file else doc
+            if not dest.is_file():
+                broken.append(f"{doc.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(), flags=re.MULTILINE)
+                if anchor not in {_slug(h) for h in headings}:
+                    broken.append(f"{doc.relative_to(REPO)}: {target} (no such heading)")
+    assert not broken, broken
