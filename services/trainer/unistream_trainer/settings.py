@@ -50,7 +50,7 @@ class TrainerSettings(CommonSettings):
     dqn_normalize: bool = Field(
         False,
         description="Standardise every state value by running statistics (kept in the checkpoint) before the DQN "
-        "(off until shown to help: see the README's Training section)",
+        "(off until shown to help: see docs/training.md)",
     )
     dqn_cnn_max_age: int = Field(
         20,
