@@ -14,7 +14,7 @@ Nothing may be logged as an error in the browser's console, no script may throw,
 may show a Python exception or a red error banner (one list for the whole walk, checked after
 the shutdown so that a failure still leaves every screenshot and no process behind). A full-page screenshot of each page goes to
 ``$TEST_ARTIFACTS_DIR`` (default ``<repo>/test-artifacts/``, git-ignored); with
-``UNISTREAM_UPDATE_DOCS=1`` they are also copied to ``docs/dashboard-<page>.png`` for the README.
+``UNISTREAM_UPDATE_DOCS=1`` they are also copied to ``docs/dashboard-<page>.png`` for the README and docs/dashboard.md.
 Ctrl-C (SIGINT) at the end stops every process that was started.
 """
 

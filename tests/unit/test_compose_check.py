@@ -1,6 +1,6 @@
 """deploy/check.py (`make compose-check`) where it cannot run the stack: one line, and the right status.
 
-The check itself needs a Docker engine and minutes; it is run by hand (README). Here: what a
+The check itself needs a Docker engine and minutes; it is run by hand (docs/operations.md). Here: what a
 machine without an engine gets, and how versions are read.
 """
 

@@ -1,6 +1,6 @@
-"""The README's configuration table, generated from the settings classes so the two cannot drift.
+"""The configuration table of docs/configuration.md, generated from the settings classes so the two cannot drift.
 
-``python -m unistream_common.config_table`` prints it; a test compares it with README.md.
+``python -m unistream_common.config_table`` prints it; a test compares it with docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings
 
 from unistream_common.settings import ENV_PREFIX, CommonSettings
 
-# (service, module, class) in the order the README lists them; "all" is the shared base.
+# (service, module, class) in the order the table lists them; "all" is the shared base.
 SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("all", "unistream_common.settings", "CommonSettings"),
     ("ingest", "unistream_ingest.settings", "IngestSettings"),

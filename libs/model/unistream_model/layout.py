@@ -247,7 +247,7 @@ class StateLayout:
         }
 
     def table_markdown(self) -> str:
-        """The blocks as a Markdown table with their sizes (for the README and the CLI)."""
+        """The blocks as a Markdown table with their sizes (for docs/state-layout.md and the CLI)."""
         title = (
             f"State layout {self.version}: {self.dim:,} float32 values, fingerprint {self.fingerprint}, "
             f"packets' layout_version {self.tag} (symbols {', '.join(self.symbols)}, the state's own symbol first; windows of {self.window_bars} bars)"
