@@ -1062,3 +1062,26 @@ def test_packets_are_a_function_of_the_market_whatever_the_order_of_arrival_and_
     assert_same_packets(
         [p for p in expected if p.ts_event_ms > start], [p for p in before + after if p.ts_event_ms > start]
     )
+
+
+def test_training_entry_ids_grow_like_redis_ids_and_link_each_packet_to_its_symbols_previous_one():
+    from unistream_features.core import TrainingChain
+
+    def pkt(symbol: str, ts: int) -> TrainingDataPacket:
+        return TrainingDataPacket(
+            symbol=symbol, ts_event_ms=ts, price=1.0, source="REAL", state_dim=0, state=b"", cnn_features=b"",
+            cnn_predictions=b"", prediction_names=[], model_version="m", window_fill=1.0,
+        )  # fmt: skip
+
+    chain = TrainingChain()
+    a = chain.link(pkt("ETHUSDT", 1_000), now_ms=5_000)
+    b = chain.link(pkt("BTCUSDT", 1_000), now_ms=5_000)
+    c = chain.link(pkt("ETHUSDT", 2_000), now_ms=4_000)  # the wall clock stepped back: ids do not
+    assert [x[0] for x in (a, b, c)] == ["5000-0", "5000-1", "5000-2"]
+    assert (a[1].prev_id, b[1].prev_id) == ("", "")
+    assert (c[1].prev_id, c[1].prev_ts_event_ms) == ("5000-0", 1_000)
+    chain.restart((9_000, 3), {"BTCUSDT": ("8000-0", 7_000)})  # what a rewind found in the stream
+    d = chain.link(pkt("BTCUSDT", 8_000), now_ms=6_000)
+    e = chain.link(pkt("ETHUSDT", 8_000), now_ms=9_500)
+    assert (d[0], d[1].prev_id, d[1].prev_ts_event_ms) == ("9000-4", "8000-0", 7_000)
+    assert (e[0], e[1].prev_id) == ("9500-0", ""), "a symbol the stream no longer holds starts a new chain"
