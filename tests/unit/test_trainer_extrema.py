@@ -472,3 +472,17 @@ def test_a_pure_random_walk_gives_no_edge_beyond_the_visible_past():
         assert m[f"extrema/pr_auc_{name}_1s"] < m[f"extrema/past_rule_{name}_1s"] + 0.05
         assert m[f"extrema/baseline_{name}_1s"] == pytest.approx(random_walk_extremum_rate(3), abs=0.03)
     assert abs(m["extrema/direction_accuracy_1s"] - 0.5) < 0.06
+
+
+def test_learning_takes_the_steps_packets_earned_with_fractions_carried_across_batches():
+    market = Market(seconds=80, seed=11)
+    trainer = small_trainer()
+    k = trainer.order["1s"]
+    labelled = sum(len(trainer.observe(p)) for p in market.packets[:20])  # labels in the buffer first
+    assert len(trainer.buffer) > 0 and trainer.updates == 0
+    for start in range(20, 80, 3):  # batches of 3 packets: 0.75 steps each, a step every 4 packets
+        labelled += trainer.learn(market.packets[start : start + 3], updates_per_packet=0.25)
+    assert labelled >= 80 - 2 * k, "every 1s label (and the higher timeframes' ones) found"
+    assert trainer.updates == 15, "60 packets x 0.25 steps, whatever the batching"
+    assert trainer.train_owed(0.5) == {} and trainer.train_owed(0.5) != {}, "half a step twice is one step"
+    assert trainer.updates == 16

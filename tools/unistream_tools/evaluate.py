@@ -556,14 +556,10 @@ class ExtremaWalkForward:
         self.blocks: list[dict[str, float]] = []
         self.seconds = 0.0  # time spent learning and scoring
         self._block = 0
-        self._credit = 0.0
         self._deferred = 0.0  # steps owed for the test block being scored
 
     def _train(self, steps: float) -> None:
-        self._credit += steps
-        if int(self._credit):
-            self.trainer.train(int(self._credit))
-            self._credit -= int(self._credit)
+        self.trainer.train_owed(steps)
 
     def observe(self, p: TrainingDataPacket) -> None:
         started = time.perf_counter()

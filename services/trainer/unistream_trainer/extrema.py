@@ -328,6 +328,7 @@ class ExtremaTrainer:
         self.updates = 0
         self.last_losses: dict[str, float] = {}
         self.events: Counter[str] = Counter()
+        self._credit = 0.0  # gradient steps earned but not taken yet: fractions carry to the next call
         self._symbols: OrderedDict[str, _SymbolState] = OrderedDict()
         self._score_from_ms = 0  # bars closing earlier are trained on, not scored (see reset_scores)
         self._input_size = N_TIMEFRAMES * N_CHANNELS * window_bars
@@ -466,6 +467,21 @@ class ExtremaTrainer:
         w = np.where(np.isfinite(w), w, self.max_class_weight)  # a class never seen: the bound
         w[total[:, 0] == 0] = 1.0
         return np.clip(w, 1.0 / self.max_class_weight, self.max_class_weight)
+
+    def learn(self, packets: Sequence[TrainingDataPacket], updates_per_packet: float) -> int:
+        """Observe ``packets`` (stream order), then take the gradient steps they earned at
+        ``updates_per_packet`` each (:meth:`train_owed`); returns the labelled samples found."""
+        labelled = sum(len(self.observe(p)) for p in packets)
+        self.train_owed(updates_per_packet * len(packets))
+        return labelled
+
+    def train_owed(self, steps: float) -> dict[str, float]:
+        """The whole gradient steps of ``steps`` plus what earlier calls left over; the fraction
+        carries, so 0.2 steps a packet is one step every 5 packets however they are batched."""
+        self._credit += steps
+        n = int(self._credit)
+        self._credit -= n
+        return self.train(n)
 
     def train(self, n_steps: int) -> dict[str, float]:
         """``n_steps`` gradient steps on batches from the buffer; mean losses (empty if the buffer is)."""
