@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -63,7 +62,7 @@ from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_common.tools import group_overrun
-from unistream_features.core import FeatureConfig, FeatureEngine
+from unistream_features.core import FeatureConfig, FeatureEngine, TrainingChain
 from unistream_features.settings import FeaturesSettings
 from unistream_model.cnn import MODEL_NAME, ModelRejected
 
@@ -89,7 +88,7 @@ RECENT_UI = 50
 BAR_TIMEFRAMES = ("1s", "1m", "1h", "1d")
 
 
-def now_ms() -> int:
+def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -127,7 +126,7 @@ class FeaturesService:
                 symbol_sync_ms=settings.symbol_sync_ms,
             ),
             seed=settings.seed,
-            now_ms=now_ms(),
+            now_ms=wall_ms(),
         )
         self.consumer: GroupConsumer | None = None
         self.recent_training: deque[TrainingDataPacket] = deque(maxlen=RECENT_TRAINING)
@@ -140,10 +139,7 @@ class FeaturesService:
         self._rejected: set[tuple[str, str]] = set()  # (version, sha256) that failed to load: not retried
         self.last_model_error = ""
         self.overrun: dict[str, bool] = {}  # group on ml:training -> lost entries to trimming
-        # Training entries get explicit ids, assigned here as Redis would (ms, seq) so that a packet can
-        # name its symbol's previous packet before either is written.
-        self._last_id: tuple[int, int] = (0, 0)
-        self._prev: dict[str, tuple[str, int]] = {}  # symbol -> (entry id, ts_event_ms) of its newest packet
+        self.chain = TrainingChain()  # explicit entry ids and prev_id links of the training packets
         # Every commit expects the fence where this process's last one left it (set at each rewind):
         # Redis that rolled back is noticed before anything is written on top of it.
         self.fence = self._new_fence()
@@ -209,7 +205,7 @@ class FeaturesService:
             for tf in BAR_TIMEFRAMES:
                 bars.extend(await self._rewind_bars(symbol, tf, mark))
             await self._rewind_ticks(symbol, mark)
-        self.engine.rebuild(bars, [], marks, now_ms())
+        self.engine.rebuild(bars, [], marks, wall_ms())
         for symbol in self.settings.symbols:
             log.info(
                 "%s: training packets exist until %d; buffered %s",
@@ -279,7 +275,7 @@ class FeaturesService:
             out.extend(p for p in self._decode_all(entries) if isinstance(p, Bar))
         return out
 
-    async def poll_history(self, now: int) -> None:
+    async def poll_history(self, now_ms: int) -> None:
         """Take in history bars that ingest wrote since the last look."""
         for symbol in self.settings.symbols:
             for tf in keys.HISTORY_TIMEFRAMES:
@@ -292,7 +288,7 @@ class FeaturesService:
                 self._history_seen[stream] = s(entries[-1][0])
                 for packet in self._decode_all(entries):
                     if isinstance(packet, Bar):
-                        self.engine.on_bar(packet, now)
+                        self.engine.on_bar(packet, now_ms)
                 self.stats.inc("features_history_bars_read", len(entries))
 
     async def _emission_marks(self) -> dict[str, int]:
@@ -301,10 +297,11 @@ class FeaturesService:
         Also sets where the next entry id and each symbol's ``prev_id`` continue from.
         """
         marks: dict[str, int] = {}
-        self._prev.clear()
+        newest: dict[str, tuple[str, int]] = {}
+        last_id = (0, 0)
         try:
             info = await self.cmd.xinfo_stream(keys.TRAINING)
-            self._last_id = max(self._last_id, id_pair(info["last-generated-id"]))
+            last_id = id_pair(info["last-generated-id"])
         except ResponseError:
             pass  # no stream yet
         wanted = set(self.settings.symbols)
@@ -319,11 +316,12 @@ class FeaturesService:
                     continue
                 if isinstance(packet, TrainingDataPacket) and packet.symbol not in marks:
                     marks[packet.symbol] = packet.ts_event_ms
-                    self._prev[packet.symbol] = (s(entry_id), packet.ts_event_ms)
+                    newest[packet.symbol] = (s(entry_id), packet.ts_event_ms)
             scanned += len(entries)
             if len(entries) < 200:
                 break
             upper = "(" + s(entries[-1][0])
+        self.chain.restart(last_id, newest)
         return marks
 
     def _decode_all(self, entries: list[tuple[Any, Any]]) -> list[Any]:
@@ -337,22 +335,16 @@ class FeaturesService:
 
     # --- processing --------------------------------------------------------------------------
 
-    def _training_writes(self, now: int) -> list[Write]:
+    def _training_writes(self, now_ms: int) -> list[Write]:
         """Training packets that became due, each with the explicit entry id it will have and a link to
         its symbol's previous packet (``prev_id``)."""
         writes = []
-        for p in self.engine.emit(now):
-            ms, seq = self._last_id
-            ms, seq = (ms, seq + 1) if now <= ms else (now, 0)
-            self._last_id = (ms, seq)
-            entry_id = f"{ms}-{seq}"
-            prev_id, prev_ts = self._prev.get(p.symbol, ("", 0))
-            p = msgspec.structs.replace(p, prev_id=prev_id, prev_ts_event_ms=prev_ts)
-            self._prev[p.symbol] = (entry_id, p.ts_event_ms)
+        for p in self.engine.emit(now_ms):
+            entry_id, p = self.chain.link(p, now_ms)
             self.recent_training.append(p)
             if p.source != "REPLAY":  # live: from the 1s bar's end (the state's time) to its packet
                 self.stats.observe(
-                    "features_bar_to_packet_seconds", max(0, now - p.ts_event_ms) / 1000, symbol=p.symbol
+                    "features_bar_to_packet_seconds", max(0, now_ms - p.ts_event_ms) / 1000, symbol=p.symbol
                 )
             writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen, renumber=True))
             marker = PredictionPacket(
@@ -364,7 +356,7 @@ class FeaturesService:
 
     async def on_messages(self, messages: list[Message]) -> Result:
         """Feed a batch to the engine; write the training packets that became due (acknowledging the batch)."""
-        now = now_ms()
+        now_ms = wall_ms()
         for m in messages:
             packet = m.packet
             if isinstance(packet, TickBatch):
@@ -372,24 +364,24 @@ class FeaturesService:
             elif isinstance(packet, GapMarker):
                 self.engine.on_gap(packet)
             elif isinstance(packet, Bar):
-                self.engine.on_bar(packet, now)
-        writes = self._training_writes(now)
+                self.engine.on_bar(packet, now_ms)
+        writes = self._training_writes(now_ms)
         self._count_events()
         return Result(writes=writes, fence={self.fence.key: self.fence})
 
-    async def on_timer(self, now: int) -> Result:
+    async def on_timer(self, now_ms: int) -> Result:
         """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
-        if now >= self._next_model_poll_ms:
-            self._next_model_poll_ms = now + self.settings.model_poll_ms
-            await self.poll_models(now)
-        if now >= self._next_history_poll_ms:
-            self._next_history_poll_ms = now + self.settings.history_poll_ms
-            await self.poll_history(now)
-        if now >= self._next_overrun_check_ms:
-            self._next_overrun_check_ms = now + 1000 * self.settings.overrun_check_s
+        if now_ms >= self._next_model_poll_ms:
+            self._next_model_poll_ms = now_ms + self.settings.model_poll_ms
+            await self.poll_models(now_ms)
+        if now_ms >= self._next_history_poll_ms:
+            self._next_history_poll_ms = now_ms + self.settings.history_poll_ms
+            await self.poll_history(now_ms)
+        if now_ms >= self._next_overrun_check_ms:
+            self._next_overrun_check_ms = now_ms + 1000 * self.settings.overrun_check_s
             await self.check_overrun()
-        writes = self._training_writes(now)
-        ui = self.engine.ui_packets(now)
+        writes = self._training_writes(now_ms)
+        ui = self.engine.ui_packets(now_ms)
         self.recent_ui.extend(ui)
         writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
         self._count_events()
@@ -422,7 +414,7 @@ class FeaturesService:
             self.overrun[name] = lost
             self.stats.set("features_training_overrun", 1.0 if lost else 0.0, group=name)
 
-    async def poll_models(self, now: int) -> None:
+    async def poll_models(self, now_ms: int) -> None:
         """Load the newest ``cnn-mtf`` announcement if it is newer than the running weights."""
         lower = "(" + self._models_seen_id if self._models_seen_id != "-" else "-"
         entries = await self.cmd.xrevrange(keys.MODELS, "+", lower, count=MODEL_SCAN)
@@ -431,10 +423,10 @@ class FeaturesService:
         self._models_seen_id = s(entries[0][0])
         for packet in self._decode_all(entries):
             if isinstance(packet, ModelAnnouncement) and packet.name == MODEL_NAME:
-                await self._maybe_load(packet, now)
+                await self._maybe_load(packet, now_ms)
                 return
 
-    async def _maybe_load(self, ann: ModelAnnouncement, now: int) -> None:
+    async def _maybe_load(self, ann: ModelAnnouncement, now_ms: int) -> None:
         status = self.engine.cnn.status
         if ann.ts_ms <= status.announced_ts_ms or ann.version == status.version:
             return
@@ -449,7 +441,7 @@ class FeaturesService:
             else:
                 path = resolve_model_uri(ann.uri, self.settings.model_dir)
                 data = await asyncio.to_thread(path.read_bytes)
-            self.engine.cnn.load(data, ann.sha256, ann.version, ann.ts_ms, now)
+            self.engine.cnn.load(data, ann.sha256, ann.version, ann.ts_ms, now_ms)
         except (ModelRejected, OSError) as exc:
             self._rejected.add((ann.version, ann.sha256))
             self.last_model_error = f"{ann.version}: {exc}"

@@ -80,7 +80,7 @@ redis.call('SET', KEYS[2], ARGV[2]) return 1
 """
 
 
-def now_ms() -> int:
+def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -97,14 +97,13 @@ class TrainerService:
         self.paper = make_paper(settings)
         self.sync: ReplicaSync | None = None
         self._cache: OrderedDict[str, TrainingDataPacket] = OrderedDict()
-        start = now_ms()
+        start = wall_ms()
         self._next_metrics_ms = start + int(settings.metrics_every_s * 1000)
         self._next_merge_ms = start + int(settings.merge_every_s * 1000)
         self._adopted_ts = {MODEL_NAME: 0, CNN_MODEL: 0}
         self._paper_id = "$"
         self.last_merge: dict[str, Any] = {}
         self.members: list[str] = []
-        self._extrema_credit = 0.0
         self._extrema_samples = 0  # labelled CNN samples since the last submission
         self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
         self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
@@ -256,13 +255,7 @@ class TrainerService:
     def _learn_extrema(self, packets: list[TrainingDataPacket]) -> int:
         """The CNN owner's step: observe ``packets`` (stream order), train the steps they earned; labels found."""
         assert self.extrema is not None
-        labelled = sum(len(self.extrema.observe(p)) for p in packets)
-        self._extrema_credit += self.settings.extrema_updates_per_packet * len(packets)
-        n = int(self._extrema_credit)
-        if n:
-            self._extrema_credit -= n
-            self.extrema.train(n)
-        return labelled
+        return int(self.extrema.learn(packets, self.settings.extrema_updates_per_packet))
 
     async def cnn_learn(self) -> None:
         """As the CNN's owner (the lease holder): learn from the next ``CNN_READ`` packets of the stream."""
@@ -299,11 +292,11 @@ class TrainerService:
 
     # --- the cycle ---------------------------------------------------------------------------
 
-    async def on_timer(self, now: int) -> Result:
+    async def on_timer(self, now_ms: int) -> Result:
         writes: list[Write] = []
-        if now >= self._next_merge_ms:
-            self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
-            await self.merge_round(now)
+        if now_ms >= self._next_merge_ms:
+            self._next_merge_ms = now_ms + int(self.settings.merge_every_s * 1000)
+            await self.merge_round(now_ms)
         await self.adopt_newer()
         leader = self.sync is not None and self.sync.leader
         if leader and not self._leading and self.paper is not None:
@@ -319,13 +312,13 @@ class TrainerService:
             self._paper_id = "$"
         if leader and self.paper is not None:
             writes.extend(await self.paper_trade())
-        if now >= self._next_metrics_ms:
-            self._next_metrics_ms = now + int(self.settings.metrics_every_s * 1000)
-            writes.append(Write(keys.METRICS, self._metrics_packet(now), maxlen=self.settings.metrics_maxlen))
+        if now_ms >= self._next_metrics_ms:
+            self._next_metrics_ms = now_ms + int(self.settings.metrics_every_s * 1000)
+            writes.append(Write(keys.METRICS, self._metrics_packet(now_ms), maxlen=self.settings.metrics_maxlen))
         return Result(writes=writes)
 
-    def _metrics_packet(self, now: int) -> MetricsPacket:
-        metrics = self.core.metrics(now)
+    def _metrics_packet(self, now_ms: int) -> MetricsPacket:
+        metrics = self.core.metrics(now_ms)
         metrics["charts/model_round"] = float(round_of(self.core.model_version))
         metrics["charts/replicas"] = float(len(self.members))
         if self.extrema is not None and self.extrema_labels:  # only an owner of the CNN has learned labels
@@ -337,13 +330,13 @@ class TrainerService:
             metrics["merge/members"] = float(self.last_merge["members"])
         self.stats.set("trainer_epsilon", metrics["charts/epsilon"])
         self.stats.set("trainer_replay_size", metrics["charts/replay_size"])
-        return MetricsPacket(producer=self.producer, ts_ms=now, step=self.core.updates, metrics=metrics)
+        return MetricsPacket(producer=self.producer, ts_ms=now_ms, step=self.core.updates, metrics=metrics)
 
-    async def merge_round(self, now: int) -> None:
+    async def merge_round(self, now_ms: int) -> None:
         """Heartbeat, submit, and (as leader) merge and publish (the announcements included)."""
         sync = self.sync
         assert sync is not None
-        self.members = await sync.heartbeat(now)
+        self.members = await sync.heartbeat(now_ms)
         mark = self.core.mark
         groups = self._groups() if self.core.samples_since_merge > 0 or self._extrema_samples > 0 else {}
         if groups:
@@ -361,7 +354,7 @@ class TrainerService:
             self._extrema_samples = 0
         if not await sync.try_lead():
             return
-        await self.keep_books(now)
+        await self.keep_books(now_ms)
         meta = describe({
             "hyperparameters": {k: v for k, v in vars(self.core.hp).items()},
             "state_dim": self.core.state_dim,
@@ -375,7 +368,7 @@ class TrainerService:
         if MODEL_NAME not in bases:  # the submissions stay queued for a round that has one
             self.stats.inc("trainer_merge_rounds_without_base")
             return
-        result = await sync.merge(self.members, now, meta, bases)  # announced on ml:models too, under the lease
+        result = await sync.merge(self.members, now_ms, meta, bases)  # announced on ml:models too, under the lease
         if result is None:
             return
         self.last_merge = {"round": result.round, "members": len(result.members), "duration_ms": result.duration_ms}
@@ -458,14 +451,14 @@ class TrainerService:
                         fills.append(Write(keys.PAPER, fill, maxlen=self.settings.paper_maxlen))
         return fills
 
-    async def keep_books(self, now: int) -> bool:
+    async def keep_books(self, now_ms: int) -> bool:
         """As leader: the paper books into ``ml:trainer:books`` (only while the lease is this replica's).
 
         Not before a new leader has taken its predecessor's books (the timer tick after the one
         that won the lease): it would overwrite them with its own."""
         if self.paper is None or self.sync is None or not self.sync.leader or not self._leading:
             return False
-        data = await asyncio.to_thread(self.paper.to_bytes, kept_by=self.producer, kept_ms=now)
+        data = await asyncio.to_thread(self.paper.to_bytes, kept_by=self.producer, kept_ms=now_ms)
         kept = bool(await self._keep_books(keys=[LEADER, keys.TRAINER_BOOKS], args=[self.sync.token, data]))
         self.stats.inc("trainer_paper_books_kept" if kept else "trainer_paper_books_not_kept")
         return kept
@@ -494,7 +487,7 @@ class TrainerService:
         if self.sync is None:
             return
         if self.sync.leader:
-            await self.keep_books(now_ms())
+            await self.keep_books(wall_ms())
         await self.sync.leave()
 
     def info(self) -> dict[str, Any]:
