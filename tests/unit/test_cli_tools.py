@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from unistream_common import codec
+from unistream_common.groups import group_overrun
 from unistream_common.packets import MetricsPacket, Tick, TickBatch
 from unistream_common.tools import (
     DEFAULT_REDIS_URL,
@@ -15,7 +16,6 @@ from unistream_common.tools import (
     format_age,
     format_record,
     format_status,
-    group_overrun,
     redis_url_from,
     safe_url,
 )

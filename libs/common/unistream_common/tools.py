@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from unistream_common import codec, keys, quality
+from unistream_common.groups import group_overrun
 from unistream_common.packets import Tick, TickBatch
 from unistream_common.redisio import PROTOCOL, id_pair, s, safe_url
 
@@ -242,37 +243,6 @@ def _silence_stdout() -> None:
 # --------------------------------------------------------------------------- status
 
 
-def group_overrun(
-    last_delivered_id: str,
-    entries_read: int | None,
-    length: int,
-    first_id: str | None,
-    last_generated_id: str,
-    entries_added: int | None,
-) -> bool:
-    """True when trimming removed entries this group had not read yet (they are lost to it).
-
-    The sign is a last-delivered-id below the stream's first entry while entries were trimmed.
-    Redis >= 7.0 counts entries ever added, so ``entries_added - length`` entries are gone; if the
-    group has read at least that many, what went was already read (ids are sparse, so the id
-    comparison alone would cry wolf). Redis 6.2 has no counters: a group that has read something
-    and now sits below the first entry is taken as overrun; one that never read (0-0) cannot be
-    judged until the stream is empty.
-    """
-    delivered = id_pair(last_delivered_id)
-    if first_id is None:  # empty stream: everything after last-delivered was removed unread
-        return delivered < id_pair(last_generated_id)
-    if delivered >= id_pair(first_id):
-        return False
-    if entries_added is not None:
-        removed = entries_added - length
-        if removed <= 0:
-            return False
-        read = entries_read if entries_read is not None else (0 if delivered == (0, 0) else None)
-        return read is None or read < removed
-    return delivered != (0, 0)
-
-
 def _stream_names(client: redis.Redis, symbols: list[str]) -> list[str]:
     names = keys.all_streams(symbols) + keys.history_streams(symbols)
     dlqs = sorted({s(k) for k in client.scan_iter(match="*" + keys.DLQ_SUFFIX, _type="stream", count=1000)})
@@ -347,30 +317,8 @@ def collect_status(client: redis.Redis, symbols: list[str]) -> dict[str, Any]:
         "streams": streams,
         "groups": groups,
         "consumers": consumers,
-        "bar_quality": collect_bar_quality(client, symbols),
+        "bar_quality": quality.collect_bar_quality(client, symbols),
     }
-
-
-def collect_bar_quality(client: redis.Redis, symbols: list[str]) -> list[dict[str, Any]]:
-    """Per symbol: the aggregator owning it and its data-quality counters with the score."""
-    pipe = client.pipeline(transaction=False)
-    for symbol in symbols:
-        pipe.get(keys.agg_owner(symbol))
-        pipe.hgetall(keys.quality(symbol))
-    replies = pipe.execute()
-    rows = []
-    for i, symbol in enumerate(symbols):
-        owner, raw = replies[2 * i], replies[2 * i + 1]
-        counts = quality.parse(raw)
-        rows.append(
-            {
-                "symbol": symbol,
-                "owner": keys.lease_holder(owner),
-                **counts,
-                "score": quality.score(counts) if raw else None,
-            }
-        )
-    return rows
 
 
 def format_age(ms: int | None) -> str:
