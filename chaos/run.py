@@ -66,7 +66,7 @@ from unistream_aggregator.core import BarAggregator
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import RedisServer, start_redis
+from unistream_tools.redis_server import RedisServer, start_redis
 
 SYMBOL = "ETHUSDT"
 MIDNIGHT_MS = 1_710_028_800_000  # 2024-03-10 00:00:00 UTC
@@ -720,7 +720,7 @@ def main() -> int:
         f"{len(archive.valid):,} valid trades, reference bars: "
         + ", ".join(f"{tf} {len(b)}" for tf, b in reference.items())
     )
-    from unistream_common.redis_server import free_port
+    from unistream_tools.redis_server import free_port
 
     system = System(tmp / "run", tmp / "redis", free_port(), pick_port_offset(PORTS))
     ok = False

@@ -10,14 +10,14 @@ import pytest
 from unistream_common import codec
 from unistream_common.groups import group_overrun
 from unistream_common.packets import MetricsPacket, Tick, TickBatch
-from unistream_common.tools import (
+from unistream_common.redisio import safe_url
+from unistream_tools.tail import (
     DEFAULT_REDIS_URL,
     entry_records,
     format_age,
     format_record,
     format_status,
     redis_url_from,
-    safe_url,
 )
 
 T0 = 1_700_000_000_000

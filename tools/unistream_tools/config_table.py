@@ -1,6 +1,6 @@
 """The README's configuration table, generated from the settings classes so the two cannot drift.
 
-``python -m unistream_common.config_table`` prints it; a test compares it with README.md.
+``python -m unistream_tools.config_table`` prints it; a test compares it with README.md.
 """
 
 from __future__ import annotations
