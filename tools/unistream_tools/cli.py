@@ -19,7 +19,7 @@ SERVICES = ("ingest", "aggregator", "features", "trainer", "dashboard")
 TOOLS: dict[str, tuple[str, str, str]] = {
     "run": ("unistream_tools.supervisor", "main", "run Redis and every service locally, as compose defines them"),
     "tail": ("unistream_tools.tail", "tail_main", "print the newest entries of a stream (--follow for more)"),
-    "status": ("unistream_tools.tail", "status_main", "streams, consumer groups, lag and pending entries"),
+    "status": ("unistream_tools.status", "status_main", "streams, consumer groups, lag and pending entries"),
     "evaluate": ("unistream_tools.evaluate", "main", "walk-forward evaluation of the trainer on archive files"),
     "export": ("unistream_tools.export", "main", "write streams to Parquet or CSV files (ticks, bars, training data)"),
 }
