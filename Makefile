@@ -6,8 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
-# Libraries the services share, the services (one image each) and the offline tools (evaluate):
-# no service imports another; tools compose the services' cores from outside.
+# Libraries the services share, the services (one image each, run by their own unistream-<service>
+# script) and the tools (the `unistream` command, evaluate; in .venv, never in an image): no service
+# imports another; tools compose the services' cores from outside.
 LIBS := common model
 SERVICES := ingest aggregator features trainer dashboard
 # deploy/.env holds the stack's secrets (never committed; `make deploy/.env` writes one) and

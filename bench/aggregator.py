@@ -1,6 +1,6 @@
 """Aggregator rows of ``make bench`` (imported by ``bench/run.py``; see its docstring for the rows).
 
-Both rows run ``unistream aggregator`` as its own process (``python -m unistream_common.cli
+Both rows run ``unistream aggregator`` as its own process (``python -m unistream_tools.cli
 aggregator``, as the integration tests do) against the harness's Redis, on two symbols:
 
 - throughput: the tick streams are filled first (REPLAY source, TickBatch entries of ``--batch``
@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 T0 = 1_760_000_000_000
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
@@ -112,7 +112,7 @@ class _Aggregator:
     def __init__(self, url: str) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="unistream-bench-aggregator-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "unistream_common.cli", "aggregator"],
+            [sys.executable, "-m", "unistream_tools.cli", "aggregator"],
             env=_aggregator_env(url), stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

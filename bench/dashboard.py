@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import CHROMIUM, VIEWPORT, chromium, stop_process_group, wait_streamlit_ready
 
 from unistream_common import codec, keys
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 PRICES = {"ETHUSDT": 3012.55, "BTCUSDT": 97_123.4}
@@ -214,7 +214,7 @@ def serve(redis_url: str, app: Path | None, tmp: Path) -> Iterator[Server]:
                 "UNISTREAM_HTTP_HOST": "127.0.0.1", "UNISTREAM_HTTP_PORT": str(port),
                 "UNISTREAM_LOG_LEVEL": "WARNING"})  # fmt: skip
     if app is None:
-        command = [sys.executable, "-m", "unistream_common.cli", "dashboard"]
+        command = [sys.executable, "-m", "unistream_tools.cli", "dashboard"]
     else:
         settings = DashboardSettings(redis_url=redis_url, http_host="127.0.0.1", http_port=port, log_level="WARNING")
         command = [str(app) if arg == str(APP) else arg for arg in streamlit_argv(settings)]

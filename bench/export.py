@@ -86,7 +86,7 @@ def _export(url: str, part: int) -> tuple[float, float]:
     streams = _fill(url, part)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "unistream_common.cli", "export", *streams, "--out", tmp, "--redis-url", url]
+        cmd = [sys.executable, "-m", "unistream_tools.cli", "export", *streams, "--out", tmp, "--redis-url", url]
         started = time.perf_counter()
         rss = peak_rss_mib(cmd, env)
         seconds = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """Features rows of ``make bench`` (imported by ``bench/run.py``; see its docstring for the rows).
 
 The system under test is ``unistream features`` as its own process (``python -m
-unistream_common.cli features``, what the supervisor and the integration tests start), default
+unistream_tools.cli features``, what the supervisor and the integration tests start), default
 settings (two symbols, 300-bar windows, 1s/1m/1h/1d, torch on one thread), against the harness's
 Redis. The inputs are what ingest and the aggregator would write, SYNTHETIC and seeded:
 
@@ -64,7 +64,7 @@ from aggregator import percentile, stop_process  # the shared helpers (bench/ is
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 BASE_CENTS = {"ETHUSDT": 300_000, "BTCUSDT": 6_000_000}
@@ -263,7 +263,7 @@ class _Features:
         self.log = Path(self.dir.name) / "features.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "unistream_common.cli", "features"],
+                [sys.executable, "-m", "unistream_tools.cli", "features"],
                 env=_features_env(url, self.dir.name, extra_env), stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

@@ -192,7 +192,7 @@ from trainer import (
 
 from unistream_common import codec
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redis_server import start_redis
+from unistream_tools.redis_server import start_redis
 
 T0 = 1_760_000_000_000
 # Goals ((comparison, value); "x>=": the ratio to the row's reference), run caps and notes by row.
@@ -328,14 +328,14 @@ async def replay_max_ticks_only(url: str, n: int, batch: int) -> float:
 
 
 async def replay_peak_rss_mib(url: str, n: int, batch: int) -> float:
-    from unistream_common.redis_server import free_port
+    from unistream_tools.redis_server import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     env.update({"UNISTREAM_REDIS_URL": url, "UNISTREAM_HTTP_PORT": str(free_port())})
     client = aioredis.Redis.from_url(url)
     await client.flushall()
     await client.aclose()
-    cmd = [sys.executable, "-m", "unistream_common.cli", "ingest", "--source", "replay",
+    cmd = [sys.executable, "-m", "unistream_tools.cli", "ingest", "--source", "replay",
            "--path", str(archive_file(n)), "--symbol", "ETHUSDT", "--speed", "max"]  # fmt: skip
     return await asyncio.to_thread(peak_rss_mib, cmd, env)
 
@@ -354,7 +354,7 @@ async def _live_latencies(url: str, seconds: float = 6.0) -> list[float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from exchange import TestExchange  # the local exchange that speaks Binance's protocol
 
-    from unistream_common.redis_server import free_port
+    from unistream_tools.redis_server import free_port
 
     ready = threading.Event()
     stop = threading.Event()
@@ -381,7 +381,7 @@ async def _live_latencies(url: str, seconds: float = 6.0) -> list[float]:
         "UNISTREAM_REDIS_URL": url, "UNISTREAM_HTTP_PORT": str(free_port()), "UNISTREAM_SOURCE": "binance",
         "UNISTREAM_BINANCE_WS_URL": ex.ws_url, "UNISTREAM_BINANCE_REST_URL": ex.rest_url, "UNISTREAM_LOG_LEVEL": "WARNING",
     })  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "unistream_common.cli", "ingest"], env=env)  # noqa: ASYNC220 - returns at once
+    proc = subprocess.Popen([sys.executable, "-m", "unistream_tools.cli", "ingest"], env=env)  # noqa: ASYNC220 - returns at once
     seen: dict[tuple[str, int], float] = {}
     last = {"md:ticks:{ETHUSDT}": "$", "md:ticks:{BTCUSDT}": "$"}
     reader = aioredis.Redis.from_url(url, socket_timeout=None)

@@ -81,8 +81,8 @@ from aggregator import stop_process  # the shared helper (bench/ is on sys.path)
 
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
-from unistream_common.redis_server import free_port
 from unistream_common.redisio import s
+from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 BASE_PRICE = {"ETHUSDT": 3000.0, "BTCUSDT": 60_000.0}
@@ -98,7 +98,7 @@ DEAD_SECONDS = 10  # packets the dead replica takes: 20
 LIVE_SECONDS = 100  # real-time seconds available after the backlog (claim and merge phases)
 CLAIM_TIMEOUT_S = 60.0
 MERGE_WAIT_S = 75.0  # after the replicas' start: two rounds of 30 s and some
-UNISTREAM = str(Path(sys.executable).with_name("unistream"))  # the script the supervisor runs
+TRAINER_SCRIPT = str(Path(sys.executable).with_name("unistream-trainer"))  # what the supervisor and image run
 DEAD_CONSUMER = "trainer-dead"
 PREDICTION_NAMES = [f"{tf}.{p}" for tf in ("1s", "1m", "1h", "1d") for p in ("p_bottom", "p_none", "p_top", "p_down",
                                                                              "p_up")]  # fmt: skip
@@ -346,7 +346,7 @@ class _Trainer:
             "UNISTREAM_MODEL_DIR": str(run_dir / "models"), "UNISTREAM_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
         })  # fmt: skip
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([UNISTREAM, "trainer"], env=env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([TRAINER_SCRIPT], env=env, stdout=out, stderr=subprocess.STDOUT)
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=5.0)
         self.started = time.monotonic()
 

@@ -66,7 +66,8 @@ from unistream_aggregator.core import BarAggregator
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import RedisServer, start_redis
+from unistream_common.redisio import sync_client
+from unistream_tools.redis_server import RedisServer, start_redis
 
 SYMBOL = "ETHUSDT"
 MIDNIGHT_MS = 1_710_028_800_000  # 2024-03-10 00:00:00 UTC
@@ -207,7 +208,7 @@ class System:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
+        return sync_client(self.url, "unistream-chaos", timeout_s=5.0, connect_timeout_s=2.0)
 
     def start_redis(self) -> None:
         self.server = start_redis(self.redis_dir, port=self.port, appendonly=True)
@@ -720,7 +721,7 @@ def main() -> int:
         f"{len(archive.valid):,} valid trades, reference bars: "
         + ", ".join(f"{tf} {len(b)}" for tf, b in reference.items())
     )
-    from unistream_common.redis_server import free_port
+    from unistream_tools.redis_server import free_port
 
     system = System(tmp / "run", tmp / "redis", free_port(), pick_port_offset(PORTS))
     ok = False

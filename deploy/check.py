@@ -9,7 +9,8 @@ synthetic market data, a free host port for the dashboard), it:
 2. starts the stack with N trainer replicas and waits until every container is healthy;
 3. logs in to Redis as every ACL user of the compose file, and as nobody (refused);
 4. sees ticks, 1s bars and training packets grow and a model merged from all N trainers,
-   read with ``unistream status`` and ``tail`` inside the dashboard container (its read-only user);
+   read with ``unistream status`` and ``tail`` inside the dashboard container (its read-only user;
+   the check copies the tools in, no image carries them);
 5. finds exactly N consumers in group ``trainer``, named trainer-1..N;
 6. opens the dashboard in Chromium through the published port: the Training Data Stream panel;
 7. SIGKILLs the aggregator's and Redis's processes (a crash, not ``docker kill``, which Docker
@@ -55,9 +56,10 @@ SYMBOLS = ("ETHUSDT", "BTCUSDT")
 MIN_ENGINE = (25, 0)
 MIN_COMPOSE = (2, 20)
 UP_TIMEOUT_S = 240
+TOOLS_IN_CONTAINER = "/tmp/unistream_tools"  # where Stack.cli copies the tools' package
 
 sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "libs" / "common"))
+sys.path.insert(0, str(REPO / "tools"))
 
 
 class CheckFailed(AssertionError):
@@ -155,8 +157,17 @@ class Stack:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, env=self.env)
 
     def cli(self, *args: str) -> str:
-        """``unistream ARGS`` in the dashboard container (read-only Redis user): its stdout."""
-        return self.compose("exec", "-T", "dashboard", "unistream", *args, timeout=60).stdout
+        """``unistream ARGS`` in the dashboard container (read-only Redis user): its stdout.
+
+        No image carries the operator tools, and Redis has no host port: the tools' source is copied
+        into the running container first (again each time: ``down``/``up`` replaces the container).
+        ``tail`` and ``status`` need only the library, which the dashboard image has.
+        """
+        # SRC/. copies the directory's contents, creating the target the first time, overwriting after
+        self.compose("cp", f"{REPO / 'tools' / 'unistream_tools'}/.", f"dashboard:{TOOLS_IN_CONTAINER}", timeout=60)
+        pythonpath = f"PYTHONPATH={Path(TOOLS_IN_CONTAINER).parent}"
+        command = ["python", "-m", "unistream_tools.cli", *args]
+        return self.compose("exec", "-T", "-e", pythonpath, "dashboard", *command, timeout=60).stdout
 
     def containers(self) -> list[dict[str, Any]]:
         out = self.compose("ps", "--all", "--format", "json").stdout
@@ -434,7 +445,7 @@ def down_leaves_nothing(stack: Stack, out: dict[str, str]) -> None:
 
 
 def free_port() -> int:
-    from unistream_common.redis_server import free_port as pick
+    from unistream_tools.redis_server import free_port as pick
 
     return pick()
 

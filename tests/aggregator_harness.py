@@ -31,7 +31,7 @@ from unistream_aggregator.core import BarAggregator
 from unistream_common import codec, keys, quality
 from unistream_common.keys import TIMEFRAME_MS, TIMEFRAMES
 from unistream_common.packets import Bar, Source, Tick, TickBatch
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 SYMBOLS: tuple[str, ...] = ("ETHUSDT", "BTCUSDT")
 MIDNIGHT_MS = 1_717_200_000_000  # 2024-06-01 00:00:00 UTC: the history crosses it, so a 1d bar closes
@@ -292,7 +292,7 @@ def start_aggregator(
         fh.write(f"\n===== start {consumer} on port {port} =====\n".encode())
         fh.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "unistream_common.cli", "aggregator"], env=env, stdout=fh, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "unistream_tools.cli", "aggregator"], env=env, stdout=fh, stderr=subprocess.STDOUT
         )
     return Aggregator(proc, consumer, port, log, env)
 

@@ -57,7 +57,7 @@ def unistream_command() -> list[str]:
     script = Path(sys.executable).with_name("unistream")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "unistream_common.cli"]
+    return [sys.executable, "-m", "unistream_tools.cli"]
 
 
 def _log_tail(log_path: Path | None, chars: int = 3000) -> str:

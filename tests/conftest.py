@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from unistream_common.redis_server import RedisServer, start_redis
+from unistream_tools.redis_server import RedisServer, start_redis
 
 REPO = Path(__file__).resolve().parents[1]
 

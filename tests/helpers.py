@@ -75,7 +75,7 @@ def service_process(service: str, env: dict[str, str], port: int, log: Path) -> 
     """
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "unistream_common.cli", service], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "unistream_tools.cli", service], env=env, stdout=out, stderr=subprocess.STDOUT
         )
         try:
             wait_ready(port, proc, log)  # importing torch is slow on a busy machine

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from unistream_common.redis_server import free_port, port_is_free
+from unistream_tools.redis_server import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -129,13 +129,13 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
 
     # SIGKILL the aggregator: the supervisor restarts it and bars carry on, exactly once.
     sup = proc.pid
-    aggregator = [p for p in descendants(sup) if "unistream aggregator" in cmdline(p)]
+    aggregator = [p for p in descendants(sup) if "unistream-aggregator" in cmdline(p)]
     assert len(aggregator) == 1, [cmdline(p) for p in descendants(sup)]
     before = {sym: len(bar_open_times(client, sym)) for sym in SYMBOLS}
     os.kill(aggregator[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        again = [p for p in descendants(sup) if "unistream aggregator" in cmdline(p) and p != aggregator[0]]
+        again = [p for p in descendants(sup) if "unistream-aggregator" in cmdline(p) and p != aggregator[0]]
         if again and all(len(bar_open_times(client, s)) > before[s] + 3 for s in SYMBOLS):
             break
         time.sleep(0.5)

@@ -22,11 +22,11 @@ from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.consumer import StreamRuntime
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import RedisServer, free_port, start_redis
 from unistream_common.redisio import command_client
 from unistream_common.stats import Stats
 from unistream_ingest.service import IngestWriter
 from unistream_ingest.settings import IngestSettings
+from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 

@@ -32,7 +32,7 @@ import redis
 
 from unistream_common import codec, keys, quality
 from unistream_common.packets import Bar, Tick, TickBatch
-from unistream_common.redis_server import RedisServer, free_port
+from unistream_tools.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 

@@ -44,7 +44,7 @@ from aggregator_harness import (
 
 from unistream_common import keys
 from unistream_common.packets import TickBatch
-from unistream_common.redis_server import RedisServer, start_redis
+from unistream_tools.redis_server import RedisServer, start_redis
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 

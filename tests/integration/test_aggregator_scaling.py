@@ -49,7 +49,7 @@ from aggregator_harness import (
 
 from unistream_common import codec, keys
 from unistream_common.packets import TickBatch
-from unistream_common.redis_server import RedisServer
+from unistream_tools.redis_server import RedisServer
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 

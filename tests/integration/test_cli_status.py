@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from unistream_common import codec, keys
-from unistream_common.cli import main
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redis_server import RedisServer, free_port, start_redis
+from unistream_tools.cli import main
+from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
 STREAM = keys.ticks("ETHUSDT")
 
@@ -132,7 +132,7 @@ def test_status_text_marks_lag_na_and_overrun(
 def test_status_with_redis_down_exits_1_with_a_clear_error() -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = subprocess.run(
-        [sys.executable, "-m", "unistream_common.cli", "status", "--redis-url", url],
+        [sys.executable, "-m", "unistream_tools.cli", "status", "--redis-url", url],
         capture_output=True,
         text=True,
         timeout=30,

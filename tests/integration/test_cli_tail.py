@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import redis
 
-from unistream_common import codec, keys, tools
-from unistream_common.cli import main
+from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
-from unistream_common.redis_server import free_port
+from unistream_tools import tail
+from unistream_tools.cli import main
+from unistream_tools.redis_server import free_port
 
 T0 = 1_700_000_000_000
 STREAM = keys.ticks("ETHUSDT")
@@ -124,7 +125,7 @@ def test_tail_of_a_missing_stream_says_so_and_exits_1(redis_url: str, capsys: py
 def test_tail_follow_prints_entries_added_later(redis_url: str, client: redis.Redis) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "unistream_common.cli", "tail", STREAM, "--follow", "--json", "--redis-url", redis_url],
+        [sys.executable, "-m", "unistream_tools.cli", "tail", STREAM, "--follow", "--json", "--redis-url", redis_url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -175,7 +176,7 @@ def test_tail_json_prints_a_training_packet_s_vectors_as_lists_of_floats(
 def test_tail_all_prints_every_entry_oldest_first_a_chunk_at_a_time(
     client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tools, "ALL_CHUNK", 2)
+    monkeypatch.setattr(tail, "ALL_CHUNK", 2)
     for k in range(5):
         client.xadd(STREAM, codec.encode(batch(100 + 10 * k, 1)), id=f"{k + 1}-0")
     assert main(["tail", STREAM, "--all", "--redis-url", redis_url]) == 0

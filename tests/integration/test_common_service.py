@@ -6,11 +6,11 @@ import asyncio
 
 from fastapi.testclient import TestClient
 
-from unistream_common.redis_server import free_port
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext, create_app
 from unistream_common.settings import CommonSettings
 from unistream_common.stats import Stats
+from unistream_tools.redis_server import free_port
 
 
 def context(url: str, ready: bool = True) -> ServiceContext:

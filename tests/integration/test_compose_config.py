@@ -1,7 +1,7 @@
 """Our reading of deploy/docker-compose.yml against Docker Compose's own (``docker compose config``).
 
 ``unistream run`` takes every service's command and environment from the compose file through
-unistream_common.compose, a model of how Compose reads it. Once that model differed from the tool
+unistream_tools.compose, a model of how Compose reads it. Once that model differed from the tool
 (Compose dropped every word of the redis command after the first ``>``, our reader kept them) and
 every test passed while the real stack had no Redis user. Here the tool itself is asked, when it
 is installed (it needs no engine; ../shared/tools/docker-local/setup.sh or Docker's compose plugin
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common.compose import command, environment, interpolate_tree, load
+from unistream_tools.compose import command, environment, interpolate_tree, load
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"

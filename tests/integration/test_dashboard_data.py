@@ -11,8 +11,8 @@ import redis
 import streamlit as st
 
 from unistream_common import codec, keys, quality
-from unistream_common.redis_server import free_port
 from unistream_dashboard import data, samples, view
+from unistream_tools.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,9 +15,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from unistream_common import keys, quality
-from unistream_common.redis_server import RedisServer, free_port, start_redis
 from unistream_dashboard import data, samples
 from unistream_dashboard.samples import SymbolSnapshot
+from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 

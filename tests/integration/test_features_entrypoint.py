@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import service_process, stop_cleanly
 
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

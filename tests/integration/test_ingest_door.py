@@ -18,12 +18,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from unistream_common import codec, keys
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redis_server import RedisServer, start_redis
 from unistream_common.redisio import command_client
 from unistream_common.service import ServiceContext, create_app
 from unistream_common.stats import Stats
 from unistream_ingest.door import PATH, STATS_PATH, make_door_router
 from unistream_ingest.settings import IngestSettings
+from unistream_tools.redis_server import RedisServer, start_redis
 
 pytestmark = pytest.mark.integration
 

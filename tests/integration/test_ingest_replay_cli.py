@@ -17,7 +17,7 @@ import redis
 from helpers import probe
 
 from unistream_common import codec, keys
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 T0 = 1_740_000_000_000  # 2025: the archive writes µs
@@ -39,7 +39,7 @@ def archive_zip(directory: Path, day: str, first_id: int, n: int, t0_ms: int) ->
 def replay(redis_url: str, *files: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     env.update({"UNISTREAM_REDIS_URL": redis_url, "UNISTREAM_HTTP_PORT": str(free_port())})
-    cmd = [sys.executable, "-m", "unistream_common.cli", "ingest", "--source", "replay", "--path", *map(str, files),
+    cmd = [sys.executable, "-m", "unistream_tools.cli", "ingest", "--source", "replay", "--path", *map(str, files),
            "--symbol", "ETHUSDT", "--speed", "max", *extra]  # fmt: skip
     return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
 
@@ -87,7 +87,7 @@ def test_external_source_writes_nothing_itself_and_stays_ready(redis_url: str) -
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
     port = free_port()
     env.update({"UNISTREAM_REDIS_URL": redis_url, "UNISTREAM_HTTP_PORT": str(port), "UNISTREAM_SOURCE": "external"})
-    proc = subprocess.Popen([sys.executable, "-m", "unistream_common.cli", "ingest"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "unistream_tools.cli", "ingest"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 30

@@ -30,10 +30,10 @@ from conftest import REDIS_PASSWORD
 from helpers import wait_ready
 
 from unistream_common import codec, keys
-from unistream_common.compose import interpolate, load
-from unistream_common.redis_server import RedisNotFound, RedisServer, find_redis_server, free_port, start_redis
 from unistream_common.settings import EXIT_BAD_CONFIG
-from unistream_common.supervisor import redis_arguments, retarget_url
+from unistream_tools.compose import interpolate, load
+from unistream_tools.redis_server import RedisNotFound, RedisServer, find_redis_server, free_port, start_redis
+from unistream_tools.supervisor import redis_arguments, retarget_url
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]
 
@@ -120,7 +120,7 @@ def service_env(**extra: str) -> dict[str, str]:
 
 
 def unistream(service: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "unistream_common.cli", service, *args]
+    return [sys.executable, "-m", "unistream_tools.cli", service, *args]
 
 
 def assert_no_secret(text: str) -> None:

@@ -21,9 +21,9 @@ import pytest
 import yaml
 from conftest import REDIS_PASSWORD
 
-from unistream_common import supervisor
-from unistream_common.redis_server import RedisServer, free_port
 from unistream_common.settings import EXIT_BAD_CONFIG
+from unistream_tools import supervisor
+from unistream_tools.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def run(tmp_path: Path, compose: Path, *args: str, env: dict[str, str] | None = 
     child_env.update(env or {})
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "unistream_common.cli", "run", "--compose", str(compose),
+            sys.executable, "-m", "unistream_tools.cli", "run", "--compose", str(compose),
             "--run-dir", str(tmp_path / "run"), "--redis-port", str(free_port()), "--stop-timeout", "2", *args,
         ],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**child_env, "PYTHONUNBUFFERED": "1"},

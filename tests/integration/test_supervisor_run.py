@@ -23,8 +23,8 @@ import pytest
 import redis
 import yaml
 
-from unistream_common import supervisor
-from unistream_common.redis_server import RedisServer, free_port, port_is_free
+from unistream_tools import supervisor
+from unistream_tools.redis_server import RedisServer, free_port, port_is_free
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
         child_env.update(env or {})
         return subprocess.Popen(
             [
-                sys.executable, "-m", "unistream_common.cli", "run", "--compose", str(compose),
+                sys.executable, "-m", "unistream_tools.cli", "run", "--compose", str(compose),
                 "--run-dir", str(tmp_path / "run"), "--redis-port", str(free_port()), "--stop-timeout", "1.5",
                 *extra,
             ],

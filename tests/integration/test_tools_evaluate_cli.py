@@ -26,7 +26,7 @@ BASELINES = ("buy_and_hold", "flat", "random")
 
 def evaluate(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNISTREAM_")}
-    cmd = [sys.executable, "-m", "unistream_common.cli", "evaluate", *map(str, args)]
+    cmd = [sys.executable, "-m", "unistream_tools.cli", "evaluate", *map(str, args)]
     return subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
 
 

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from unistream_common import codec, keys
-from unistream_common.cli import main
 from unistream_common.packets import Bar, GapMarker, Tick, TickBatch, TrainingDataPacket
 from unistream_features.core import FeatureConfig, state_layouts
 from unistream_tools import export
+from unistream_tools.cli import main
 
 pytestmark = pytest.mark.integration
 

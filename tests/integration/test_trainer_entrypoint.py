@@ -13,7 +13,7 @@ from helpers import service_process, stop_cleanly
 
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
-from unistream_common.redis_server import free_port
+from unistream_tools.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common import supervisor
-from unistream_common.compose import ComposeError, load
-from unistream_common.supervisor import (
+from unistream_tools import supervisor
+from unistream_tools.compose import ComposeError, load
+from unistream_tools.supervisor import (
     Backoff,
     PlanError,
     ProcessSpec,
@@ -19,6 +19,7 @@ from unistream_common.supervisor import (
     parse_scale,
     redis_arguments,
     redis_secrets,
+    resolve_argv0,
     retarget_url,
 )
 
@@ -65,6 +66,11 @@ def test_argv0_unistream_and_python_resolve_beside_this_interpreter() -> None:
     assert plan["web"].argv == ("/venv/bin/unistream", "dashboard")
     assert plan["worker"].argv == ("/venv/bin/python", "-c", "print(1)")
     assert plan["job"].argv == ("sh", "-c", "true")
+
+
+def test_a_service_script_resolves_beside_this_interpreter_as_the_images_run_it() -> None:
+    assert resolve_argv0("unistream-dashboard", options()) == "/venv/bin/unistream-dashboard"
+    assert resolve_argv0("unistreamer", options()) == "unistreamer"  # not ours: left to PATH
 
 
 def test_environment_is_interpolated_from_the_given_environment() -> None:

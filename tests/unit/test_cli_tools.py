@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 
 from unistream_common import codec
+from unistream_common.groups import group_overrun
 from unistream_common.packets import MetricsPacket, Tick, TickBatch
-from unistream_common.tools import (
-    DEFAULT_REDIS_URL,
-    entry_records,
-    format_age,
-    format_record,
-    format_status,
-    group_overrun,
-    redis_url_from,
-    safe_url,
-)
+from unistream_common.redisio import safe_url
+from unistream_tools.connection import DEFAULT_REDIS_URL, redis_url_from
+from unistream_tools.status import format_age, format_status
+from unistream_tools.tail import entry_records, format_record
 
 T0 = 1_700_000_000_000
 

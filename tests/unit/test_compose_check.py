@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHECK = REPO / "deploy" / "check.py"
 
 sys.path.insert(0, str(REPO / "deploy"))
-from check import CheckFailed, Report, version_tuple
+from check import CheckFailed, Report, Stack, version_tuple
 
 
 def run_check(*args: str) -> subprocess.CompletedProcess[str]:
@@ -62,3 +62,19 @@ def test_the_summary_fails_when_any_check_failed() -> None:
     table = report.table()
     assert "| breaks | FAILED | KeyError: 'missing' |" in table
     assert "| passes | ok | measured |" in table and "| fails | FAILED | 3 consumers, expected 2 |" in table
+
+
+def test_the_tools_are_copied_into_the_dashboard_container_and_run_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no image carries the tools: status and tail must come from the checkout each time
+    calls: list[tuple[str, ...]] = []
+
+    def compose(self: Stack, *args: str, **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout='{"streams": []}')
+
+    monkeypatch.setattr(Stack, "compose", compose)
+    assert Stack(env_file=Path("env"), env={}, port=0).status() == {"streams": []}
+    assert calls == [
+        ("cp", f"{REPO / 'tools' / 'unistream_tools'}/.", "dashboard:/tmp/unistream_tools"),
+        ("exec", "-T", "-e", "PYTHONPATH=/tmp", "dashboard", "python", "-m", "unistream_tools.cli", "status", "--json"),
+    ]

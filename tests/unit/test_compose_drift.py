@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common import compose as composefile
-from unistream_common.supervisor import (
+from unistream_tools import compose as composefile
+from unistream_tools.supervisor import (
     INFRASTRUCTURE,
     LOCAL_OVERRIDES,
     PlanError,
@@ -110,7 +110,7 @@ def test_with_run_s_own_redis_each_service_logs_in_as_its_own_user_and_no_other(
 def test_plan_runs_compose_command_with_compose_environment_except_the_overrides(spec) -> None:
     command, environment = compose_view(spec.service)
     assert spec.argv[1:] == tuple(command[1:])
-    assert command[0] == "unistream" and spec.argv[0] == "/venv/bin/unistream"
+    assert command[0].startswith("unistream-") and spec.argv[0] == f"/venv/bin/{command[0]}"
     kept = {k: v for k, v in spec.environment.items() if k not in LOCAL_OVERRIDES}
     assert kept == {k: v for k, v in environment.items() if k not in LOCAL_OVERRIDES}
     assert kept["UNISTREAM_SYMBOLS"] == "SOLUSDT", "compose defaults are interpolated from the shell"

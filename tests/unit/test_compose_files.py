@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common.compose import ComposeError, command, interpolate, interpolate_tree, load
+from unistream_tools.compose import ComposeError, command, interpolate, interpolate_tree, load
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
@@ -176,7 +176,7 @@ def test_each_service_is_built_from_its_target_and_waits_for_a_healthy_redis(com
         "dockerfile": "deploy/Dockerfile",
         "target": name,
     }
-    assert svc["command"] == ["unistream", name]
+    assert svc["command"] == [f"unistream-{name}"]
     assert svc["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert svc["restart"] == "unless-stopped"
     env = svc["environment"]
@@ -373,7 +373,15 @@ def test_each_target_runs_as_a_numeric_non_root_user_with_compose_command(stages
     assert users, f"{name} runs as root"
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0
-    assert ("CMD", f'["unistream", "{name}"]') in instructions
+    assert ("CMD", f'["unistream-{name}"]') in instructions
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_each_image_installs_no_tools_and_runs_a_script_of_its_own_package(stages: dict[str, Stage], name: str) -> None:
+    paths = installed_paths(stages, name)
+    assert not any(path.startswith("/app/tools") for path in paths), f"{name}'s image installs the operator tools"
+    scripts = tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {f"unistream-{name}": f"unistream_{name}.__main__:main"}
 
 
 @pytest.mark.parametrize("name", ["ingest", "aggregator"])

@@ -1,4 +1,4 @@
-"""unistream_common.compose: Compose's interpolation and the service fields `unistream run` reads."""
+"""unistream_tools.compose: Compose's interpolation and the service fields `unistream run` reads."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common import compose
-from unistream_common.compose import ComposeError
+from unistream_tools import compose
+from unistream_tools.compose import ComposeError
 
 ENV = {"SET": "value", "EMPTY": ""}
 

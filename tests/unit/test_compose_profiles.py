@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common import compose
-from unistream_common.compose import ComposeError
 from unistream_common.settings import EXIT_BAD_CONFIG
-from unistream_common.supervisor import PlanError, RunOptions, build_plan, no_restart_reason, resolve
+from unistream_tools import compose
+from unistream_tools.compose import ComposeError
+from unistream_tools.supervisor import PlanError, RunOptions, build_plan, no_restart_reason, resolve
 
 OPTIONS = RunOptions(redis_url="redis://127.0.0.1:7000/0", run_dir=Path("/tmp/r"), bin_dir=Path("/b"), python="/p")
 

@@ -15,9 +15,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from unistream_common.redis_server import free_port
 from unistream_dashboard import app, samples
 from unistream_dashboard.settings import DashboardSettings
+from unistream_tools.redis_server import free_port
 
 APP = Path(samples.__file__).with_name("app.py")
 

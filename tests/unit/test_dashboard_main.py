@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from unistream_common import cli
 from unistream_dashboard import __main__ as dashboard_main
+from unistream_tools import cli
 
 
 class ExecCalled(Exception):

@@ -18,10 +18,10 @@ from streamlit.testing.v1 import AppTest
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, PaperFill, PredictionPacket
-from unistream_common.redis_server import free_port, start_redis
 from unistream_dashboard import charts, market, training
 from unistream_dashboard.market import CandleSeries
 from unistream_dashboard.training import Value
+from unistream_tools.redis_server import free_port, start_redis
 
 T0 = 1_749_999_960_000  # a minute boundary (2025-06-15 15:06:00 UTC)
 assert T0 % 60_000 == 0

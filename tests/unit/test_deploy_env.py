@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unistream_common.compose import interpolate_tree, load
+from unistream_tools.compose import interpolate_tree, load
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "deploy" / ".env.example"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from unistream_common.config_table import markdown, rows
+from unistream_tools.config_table import markdown, rows
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -16,7 +16,7 @@ def test_docs_configuration_table_matches_the_settings_classes() -> None:
     text = (DOCS / "configuration.md").read_text()
     block = re.search(r"<!-- config-table:start[^>]*-->\n(.*?)\n<!-- config-table:end -->", text, re.DOTALL)
     assert block, "docs/configuration.md lost its configuration table markers"
-    assert block.group(1) == markdown(), "regenerate with: .venv/bin/python -m unistream_common.config_table"
+    assert block.group(1) == markdown(), "regenerate with: .venv/bin/python -m unistream_tools.config_table"
 
 
 def test_every_setting_has_a_description_and_the_required_ones_exist() -> None:

@@ -25,7 +25,7 @@ import yaml
 from unistream_common.redisio import safe_url
 from unistream_common.settings import is_loopback
 from unistream_common.stats import Stats
-from unistream_common.supervisor import RunOptions, build_plan
+from unistream_tools.supervisor import RunOptions, build_plan
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("libs", "services", "tools", "scripts")

@@ -45,7 +45,7 @@ import redis
 from unistream_common import codec
 from unistream_common.packets import TickBatch, TrainingDataPacket
 from unistream_common.redisio import s
-from unistream_common.tools import ToolError, connect, redis_url_from, report_failure
+from unistream_tools.connection import ToolError, connect, redis_url_from, report_failure
 
 FORMATS = ("parquet", "csv")
 DEFAULT_CHUNK = 1_000

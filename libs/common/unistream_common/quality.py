@@ -17,7 +17,12 @@ which is the aggregator doing its job; they are shown beside it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from unistream_common import keys
+
+if TYPE_CHECKING:  # the aggregator's pure core imports the score: no Redis client for it
+    import redis
 
 COUNTERS: tuple[str, ...] = (
     "ticks_applied",  # trades in emitted 1s bars (counted with the bar)
@@ -57,3 +62,26 @@ def parse(raw: Mapping[Any, Any]) -> dict[str, int]:
         except (TypeError, ValueError):
             continue  # a field some other writer put there: not ours to show
     return out
+
+
+def collect_bar_quality(client: redis.Redis, symbols: list[str]) -> list[dict[str, Any]]:
+    """Per symbol: the aggregator owning it and its data-quality counters with the score
+    (None before the aggregator counted anything), in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.get(keys.agg_owner(symbol))
+        pipe.hgetall(keys.quality(symbol))
+    replies = pipe.execute()
+    rows = []
+    for i, symbol in enumerate(symbols):
+        owner, raw = replies[2 * i], replies[2 * i + 1]
+        counts = parse(raw)
+        rows.append(
+            {
+                "symbol": symbol,
+                "owner": keys.lease_holder(owner),
+                **counts,
+                "score": score(counts) if raw else None,
+            }
+        )
+    return rows

@@ -11,8 +11,9 @@ from unistream_common.settings import load_settings
 from unistream_common.stats import Stats
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the aggregator until SIGTERM/SIGINT; settings come from UNISTREAM_* variables."""
+    argv = sys.argv[1:] if argv is None else argv  # the console script calls main() bare
     if argv:
         print(
             f"unistream aggregator takes no arguments (got {' '.join(argv)}); configure it with UNISTREAM_* "
@@ -25,4 +26,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -42,12 +42,13 @@ def streamlit_argv(settings: DashboardSettings, extra: list[str] | None = None) 
     ]  # fmt: skip
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Check settings, then exec Streamlit (does not return on success).
 
     ``argv`` may hold extra Streamlit flags, e.g. ``--theme.base dark``; ``-h``/``--help``
     prints usage.
     """
+    argv = sys.argv[1:] if argv is None else argv  # the console script calls main() bare
     if any(a in ("-h", "--help") for a in argv):
         print(
             "usage: unistream dashboard [STREAMLIT FLAGS...]\n\n"
@@ -74,4 +75,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -26,7 +26,7 @@ import streamlit as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from unistream_common import codec, keys, tools
+from unistream_common import codec, keys, quality
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
 from unistream_common.redisio import PROTOCOL
 from unistream_common.redisio import s as text
@@ -373,7 +373,7 @@ def read_health(url: str) -> HealthRead:
 
 @dataclass(frozen=True)
 class QualityRead:
-    """Per symbol the aggregator's data-quality counters (``tools.collect_bar_quality`` rows)."""
+    """Per symbol the aggregator's data-quality counters (``quality.collect_bar_quality`` rows)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     fetch_ms: float = 0.0
@@ -383,7 +383,7 @@ class QualityRead:
 def read_quality(url: str, symbols: tuple[str, ...]) -> QualityRead:
     """md:quality:{SYMBOL} and the owning aggregator of each symbol, scored as ``unistream status`` does."""
     started = time.perf_counter()
-    rows = tools.collect_bar_quality(redis_client(url), list(symbols))
+    rows = quality.collect_bar_quality(redis_client(url), list(symbols))
     return QualityRead(rows=rows, fetch_ms=_elapsed_ms(started))
 
 

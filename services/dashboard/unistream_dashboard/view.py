@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from unistream_common import codec
+from unistream_common.groups import group_overrun
 from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, ModelStatus, TickBatch, UIDataPacket
-from unistream_common.tools import group_overrun
 
 NA = "n/a"
 SEP = " · "

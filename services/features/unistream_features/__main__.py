@@ -6,8 +6,9 @@ import argparse
 import sys
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unistream features``; configuration comes from ``UNISTREAM_*`` variables."""
+    argv = sys.argv[1:] if argv is None else argv  # the console script calls main() bare
     if argv and argv[0] == "layout":
         # Before the service imports: printing the layout needs neither torch nor Redis.
         from unistream_model.layout import main as layout_main
@@ -34,4 +35,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

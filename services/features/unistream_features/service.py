@@ -49,6 +49,7 @@ from unistream_common.consumer import (
     StreamRuntime,
     Write,
 )
+from unistream_common.groups import group_overrun
 from unistream_common.packets import (
     Bar,
     GapMarker,
@@ -61,7 +62,6 @@ from unistream_common.packets import (
 from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
-from unistream_common.tools import group_overrun
 from unistream_features.core import FeatureConfig, FeatureEngine, TrainingChain
 from unistream_features.settings import FeaturesSettings
 from unistream_model.cnn import MODEL_NAME, ModelRejected
@@ -390,7 +390,7 @@ class FeaturesService:
     async def check_overrun(self) -> None:
         """Did trimming ``ml:training`` delete entries a consumer group had not read yet? (gauge per group)
 
-        The rule is :func:`unistream_common.tools.group_overrun`, the one ``unistream status`` shows.
+        The rule is :func:`unistream_common.groups.group_overrun`, the one ``unistream status`` shows.
         """
         try:
             info = await self.cmd.xinfo_stream(keys.TRAINING)

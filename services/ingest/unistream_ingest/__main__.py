@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run ingest until SIGTERM/SIGINT, or until a replay's files are written (exit 0)."""
+    argv = sys.argv[1:] if argv is None else argv  # the console script calls main() bare
     args = build_parser().parse_args(argv)
     overrides: dict[str, object] = {}
     if args.source:
@@ -52,4 +53,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -14,8 +14,9 @@ from unistream_trainer.service import SERVICE, worker
 from unistream_trainer.settings import TrainerSettings
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unistream trainer``; configuration comes from ``UNISTREAM_*`` variables."""
+    argv = sys.argv[1:] if argv is None else argv  # the console script calls main() bare
     argparse.ArgumentParser(
         prog="unistream trainer",
         description="DQN on the training stream; metrics to ml:metrics, checkpoints announced on ml:models "
@@ -28,4 +29,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -1,6 +1,7 @@
-"""The ``unistream`` command: one entry point for every service and the operator tools.
+"""The ``unistream`` command: one entry point for every service and the operator tools, for local use.
 
-``unistream <service>`` runs a service (``unistream_<service>.__main__.main(argv)``);
+It comes with the tools package, which no image installs: an image runs its service's own script,
+``unistream-<service>``. ``unistream <service>`` runs the same ``unistream_<service>.__main__.main(argv)``;
 ``unistream run`` runs the whole system locally from deploy/docker-compose.yml;
 ``unistream tail`` and ``unistream status`` look into the streams.
 """
@@ -16,9 +17,9 @@ SERVICES = ("ingest", "aggregator", "features", "trainer", "dashboard")
 
 # name -> (module, function, help); imported on use so `unistream <service>` stays light.
 TOOLS: dict[str, tuple[str, str, str]] = {
-    "run": ("unistream_common.supervisor", "main", "run Redis and every service locally, as compose defines them"),
-    "tail": ("unistream_common.tools", "tail_main", "print the newest entries of a stream (--follow for more)"),
-    "status": ("unistream_common.tools", "status_main", "streams, consumer groups, lag and pending entries"),
+    "run": ("unistream_tools.supervisor", "main", "run Redis and every service locally, as compose defines them"),
+    "tail": ("unistream_tools.tail", "tail_main", "print the newest entries of a stream (--follow for more)"),
+    "status": ("unistream_tools.status", "status_main", "streams, consumer groups, lag and pending entries"),
     "evaluate": ("unistream_tools.evaluate", "main", "walk-forward evaluation of the trainer on archive files"),
     "export": ("unistream_tools.export", "main", "write streams to Parquet or CSV files (ticks, bars, training data)"),
 }

@@ -45,8 +45,10 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from unistream_common import compose as composefile
-from unistream_common.redis_server import (
+from unistream_common.redisio import access_problem, safe_url
+from unistream_common.settings import EXIT_BAD_CONFIG
+from unistream_tools import compose as composefile
+from unistream_tools.redis_server import (
     RedisNotFound,
     RedisServer,
     find_redis_server,
@@ -55,8 +57,6 @@ from unistream_common.redis_server import (
     redis_server_version,
     start_redis,
 )
-from unistream_common.redisio import access_problem, safe_url
-from unistream_common.settings import EXIT_BAD_CONFIG
 
 # Environment variables whose compose value does not fit a local run, and what replaces it.
 # These are the ONLY differences between `unistream run` and `docker compose up`.
@@ -100,7 +100,7 @@ class RunOptions:
 
     redis_url: str
     run_dir: Path  # absolute; holds logs/, models/, redis/
-    bin_dir: Path  # where the `unistream` script lives (beside sys.executable)
+    bin_dir: Path  # where our console scripts live (beside sys.executable)
     python: str  # interpreter for commands that start with python/python3
     scale: Mapping[str, int] = field(default_factory=dict)  # replicas per service (compose's default otherwise)
     port_offset: int = 0
@@ -141,14 +141,20 @@ def parse_scale(items: list[str]) -> dict[str, int]:
     return out
 
 
+def is_our_script(argv0: str) -> bool:
+    """``unistream`` or a service's own ``unistream-<service>``: a console script of our packages."""
+    return argv0 == "unistream" or argv0.startswith("unistream-")
+
+
 def resolve_argv0(argv0: str, options: RunOptions) -> str:
     """The program to run for a compose command's first word.
 
-    ``unistream`` is the script installed beside this interpreter (the image has it on PATH);
-    ``python``/``python3`` is this interpreter, which has the same packages the image has.
+    ``unistream-<service>`` (what each image runs) and ``unistream`` are the scripts installed
+    beside this interpreter (an image has its service's on PATH); ``python``/``python3`` is this
+    interpreter, which has the same packages the images have.
     """
-    if argv0 == "unistream":
-        return str(options.bin_dir / "unistream")
+    if is_our_script(argv0):
+        return str(options.bin_dir / argv0)
     if argv0 in ("python", "python3"):
         return options.python
     return argv0
@@ -751,7 +757,7 @@ def default_compose_path() -> Path:
     here = Path.cwd() / composefile.DEFAULT_COMPOSE
     if here.exists():
         return here
-    checkout = Path(__file__).resolve().parents[3] / composefile.DEFAULT_COMPOSE
+    checkout = Path(__file__).resolve().parents[2] / composefile.DEFAULT_COMPOSE
     return checkout if checkout.exists() else here
 
 

@@ -1,6 +1,6 @@
 """The configuration table of docs/configuration.md, generated from the settings classes so the two cannot drift.
 
-``python -m unistream_common.config_table`` prints it; a test compares it with docs/configuration.md.
+``python -m unistream_tools.config_table`` prints it; a test compares it with docs/configuration.md.
 """
 
 from __future__ import annotations
