@@ -10,7 +10,7 @@ import pytest
 import redis
 import streamlit as st
 
-from unistream_common import codec, keys, quality
+from unistream_common import codec, heartbeat, keys, quality
 from unistream_common.redis_server import free_port
 from unistream_dashboard import data, samples, view
 
@@ -173,17 +173,11 @@ def test_the_dashboard_beats_its_own_heartbeat_like_the_services(client: redis.R
             time.sleep(0.05)
         [beat] = data.read_health(redis_url).beats
         assert (beat.service, beat.consumer, beat.ready) == ("dashboard", "dashboard-test", True)
-        assert 0 < client.pttl(keys.heartbeat("dashboard", "dashboard-test")) <= data.HEARTBEAT_TTL_MS
+        assert 0 < client.pttl(keys.heartbeat("dashboard", "dashboard-test")) <= heartbeat.HEARTBEAT_TTL_MS
         assert data.start_heartbeat(redis_url, "dashboard-test", 0.2) is stop, "one thread per server process"
     finally:
         stop.set()
         data.start_heartbeat.clear()
-
-
-def test_the_heartbeat_expires_as_the_services_do() -> None:
-    from unistream_common import service
-
-    assert data.HEARTBEAT_TTL_MS == service.HEARTBEAT_TTL_MS
 
 
 def test_readers_fail_fast_with_a_connection_error_when_redis_is_away() -> None:

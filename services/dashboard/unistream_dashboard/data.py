@@ -9,13 +9,12 @@ page, which shows a banner and tries again on the next refresh (errors are never
 
 Each read records ``fetch_ms``, how long its Redis round trips took when it was really made (a
 read served from the cache keeps the time of the fetch behind it), for the panels' captions.
-The dashboard's own heartbeat (:func:`start_heartbeat`) is a daemon thread per server process.
+The dashboard's own heartbeat (:func:`start_heartbeat`) is a daemon thread per server process,
+beating as every service does (:mod:`unistream_common.heartbeat`).
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,13 +22,11 @@ from typing import Any, TypeVar
 
 import redis
 import streamlit as st
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from unistream_common import codec, keys, tools
+from unistream_common import codec, heartbeat, keys, tools
 from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
-from unistream_common.redisio import PROTOCOL
 from unistream_common.redisio import s as text
+from unistream_common.redisio import sync_client
 from unistream_dashboard.view import (
     ConsumerInfo,
     DeadLetters,
@@ -50,8 +47,6 @@ CACHE_TTL_S = 1
 # read well past the retention so every symbol's newest packet is in the window.
 UI_WINDOW = 256
 MODELS_WINDOW = 50
-# As unistream_common.service's (not imported: it pulls in FastAPI and uvicorn; a test keeps them equal).
-HEARTBEAT_TTL_MS = 10_000
 SERVICE_NAME = "dashboard"
 # The trainer replicas' lease (see unistream_trainer.replicas; not imported: it pulls in torch).
 TRAINER_LEADER = keys.TRAINER_LEADER
@@ -69,17 +64,7 @@ def redis_client(url: str) -> redis.Redis:
 
     Automatic retries are off: a read that fails is simply repeated by the next refresh.
     """
-    return redis.Redis.from_url(
-        url,
-        protocol=PROTOCOL,
-        decode_responses=False,
-        socket_timeout=READ_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-        health_check_interval=0,
-        client_name="unistream-dashboard",
-    )
+    return sync_client(url, "unistream-dashboard", timeout_s=READ_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S)
 
 
 def _decode_as(stream: str, entry_id: Any, fields: Any, cls: type[T], skipped: list[Skipped]) -> T | None:
@@ -361,7 +346,7 @@ def read_health(url: str) -> HealthRead:
     pipe.get(TRAINER_LEADER)
     members, leader = pipe.execute()
     pipe = client.pipeline(transaction=False)
-    pairs = [text(m).partition("/")[::2] for m in members]
+    pairs = [keys.parse_service_member(m) for m in members]
     for service, consumer in pairs:
         pipe.hgetall(keys.heartbeat(service, consumer))
     hashes = pipe.execute() if pairs else []
@@ -387,13 +372,10 @@ def read_quality(url: str, symbols: tuple[str, ...]) -> QualityRead:
     return QualityRead(rows=rows, fetch_ms=_elapsed_ms(started))
 
 
-def _beat_once(client: redis.Redis, key: str, member: str, fields: dict[str, Any]) -> None:
-    now = int(time.time() * 1000)
+def beat_once(client: redis.Redis, consumer: str, fields: dict[str, str | int]) -> None:
+    """One beat of ``svc:dashboard:{consumer}`` (MULTI/EXEC, as the services beat)."""
     pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping={**fields, "updated_ms": now})
-    pipe.pexpire(key, HEARTBEAT_TTL_MS)
-    pipe.zadd(keys.SERVICES, {member: now})
-    pipe.zremrangebyscore(keys.SERVICES, "-inf", now - 10 * HEARTBEAT_TTL_MS)
+    heartbeat.queue_beat(pipe, SERVICE_NAME, consumer, fields, int(time.time() * 1000))
     pipe.execute()
 
 
@@ -405,30 +387,15 @@ def start_heartbeat(url: str, consumer: str, every_s: float) -> threading.Event:
     Returns the event that stops the thread. Redis errors are ignored: the next beat tries again.
     """
     stop = threading.Event()
-    client = redis.Redis.from_url(
-        url,
-        protocol=PROTOCOL,
-        socket_timeout=READ_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        client_name="unistream-dashboard-heartbeat",
+    client = sync_client(
+        url, "unistream-dashboard-heartbeat", timeout_s=READ_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S
     )
-    key = keys.heartbeat(SERVICE_NAME, consumer)
-    member = f"{SERVICE_NAME}/{consumer}"
-    fields = {
-        "service": SERVICE_NAME,
-        "consumer": consumer,
-        "started_ms": int(time.time() * 1000),
-        "ready": 1,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
+    fields = heartbeat.beat_fields(SERVICE_NAME, consumer, started_ms=int(time.time() * 1000), ready=True)
 
     def run() -> None:
         while not stop.is_set():
             try:
-                _beat_once(client, key, member, fields)
+                beat_once(client, consumer, fields)
             except redis.RedisError:
                 pass
             stop.wait(every_s)

@@ -516,8 +516,10 @@ def read_trainer(url: str, metrics_count: int) -> TrainerRead:
     pipe.zrange(keys.SERVICES, 0, -1)
     metrics_reply, models_reply, members_reply, leader_reply, services_reply = pipe.execute()
     members = {text(name): int(score) for name, score in members_reply}
-    prefix = f"{TRAINER_SERVICE}/"
-    names = sorted(set(members) | {text(m).removeprefix(prefix) for m in services_reply if text(m).startswith(prefix)})
+    replicas = {
+        consumer for service, consumer in map(keys.parse_service_member, services_reply) if service == TRAINER_SERVICE
+    }
+    names = sorted(set(members) | replicas)
     heartbeats: dict[str, dict[str, str]] = {}
     if names:
         pipe = client.pipeline(transaction=False)
