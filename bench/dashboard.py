@@ -4,7 +4,7 @@ The system under test is ``unistream dashboard`` as its own process (the Streaml
 execs into, with the flags it passes), its pages opened in the OS's headless Chromium through
 Playwright (the helpers of ``tests/browser.py``), against the harness's Redis. What it reads is
 written by a feeder thread in this process, shaped as a running system writes it (the packets of
-:mod:`unistream_dashboard.samples`): at the start a snapshot of :data:`SYMBOLS` (status packets,
+:mod:`dashboard_samples` of ``tests/``): at the start a snapshot of :data:`SYMBOLS` (status packets,
 ticks, 120 1s bars, trainer metrics, a model, consumer groups), then every second per symbol a
 tick batch, a 1s bar and a status packet, a trainer metrics packet, and a heartbeat of each of the four other services
 (the dashboard beats for itself), so every Overview card is LIVE and every service READY.
@@ -123,7 +123,7 @@ class Feeder:
     """
 
     def __init__(self, url: str) -> None:
-        from unistream_dashboard import samples
+        import dashboard_samples as samples
 
         self.samples = samples
         self.client = redis.Redis.from_url(url, protocol=2)

@@ -9,14 +9,14 @@ import os
 import time
 from pathlib import Path
 
+import dashboard_samples as samples
 import pytest
 import redis
 from browser import chromium, needs_chromium, number, open_app, streamlit_server, unistream_command, wait_for_text
+from dashboard_samples import SymbolSnapshot
 
 from unistream_common import keys
 from unistream_common.redis_server import RedisServer, free_port, start_redis
-from unistream_dashboard import samples
-from unistream_dashboard.samples import SymbolSnapshot
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration, needs_chromium]
 

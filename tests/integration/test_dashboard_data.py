@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import dashboard_samples as samples
 import pytest
 import redis
 import streamlit as st
 
 from unistream_common import codec, heartbeat, keys, quality
 from unistream_common.redis_server import free_port
-from unistream_dashboard import data, samples, view
+from unistream_dashboard import data, view
 
 pytestmark = pytest.mark.integration
 
@@ -49,21 +50,20 @@ def test_read_status_returns_status_packets_newest_first_and_each_symbols_last_t
 def test_readers_skip_and_explain_entries_that_do_not_decode_or_are_the_wrong_packet(
     client: redis.Redis, redis_url: str
 ) -> None:
-    bars = samples.bar_walk("ETHUSDT", end_open_ms=NOW, count=3, start_price=3000.0)
-    for bar in bars[:2]:
-        samples.write(client, keys.bars("ETHUSDT", "1s"), bar, entry_id=f"{bar.open_time_ms}-0")
-    client.xadd(
-        keys.bars("ETHUSDT", "1s"), {b"type": b"bar", b"v": b"1", b"data": b"\xc1"}, id=f"{bars[2].open_time_ms}-0"
+    batch = samples.tick_batch("BTCUSDT", first_trade_id=1, prices=[9e4], ts_ms=NOW)
+    samples.write(client, keys.ticks("BTCUSDT"), batch)
+    samples.write(
+        client, keys.ticks("ETHUSDT"), samples.tick_batch("ETHUSDT", first_trade_id=1, prices=[1.5], ts_ms=NOW)
     )
+    bad_id = client.xadd(keys.ticks("ETHUSDT"), {b"type": b"bar", b"v": b"1", b"data": b"\xc1"}).decode()
     metrics = samples.metrics_packet("t0", ts_ms=NOW, step=1, td_loss=0.1, updates=1)
     client.xadd(keys.UI, codec.encode(metrics), id="5-0")
-    read = data.read_bars(redis_url, ("ETHUSDT",), 300)
-    assert read.bars["ETHUSDT"] == bars[:2]
-    [skipped] = read.skipped
-    assert (skipped.stream, skipped.entry_id) == (keys.bars("ETHUSDT", "1s"), f"{bars[2].open_time_ms}-0")
-    assert skipped.reason.startswith("bar rejected:")
-    status = data.read_status(redis_url, ("ETHUSDT",))
-    assert status.skipped == [view.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")]
+    status = data.read_status(redis_url, ("ETHUSDT", "BTCUSDT"))
+    assert status.last_ticks == {"BTCUSDT": batch}, "the newest ETHUSDT entry does not decode: no last tick"
+    ui_skipped, tick_skipped = status.skipped
+    assert ui_skipped == view.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")
+    assert (tick_skipped.stream, tick_skipped.entry_id) == (keys.ticks("ETHUSDT"), bad_id)
+    assert tick_skipped.reason.startswith("bar rejected:")
 
 
 def test_read_training_returns_metrics_oldest_first_and_models_newest_first(
@@ -186,7 +186,6 @@ def test_readers_fail_fast_with_a_connection_error_when_redis_is_away() -> None:
     started = time.monotonic()
     readers = (
         lambda: data.read_status(url, ("ETHUSDT",)),
-        lambda: data.read_bars(url, ("ETHUSDT",), 10),
         lambda: data.read_training(url, 10),
         lambda: data.read_streams(url, ("ETHUSDT",)),
         lambda: data.read_health(url),

@@ -16,10 +16,10 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from unistream_common.redis_server import free_port
-from unistream_dashboard import app, samples
+from unistream_dashboard import app
 from unistream_dashboard.settings import DashboardSettings
 
-APP = Path(samples.__file__).with_name("app.py")
+APP = Path(app.__file__)
 
 
 @pytest.fixture(autouse=True)

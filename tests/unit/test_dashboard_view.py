@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import dashboard_samples as samples
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from unistream_common import quality
 from unistream_common.packets import MetricsPacket, ModelStatus
 from unistream_common.redisio import safe_url
-from unistream_dashboard import samples, view
+from unistream_dashboard import view
 from unistream_dashboard.view import ConsumerInfo, GroupInfo, Skipped, StreamInfo
 
 NOW = 1_700_000_000_000

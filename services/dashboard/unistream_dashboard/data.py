@@ -24,7 +24,7 @@ import redis
 import streamlit as st
 
 from unistream_common import codec, heartbeat, keys, tools
-from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
+from unistream_common.packets import MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
 from unistream_common.redisio import s as text
 from unistream_common.redisio import sync_client
 from unistream_dashboard.view import (
@@ -114,33 +114,6 @@ def read_status(url: str, symbols: tuple[str, ...]) -> StatusRead:
             if batch is not None:
                 last_ticks[symbol] = batch
     return StatusRead(ui=ui, last_ticks=last_ticks, skipped=skipped, fetch_ms=fetch_ms)
-
-
-@dataclass(frozen=True)
-class BarsRead:
-    """1s bars of each symbol, oldest first."""
-
-    bars: dict[str, list[Bar]] = field(default_factory=dict)
-    skipped: list[Skipped] = field(default_factory=list)
-    fetch_ms: float = 0.0
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
-def read_bars(url: str, symbols: tuple[str, ...], count: int) -> BarsRead:
-    """The newest ``count`` 1s bars of every symbol (XREVRANGE, one round trip)."""
-    started = time.perf_counter()
-    pipe = redis_client(url).pipeline(transaction=False)
-    for symbol in symbols:
-        pipe.xrevrange(keys.bars(symbol, "1s"), count=count)
-    skipped: list[Skipped] = []
-    out: dict[str, list[Bar]] = {}
-    replies = pipe.execute()
-    fetch_ms = _elapsed_ms(started)
-    for symbol, reply in zip(symbols, replies, strict=True):
-        stream = keys.bars(symbol, "1s")
-        decoded = (_decode_as(stream, eid, f, Bar, skipped) for eid, f in reversed(reply))
-        out[symbol] = [b for b in decoded if b is not None]
-    return BarsRead(bars=out, skipped=skipped, fetch_ms=fetch_ms)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Plausible packets of every kind the dashboard reads, for its tests and for trying the page
-without the rest of the system running.
+"""Plausible packets of every kind the dashboard reads, for the dashboard's tests and its bench
+(``bench/dashboard.py``); test fixtures, so they live here and not in the dashboard package.
 
 Builders take the numbers a test wants to see on screen and fill in the rest consistently;
 :func:`write_snapshot` puts a whole picture (status, ticks, bars, metrics, a model, groups)
