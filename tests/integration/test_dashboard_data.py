@@ -13,7 +13,7 @@ import streamlit as st
 
 from unistream_common import codec, heartbeat, keys, quality
 from unistream_common.redis_server import free_port
-from unistream_dashboard import data, view
+from unistream_dashboard import data, streams
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def test_readers_skip_and_explain_entries_that_do_not_decode_or_are_the_wrong_pa
     status = data.read_status(redis_url, ("ETHUSDT", "BTCUSDT"))
     assert status.last_ticks == {"BTCUSDT": batch}, "the newest ETHUSDT entry does not decode: no last tick"
     ui_skipped, tick_skipped = status.skipped
-    assert ui_skipped == view.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")
+    assert ui_skipped == data.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")
     assert (tick_skipped.stream, tick_skipped.entry_id) == (keys.ticks("ETHUSDT"), bad_id)
     assert tick_skipped.reason.startswith("bar rejected:")
 
@@ -100,7 +100,7 @@ def test_read_streams_reports_groups_consumers_lag_and_trimming_overrun(client: 
     [group] = ticks.groups
     assert (group.name, group.consumers, group.pending, group.last_delivered_id) == ("aggregator", 1, 3, "3-0")
     assert [(c.name, c.pending) for c in group.consumer_infos] == [("aggregator-1", 3)]
-    assert view.overrun_alarm(ticks, group) == "OVERRUN: 2 entries trimmed before this group read them"
+    assert streams.overrun_alarm(ticks, group) == "OVERRUN: 2 entries trimmed before this group read them"
     assert abs(read.time_ms - time.time() * 1000) < 5_000, "Redis's clock"
     assert read.rates == {stream: None} and read.fetch_ms > 0
 
@@ -147,7 +147,7 @@ def test_read_health_lists_live_heartbeats_and_the_trainer_leader(client: redis.
         ("trainer", "trainer-a", True),
         ("trainer", "trainer-b", False),
     ]
-    assert read.beats[0] == view.Heartbeat("ingest", "ingest-a", NOW - 10, NOW, True, 4242, "host-a")
+    assert read.beats[0] == data.Heartbeat("ingest", "ingest-a", NOW - 10, NOW, True, 4242, "host-a")
     assert read.leader == "trainer-a"
     st.cache_data.clear()
     client.flushall()
