@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import CHROMIUM, VIEWPORT, chromium, stop_process_group, wait_streamlit_ready
 
 from unistream_common import codec, keys
+from unistream_common.heartbeat import queue_beat
 from unistream_common.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
@@ -170,14 +171,11 @@ class Feeder:
                    "paper/hours": step / 3600, "losses/q_values": 0.1 * step},
         )  # fmt: skip
         pipe.xadd(keys.METRICS, codec.encode(metrics), maxlen=1_000, approximate=True)
-        for service in OTHER_SERVICES:  # as unistream_common.service.heartbeat writes them
-            key = keys.heartbeat(service, f"{service}-1")
-            pipe.hset(key, mapping={
-                "service": service, "consumer": f"{service}-1", "started_ms": self.started_ms,
-                "updated_ms": now_ms, "ready": 1, "pid": 4242, "host": "bench",
-            })  # fmt: skip
-            pipe.pexpire(key, 10_000)
-            pipe.zadd(keys.SERVICES, {f"{service}/{service}-1": now_ms})
+        for service in OTHER_SERVICES:  # the services' own beat (queue_beat), from a fake pid and host
+            consumer = f"{service}-1"
+            fields = {"service": service, "consumer": consumer, "started_ms": self.started_ms, "ready": 1,
+                      "pid": 4242, "host": "bench"}  # fmt: skip
+            queue_beat(pipe, service, consumer, fields, now_ms)
         with self.lock:
             sent = len(pipe)
             try:

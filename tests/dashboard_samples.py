@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from unistream_common import codec, keys
+from unistream_common.heartbeat import queue_beat
 from unistream_common.packets import (
     Bar,
     MetricsPacket,
@@ -296,19 +297,15 @@ def heartbeat(
     started_ms: int,
     updated_ms: int,
     ready: bool = True,
-    ttl_ms: int = 10_000,
     pid: int = 4242,
     host: str = "host-a",
 ) -> None:
-    """A service process's heartbeat, as ``unistream_common.service.heartbeat`` writes it."""
-    key = keys.heartbeat(service, consumer)
+    """A service process's beat at ``updated_ms``, written by the services' own writer
+    (:func:`unistream_common.heartbeat.queue_beat`) with the pid and host a test wants to see."""
+    fields = {"service": service, "consumer": consumer, "started_ms": started_ms, "ready": int(ready), "pid": pid,
+              "host": host}  # fmt: skip
     pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping={
-        "service": service, "consumer": consumer, "started_ms": started_ms, "updated_ms": updated_ms,
-        "ready": int(ready), "pid": pid, "host": host,
-    })  # fmt: skip
-    pipe.pexpire(key, ttl_ms)
-    pipe.zadd(keys.SERVICES, {f"{service}/{consumer}": updated_ms})
+    queue_beat(pipe, service, consumer, fields, updated_ms)
     pipe.execute()
 
 
