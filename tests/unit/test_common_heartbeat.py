@@ -1,5 +1,5 @@
 """The heartbeat's keys and the commands of one beat, without Redis (tests/integration/
-test_common_heartbeat.py runs them against a real server)."""
+test_common_heartbeat_redis.py runs them against a real server)."""
 
 from __future__ import annotations
 
