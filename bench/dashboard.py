@@ -4,7 +4,7 @@ The system under test is ``unistream dashboard`` as its own process (the Streaml
 execs into, with the flags it passes), its pages opened in the OS's headless Chromium through
 Playwright (the helpers of ``tests/browser.py``), against the harness's Redis. What it reads is
 written by a feeder thread in this process, shaped as a running system writes it (the packets of
-:mod:`unistream_dashboard.samples`): at the start a snapshot of :data:`SYMBOLS` (status packets,
+:mod:`dashboard_samples` of ``tests/``): at the start a snapshot of :data:`SYMBOLS` (status packets,
 ticks, 120 1s bars, trainer metrics, a model, consumer groups), then every second per symbol a
 tick batch, a 1s bar and a status packet, a trainer metrics packet, and a heartbeat of each of the four other services
 (the dashboard beats for itself), so every Overview card is LIVE and every service READY.
@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import CHROMIUM, VIEWPORT, chromium, stop_process_group, wait_streamlit_ready
 
 from unistream_common import codec, keys
+from unistream_common.heartbeat import queue_beat
 from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
@@ -123,7 +124,7 @@ class Feeder:
     """
 
     def __init__(self, url: str) -> None:
-        from unistream_dashboard import samples
+        import dashboard_samples as samples
 
         self.samples = samples
         self.client = redis.Redis.from_url(url, protocol=2)
@@ -170,14 +171,11 @@ class Feeder:
                    "paper/hours": step / 3600, "losses/q_values": 0.1 * step},
         )  # fmt: skip
         pipe.xadd(keys.METRICS, codec.encode(metrics), maxlen=1_000, approximate=True)
-        for service in OTHER_SERVICES:  # as unistream_common.service.heartbeat writes them
-            key = keys.heartbeat(service, f"{service}-1")
-            pipe.hset(key, mapping={
-                "service": service, "consumer": f"{service}-1", "started_ms": self.started_ms,
-                "updated_ms": now_ms, "ready": 1, "pid": 4242, "host": "bench",
-            })  # fmt: skip
-            pipe.pexpire(key, 10_000)
-            pipe.zadd(keys.SERVICES, {f"{service}/{service}-1": now_ms})
+        for service in OTHER_SERVICES:  # the services' own beat (queue_beat), from a fake pid and host
+            consumer = f"{service}-1"
+            fields = {"service": service, "consumer": consumer, "started_ms": self.started_ms, "ready": 1,
+                      "pid": 4242, "host": "bench"}  # fmt: skip
+            queue_beat(pipe, service, consumer, fields, now_ms)
         with self.lock:
             sent = len(pipe)
             try:

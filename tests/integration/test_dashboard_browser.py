@@ -9,13 +9,13 @@ import os
 import time
 from pathlib import Path
 
+import dashboard_samples as samples
 import pytest
 import redis
 from browser import chromium, needs_chromium, number, open_app, streamlit_server, unistream_command, wait_for_text
+from dashboard_samples import SymbolSnapshot
 
 from unistream_common import keys
-from unistream_dashboard import samples
-from unistream_dashboard.samples import SymbolSnapshot
 from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration, needs_chromium]

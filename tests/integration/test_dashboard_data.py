@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import dashboard_samples as samples
 import pytest
 import redis
 import streamlit as st
 
-from unistream_common import codec, keys, quality
-from unistream_dashboard import data, samples, view
+from unistream_common import codec, heartbeat, keys, quality
+from unistream_dashboard import data, streams
 from unistream_tools.redis_server import free_port
 
 pytestmark = pytest.mark.integration
@@ -49,21 +50,20 @@ def test_read_status_returns_status_packets_newest_first_and_each_symbols_last_t
 def test_readers_skip_and_explain_entries_that_do_not_decode_or_are_the_wrong_packet(
     client: redis.Redis, redis_url: str
 ) -> None:
-    bars = samples.bar_walk("ETHUSDT", end_open_ms=NOW, count=3, start_price=3000.0)
-    for bar in bars[:2]:
-        samples.write(client, keys.bars("ETHUSDT", "1s"), bar, entry_id=f"{bar.open_time_ms}-0")
-    client.xadd(
-        keys.bars("ETHUSDT", "1s"), {b"type": b"bar", b"v": b"1", b"data": b"\xc1"}, id=f"{bars[2].open_time_ms}-0"
+    batch = samples.tick_batch("BTCUSDT", first_trade_id=1, prices=[9e4], ts_ms=NOW)
+    samples.write(client, keys.ticks("BTCUSDT"), batch)
+    samples.write(
+        client, keys.ticks("ETHUSDT"), samples.tick_batch("ETHUSDT", first_trade_id=1, prices=[1.5], ts_ms=NOW)
     )
+    bad_id = client.xadd(keys.ticks("ETHUSDT"), {b"type": b"bar", b"v": b"1", b"data": b"\xc1"}).decode()
     metrics = samples.metrics_packet("t0", ts_ms=NOW, step=1, td_loss=0.1, updates=1)
     client.xadd(keys.UI, codec.encode(metrics), id="5-0")
-    read = data.read_bars(redis_url, ("ETHUSDT",), 300)
-    assert read.bars["ETHUSDT"] == bars[:2]
-    [skipped] = read.skipped
-    assert (skipped.stream, skipped.entry_id) == (keys.bars("ETHUSDT", "1s"), f"{bars[2].open_time_ms}-0")
-    assert skipped.reason.startswith("bar rejected:")
-    status = data.read_status(redis_url, ("ETHUSDT",))
-    assert status.skipped == [view.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")]
+    status = data.read_status(redis_url, ("ETHUSDT", "BTCUSDT"))
+    assert status.last_ticks == {"BTCUSDT": batch}, "the newest ETHUSDT entry does not decode: no last tick"
+    ui_skipped, tick_skipped = status.skipped
+    assert ui_skipped == data.Skipped(keys.UI, "5-0", "expected a ui packet, got metrics")
+    assert (tick_skipped.stream, tick_skipped.entry_id) == (keys.ticks("ETHUSDT"), bad_id)
+    assert tick_skipped.reason.startswith("bar rejected:")
 
 
 def test_read_training_returns_metrics_oldest_first_and_models_newest_first(
@@ -100,7 +100,7 @@ def test_read_streams_reports_groups_consumers_lag_and_trimming_overrun(client: 
     [group] = ticks.groups
     assert (group.name, group.consumers, group.pending, group.last_delivered_id) == ("aggregator", 1, 3, "3-0")
     assert [(c.name, c.pending) for c in group.consumer_infos] == [("aggregator-1", 3)]
-    assert view.overrun_alarm(ticks, group) == "OVERRUN: 2 entries trimmed before this group read them"
+    assert streams.overrun_alarm(ticks, group) == "OVERRUN: 2 entries trimmed before this group read them"
     assert abs(read.time_ms - time.time() * 1000) < 5_000, "Redis's clock"
     assert read.rates == {stream: None} and read.fetch_ms > 0
 
@@ -147,7 +147,7 @@ def test_read_health_lists_live_heartbeats_and_the_trainer_leader(client: redis.
         ("trainer", "trainer-a", True),
         ("trainer", "trainer-b", False),
     ]
-    assert read.beats[0] == view.Heartbeat("ingest", "ingest-a", NOW - 10, NOW, True, 4242, "host-a")
+    assert read.beats[0] == data.Heartbeat("ingest", "ingest-a", NOW - 10, NOW, True, 4242, "host-a")
     assert read.leader == "trainer-a"
     st.cache_data.clear()
     client.flushall()
@@ -173,17 +173,11 @@ def test_the_dashboard_beats_its_own_heartbeat_like_the_services(client: redis.R
             time.sleep(0.05)
         [beat] = data.read_health(redis_url).beats
         assert (beat.service, beat.consumer, beat.ready) == ("dashboard", "dashboard-test", True)
-        assert 0 < client.pttl(keys.heartbeat("dashboard", "dashboard-test")) <= data.HEARTBEAT_TTL_MS
+        assert 0 < client.pttl(keys.heartbeat("dashboard", "dashboard-test")) <= heartbeat.HEARTBEAT_TTL_MS
         assert data.start_heartbeat(redis_url, "dashboard-test", 0.2) is stop, "one thread per server process"
     finally:
         stop.set()
         data.start_heartbeat.clear()
-
-
-def test_the_heartbeat_expires_as_the_services_do() -> None:
-    from unistream_common import service
-
-    assert data.HEARTBEAT_TTL_MS == service.HEARTBEAT_TTL_MS
 
 
 def test_readers_fail_fast_with_a_connection_error_when_redis_is_away() -> None:
@@ -192,7 +186,6 @@ def test_readers_fail_fast_with_a_connection_error_when_redis_is_away() -> None:
     started = time.monotonic()
     readers = (
         lambda: data.read_status(url, ("ETHUSDT",)),
-        lambda: data.read_bars(url, ("ETHUSDT",), 10),
         lambda: data.read_training(url, 10),
         lambda: data.read_streams(url, ("ETHUSDT",)),
         lambda: data.read_health(url),

@@ -8,15 +8,16 @@ from __future__ import annotations
 import re
 import time
 
+import dashboard_samples as samples
 import pandas as pd
 import pytest
 import redis
 import streamlit as st
+from dashboard_samples import SymbolSnapshot
 from streamlit.testing.v1 import AppTest
 
 from unistream_common import keys, quality
-from unistream_dashboard import data, samples
-from unistream_dashboard.samples import SymbolSnapshot
+from unistream_dashboard import data
 from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
 pytestmark = [pytest.mark.heavy, pytest.mark.integration]

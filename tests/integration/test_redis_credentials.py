@@ -347,7 +347,7 @@ def test_the_dashboard_user_reads_everything_writes_only_its_heartbeat_and_may_r
     assert client.xlen(keys.ticks("ETHUSDT")) == 1
     assert client.xrange(keys.ticks("ETHUSDT"))
     # the dashboard's own heartbeat, the one thing it writes
-    data._beat_once(client, keys.heartbeat("dashboard", "acl"), "dashboard/acl", {"service": "dashboard"})
+    data.beat_once(client, "acl", {"service": "dashboard"})
     assert admin.hget(keys.heartbeat("dashboard", "acl"), "service") == b"dashboard"
     for write in (
         lambda: client.xadd(keys.ticks("ETHUSDT"), {"x": "2"}),

@@ -6,6 +6,7 @@ The pages' contents against a real Redis are in tests/integration/test_dashboard
 
 from __future__ import annotations
 
+import socket
 import sys
 import types
 from collections.abc import Iterator
@@ -15,21 +16,23 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from unistream_dashboard import app, samples
+from unistream_dashboard import app
 from unistream_dashboard.settings import DashboardSettings
-from unistream_tools.redis_server import free_port
 
-APP = Path(samples.__file__).with_name("app.py")
+APP = Path(app.__file__)
 
 
 @pytest.fixture(autouse=True)
 def redis_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A Redis URL nobody listens on, and no heartbeat thread."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    monkeypatch.setenv("UNISTREAM_REDIS_URL", url)
-    monkeypatch.setenv("UNISTREAM_HEARTBEAT_S", "0")
-    st.cache_data.clear()
-    yield url
+    """A Redis URL nobody listens on, and no heartbeat thread: the port is bound by this test and
+    never listened on, so a connection is refused and nothing else can take the port meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{held.getsockname()[1]}/0"
+        monkeypatch.setenv("UNISTREAM_REDIS_URL", url)
+        monkeypatch.setenv("UNISTREAM_HEARTBEAT_S", "0")
+        st.cache_data.clear()
+        yield url
 
 
 def _page(page: str) -> None:

@@ -197,6 +197,19 @@ def heartbeat(service: str, consumer: str) -> str:
     return f"svc:{service}:{consumer}"
 
 
+def service_member(service: str, consumer: str) -> str:
+    """Member of one service process in :data:`SERVICES`: ``<service>/<consumer>``."""
+    return f"{service}/{consumer}"
+
+
+def parse_service_member(member: str | bytes) -> tuple[str, str]:
+    """(service, consumer) of a :data:`SERVICES` member (:func:`service_member` reversed); a
+    member without ``/`` is a service with an empty consumer name."""
+    text = member.decode() if isinstance(member, bytes) else member
+    service, _, consumer = text.partition("/")
+    return service, consumer
+
+
 def hash_tag(key: str) -> str:
     """The part of ``key`` Redis Cluster hashes: the text in its first non-empty ``{...}``, else the key."""
     start = key.find("{")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +24,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 
-from unistream_common import keys
+from unistream_common.heartbeat import HEARTBEAT_EVERY_S, beat_fields, queue_beat, queue_goodbye
 from unistream_common.redisio import access_problem, command_client, safe_url
 from unistream_common.settings import EXIT_BAD_CONFIG, CommonSettings
 from unistream_common.stats import Stats
@@ -83,31 +81,18 @@ def setup_logging(level: str) -> None:
     )
 
 
-HEARTBEAT_EVERY_S = 2.0
-HEARTBEAT_TTL_MS = 10_000
-
-
 async def heartbeat(ctx: ServiceContext, started_ms: int) -> None:
-    """Say in Redis, every few seconds, that this process runs and whether it is ready (for the dashboard).
+    """Say in Redis, every :data:`~unistream_common.heartbeat.HEARTBEAT_EVERY_S` seconds, that this
+    process runs and whether it is ready (for the dashboard); see :mod:`unistream_common.heartbeat`.
 
-    ``svc:{service}:{consumer}`` (a hash, expiring ``HEARTBEAT_TTL_MS`` after the last beat) and
-    ``svc:index`` (member ``service/consumer``, score = last beat). Redis errors are counted and
-    retried at the next beat: the heartbeat never stops a service.
+    Redis errors are counted and retried at the next beat: the heartbeat never stops a service.
     """
     consumer = ctx.settings.consumer(ctx.name)
-    key = keys.heartbeat(ctx.name, consumer)
-    member = f"{ctx.name}/{consumer}"
     while True:
-        now = int(time.time() * 1000)
+        fields = beat_fields(ctx.name, consumer, started_ms=started_ms, ready=ctx.ready())
         try:
             pipe = ctx.redis.pipeline(transaction=True)
-            pipe.hset(key, mapping={
-                "service": ctx.name, "consumer": consumer, "started_ms": started_ms, "updated_ms": now,
-                "ready": int(bool(ctx.ready())), "pid": os.getpid(), "host": socket.gethostname(),
-            })  # fmt: skip
-            pipe.pexpire(key, HEARTBEAT_TTL_MS)
-            pipe.zadd(keys.SERVICES, {member: now})
-            pipe.zremrangebyscore(keys.SERVICES, "-inf", now - 10 * HEARTBEAT_TTL_MS)
+            queue_beat(pipe, ctx.name, consumer, fields, int(time.time() * 1000))
             await pipe.execute()
         except RedisError:
             ctx.stats.inc("heartbeat_errors")
@@ -144,10 +129,10 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
             await asyncio.wait({task}, timeout=10)
             if not task.done():
                 log.error("%s worker ignored cancellation for 10 s; exiting anyway", ctx.name)
-            with contextlib.suppress(RedisError, OSError):  # gone at once rather than after the TTL
-                consumer = ctx.settings.consumer(ctx.name)
-                await ctx.redis.delete(keys.heartbeat(ctx.name, consumer))
-                await ctx.redis.zrem(keys.SERVICES, f"{ctx.name}/{consumer}")
+            with contextlib.suppress(RedisError, OSError):
+                pipe = ctx.redis.pipeline(transaction=True)
+                queue_goodbye(pipe, ctx.name, ctx.settings.consumer(ctx.name))
+                await pipe.execute()
             await ctx.redis.aclose()
 
     app = FastAPI(title=f"unistream {ctx.name}", lifespan=lifespan)

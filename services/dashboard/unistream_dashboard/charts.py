@@ -5,18 +5,20 @@ once-a-second redraw, and candlestick charts hold at most :data:`MAX_CANDLES` ca
 which plotly's redraw time grows past the refresh interval on a small machine.
 
 The market and training pages build their own figures (:mod:`unistream_dashboard.market`,
-:mod:`unistream_dashboard.training`) from the helpers here: :func:`utc_datetime` for the time
-axes, :func:`price_tickformat` for price axes, :func:`lines_figure` for lines over time.
+:mod:`unistream_dashboard.training`) from the helpers here: :func:`price_tickformat` for price
+axes, :func:`lines_figure` for lines over time (time axes take
+:func:`unistream_dashboard.widgets.utc_datetime`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import plotly.graph_objects as go
+
+from unistream_dashboard.widgets import utc_datetime
 
 MAX_CANDLES = 1000
 UP = "#26a69a"
@@ -31,11 +33,6 @@ LEGEND_LINE = {"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.0, "yanch
 PLOT_CONFIG: dict[str, Any] = {"displaylogo": False}
 FEW_POINTS = 30  # below this a line also marks its points (a single point draws no line)
 MIN_SPAN_MS = 60_000  # a time axis shorter than this is widened to it
-
-
-def utc_datetime(ts_ms: int) -> datetime:
-    """Timezone-aware UTC datetime of an epoch-ms timestamp (chart axes)."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
 
 
 def price_tickformat(prices: Sequence[float]) -> str:

@@ -1,46 +1,44 @@
-"""Redis reads of the dashboard: one client per server process, each read cached for a second.
+"""Redis reads of every dashboard page: one client per server process, each read cached for a second.
 
 Every browser tab runs the page in its own thread, and every live panel refreshes about once a
 second, so reads go through ``st.cache_data(ttl=1)``: all tabs share one Redis round trip per
 read per second. Results are plain dataclasses of decoded packets (they are pickled into the
-cache). Entries that do not decode are returned as :class:`~unistream_dashboard.view.Skipped`
-so the page can count and show them; Redis errors (:class:`redis.RedisError`) propagate to the
-page, which shows a banner and tries again on the next refresh (errors are never cached).
+cache), defined here beside the reads that fill them. Entries that do not decode are returned as
+:class:`Skipped` (the Overview's reads) or counted (the Market and Training reads) so the page can
+show them; Redis errors (:class:`redis.RedisError`) propagate to the page, which shows a banner
+and tries again on the next refresh (errors are never cached).
 
 Each read records ``fetch_ms``, how long its Redis round trips took when it was really made (a
 read served from the cache keeps the time of the fetch behind it), for the panels' captions.
-The dashboard's own heartbeat (:func:`start_heartbeat`) is a daemon thread per server process.
+The dashboard's own heartbeat (:func:`start_heartbeat`) is a daemon thread per server process,
+beating as every service does (:mod:`unistream_common.heartbeat`).
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import math
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
 import streamlit as st
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from unistream_common import codec, keys, quality
-from unistream_common.packets import Bar, MetricsPacket, ModelAnnouncement, TickBatch, UIDataPacket
-from unistream_common.redisio import PROTOCOL
-from unistream_common.redisio import s as text
-from unistream_dashboard.view import (
-    ConsumerInfo,
-    DeadLetters,
-    GroupInfo,
-    Heartbeat,
-    RateTracker,
-    Skipped,
-    StreamInfo,
-    parse_dead_letter,
-    parse_heartbeat,
+from unistream_common import codec, heartbeat, keys, quality
+from unistream_common.packets import (
+    Bar,
+    MetricsPacket,
+    ModelAnnouncement,
+    PaperFill,
+    PredictionPacket,
+    TickBatch,
+    UIDataPacket,
 )
+from unistream_common.redisio import s as text
+from unistream_common.redisio import sync_client
 
 # A page refresh must not hang on a dead server: fail fast, the next refresh tries again.
 CONNECT_TIMEOUT_S = 1.0
@@ -49,12 +47,17 @@ CACHE_TTL_S = 1
 # Status packets of all symbols share ui:packets (about one per symbol per 100 ms, ~50 retained):
 # read well past the retention so every symbol's newest packet is in the window.
 UI_WINDOW = 256
-MODELS_WINDOW = 50
-# As unistream_common.service's (not imported: it pulls in FastAPI and uvicorn; a test keeps them equal).
-HEARTBEAT_TTL_MS = 10_000
+MODELS_WINDOW = 50  # newest ml:models entries the Overview reads
+TRAINER_MODELS_WINDOW = 1_000  # the Training page's: the trainer keeps ~1,000 announcements
+PREDICTIONS_WINDOW = 5_000  # newest ui:predictions entries read (the features service keeps ~5,000)
+PAPER_WINDOW = 5_000  # newest ml:paper entries read (the trainer keeps ~5,000)
 SERVICE_NAME = "dashboard"
+TRAINER_SERVICE = "trainer"
 # The trainer replicas' lease (see unistream_trainer.replicas; not imported: it pulls in torch).
 TRAINER_LEADER = keys.TRAINER_LEADER
+# The extrema probabilities the Market page charts: prediction names ``<timeframe>.p_top`` and ``.p_bottom``.
+TOP = "p_top"
+BOTTOM = "p_bottom"
 
 T = TypeVar("T")
 
@@ -69,17 +72,19 @@ def redis_client(url: str) -> redis.Redis:
 
     Automatic retries are off: a read that fails is simply repeated by the next refresh.
     """
-    return redis.Redis.from_url(
-        url,
-        protocol=PROTOCOL,
-        decode_responses=False,
-        socket_timeout=READ_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_error=[],
-        health_check_interval=0,
-        client_name="unistream-dashboard",
-    )
+    return sync_client(url, "unistream-dashboard", timeout_s=READ_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry the dashboard could not show, and why (it is counted, never fatal)."""
+
+    stream: str
+    entry_id: str
+    reason: str
 
 
 def _decode_as(stream: str, entry_id: Any, fields: Any, cls: type[T], skipped: list[Skipped]) -> T | None:
@@ -94,6 +99,26 @@ def _decode_as(stream: str, entry_id: Any, fields: Any, cls: type[T], skipped: l
         skipped.append(Skipped(stream, eid, f"expected a {cls.TYPE} packet, got {packet.TYPE}"))  # type: ignore[attr-defined]
         return None
     return packet
+
+
+def decode_entries(entries: Iterable[Any], cls: type[T]) -> tuple[list[T], int]:
+    """The entries' packets of type ``cls`` in the given order, and how many were something else
+    or did not decode."""
+    out: list[T] = []
+    skipped = 0
+    for _, fields in entries:
+        try:
+            packet = codec.decode(fields)
+        except codec.DecodeError:
+            packet = None
+        if isinstance(packet, cls):
+            out.append(packet)
+        else:
+            skipped += 1
+    return out, skipped
+
+
+# --------------------------------------------------------------------------- Overview
 
 
 @dataclass(frozen=True)
@@ -132,33 +157,6 @@ def read_status(url: str, symbols: tuple[str, ...]) -> StatusRead:
 
 
 @dataclass(frozen=True)
-class BarsRead:
-    """1s bars of each symbol, oldest first."""
-
-    bars: dict[str, list[Bar]] = field(default_factory=dict)
-    skipped: list[Skipped] = field(default_factory=list)
-    fetch_ms: float = 0.0
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
-def read_bars(url: str, symbols: tuple[str, ...], count: int) -> BarsRead:
-    """The newest ``count`` 1s bars of every symbol (XREVRANGE, one round trip)."""
-    started = time.perf_counter()
-    pipe = redis_client(url).pipeline(transaction=False)
-    for symbol in symbols:
-        pipe.xrevrange(keys.bars(symbol, "1s"), count=count)
-    skipped: list[Skipped] = []
-    out: dict[str, list[Bar]] = {}
-    replies = pipe.execute()
-    fetch_ms = _elapsed_ms(started)
-    for symbol, reply in zip(symbols, replies, strict=True):
-        stream = keys.bars(symbol, "1s")
-        decoded = (_decode_as(stream, eid, f, Bar, skipped) for eid, f in reversed(reply))
-        out[symbol] = [b for b in decoded if b is not None]
-    return BarsRead(bars=out, skipped=skipped, fetch_ms=fetch_ms)
-
-
-@dataclass(frozen=True)
 class TrainingRead:
     """Trainer metrics (oldest first) and model announcements (newest first)."""
 
@@ -183,6 +181,185 @@ def read_training(url: str, metrics_count: int) -> TrainingRead:
     ]
     models = [p for eid, f in models_reply if (p := _decode_as(keys.MODELS, eid, f, ModelAnnouncement, skipped))]
     return TrainingRead(metrics=metrics, models=models, skipped=skipped, fetch_ms=fetch_ms)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """One live ``svc:{service}:{consumer}`` hash (it expires 10 s after the process's last beat)."""
+
+    service: str
+    consumer: str
+    started_ms: int | None
+    updated_ms: int | None
+    ready: bool
+    pid: int | None = None
+    host: str = ""
+
+
+def _opt(raw: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(raw[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def parse_heartbeat(raw: Mapping[bytes | str, bytes | str]) -> Heartbeat | None:
+    """A heartbeat hash as written by the services (bytes or str keys); None when it lacks a service."""
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+        for k, v in raw.items()
+    }
+    if not fields.get("service"):
+        return None
+    return Heartbeat(
+        service=fields["service"],
+        consumer=fields.get("consumer", ""),
+        started_ms=_opt(fields, "started_ms"),
+        updated_ms=_opt(fields, "updated_ms"),
+        ready=fields.get("ready", "0") == "1",
+        pid=_opt(fields, "pid"),
+        host=fields.get("host", ""),
+    )
+
+
+@dataclass(frozen=True)
+class HealthRead:
+    """Live service heartbeats (sorted by service, then consumer) and the trainer's leader."""
+
+    beats: list[Heartbeat] = field(default_factory=list)
+    leader: str | None = None
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
+def read_health(url: str) -> HealthRead:
+    """Every heartbeat listed in svc:index whose hash has not expired, and ml:trainer:leader.
+
+    The index keeps members for a while after their process stopped; only the hashes (which
+    expire 10 s after the last beat) say a process is alive.
+    """
+    started = time.perf_counter()
+    client = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    pipe.zrange(keys.SERVICES, 0, -1)
+    pipe.get(TRAINER_LEADER)
+    members, leader = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    pairs = [keys.parse_service_member(m) for m in members]
+    for service, consumer in pairs:
+        pipe.hgetall(keys.heartbeat(service, consumer))
+    hashes = pipe.execute() if pairs else []
+    fetch_ms = _elapsed_ms(started)
+    beats = [b for raw in hashes if raw and (b := parse_heartbeat(raw)) is not None]
+    beats.sort(key=lambda b: (b.service, b.consumer))
+    return HealthRead(beats=beats, leader=keys.lease_holder(leader), fetch_ms=fetch_ms)
+
+
+# --------------------------------------------------------------------------- Streams
+
+
+@dataclass(frozen=True)
+class ConsumerInfo:
+    """XINFO CONSUMERS of one consumer. ``inactive_ms`` exists from Redis 7.2 on."""
+
+    name: str
+    pending: int
+    idle_ms: int
+    inactive_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """XINFO GROUPS of one group. ``entries_read`` and ``lag`` are None before Redis 7.0,
+    and ``lag`` is also None whenever Redis cannot compute it."""
+
+    name: str
+    consumers: int
+    pending: int
+    last_delivered_id: str
+    entries_read: int | None
+    lag: int | None
+    consumer_infos: tuple[ConsumerInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """XINFO STREAM of one stream. ``entries_added`` is None before Redis 7.0."""
+
+    name: str
+    length: int
+    first_entry_id: str | None
+    last_entry_id: str | None
+    entries_added: int | None
+    groups: tuple[GroupInfo, ...] = ()
+    last_generated_id: str | None = None
+
+
+class RateTracker:
+    """Entries per second of each stream, from its ``entries-added`` counter sampled over time.
+
+    :meth:`update` takes a sample (seconds on a monotonic clock, the counter) and returns the rate
+    over the samples of the last ``window_s`` seconds, or None until two samples at least
+    ``min_span_s`` apart exist. A counter that goes back (the stream was deleted, Redis restarted)
+    starts over, and so does one not sampled for longer than the window (nobody watched the page):
+    the rate is always a recent one. Thread-safe: one tracker serves every browser tab of a server process.
+    """
+
+    def __init__(self, window_s: float = 10.0, min_span_s: float = 0.5) -> None:
+        self.window_s = window_s
+        self.min_span_s = min_span_s
+        self._samples: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, key: str, t_s: float, count: int) -> float | None:
+        with self._lock:
+            samples = self._samples.setdefault(key, deque())
+            if samples and (count < samples[-1][1] or not 0 <= t_s - samples[-1][0] <= self.window_s):
+                samples.clear()
+            if not samples or t_s > samples[-1][0]:
+                samples.append((t_s, count))
+            while len(samples) > 2 and t_s - samples[1][0] >= self.window_s:
+                samples.popleft()
+            t0, c0 = samples[0]
+            if t_s - t0 < self.min_span_s:
+                return None
+            return (count - c0) / (t_s - t0)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a ``<stream>:dlq`` stream: why, and who gave up on it."""
+
+    entry_id: str
+    reason: str
+    group: str = ""
+    consumer: str = ""
+    ts_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """A dead-letter stream: ``stream`` is the stream whose entries it holds."""
+
+    stream: str
+    length: int
+    entries_added: int | None
+    latest: tuple[DeadLetter, ...] = ()
+
+
+def parse_dead_letter(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
+    """A dead-letter entry's ``dlq_*`` fields (a missing reason reads ``(no reason given)``)."""
+    f = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
+        for k, v in fields.items()
+    }
+    return DeadLetter(
+        entry_id=entry_id,
+        reason=f.get("dlq_reason") or "(no reason given)",
+        group=f.get("dlq_group", ""),
+        consumer=f.get("dlq_consumer", ""),
+        ts_ms=_opt(f, "dlq_ts_ms"),
+    )
 
 
 @dataclass(frozen=True)
@@ -339,39 +516,6 @@ def read_streams(url: str, symbols: tuple[str, ...], dlq_reasons: int = 3) -> St
 
 
 @dataclass(frozen=True)
-class HealthRead:
-    """Live service heartbeats (sorted by service, then consumer) and the trainer's leader."""
-
-    beats: list[Heartbeat] = field(default_factory=list)
-    leader: str | None = None
-    fetch_ms: float = 0.0
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
-def read_health(url: str) -> HealthRead:
-    """Every heartbeat listed in svc:index whose hash has not expired, and ml:trainer:leader.
-
-    The index keeps members for a while after their process stopped; only the hashes (which
-    expire 10 s after the last beat) say a process is alive.
-    """
-    started = time.perf_counter()
-    client = redis_client(url)
-    pipe = client.pipeline(transaction=False)
-    pipe.zrange(keys.SERVICES, 0, -1)
-    pipe.get(TRAINER_LEADER)
-    members, leader = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    pairs = [text(m).partition("/")[::2] for m in members]
-    for service, consumer in pairs:
-        pipe.hgetall(keys.heartbeat(service, consumer))
-    hashes = pipe.execute() if pairs else []
-    fetch_ms = _elapsed_ms(started)
-    beats = [b for raw in hashes if raw and (b := parse_heartbeat(raw)) is not None]
-    beats.sort(key=lambda b: (b.service, b.consumer))
-    return HealthRead(beats=beats, leader=keys.lease_holder(leader), fetch_ms=fetch_ms)
-
-
-@dataclass(frozen=True)
 class QualityRead:
     """Per symbol the aggregator's data-quality counters (``quality.collect_bar_quality`` rows)."""
 
@@ -387,13 +531,192 @@ def read_quality(url: str, symbols: tuple[str, ...]) -> QualityRead:
     return QualityRead(rows=rows, fetch_ms=_elapsed_ms(started))
 
 
-def _beat_once(client: redis.Redis, key: str, member: str, fields: dict[str, Any]) -> None:
-    now = int(time.time() * 1000)
+# --------------------------------------------------------------------------- Market
+
+
+def _charted(name: str) -> bool:
+    return name.endswith((f".{TOP}", f".{BOTTOM}"))
+
+
+@dataclass
+class Predictions:
+    """The extrema probabilities (``*.p_top``, ``*.p_bottom``) of PredictionPackets as columns,
+    in the order added: ``probs[name][i]`` is row i's value (NaN where its packet had no such
+    name). Columns pickle in a millisecond where thousands of small objects take tens: the
+    cached read hands a copy of this to every chart every second."""
+
+    symbols: list[str] = field(default_factory=list)
+    ts_ms: list[int] = field(default_factory=list)
+    probs: dict[str, list[float]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ts_ms)
+
+    def add(self, packet: PredictionPacket) -> None:
+        """Append one packet's row (its other predictions, such as ``p_up``, are not kept)."""
+        row = len(self.ts_ms)
+        values = codec.f32_from_bytes(packet.values).tolist()
+        self.symbols.append(packet.symbol)
+        self.ts_ms.append(packet.ts_event_ms)
+        for name, value in zip(packet.names, values, strict=True):
+            if _charted(name):
+                column = self.probs.get(name)
+                if column is None:
+                    column = self.probs[name] = [math.nan] * row
+                if len(column) == row:  # a name listed twice keeps its first value
+                    column.append(value)
+        for column in self.probs.values():
+            if len(column) == row:
+                column.append(math.nan)
+
+
+def predictions_from(packets: Iterable[PredictionPacket]) -> Predictions:
+    """:class:`Predictions` of ``packets``, in their order."""
+    out = Predictions()
+    for packet in packets:
+        out.add(packet)
+    return out
+
+
+@dataclass(frozen=True)
+class CandlesRead:
+    """One symbol's newest bars of one timeframe (oldest first) and its forming bar."""
+
+    bars: list[Bar] = field(default_factory=list)
+    forming: Bar | None = None
+    skipped: int = 0  # entries that did not decode as bars
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=64, show_spinner=False)
+def read_candles(url: str, symbol: str, timeframe: str, count: int) -> CandlesRead:
+    """XREVRANGE md:bars:{SYMBOL}:TF and md:history:{SYMBOL}:TF (``count`` entries each) and HGETALL
+    md:forming:{SYMBOL}:TF, one round trip. History (ingest's warm-up bars) fills the chart where no live
+    bar exists yet; a live bar of the same open time replaces it."""
+    started = time.perf_counter()
+    pipe = redis_client(url).pipeline(transaction=False)
+    pipe.xrevrange(keys.bars(symbol, timeframe), count=count)
+    pipe.xrevrange(keys.history(symbol, timeframe), count=count)
+    pipe.hgetall(keys.forming(symbol, timeframe))
+    entries, history_entries, forming_fields = pipe.execute()
+    fetch_ms = _elapsed_ms(started)
+    by_open: dict[int, Bar] = {}
+    skipped = 0
+    for source in (history_entries, entries):  # live last: it replaces history of the same interval
+        decoded, not_bars = decode_entries(reversed(source), Bar)
+        skipped += not_bars
+        for packet in decoded:
+            by_open[packet.open_time_ms] = packet
+    bars = [by_open[k] for k in sorted(by_open)][-count:]
+    forming: Bar | None = None
+    if forming_fields:
+        try:
+            packet = codec.decode(forming_fields)
+        except codec.DecodeError:
+            packet = None
+        if isinstance(packet, Bar):
+            forming = packet
+        else:
+            skipped += 1
+    return CandlesRead(bars=bars, forming=forming, skipped=skipped, fetch_ms=fetch_ms)
+
+
+@dataclass(frozen=True)
+class MarkersRead:
+    """The newest CNN predictions and paper fills of every symbol (oldest first)."""
+
+    predictions: Predictions = field(default_factory=Predictions)
+    fills: list[PaperFill] = field(default_factory=list)
+    skipped: int = 0
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=8, show_spinner=False)
+def read_markers(url: str) -> MarkersRead:
+    """XREVRANGE ui:predictions and ml:paper (the newest few thousand entries), one round trip
+    shared by every chart of every tab."""
+    started = time.perf_counter()
+    pipe = redis_client(url).pipeline(transaction=False)
+    pipe.xrevrange(keys.PREDICTIONS, count=PREDICTIONS_WINDOW)
+    pipe.xrevrange(keys.PAPER, count=PAPER_WINDOW)
+    prediction_entries, fill_entries = pipe.execute()
+    fetch_ms = _elapsed_ms(started)
+    packets, skipped = decode_entries(reversed(prediction_entries), PredictionPacket)
+    predictions = Predictions()
+    for packet in packets:
+        try:
+            predictions.add(packet)
+        except ValueError:
+            skipped += 1
+    fills, skipped_fills = decode_entries(reversed(fill_entries), PaperFill)
+    skipped += skipped_fills
+    return MarkersRead(predictions=predictions, fills=fills, skipped=skipped, fetch_ms=fetch_ms)
+
+
+# --------------------------------------------------------------------------- Training
+
+
+@dataclass(frozen=True)
+class TrainerRead:
+    """Everything the training page shows, from two round trips."""
+
+    metrics: list[MetricsPacket] = field(default_factory=list)  # oldest first
+    models: list[ModelAnnouncement] = field(default_factory=list)  # oldest first
+    members: dict[str, int] = field(default_factory=dict)  # replica -> heartbeat expiry (ms)
+    leader: str | None = None
+    heartbeats: dict[str, dict[str, str]] = field(default_factory=dict)  # replica -> svc:trainer:<name>
+    skipped: int = 0
+    fetch_ms: float = 0.0
+
+
+@st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
+def read_trainer(url: str, metrics_count: int) -> TrainerRead:
+    """The newest ``metrics_count`` ml:metrics entries, the newest ml:models entries, the members
+    set, the lease holder, then the heartbeat hash of every replica named in svc:index or the
+    members set."""
+    started = time.perf_counter()
+    client = redis_client(url)
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(keys.METRICS, count=metrics_count)
+    pipe.xrevrange(keys.MODELS, count=TRAINER_MODELS_WINDOW)
+    pipe.zrange(keys.TRAINER_MEMBERS, 0, -1, withscores=True)
+    pipe.get(TRAINER_LEADER)
+    pipe.zrange(keys.SERVICES, 0, -1)
+    metrics_reply, models_reply, members_reply, leader_reply, services_reply = pipe.execute()
+    members = {text(name): int(score) for name, score in members_reply}
+    replicas = {
+        consumer for service, consumer in map(keys.parse_service_member, services_reply) if service == TRAINER_SERVICE
+    }
+    names = sorted(set(members) | replicas)
+    heartbeats: dict[str, dict[str, str]] = {}
+    if names:
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.heartbeat(TRAINER_SERVICE, name))
+        for name, beat in zip(names, pipe.execute(), strict=True):
+            if beat:
+                heartbeats[name] = {text(k): text(v) for k, v in beat.items()}
+    fetch_ms = _elapsed_ms(started)
+    metrics, skipped_metrics = decode_entries(reversed(metrics_reply), MetricsPacket)
+    models, skipped_models = decode_entries(reversed(models_reply), ModelAnnouncement)
+    return TrainerRead(
+        metrics=metrics,
+        models=models,
+        members=members,
+        leader=keys.lease_holder(leader_reply),
+        heartbeats=heartbeats,
+        skipped=skipped_metrics + skipped_models,
+        fetch_ms=fetch_ms,
+    )
+
+
+# --------------------------------------------------------------------------- the dashboard's heartbeat
+
+
+def beat_once(client: redis.Redis, consumer: str, fields: dict[str, str | int]) -> None:
+    """One beat of ``svc:dashboard:{consumer}`` (MULTI/EXEC, as the services beat)."""
     pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping={**fields, "updated_ms": now})
-    pipe.pexpire(key, HEARTBEAT_TTL_MS)
-    pipe.zadd(keys.SERVICES, {member: now})
-    pipe.zremrangebyscore(keys.SERVICES, "-inf", now - 10 * HEARTBEAT_TTL_MS)
+    heartbeat.queue_beat(pipe, SERVICE_NAME, consumer, fields, int(time.time() * 1000))
     pipe.execute()
 
 
@@ -405,30 +728,15 @@ def start_heartbeat(url: str, consumer: str, every_s: float) -> threading.Event:
     Returns the event that stops the thread. Redis errors are ignored: the next beat tries again.
     """
     stop = threading.Event()
-    client = redis.Redis.from_url(
-        url,
-        protocol=PROTOCOL,
-        socket_timeout=READ_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        client_name="unistream-dashboard-heartbeat",
+    client = sync_client(
+        url, "unistream-dashboard-heartbeat", timeout_s=READ_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S
     )
-    key = keys.heartbeat(SERVICE_NAME, consumer)
-    member = f"{SERVICE_NAME}/{consumer}"
-    fields = {
-        "service": SERVICE_NAME,
-        "consumer": consumer,
-        "started_ms": int(time.time() * 1000),
-        "ready": 1,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-    }
+    fields = heartbeat.beat_fields(SERVICE_NAME, consumer, started_ms=int(time.time() * 1000), ready=True)
 
     def run() -> None:
         while not stop.is_set():
             try:
-                _beat_once(client, key, member, fields)
+                beat_once(client, consumer, fields)
             except redis.RedisError:
                 pass
             stop.wait(every_s)

@@ -1,17 +1,17 @@
 """Market page: per symbol a live candlestick chart with volume, the forming candle, the CNN's
 extrema predictions and the RL agent's paper trades.
 
-Three layers, top to bottom:
+Two layers, top to bottom:
 
 * pure shaping (no Redis, no Streamlit): :func:`candle_series` (closed bars plus the forming
-  one), :func:`predictions_from` (the CNN's extrema probabilities as columns),
-  :func:`extrema_markers` and :func:`trade_markers` (markers mapped onto candles),
-  :func:`market_caption` and :func:`market_figure` (the plotly figure);
-* cached reads (``st.cache_data(ttl=1)``, shared by every tab): :func:`read_candles` (one
-  symbol's bars of one timeframe and its forming bar) and :func:`read_markers` (the newest
-  ``ui:predictions`` and ``ml:paper`` entries of all symbols);
+  one), :func:`extrema_markers` and :func:`trade_markers` (markers mapped onto candles, the
+  predictions as :class:`unistream_dashboard.data.Predictions` columns), :func:`market_caption`
+  and :func:`market_figure` (the plotly figure);
 * :func:`render`, called by the app's page: controls, then one self-refreshing
-  ``st.fragment`` per symbol.
+  ``st.fragment`` per symbol, each reading through the cached
+  :func:`unistream_dashboard.data.read_candles` (one symbol's bars of one timeframe and its
+  forming bar) and :func:`unistream_dashboard.data.read_markers` (the newest ``ui:predictions``
+  and ``ml:paper`` entries of all symbols).
 
 **Which candle a point belongs to.** A bar covers ``[open_time_ms, close_time_ms)`` and a
 prediction or a paper fill is stamped with the close of the 1s bar it was decided on, which is
@@ -28,42 +28,32 @@ Streamlit anchors (for tests): containers keyed ``market-<SYMBOL>``, the timefra
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import plotly.graph_objects as go
 import redis
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from unistream_common import codec, keys
-from unistream_common.packets import Bar, PaperFill, PredictionPacket
-from unistream_common.redisio import safe_url
+from unistream_common import keys
+from unistream_common.packets import Bar, PaperFill
 from unistream_dashboard import charts
-from unistream_dashboard.data import redis_client
+from unistream_dashboard.data import BOTTOM, TOP, Predictions, read_candles, read_markers
 from unistream_dashboard.settings import DashboardSettings
-
-T = TypeVar("T")
+from unistream_dashboard.widgets import SEP, fetched_caption, live, show_redis_error, utc_datetime
 
 TIMEFRAMES: tuple[str, ...] = keys.TIMEFRAMES
 DEFAULT_TIMEFRAME = "1s"
 MAX_CANDLES = 500  # per chart: plotly redraws 500 candles in ~40 ms, 5,000 in ~240 ms
 DEFAULT_THRESHOLD = 0.5
 MIN_SPAN_CANDLES = 10  # the time axis spans at least this many candles
-PREDICTIONS_WINDOW = 5_000  # newest ui:predictions entries read (the features service keeps ~5,000)
-PAPER_WINDOW = 5_000  # newest ml:paper entries read (the trainer keeps ~5,000)
-CACHE_TTL_S = 1
-TOP = "p_top"
-BOTTOM = "p_bottom"
 FORMING_UP = "#ffb300"
 FORMING_DOWN = "#8d6e63"
 TOP_COLOUR = "#ab47bc"
 BOTTOM_COLOUR = "#1e88e5"
 BUY_COLOUR = "#00c853"
 SELL_COLOUR = "#d50000"
-SEP = " · "
 # Probabilities travel as float32: 0.95 arrives as 0.949999988. A threshold compares with this slack.
 THRESHOLD_SLACK = 1e-6
 
@@ -140,50 +130,6 @@ def candle_series(symbol: str, timeframe: str, bars: Iterable[Bar], forming: Bar
         volume=[b.volume for b in chosen],
         forming=forming,
     )
-
-
-def _charted(name: str) -> bool:
-    return name.endswith((f".{TOP}", f".{BOTTOM}"))
-
-
-@dataclass
-class Predictions:
-    """The extrema probabilities (``*.p_top``, ``*.p_bottom``) of PredictionPackets as columns,
-    in the order added: ``probs[name][i]`` is row i's value (NaN where its packet had no such
-    name). Columns pickle in a millisecond where thousands of small objects take tens: the
-    cached read hands a copy of this to every chart every second."""
-
-    symbols: list[str] = field(default_factory=list)
-    ts_ms: list[int] = field(default_factory=list)
-    probs: dict[str, list[float]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.ts_ms)
-
-    def add(self, packet: PredictionPacket) -> None:
-        """Append one packet's row (its other predictions, such as ``p_up``, are not kept)."""
-        row = len(self.ts_ms)
-        values = codec.f32_from_bytes(packet.values).tolist()
-        self.symbols.append(packet.symbol)
-        self.ts_ms.append(packet.ts_event_ms)
-        for name, value in zip(packet.names, values, strict=True):
-            if _charted(name):
-                column = self.probs.get(name)
-                if column is None:
-                    column = self.probs[name] = [math.nan] * row
-                if len(column) == row:  # a name listed twice keeps its first value
-                    column.append(value)
-        for column in self.probs.values():
-            if len(column) == row:
-                column.append(math.nan)
-
-
-def predictions_from(packets: Iterable[PredictionPacket]) -> Predictions:
-    """:class:`Predictions` of ``packets``, in their order."""
-    out = Predictions()
-    for packet in packets:
-        out.add(packet)
-    return out
 
 
 @dataclass(frozen=True)
@@ -317,7 +263,7 @@ def market_caption(
     closed = len(series.times_ms)
     parts = [f"{closed:,} closed {series.timeframe} candles"]
     if series.forming is not None:
-        parts[0] += f" + forming since {charts.utc_datetime(series.forming.open_time_ms):%H:%M:%S} UTC"
+        parts[0] += f" + forming since {utc_datetime(series.forming.open_time_ms):%H:%M:%S} UTC"
     if not predictions_seen:
         parts.append(f"no CNN predictions yet ({keys.PREDICTIONS} is empty)")
     else:
@@ -338,7 +284,7 @@ def market_caption(
 def _markers(marks: MarkerSet, name: str, symbol: str, colour: str, size: int) -> go.Scatter:
     outline = colour if symbol.endswith("-open") else "#263238"
     return go.Scatter(
-        x=[charts.utc_datetime(t) for t in marks.times_ms],
+        x=[utc_datetime(t) for t in marks.times_ms],
         y=marks.prices,
         mode="markers",
         name=name,
@@ -357,7 +303,7 @@ def _add_spacer(fig: go.Figure, at_ms: int, price: float) -> None:
     """An invisible candle and volume bar at ``at_ms``: plotly sizes candles and bars by the gap
     between neighbours, and a lone candle (a fresh stream) would otherwise be a hairline."""
     clear = "rgba(0,0,0,0)"
-    at = [charts.utc_datetime(at_ms)]
+    at = [utc_datetime(at_ms)]
     fig.add_trace(
         go.Candlestick(
             x=at,
@@ -393,7 +339,7 @@ def market_figure(
     extrema = extrema or ExtremaMarkers()
     trades = trades or TradeMarkers()
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.78, 0.22], vertical_spacing=0.02)
-    times = [charts.utc_datetime(t) for t in series.times_ms]
+    times = [utc_datetime(t) for t in series.times_ms]
     fig.add_trace(
         go.Candlestick(
             x=times,
@@ -417,7 +363,7 @@ def market_figure(
     )
     forming = series.forming
     if forming is not None:
-        at = [charts.utc_datetime(forming.open_time_ms)]
+        at = [utc_datetime(forming.open_time_ms)]
         fig.add_trace(
             go.Candlestick(
                 x=at,
@@ -473,8 +419,8 @@ def market_figure(
             _add_spacer(fig, last - span, series.close[-1] if series.close else forming.close)  # type: ignore[union-attr]
         fig.update_xaxes(
             range=[
-                charts.utc_datetime(last - MIN_SPAN_CANDLES * span),
-                charts.utc_datetime(last + span),
+                utc_datetime(last - MIN_SPAN_CANDLES * span),
+                utc_datetime(last + span),
             ]
         )
     fig.update_yaxes(tickformat=charts.price_tickformat(prices), row=1, col=1)
@@ -482,134 +428,7 @@ def market_figure(
     return fig
 
 
-# --------------------------------------------------------------------------- reads (cached)
-
-
-@dataclass(frozen=True)
-class CandlesRead:
-    """One symbol's newest bars of one timeframe (oldest first) and its forming bar."""
-
-    bars: list[Bar] = field(default_factory=list)
-    forming: Bar | None = None
-    skipped: int = 0  # entries that did not decode as bars
-    fetch_ms: float = 0.0
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=64, show_spinner=False)
-def read_candles(url: str, symbol: str, timeframe: str, count: int) -> CandlesRead:
-    """XREVRANGE md:bars:{SYMBOL}:TF and md:history:{SYMBOL}:TF (``count`` entries each) and HGETALL
-    md:forming:{SYMBOL}:TF, one round trip. History (ingest's warm-up bars) fills the chart where no live
-    bar exists yet; a live bar of the same open time replaces it."""
-    started = time.perf_counter()
-    pipe = redis_client(url).pipeline(transaction=False)
-    pipe.xrevrange(keys.bars(symbol, timeframe), count=count)
-    pipe.xrevrange(keys.history(symbol, timeframe), count=count)
-    pipe.hgetall(keys.forming(symbol, timeframe))
-    entries, history_entries, forming_fields = pipe.execute()
-    fetch_ms = (time.perf_counter() - started) * 1000
-    by_open: dict[int, Bar] = {}
-    skipped = 0
-    for source in (history_entries, entries):  # live last: it replaces history of the same interval
-        for _, fields in reversed(source):
-            try:
-                packet = codec.decode(fields)
-            except codec.DecodeError:
-                packet = None
-            if isinstance(packet, Bar):
-                by_open[packet.open_time_ms] = packet
-            else:
-                skipped += 1
-    bars = [by_open[k] for k in sorted(by_open)][-count:]
-    forming: Bar | None = None
-    if forming_fields:
-        try:
-            packet = codec.decode(forming_fields)
-        except codec.DecodeError:
-            packet = None
-        if isinstance(packet, Bar):
-            forming = packet
-        else:
-            skipped += 1
-    return CandlesRead(bars=bars, forming=forming, skipped=skipped, fetch_ms=fetch_ms)
-
-
-@dataclass(frozen=True)
-class MarkersRead:
-    """The newest CNN predictions and paper fills of every symbol (oldest first)."""
-
-    predictions: Predictions = field(default_factory=Predictions)
-    fills: list[PaperFill] = field(default_factory=list)
-    skipped: int = 0
-    fetch_ms: float = 0.0
-
-
-def decode_entries(entries: Iterable[Any], cls: type[T]) -> tuple[list[T], int]:
-    """The entries' packets of type ``cls`` in the given order, and how many were something else
-    or did not decode."""
-    out: list[T] = []
-    skipped = 0
-    for _, fields in entries:
-        try:
-            packet = codec.decode(fields)
-        except codec.DecodeError:
-            packet = None
-        if isinstance(packet, cls):
-            out.append(packet)
-        else:
-            skipped += 1
-    return out, skipped
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=8, show_spinner=False)
-def read_markers(url: str) -> MarkersRead:
-    """XREVRANGE ui:predictions and ml:paper (the newest few thousand entries), one round trip
-    shared by every chart of every tab."""
-    started = time.perf_counter()
-    pipe = redis_client(url).pipeline(transaction=False)
-    pipe.xrevrange(keys.PREDICTIONS, count=PREDICTIONS_WINDOW)
-    pipe.xrevrange(keys.PAPER, count=PAPER_WINDOW)
-    prediction_entries, fill_entries = pipe.execute()
-    fetch_ms = (time.perf_counter() - started) * 1000
-    packets, skipped = decode_entries(reversed(prediction_entries), PredictionPacket)
-    predictions = Predictions()
-    for packet in packets:
-        try:
-            predictions.add(packet)
-        except ValueError:
-            skipped += 1
-    fills, skipped_fills = decode_entries(reversed(fill_entries), PaperFill)
-    skipped += skipped_fills
-    return MarkersRead(predictions=predictions, fills=fills, skipped=skipped, fetch_ms=fetch_ms)
-
-
 # --------------------------------------------------------------------------- Streamlit
-
-
-def show_redis_error(settings: DashboardSettings, exc: redis.RedisError) -> None:
-    """Banner for a failed read; the panel's next scheduled refresh simply tries again."""
-    where = safe_url(settings.redis_url)
-    reason = str(exc).rstrip(".") or type(exc).__name__
-    down = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
-    retry = "Paused: resume to retry." if settings.paused else f"Retrying every {settings.refresh_s:g} s."
-    st.error(
-        f"Redis {'unreachable' if down else 'error'} at {where}: {reason}. {retry}",
-        icon=":material/cloud_off:" if down else ":material/error:",
-    )
-
-
-def fetched_caption(fetch_ms: float, *parts: str, now_ms: int | None = None) -> str:
-    """``fetched in 3.1 ms · updated 12:00:01 UTC · <parts>``: how long the Redis reads behind a
-    panel took (the cached read's own time, whichever tab made it) and when the panel was drawn."""
-    shown = f"{fetch_ms:.1f}" if fetch_ms < 10 else f"{fetch_ms:,.0f}"
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    updated = f"updated {charts.utc_datetime(now_ms):%H:%M:%S} UTC"
-    return SEP.join([f"fetched in {shown} ms", updated, *[p for p in parts if p]])
-
-
-def live(panel: Callable[..., None], settings: DashboardSettings, *args: object) -> None:
-    """Run ``panel(settings, *args)`` as a fragment that reruns itself every ``refresh_s`` seconds
-    (never while the sidebar's pause toggle is on: ``settings.run_every`` is then None)."""
-    st.fragment(panel, run_every=settings.run_every)(settings, *args)
 
 
 def _chart_panel(settings: DashboardSettings, symbol: str, max_candles: int, threshold: float) -> None:

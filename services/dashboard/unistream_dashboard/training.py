@@ -1,17 +1,17 @@
 """Training page: how the RL agent and the CNN learn, how the agent would have traded, and the
 trainer replicas that do the work.
 
-Three layers, top to bottom:
+Two layers, top to bottom:
 
 * pure shaping (no Redis, no Streamlit): :func:`metric_series` (one metric per replica over
   time), :func:`paper_series` (paper PnL of the policy and its baselines), :func:`newest_values`,
   :func:`extrema_rows` (CNN PR-AUC per timeframe beside its baselines), :func:`model_timeline`
   (merged model versions over time) and :func:`replica_rows` (one row per trainer replica);
-* one cached read (``st.cache_data(ttl=1)``, shared by every panel of every tab):
-  :func:`read_trainer`, i.e. ml:metrics, ml:models, ml:trainer:members, ml:trainer:leader and the
-  replicas' heartbeat hashes ``svc:trainer:<name>``;
 * :func:`render`, called by the app's page: four self-refreshing ``st.fragment`` panels keyed
-  ``training-learning``, ``training-paper``, ``training-cnn`` and ``training-replicas``.
+  ``training-learning``, ``training-paper``, ``training-cnn`` and ``training-replicas``, all
+  reading through one cached read shared by every panel of every tab,
+  :func:`unistream_dashboard.data.read_trainer` (ml:metrics, ml:models, ml:trainer:members,
+  ml:trainer:leader and the replicas' heartbeat hashes ``svc:trainer:<name>``).
 
 Metric names are the trainer's CleanRL-style ones (``losses/td_loss``, ``charts/epsilon``,
 ``paper/pnl``, ``extrema/pr_auc_top_1s``, ``sensitivity/edge``, ``merge/duration_ms``...).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,20 +30,25 @@ import plotly.graph_objects as go
 import redis
 import streamlit as st
 
-from unistream_common import keys
+from unistream_common import heartbeat, keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement
 from unistream_common.redisio import s as text
 from unistream_dashboard import charts
-from unistream_dashboard.data import redis_client
-from unistream_dashboard.market import SEP, decode_entries, fetched_caption, live, show_redis_error
+from unistream_dashboard.data import TrainerRead, read_trainer
 from unistream_dashboard.settings import DashboardSettings
+from unistream_dashboard.widgets import (
+    SEP,
+    clock_ms,
+    fetched_caption,
+    is_finite,
+    latest_per_producer,
+    live,
+    show_redis_error,
+    utc_datetime,
+)
 
-TRAINER_SERVICE = "trainer"
-MEMBERS = keys.TRAINER_MEMBERS
-LEADER = keys.TRAINER_LEADER
-MODELS_WINDOW = 1_000  # the trainer keeps ~1,000 announcements
-CACHE_TTL_S = 1
-ALIVE_MS = 10_000  # a heartbeat hash older than this (its TTL) belongs to a stopped replica
+# A heartbeat hash older than its TTL belongs to a stopped replica.
+ALIVE_MS = heartbeat.HEARTBEAT_TTL_MS
 
 TD_LOSS = "losses/td_loss"
 Q_VALUES = "losses/q_values"
@@ -96,17 +100,13 @@ Series = tuple[list[int], list[float]]  # (times_ms, values), oldest first
 # --------------------------------------------------------------------------- pure: shaping
 
 
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def metric_series(metrics: Iterable[MetricsPacket], key: str) -> dict[str, Series]:
     """Per producer (sorted by name), (ts_ms, value) of metric ``key`` in time order; packets
     without it and non-finite values are left out, as are producers without any value."""
     points: dict[str, list[tuple[int, float]]] = {}
     for packet in metrics:
         value = packet.metrics.get(key)
-        if _finite(value):
+        if is_finite(value):
             points.setdefault(packet.producer, []).append((packet.ts_ms, float(value)))  # type: ignore[arg-type]
     return {p: _columns(points[p]) for p in sorted(points)}
 
@@ -123,7 +123,7 @@ def paper_series(metrics: Iterable[MetricsPacket]) -> dict[str, Series]:
     metrics = list(metrics)
     out: dict[str, Series] = {}
     for label, key in PAPER_LINES.items():
-        points = [(p.ts_ms, float(p.metrics[key])) for p in metrics if _finite(p.metrics.get(key))]
+        points = [(p.ts_ms, float(p.metrics[key])) for p in metrics if is_finite(p.metrics.get(key))]
         if points:
             out[label] = _columns(points)
     return out
@@ -145,7 +145,7 @@ def newest_values(metrics: Iterable[MetricsPacket], names: Iterable[str] | None 
     out: dict[str, Value] = {}
     for packet in metrics:
         for key, value in packet.metrics.items():
-            if (wanted is not None and key not in wanted) or not _finite(value):
+            if (wanted is not None and key not in wanted) or not is_finite(value):
                 continue
             seen = out.get(key)
             if seen is None or packet.ts_ms >= seen.ts_ms:
@@ -186,7 +186,7 @@ def model_round(ann: ModelAnnouncement) -> int | None:
     """The merge round of an announcement: its ``merge/round`` metric, else the ``r<N>`` at the
     end of its version (``dqn-r0000012`` -> 12), else None."""
     value = ann.metrics.get("merge/round")
-    if _finite(value):
+    if is_finite(value):
         return int(value)  # type: ignore[arg-type]
     match = _ROUND_RE.search(ann.version)
     return int(match[1]) if match else None
@@ -227,10 +227,10 @@ def model_timeline(models: Iterable[ModelAnnouncement]) -> dict[str, ModelTimeli
             line.rounds.append(i + 1 if round_no is None else round_no)
             line.versions.append(ann.version)
             line.producers.append(ann.producer)
-            line.members.append(int(members) if _finite(members) else None)  # type: ignore[arg-type]
+            line.members.append(int(members) if is_finite(members) else None)  # type: ignore[arg-type]
             line.contributors.append(list(ann.members))
             samples = ann.metrics.get("merge/samples")
-            line.samples.append(int(samples) if _finite(samples) else None)  # type: ignore[arg-type]
+            line.samples.append(int(samples) if is_finite(samples) else None)  # type: ignore[arg-type]
         out[name] = line
     return out
 
@@ -243,7 +243,7 @@ def merge_rows(timeline: Mapping[str, ModelTimeline], limit: int = 8) -> list[di
         {
             "round": line.rounds[i],
             "model": name,
-            "time (UTC)": charts.utc_datetime(line.times_ms[i]).strftime("%H:%M:%S"),
+            "time (UTC)": utc_datetime(line.times_ms[i]).strftime("%H:%M:%S"),
             "contributors": ", ".join(line.contributors[i])
             or (f"{line.members[i]} replicas" if line.members[i] is not None else ""),
             "samples": line.samples[i],
@@ -255,16 +255,6 @@ def merge_rows(timeline: Mapping[str, ModelTimeline], limit: int = 8) -> list[di
     ]
     rows.sort(key=lambda r: (r["_ts"], r["round"], r["model"]), reverse=True)
     return [{k: v for k, v in r.items() if k != "_ts"} for r in rows[:limit]]
-
-
-def latest_per_producer(metrics: Iterable[MetricsPacket]) -> dict[str, MetricsPacket]:
-    """The newest packet of each producer (on equal times the one seen last)."""
-    latest: dict[str, MetricsPacket] = {}
-    for packet in metrics:
-        seen = latest.get(packet.producer)
-        if seen is None or packet.ts_ms >= seen.ts_ms:
-            latest[packet.producer] = packet
-    return latest
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -312,7 +302,7 @@ def replica_rows(
 
         def metric(key: str, m: Mapping[str, float] = m) -> float | None:
             value = m.get(key)
-            return float(value) if _finite(value) else None
+            return float(value) if is_finite(value) else None
 
         merge_members = metric(MERGE_MEMBERS)
         model_round_no = metric(MODEL_ROUND)
@@ -460,7 +450,7 @@ def model_figure(timeline: Mapping[str, ModelTimeline], height: int = 280) -> go
     for name, line in timeline.items():
         fig.add_trace(
             go.Scatter(
-                x=[charts.utc_datetime(t) for t in line.times_ms],
+                x=[utc_datetime(t) for t in line.times_ms],
                 y=line.rounds,
                 mode="lines+markers",
                 line={"shape": "hv"},
@@ -483,61 +473,6 @@ def model_figure(timeline: Mapping[str, ModelTimeline], height: int = 280) -> go
         legend=charts.LEGEND_LINE,
     )
     return fig
-
-
-# --------------------------------------------------------------------------- read (cached)
-
-
-@dataclass(frozen=True)
-class TrainerRead:
-    """Everything the training page shows, from two round trips."""
-
-    metrics: list[MetricsPacket] = field(default_factory=list)  # oldest first
-    models: list[ModelAnnouncement] = field(default_factory=list)  # oldest first
-    members: dict[str, int] = field(default_factory=dict)  # replica -> heartbeat expiry (ms)
-    leader: str | None = None
-    heartbeats: dict[str, dict[str, str]] = field(default_factory=dict)  # replica -> svc:trainer:<name>
-    skipped: int = 0
-    fetch_ms: float = 0.0
-
-
-@st.cache_data(ttl=CACHE_TTL_S, max_entries=16, show_spinner=False)
-def read_trainer(url: str, metrics_count: int) -> TrainerRead:
-    """The newest ``metrics_count`` ml:metrics entries, the newest ml:models entries, the members
-    set, the lease holder, then the heartbeat hash of every replica named in svc:index or the
-    members set."""
-    started = time.perf_counter()
-    client = redis_client(url)
-    pipe = client.pipeline(transaction=False)
-    pipe.xrevrange(keys.METRICS, count=metrics_count)
-    pipe.xrevrange(keys.MODELS, count=MODELS_WINDOW)
-    pipe.zrange(MEMBERS, 0, -1, withscores=True)
-    pipe.get(LEADER)
-    pipe.zrange(keys.SERVICES, 0, -1)
-    metrics_reply, models_reply, members_reply, leader_reply, services_reply = pipe.execute()
-    members = {text(name): int(score) for name, score in members_reply}
-    prefix = f"{TRAINER_SERVICE}/"
-    names = sorted(set(members) | {text(m).removeprefix(prefix) for m in services_reply if text(m).startswith(prefix)})
-    heartbeats: dict[str, dict[str, str]] = {}
-    if names:
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(keys.heartbeat(TRAINER_SERVICE, name))
-        for name, beat in zip(names, pipe.execute(), strict=True):
-            if beat:
-                heartbeats[name] = {text(k): text(v) for k, v in beat.items()}
-    fetch_ms = (time.perf_counter() - started) * 1000
-    metrics, skipped_metrics = decode_entries(reversed(metrics_reply), MetricsPacket)
-    models, skipped_models = decode_entries(reversed(models_reply), ModelAnnouncement)
-    return TrainerRead(
-        metrics=metrics,
-        models=models,
-        members=members,
-        leader=keys.lease_holder(leader_reply),
-        heartbeats=heartbeats,
-        skipped=skipped_metrics + skipped_models,
-        fetch_ms=fetch_ms,
-    )
 
 
 # --------------------------------------------------------------------------- Streamlit
@@ -705,12 +640,12 @@ def _replicas_panel(settings: DashboardSettings) -> None:
     read = _read(settings)
     if read is None:
         return
-    now_ms = int(time.time() * 1000)
+    now_ms = clock_ms()
     rows = replica_rows(read.metrics, read.members, read.leader, read.heartbeats, read.models, now_ms)
     if rows:
         st.dataframe(rows, hide_index=True, key="training-replicas-table", column_config=REPLICA_COLUMNS)
     else:
-        st.info(f"No trainer replicas: no metrics on {keys.METRICS}, nobody in {MEMBERS}, no heartbeats.")
+        st.info(f"No trainer replicas: no metrics on {keys.METRICS}, nobody in {keys.TRAINER_MEMBERS}, no heartbeats.")
     lease = f"lease held by {read.leader}" if read.leader else "nobody holds the lease"
     timeline = model_timeline(read.models)
     if timeline:

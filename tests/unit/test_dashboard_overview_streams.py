@@ -1,9 +1,12 @@
-"""The dashboard's pure core: formatting, per-symbol status lines, RL state, charts, tables."""
+"""The Overview and Streams pages' pure view models (per-symbol status lines, RL state, service
+health, stream tables, dead letters, data quality), the shared formatting of widgets and the parsing
+of Redis replies in data: no Redis, no browser."""
 
 from __future__ import annotations
 
 import math
 
+import dashboard_samples as samples
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,21 +14,21 @@ from hypothesis import strategies as st
 from unistream_common import quality
 from unistream_common.packets import MetricsPacket, ModelStatus
 from unistream_common.redisio import safe_url
-from unistream_dashboard import samples, view
-from unistream_dashboard.view import ConsumerInfo, GroupInfo, Skipped, StreamInfo
+from unistream_dashboard import data, overview, streams, widgets
+from unistream_dashboard.data import ConsumerInfo, GroupInfo, Skipped, StreamInfo
 
 NOW = 1_700_000_000_000
 LIVE_AFTER = 5_000
 STALE_AFTER = 60_000
 
 
-def _rl(updates: int = 1_234, replicas: int = 2) -> view.RLSummary:
-    return view.RLSummary(state="training" if updates else "waiting", updates=updates, replicas=replicas,
+def _rl(updates: int = 1_234, replicas: int = 2) -> overview.RLSummary:
+    return overview.RLSummary(state="training" if updates else "waiting", updates=updates, replicas=replicas,
                           last_report_age_ms=400)  # fmt: skip
 
 
-def _agent(updates: int = 1_234, dqn: str | None = "v7") -> view.AgentView:
-    return view.AgentView(_rl(updates), dqn_version=dqn)
+def _agent(updates: int = 1_234, dqn: str | None = "v7") -> overview.AgentView:
+    return overview.AgentView(_rl(updates), dqn_version=dqn)
 
 
 def _ui(symbol: str = "ETHUSDT", **kw: object) -> object:
@@ -54,7 +57,7 @@ def _ticks(price: float = 3013.0, ts_ms: int = NOW - 400, source: str = "REAL") 
     [(0, "0"), (999, "999"), (1_000, "1,000"), (45_678, "45,678"), (1_234_567, "1,234,567"), (None, "n/a")],
 )
 def test_fmt_int_groups_thousands_and_shows_none_as_na(value: int | None, text: str) -> None:
-    assert view.fmt_int(value) == text
+    assert widgets.fmt_int(value) == text
 
 
 @pytest.mark.parametrize(
@@ -74,18 +77,18 @@ def test_fmt_int_groups_thousands_and_shows_none_as_na(value: int | None, text: 
     ],
 )
 def test_fmt_price_keeps_the_quoted_decimals_with_at_least_two(price: float | None, text: str) -> None:
-    assert view.fmt_price(price) == text
+    assert widgets.fmt_price(price) == text
 
 
 @given(st.integers(min_value=1, max_value=10**9), st.integers(min_value=0, max_value=8))
 def test_fmt_price_round_trips_any_venue_decimal(units: int, decimals: int) -> None:
     price = float(f"{units / 10**decimals:.{decimals}f}")
-    assert float(view.fmt_price(price).replace(",", "")) == price
+    assert float(widgets.fmt_price(price).replace(",", "")) == price
 
 
 @given(st.integers(min_value=0, max_value=10**15))
 def test_fmt_int_round_trips(n: int) -> None:
-    assert int(view.fmt_int(n).replace(",", "")) == n
+    assert int(widgets.fmt_int(n).replace(",", "")) == n
 
 
 @pytest.mark.parametrize(
@@ -104,7 +107,7 @@ def test_fmt_int_round_trips(n: int) -> None:
     ],
 )
 def test_fmt_age_picks_a_readable_unit(age_ms: int | None, text: str) -> None:
-    assert view.fmt_age(age_ms) == text
+    assert widgets.fmt_age(age_ms) == text
 
 
 @pytest.mark.parametrize(
@@ -112,12 +115,12 @@ def test_fmt_age_picks_a_readable_unit(age_ms: int | None, text: str) -> None:
     [(1100.0, "1,100"), (0.0123456, "0.01235"), (0.05, "0.05"), (None, "n/a"), (math.nan, "nan"), (2.5e20, "2.5e+20")],
 )
 def test_fmt_metric_shows_counts_whole_and_losses_to_four_digits(value: float | None, text: str) -> None:
-    assert view.fmt_metric(value) == text
+    assert widgets.fmt_metric(value) == text
 
 
 def test_md_escape_neutralises_markdown_in_external_names() -> None:
-    assert view.md_escape("cnn_v1*[x]$y") == r"cnn\_v1\*\[x\]\$y"
-    assert view.md_escape("v3-2024.01") == "v3-2024.01"
+    assert widgets.md_escape("cnn_v1*[x]$y") == r"cnn\_v1\*\[x\]\$y"
+    assert widgets.md_escape("v3-2024.01") == "v3-2024.01"
 
 
 def test_redacted_hides_the_password_only() -> None:
@@ -126,15 +129,15 @@ def test_redacted_hides_the_password_only() -> None:
 
 
 def test_id_key_orders_ids_as_redis_does() -> None:
-    assert view.id_key("10-0") > view.id_key("9-5")
-    assert view.id_key("10-1") > view.id_key("10-0")
-    assert view.id_ms("1700000000123-4") == 1_700_000_000_123
+    assert widgets.id_key("10-0") > widgets.id_key("9-5")
+    assert widgets.id_key("10-1") > widgets.id_key("10-0")
+    assert widgets.id_ms("1700000000123-4") == 1_700_000_000_123
 
 
 def test_skipped_text_counts_and_explains_the_first_few() -> None:
-    assert view.skipped_text([]) is None
+    assert overview.skipped_text([]) is None
     items = [Skipped("ui:packets", f"{i}-0", "unknown packet type 'x'") for i in range(5)]
-    text = view.skipped_text(items)
+    text = overview.skipped_text(items)
     assert text is not None
     assert text.startswith("Undecodable entries: 5 (ui:packets 0-0: unknown packet type 'x';")
     assert text.endswith("; and 2 more)")
@@ -143,8 +146,8 @@ def test_skipped_text_counts_and_explains_the_first_few() -> None:
 # --------------------------------------------------------------------------- per-symbol status
 
 
-def _status(ui: object, ticks: object, agent: view.AgentView | None = None) -> view.SymbolStatus:
-    return view.symbol_status("ETHUSDT", ui, ticks, agent or _agent(), NOW, LIVE_AFTER, STALE_AFTER)  # type: ignore[arg-type]
+def _status(ui: object, ticks: object, agent: overview.AgentView | None = None) -> overview.SymbolStatus:
+    return overview.symbol_status("ETHUSDT", ui, ticks, agent or _agent(), NOW, LIVE_AFTER, STALE_AFTER)  # type: ignore[arg-type]
 
 
 def test_bars_line_tells_warm_up_history_from_live_bars() -> None:
@@ -169,7 +172,7 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
         "ETHUSDT · Gaps: none",
         (
             "ETHUSDT · CNN model: version v3, trained (LOADED), 123,456 parameters, last reload "
-            f"{view.fmt_utc(NOW - 4_000)} (4.0 s ago)"
+            f"{widgets.fmt_utc(NOW - 4_000)} (4.0 s ago)"
         ),
         "ETHUSDT · RL agent: training (1,234 updates), 512 features, model v7",
         "ETHUSDT · Extrema learning: waiting (no trainer metrics yet)",
@@ -196,12 +199,12 @@ def test_symbol_status_lines_follow_the_documented_formats() -> None:
     ],
 )
 def test_stream_state_is_live_then_stale_then_offline_by_the_last_ticks_age(age_ms: int | None, state: str) -> None:
-    assert view.stream_state(age_ms, LIVE_AFTER, STALE_AFTER) == state
+    assert overview.stream_state(age_ms, LIVE_AFTER, STALE_AFTER) == state
 
 
 def test_a_stale_threshold_below_the_live_one_never_hides_live() -> None:
-    assert view.stream_state(4_000, 5_000, 1_000) == "LIVE"
-    assert view.stream_state(5_001, 5_000, 1_000) == "OFFLINE"
+    assert overview.stream_state(4_000, 5_000, 1_000) == "LIVE"
+    assert overview.stream_state(5_001, 5_000, 1_000) == "OFFLINE"
 
 
 @pytest.mark.parametrize(
@@ -212,7 +215,7 @@ def test_a_stale_threshold_below_the_live_one_never_hides_live() -> None:
 def test_the_card_says_live_stale_or_offline_with_the_ticks_age(age_ms: int, state: str, badge: str) -> None:
     card = _status(None, _ticks(ts_ms=NOW - age_ms))
     assert card.state == state and card.live is (state == "LIVE")
-    assert card.line("stream") == f"ETHUSDT · Stream: {state} (last tick {view.fmt_age(age_ms)} ago)"
+    assert card.line("stream") == f"ETHUSDT · Stream: {state} (last tick {widgets.fmt_age(age_ms)} ago)"
     assert card.badge.startswith(badge)
 
 
@@ -225,7 +228,7 @@ def test_warm_up_progress_and_untrained_weights_are_said_on_the_card() -> None:
         "ETHUSDT · CNN model: version cnn-mtf-init-7, untrained (INITIALISED: seeded weights), 123,456 parameters, "
         "initialised "
     )
-    assert view.warmup_text({"1s": 0.999}) == "1s 99%", "never rounded up to full"
+    assert overview.warmup_text({"1s": 0.999}) == "1s 99%", "never rounded up to full"
 
 
 @pytest.mark.parametrize(
@@ -239,16 +242,16 @@ def test_warm_up_progress_and_untrained_weights_are_said_on_the_card() -> None:
 )
 def test_cnn_text_says_trained_or_untrained_and_when_the_weights_were_loaded(state: str, kind: str, when: str) -> None:
     status = ModelStatus("extrema-cnn", "v2", state, 1_000, NOW - 180_000)  # type: ignore[arg-type]
-    assert view.cnn_text(status, NOW) == (
-        f"version v2, {kind}, 1,000 parameters, {when} {view.fmt_utc(NOW - 180_000)} (3 min ago)"
+    assert overview.cnn_text(status, NOW) == (
+        f"version v2, {kind}, 1,000 parameters, {when} {widgets.fmt_utc(NOW - 180_000)} (3 min ago)"
     )
-    assert view.cnn_text(ModelStatus("x", "v", state, 1, 0), NOW).endswith(f"{when} n/a")  # type: ignore[arg-type]
+    assert overview.cnn_text(ModelStatus("x", "v", state, 1, 0), NOW).endswith(f"{when} n/a")  # type: ignore[arg-type]
 
 
 def test_warmup_fill_is_the_mean_share_clamped_and_none_when_unknown() -> None:
-    assert view.warmup_fill({}) is None
-    assert view.warmup_fill({"1s": 1.0, "1m": 0.5}) == 0.75
-    assert view.warmup_fill({"1s": 1.5, "1m": math.nan}) == 1.0
+    assert overview.warmup_fill({}) is None
+    assert overview.warmup_fill({"1s": 1.0, "1m": 0.5}) == 0.75
+    assert overview.warmup_fill({"1s": 1.5, "1m": math.nan}) == 1.0
 
 
 def test_unrecoverable_gaps_are_counted_on_the_card() -> None:
@@ -270,7 +273,7 @@ def test_without_a_tick_stream_price_and_age_come_from_the_status_packet() -> No
 
 
 def test_symbol_without_any_data_is_offline_with_na_everywhere() -> None:
-    card = view.symbol_status("BTCUSDT", None, None, view.AgentView(_rl(0, 0)), NOW, LIVE_AFTER, STALE_AFTER)
+    card = overview.symbol_status("BTCUSDT", None, None, overview.AgentView(_rl(0, 0)), NOW, LIVE_AFTER, STALE_AFTER)
     assert [line.text for line in card.lines] == [
         "BTCUSDT · Tick cache: n/a",
         "BTCUSDT · 1s bars: n/a",
@@ -308,20 +311,20 @@ def test_source_falls_back_to_the_tick_stream_without_a_status_packet() -> None:
 
 
 def test_names_from_other_services_are_escaped() -> None:
-    card = _status(_ui(cnn_version="v_2*"), None, view.AgentView(_rl(), dqn_version="round_3"))
+    card = _status(_ui(cnn_version="v_2*"), None, overview.AgentView(_rl(), dqn_version="round_3"))
     assert card.line("cnn").startswith(r"ETHUSDT · CNN model: version v\_2\*, trained (TRAINING)")
     assert card.line("rl").endswith(r"model round\_3")
 
 
 def test_predictions_text_needs_matching_names_and_values() -> None:
-    assert view.predictions_text(["top"], [0.5]) == "CNN predictions: top 0.500"
-    assert view.predictions_text(["top", "bottom"], [0.5]) is None
-    assert view.predictions_text([], []) is None
+    assert overview.predictions_text(["top"], [0.5]) == "CNN predictions: top 0.500"
+    assert overview.predictions_text(["top", "bottom"], [0.5]) is None
+    assert overview.predictions_text([], []) is None
 
 
 def test_latest_ui_per_symbol_keeps_the_newest_of_wanted_symbols() -> None:
     packets = [_ui(ts_ms=NOW - 300), _ui(ts_ms=NOW - 100), _ui("SOLUSDT"), _ui("BTCUSDT", ts_ms=NOW - 200)]
-    latest = view.latest_ui_per_symbol(packets, ["ETHUSDT", "BTCUSDT"])  # type: ignore[arg-type]
+    latest = overview.latest_ui_per_symbol(packets, ["ETHUSDT", "BTCUSDT"])  # type: ignore[arg-type]
     assert set(latest) == {"ETHUSDT", "BTCUSDT"}
     assert latest["ETHUSDT"].ts_ms == NOW - 100
 
@@ -343,27 +346,27 @@ def _enhanced(ts_ms: int = NOW, producer: str = "trainer-0", **kw: object) -> Me
 def test_extrema_text_counts_labels_and_compares_pr_auc_with_the_baseline() -> None:
     packet = _enhanced(labelled={"1s": 1_200, "1m": 34}, pr_auc_top=0.3123, baseline_top=0.12,
                        pr_auc_bottom=0.28, baseline_bottom=0.11)  # fmt: skip
-    assert view.extrema_text(packet) == (
+    assert overview.extrema_text(packet) == (
         "1,234 labelled (1s 1,200 · 1m 34), PR-AUC 1s top 0.312 vs baseline 0.120, bottom 0.280 vs baseline 0.110"
     )
 
 
 def test_extrema_text_uses_the_finest_timeframe_with_a_pr_auc_and_says_when_there_is_none() -> None:
     coarse = _enhanced(labelled={"1s": 50, "1m": 9}, pr_auc_top=0.5, baseline_top=0.2, timeframe="1m")
-    assert view.extrema_text(coarse).endswith("PR-AUC 1m top 0.500 vs baseline 0.200")
+    assert overview.extrema_text(coarse).endswith("PR-AUC 1m top 0.500 vs baseline 0.200")
     unscored = _enhanced(labelled={"1s": 5})
-    assert view.extrema_text(unscored) == "5 labelled (1s 5), PR-AUC n/a (no extremum in the scoring window yet)"
-    assert view.extrema_text(_enhanced(labelled={"1s": 0})) == "waiting (no labelled extrema yet)"
-    assert view.extrema_text(None) == "waiting (no labelled extrema yet)"
+    assert overview.extrema_text(unscored) == "5 labelled (1s 5), PR-AUC n/a (no extremum in the scoring window yet)"
+    assert overview.extrema_text(_enhanced(labelled={"1s": 0})) == "waiting (no labelled extrema yet)"
+    assert overview.extrema_text(None) == "waiting (no labelled extrema yet)"
 
 
 def test_sensitivity_text_gives_trades_and_the_edge() -> None:
-    assert view.sensitivity_text(_enhanced(labelled={}, trades=45, edge=0.0012345, edge_t=1.8)) == (
+    assert overview.sensitivity_text(_enhanced(labelled={}, trades=45, edge=0.0012345, edge_t=1.8)) == (
         "45 trades, edge +0.00123 (t 1.80)"
     )
-    assert view.sensitivity_text(_enhanced(labelled={}, trades=3, edge=-0.5)) == "3 trades, edge -0.5"
-    assert view.sensitivity_text(_enhanced(labelled={}, trades=0)) == "0 trades (no edge yet)"
-    assert view.sensitivity_text(None) == "waiting (no sensitivity metrics yet)"
+    assert overview.sensitivity_text(_enhanced(labelled={}, trades=3, edge=-0.5)) == "3 trades, edge -0.5"
+    assert overview.sensitivity_text(_enhanced(labelled={}, trades=0)) == "0 trades (no edge yet)"
+    assert overview.sensitivity_text(None) == "waiting (no sensitivity metrics yet)"
 
 
 def test_agent_view_takes_the_newest_dqn_model_and_the_newest_enhanced_metrics() -> None:
@@ -375,11 +378,11 @@ def test_agent_view_takes_the_newest_dqn_model_and_the_newest_enhanced_metrics()
         samples.model_announcement("cnn-mtf", "c9", ts_ms=NOW, producer="t", parameters=1),
         samples.model_announcement("dqn", "v3", ts_ms=NOW - 2_000, producer="t", parameters=1),
     ]
-    agent = view.agent_view([old, new, plain], models, NOW, 30_000)
+    agent = overview.agent_view([old, new, plain], models, NOW, 30_000)
     assert agent.dqn_version == "v3"
     assert agent.extrema.startswith("20 labelled") and agent.sensitivity == "2 trades, edge +0.2"
     assert agent.rl.updates == 20 and agent.rl.replicas == 2
-    assert view.newest_model(models, "none") is None and view.newest_with([plain], "extrema/") is None
+    assert overview.newest_model(models, "none") is None and overview.newest_with([plain], "extrema/") is None
 
 
 # --------------------------------------------------------------------------- RL agent
@@ -390,10 +393,10 @@ def _metrics(producer: str, ts_ms: int, updates: float, step: int = 1) -> Metric
 
 
 def test_rl_waits_until_a_replica_reports_updates() -> None:
-    none = view.rl_summary({}, NOW, 30_000)
+    none = overview.rl_summary({}, NOW, 30_000)
     assert (none.state, none.updates, none.replicas, none.last_report_age_ms) == ("waiting", 0, 0, None)
     assert none.text == "waiting (no updates yet)"
-    zero = view.rl_summary({"a": _metrics("a", NOW, 0.0)}, NOW, 30_000)  # type: ignore[dict-item]
+    zero = overview.rl_summary({"a": _metrics("a", NOW, 0.0)}, NOW, 30_000)  # type: ignore[dict-item]
     assert zero.state == "waiting" and zero.replicas == 1
 
 
@@ -404,7 +407,7 @@ def test_latest_per_producer_keeps_each_producers_newest_sorted_by_name() -> Non
         _metrics("b", NOW - 5, 2),
         _metrics("b", NOW - 9, 3),
     ]
-    latest = view.latest_per_producer(packets)  # type: ignore[arg-type]
+    latest = widgets.latest_per_producer(packets)  # type: ignore[arg-type]
     assert list(latest) == ["a", "b"]
     assert latest["b"].metrics["charts/updates"] == 2
 
@@ -416,17 +419,17 @@ def test_latest_per_producer_keeps_each_producers_newest_sorted_by_name() -> Non
 
 
 def _beat(service: str, consumer: str, *, started: int = NOW - 3_600_000, updated: int = NOW - 800,
-          ready: bool = True) -> view.Heartbeat:  # fmt: skip
-    return view.Heartbeat(service, consumer, started, updated, ready, pid=42, host="host-a")
+          ready: bool = True) -> data.Heartbeat:  # fmt: skip
+    return data.Heartbeat(service, consumer, started, updated, ready, pid=42, host="host-a")
 
 
 def test_parse_heartbeat_reads_the_hash_the_services_write() -> None:
     raw = {b"service": b"ingest", b"consumer": b"ingest-a", b"started_ms": b"100", b"updated_ms": b"200",
            b"ready": b"1", b"pid": b"42", b"host": b"host-a"}  # fmt: skip
-    assert view.parse_heartbeat(raw) == view.Heartbeat("ingest", "ingest-a", 100, 200, True, 42, "host-a")
-    partial = view.parse_heartbeat({"service": "features", "ready": "0", "started_ms": "soon"})
-    assert partial == view.Heartbeat("features", "", None, None, False, None, "")
-    assert view.parse_heartbeat({}) is None and view.parse_heartbeat({b"ready": b"1"}) is None
+    assert data.parse_heartbeat(raw) == data.Heartbeat("ingest", "ingest-a", 100, 200, True, 42, "host-a")
+    partial = data.parse_heartbeat({"service": "features", "ready": "0", "started_ms": "soon"})
+    assert partial == data.Heartbeat("features", "", None, None, False, None, "")
+    assert data.parse_heartbeat({}) is None and data.parse_heartbeat({b"ready": b"1"}) is None
 
 
 def test_a_service_with_ready_replicas_shows_replicas_uptime_and_last_beat() -> None:
@@ -435,7 +438,7 @@ def test_a_service_with_ready_replicas_shows_replicas_uptime_and_last_beat() -> 
         _beat("aggregator", "aggregator-a", started=NOW - 12_000_000, updated=NOW - 300),
         _beat("ingest", "ingest-a"),
     ]
-    health = view.service_health("aggregator", beats, NOW)
+    health = overview.service_health("aggregator", beats, NOW)
     assert (health.state, health.replicas, health.ready_replicas) == ("READY", 2, 2)
     assert [line.text for line in health.lines] == [
         "aggregator · Status: READY",
@@ -451,7 +454,7 @@ def test_a_service_with_ready_replicas_shows_replicas_uptime_and_last_beat() -> 
 
 
 def test_a_service_without_heartbeat_is_down_and_says_so() -> None:
-    health = view.service_health("features", [_beat("ingest", "ingest-a")], NOW)
+    health = overview.service_health("features", [_beat("ingest", "ingest-a")], NOW)
     assert health.state == "DOWN" and health.badge == ":red-badge[DOWN]"
     assert health.line("status") == "features · Status: DOWN (no heartbeat)"
     assert health.line("replicas") == "features · Replicas: 0 (0 ready)"
@@ -460,12 +463,12 @@ def test_a_service_without_heartbeat_is_down_and_says_so() -> None:
 
 def test_partly_or_not_ready_services_are_flagged() -> None:
     some = [_beat("trainer", "t-a"), _beat("trainer", "t-b", ready=False)]
-    degraded = view.service_health("trainer", some, NOW, leader="t-a")
+    degraded = overview.service_health("trainer", some, NOW, leader="t-a")
     assert degraded.state == "DEGRADED" and degraded.badge == ":orange-badge[DEGRADED]"
     assert degraded.line("status") == "trainer · Status: DEGRADED (1 of 2 replicas ready)"
     assert degraded.line("leader") == "trainer · Leader: t-a"
     assert "t-b: not ready" in degraded.details[1]
-    none = view.service_health("ingest", [_beat("ingest", "i", ready=False)], NOW, leader="t-a")
+    none = overview.service_health("ingest", [_beat("ingest", "i", ready=False)], NOW, leader="t-a")
     assert none.state == "NOT READY" and none.line("status") == "ingest · Status: NOT READY"
     with pytest.raises(KeyError):
         none.line("leader")  # only the trainer has a leader
@@ -477,13 +480,13 @@ def test_partly_or_not_ready_services_are_flagged() -> None:
      (12_000_000, "3 h 20 min"), (47 * 3_600_000, "47 h 0 min"), (2 * 86_400_000 + 4 * 3_600_000, "2 d 4 h")],
 )  # fmt: skip
 def test_fmt_uptime(ms: int | None, text: str) -> None:
-    assert view.fmt_uptime(ms) == text
+    assert overview.fmt_uptime(ms) == text
 
 
 def test_services_line_counts_services_up_and_ready() -> None:
     beats = [_beat("ingest", "i"), _beat("trainer", "t", ready=False)]
-    cards = [view.service_health(name, beats, NOW) for name in view.SERVICE_NAMES]
-    assert view.services_line(cards) == "Services: 2 of 5 up · 1 ready"
+    cards = [overview.service_health(name, beats, NOW) for name in overview.SERVICE_NAMES]
+    assert overview.services_line(cards) == "Services: 2 of 5 up · 1 ready"
 
 
 # --------------------------------------------------------------------------- stream statistics
@@ -517,12 +520,12 @@ def _group(last: str, read: int | None, lag: int | None = None, consumers: tuple
 def test_overrun_alarm_follows_the_status_tools_judgement(
     stream: StreamInfo, group: GroupInfo, alarm: str | None
 ) -> None:
-    assert view.overrun_alarm(stream, group) == alarm
+    assert streams.overrun_alarm(stream, group) == alarm
 
 
 def test_overrun_alarms_name_the_stream_and_group() -> None:
-    streams = [_stream(5, 10, "6-0", _group("3-0", 3), _group("9-0", 9))]
-    assert view.overrun_alarms(streams) == [
+    infos = [_stream(5, 10, "6-0", _group("3-0", 3), _group("9-0", 9))]
+    assert streams.overrun_alarms(infos) == [
         "md:ticks:{ETHUSDT} · group aggregator: OVERRUN: 2 entries trimmed before this group read them"
     ]
 
@@ -530,11 +533,11 @@ def test_overrun_alarms_name_the_stream_and_group() -> None:
 def test_group_rows_show_lag_na_when_redis_reports_none_and_flag_overruns() -> None:
     consumers = (ConsumerInfo("aggregator-1", 3, 1_500), ConsumerInfo("aggregator-2", 0, 200_000, inactive_ms=100_000))
     stream = _stream(5, 10, "6-0", _group("3-0", 3, None, consumers), _group("9-0", 9, 0))
-    rows = view.group_rows([stream])
+    rows = streams.group_rows([stream])
     assert rows[0]["lag"] == "n/a" and rows[1]["lag"] == "0"
     assert rows[0]["trimmed"] == "OVERRUN: 2 entries trimmed before this group read them" and rows[1]["trimmed"] == "ok"
     assert rows[0]["consumers"] == "2" and rows[0]["pending"] == "3" and rows[0]["last delivered"] == "3-0"
-    crow = view.consumer_rows([stream])
+    crow = streams.consumer_rows([stream])
     assert [(c["consumer"], c["pending"], c["idle"], c["inactive"]) for c in crow] == [
         ("aggregator-1", "3", "1.5 s", "n/a"),
         ("aggregator-2", "0", "3 min", "100 s"),
@@ -545,7 +548,7 @@ def test_stream_rows_and_summary_line() -> None:
     stream = StreamInfo("ui:packets", 50, "1699999999000-0", "1699999999900-0", 12_345, (_group("1-0", 1),))
     empty = StreamInfo("ml:models", 0, None, None, 3)
     old = StreamInfo("ml:paper", 1, "1-0", "1-0", None)
-    rows = view.stream_rows([stream, empty, old], NOW, {"ui:packets": 12.345, "ml:models": None})
+    rows = streams.stream_rows([stream, empty, old], NOW, {"ui:packets": 12.345, "ml:models": None})
     assert rows[0] == {
         "stream": "ui:packets",
         "entries": "50",
@@ -559,7 +562,7 @@ def test_stream_rows_and_summary_line() -> None:
     assert rows[1]["last entry"] == "empty" and rows[1]["first id"] == "n/a"
     assert rows[1]["entries/s"] == "measuring", "a counter read once has no rate yet"
     assert rows[2]["entries/s"] == "n/a (Redis < 7)" and rows[2]["added"] == "n/a"
-    assert view.streams_line([stream, empty], ["ml:training"]) == (
+    assert streams.streams_line([stream, empty], ["ml:training"]) == (
         "Streams: 2 present, 1 not created yet · groups 1 · consumers 0 · pending 3"
     )
 
@@ -570,17 +573,17 @@ def test_stream_rows_and_summary_line() -> None:
      (1234.4, "1,234")],
 )  # fmt: skip
 def test_fmt_rate(rate: float | None, text: str) -> None:
-    assert view.fmt_rate(rate) == text
+    assert streams.fmt_rate(rate) == text
 
 
 @pytest.mark.parametrize(("ms", "text"), [(0.0, "0.0 ms"), (0.44, "0.4 ms"), (9.94, "9.9 ms"), (12.4, "12 ms"),
                                           (1234.0, "1,234 ms")])  # fmt: skip
 def test_fmt_fetch(ms: float, text: str) -> None:
-    assert view.fmt_fetch(ms) == text
+    assert widgets.fmt_fetch(ms) == text
 
 
 def test_rate_tracker_measures_entries_per_second_over_a_window() -> None:
-    rates = view.RateTracker(window_s=10.0, min_span_s=0.5)
+    rates = data.RateTracker(window_s=10.0, min_span_s=0.5)
     assert rates.update("s", 100.0, 1_000) is None, "one sample has no rate"
     assert rates.update("s", 100.2, 1_010) is None, "too close to the first"
     assert rates.update("s", 101.0, 1_050) == pytest.approx(50.0)
@@ -600,19 +603,19 @@ def test_rate_tracker_measures_entries_per_second_over_a_window() -> None:
 def test_dead_letters_are_counted_with_their_newest_reasons() -> None:
     fields = {b"type": b"bar", b"dlq_reason": b"bar rejected: high below low", b"dlq_group": b"features",
               b"dlq_consumer": b"features-1", b"dlq_ts_ms": str(NOW - 3_000).encode()}  # fmt: skip
-    letter = view.parse_dead_letter("1699999990000-0", fields)
-    assert letter == view.DeadLetter("1699999990000-0", "bar rejected: high below low", "features", "features-1",
+    letter = data.parse_dead_letter("1699999990000-0", fields)
+    assert letter == data.DeadLetter("1699999990000-0", "bar rejected: high below low", "features", "features-1",
                                      NOW - 3_000)  # fmt: skip
-    bare = view.parse_dead_letter("1699999998000-0", {})
+    bare = data.parse_dead_letter("1699999998000-0", {})
     assert bare.reason == "(no reason given)" and bare.ts_ms is None
-    assert view.dead_letter_reasons([letter, bare], NOW) == (
+    assert streams.dead_letter_reasons([letter, bare], NOW) == (
         "3.0 s ago by features-1 (features): bar rejected: high below low; 2.0 s ago: (no reason given)"
     )
     dlqs = [
-        view.DeadLetters("md:bars:{ETHUSDT}:1s", 2, 9, (letter,)),
-        view.DeadLetters("ml:training", 0, 4),  # emptied (trimmed): not a row
+        data.DeadLetters("md:bars:{ETHUSDT}:1s", 2, 9, (letter,)),
+        data.DeadLetters("ml:training", 0, 4),  # emptied (trimmed): not a row
     ]
-    assert view.dead_letter_rows(dlqs, NOW) == [
+    assert streams.dead_letter_rows(dlqs, NOW) == [
         {
             "stream": "md:bars:{ETHUSDT}:1s",
             "dead letters": "2",
@@ -620,9 +623,9 @@ def test_dead_letters_are_counted_with_their_newest_reasons() -> None:
             "latest reasons": "3.0 s ago by features-1 (features): bar rejected: high below low",
         }
     ]
-    assert view.dead_letters_line(dlqs) == "Dead letters: 2 in 1 stream"
-    assert view.dead_letters_line([*dlqs, view.DeadLetters("ui:packets", 5, 5)]) == "Dead letters: 7 in 2 streams"
-    assert view.dead_letters_line([]) == "Dead letters: none"
+    assert streams.dead_letters_line(dlqs) == "Dead letters: 2 in 1 stream"
+    assert streams.dead_letters_line([*dlqs, data.DeadLetters("ui:packets", 5, 5)]) == "Dead letters: 7 in 2 streams"
+    assert streams.dead_letters_line([]) == "Dead letters: none"
 
 
 # --------------------------------------------------------------------------- data quality
@@ -635,7 +638,7 @@ def test_quality_rows_show_every_counter_and_the_score() -> None:
               "updated_ms": NOW - 1_200}  # fmt: skip
     row = {"symbol": "ETHUSDT", "owner": "aggregator-a", **counts, "score": quality.score(counts)}
     empty = {"symbol": "BTCUSDT", "owner": None, **{k: 0 for k in quality.COUNTERS}, "score": None}
-    rows = view.quality_rows([row, empty], NOW)
+    rows = streams.quality_rows([row, empty], NOW)
     assert rows[0] == {
         "symbol": "ETHUSDT",
         "owner": "aggregator-a",

@@ -1,5 +1,5 @@
-"""Plausible packets of every kind the dashboard reads, for its tests and for trying the page
-without the rest of the system running.
+"""Plausible packets of every kind the dashboard reads, for the dashboard's tests and its bench
+(``bench/dashboard.py``); test fixtures, so they live here and not in the dashboard package.
 
 Builders take the numbers a test wants to see on screen and fill in the rest consistently;
 :func:`write_snapshot` puts a whole picture (status, ticks, bars, metrics, a model, groups)
@@ -15,12 +15,15 @@ from dataclasses import dataclass
 import redis
 
 from unistream_common import codec, keys
+from unistream_common.heartbeat import queue_beat
 from unistream_common.packets import (
     Bar,
     MetricsPacket,
     ModelAnnouncement,
     ModelStatus,
     Packet,
+    PaperFill,
+    PredictionPacket,
     Tick,
     TickBatch,
     UIDataPacket,
@@ -294,19 +297,15 @@ def heartbeat(
     started_ms: int,
     updated_ms: int,
     ready: bool = True,
-    ttl_ms: int = 10_000,
     pid: int = 4242,
     host: str = "host-a",
 ) -> None:
-    """A service process's heartbeat, as ``unistream_common.service.heartbeat`` writes it."""
-    key = keys.heartbeat(service, consumer)
+    """A service process's beat at ``updated_ms``, written by the services' own writer
+    (:func:`unistream_common.heartbeat.queue_beat`) with the pid and host a test wants to see."""
+    fields = {"service": service, "consumer": consumer, "started_ms": started_ms, "ready": int(ready), "pid": pid,
+              "host": host}  # fmt: skip
     pipe = client.pipeline(transaction=True)
-    pipe.hset(key, mapping={
-        "service": service, "consumer": consumer, "started_ms": started_ms, "updated_ms": updated_ms,
-        "ready": int(ready), "pid": pid, "host": host,
-    })  # fmt: skip
-    pipe.pexpire(key, ttl_ms)
-    pipe.zadd(keys.SERVICES, {f"{service}/{consumer}": updated_ms})
+    queue_beat(pipe, service, consumer, fields, updated_ms)
     pipe.execute()
 
 
@@ -327,3 +326,89 @@ def quality_counters(client: redis.Redis, symbol: str, counts: Mapping[str, int]
     client.hset(keys.quality(symbol), mapping=dict(counts))
     if owner is not None:
         client.set(keys.agg_owner(symbol), f"{owner}:1")
+
+
+# --------------------------------------------------------------------------- Market and Training pages
+# Builders that take exactly the values a chart or a table of those pages shows.
+
+T0 = 1_749_999_960_000  # a minute boundary (2025-06-15 15:06:00 UTC)
+assert T0 % 60_000 == 0
+
+
+def bar(
+    open_ms: int,
+    *,
+    symbol: str = "ETHUSDT",
+    timeframe: str = "1s",
+    o: float = 100.0,
+    h: float = 101.0,
+    lo: float = 99.0,
+    c: float = 100.5,
+    v: float = 2.0,
+) -> Bar:
+    return Bar(
+        symbol=symbol,
+        timeframe=timeframe,  # type: ignore[arg-type]
+        open_time_ms=open_ms,
+        close_time_ms=open_ms + keys.TIMEFRAME_MS[timeframe],
+        open=o,
+        high=max(h, o, c),
+        low=min(lo, o, c),
+        close=c,
+        volume=v,
+        quote_volume=v * c,
+        trade_count=3,
+        vwap=c,
+        taker_buy_volume=v / 2,
+        filled=False,
+        source="REAL",
+    )
+
+
+def prediction_packet(ts_ms: int, symbol: str = "ETHUSDT", **probs: float) -> PredictionPacket:
+    """``prediction_packet(t, p_top_1s=0.9)`` -> names ``1s.p_top`` etc. (plus an uncharted one)."""
+    names = [f"{k.split('_')[-1]}.{k.rsplit('_', 1)[0]}" for k in probs] + ["1s.p_up"]
+    values = [*probs.values(), 0.5]
+    return PredictionPacket(
+        symbol=symbol,
+        ts_event_ms=ts_ms,
+        price=100.0,
+        model_version="cnn-r0000001",
+        names=names,
+        values=codec.f32_to_bytes(values),
+    )
+
+
+def fill(ts_ms: int, price: float, frm: float, to: float, symbol: str = "ETHUSDT") -> PaperFill:
+    return PaperFill(
+        symbol=symbol,
+        ts_ms=ts_ms,
+        price=price,
+        position_from=frm,
+        position_to=to,
+        model_version="dqn-r0000003",
+        producer="trainer-0",
+    )
+
+
+def metrics(producer: str, ts_ms: int, step: int = 0, **values: float) -> MetricsPacket:
+    """Metric names from keyword names: ``losses__td_loss=0.1`` -> ``losses/td_loss``."""
+    return MetricsPacket(
+        producer=producer, ts_ms=ts_ms, step=step, metrics={k.replace("__", "/"): v for k, v in values.items()}
+    )
+
+
+def announcement(
+    name: str, version: str, ts_ms: int, producer: str = "trainer-0", members: tuple[str, ...] = (), **m: float
+) -> ModelAnnouncement:
+    return ModelAnnouncement(
+        name=name,
+        version=version,
+        ts_ms=ts_ms,
+        uri=f"redis:ml:registry:{name}:{version}",
+        sha256="0" * 64,
+        producer=producer,
+        parameters=1000,
+        metrics={k.replace("__", "/"): v for k, v in m.items()},
+        members=list(members),
+    )

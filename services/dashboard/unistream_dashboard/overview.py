@@ -1,31 +1,54 @@
-"""Pure core of the dashboard: decoded Redis reads in, view models and display text out.
+"""Overview page: the Training Data Stream (one card per symbol) and one health card per service.
 
-Nothing here touches Redis, Streamlit or the clock (:class:`RateTracker` takes its times as arguments): the current time arrives as ``now_ms``
-(milliseconds since the Unix epoch), so every function is a plain unit-testable mapping.
+Pure view models first (no Redis, no Streamlit, no clock: the current time arrives as ``now_ms``,
+milliseconds since the Unix epoch), then the two live panels and :func:`render`.
 
 The text lines built here double as machine-readable anchors for tests. Their formats are
-fixed (see :func:`symbol_status`): ``<SYMBOL> · <Label>: <value>``, integers with thousands
-separators, absent values as ``n/a``.
+fixed (see :func:`symbol_status` and :func:`service_health`): ``<SYMBOL> · <Label>: <value>``,
+integers with thousands separators, absent values as ``n/a``. Streamlit anchors: containers keyed
+``tds`` (the Training Data Stream panel), ``tds-<SYMBOL>`` (one card per symbol), ``services`` and
+``svc-<service>`` (health cards), which Streamlit renders with the CSS class ``st-key-<key>``.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import threading
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from typing import TypeVar
+
+import redis
+import streamlit as st
 
 from unistream_common import codec
-from unistream_common.groups import group_overrun
+from unistream_common.heartbeat import HEARTBEAT_TTL_MS
 from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, ModelStatus, TickBatch, UIDataPacket
+from unistream_common.redisio import safe_url
+from unistream_dashboard import data
+from unistream_dashboard.data import Heartbeat, Skipped
+from unistream_dashboard.settings import DashboardSettings
+from unistream_dashboard.widgets import (
+    NA,
+    SEP,
+    clock_ms,
+    fetched_caption,
+    fmt_age,
+    fmt_int,
+    fmt_price,
+    fmt_utc,
+    is_finite,
+    latest_per_producer,
+    live,
+    md_escape,
+    refresh_text,
+    show_redis_error,
+)
 
-NA = "n/a"
-SEP = " · "
+T = TypeVar("T")
+
+CARDS_PER_ROW = 3
+SERVICE_CARDS_PER_ROW = 5
 
 # Metrics the RL trainer publishes under CleanRL-style namespaces.
 UPDATES = "charts/updates"
@@ -38,112 +61,8 @@ SOURCE_LABELS = {
 }
 SOURCE_COLOURS = {"REAL": "green", "REPLAY": "orange", "SYNTHETIC": "violet"}
 
-# Characters that change Markdown (or Streamlit's $LaTeX$) mid-line; only these need escaping
-# in names that come from other services.
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$])")
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def md_escape(text: str) -> str:
-    """``text`` with Markdown's special characters escaped, for strings that come from outside."""
-    return _MD_SPECIAL.sub(r"\\\1", text)
-
-
-def fmt_int(value: float | None) -> str:
-    """``1234567`` -> ``1,234,567``; None -> ``n/a``."""
-    if value is None:
-        return NA
-    return f"{int(value):,}"
-
-
-def fmt_price(price: float | None, max_decimals: int = 8) -> str:
-    """A venue price with thousands separators and the decimals it was quoted with (at least 2).
-
-    Prices arrive as float64 whose shortest ``repr`` is the venue's decimal string (see
-    ``unistream_common.packets``), so the decimals of that repr are the quoted precision:
-    ``3012.5`` -> ``3,012.50``, ``0.00001234`` -> ``0.00001234``.
-    """
-    if price is None or not math.isfinite(price):
-        return NA
-    try:
-        exponent = Decimal(repr(price)).as_tuple().exponent
-    except InvalidOperation:
-        return NA
-    decimals = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    decimals = min(max(decimals, 2), max_decimals)
-    return f"{price:,.{decimals}f}"
-
-
-def fmt_age(age_ms: float | None) -> str:
-    """A duration for humans: ``0.4 s``, ``12 s``, ``3 min``, ``2.5 h``, ``4 d``.
-
-    Negative ages (the writer's clock runs ahead of ours) show as ``0.0 s``.
-    """
-    if age_ms is None:
-        return NA
-    seconds = max(age_ms, 0) / 1000.0
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.0f} d"
-
-
-def fmt_metric(value: float | None) -> str:
-    """A metric value: whole numbers with separators, others with 4 significant digits."""
-    if value is None:
-        return NA
-    if not math.isfinite(value):
-        return str(value)
-    if value == int(value) and abs(value) < 1e15:
-        return fmt_int(value)
-    return f"{value:.4g}"
-
-
-def fmt_fetch(ms: float) -> str:
-    """How long a read took: ``0.4 ms``, ``12 ms``."""
-    return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
-
-
-def fmt_utc(ts_ms: int | None) -> str:
-    """Wall-clock time of an epoch-ms timestamp, ``HH:MM:SS UTC``."""
-    if ts_ms is None:
-        return NA
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%H:%M:%S UTC")
-
-
-def utc_datetime(ts_ms: int) -> datetime:
-    """Timezone-aware UTC datetime of an epoch-ms timestamp (chart axes)."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
-
-
-def id_ms(entry_id: str) -> int:
-    """Millisecond part of a stream entry id such as ``1700000000000-0``."""
-    return int(entry_id.split("-", 1)[0])
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """Sort key of a stream entry id (``ms-seq``), so ids compare as Redis compares them."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
 
 # --------------------------------------------------------------------------- undecodable entries
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An entry the dashboard could not show, and why (it is counted, never fatal)."""
-
-    stream: str
-    entry_id: str
-    reason: str
 
 
 def skipped_text(skipped: Sequence[Skipped], shown: int = 3) -> str | None:
@@ -180,16 +99,6 @@ class RLSummary:
         if self.state == "stalled":
             return f"stalled (no metrics for {fmt_age(self.last_report_age_ms)}, {fmt_int(self.updates)} updates)"
         return "waiting (no updates yet)"
-
-
-def latest_per_producer(metrics: Iterable[MetricsPacket]) -> dict[str, MetricsPacket]:
-    """Newest packet (by ``ts_ms``, then ``step``) of each producer, producers sorted by name."""
-    latest: dict[str, MetricsPacket] = {}
-    for packet in metrics:
-        seen = latest.get(packet.producer)
-        if seen is None or (packet.ts_ms, packet.step) >= (seen.ts_ms, seen.step):
-            latest[packet.producer] = packet
-    return dict(sorted(latest.items()))
 
 
 def rl_summary(latest: Mapping[str, MetricsPacket], now_ms: int, stale_after_ms: int) -> RLSummary:
@@ -260,7 +169,7 @@ def newest_with(metrics: Iterable[MetricsPacket], key: str) -> MetricsPacket | N
 
 
 def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+    return value if is_finite(value) else None
 
 
 def extrema_text(packet: MetricsPacket | None) -> str:
@@ -528,45 +437,6 @@ HEALTH_COLOURS = {READY: "green", DEGRADED: "orange", NOT_READY: "orange", DOWN:
 
 
 @dataclass(frozen=True)
-class Heartbeat:
-    """One live ``svc:{service}:{consumer}`` hash (it expires 10 s after the process's last beat)."""
-
-    service: str
-    consumer: str
-    started_ms: int | None
-    updated_ms: int | None
-    ready: bool
-    pid: int | None = None
-    host: str = ""
-
-
-def _opt(raw: Mapping[str, str], name: str) -> int | None:
-    try:
-        return int(raw[name])
-    except (KeyError, ValueError):
-        return None
-
-
-def parse_heartbeat(raw: Mapping[bytes | str, bytes | str]) -> Heartbeat | None:
-    """A heartbeat hash as written by the services (bytes or str keys); None when it lacks a service."""
-    fields = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
-        for k, v in raw.items()
-    }
-    if not fields.get("service"):
-        return None
-    return Heartbeat(
-        service=fields["service"],
-        consumer=fields.get("consumer", ""),
-        started_ms=_opt(fields, "started_ms"),
-        updated_ms=_opt(fields, "updated_ms"),
-        ready=fields.get("ready", "0") == "1",
-        pid=_opt(fields, "pid"),
-        host=fields.get("host", ""),
-    )
-
-
-@dataclass(frozen=True)
 class ServiceHealth:
     """The health card of one service: its state, anchored lines (``<service> · <Label>: <value>``)
     and one caption line per live replica."""
@@ -659,321 +529,100 @@ def services_line(health: Sequence[ServiceHealth]) -> str:
     return f"Services: {up} of {len(health)} up{SEP}{ready} ready"
 
 
-# --------------------------------------------------------------------------- charts
+# --------------------------------------------------------------------------- Streamlit
 
 
-# --------------------------------------------------------------------------- tables
+def _rows(items: Sequence[T], per_row: int) -> list[list[T]]:
+    """``items`` in rows of ``per_row`` (a grid of cards from Streamlit columns)."""
+    return [list(items[i : i + per_row]) for i in range(0, len(items), per_row)]
 
 
-# --------------------------------------------------------------------------- stream statistics
+def _show_skipped(skipped: Sequence[Skipped]) -> None:
+    message = skipped_text(skipped)
+    if message:
+        st.warning(message, icon=":material/warning:")
 
 
-@dataclass(frozen=True)
-class ConsumerInfo:
-    """XINFO CONSUMERS of one consumer. ``inactive_ms`` exists from Redis 7.2 on."""
-
-    name: str
-    pending: int
-    idle_ms: int
-    inactive_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class GroupInfo:
-    """XINFO GROUPS of one group. ``entries_read`` and ``lag`` are None before Redis 7.0,
-    and ``lag`` is also None whenever Redis cannot compute it."""
-
-    name: str
-    consumers: int
-    pending: int
-    last_delivered_id: str
-    entries_read: int | None
-    lag: int | None
-    consumer_infos: tuple[ConsumerInfo, ...] = ()
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """XINFO STREAM of one stream. ``entries_added`` is None before Redis 7.0."""
-
-    name: str
-    length: int
-    first_entry_id: str | None
-    last_entry_id: str | None
-    entries_added: int | None
-    groups: tuple[GroupInfo, ...] = ()
-    last_generated_id: str | None = None
-
-
-class RateTracker:
-    """Entries per second of each stream, from its ``entries-added`` counter sampled over time.
-
-    :meth:`update` takes a sample (seconds on a monotonic clock, the counter) and returns the rate
-    over the samples of the last ``window_s`` seconds, or None until two samples at least
-    ``min_span_s`` apart exist. A counter that goes back (the stream was deleted, Redis restarted)
-    starts over, and so does one not sampled for longer than the window (nobody watched the page):
-    the rate is always a recent one. Thread-safe: one tracker serves every browser tab of a server process.
-    """
-
-    def __init__(self, window_s: float = 10.0, min_span_s: float = 0.5) -> None:
-        self.window_s = window_s
-        self.min_span_s = min_span_s
-        self._samples: dict[str, deque[tuple[float, int]]] = {}
-        self._lock = threading.Lock()
-
-    def update(self, key: str, t_s: float, count: int) -> float | None:
-        with self._lock:
-            samples = self._samples.setdefault(key, deque())
-            if samples and (count < samples[-1][1] or not 0 <= t_s - samples[-1][0] <= self.window_s):
-                samples.clear()
-            if not samples or t_s > samples[-1][0]:
-                samples.append((t_s, count))
-            while len(samples) > 2 and t_s - samples[1][0] >= self.window_s:
-                samples.popleft()
-            t0, c0 = samples[0]
-            if t_s - t0 < self.min_span_s:
-                return None
-            return (count - c0) / (t_s - t0)
+def training_data_stream_panel(settings: DashboardSettings) -> None:
+    """Per symbol: caches, stream liveness, data source, CNN, RL and Enhanced RL state, warm-up, price."""
+    symbols = settings.symbols
+    with st.container(key="tds"):
+        st.subheader("Training Data Stream")
+        try:
+            status = data.read_status(settings.redis_url, symbols)
+            training = data.read_training(settings.redis_url, settings.metrics_history)
+        except redis.RedisError as exc:
+            show_redis_error(settings, exc)
+            return
+        now_ms = clock_ms()
+        latest_ui = latest_ui_per_symbol(status.ui, symbols)
+        agent = agent_view(training.metrics, training.models, now_ms, int(settings.stale_metrics_s * 1000))
+        if not latest_ui and not status.last_ticks:
+            st.info("No market data in Redis yet: no status packets and no ticks (is ingest running?).")
+        per_row = min(len(symbols), CARDS_PER_ROW)
+        for row in _rows(symbols, per_row):
+            for column, symbol in zip(st.columns(per_row), row, strict=False):
+                ui = latest_ui.get(symbol)
+                card = symbol_status(
+                    symbol,
+                    ui,
+                    status.last_ticks.get(symbol),
+                    agent,
+                    now_ms,
+                    int(settings.live_after_s * 1000),
+                    int(settings.stale_after_s * 1000),
+                )
+                with column, st.container(border=True, key=f"tds-{symbol}"):
+                    st.markdown(f"#### {symbol} &nbsp; {fmt_price(card.price)}")
+                    st.markdown(card.badge)
+                    st.markdown("  \n".join(line.text for line in card.lines))
+                    if card.warmup is not None:
+                        st.progress(card.warmup, text=f"Warm-up {int(100 * card.warmup)}%")
+                    notes = [f"Status packet {fmt_age(card.status_age_ms)} old" if ui else "No status packet yet"]
+                    if card.predictions:
+                        notes.append(card.predictions)
+                    st.caption(SEP.join(notes))
+        _show_skipped([*status.skipped, *training.skipped])
+        st.caption(fetched_caption(status.fetch_ms + training.fetch_ms, now_ms=now_ms))
 
 
-def fmt_rate(rate: float | None) -> str:
-    """Entries per second: ``0``, ``0.5``, ``12.3``, ``1,234``; n/a when unknown."""
-    if rate is None or not math.isfinite(rate):
-        return NA
-    if rate >= 100:
-        return fmt_int(round(rate))
-    if rate == 0:
-        return "0"
-    return f"{rate:.1f}" if rate >= 0.05 else f"{rate:.2g}"
+def services_panel(settings: DashboardSettings) -> None:
+    """One card per service from the svc:* heartbeats: ready, replicas, uptime, last beat."""
+    with st.container(key="services"):
+        st.subheader("Services")
+        try:
+            health = data.read_health(settings.redis_url)
+        except redis.RedisError as exc:
+            show_redis_error(settings, exc)
+            return
+        now_ms = clock_ms()
+        known = list(SERVICE_NAMES)
+        others = sorted({b.service for b in health.beats} - set(known))
+        cards = [service_health(name, health.beats, now_ms, health.leader) for name in known + others]
+        st.markdown(services_line(cards))
+        if not health.beats:
+            st.info(
+                "No service has sent a heartbeat yet (heartbeats expire "
+                f"{HEARTBEAT_TTL_MS / 1000:g} s after a process stops)."
+            )
+        per_row = min(len(cards), SERVICE_CARDS_PER_ROW)
+        for row in _rows(cards, per_row):
+            for column, card in zip(st.columns(per_row), row, strict=False):
+                with column, st.container(border=True, key=f"svc-{card.service}"):
+                    st.markdown(f"#### {md_escape(card.service)}")
+                    st.markdown(card.badge)
+                    st.markdown("  \n".join(line.text for line in card.lines))
+                    if card.details:
+                        st.caption("  \n".join(card.details))
+        st.caption(fetched_caption(health.fetch_ms, now_ms=now_ms))
 
 
-def overrun_count(stream: StreamInfo, group: GroupInfo) -> int | None:
-    """Entries trimmed from ``stream`` before ``group`` read them: a count when Redis >= 7's counters
-    tell it, else None. Only meaningful when :func:`overrun_alarm` raised an alarm."""
-    if stream.entries_added is None or group.entries_read is None:
-        return None
-    return max(stream.entries_added - stream.length - group.entries_read, 0)
-
-
-def overrun_alarm(stream: StreamInfo, group: GroupInfo) -> str | None:
-    """``OVERRUN: 2 entries trimmed before this group read them`` (or without a count when Redis
-    cannot tell how many) when trimming removed entries the group had not read, else None.
-
-    The judgement is :func:`unistream_common.tools.group_overrun`, the one ``unistream status`` uses.
-    """
-    last_generated = stream.last_generated_id or stream.last_entry_id or group.last_delivered_id
-    lost = group_overrun(
-        group.last_delivered_id,
-        group.entries_read,
-        stream.length,
-        stream.first_entry_id,
-        last_generated,
-        stream.entries_added,
+def render(settings: DashboardSettings) -> None:
+    """The Overview page: its caption, then the two live panels."""
+    st.title("Overview")
+    st.caption(
+        f"Live market data → RL training data{SEP}Redis {safe_url(settings.redis_url)}"
+        f"{SEP}symbols {', '.join(settings.symbols)}{SEP}{refresh_text(settings)}"
     )
-    if not lost:
-        return None
-    count = overrun_count(stream, group)
-    if count:
-        return f"OVERRUN: {fmt_int(count)} {'entry' if count == 1 else 'entries'} trimmed before this group read them"
-    return "OVERRUN: entries trimmed before this group read them"
-
-
-def overrun_alarms(streams: Iterable[StreamInfo]) -> list[str]:
-    """One alarm line per overrun group: ``md:ticks:{ETHUSDT} · group aggregator: OVERRUN: ...``."""
-    return [
-        f"{md_escape(s.name)}{SEP}group {md_escape(g.name)}: {alarm}"
-        for s in streams
-        for g in s.groups
-        if (alarm := overrun_alarm(s, g))
-    ]
-
-
-def _rate_cell(stream: StreamInfo, rate: float | None) -> str:
-    if rate is not None:
-        return fmt_rate(rate)
-    return "measuring" if stream.entries_added is not None else f"{NA} (Redis < 7)"
-
-
-def stream_rows(
-    streams: Iterable[StreamInfo], now_ms: int, rates: Mapping[str, float | None] | None = None
-) -> list[dict[str, str]]:
-    """One row per stream: entries, entries/s, total added, last entry's age, groups, first/last id.
-
-    ``entries/s`` says ``measuring`` until two reads of the counter are apart, and n/a on Redis < 7
-    (which keeps no counter).
-    """
-    rates = rates or {}
-    return [
-        {
-            "stream": s.name,
-            "entries": fmt_int(s.length),
-            "entries/s": _rate_cell(s, rates.get(s.name)),
-            "added": fmt_int(s.entries_added),
-            "last entry": f"{fmt_age(now_ms - id_ms(s.last_entry_id))} ago" if s.last_entry_id else "empty",
-            "groups": fmt_int(len(s.groups)),
-            "first id": s.first_entry_id or NA,
-            "last id": s.last_entry_id or NA,
-        }
-        for s in streams
-    ]
-
-
-def group_rows(streams: Iterable[StreamInfo]) -> list[dict[str, str]]:
-    """One row per (stream, group): consumers, pending, lag (``n/a`` when Redis cannot tell, never
-    a made-up 0), last delivered id, entries read and the trimming check (``ok`` or the alarm)."""
-    return [
-        {
-            "stream": s.name,
-            "group": g.name,
-            "consumers": fmt_int(g.consumers),
-            "pending": fmt_int(g.pending),
-            "lag": fmt_int(g.lag),
-            "last delivered": g.last_delivered_id,
-            "read": fmt_int(g.entries_read),
-            "trimmed": overrun_alarm(s, g) or "ok",
-        }
-        for s in streams
-        for g in s.groups
-    ]
-
-
-def consumer_rows(streams: Iterable[StreamInfo]) -> list[dict[str, str]]:
-    """One row per consumer: its pending entries, idle time, and inactive time when known."""
-    return [
-        {
-            "stream": s.name,
-            "group": g.name,
-            "consumer": c.name,
-            "pending": fmt_int(c.pending),
-            "idle": fmt_age(c.idle_ms),
-            "inactive": fmt_age(c.inactive_ms) if c.inactive_ms is not None and c.inactive_ms >= 0 else NA,
-        }
-        for s in streams
-        for g in s.groups
-        for c in g.consumer_infos
-    ]
-
-
-def streams_line(streams: Sequence[StreamInfo], missing: Sequence[str]) -> str:
-    """``Streams: 9 present, 5 not created yet · groups 3 · consumers 4 · pending 12``."""
-    groups = [g for s in streams for g in s.groups]
-    consumers = sum(len(g.consumer_infos) for g in groups)
-    pending = sum(g.pending for g in groups)
-    return (
-        f"Streams: {len(streams)} present, {len(missing)} not created yet{SEP}groups {len(groups)}"
-        f"{SEP}consumers {consumers}{SEP}pending {fmt_int(pending)}"
-    )
-
-
-# --------------------------------------------------------------------------- dead letters
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One entry of a ``<stream>:dlq`` stream: why, and who gave up on it."""
-
-    entry_id: str
-    reason: str
-    group: str = ""
-    consumer: str = ""
-    ts_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class DeadLetters:
-    """A dead-letter stream: ``stream`` is the stream whose entries it holds."""
-
-    stream: str
-    length: int
-    entries_added: int | None
-    latest: tuple[DeadLetter, ...] = ()
-
-
-def parse_dead_letter(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> DeadLetter:
-    """A dead-letter entry's ``dlq_*`` fields (a missing reason reads ``(no reason given)``)."""
-    f = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v))
-        for k, v in fields.items()
-    }
-    return DeadLetter(
-        entry_id=entry_id,
-        reason=f.get("dlq_reason") or "(no reason given)",
-        group=f.get("dlq_group", ""),
-        consumer=f.get("dlq_consumer", ""),
-        ts_ms=_opt(f, "dlq_ts_ms"),
-    )
-
-
-def dead_letter_reasons(latest: Sequence[DeadLetter], now_ms: int) -> str:
-    """Newest first: ``3 s ago by aggregator-1 (aggregator): bar rejected: ...; ...``."""
-    parts = []
-    for d in latest:
-        when = f"{fmt_age(now_ms - (d.ts_ms if d.ts_ms is not None else id_ms(d.entry_id)))} ago"
-        who = f" by {d.consumer}" + (f" ({d.group})" if d.group else "") if d.consumer else ""
-        parts.append(f"{when}{who}: {d.reason}")
-    return "; ".join(parts)
-
-
-def dead_letter_rows(dlqs: Iterable[DeadLetters], now_ms: int) -> list[dict[str, str]]:
-    """One row per dead-letter stream that holds entries: count, total ever, newest reasons."""
-    return [
-        {
-            "stream": d.stream,
-            "dead letters": fmt_int(d.length),
-            "total": fmt_int(d.entries_added),
-            "latest reasons": dead_letter_reasons(d.latest, now_ms),
-        }
-        for d in dlqs
-        if d.length or d.latest
-    ]
-
-
-def dead_letters_line(dlqs: Sequence[DeadLetters]) -> str:
-    """``Dead letters: none`` or ``Dead letters: 7 in 2 streams``."""
-    held = [d for d in dlqs if d.length]
-    if not held:
-        return "Dead letters: none"
-    total = sum(d.length for d in held)
-    return f"Dead letters: {fmt_int(total)} in {len(held)} {'stream' if len(held) == 1 else 'streams'}"
-
-
-# --------------------------------------------------------------------------- data quality
-
-
-def quality_rows(rows: Iterable[Mapping[str, object]], now_ms: int) -> list[dict[str, str]]:
-    """Per symbol, the aggregator's counters (``tools.collect_bar_quality`` rows) as display strings.
-
-    ``score`` is :func:`unistream_common.quality.score` (n/a before the first counter). Columns:
-    symbol, owner, score, ticks applied, late, duplicates, redelivered, 1s bars, empty filled
-    (empty intervals filled with flat bars), incomplete (bars on a gap), skipped (empty intervals
-    without a bar), gaps (trades missing), last bar latency, updated.
-    """
-
-    def num(row: Mapping[str, object], key: str) -> str:
-        value = row.get(key)
-        return fmt_int(value) if isinstance(value, int | float) else NA
-
-    out = []
-    for row in rows:
-        score = row.get("score")
-        updated = row.get("updated_ms")
-        latency = row.get("last_bar_latency_ms")
-        out.append(
-            {
-                "symbol": str(row.get("symbol", "")),
-                "owner": str(row.get("owner") or "(none)"),
-                "score": f"{score:.2f}" if isinstance(score, int | float) else NA,
-                "ticks applied": num(row, "ticks_applied"),
-                "late": num(row, "ticks_late"),
-                "duplicates": num(row, "ticks_duplicate"),
-                "redelivered": num(row, "ticks_already_applied"),
-                "1s bars": num(row, "bars_1s"),
-                "empty filled": num(row, "bars_filled"),
-                "incomplete": num(row, "bars_incomplete"),
-                "skipped": num(row, "intervals_skipped"),
-                "gaps": f"{num(row, 'gaps')} ({num(row, 'trades_missing')} trades missing)",
-                "bar latency": f"{fmt_int(latency)} ms" if isinstance(latency, int) else NA,
-                "updated": f"{fmt_age(now_ms - updated)} ago" if isinstance(updated, int) and updated else NA,
-            }
-        )
-    return out
+    live(training_data_stream_panel, settings)
+    live(services_panel, settings)
