@@ -377,19 +377,19 @@ class FeaturesService:
         self._count_events()
         return Result(writes=writes, fence={self.fence.key: self.fence})
 
-    async def on_timer(self, now: int) -> Result:
+    async def on_timer(self, now_ms: int) -> Result:
         """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
-        if now >= self._next_model_poll_ms:
-            self._next_model_poll_ms = now + self.settings.model_poll_ms
-            await self.poll_models(now)
-        if now >= self._next_history_poll_ms:
-            self._next_history_poll_ms = now + self.settings.history_poll_ms
-            await self.poll_history(now)
-        if now >= self._next_overrun_check_ms:
-            self._next_overrun_check_ms = now + 1000 * self.settings.overrun_check_s
+        if now_ms >= self._next_model_poll_ms:
+            self._next_model_poll_ms = now_ms + self.settings.model_poll_ms
+            await self.poll_models(now_ms)
+        if now_ms >= self._next_history_poll_ms:
+            self._next_history_poll_ms = now_ms + self.settings.history_poll_ms
+            await self.poll_history(now_ms)
+        if now_ms >= self._next_overrun_check_ms:
+            self._next_overrun_check_ms = now_ms + 1000 * self.settings.overrun_check_s
             await self.check_overrun()
-        writes = self._training_writes(now)
-        ui = self.engine.ui_packets(now)
+        writes = self._training_writes(now_ms)
+        ui = self.engine.ui_packets(now_ms)
         self.recent_ui.extend(ui)
         writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
         self._count_events()

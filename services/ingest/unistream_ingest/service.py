@@ -81,7 +81,7 @@ class ExternalProducers:
         return {"source": "external producers (POST or websocket /v1/ticks)"}
 
 
-class IngestWriter:
+class IngestService:
     """Advances the tick source on a fixed cadence and writes its trades to Redis."""
 
     def __init__(self, settings: IngestSettings, stats: Stats, redis: aioredis.Redis) -> None:
@@ -265,7 +265,7 @@ class IngestWriter:
                         await asyncio.sleep(self.settings.live_batch_ms / 1000)
                 else:
                     await asyncio.sleep(max(0.0, delay))
-                await self.cycle(wall_ms())
+                await self.on_timer(wall_ms())
                 raise_if_cancel_lost()
         except asyncio.CancelledError:
             if feed is not None:  # stop the feed, then keep what it already handed over
@@ -302,8 +302,9 @@ class IngestWriter:
             and time.monotonic() >= self._retry_at
         )
 
-    async def cycle(self, now_ms: int) -> None:
-        """One cycle: release the source's trades up to ``now_ms``, then write if not backing off."""
+    async def on_timer(self, now_ms: int) -> None:
+        """One tick of the shell's timer: release the source's trades up to ``now_ms`` (ms since the
+        epoch), then write if not backing off."""
         assert self.source is not None, "start() first"
         # A finite source can wait: while Redis is slow or down it is not advanced past half the
         # buffer, so nothing it yields is ever dropped. A live source cannot wait.
@@ -550,10 +551,10 @@ async def worker(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, IngestSettings)
     redis = command_client(settings.redis_url, name=f"{SERVICE}:writer", timeout_s=2.0)
-    writer = IngestWriter(settings, ctx.stats, redis)
-    ctx.ready = writer.ready
-    ctx.info = writer.info
+    service = IngestService(settings, ctx.stats, redis)
+    ctx.ready = service.ready
+    ctx.info = service.info
     try:
-        await writer.run()
+        await service.run()
     finally:
         await redis.aclose()

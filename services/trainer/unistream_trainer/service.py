@@ -299,11 +299,11 @@ class TrainerService:
 
     # --- the cycle ---------------------------------------------------------------------------
 
-    async def on_timer(self, now: int) -> Result:
+    async def on_timer(self, now_ms: int) -> Result:
         writes: list[Write] = []
-        if now >= self._next_merge_ms:
-            self._next_merge_ms = now + int(self.settings.merge_every_s * 1000)
-            await self.merge_round(now)
+        if now_ms >= self._next_merge_ms:
+            self._next_merge_ms = now_ms + int(self.settings.merge_every_s * 1000)
+            await self.merge_round(now_ms)
         await self.adopt_newer()
         leader = self.sync is not None and self.sync.leader
         if leader and not self._leading and self.paper is not None:
@@ -319,9 +319,9 @@ class TrainerService:
             self._paper_id = "$"
         if leader and self.paper is not None:
             writes.extend(await self.paper_trade())
-        if now >= self._next_metrics_ms:
-            self._next_metrics_ms = now + int(self.settings.metrics_every_s * 1000)
-            writes.append(Write(keys.METRICS, self._metrics_packet(now), maxlen=self.settings.metrics_maxlen))
+        if now_ms >= self._next_metrics_ms:
+            self._next_metrics_ms = now_ms + int(self.settings.metrics_every_s * 1000)
+            writes.append(Write(keys.METRICS, self._metrics_packet(now_ms), maxlen=self.settings.metrics_maxlen))
         return Result(writes=writes)
 
     def _metrics_packet(self, now: int) -> MetricsPacket:
