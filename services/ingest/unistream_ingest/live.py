@@ -39,7 +39,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from unistream_ingest.binance import (
+from unistream_ingest.binance.parsing import (
     HISTORICAL_TRADES_PATH,
     TIME_PATH,
     combined_stream_url,
