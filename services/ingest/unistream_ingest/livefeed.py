@@ -1,6 +1,6 @@
 """The live Binance feed as a tick source for the ingest writer.
 
-:class:`~unistream_ingest.live.BinanceLiveSource` de-duplicates, sequences and backfills; this
+:class:`~unistream_ingest.binance.websocket.BinanceLiveSource` de-duplicates, sequences and backfills; this
 adapter validates what it delivers (prices, sizes, timestamps, clock skew), records it when
 ``--record`` is on, turns unrecoverable gaps into :class:`~unistream_common.packets.GapMarker`
 packets and wakes the writer as soon as trades arrive, so a tick waits for a micro-batch of a
@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from unistream_common.packets import GapMarker, Tick
-from unistream_ingest.live import BinanceLiveSource, ConnectionEvent, GapEvent, LiveEvent
+from unistream_ingest.binance.websocket import BinanceLiveSource, ConnectionEvent, LiveEvent
 from unistream_ingest.record import Recorder
+from unistream_ingest.sequencer import GapEvent
 from unistream_ingest.validate import Rejection, Validator
 from unistream_ingest.venue import RawTrade
 

@@ -44,9 +44,10 @@ from unistream_common.packets import GapMarker, Tick, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, command_client, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
+from unistream_ingest.binance.rest import reachable
+from unistream_ingest.binance.websocket import BinanceLiveSource
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource, WrittenTicks
 from unistream_ingest.history import provide_history
-from unistream_ingest.live import BinanceLiveSource, reachable
 from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
