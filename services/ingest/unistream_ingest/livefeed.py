@@ -39,10 +39,9 @@ class LiveFeed:
     ) -> None:
         """``client_factory(on_trades, on_event, resume_from)`` builds the BinanceLiveSource."""
         self.symbols = symbols
-        # Backfill can deliver trades hours old after an outage: the venue's REST serves them.
-        self.validator = validator or Validator(symbols, max_past_ms=None)
-        for symbol, last_id in (resume_from or {}).items():
-            self.validator.resume(symbol, last_id)
+        # Backfill can deliver trades hours old after an outage: the venue's REST serves them. Ids
+        # are the sequencer's (repeats dropped, gaps declared there): the validator checks values.
+        self.validator = validator or Validator(symbols, max_past_ms=None, check_ids=False)
         self.recorder = recorder
         self.client: BinanceLiveSource = client_factory(self._on_trades, self._on_event, resume_from)
         self.wake = asyncio.Event()
@@ -69,7 +68,6 @@ class LiveFeed:
             self._last_ts[trade.symbol] = out.ts_event_ms
             if self.recorder is not None:
                 self.recorder.write(trade, recv_ms)
-        self.validator.take_gaps()  # the sequencer owns gaps on the live path; these are its backfill holes
         if self.recorder is not None:
             self.recorder.flush_if_due(recv_ms)
         self.wake.set()
@@ -90,8 +88,6 @@ class LiveFeed:
                     ts_recv_ms=event.ts_ms,
                 )
             )
-            # The trades after the hole follow the marker: no longer the sequencer's concern.
-            self.validator.resume(event.symbol, event.to_id)
             self.wake.set()
         elif isinstance(event, ConnectionEvent):
             self.connected = event.kind == "connected" or (self.connected and event.kind == "rotating")

@@ -11,18 +11,24 @@ The rules, for a venue whose trade ids are consecutive per symbol (Binance spot)
   :class:`BackfillRequest` asks for the missing ids; they are delivered, in order, before the
   trades held back.
 - What the venue cannot serve becomes a :class:`GapEvent` with the exact inclusive id range, in
-  sequence: after the trades below the hole and before the trades above it. This is the one place
-  ingest decides that trades are lost.
+  sequence: after the trades below the hole and before the trades above it.
+
+A source that cannot backfill (producers at the door, an archive replay) keeps the same rules
+with :class:`TradeIds`: a repeat is refused, and a jump is accepted and recorded as a :class:`Gap`
+at once. These two classes are where ingest decides, by trade id, that trades are missing; the
+validator checks only values (and asks :class:`TradeIds` about ids where no sequencer is before it).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from unistream_ingest.venue import RawTrade
 
 PAGE_LIMIT = 1000  # the most trades one backfill page asks for (Binance historicalTrades' maximum)
+RECENT_GAPS_KEPT = 64  # per symbol, to tell a late trade (inside a known gap) from a repeat
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,3 +243,75 @@ class TradeSequencer:
         self.gaps += 1
         self.ids_lost += gap.size
         return gap
+
+
+# ---- sources without backfill ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Trade ids ``from_id``..``to_id`` (inclusive) of ``symbol`` were never seen.
+
+    ``ts_ms`` is the venue time (ms) of the first trade after the gap: the missing trades happened
+    at or before it.
+    """
+
+    symbol: str
+    from_id: int
+    to_id: int
+    ts_ms: int
+
+    @property
+    def size(self) -> int:
+        """Number of missing ids."""
+        return self.to_id - self.from_id + 1
+
+
+class TradeIds:
+    """The last accepted trade id per symbol of a source that cannot backfill, and the gaps it jumped over.
+
+    :meth:`repeat_reason` says whether an id may still come (it is above the last accepted one) or
+    why not: ``duplicate`` (at or below it), ``out_of_order`` (inside a recent gap: late, never
+    seen, but behind the stream). :meth:`accept` moves the last id on and records a :class:`Gap`
+    when the accepted ids do not follow it.
+    """
+
+    def __init__(self) -> None:
+        self.last_ids: dict[str, int] = {}
+        self.gaps_total = 0
+        self.missing_ids_total = 0
+        self._pending_gaps: list[Gap] = []
+        self._recent_gaps: dict[str, deque[Gap]] = {}
+
+    def resume(self, symbol: str, last_id: int) -> None:
+        """Continue after ``last_id`` (e.g. from a recording or the stream's last tick) so a restart sees gaps."""
+        self.last_ids[symbol] = last_id
+
+    def repeat_reason(self, symbol: str, trade_id: int) -> str | None:
+        """None when ``trade_id`` is above the last accepted id of ``symbol`` (or there is none), else why not."""
+        last = self.last_ids.get(symbol)
+        if last is None or trade_id > last:
+            return None
+        for gap in self._recent_gaps.get(symbol, ()):
+            if gap.from_id <= trade_id <= gap.to_id:
+                return "out_of_order"
+        return "duplicate"
+
+    def accept(self, symbol: str, first_id: int, last_id: int, first_ts_ms: int) -> None:
+        """Ids ``first_id``..``last_id`` of ``symbol`` (consecutive, above the last accepted) were accepted.
+
+        ``first_ts_ms``: the venue time of ``first_id``, the time a gap before it is recorded with.
+        """
+        last = self.last_ids.get(symbol)
+        if last is not None and first_id > last + 1:
+            gap = Gap(symbol, last + 1, first_id - 1, first_ts_ms)
+            self._pending_gaps.append(gap)
+            self._recent_gaps.setdefault(symbol, deque(maxlen=RECENT_GAPS_KEPT)).append(gap)
+            self.gaps_total += 1
+            self.missing_ids_total += gap.size
+        self.last_ids[symbol] = last_id
+
+    def take_gaps(self) -> list[Gap]:
+        """Gaps recorded since the last call, oldest first (then forgotten, except to classify late ids)."""
+        gaps, self._pending_gaps = self._pending_gaps, []
+        return gaps
