@@ -24,8 +24,10 @@ Failure policy (never silent):
   (``ingest_redis_rollbacks``, ``ingest_ticks_resent``); a stretch rolled back further than that
   gets a gap marker (``ingest_ticks_lost_in_rollback``), as for trades the venue cannot resend.
 
-Live Binance and replay come in a later build: ``UNISTREAM_SOURCE=auto`` uses the simulator and
-says so in the log, and every batch carries ``source="SYNTHETIC"``.
+Sources (``UNISTREAM_SOURCE``): live Binance (:class:`~unistream_ingest.livefeed.LiveFeed` over
+:mod:`unistream_ingest.binance`), an archive replay, the seeded synthetic market, or none
+(``external``: producers write through the door). ``auto`` takes Binance when its REST answers and
+otherwise the synthetic market, says so in the log, and marks every batch ``SYNTHETIC``.
 """
 
 from __future__ import annotations
