@@ -306,7 +306,7 @@ def archive_file(n: int) -> Path:
 async def replay_max(url: str, n: int, batch: int, history_bars: int = 300) -> float:
     from unistream_common.redisio import command_client
     from unistream_common.stats import Stats
-    from unistream_ingest.service import IngestWriter
+    from unistream_ingest.service import IngestService
     from unistream_ingest.settings import IngestSettings
 
     settings = IngestSettings(
@@ -315,7 +315,7 @@ async def replay_max(url: str, n: int, batch: int, history_bars: int = 300) -> f
     )  # fmt: skip
     client = command_client(url)
     await client.flushall()
-    writer = IngestWriter(settings, Stats("bench"), client)
+    writer = IngestService(settings, Stats("bench"), client)
     start = time.perf_counter()
     await writer.run()
     elapsed = time.perf_counter() - start

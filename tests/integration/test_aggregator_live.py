@@ -24,7 +24,7 @@ from unistream_common.consumer import StreamRuntime
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.stats import Stats
-from unistream_ingest.service import IngestWriter
+from unistream_ingest.service import IngestService
 from unistream_ingest.settings import IngestSettings
 from unistream_tools.redis_server import RedisServer, free_port, start_redis
 
@@ -340,7 +340,7 @@ async def _crash_redis_under_ingest_and_aggregator(
     ingest_cfg = IngestSettings(redis_url=server.url, symbols=symbols, flush_interval_ms=20, retry_backoff_max_ms=3_000)  # type: ignore[arg-type]
     ingest_stats, agg_stats = Stats("ingest"), Stats("aggregator")
     ingest_client = command_client(server.url, timeout_s=1.0)
-    writer = IngestWriter(ingest_cfg, ingest_stats, ingest_client)
+    writer = IngestService(ingest_cfg, ingest_stats, ingest_client)
     settings = AggregatorSettings(redis_url=server.url, symbols=symbols, watermark_hold_ms=hold_ms)  # type: ignore[arg-type]
     runtime = StreamRuntime(server.url, "aggregator-1", settings.symbols, agg_stats)
     shell = AggregatorShell(settings, agg_stats, runtime)

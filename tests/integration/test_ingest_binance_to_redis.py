@@ -23,7 +23,7 @@ from unistream_common.packets import GapMarker, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.stats import Stats
 from unistream_ingest.archive import read_archive
-from unistream_ingest.service import IngestWriter
+from unistream_ingest.service import IngestService
 from unistream_ingest.settings import IngestSettings
 
 pytestmark = pytest.mark.integration
@@ -46,9 +46,9 @@ async def read_stream(client: aioredis.Redis, symbol: str) -> tuple[list[int], l
 
 
 @contextlib.asynccontextmanager
-async def ingest(settings: IngestSettings) -> AsyncIterator[IngestWriter]:
+async def ingest(settings: IngestSettings) -> AsyncIterator[IngestService]:
     client = command_client(settings.redis_url)
-    writer = IngestWriter(settings, Stats("ingest"), client)
+    writer = IngestService(settings, Stats("ingest"), client)
     task = asyncio.create_task(writer.run())
     try:
         yield writer
@@ -98,7 +98,7 @@ async def test_live_trades_reach_redis_once_in_order_across_a_dropped_connection
     await client.aclose()
 
 
-async def _check_dropped_connection(client: aioredis.Redis, ex: TestExchange, writer: IngestWriter) -> None:
+async def _check_dropped_connection(client: aioredis.Redis, ex: TestExchange, writer: IngestService) -> None:
     """Settle, drop every connection, and check Redis holds each trade once, plus history and metrics."""
     for symbol in SYMBOLS:
         await settle(client, ex, symbol)

@@ -20,8 +20,10 @@ import httpx
 import pytest
 from exchange import GARBAGE, TestExchange
 
-from unistream_ingest.binance import parse_rest_klines, parse_rest_trades, parse_ws
-from unistream_ingest.live import BinanceLiveSource, ConnectionEvent, GapEvent, LiveEvent, reachable
+from unistream_ingest.binance.parsing import parse_rest_klines, parse_rest_trades, parse_ws
+from unistream_ingest.binance.rest import reachable
+from unistream_ingest.binance.websocket import BinanceLiveSource, ConnectionEvent, LiveEvent
+from unistream_ingest.sequencer import GapEvent
 from unistream_ingest.venue import ParseError, RawTrade
 
 pytestmark = pytest.mark.heavy

@@ -13,7 +13,7 @@ from unistream_common import codec, keys
 from unistream_common.packets import Tick, TickBatch
 from unistream_common.redisio import command_client
 from unistream_common.stats import Stats
-from unistream_ingest.service import IngestWriter
+from unistream_ingest.service import IngestService
 from unistream_ingest.settings import IngestSettings
 from unistream_tools.redis_server import RedisServer, start_redis
 
@@ -44,12 +44,12 @@ async def stream_ticks(client: aioredis.Redis, symbol: str) -> list[tuple[int, l
 
 
 class Running:
-    """An IngestWriter running as a task on its own client."""
+    """An IngestService running as a task on its own client."""
 
     def __init__(self, cfg: IngestSettings) -> None:
         self.stats = Stats("ingest")
         self.client = command_client(cfg.redis_url, timeout_s=1.0)
-        self.writer = IngestWriter(cfg, self.stats, self.client)
+        self.writer = IngestService(cfg, self.stats, self.client)
         self.task = asyncio.create_task(self.writer.run())
 
     async def stop(self) -> None:

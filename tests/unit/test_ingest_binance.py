@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unistream_ingest import binance
-from unistream_ingest.binance import (
+from unistream_ingest.binance import parsing as binance
+from unistream_ingest.binance.parsing import (
     Kline,
     combined_stream_url,
     epoch_to_ms,
@@ -242,7 +242,7 @@ def test_server_time_parses_and_errors_are_parse_errors() -> None:
 
 
 def test_retry_after_adds_a_margin_and_falls_back_to_the_default() -> None:
-    from unistream_ingest.binance import RETRY_AFTER_MARGIN_S, retry_after_s
+    from unistream_ingest.binance.parsing import RETRY_AFTER_MARGIN_S, retry_after_s
 
     assert retry_after_s({"Retry-After": "2"}, 9.0) == 2.0 + RETRY_AFTER_MARGIN_S
     assert retry_after_s({}, 9.0) == 9.0

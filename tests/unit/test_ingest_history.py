@@ -12,7 +12,7 @@ import pytest
 
 from unistream_common import codec, keys
 from unistream_common.packets import Bar
-from unistream_ingest.binance import Kline, parse_rest_klines
+from unistream_ingest.binance.parsing import Kline, parse_rest_klines
 from unistream_ingest.core import spec_for
 from unistream_ingest.history import (
     LATE_FETCH_MS,

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from unistream_ingest.live import BinanceLiveSource, WeightBudget, backoff_delay
+from unistream_ingest.binance.rest import WeightBudget, backoff_delay
+from unistream_ingest.binance.websocket import BinanceLiveSource
 
 
 async def _noop(*_args: object) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unistream_ingest.live import PAGE_LIMIT, BackfillRequest, GapEvent, TradeSequencer
+from unistream_ingest.sequencer import PAGE_LIMIT, BackfillRequest, GapEvent, TradeSequencer
 from unistream_ingest.venue import RawTrade
 
 pytestmark = pytest.mark.heavy

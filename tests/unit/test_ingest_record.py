@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from unistream_common.packets import Tick
 from unistream_ingest.archive import ArchiveReport, read_archive
-from unistream_ingest.binance import parse_ws
+from unistream_ingest.binance.parsing import parse_ws
 from unistream_ingest.record import Recorder, day_file_name, format_decimal
 from unistream_ingest.venue import RawTrade, TradeEvent
 

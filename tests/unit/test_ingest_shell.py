@@ -7,7 +7,7 @@ import contextlib
 from typing import Any
 
 from unistream_common.stats import Stats
-from unistream_ingest.service import IngestWriter
+from unistream_ingest.service import IngestService
 from unistream_ingest.settings import IngestSettings
 
 
@@ -55,7 +55,7 @@ class SwallowingRedis:
 async def test_writer_stops_on_cancel_even_when_a_redis_call_swallows_the_cancellation() -> None:
     settings = IngestSettings(flush_interval_ms=1)  # type: ignore[call-arg]
     redis = SwallowingRedis()
-    writer = IngestWriter(settings, Stats("ingest"), redis)  # type: ignore[arg-type]
+    writer = IngestService(settings, Stats("ingest"), redis)  # type: ignore[arg-type]
     task = asyncio.create_task(writer.run())
     await asyncio.wait_for(redis.entered.wait(), 5)
     task.cancel()  # once, while the write is in execute(), which swallows it

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from unistream_common.packets import Tick
 from unistream_ingest import validate
-from unistream_ingest.validate import Gap, Rejection, Validator
+from unistream_ingest.sequencer import Gap
+from unistream_ingest.validate import Rejection, Validator
 from unistream_ingest.venue import RawTrade
 
 T0 = 1_700_000_000_000

@@ -6,7 +6,7 @@ Spot archive CSVs have NO header and one of two layouts, told apart by column co
 - aggTrades (8): ``aggId,price,qty,firstId,lastId,time,isBuyerMaker,isBestMatch``
 
 Times are µs from 2025-01-01 on and ms before; each row is converted by magnitude
-(:func:`unistream_ingest.binance.epoch_to_ms`), so a file that straddles the switch reads right.
+(:func:`unistream_ingest.binance.parsing.epoch_to_ms`), so a file that straddles the switch reads right.
 A header line, if present, is tolerated (skipped). Invalidated aggTrades rows (f = l = -1) are
 dropped and counted. A malformed row never stops the read: it is counted, and its line number,
 reason and text go into a bounded sample in the :class:`ArchiveReport` the caller passes in.
@@ -41,7 +41,7 @@ from typing import IO, Literal
 
 import msgspec
 
-from unistream_ingest.binance import MICROSECONDS_THRESHOLD, epoch_to_ms
+from unistream_ingest.binance.parsing import MICROSECONDS_THRESHOLD, epoch_to_ms
 from unistream_ingest.venue import RawTrade
 
 Kind = Literal["trades", "aggTrades"]

@@ -51,7 +51,7 @@ from unistream_common.packets import Bar, Source
 from unistream_common.redisio import REDIS_ERRORS, is_id_too_small
 from unistream_common.stats import Stats
 from unistream_ingest.archive import TradeColumns, read_columns_in_time_order
-from unistream_ingest.binance import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
+from unistream_ingest.binance.parsing import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
 from unistream_ingest.core import (
     GARCH_ALPHA,
     GARCH_BETA,

@@ -1,6 +1,6 @@
 """The live Binance feed as a tick source for the ingest writer.
 
-:class:`~unistream_ingest.live.BinanceLiveSource` de-duplicates, sequences and backfills; this
+:class:`~unistream_ingest.binance.websocket.BinanceLiveSource` de-duplicates, sequences and backfills; this
 adapter validates what it delivers (prices, sizes, timestamps, clock skew), records it when
 ``--record`` is on, turns unrecoverable gaps into :class:`~unistream_common.packets.GapMarker`
 packets and wakes the writer as soon as trades arrive, so a tick waits for a micro-batch of a
@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from unistream_common.packets import GapMarker, Tick
-from unistream_ingest.live import BinanceLiveSource, ConnectionEvent, GapEvent, LiveEvent
+from unistream_ingest.binance.websocket import BinanceLiveSource, ConnectionEvent, LiveEvent
 from unistream_ingest.record import Recorder
+from unistream_ingest.sequencer import GapEvent
 from unistream_ingest.validate import Rejection, Validator
 from unistream_ingest.venue import RawTrade
 
@@ -38,10 +39,9 @@ class LiveFeed:
     ) -> None:
         """``client_factory(on_trades, on_event, resume_from)`` builds the BinanceLiveSource."""
         self.symbols = symbols
-        # Backfill can deliver trades hours old after an outage: the venue's REST serves them.
-        self.validator = validator or Validator(symbols, max_past_ms=None)
-        for symbol, last_id in (resume_from or {}).items():
-            self.validator.resume(symbol, last_id)
+        # Backfill can deliver trades hours old after an outage: the venue's REST serves them. Ids
+        # are the sequencer's (repeats dropped, gaps declared there): the validator checks values.
+        self.validator = validator or Validator(symbols, max_past_ms=None, check_ids=False)
         self.recorder = recorder
         self.client: BinanceLiveSource = client_factory(self._on_trades, self._on_event, resume_from)
         self.wake = asyncio.Event()
@@ -68,7 +68,6 @@ class LiveFeed:
             self._last_ts[trade.symbol] = out.ts_event_ms
             if self.recorder is not None:
                 self.recorder.write(trade, recv_ms)
-        self.validator.take_gaps()  # the sequencer owns gaps on the live path; these are its backfill holes
         if self.recorder is not None:
             self.recorder.flush_if_due(recv_ms)
         self.wake.set()
@@ -89,8 +88,6 @@ class LiveFeed:
                     ts_recv_ms=event.ts_ms,
                 )
             )
-            # The trades after the hole follow the marker: no longer the sequencer's concern.
-            self.validator.resume(event.symbol, event.to_id)
             self.wake.set()
         elif isinstance(event, ConnectionEvent):
             self.connected = event.kind == "connected" or (self.connected and event.kind == "rotating")

@@ -24,8 +24,10 @@ Failure policy (never silent):
   (``ingest_redis_rollbacks``, ``ingest_ticks_resent``); a stretch rolled back further than that
   gets a gap marker (``ingest_ticks_lost_in_rollback``), as for trades the venue cannot resend.
 
-Live Binance and replay come in a later build: ``UNISTREAM_SOURCE=auto`` uses the simulator and
-says so in the log, and every batch carries ``source="SYNTHETIC"``.
+Sources (``UNISTREAM_SOURCE``): live Binance (:class:`~unistream_ingest.livefeed.LiveFeed` over
+:mod:`unistream_ingest.binance`), an archive replay, the seeded synthetic market, or none
+(``external``: producers write through the door). ``auto`` takes Binance when its REST answers and
+otherwise the synthetic market, says so in the log, and marks every batch ``SYNTHETIC``.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ from unistream_common.packets import GapMarker, Tick, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, command_client, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
+from unistream_ingest.binance.rest import reachable
+from unistream_ingest.binance.websocket import BinanceLiveSource
 from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource, WrittenTicks
 from unistream_ingest.history import provide_history
-from unistream_ingest.live import BinanceLiveSource, reachable
 from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
@@ -81,7 +84,7 @@ class ExternalProducers:
         return {"source": "external producers (POST or websocket /v1/ticks)"}
 
 
-class IngestWriter:
+class IngestService:
     """Advances the tick source on a fixed cadence and writes its trades to Redis."""
 
     def __init__(self, settings: IngestSettings, stats: Stats, redis: aioredis.Redis) -> None:
@@ -265,7 +268,7 @@ class IngestWriter:
                         await asyncio.sleep(self.settings.live_batch_ms / 1000)
                 else:
                     await asyncio.sleep(max(0.0, delay))
-                await self.cycle(wall_ms())
+                await self.on_timer(wall_ms())
                 raise_if_cancel_lost()
         except asyncio.CancelledError:
             if feed is not None:  # stop the feed, then keep what it already handed over
@@ -302,8 +305,9 @@ class IngestWriter:
             and time.monotonic() >= self._retry_at
         )
 
-    async def cycle(self, now_ms: int) -> None:
-        """One cycle: release the source's trades up to ``now_ms``, then write if not backing off."""
+    async def on_timer(self, now_ms: int) -> None:
+        """One tick of the shell's timer: release the source's trades up to ``now_ms`` (ms since the
+        epoch), then write if not backing off."""
         assert self.source is not None, "start() first"
         # A finite source can wait: while Redis is slow or down it is not advanced past half the
         # buffer, so nothing it yields is ever dropped. A live source cannot wait.
@@ -550,10 +554,10 @@ async def worker(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, IngestSettings)
     redis = command_client(settings.redis_url, name=f"{SERVICE}:writer", timeout_s=2.0)
-    writer = IngestWriter(settings, ctx.stats, redis)
-    ctx.ready = writer.ready
-    ctx.info = writer.info
+    service = IngestService(settings, ctx.stats, redis)
+    ctx.ready = service.ready
+    ctx.info = service.info
     try:
-        await writer.run()
+        await service.run()
     finally:
         await redis.aclose()

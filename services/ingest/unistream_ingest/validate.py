@@ -4,10 +4,12 @@
 (:meth:`Validator.check`) and unparseable messages (:meth:`Validator.reject_raw`) land in the same
 ``counts`` and the same bounded sample, so /stats shows one picture.
 
-Trade ids are consecutive per symbol on Binance spot (aggregate ids too, on their own sequence).
-So an id at or below the last accepted one is a repeat (typically the overlap of an old and a new
-connection) and an id more than one above it means trades were missed: the trade is accepted and
-a :class:`Gap` is recorded for backfill (or for an explicit gap marker when backfill fails).
+Trade ids are not decided here. Where a :class:`~unistream_ingest.sequencer.TradeSequencer`
+stands before the validator (the live feed), it has already dropped repeats and declared gaps, and
+the validator checks values only (``check_ids=False``). Elsewhere (the door, archive replay) the
+validator asks :class:`~unistream_ingest.sequencer.TradeIds`: an id at or below the last accepted
+one is refused as a repeat, and an id more than one above it is accepted and records a
+:class:`~unistream_ingest.sequencer.Gap`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from statistics import median
 from typing import Any
 
 from unistream_common.packets import Tick
+from unistream_ingest.sequencer import Gap, TradeIds
 from unistream_ingest.venue import RawTrade
 
 # Binance opened in July 2017: an earlier trade time is a unit error, not an old trade.
 EARLIEST_TRADE_MS = 1_498_867_200_000  # 2017-07-01T00:00:00Z
 LATEST_EPOCH_MS = 10**14  # the packets' EpochMs bound
 SAMPLE_ITEM_CHARS = 300  # raw messages are cut to this in the sample
-RECENT_GAPS_KEPT = 64  # per symbol, to tell a late trade (inside a known gap) from a repeat
 MIN_SPLIT_TRADES = 64  # check_columns halves a batch that is not all clean down to this, then goes trade by trade
 _SIDE = {True: "SELL", False: "BUY"}  # buyer_is_maker -> aggressor side
 
@@ -45,25 +47,6 @@ class Rejection:
     reason: str
     trade: RawTrade
     detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """Trade ids ``from_id``..``to_id`` (inclusive) of ``symbol`` were never seen.
-
-    ``ts_ms`` is the venue time (ms) of the first trade after the gap: the missing trades happened
-    at or before it.
-    """
-
-    symbol: str
-    from_id: int
-    to_id: int
-    ts_ms: int
-
-    @property
-    def size(self) -> int:
-        """Number of missing ids."""
-        return self.to_id - self.from_id + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +70,12 @@ class Validator:
             7 days leaves room for REST backfill after a long outage.
         sample_size: how many recent rejected items to keep.
         skew_window: how many recent skews the running median is taken over.
+        check_ids: refuse repeated trade ids and record gaps (:class:`TradeIds`); False where a
+            :class:`~unistream_ingest.sequencer.TradeSequencer` before the validator owns ids.
 
     Rejection reasons: ``unknown_symbol``, ``bad_price``, ``bad_size``, ``bad_ts``, ``future_ts``,
-    ``stale_ts``, ``duplicate`` (id at or below the last accepted one), ``out_of_order`` (id inside
-    a recorded gap: late, never seen, but behind the stream; backfill owns it), plus whatever
-    :meth:`reject_raw` is called with.
+    ``stale_ts``, ``duplicate`` and ``out_of_order`` (see :meth:`TradeIds.repeat_reason`, only with
+    ``check_ids``), plus whatever :meth:`reject_raw` is called with.
     """
 
     def __init__(
@@ -101,6 +85,7 @@ class Validator:
         max_past_ms: int | None = 7 * 86_400_000,
         sample_size: int = 20,
         skew_window: int = 1_001,
+        check_ids: bool = True,
     ) -> None:
         self.symbols = frozenset(symbols)
         if not self.symbols:
@@ -112,25 +97,28 @@ class Validator:
         self.counts: dict[str, int] = {}
         self.accepted = 0
         self.samples: deque[RejectedSample] = deque(maxlen=sample_size)
-        self.last_ids: dict[str, int] = {}
-        self.gaps_total = 0
-        self.missing_ids_total = 0
-        self._pending_gaps: list[Gap] = []
-        self._recent_gaps: dict[str, deque[Gap]] = {}
+        self.ids = TradeIds() if check_ids else None
         self._skews: deque[int] = deque(maxlen=skew_window)
         self.skew_last_ms: int | None = None
         self.skew_min_ms: int | None = None
         self.skew_max_ms: int | None = None
         self.skew_ewma_ms: float | None = None
 
+    @property
+    def last_ids(self) -> dict[str, int]:
+        """The last accepted trade id per symbol (empty without ``check_ids``)."""
+        return self.ids.last_ids if self.ids is not None else {}
+
     def resume(self, symbol: str, last_id: int) -> None:
         """Continue after ``last_id`` (e.g. from a recording or the stream's last tick) so a restart sees gaps."""
-        self.last_ids[symbol] = last_id
+        if self.ids is not None:
+            self.ids.resume(symbol, last_id)
 
     def check(self, trade: RawTrade, recv_ms: int) -> Tick | Rejection:
         """Accept ``trade`` (received at ``recv_ms``) as a Tick, or say why not.
 
-        An accepted trade whose id skips ahead also records a :class:`Gap` (see :meth:`take_gaps`).
+        With ``check_ids``, an accepted trade whose id skips ahead also records a :class:`Gap` (see
+        :meth:`take_gaps`).
         """
         if not 0 <= recv_ms <= LATEST_EPOCH_MS:
             raise ValueError(f"recv_ms {recv_ms} is not epoch milliseconds")
@@ -149,17 +137,12 @@ class Validator:
         if self.max_past_ms is not None and recv_ms - ts > self.max_past_ms:
             return self._reject("stale_ts", trade, f"{recv_ms - ts} ms old")
         tid = trade.trade_id
-        last = self.last_ids.get(symbol)
-        if last is not None:
-            if tid <= last:
-                return self._reject(self._repeat_reason(symbol, tid), trade, f"last accepted id {last}")
-            if tid > last + 1:
-                gap = Gap(symbol, last + 1, tid - 1, ts)
-                self._pending_gaps.append(gap)
-                self._recent_gaps.setdefault(symbol, deque(maxlen=RECENT_GAPS_KEPT)).append(gap)
-                self.gaps_total += 1
-                self.missing_ids_total += gap.size
-        self.last_ids[symbol] = tid
+        ids = self.ids
+        if ids is not None:
+            repeat = ids.repeat_reason(symbol, tid)
+            if repeat is not None:
+                return self._reject(repeat, trade, f"last accepted id {ids.last_ids[symbol]}")
+            ids.accept(symbol, tid, tid, ts)
         self.accepted += 1
         self._observe_skew(recv_ms - ts)
         return Tick(tid, trade.price, trade.size, "SELL" if trade.buyer_is_maker else "BUY", ts, recv_ms)
@@ -236,8 +219,8 @@ class Validator:
 
         Clean: a known symbol; every price and size finite and > 0 (a finite sum of values that
         are all > 0 means every one is finite); times in range, not too far ahead or behind; ids
-        consecutive, starting above the last accepted one (one gap before the first is recorded
-        as :meth:`check` would); buyer_is_maker all bools.
+        consecutive, starting above the last accepted one with ``check_ids`` (one gap before the
+        first is recorded as :meth:`check` would); buyer_is_maker all bools.
         """
         n = len(ids)
         if symbol not in self.symbols:
@@ -262,17 +245,11 @@ class Validator:
             sides = list(map(_SIDE.__getitem__, makers))
         except (KeyError, TypeError):  # not bools (or 0 / 1)
             return None
-        last = self.last_ids.get(symbol)
-        if last is not None:
-            if first <= last:
+        order = self.ids
+        if order is not None:
+            if order.repeat_reason(symbol, first) is not None:
                 return None
-            if first > last + 1:
-                gap = Gap(symbol, last + 1, first - 1, ts[0])
-                self._pending_gaps.append(gap)
-                self._recent_gaps.setdefault(symbol, deque(maxlen=RECENT_GAPS_KEPT)).append(gap)
-                self.gaps_total += 1
-                self.missing_ids_total += gap.size
-        self.last_ids[symbol] = ids[-1]
+            order.accept(symbol, first, ids[-1], ts[0])
         self.accepted += n
         self._observe_skews(recv_ms, ts, ts_min, ts_max)
         return list(map(Tick, ids, prices, sizes, sides, ts, repeat(recv_ms, n)))
@@ -286,16 +263,15 @@ class Validator:
 
     def take_gaps(self) -> list[Gap]:
         """Gaps recorded since the last call, oldest first (the validator forgets them)."""
-        gaps, self._pending_gaps = self._pending_gaps, []
-        return gaps
+        return self.ids.take_gaps() if self.ids is not None else []
 
     def stats(self) -> dict[str, Any]:
         """Counters and clock skew (recv - trade time, ms) for /stats; plain JSON-able values."""
         return {
             "accepted": self.accepted,
             "rejected": dict(self.counts),
-            "gaps": self.gaps_total,
-            "missing_ids": self.missing_ids_total,
+            "gaps": self.ids.gaps_total if self.ids is not None else 0,
+            "missing_ids": self.ids.missing_ids_total if self.ids is not None else 0,
             "last_ids": dict(self.last_ids),
             "skew_ms": {
                 "last": self.skew_last_ms,
@@ -313,12 +289,6 @@ class Validator:
                 for s in self.samples
             ],
         }
-
-    def _repeat_reason(self, symbol: str, trade_id: int) -> str:
-        for gap in self._recent_gaps.get(symbol, ()):
-            if gap.from_id <= trade_id <= gap.to_id:
-                return "out_of_order"
-        return "duplicate"
 
     def _reject(self, reason: str, trade: RawTrade, detail: str = "") -> Rejection:
         self._count(reason)

@@ -1,6 +1,6 @@
 """Binance spot: endpoints, symbol mapping and parsers for websocket, REST and timestamps.
 
-One module per venue (the cryptofeed skeleton): the constants say where to connect, the symbol
+The pure part of the venue's folder (the cryptofeed skeleton): the constants say where to connect, the symbol
 helpers map unistream symbols (``ETHUSDT``) to stream names (``ethusdt@trade``), and the parsers
 turn venue bytes into :mod:`unistream_ingest.venue` values. Parsers decide only "well-formed or
 not": a negative price parses (the validator rejects it), a price sent as a JSON number does not.
