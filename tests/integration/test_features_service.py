@@ -18,10 +18,12 @@ import torch
 from helpers import eventually, running_worker
 
 from unistream_common import codec, keys
+from unistream_common.consumer import StreamRuntime
 from unistream_common.packets import Bar, ModelAnnouncement, Tick, TickBatch, TrainingDataPacket, UIDataPacket
 from unistream_common.redisio import command_client, s
 from unistream_common.service import ServiceContext
-from unistream_features.service import worker
+from unistream_common.stats import Stats
+from unistream_features.service import FeaturesService, worker
 from unistream_features.settings import FeaturesSettings
 from unistream_model.cnn import init_model, save_bytes, sha256_hex
 from unistream_model.layout import make_layout
@@ -166,6 +168,31 @@ async def test_history_bars_and_trades_become_warm_training_and_ui_packets(redis
         stamps = sorted(p.ts_ms for p in ui)
         assert len(stamps) < 2 or len(stamps) - 1 <= 10 * (stamps[-1] - stamps[0]) / 1000 + 2
     finally:
+        await r.aclose()
+
+
+async def test_in_burst_mode_the_streams_so_far_become_their_training_packets_without_waiting(
+    redis_url: str, tmp_path: Path
+):
+    """The shell driven by the runtime's burst mode: no sleeps, no polling, the same packets."""
+    r = command_client(redis_url)
+    settings = make_settings(redis_url, tmp_path)
+    rt = StreamRuntime(settings.redis_url, settings.consumer("features"), settings.symbols, Stats("features"))
+    service = FeaturesService(settings, rt, rt.stats)
+    service.register()
+    try:
+        await write_history(r)
+        await write_seconds(r, 0, 12)
+        assert await rt.run_until_drained() > 0
+        assert per_symbol(await read_all(r, keys.TRAINING)) == {s: expected_ends(12) for s in SYMBOLS}
+        await write_seconds(r, 12, 20)
+        await rt.run_until_drained()
+        training = await read_all(r, keys.TRAINING)
+        assert per_symbol(training) == {s: expected_ends(20) for s in SYMBOLS}, "one packet per 1s bar, in order"
+        assert training[-1].warm is True, "the history was read by the timer of the first burst"
+        assert await rt.run_until_drained() == 0 and await r.xlen(keys.TRAINING) == 2 * 20, "nothing new: nothing"
+    finally:
+        await rt.close()
         await r.aclose()
 
 
