@@ -23,13 +23,9 @@ Two symbols with the defaults: 2 x (4 x 5 x 300 + 4 x 128 + 160 + 20 + 24 + 4) +
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
-import os
 import re
-import sys
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -413,59 +409,3 @@ def assemble(
             )
         out[b.start : b.stop] = arr
     return out
-
-
-def _symbols_arg(text: str) -> tuple[str, ...]:
-    items = tuple(s.strip().upper() for s in text.split(",") if s.strip())
-    if not items:
-        raise argparse.ArgumentTypeError("no symbols given; use e.g. ETHUSDT,BTCUSDT")
-    for s in items:
-        try:
-            check_symbol(s)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return items
-
-
-def main(argv: Sequence[str]) -> int:
-    """``unistream features layout``: print the state layout (Markdown table, ``--json``, or ``--features``)."""
-    parser = argparse.ArgumentParser(
-        prog="unistream features layout", description=f"print the RL state layout {LAYOUT_VERSION}"
-    )
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="the layout as JSON")
-    out.add_argument("--features", action="store_true", help="one line per value: index and feature name")
-    # Defaults are what the service would use here: UNISTREAM_SYMBOLS and UNISTREAM_WINDOW_BARS when set.
-    env_symbols = os.environ.get("UNISTREAM_SYMBOLS", "").strip()
-    env_window = os.environ.get("UNISTREAM_WINDOW_BARS", "").strip()
-    parser.add_argument(
-        "--symbols",
-        type=_symbols_arg,
-        default=_symbols_arg(env_symbols) if env_symbols else DEFAULT_SYMBOLS,
-        help="comma-separated symbols (default: UNISTREAM_SYMBOLS, else ETHUSDT,BTCUSDT)",
-    )
-    parser.add_argument(
-        "--focus", type=str.upper, default=None, help="the state's own symbol (default: the first of --symbols)"
-    )
-    parser.add_argument(
-        "--window-bars",
-        type=int,
-        default=int(env_window) if env_window.isdigit() else DEFAULT_WINDOW_BARS,
-        help="bars per timeframe window (default: UNISTREAM_WINDOW_BARS, else 300)",
-    )
-    args = parser.parse_args(list(argv))
-    try:
-        layout = make_layout(args.symbols, window_bars=args.window_bars, focus=args.focus)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        if args.json:
-            print(json.dumps(layout.to_json(), indent=1))
-        elif args.features:
-            sys.stdout.writelines(f"{i}\t{name}\n" for i, name in enumerate(layout.feature_names()))
-        else:
-            print(layout.table_markdown())
-        sys.stdout.flush()
-    except BrokenPipeError:  # `| head`: the reader has all it wanted
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout again at exit)
-    return 0
