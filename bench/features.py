@@ -153,7 +153,7 @@ def _history(rng: np.random.Generator) -> tuple[list[Entry], list[Bar]]:
     entries: list[Entry] = []
     bars: list[Bar] = []
     for symbol in SYMBOLS:
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             step = {"1s": 2e-5, "1m": 2e-4, "1h": 2e-3, "1d": 1e-2}[tf]
             close = BASE_CENTS[symbol] / 100
             end = T0 - T0 % SPAN[tf]  # the 1d history ends at midnight: today is still open

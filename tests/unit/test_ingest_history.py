@@ -447,14 +447,14 @@ def test_replay_history_reads_the_trades_once_for_every_timeframe_and_keeps_the_
 
     history = _replay_history(chunks, "ETHUSDT", 300)
     assert reads == 1
-    assert list(history) == list(keys.HISTORY_TIMEFRAMES)
+    assert list(history) == list(keys.TIMEFRAMES)
     assert_matches_reference(history["1s"], reference_seconds(trades)[-300:])
     seconds = history["1s"]
     in_window = [t for t in trades if seconds[0].open_time_ms <= t.ts_event_ms < seconds[-1].close_time_ms]
     assert sum(not b.filled for b in seconds) == len(in_window) == 300 // 7
     for tf in ("1m", "1h", "1d"):
         assert history[tf] == bars_from_trades(trades, "ETHUSDT", tf)[-300:]
-    assert [len(history[tf]) for tf in keys.HISTORY_TIMEFRAMES] == [300, 300, 50, 2]
+    assert [len(history[tf]) for tf in keys.TIMEFRAMES] == [300, 300, 50, 2]
 
 
 def test_rollup_does_not_make_1s_bars() -> None:

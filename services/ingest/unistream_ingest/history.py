@@ -85,8 +85,8 @@ class HistoryError(RuntimeError):
 
 
 def _span_ms(timeframe: str) -> int:
-    if timeframe not in keys.HISTORY_TIMEFRAMES:
-        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(keys.HISTORY_TIMEFRAMES)}")
+    if timeframe not in keys.TIMEFRAMES:
+        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(keys.TIMEFRAMES)}")
     return keys.TIMEFRAME_MS[timeframe]
 
 
@@ -607,10 +607,10 @@ def _replay_history(
         minutes.feed(chunk)
     built = {"1s": seconds.finish(None)}
     minute_bars = minutes.finish(None)
-    for tf in keys.HISTORY_TIMEFRAMES:
+    for tf in keys.TIMEFRAMES:
         if tf != "1s":
             built[tf] = rollup_bars(minute_bars, tf)[-count:]
-    return {tf: built[tf] for tf in keys.HISTORY_TIMEFRAMES}
+    return {tf: built[tf] for tf in keys.TIMEFRAMES}
 
 
 async def provide_history(
@@ -666,7 +666,7 @@ async def provide_history(
         client = http if http is not None else httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
         try:
             for symbol in symbols:
-                for tf in keys.HISTORY_TIMEFRAMES:
+                for tf in keys.TIMEFRAMES:
                     try:
                         built[(symbol, tf)] = await fetch_kline_history(
                             settings.binance_rest_url, symbol, tf, count, client, now_ms=now_ms
@@ -688,13 +688,13 @@ async def provide_history(
         try:
             by_tf = await asyncio.to_thread(_replay_history, factory, symbol, count)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            failed(symbol, keys.HISTORY_TIMEFRAMES, f"replay files unreadable: {type(exc).__name__}: {exc}")
+            failed(symbol, keys.TIMEFRAMES, f"replay files unreadable: {type(exc).__name__}: {exc}")
         else:
             built.update(((symbol, tf), bars) for tf, bars in by_tf.items())
     elif source_kind == "synthetic":
         prices = start_prices or {}
         for symbol in symbols:
-            for tf in keys.HISTORY_TIMEFRAMES:
+            for tf in keys.TIMEFRAMES:
                 try:
                     built[(symbol, tf)] = synthetic_history(
                         symbol, settings.seed, now_ms, tf, count, prices.get(symbol)
