@@ -47,16 +47,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from unistream_aggregator.core import (
-    HIGHER,
-    LIVE_SOURCES,
-    SECOND_MS,
-    AggregatorOutput,
-    BarAggregator,
-    SymbolCheckpoint,
-)
+from unistream_aggregator.core import LIVE_SOURCES, AggregatorOutput, BarAggregator, SymbolCheckpoint
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys, quality
+from unistream_common.bars import HIGHER_TIMEFRAMES, SECOND_MS
 from unistream_common.consumer import (
     ConsumerOptions,
     GroupConsumer,
@@ -68,11 +62,11 @@ from unistream_common.consumer import (
     Write,
     raise_if_cancel_lost,
 )
-from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, id_pair, s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
+from unistream_common.timeframes import TIMEFRAMES
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +457,7 @@ class AggregatorShell:
             return
         last = {tf: (await read_last_bars(cmd, [symbol], tf))[symbol] for tf in TIMEFRAMES}
         tails: dict[str, list[Bar]] = {}
-        for tf, lower in zip(HIGHER, TIMEFRAMES):
+        for tf, lower in zip(HIGHER_TIMEFRAMES, TIMEFRAMES):
             top = last[tf]
             start = f"({top.open_time_ms}-0" if top is not None else "-"
             tails[tf] = [b for _, f in await cmd.xrange(keys.bars(symbol, lower), min=start, max="+")
