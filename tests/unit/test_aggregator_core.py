@@ -417,6 +417,7 @@ def test_the_timer_closes_bars_by_the_venue_s_clock_ahead_of_or_behind_this_host
     ahead.apply([entry("1-0", tick(T0 + 100, 5.0))])
     early = T0 + 250 + 10  # host; the venue's clock reads T0 + 1,260
     assert ahead.due_symbols(early) == [] and ahead.close_due(early).bars == [], "by the host's clock: not yet"
+    assert ahead.due_symbols(early, venue_offsets={ETH: -1_000}) == [ETH]
     assert opens(of(ahead.close_due(early, venue_offsets={ETH: -1_000}))) == [0]
 
 

@@ -451,9 +451,14 @@ class BarAggregator:
         missing = (target - st.last_open_ms) // SECOND_MS - 1
         return missing if missing <= self.max_fill_bars else 0  # a longer run waits for a trade to count it
 
-    def due_symbols(self, now_ms: int) -> list[str]:
-        """Live symbols whose 1s bars the timer may close or fill at ``now_ms``."""
-        target = self._timer_target(now_ms)
+    def due_symbols(self, now_ms: int, venue_offsets: Mapping[str, int] | None = None) -> list[str]:
+        """Live symbols whose 1s bars the timer may close or fill at ``now_ms`` (ms since the epoch).
+
+        ``venue_offsets`` as in :meth:`close_due`: a venue's clock running ahead of ``now_ms``
+        makes bars due that much earlier.
+        """
+        ahead = max(0, -min((venue_offsets or {}).values(), default=0))
+        target = self._timer_target(now_ms + ahead)
         out = []
         for symbol, st in self._symbols.items():
             if st.source not in LIVE_SOURCES:
@@ -500,8 +505,7 @@ class BarAggregator:
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
         offsets = venue_offsets or {}
-        ahead = max(0, -min(offsets.values(), default=0))
-        for symbol in self.due_symbols(now_ms + ahead):
+        for symbol in self.due_symbols(now_ms, offsets):
             if symbol not in allowed:
                 continue
             venue_now = now_ms - offsets.get(symbol, 0)
