@@ -13,7 +13,7 @@ import pytest
 
 from unistream_aggregator.core import BarAggregator
 from unistream_common import codec, keys
-from unistream_common.bars import rollup_bars
+from unistream_common.bars import BarAccumulator, roll_up
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_ingest.binance import Kline, parse_rest_klines
 from unistream_ingest.core import spec_for
@@ -511,7 +511,7 @@ def test_replay_history_bars_are_the_aggregator_s_bars_of_the_same_trades(seed: 
 def test_rollup_does_not_make_1s_bars() -> None:
     minutes = bars_from_trades([trade(T0, 100.0), trade(T0 + 120_000, 101.0)], "ETHUSDT", "1m")
     with pytest.raises(ValueError, match="from 1m bars"):
-        rollup_bars(minutes, "1s")
+        roll_up({}, BarAccumulator.of_bar(minutes[0]), "1m", ("1s",))
 
 
 def test_rollup_ignores_filled_minutes_for_open_high_and_low() -> None:
@@ -522,7 +522,12 @@ def test_rollup_ignores_filled_minutes_for_open_high_and_low() -> None:
             is_history=True)
         for i, (p, filled) in enumerate([(50.0, True)] * 10 + [(100.0, False)] * 40 + [(100.0, True)] * 10)
     ]  # fmt: skip
-    [hour] = rollup_bars(minutes, "1h")
+    forming: dict[str, BarAccumulator] = {}
+    [hour] = [
+        acc.to_bar("ETHUSDT", tf)
+        for m in minutes
+        for tf, acc in roll_up(forming, BarAccumulator.of_bar(m), "1m", ("1h",))
+    ]
     assert (hour.open, hour.high, hour.low, hour.close) == (100.0, 100.0, 100.0, 100.0)
     assert hour.volume == 40.0 and not hour.filled
 

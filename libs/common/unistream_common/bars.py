@@ -28,7 +28,7 @@ so rolling up 1m bars gives the same 1h bar as rolling up the 1s bars directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import pairwise
 
 import msgspec
@@ -185,12 +185,16 @@ def roll_up(
 
     Returns the longer bars that are now finished, per timeframe in ``timeframes``' order: one
     whose interval ``part`` does not belong to (its end passed while no part came: a gap), then
-    one that ``part`` ends. A longer bar starts flat at the close of its first part.
+    one that ``part`` ends. A longer bar starts flat at the close of its first part. Raises
+    ValueError for a timeframe that is not a multiple of ``part_timeframe`` longer.
     """
-    end = part.open_ms + TIMEFRAME_MS[part_timeframe]
+    part_span = TIMEFRAME_MS[part_timeframe]
+    end = part.open_ms + part_span
     done: list[tuple[str, BarAccumulator]] = []
     for tf in timeframes:
         span = TIMEFRAME_MS[tf]
+        if span <= part_span or span % part_span:
+            raise ValueError(f"{tf} bars are not rolled up from {part_timeframe} bars")
         open_ms = part.open_ms - part.open_ms % span
         acc = forming.get(tf)
         if acc is not None and acc.open_ms != open_ms:
@@ -203,43 +207,6 @@ def roll_up(
             done.append((tf, acc))
             del forming[tf]
     return done
-
-
-def rollup_bars(bars: Sequence[Bar], timeframe: str) -> list[Bar]:
-    """Roll consecutive finished bars of one shorter timeframe up into ``timeframe`` bars, oldest first.
-
-    A bar is made only for an interval that the given bars cover in full (every one of its 60
-    minutes for a 1h bar of 1m bars): an interval the bars start or end inside, or with a bar
-    missing, is left out rather than passed off as whole. The result keeps ``is_history`` of the
-    parts; it is ``incomplete`` if one of them was.
-    """
-    span = TIMEFRAME_MS[timeframe]
-    out: list[Bar] = []
-    if not bars:
-        return out
-    part_tf = bars[0].timeframe
-    part_span = TIMEFRAME_MS[part_tf]
-    if part_span >= span or span % part_span:
-        raise ValueError(f"{timeframe} bars are not rolled up from {part_tf} bars")
-    need = span // part_span
-    acc: BarAccumulator | None = None
-    parts = 0
-    prev_open = None
-    for bar in bars:
-        if bar.timeframe != part_tf:
-            raise ValueError(f"rollup_bars takes bars of one timeframe, was given {part_tf} and {bar.timeframe} bars")
-        open_ms = bar.open_time_ms - bar.open_time_ms % span
-        if acc is None or acc.open_ms != open_ms or bar.open_time_ms != prev_open + part_span:
-            if acc is not None and parts == need:
-                out.append(acc.to_bar(bars[0].symbol, timeframe, is_history=bars[0].is_history))
-            acc = BarAccumulator.flat(open_ms, bar.close, bar.source)  # a missing part also ends it: short
-            parts = 0
-        acc.add_bar(BarAccumulator.of_bar(bar))
-        parts += 1
-        prev_open = bar.open_time_ms
-    if acc is not None and parts == need:
-        out.append(acc.to_bar(bars[0].symbol, timeframe, is_history=bars[0].is_history))
-    return out
 
 
 def sum_trades(
