@@ -252,11 +252,6 @@ def _trade_chunks(trades: Iterable[RawTrade]) -> Iterator[TradeColumns]:
         yield chunk
 
 
-def _file_chunks(paths: Sequence[str]) -> Iterator[TradeColumns]:
-    """The replay files' trades merged as the replay reads them, a block of columns at a time."""
-    return read_columns_in_time_order(paths)
-
-
 class _Series:
     """Closed bars of one timeframe, oldest first, the intervals between them filled with flat bars
     at the last close; with ``keep``, only the last ``keep`` (a run of empty intervals longer than
@@ -663,7 +658,7 @@ async def provide_history(
         def factory() -> Iterable[TradeColumns]:
             if replay_trades_factory is not None:
                 return _trade_chunks(replay_trades_factory())
-            return _file_chunks(paths)
+            return read_columns_in_time_order(paths)  # merged as the replay reads them
 
         try:
             by_tf = await asyncio.to_thread(_replay_history, factory, symbol, count)
