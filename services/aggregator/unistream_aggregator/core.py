@@ -17,10 +17,11 @@ Bar semantics (per symbol):
   a bar does not depend on how its trades were batched, and a reference computation in exact
   decimal arithmetic agrees to the last digit.
 - ``quote_volume`` (and ``taker_buy_quote_volume``, of the trades whose aggressor bought) is
-  Binance's: the sum of each trade's notional as the venue reports it
-  (``quoteQty`` in its archives), which is price x size truncated to 8 decimals
-  (:func:`~unistream_common.bars.notional_units`), not the exact sum of the products (those differ by ~1e-7 relative an
-  hour on a pair like ETHBTC). Websocket trades carry no notional; the same rule gives it.
+  Binance's: the sum of each trade's notional as the venue reports it (``quoteQty`` in its
+  archives), which is price x size truncated to 8 decimals
+  (:func:`~unistream_common.bars.notional_units`), not the exact sum of the products (those
+  differ by ~1e-7 relative an hour on a pair like ETHBTC). Websocket trades carry no notional;
+  the same rule gives it.
 - A 1s bar closes when a trade of a later interval arrives (event time passed its end), or from
   the timer once the wall clock reaches its end + ``grace_ms`` (live sources only: see
   :meth:`BarAggregator.close_due`).
