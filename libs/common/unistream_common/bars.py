@@ -118,7 +118,7 @@ class BarAccumulator(msgspec.Struct):
         self.close = price
         size_units = round(size * SCALE)
         self.volume += size_units
-        notional = notional_units(round(price * SCALE), size_units)
+        notional = round(price * SCALE) * size_units // SCALE  # notional_units, inlined: once per trade
         self.quote += notional
         if taker_bought:
             self.taker += size_units

@@ -376,7 +376,7 @@ class BarAggregator:
                 continue
             seen = tid
             ts = tick.ts_event_ms
-            open_ms = interval_open_ms(ts, SECOND_MS)
+            open_ms = ts - ts % SECOND_MS  # interval_open_ms, inlined: once per trade
             if bar is None or open_ms != bar.open_ms:
                 if (bar is not None and open_ms < bar.open_ms) or open_ms <= last_open:
                     if open_ms <= horizon_ms:
