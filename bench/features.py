@@ -63,6 +63,7 @@ import redis.asyncio as aioredis
 from aggregator import percentile, stop_process  # the shared helpers (bench/ is on sys.path, as for run.py)
 
 from unistream_common import codec, keys
+from unistream_common.bars import BarAccumulator, roll_up
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
 from unistream_tools.redis_server import free_port
 
@@ -140,20 +141,11 @@ def _bar(symbol: str, tf: str, open_ms: int, o: float, h: float, lo: float, c: f
     )  # fmt: skip
 
 
-def _merge(symbol: str, tf: str, open_ms: int, parts: list[Bar]) -> Bar:
-    vol = sum(b.volume for b in parts)
-    return _bar(
-        symbol, tf, open_ms, parts[0].open, max(b.high for b in parts), min(b.low for b in parts), parts[-1].close,
-        vol, sum(b.quote_volume for b in parts), sum(b.trade_count for b in parts),
-        sum(b.taker_buy_volume for b in parts),
-    )  # fmt: skip
-
-
 def _history(rng: np.random.Generator) -> tuple[list[Entry], list[Bar]]:
     entries: list[Entry] = []
     bars: list[Bar] = []
     for symbol in SYMBOLS:
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             step = {"1s": 2e-5, "1m": 2e-4, "1h": 2e-3, "1d": 1e-2}[tf]
             close = BASE_CENTS[symbol] / 100
             end = T0 - T0 % SPAN[tf]  # the 1d history ends at midnight: today is still open
@@ -174,8 +166,7 @@ def _live(rng: np.random.Generator, n: int) -> list[list[Second]]:
     for symbol in SYMBOLS:
         cents = BASE_CENTS[symbol]
         trade_id = 1
-        minute: list[Bar] = []
-        hour: list[Bar] = []
+        forming: dict[str, BarAccumulator] = {}  # the 1m and 1h bars so far, as the aggregator rolls them up
         for i in range(n):
             start = T0 + 1000 * i
             k = max(1, int(rng.poisson(TRADES_PER_S)))
@@ -189,21 +180,11 @@ def _live(rng: np.random.Generator, n: int) -> list[list[Second]]:
                 ticks.append(Tick(trade_id, cents / 100, lot / 1000, "BUY" if buy else "SELL",
                                   start + off, start + off + 1))  # fmt: skip
                 trade_id += 1
-            prices = [t.price for t in ticks]
-            vol = sum(t.size for t in ticks)
-            bar = _bar(symbol, "1s", start, prices[0], max(prices), min(prices), prices[-1], vol,
-                       sum(t.price * t.size for t in ticks), k,
-                       sum(t.size for t in ticks if t.aggressor_side == "BUY"))  # fmt: skip
-            bars = [bar]
-            minute.append(bar)
-            if (start + 1000) % SPAN["1m"] == 0:
-                m = _merge(symbol, "1m", start + 1000 - SPAN["1m"], minute)
-                bars.append(m)
-                hour.append(m)
-                minute = []
-                if (start + 1000) % SPAN["1h"] == 0:
-                    bars.append(_merge(symbol, "1h", start + 1000 - SPAN["1h"], hour))
-                    hour = []
+            second = BarAccumulator.opening(start, ticks[0].price, "SYNTHETIC")
+            for t in ticks:
+                second.add_trade(t.price, t.size, t.aggressor_side == "BUY")
+            bars = [second.to_bar(symbol, "1s")]
+            bars.extend(acc.to_bar(symbol, tf) for tf, acc in roll_up(forming, second))
             batch = TickBatch(symbol, "SYNTHETIC", ticks)
             bar_entries = tuple((keys.bars(symbol, b.timeframe), codec.encode(b), f"{b.open_time_ms}-0") for b in bars)
             tick_entry = (keys.ticks(symbol), codec.encode(batch), "*")

@@ -82,6 +82,7 @@ from aggregator import stop_process  # the shared helper (bench/ is on sys.path)
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
 from unistream_common.redisio import s
+from unistream_common.timeframes import TIMEFRAMES
 from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
@@ -100,8 +101,7 @@ CLAIM_TIMEOUT_S = 60.0
 MERGE_WAIT_S = 75.0  # after the replicas' start: two rounds of 30 s and some
 TRAINER_SCRIPT = str(Path(sys.executable).with_name("unistream-trainer"))  # what the supervisor and image run
 DEAD_CONSUMER = "trainer-dead"
-PREDICTION_NAMES = [f"{tf}.{p}" for tf in ("1s", "1m", "1h", "1d") for p in ("p_bottom", "p_none", "p_top", "p_down",
-                                                                             "p_up")]  # fmt: skip
+PREDICTION_NAMES = [f"{tf}.{p}" for tf in TIMEFRAMES for p in ("p_bottom", "p_none", "p_top", "p_down", "p_up")]
 CNN_HIDDEN = 160
 
 # Goals, by row: (comparison, value); "x>=" compares the ratio to the row's reference.
@@ -297,7 +297,7 @@ def packets() -> Packets:
     prev: dict[str, tuple[str, int]] = {}
     entries = []
     seq = 0
-    warmup = dict.fromkeys(("1s", "1m", "1h", "1d"), 1.0)
+    warmup = dict.fromkeys(TIMEFRAMES, 1.0)
     for t in range(n):
         for sym in SYMBOLS:
             seq += 1

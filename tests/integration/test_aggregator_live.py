@@ -17,7 +17,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from unistream_aggregator.core import BarAggregator
-from unistream_aggregator.service import AggregatorShell, run_with_restarts
+from unistream_aggregator.service import AggregatorService, run_with_restarts
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.consumer import StreamRuntime
@@ -252,7 +252,7 @@ async def test_a_core_failure_restarts_the_consumer_and_the_bars_stay_exact(redi
     settings = AggregatorSettings(redis_url=redis_url, symbols="ETHUSDT")  # type: ignore[arg-type]
     stats = Stats("aggregator")
     runtime = StreamRuntime(redis_url, "aggregator-test", settings.symbols, stats)
-    shell = AggregatorShell(settings, stats, runtime)
+    shell = AggregatorService(settings, stats, runtime)
     shell.register()
     real_apply = shell.core.apply
     calls = {"n": 0}
@@ -304,7 +304,7 @@ async def test_a_batch_whose_symbol_does_not_match_its_stream_is_refused_counted
     settings = AggregatorSettings(redis_url=redis_url, symbols="ETHUSDT,BTCUSDT")  # type: ignore[arg-type]
     stats = Stats("aggregator")
     runtime = StreamRuntime(redis_url, "aggregator-test", settings.symbols, stats)
-    shell = AggregatorShell(settings, stats, runtime)
+    shell = AggregatorService(settings, stats, runtime)
     shell.register()
     task = asyncio.create_task(run_with_restarts(runtime, shell))
     try:
@@ -343,7 +343,7 @@ async def _crash_redis_under_ingest_and_aggregator(
     writer = IngestService(ingest_cfg, ingest_stats, ingest_client)
     settings = AggregatorSettings(redis_url=server.url, symbols=symbols, watermark_hold_ms=hold_ms)  # type: ignore[arg-type]
     runtime = StreamRuntime(server.url, "aggregator-1", settings.symbols, agg_stats)
-    shell = AggregatorShell(settings, agg_stats, runtime)
+    shell = AggregatorService(settings, agg_stats, runtime)
     shell.register()
     # The aggregator retries every 0.2 s at most, so it is back well before ingest whatever the load
     # (its backoff of up to 2.4 s after a 1 s outage let it come back after ingest on a busy machine).

@@ -39,7 +39,7 @@ def inputs() -> tuple[list[Bar], list[list[tuple[str, object]]]]:
     history: list[Bar] = []
     price = {"ETHUSDT": 3000.0, "BTCUSDT": 60000.0}
     for symbol in SYMBOLS:
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             end = T0 - T0 % SPAN[tf]
             for k in range(WINDOW + 1, 0, -1):
                 c = price[symbol] * float(np.exp(rng.normal(0, 1e-3)))

@@ -55,7 +55,7 @@ def price(symbol: str, i: int) -> float:
 async def write_history(r: aioredis.Redis, n: int = WINDOW + 1) -> None:
     """What ingest writes at start: n closed bars of each timeframe, the newest closing by T0."""
     for symbol in SYMBOLS:
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             end = T0 - T0 % SPAN[tf]
             for k in range(n, 0, -1):
                 b = make_bar(symbol, tf, end - k * SPAN[tf], price(symbol, -k), history=True)

@@ -91,7 +91,7 @@ async def test_live_trades_reach_redis_once_in_order_across_a_dropped_connection
     client = command_client(redis_url)
     async with TestExchange(SYMBOLS, rate_per_s=200) as ex:
         now = int(time.time() * 1000)
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             ex.add_past_klines("ETHUSDT", tf, past_kline_rows(tf, 5, now, 3000.0))
         async with ingest(live_settings(redis_url, ex)) as writer:
             await _check_dropped_connection(client, ex, writer)
@@ -113,8 +113,8 @@ async def _check_dropped_connection(client: aioredis.Redis, ex: TestExchange, wr
         assert gaps == [] and sources == {"REAL"}
     info = writer.info()
     assert info["source"] == "REAL"
-    assert keys.HISTORY_TIMEFRAMES == ("1s", "1m", "1h", "1d")
-    for tf in keys.HISTORY_TIMEFRAMES:  # warm-up history from the exchange's klines
+    assert keys.TIMEFRAMES == ("1s", "1m", "1h", "1d")
+    for tf in keys.TIMEFRAMES:  # warm-up history from the exchange's klines
         bars = [codec.decode(f) for _, f in await client.xrange(keys.history("ETHUSDT", tf))]
         assert bars and all(b.is_history and b.source == "REAL" and b.timeframe == tf for b in bars)
     assert info["binance"]["trades_backfilled"] > 0 and info["binance"]["reconnects"] >= 1

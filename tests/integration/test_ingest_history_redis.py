@@ -74,7 +74,7 @@ async def test_exchange_klines_become_history_streams_with_open_time_ids_and_rep
         await started_trading(ex)
         now = await early_in_a_second()
         for symbol in SYMBOLS:
-            for tf in keys.HISTORY_TIMEFRAMES:
+            for tf in keys.TIMEFRAMES:
                 ex.add_past_klines(symbol, tf, past_kline_rows(tf, 8, now, 3000.0))
         cfg = settings(redis_url, binance_rest_url=ex.rest_url, history_bars=5)
         client = command_client(redis_url)
@@ -107,7 +107,7 @@ async def test_a_429_from_the_exchange_is_waited_out_once(redis_url: str) -> Non
     async with TestExchange(("ETHUSDT",), rate_per_s=20) as ex:
         await started_trading(ex)
         now = int(time.time() * 1000)
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in keys.TIMEFRAMES:
             ex.add_past_klines("ETHUSDT", tf, past_kline_rows(tf, 3, now, 3000.0))
         ex.rest_rate_limit(1, retry_after_s=1)
         cfg = settings(redis_url, symbols="ETHUSDT", binance_rest_url=ex.rest_url, history_bars=3)

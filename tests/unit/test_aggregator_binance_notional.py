@@ -13,7 +13,8 @@ import csv
 from decimal import Decimal
 from pathlib import Path
 
-from unistream_aggregator.core import SCALE, BarAggregator, notional_units
+from unistream_aggregator.core import BarAggregator
+from unistream_common.bars import SCALE, notional_units
 from unistream_common.packets import Tick, TickBatch
 from unistream_ingest.archive import read_archive
 

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 
 from unistream_aggregator.core import (
     CHECKPOINT_VERSION,
-    Acc,
     AggregatorOutput,
     BarAggregator,
     EntryRef,
     SymbolCheckpoint,
 )
+from unistream_common.bars import BarAccumulator
 from unistream_common.keys import TIMEFRAME_MS, TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, Source, Tick, TickBatch
 
@@ -417,6 +417,7 @@ def test_the_timer_closes_bars_by_the_venue_s_clock_ahead_of_or_behind_this_host
     ahead.apply([entry("1-0", tick(T0 + 100, 5.0))])
     early = T0 + 250 + 10  # host; the venue's clock reads T0 + 1,260
     assert ahead.due_symbols(early) == [] and ahead.close_due(early).bars == [], "by the host's clock: not yet"
+    assert ahead.due_symbols(early, venue_offsets={ETH: -1_000}) == [ETH]
     assert opens(of(ahead.close_due(early, venue_offsets={ETH: -1_000}))) == [0]
 
 
@@ -625,7 +626,7 @@ def test_restore_refuses_a_checkpoint_of_another_symbol_or_version() -> None:
 
 def test_a_version_1_checkpoint_s_forming_quote_sums_of_exact_products_become_units_of_1e_8() -> None:
     agg = BarAggregator()
-    forming = Acc(T0, 100.0, 100.0, 100.0, 100.0, volume=3, quote=12_345_678_912_345_678, count=2, real=True)
+    forming = BarAccumulator(T0, 100.0, 100.0, 100.0, 100.0, volume=3, quote=12_345_678_912_345_678, count=2, real=True)
     agg.restore(ETH, SymbolCheckpoint(1, ETH, T0, 100.0, 5, {"1m": forming}, [], "SYNTHETIC"))
     now = agg.checkpoint(ETH)
     assert now.version == CHECKPOINT_VERSION == 2

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from unistream_aggregator.core import SymbolCheckpoint
-from unistream_aggregator.service import AggregatorShell
+from unistream_aggregator.service import AggregatorService
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import keys, quality
 from unistream_common.consumer import Message, Result, StateWrite, StreamRuntime, fence_value
@@ -68,11 +68,11 @@ class _Pipeline:
         return [self.redis.answer(command, args) for command, args in self.queued]
 
 
-def make_shell(*owned: str, **overrides: object) -> AggregatorShell:
+def make_shell(*owned: str, **overrides: object) -> AggregatorService:
     """A shell that owns ``owned`` as if it had taken their leases with no checkpoint in Redis."""
     settings = AggregatorSettings(redis_url=URL, **overrides)  # type: ignore[arg-type]
     stats = Stats("aggregator")
-    shell = AggregatorShell(settings, stats, StreamRuntime(URL, "aggregator-test", settings.symbols, stats))
+    shell = AggregatorService(settings, stats, StreamRuntime(URL, "aggregator-test", settings.symbols, stats))
     shell.runtime.cmd = FakeRedis()  # type: ignore[assignment]
     for symbol in owned:
         shell.owned[symbol] = 0.0
@@ -241,6 +241,18 @@ async def test_timer_closes_bars_only_of_symbols_whose_stream_holds_nothing_beyo
     assert [w.id for w in result.writes] == [f"{DAY + k * 1_000}-0" for k in range(4)]  # then filled up to now
     assert [w.key for w in result.state] == [keys.agg_state(ETH), keys.quality(ETH)]
     assert fences(result) == {keys.agg_fence(ETH): f"{shell.token}#0"}
+
+
+async def test_the_timer_s_result_is_timed_by_the_time_it_was_handed_not_by_the_host_s_clock() -> None:
+    shell = make_shell(ETH, grace_ms=250)
+    redis: FakeRedis = shell.runtime.cmd  # type: ignore[assignment]
+    await shell.on_messages([message("7-0", ETH, (DAY + 100, 10.0))])
+    redis.tops[ETH_TICKS] = "7-0"
+    result = await shell.on_timer(DAY + 5_000)  # long before this host's clock: a replayed clock
+    assert result is not None
+    fields = state_of(result, keys.quality(ETH)).fields
+    assert fields["updated_ms"] == DAY + 5_000
+    assert fields["last_bar_latency_ms"] == DAY + 5_000 - (DAY + 4_000)  # the last filled second closed at DAY + 4 s
 
 
 async def test_callbacks_raise_a_cancellation_that_a_library_swallowed() -> None:

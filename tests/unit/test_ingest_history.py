@@ -8,24 +8,26 @@ from itertools import pairwise
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from unistream_aggregator.core import BarAggregator
 from unistream_common import codec, keys
-from unistream_common.packets import Bar
+from unistream_common.bars import BarAccumulator, roll_up
+from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_ingest.binance.parsing import Kline, parse_rest_klines
 from unistream_ingest.core import spec_for
 from unistream_ingest.history import (
     LATE_FETCH_MS,
     HistoryError,
-    _BarBuilder,
     _replay_history,
+    _ReplayBars,
     _trade_chunks,
     bars_from_klines,
     bars_from_trades,
     fetch_kline_history,
     provide_history,
     publish_history,
-    rollup_bars,
     synthetic_history,
 )
 from unistream_ingest.settings import IngestSettings
@@ -421,16 +423,15 @@ def test_the_builder_gives_the_same_bars_however_the_trades_are_chunked_and_keep
     assert 50_000 < after_pause < 250_000
     # All of them, and up to the first trade after the pause: then the last bars are all pause.
     for part in (trades, trades[:4_701]):
-        rows = next(_trade_chunks(part))
         whole = bars_from_trades(part, "ETHUSDT", "1s")
         for keep in (None, 1, 50, 300, 800, 3_000):  # 300 ends inside the 700 s pause, 800 before it
-            builder = _BarBuilder("ETHUSDT", "1s", "REPLAY", keep=keep)
-            for lo, hi in pairwise([0, 1, 8, 1_000, 4_321, len(rows)]):
-                builder.feed(rows[lo:hi])
-            assert builder.finish(None) == (whole if keep is None else whole[-keep:])
+            builder = _ReplayBars("ETHUSDT", "REPLAY", keep=keep)
+            for lo, hi in pairwise([0, 1, 8, 1_000, 4_321, len(part)]):
+                builder.feed(next(_trade_chunks(part[lo:hi])))
+            assert builder.finish(None)["1s"] == (whole if keep is None else whole[-keep:])
             for end_ms in (part[-1].ts_event_ms + 20_500, part[-1].ts_event_ms + 900_000):
                 ended = bars_from_trades(part, "ETHUSDT", "1s", end_ms=end_ms)
-                assert builder.finish(end_ms) == (ended if keep is None else ended[-keep:])
+                assert builder.finish(end_ms)["1s"] == (ended if keep is None else ended[-keep:])
 
 
 def test_replay_history_reads_the_trades_once_for_every_timeframe_and_keeps_the_last_count() -> None:
@@ -447,20 +448,70 @@ def test_replay_history_reads_the_trades_once_for_every_timeframe_and_keeps_the_
 
     history = _replay_history(chunks, "ETHUSDT", 300)
     assert reads == 1
-    assert list(history) == list(keys.HISTORY_TIMEFRAMES)
+    assert list(history) == list(keys.TIMEFRAMES)
     assert_matches_reference(history["1s"], reference_seconds(trades)[-300:])
     seconds = history["1s"]
     in_window = [t for t in trades if seconds[0].open_time_ms <= t.ts_event_ms < seconds[-1].close_time_ms]
     assert sum(not b.filled for b in seconds) == len(in_window) == 300 // 7
     for tf in ("1m", "1h", "1d"):
         assert history[tf] == bars_from_trades(trades, "ETHUSDT", tf)[-300:]
-    assert [len(history[tf]) for tf in keys.HISTORY_TIMEFRAMES] == [300, 300, 50, 2]
+    assert [len(history[tf]) for tf in keys.TIMEFRAMES] == [300, 300, 50, 2]
+
+
+def aggregator_bars(trades: list[RawTrade], seed: int) -> dict[tuple[str, int], Bar]:
+    """The aggregator core's bars of ``trades`` (one tick each, in batches of random size), by (timeframe, open)."""
+    rng = random.Random(seed)
+    ticks = [
+        Tick(k + 1, t.price, t.size, "SELL" if t.buyer_is_maker else "BUY", t.ts_event_ms, t.ts_event_ms)
+        for k, t in enumerate(trades)
+    ]
+    aggregator = BarAggregator()
+    out: dict[tuple[str, int], Bar] = {}
+    entry = 0
+    while ticks:
+        n = rng.randint(1, 40)
+        batch, ticks = ticks[:n], ticks[n:]
+        entry += 1
+        for bar in aggregator.apply(
+            [(("md:ticks:{ETHUSDT}", f"{entry}-0"), TickBatch("ETHUSDT", "REPLAY", batch))]
+        ).bars:
+            out[bar.timeframe, bar.open_time_ms] = bar
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replay_history_bars_are_the_aggregator_s_bars_of_the_same_trades(seed: int) -> None:
+    # 500 trades from 00:57 over about two and a half hours: minute and hour boundaries, quiet
+    # stretches (filled seconds and minutes), a few late trades, and ETHBTC-like prices whose
+    # notionals need truncating to 8 decimals (Binance's quoteQty).
+    rng = random.Random(seed)
+    ts, price, trades = T0 - 3 * 60_000 + rng.randint(0, 999), 0.05, []
+    for _ in range(500):
+        ts += rng.choice([0, 7, 350, 1_000, 4_000, 20_000, 60_000, 150_000])
+        price = round(max(price + rng.choice([-1e-5, 0.0, 2e-5]), 0.01), 5)
+        late = rng.random() < 0.02  # stamped a few seconds back: the aggregator counts it late
+        trades.append(trade(ts - 5_000 if late else ts, price, round(rng.uniform(0.0001, 9.0), 4), rng.random() < 0.5))
+    reference = aggregator_bars(trades, seed)
+    history = _replay_history(lambda: _trade_chunks(trades), "ETHUSDT", 100_000)
+    first_minute = trades[0].ts_event_ms - trades[0].ts_event_ms % 60_000
+    last_second = max(t.ts_event_ms for t in trades) // 1_000 * 1_000
+    for tf in keys.TIMEFRAMES:  # 1d: none, the trades cover no whole day
+        for bar in history[tf]:
+            assert msgspec.structs.replace(bar, is_history=False) == reference[tf, bar.open_time_ms]
+        # Every aggregator bar that the trades cover in full and that closed before the last trade's
+        # second is history too; the aggregator's first 1h bar started inside its hour (partial).
+        whole = sorted(t for (f, t), b in reference.items()
+                       if f == tf and t >= first_minute and b.close_time_ms <= last_second)  # fmt: skip
+        assert [b.open_time_ms for b in history[tf]] == whole
+    assert sum(b.filled for b in history["1m"]) > 10 and sum(not b.filled for b in history["1m"]) > 30
+    assert len(history["1h"]) >= 2
+    assert any(round(t.price * 1e5) * round(t.size * 1e4) % 10 for t in trades)  # notionals of 9 decimals
 
 
 def test_rollup_does_not_make_1s_bars() -> None:
     minutes = bars_from_trades([trade(T0, 100.0), trade(T0 + 120_000, 101.0)], "ETHUSDT", "1m")
     with pytest.raises(ValueError, match="from 1m bars"):
-        rollup_bars(minutes, "1s")
+        roll_up({}, BarAccumulator.of_bar(minutes[0]), "1m", ("1s",))
 
 
 def test_rollup_ignores_filled_minutes_for_open_high_and_low() -> None:
@@ -471,7 +522,12 @@ def test_rollup_ignores_filled_minutes_for_open_high_and_low() -> None:
             is_history=True)
         for i, (p, filled) in enumerate([(50.0, True)] * 10 + [(100.0, False)] * 40 + [(100.0, True)] * 10)
     ]  # fmt: skip
-    [hour] = rollup_bars(minutes, "1h")
+    forming: dict[str, BarAccumulator] = {}
+    [hour] = [
+        acc.to_bar("ETHUSDT", tf)
+        for m in minutes
+        for tf, acc in roll_up(forming, BarAccumulator.of_bar(m), "1m", ("1h",))
+    ]
     assert (hour.open, hour.high, hour.low, hour.close) == (100.0, 100.0, 100.0, 100.0)
     assert hour.volume == 40.0 and not hour.filled
 

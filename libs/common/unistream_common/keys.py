@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
-TIMEFRAME_MS: dict[str, int] = {"1s": 1_000, "1m": 60_000, "1h": 3_600_000, "1d": 86_400_000}
-HISTORY_TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")  # warm-up history: every bar timeframe
+# Defined in timeframes; here too because the bar and history streams are named after them.
+from unistream_common.timeframes import TIMEFRAME_MS, TIMEFRAMES
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
@@ -149,14 +148,14 @@ def history(symbol: str, timeframe: str) -> str:
     ``is_history=True`` under the entry id ``<open_time_ms>-0``. Never a live bar: those are in
     :func:`bars`, owned by the aggregator.
     """
-    if timeframe not in HISTORY_TIMEFRAMES:
-        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(HISTORY_TIMEFRAMES)}")
+    if timeframe not in TIMEFRAME_MS:
+        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(TIMEFRAMES)}")
     return f"md:history:{{{check_symbol(symbol)}}}:{timeframe}"
 
 
 def history_streams(symbols: Iterable[str]) -> list[str]:
     """Every history stream of these symbols, per symbol in the order 1s, 1m, 1h, 1d."""
-    return [history(s, tf) for s in symbols for tf in HISTORY_TIMEFRAMES]
+    return [history(s, tf) for s in symbols for tf in TIMEFRAMES]
 
 
 # Aggregator coordination and bar quality (all per-symbol keys share the symbol's hash slot).

@@ -18,13 +18,13 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
-from unistream_common.keys import SYMBOL_RE, TIMEFRAME_MS
+from unistream_common.keys import SYMBOL_RE
+from unistream_common.timeframes import TIMEFRAME_MS, Timeframe
 
 SCHEMA_VERSION = 1
 
 Source = Literal["REAL", "REPLAY", "SYNTHETIC"]
 Side = Literal["BUY", "SELL"]
-Timeframe = Literal["1s", "1m", "1h", "1d"]
 
 Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_RE.pattern)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]

@@ -33,8 +33,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from unistream_common.timeframes import TIMEFRAMES
+
 MODEL_NAME = "cnn-mtf"
-TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
 N_TIMEFRAMES = len(TIMEFRAMES)
 N_CHANNELS = 5
 WINDOW_BARS = 300

@@ -38,10 +38,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from unistream_common.keys import TIMEFRAME_MS
 from unistream_common.packets import Bar
+from unistream_common.timeframes import TIMEFRAME_MS, TIMEFRAMES
 
-TIMEFRAMES: tuple[str, ...] = ("1s", "1m", "1h", "1d")
 CHANNELS: tuple[str, ...] = ("open_rel", "high_rel", "low_rel", "close_ret", "volume_z")
 N_CHANNELS = len(CHANNELS)
 

@@ -8,6 +8,8 @@ Bar semantics (per symbol):
 
 - A bar covers the UTC-aligned, left-closed interval ``[open_time_ms, open_time_ms + span)``;
   a trade at ``ts_event_ms`` belongs to the 1s bar opening at ``ts_event_ms - ts_event_ms % 1000``.
+- What a bar is (the interval, the exact sums, the notional, vwap, filled bars, the roll-up) is
+  defined by :mod:`unistream_common.bars`, the bar core that the history and the tools use too:
 - open/high/low/close are trade prices in trade order; ``volume`` (base), ``quote_volume``,
   ``taker_buy_volume`` (trades whose aggressor bought) and ``vwap`` (quote volume / volume) are
   computed EXACTLY: prices and sizes are taken in units of 1e-8 (Binance's finest step), summed
@@ -15,10 +17,11 @@ Bar semantics (per symbol):
   a bar does not depend on how its trades were batched, and a reference computation in exact
   decimal arithmetic agrees to the last digit.
 - ``quote_volume`` (and ``taker_buy_quote_volume``, of the trades whose aggressor bought) is
-  Binance's: the sum of each trade's notional as the venue reports it
-  (``quoteQty`` in its archives), which is price x size truncated to 8 decimals
-  (:func:`notional_units`), not the exact sum of the products (those differ by ~1e-7 relative an
-  hour on a pair like ETHBTC). Websocket trades carry no notional; the same rule gives it.
+  Binance's: the sum of each trade's notional as the venue reports it (``quoteQty`` in its
+  archives), which is price x size truncated to 8 decimals
+  (:func:`~unistream_common.bars.notional_units`), not the exact sum of the products (those
+  differ by ~1e-7 relative an hour on a pair like ETHBTC). Websocket trades carry no notional;
+  the same rule gives it.
 - A 1s bar closes when a trade of a later interval arrives (event time passed its end), or from
   the timer once the wall clock reaches its end + ``grace_ms`` (live sources only: see
   :meth:`BarAggregator.close_due`).
@@ -63,14 +66,12 @@ from typing import Any
 import msgspec
 
 from unistream_common import quality
-from unistream_common.keys import TIMEFRAME_MS
+from unistream_common.bars import HIGHER_TIMEFRAMES, SCALE, SECOND_MS, BarAccumulator, interval_open_ms, roll_up
 from unistream_common.packets import Bar, GapMarker, Source, TickBatch
+from unistream_common.timeframes import TIMEFRAME_MS
 
 EntryRef = tuple[str, str]  # (stream, entry id)
 
-SCALE = 100_000_000  # prices, sizes and notionals in units of 1e-8
-HIGHER: tuple[str, ...] = ("1m", "1h", "1d")
-SECOND_MS = 1_000
 LIVE_SOURCES: frozenset[str] = frozenset({"REAL", "SYNTHETIC"})  # the timer closes only these
 CHECKPOINT_VERSION = 2  # 2: quote sums in 1e-8 units of truncated notionals (1: exact products, 1e-16)
 
@@ -86,93 +87,6 @@ def _entry_pair(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def units(x: float) -> int:
-    """``x`` in integer units of 1e-8 (exact for decimals of at most 8 places below ~2e7)."""
-    return round(x * SCALE)
-
-
-def notional_units(price_units: int, size_units: int) -> int:
-    """A trade's notional as Binance reports it (``quoteQty``), in units of 1e-8: price x size
-    truncated to 8 decimals. Both arguments in units of 1e-8 and non-negative."""
-    return price_units * size_units // SCALE
-
-
-class Acc(msgspec.Struct):
-    """A bar being built: float prices, integer sums in 1e-8 units (quote: of truncated notionals)."""
-
-    open_ms: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: int = 0
-    quote: int = 0
-    taker: int = 0
-    count: int = 0
-    real: bool = False  # has trades (or, for higher bars, a 1s bar with trades)
-    incomplete: bool = False
-    source: Source = "SYNTHETIC"
-    taker_quote: int = 0  # quote volume of the trades whose aggressor bought
-
-    def to_bar(self, symbol: str, timeframe: str) -> Bar:
-        span = TIMEFRAME_MS[timeframe]
-        if self.real:
-            vwap = min(max(self.quote / self.volume, self.low), self.high) if self.volume else self.close
-        else:
-            vwap = self.close
-        return Bar(
-            symbol=symbol,
-            timeframe=timeframe,  # type: ignore[arg-type]
-            open_time_ms=self.open_ms,
-            close_time_ms=self.open_ms + span,
-            open=self.open,
-            high=self.high,
-            low=self.low,
-            close=self.close,
-            volume=self.volume / SCALE,
-            quote_volume=self.quote / SCALE,
-            trade_count=self.count,
-            vwap=vwap,
-            taker_buy_volume=self.taker / SCALE,
-            taker_buy_quote_volume=self.taker_quote / SCALE,
-            filled=not self.real,
-            source=self.source,
-            incomplete=self.incomplete,
-        )
-
-
-def acc_of_bar(bar: Bar) -> Acc:
-    """Accumulator of an emitted bar read back from a stream (fallback restore only).
-
-    Integer sums are recovered exactly from the floats: every sum has at most 8 decimals.
-    """
-    return Acc(
-        bar.open_time_ms, bar.open, bar.high, bar.low, bar.close,
-        units(bar.volume), units(bar.quote_volume), units(bar.taker_buy_volume),
-        bar.trade_count, not bar.filled, bar.incomplete, bar.source, units(bar.taker_buy_quote_volume),
-    )  # fmt: skip
-
-
-def add_into(into: Acc, part: Acc) -> None:
-    """Roll ``part`` (a lower-timeframe bar) into ``into``; filled parts set only the close."""
-    if part.real:
-        if into.real:
-            into.high = max(into.high, part.high)
-            into.low = min(into.low, part.low)
-        else:
-            into.open, into.high, into.low = part.open, part.high, part.low
-            into.real = True
-        into.source = part.source
-    into.close = part.close
-    into.volume += part.volume
-    into.quote += part.quote
-    into.taker += part.taker
-    into.taker_quote += part.taker_quote
-    into.count += part.count
-    if part.incomplete:
-        into.incomplete = True
-
-
 class SymbolCheckpoint(msgspec.Struct):
     """What a restart needs of one symbol: its position in the bar streams, nothing open.
 
@@ -185,7 +99,7 @@ class SymbolCheckpoint(msgspec.Struct):
     last_open_ms: int | None  # open time of the last emitted 1s bar
     prev_close: float | None  # its close: the level of filled bars
     last_trade_id: int  # highest trade id in emitted bars (-1: none)
-    forming: dict[str, Acc]  # higher timeframe -> its bar so far, from emitted 1s bars
+    forming: dict[str, BarAccumulator]  # higher timeframe -> its bar so far, from emitted 1s bars
     gaps: list[tuple[int, int]]  # [from_ms, to_ms] time ranges of gap markers still to flag (to 0: open)
     source: Source | None
     counted_through: str = "0-0"  # newest tick-stream entry whose counts went out: redeliveries count nothing
@@ -242,8 +156,8 @@ class _SymbolState:
         self.seen_id = -1  # highest id seen (applied, late or in the open bar)
         self.horizon_ms = -1  # fallback restore only: trades of 1s intervals up to this one are in the stream
         self.open_max_id = -1  # highest id in the open bar
-        self.bar: Acc | None = None
-        self.forming: dict[str, Acc] = {}
+        self.bar: BarAccumulator | None = None
+        self.forming: dict[str, BarAccumulator] = {}
         self.gaps: list[list[int]] = []
         self.held: dict[EntryRef, None] = {}  # entries waiting for the open bar (an ordered set)
         self.counted_through = (-1, -1)  # newest entry (id as (ms, seq)) whose counts went out
@@ -316,21 +230,21 @@ class BarAggregator:
         st.prev_close = last_1s.close
         st.source = last_1s.source
         st.horizon_ms = last_1s.open_time_ms
-        lower: Acc | None = None
-        for tf in HIGHER:
+        lower: BarAccumulator | None = None
+        for tf in HIGHER_TIMEFRAMES:
             span = TIMEFRAME_MS[tf]
-            open_ms = last_1s.open_time_ms - last_1s.open_time_ms % span
-            acc: Acc | None = None
+            open_ms = interval_open_ms(last_1s.open_time_ms, span)
+            acc: BarAccumulator | None = None
             for bar in tails.get(tf, []):
                 if bar.open_time_ms >= open_ms:
-                    part = acc_of_bar(bar)
+                    part = BarAccumulator.of_bar(bar)
                     if acc is None:
-                        acc = Acc(open_ms, part.close, part.close, part.close, part.close, source=part.source)
-                    add_into(acc, part)
+                        acc = BarAccumulator.flat(open_ms, part.close, part.source)
+                    acc.add_bar(part)
             if lower is not None and lower.open_ms >= open_ms:
                 if acc is None:
-                    acc = Acc(open_ms, lower.close, lower.close, lower.close, lower.close, source=lower.source)
-                add_into(acc, lower)
+                    acc = BarAccumulator.flat(open_ms, lower.close, lower.source)
+                acc.add_bar(lower)
             if acc is not None and last_1s.close_time_ms < open_ms + span:
                 st.forming[tf] = acc
             lower = st.forming.get(tf)
@@ -362,15 +276,14 @@ class BarAggregator:
         out: dict[str, Bar] = {}
         if part is not None:
             out["1s"] = part.to_bar(symbol, "1s")
-        for tf in HIGHER:
+        for tf in HIGHER_TIMEFRAMES:
             acc = st.forming.get(tf)
             view = msgspec.structs.replace(acc) if acc is not None else None
             if part is not None:
-                span = TIMEFRAME_MS[tf]
-                open_ms = part.open_ms - part.open_ms % span
+                open_ms = interval_open_ms(part.open_ms, TIMEFRAME_MS[tf])
                 if view is None or view.open_ms != open_ms:  # the open bar starts a newer interval
-                    view = Acc(open_ms, part.close, part.close, part.close, part.close)
-                add_into(view, part)
+                    view = BarAccumulator.flat(open_ms, part.close, part.source)
+                view.add_bar(part)
             if view is not None:
                 out[tf] = view.to_bar(symbol, tf)
         return out
@@ -463,7 +376,7 @@ class BarAggregator:
                 continue
             seen = tid
             ts = tick.ts_event_ms
-            open_ms = ts - ts % SECOND_MS
+            open_ms = ts - ts % SECOND_MS  # interval_open_ms, inlined: once per trade
             if bar is None or open_ms != bar.open_ms:
                 if (bar is not None and open_ms < bar.open_ms) or open_ms <= last_open:
                     if open_ms <= horizon_ms:
@@ -477,7 +390,7 @@ class BarAggregator:
                 if skipped:
                     counts["intervals_skipped"] += skipped
                 last_open = st.last_open_ms if st.last_open_ms is not None else -1
-                bar = st.bar = Acc(open_ms, tick.price, tick.price, tick.price, tick.price, real=True, source=source)
+                bar = st.bar = BarAccumulator.opening(open_ms, tick.price, source)
                 if st.gaps:
                     bar.incomplete = self._in_gap(st, open_ms, open_ms + SECOND_MS)
             if gap_open:  # the missing trades lie between the marker's start and this trade
@@ -485,20 +398,7 @@ class BarAggregator:
                 if self._in_gap(st, bar.open_ms, bar.open_ms + SECOND_MS):
                     bar.incomplete = True
                 gap_open = False
-            price = tick.price
-            if price > bar.high:
-                bar.high = price
-            elif price < bar.low:
-                bar.low = price
-            bar.close = price
-            q = round(tick.size * SCALE)
-            bar.volume += q
-            notional = notional_units(round(price * SCALE), q)
-            bar.quote += notional
-            if tick.aggressor_side == "BUY":
-                bar.taker += q
-                bar.taker_quote += notional
-            bar.count += 1
+            bar.add_trade(tick.price, tick.size, tick.aggressor_side == "BUY")
             st.open_max_id = tid
             applied += 1
         st.seen_id = seen
@@ -552,9 +452,14 @@ class BarAggregator:
         missing = (target - st.last_open_ms) // SECOND_MS - 1
         return missing if missing <= self.max_fill_bars else 0  # a longer run waits for a trade to count it
 
-    def due_symbols(self, now_ms: int) -> list[str]:
-        """Live symbols whose 1s bars the timer may close or fill at ``now_ms``."""
-        target = self._timer_target(now_ms)
+    def due_symbols(self, now_ms: int, venue_offsets: Mapping[str, int] | None = None) -> list[str]:
+        """Live symbols whose 1s bars the timer may close or fill at ``now_ms`` (ms since the epoch).
+
+        ``venue_offsets`` as in :meth:`close_due`: a venue's clock running ahead of ``now_ms``
+        makes bars due that much earlier.
+        """
+        ahead = max(0, -min((venue_offsets or {}).values(), default=0))
+        target = self._timer_target(now_ms + ahead)
         out = []
         for symbol, st in self._symbols.items():
             if st.source not in LIVE_SOURCES:
@@ -601,8 +506,7 @@ class BarAggregator:
         out = AggregatorOutput()
         allowed = set(self._symbols) if symbols is None else set(symbols)
         offsets = venue_offsets or {}
-        ahead = max(0, -min(offsets.values(), default=0))
-        for symbol in self.due_symbols(now_ms + ahead):
+        for symbol in self.due_symbols(now_ms, offsets):
             if symbol not in allowed:
                 continue
             venue_now = now_ms - offsets.get(symbol, 0)
@@ -637,7 +541,7 @@ class BarAggregator:
         st.held = {}
         self._close_1s(symbol, st, bar, out)
 
-    def _close_1s(self, symbol: str, st: _SymbolState, bar: Acc, out: AggregatorOutput) -> None:
+    def _close_1s(self, symbol: str, st: _SymbolState, bar: BarAccumulator, out: AggregatorOutput) -> None:
         """Append a final 1s bar and roll it into the higher timeframes."""
         out.bars.append(bar.to_bar(symbol, "1s"))
         out.counts["bars_1s", symbol] += 1
@@ -654,19 +558,9 @@ class BarAggregator:
         end = bar.open_ms + SECOND_MS
         if st.gaps:
             st.gaps = [g for g in st.gaps if g[1] == 0 or g[1] >= end]
-        for tf in HIGHER:
-            span = TIMEFRAME_MS[tf]
-            open_ms = bar.open_ms - bar.open_ms % span
-            acc = st.forming.get(tf)
-            if acc is not None and acc.open_ms != open_ms:
-                out.bars.append(acc.to_bar(symbol, tf))  # its end passed inside a skipped gap
-                acc = None
-            if acc is None:
-                acc = st.forming[tf] = Acc(open_ms, bar.close, bar.close, bar.close, bar.close, source=bar.source)
-            add_into(acc, bar)
-            if end == open_ms + span:
-                out.bars.append(acc.to_bar(symbol, tf))
-                del st.forming[tf]
+        # A higher bar goes out with its last 1s bar, or when a 1s bar of a later interval proves
+        # its end passed inside a skipped gap.
+        out.bars.extend(acc.to_bar(symbol, tf) for tf, acc in roll_up(st.forming, bar))
 
     def _fill_until(self, symbol: str, st: _SymbolState, open_ms: int, source: Source, out: AggregatorOutput) -> int:
         """Emit flat bars for the empty 1s intervals between the last emitted bar and ``open_ms``.
@@ -683,7 +577,7 @@ class BarAggregator:
         level = st.prev_close
         for _ in range(missing):
             t = st.last_open_ms + SECOND_MS
-            flat = Acc(t, level, level, level, level, source=source)
+            flat = BarAccumulator.flat(t, level, source)
             if st.gaps and self._in_gap(st, t, t + SECOND_MS):
                 flat.incomplete = True
             self._close_1s(symbol, st, flat, out)

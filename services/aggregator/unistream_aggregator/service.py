@@ -47,16 +47,10 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from unistream_aggregator.core import (
-    HIGHER,
-    LIVE_SOURCES,
-    SECOND_MS,
-    AggregatorOutput,
-    BarAggregator,
-    SymbolCheckpoint,
-)
+from unistream_aggregator.core import LIVE_SOURCES, AggregatorOutput, BarAggregator, SymbolCheckpoint
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys, quality
+from unistream_common.bars import HIGHER_TIMEFRAMES, SECOND_MS
 from unistream_common.consumer import (
     ConsumerOptions,
     GroupConsumer,
@@ -68,11 +62,11 @@ from unistream_common.consumer import (
     Write,
     raise_if_cancel_lost,
 )
-from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import Bar, GapMarker, TickBatch
 from unistream_common.redisio import REDIS_ERRORS, id_pair, s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
+from unistream_common.timeframes import TIMEFRAMES
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +113,7 @@ async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timefra
     return out
 
 
-class AggregatorShell:
+class AggregatorService:
     """Callbacks of the ``aggregator`` consumer group around one :class:`BarAggregator`."""
 
     def __init__(self, settings: AggregatorSettings, stats: Stats, runtime: StreamRuntime) -> None:
@@ -226,7 +220,8 @@ class AggregatorShell:
                 refused.append((m.stream, m.id))
                 if symbol is not None:
                     self._see(symbol, m.id)
-        result = await self._guarded(lambda: self.core.apply(entries))
+        # The shell's clock: when the bars handed to this commit are timed, and the quality hash's stamp.
+        result = await self._guarded(lambda: self.core.apply(entries), int(time.time() * 1000))
         assert result.ack is not None
         result.ack.extend(refused)
         return result
@@ -241,17 +236,18 @@ class AggregatorShell:
             self._next_lease_s = time.monotonic() + self.lease_ms / 5_000
             await self._maintain_leases(now_ms)
         result = None
-        # The venue's clock (from ingest's watermarks) may run ahead of this host's: look that far ahead.
-        ahead = max(0, -min((self.venue_offsets.get(s, 0) for s in self.owned), default=0))
-        due = [sym for sym in self.core.due_symbols(now_ms + ahead) if sym in self.owned]
+        owned_offsets = {s: self.venue_offsets[s] for s in self.owned if s in self.venue_offsets}
+        due = [sym for sym in self.core.due_symbols(now_ms, owned_offsets) if sym in self.owned]
         if due:
             caught_up, watermarks = await self._caught_up(due, now_ms)
             if caught_up:
                 offsets = {s: self.venue_offsets[s] for s in watermarks if s in self.venue_offsets}
-                result = await self._guarded(lambda: self.core.close_due(now_ms, caught_up, watermarks, offsets))
+                result = await self._guarded(
+                    lambda: self.core.close_due(now_ms, caught_up, watermarks, offsets), now_ms
+                )
         await self._publish_forming(now_ms)
         due = self.core.next_due_ms()
-        if due is not None and self.gc is not None and due > time.time() * 1000:
+        if due is not None and self.gc is not None and due > now_ms:
             self.gc.wake_at(due)  # close the next bar right at its end + grace, not up to 0.1 s later
         return result
 
@@ -463,7 +459,7 @@ class AggregatorShell:
             return
         last = {tf: (await read_last_bars(cmd, [symbol], tf))[symbol] for tf in TIMEFRAMES}
         tails: dict[str, list[Bar]] = {}
-        for tf, lower in zip(HIGHER, TIMEFRAMES):
+        for tf, lower in zip(HIGHER_TIMEFRAMES, TIMEFRAMES):
             top = last[tf]
             start = f"({top.open_time_ms}-0" if top is not None else "-"
             tails[tf] = [b for _, f in await cmd.xrange(keys.bars(symbol, lower), min=start, max="+")
@@ -478,8 +474,11 @@ class AggregatorShell:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    async def _guarded(self, step: Callable[[], AggregatorOutput]) -> Result:
-        """Run a core step; on an exception, hand over to run_with_restarts and never return."""
+    async def _guarded(self, step: Callable[[], AggregatorOutput], now_ms: int) -> Result:
+        """Run a core step; on an exception, hand over to run_with_restarts and never return.
+
+        ``now_ms`` (ms since the epoch): the time the caller was handed, for the result's timings.
+        """
         if self.core_error is not None:
             await asyncio.Event().wait()  # a restart is under way: never touch the state again
         # In a worker thread, so the event loop (and with it keep_leases) runs while a long step
@@ -499,10 +498,10 @@ class AggregatorShell:
             # retry entries one by one against the broken state, then dead-letter good data.
             await asyncio.Event().wait()
             raise
-        return self._result(out)
+        return self._result(out, now_ms)
 
-    def _result(self, out: AggregatorOutput) -> Result:
-        now_ms = int(time.time() * 1000)
+    def _result(self, out: AggregatorOutput, now_ms: int) -> Result:
+        """The commit of a core output: bars, checkpoints, quality counters (stamped ``now_ms``), acks, fences."""
         retention = self.settings.bar_retention
         writes = [
             Write(keys.bars(bar.symbol, bar.timeframe), bar, f"{bar.open_time_ms}-0", retention) for bar in out.bars
@@ -648,7 +647,7 @@ async def worker(ctx: ServiceContext) -> None:
     settings = ctx.settings
     assert isinstance(settings, AggregatorSettings)
     runtime = StreamRuntime(settings.redis_url, settings.consumer(SERVICE), settings.symbols, ctx.stats)
-    shell = AggregatorShell(settings, ctx.stats, runtime)
+    shell = AggregatorService(settings, ctx.stats, runtime)
     shell.register()
     try:
         await run_consumers(ctx, runtime, shell.info, ready=shell.ready, run=lambda: run_with_restarts(runtime, shell))
@@ -661,7 +660,7 @@ async def worker(ctx: ServiceContext) -> None:
             log.info("could not hand the symbols back (%r); their leases expire in %d ms", exc, shell.lease_ms)
 
 
-async def run_with_restarts(runtime: StreamRuntime, shell: AggregatorShell) -> None:
+async def run_with_restarts(runtime: StreamRuntime, shell: AggregatorService) -> None:
     """Run the runtime; when the core fails, cancel and start it again (it rewinds from Redis)."""
     keeper = asyncio.create_task(shell.keep_leases(), name="aggregator:leases")
     try:
@@ -671,7 +670,7 @@ async def run_with_restarts(runtime: StreamRuntime, shell: AggregatorShell) -> N
         await asyncio.gather(keeper, return_exceptions=True)
 
 
-async def _run_until_stopped(runtime: StreamRuntime, shell: AggregatorShell) -> None:
+async def _run_until_stopped(runtime: StreamRuntime, shell: AggregatorService) -> None:
     while True:
         run_task = asyncio.create_task(runtime.run(), name="aggregator:runtime")
         restart_task = asyncio.create_task(shell.restart_requested.wait(), name="aggregator:restart")

@@ -62,6 +62,7 @@ from unistream_common.packets import (
 from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
+from unistream_common.timeframes import TIMEFRAMES
 from unistream_features.core import FeatureConfig, FeatureEngine, TrainingChain
 from unistream_features.settings import FeaturesSettings
 from unistream_model.cnn import MODEL_NAME, ModelRejected
@@ -85,7 +86,6 @@ MODEL_SCAN = 50  # newest registry entries looked at per poll
 HISTORY_PAGE = 1_000
 RECENT_TRAINING = 100  # the seed's in-process buffers
 RECENT_UI = 50
-BAR_TIMEFRAMES = ("1s", "1m", "1h", "1d")
 
 
 def wall_ms() -> int:
@@ -153,7 +153,7 @@ class FeaturesService:
         self.consumer = self.runtime.register_consumer(
             keys.GROUP_FEATURES,
             self.on_messages,
-            ["ticks", *(f"bars:{tf}" for tf in BAR_TIMEFRAMES)],
+            ["ticks", *(f"bars:{tf}" for tf in TIMEFRAMES)],
             options=ConsumerOptions(
                 batch_size=READ_BATCH, timer_interval_s=self.settings.cycle_ms / 1000, claim_idle_ms=0
             ),
@@ -202,14 +202,14 @@ class FeaturesService:
         for symbol in self.settings.symbols:
             mark = marks.get(symbol, 0)
             bars.extend(await self._read_history(symbol))
-            for tf in BAR_TIMEFRAMES:
+            for tf in TIMEFRAMES:
                 bars.extend(await self._rewind_bars(symbol, tf, mark))
             await self._rewind_ticks(symbol, mark)
         self.engine.rebuild(bars, [], marks, wall_ms())
         for symbol in self.settings.symbols:
             log.info(
                 "%s: training packets exist until %d; buffered %s",
-                symbol, marks.get(symbol, 0), {tf: self.engine.windows.size(symbol, tf) for tf in BAR_TIMEFRAMES},
+                symbol, marks.get(symbol, 0), {tf: self.engine.windows.size(symbol, tf) for tf in TIMEFRAMES},
             )  # fmt: skip
         self._count_events()
 
@@ -267,7 +267,7 @@ class FeaturesService:
 
     async def _read_history(self, symbol: str) -> list[Bar]:
         out: list[Bar] = []
-        for tf in keys.HISTORY_TIMEFRAMES:
+        for tf in TIMEFRAMES:
             stream = keys.history(symbol, tf)
             entries = await self.cmd.xrevrange(stream, "+", "-", count=self.engine.windows.capacity[tf])
             if entries:
@@ -278,7 +278,7 @@ class FeaturesService:
     async def poll_history(self, now_ms: int) -> None:
         """Take in history bars that ingest wrote since the last look."""
         for symbol in self.settings.symbols:
-            for tf in keys.HISTORY_TIMEFRAMES:
+            for tf in TIMEFRAMES:
                 stream = keys.history(symbol, tf)
                 seen = self._history_seen.get(stream)
                 lower = "(" + seen if seen else "-"
@@ -488,7 +488,7 @@ class FeaturesService:
                     "ticks_cached": len(x.cache),
                     "ticks_queued": len(x.pending),
                     "bars_queued": len(x.queue),
-                    "bars_buffered": {tf: engine.windows.size(sym, tf) for tf in BAR_TIMEFRAMES},
+                    "bars_buffered": {tf: engine.windows.size(sym, tf) for tf in TIMEFRAMES},
                     "ticks_seen": x.ticks_seen,
                     "bars_seen": x.bars_seen,
                     "training_packets": x.training_packets,

@@ -4,8 +4,10 @@ The features service needs a few hundred bars of each timeframe before its windo
 Ingest provides them once at start, from the same source as its ticks:
 
 - ``binance``: the venue's klines (``GET /api/v3/klines``), source ``REAL``;
-- ``replay``: bars built from the replay files themselves (1s and 1m from the trades, in one read
-  of the files; 1h and 1d rolled up from the minutes), source ``REPLAY``. They cover only the
+- ``replay``: bars built from the replay files themselves with the bar core
+  (:mod:`unistream_common.bars`, the aggregator's arithmetic: the aggregator makes the same bars
+  of the same trades; 1s and 1m from the trades, in one read of the files; 1h and 1d rolled up
+  from the minutes), source ``REPLAY``. They cover only the
   files' span, and it is the same span the replay then plays as ticks: the history is not
   "before" the replayed trades but beside them (a consumer that trains on the replay sees those
   bars twice, once as history and once rebuilt live by the aggregator);
@@ -23,9 +25,9 @@ Failure policy: history is an aid, not a requirement. A failure (venue unreachab
 malformed response, unreadable file, Redis error) is logged and counted, and the service runs on
 without it; consumers must cope with a short or empty history stream.
 
-The builders (:func:`bars_from_klines`, :func:`bars_from_trades`, :func:`rollup_bars`,
-:func:`synthetic_history`) are pure: time comes in as an argument. Only :func:`fetch_kline_history`,
-:func:`publish_history` and :func:`provide_history` do I/O. Times are integer ms since the epoch (UTC).
+The builders (:func:`bars_from_klines`, :func:`bars_from_trades`, :func:`synthetic_history`) are
+pure: time comes in as an argument. Only :func:`fetch_kline_history`, :func:`publish_history` and
+:func:`provide_history` do I/O. Times are integer ms since the epoch (UTC).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from unistream_common import codec, keys
+from unistream_common.bars import SECOND_MS, BarAccumulator, roll_up, sum_trades
 from unistream_common.packets import Bar, Source
 from unistream_common.redisio import REDIS_ERRORS, is_id_too_small
 from unistream_common.stats import Stats
@@ -68,7 +71,6 @@ from unistream_ingest.venue import ParseError, RawTrade
 
 log = logging.getLogger(__name__)
 
-MINUTE_MS = keys.TIMEFRAME_MS["1m"]
 MAX_KLINES_LIMIT = 1_000  # Binance's largest ``limit`` for /api/v3/klines
 # Klines asked for beyond count + 1, one per interval of this: a fetch made up to this long after
 # ``now_ms`` (a 429 waited out, several symbols in turn) still ends at ``now_ms`` with ``count`` bars.
@@ -85,8 +87,8 @@ class HistoryError(RuntimeError):
 
 
 def _span_ms(timeframe: str) -> int:
-    if timeframe not in keys.HISTORY_TIMEFRAMES:
-        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(keys.HISTORY_TIMEFRAMES)}")
+    if timeframe not in keys.TIMEFRAMES:
+        raise ValueError(f"{timeframe!r} is not a history timeframe; use one of {', '.join(keys.TIMEFRAMES)}")
     return keys.TIMEFRAME_MS[timeframe]
 
 
@@ -232,182 +234,164 @@ async def fetch_kline_history(
 # --- replay files --------------------------------------------------------------------------------
 
 
-def _bar_from_sums(
-    symbol: str, timeframe: str, open_ms: int, o: float, h: float, lo: float, c: float,
-    volume: float, quote_volume: float, count: int, taker: float, source: Source, incomplete: bool = False,
-) -> Bar:  # fmt: skip
-    span = keys.TIMEFRAME_MS[timeframe]
-    if count == 0:
-        return Bar(
-            symbol=symbol, timeframe=timeframe, open_time_ms=open_ms, close_time_ms=open_ms + span,  # type: ignore[arg-type]
-            open=c, high=c, low=c, close=c, volume=0.0, quote_volume=0.0, trade_count=0, vwap=c,
-            taker_buy_volume=0.0, filled=True, source=source, is_history=True, incomplete=incomplete,
-        )  # fmt: skip
-    vwap = _clamp(quote_volume / volume, lo, h) if volume > 0 else c
-    return Bar(
-        symbol=symbol, timeframe=timeframe, open_time_ms=open_ms, close_time_ms=open_ms + span,  # type: ignore[arg-type]
-        open=o, high=h, low=lo, close=c, volume=volume, quote_volume=quote_volume, trade_count=count, vwap=vwap,
-        taker_buy_volume=min(taker, volume), filled=False, source=source, is_history=True, incomplete=incomplete,
-    )  # fmt: skip
-
-
-TradeRow = tuple[int, float, float, bool, int]  # ts_event_ms, price, size, buyer_is_maker, count
-_Sums = tuple[int, float, float, float, float, float, float, int, float]  # open_ms, o, h, l, c, vol, quote, n, taker
 ROWS_PER_CHUNK = 8_192  # rows per chunk of RawTrade input (the files come in their own blocks of ~8,000)
+_HIGHER_FROM_MINUTES = ("1h", "1d")  # rolled up from the closed minutes; 1s and 1m are summed from the trades
 
 
-class _ColumnRows:
-    """One block of the replay files as rows, iterable more than once (no object per trade: 4x faster)."""
-
-    __slots__ = ("_c",)
-
-    def __init__(self, columns: TradeColumns) -> None:
-        self._c = columns
-
-    def __iter__(self) -> Iterator[TradeRow]:
-        c = self._c
-        return zip(c.ts_event_ms, c.price, c.size, c.buyer_is_maker, c.count)
-
-
-def _trade_chunks(trades: Iterable[RawTrade]) -> Iterator[list[TradeRow]]:
-    """Trades as chunks of rows, at most :data:`ROWS_PER_CHUNK` to a chunk."""
+def _trade_chunks(trades: Iterable[RawTrade]) -> Iterator[TradeColumns]:
+    """Trades as column chunks, at most :data:`ROWS_PER_CHUNK` rows to a chunk."""
     it = iter(trades)
-    while chunk := [(t.ts_event_ms, t.price, t.size, t.buyer_is_maker, t.count) for t in islice(it, ROWS_PER_CHUNK)]:
+    while rows := list(islice(it, ROWS_PER_CHUNK)):
+        chunk = TradeColumns()
+        chunk.trade_id = [t.trade_id for t in rows]
+        chunk.price = [t.price for t in rows]
+        chunk.size = [t.size for t in rows]
+        chunk.buyer_is_maker = [t.buyer_is_maker for t in rows]
+        chunk.ts_event_ms = [t.ts_event_ms for t in rows]
+        chunk.count = [t.count for t in rows]
         yield chunk
 
 
-def _file_chunks(paths: Sequence[str]) -> Iterator[_ColumnRows]:
-    """The replay files' trades merged as the replay reads them, a block of rows at a time."""
-    return map(_ColumnRows, read_columns_in_time_order(paths))
+class _Series:
+    """Closed bars of one timeframe, oldest first, the intervals between them filled with flat bars
+    at the last close; with ``keep``, only the last ``keep`` (a run of empty intervals longer than
+    that is filled only in its last ``keep``)."""
+
+    __slots__ = ("bars", "keep", "last", "span")
+
+    def __init__(self, span_ms: int, keep: int | None) -> None:
+        self.span, self.keep = span_ms, keep
+        self.bars: deque[BarAccumulator] = deque(maxlen=keep)
+        self.last: BarAccumulator | None = None  # the newest bar, kept or not: where filling starts
+
+    def copy(self) -> _Series:
+        other = _Series(self.span, self.keep)
+        other.bars = self.bars.copy()
+        other.last = self.last
+        return other
+
+    def add(self, bar: BarAccumulator, partial: bool = False) -> None:
+        """Append ``bar`` after filling the intervals before it; a ``partial`` bar (the trades start
+        inside it) is left out, but the empty intervals after it are filled at its close."""
+        self.fill_to(bar.open_ms)
+        if not partial:
+            self.bars.append(bar)
+        self.last = bar
+
+    def fill_to(self, stop_ms: int) -> None:
+        """Flat bars for the empty intervals after the last bar that open before ``stop_ms`` (aligned)."""
+        last = self.last
+        if last is None:
+            return
+        first = last.open_ms + self.span
+        if self.keep is not None:
+            first = max(first, stop_ms - self.keep * self.span)
+        flats = [BarAccumulator.flat(t, last.close, last.source) for t in range(first, stop_ms, self.span)]
+        if flats:
+            self.bars.extend(flats)
+            self.last = flats[-1]
 
 
-class _BarBuilder:
-    """Closed bars of one span (1s or 1m) from time-ordered trade rows, fed a chunk at a time.
+class _ReplayBars:
+    """Closed 1s, 1m, 1h and 1d bars from time-ordered trade columns, fed a chunk at a time.
 
-    Chunks, not one iterator, so that one read of the replay files feeds a builder per span. The
-    conventions are :func:`bars_from_trades`'s. With ``keep``, only the last ``keep`` bars are
-    held and made (a day of 1s bars is 86,400; history wants a few hundred): a bar is kept as its
-    sums until :meth:`finish`, and a run of empty intervals longer than ``keep`` is filled only
-    in its last ``keep``.
+    Chunks, so that one read of the replay files feeds every timeframe. The bars are the bar core's
+    (:mod:`unistream_common.bars`), made as the aggregator makes them: 1s and 1m bars summed from
+    the trades in one vectorised step per chunk (:func:`~unistream_common.bars.sum_trades`; a 1m
+    bar of the trades is the roll-up of their 1s bars: sums are exact), 1h and 1d rolled up from
+    the closed minutes (:func:`~unistream_common.bars.roll_up`). The conventions are
+    :func:`bars_from_trades`'. With ``keep``, only the last ``keep`` bars of each timeframe are held
+    and made (a day of 1s bars is 86,400; history wants a few hundred).
     """
 
-    def __init__(self, symbol: str, timeframe: str, source: Source, keep: int | None = None) -> None:
-        if timeframe not in ("1s", "1m"):
-            raise ValueError(f"bars are built from trades for 1s and 1m only, not {timeframe!r}")
+    def __init__(self, symbol: str, source: Source, keep: int | None = None) -> None:
         if keep is not None and keep <= 0:
             raise ValueError(f"keep must be positive or None, not {keep}")
-        self.symbol, self.timeframe, self.source, self.keep = symbol, timeframe, source, keep
-        self.span = keys.TIMEFRAME_MS[timeframe]
-        self._done: deque[_Sums] = deque(maxlen=keep)  # closed intervals, oldest first
-        self._cur = -1  # open time of the bar being built; -1: none yet
-        self._o = self._h = self._lo = self._c = self._volume = self._quote = self._taker = 0.0
-        self._n = 0
+        self.symbol, self.source, self.keep = symbol, source, keep
+        self._series = {tf: _Series(keys.TIMEFRAME_MS[tf], keep) for tf in keys.TIMEFRAMES}
+        self._open: dict[str, BarAccumulator] = {}  # the 1s and the 1m bar holding the newest trade
+        self._forming: dict[str, BarAccumulator] = {}  # 1h and 1d bars rolled up from the closed minutes so far
+        self._first_minute_ms = -1  # open of the first minute: a longer bar opening before it is partial
 
-    def _fill(self, first_open: int, stop: int, c: float) -> None:
-        """Flat filled intervals at ``c`` opening in [first_open, stop): the last ``keep`` of them at most."""
-        span = self.span
-        if self.keep is not None:
-            first_open = max(first_open, stop - self.keep * span)
-        self._done.extend((t, c, c, c, c, 0.0, 0.0, 0, 0.0) for t in range(first_open, stop, span))
+    def feed(self, chunk: TradeColumns) -> None:
+        """Take the next trades (time ordered, after those fed before)."""
+        ts = np.asarray(chunk.ts_event_ms, np.int64)
+        price = np.asarray(chunk.price, np.float64)
+        size = np.asarray(chunk.size, np.float64)
+        # The replay's validator rejects these too; a bar must not rest on them.
+        valid = (price > 0) & (size > 0)
+        second = ts - ts % SECOND_MS
+        newest = self._open["1s"].open_ms if "1s" in self._open else -1
+        # Late: a trade of an earlier second than a trade before it, dropped as the aggregator drops it.
+        reached = np.maximum(np.maximum.accumulate(np.where(valid, second, -1)), newest)
+        keep = valid & (second >= reached)
+        bought = ~np.asarray(chunk.buyer_is_maker, bool)  # Binance m=false: the taker bought
+        count = np.asarray(chunk.count, np.int64)
+        if not keep.all():
+            ts, price, size, bought, count = ts[keep], price[keep], size[keep], bought[keep], count[keep]
+        for tf in ("1s", "1m"):
+            # The last keep + 1 seconds hold every 1s bar that can be kept: older ones are summed only
+            # to be dropped. Minutes are all summed: the hours and days are made of them.
+            last = self.keep + 1 if tf == "1s" and self.keep is not None else None
+            parts = sum_trades(ts, price, size, bought, keys.TIMEFRAME_MS[tf], self.source, count, last)
+            if not parts:
+                continue
+            if self._first_minute_ms < 0 and tf == "1m":
+                self._first_minute_ms = parts[0].open_ms
+            current = self._open.get(tf)
+            if current is not None and parts[0].open_ms == current.open_ms:
+                current.add_bar(parts.pop(0))  # the chunk goes on with the bar the last one ended in
+            if parts:
+                if current is not None:
+                    self._close(tf, current)
+                for part in parts[:-1]:
+                    self._close(tf, part)
+                self._open[tf] = parts[-1]
 
-    def feed(self, rows: Iterable[TradeRow]) -> None:
-        """Take the next rows (time ordered, after those fed before)."""
-        span, done = self.span, self._done
-        cur, o, h, lo, c = self._cur, self._o, self._h, self._lo, self._c
-        volume, quote, n, taker = self._volume, self._quote, self._n, self._taker
-        for ts, p, size, buyer_is_maker, count in rows:
-            if not (p > 0 and size > 0):
-                continue  # the replay's validator rejects these too; a bar must not rest on them
-            bar_open = ts - ts % span
-            if bar_open != cur:
-                if bar_open < cur:
-                    continue  # older than the bar being built: late, as the aggregator drops it
-                if cur >= 0:
-                    done.append((cur, o, h, lo, c, volume, quote, n, taker))
-                    if bar_open > cur + span:
-                        # Intervals without trades: flat filled bars at the last close, so the series is regular.
-                        self._fill(cur + span, bar_open, c)
-                cur = bar_open
-                o = h = lo = p
-                volume = quote = taker = 0.0
-                n = 0
-            if p > h:
-                h = p
-            elif p < lo:
-                lo = p
-            c = p
-            volume += size
-            quote += p * size
-            n += count
-            if not buyer_is_maker:  # Binance m=false: the taker bought
-                taker += size
-        self._cur, self._o, self._h, self._lo, self._c = cur, o, h, lo, c
-        self._volume, self._quote, self._n, self._taker = volume, quote, n, taker
+    def _close(self, timeframe: str, bar: BarAccumulator) -> None:
+        self._series[timeframe].add(bar)
+        if timeframe == "1m":
+            for tf, done in roll_up(self._forming, bar, "1m", _HIGHER_FROM_MINUTES):
+                self._close_higher(tf, done)
 
-    def finish(self, end_ms: int | None) -> list[Bar]:
-        """The closed bars, oldest first: the bar being built and the empty intervals after it only
-        when ``end_ms`` says the trades are complete up to then (see :func:`bars_from_trades`)."""
-        span, cur, c = self.span, self._cur, self._c
-        sums: deque[_Sums] = deque(self._done, maxlen=self.keep)
-        if cur >= 0 and end_ms is not None and cur + span <= end_ms:
-            sums.append((cur, self._o, self._h, self._lo, c, self._volume, self._quote, self._n, self._taker))
-            last_end = end_ms - end_ms % span
-            first = cur + span if self.keep is None else max(cur + span, last_end - self.keep * span)
-            sums.extend((t, c, c, c, c, 0.0, 0.0, 0, 0.0) for t in range(first, last_end, span))
-        return [_bar_from_sums(self.symbol, self.timeframe, *s, self.source) for s in sums]
+    def _close_higher(self, timeframe: str, bar: BarAccumulator) -> None:
+        # A bar opening before the first trade's minute is partial (the trades start inside it).
+        self._series[timeframe].add(bar, partial=bar.open_ms < self._first_minute_ms)
 
+    def _copy(self) -> _ReplayBars:
+        other = _ReplayBars(self.symbol, self.source, self.keep)
+        other._series = {tf: s.copy() for tf, s in self._series.items()}
+        other._open = {tf: msgspec.structs.replace(b) for tf, b in self._open.items()}
+        other._forming = {tf: msgspec.structs.replace(b) for tf, b in self._forming.items()}
+        other._first_minute_ms = self._first_minute_ms
+        return other
 
-def rollup_bars(minute_bars: Sequence[Bar], timeframe: str) -> list[Bar]:
-    """Roll consecutive 1m bars up into ``timeframe`` bars (UTC aligned), oldest first.
+    def finish(self, end_ms: int | None) -> dict[str, list[Bar]]:
+        """The closed bars of every timeframe, oldest first (the builder can go on being fed).
 
-    A bar is built only for an interval that every one of its minutes covers (60 for 1h, 1,440
-    for 1d): an interval the data starts or ends inside is left out rather than passed off as
-    whole. Filled (empty) minutes do not set open, high or low, but their close carries the last
-    price; a bar made only of filled minutes is itself filled. Volumes, quote volume, trade count
-    and taker buy volume are sums; vwap = quote volume / volume; ``incomplete`` if any minute was.
-    """
-    span = _span_ms(timeframe)
-    if span < MINUTE_MS:
-        raise ValueError(f"rollup_bars makes 1m, 1h or 1d bars from 1m bars, not {timeframe} bars")
-    if timeframe == "1m":
-        return list(minute_bars)
-    need = span // MINUTE_MS
-    out: list[Bar] = []
-    group: list[Bar] = []
-
-    def flush() -> None:
-        if len(group) != need:
-            return
-        real = [b for b in group if not b.filled]
-        first = group[0]
-        c = group[-1].close
-        if real:
-            o, h, lo = real[0].open, max(b.high for b in real), min(b.low for b in real)
-        else:
-            o = h = lo = c
-        out.append(
-            _bar_from_sums(
-                first.symbol, timeframe, first.open_time_ms - first.open_time_ms % span, o, h, lo, c,
-                math.fsum(b.volume for b in group), math.fsum(b.quote_volume for b in group),
-                sum(b.trade_count for b in group), math.fsum(b.taker_buy_volume for b in group), first.source,
-                any(b.incomplete for b in group),
-            )
-        )  # fmt: skip
-
-    cur = -1
-    prev_open = -1
-    for bar in minute_bars:
-        if bar.timeframe != "1m":
-            raise ValueError(f"rollup_bars takes 1m bars, was given a {bar.timeframe} bar")
-        bar_open = bar.open_time_ms - bar.open_time_ms % span
-        if bar_open != cur or bar.open_time_ms != prev_open + MINUTE_MS:
-            flush()  # a missing minute also ends the group: it is then short and left out
-            group = []
-            cur = bar_open
-        group.append(bar)
-        prev_open = bar.open_time_ms
-    flush()
-    return out
+        Without ``end_ms``, the bars up to the second holding the last trade, which is left out;
+        with it, the trades are complete up to then and every bar closing by ``end_ms`` is kept
+        (see :func:`bars_from_trades`).
+        """
+        if "1s" not in self._open:
+            return {tf: [] for tf in keys.TIMEFRAMES}
+        done = self._copy()
+        stop = done._open["1s"].open_ms  # the last trade's second proves every earlier interval over
+        if end_ms is not None:
+            stop = max(stop, end_ms)
+            for tf in ("1s", "1m"):
+                bar = done._open[tf]
+                if bar.open_ms + keys.TIMEFRAME_MS[tf] <= end_ms:
+                    done._close(tf, bar)
+        for tf in _HIGHER_FROM_MINUTES:
+            bar = done._forming.get(tf)
+            if bar is not None and bar.open_ms + keys.TIMEFRAME_MS[tf] <= stop:  # its last minutes had no trades
+                done._close_higher(tf, bar)
+        out: dict[str, list[Bar]] = {}
+        for tf, series in done._series.items():
+            series.fill_to(stop - stop % series.span)
+            out[tf] = [b.to_bar(self.symbol, tf, is_history=True) for b in series.bars]
+        return out
 
 
 def bars_from_trades(
@@ -419,25 +403,26 @@ def bars_from_trades(
 ) -> list[Bar]:
     """Archive trades (time ordered, one symbol) -> closed ``timeframe`` bars, oldest first.
 
-    Bars are left-closed UTC-aligned intervals [open, open + span). Within the trades' span a
-    second (1s) or minute (1m) without trades is a filled bar at the last close, so the series is
-    regular. The bar holding the last trade is dropped (the data may stop inside it) unless
-    ``end_ms`` says the trades are complete up to then: then every bar closing at or before
-    ``end_ms`` is kept, empty intervals after the last trade included. 1s and 1m bars are built
-    from the trades; 1h and 1d bars are rolled up from the 1m bars (:func:`rollup_bars`), so they
-    exist only for intervals the trades cover in full.
+    The bars are the bar core's (:mod:`unistream_common.bars`): the aggregator's bars of the same
+    trades. Left-closed UTC-aligned intervals [open, open + span); within the trades' span an
+    interval without trades is a filled bar at the last close, so the series is regular. The bar
+    holding the last trade is dropped (the data may stop inside it) unless ``end_ms`` says the
+    trades are complete up to then: then every bar closing at or before ``end_ms`` is kept, empty
+    intervals after the last trade included. 1h and 1d bars are rolled up from the 1m bars, and
+    exist only for intervals the trades cover in full (from the first trade's minute on).
 
-    Trades with a non-positive price or size, and trades older than the bar being built (late),
-    are skipped. ``trade_count`` sums each trade's ``count`` (aggTrades stand for several);
-    ``taker_buy_volume`` sums the sizes where the buyer was the taker (``buyer_is_maker`` false).
+    Trades with a non-positive price or size, and trades of an earlier second than a trade before
+    them (late), are skipped. ``trade_count`` sums each trade's ``count`` (aggTrades stand for
+    several); ``taker_buy_volume`` sums the sizes where the buyer was the taker (``buyer_is_maker``
+    false); quote volumes sum each trade's notional as Binance reports it (price x size truncated
+    to 8 decimals).
     """
     _span_ms(timeframe)
     keys.check_symbol(symbol)
-    builder = _BarBuilder(symbol, "1s" if timeframe == "1s" else "1m", source)
+    builder = _ReplayBars(symbol, source)
     for chunk in _trade_chunks(trades):
         builder.feed(chunk)
-    bars = builder.finish(end_ms)
-    return bars if timeframe == "1s" else rollup_bars(bars, timeframe)
+    return builder.finish(end_ms)[timeframe]
 
 
 # --- the simulator's past ------------------------------------------------------------------------
@@ -595,22 +580,12 @@ async def publish_history(
 SourceKind = Literal["binance", "replay", "synthetic"]
 
 
-def _replay_history(
-    chunks: Callable[[], Iterable[Iterable[TradeRow]]], symbol: str, count: int
-) -> dict[str, list[Bar]]:
-    """The last ``count`` bars of every history timeframe from one read of the trades: each chunk
-    (iterable more than once) feeds the 1s and the 1m builder; 1h and 1d are rolled up from the 1m bars."""
-    seconds = _BarBuilder(symbol, "1s", "REPLAY", keep=count)
-    minutes = _BarBuilder(symbol, "1m", "REPLAY")
+def _replay_history(chunks: Callable[[], Iterable[TradeColumns]], symbol: str, count: int) -> dict[str, list[Bar]]:
+    """The last ``count`` bars of every timeframe from one read of the trades (``chunks()``)."""
+    builder = _ReplayBars(symbol, "REPLAY", keep=count)
     for chunk in chunks():
-        seconds.feed(chunk)
-        minutes.feed(chunk)
-    built = {"1s": seconds.finish(None)}
-    minute_bars = minutes.finish(None)
-    for tf in keys.HISTORY_TIMEFRAMES:
-        if tf != "1s":
-            built[tf] = rollup_bars(minute_bars, tf)[-count:]
-    return {tf: built[tf] for tf in keys.HISTORY_TIMEFRAMES}
+        builder.feed(chunk)
+    return builder.finish(None)
 
 
 async def provide_history(
@@ -666,7 +641,7 @@ async def provide_history(
         client = http if http is not None else httpx.AsyncClient(timeout=HTTP_TIMEOUT_S)
         try:
             for symbol in symbols:
-                for tf in keys.HISTORY_TIMEFRAMES:
+                for tf in keys.TIMEFRAMES:
                     try:
                         built[(symbol, tf)] = await fetch_kline_history(
                             settings.binance_rest_url, symbol, tf, count, client, now_ms=now_ms
@@ -680,21 +655,21 @@ async def provide_history(
         symbol = symbols[0]
         paths = settings.replay_paths
 
-        def factory() -> Iterable[Iterable[TradeRow]]:
+        def factory() -> Iterable[TradeColumns]:
             if replay_trades_factory is not None:
                 return _trade_chunks(replay_trades_factory())
-            return _file_chunks(paths)
+            return read_columns_in_time_order(paths)  # merged as the replay reads them
 
         try:
             by_tf = await asyncio.to_thread(_replay_history, factory, symbol, count)
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            failed(symbol, keys.HISTORY_TIMEFRAMES, f"replay files unreadable: {type(exc).__name__}: {exc}")
+            failed(symbol, keys.TIMEFRAMES, f"replay files unreadable: {type(exc).__name__}: {exc}")
         else:
             built.update(((symbol, tf), bars) for tf, bars in by_tf.items())
     elif source_kind == "synthetic":
         prices = start_prices or {}
         for symbol in symbols:
-            for tf in keys.HISTORY_TIMEFRAMES:
+            for tf in keys.TIMEFRAMES:
                 try:
                     built[(symbol, tf)] = synthetic_history(
                         symbol, settings.seed, now_ms, tf, count, prices.get(symbol)
