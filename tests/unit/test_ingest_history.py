@@ -16,7 +16,6 @@ from unistream_common import codec, keys
 from unistream_common.bars import BarAccumulator, roll_up
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_ingest.binance.parsing import Kline, parse_rest_klines
-from unistream_ingest.core import spec_for
 from unistream_ingest.history import (
     LATE_FETCH_MS,
     HistoryError,
@@ -31,6 +30,7 @@ from unistream_ingest.history import (
     synthetic_history,
 )
 from unistream_ingest.settings import IngestSettings
+from unistream_ingest.synthetic import spec_for
 from unistream_ingest.venue import RawTrade
 
 DAY_MS = 86_400_000

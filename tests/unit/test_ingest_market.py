@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from unistream_common.packets import Tick
-from unistream_ingest.core import SyntheticMarket, TickBuffer
+from unistream_ingest.core import TickBuffer
+from unistream_ingest.synthetic import SyntheticMarket
 
 T0 = 1_700_000_000_000  # a fixed epoch ms, aligned to the second
 SYMBOLS = ["ETHUSDT", "BTCUSDT"]

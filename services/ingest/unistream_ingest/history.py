@@ -55,7 +55,8 @@ from unistream_common.redisio import REDIS_ERRORS, is_id_too_small
 from unistream_common.stats import Stats
 from unistream_ingest.archive import TradeColumns, read_columns_in_time_order
 from unistream_ingest.binance.parsing import KLINES_PATH, Kline, parse_rest_klines, retry_after_s
-from unistream_ingest.core import (
+from unistream_ingest.settings import IngestSettings
+from unistream_ingest.synthetic import (
     GARCH_ALPHA,
     GARCH_BETA,
     GARCH_OMEGA,
@@ -66,7 +67,6 @@ from unistream_ingest.core import (
     T_DF,
     spec_for,
 )
-from unistream_ingest.settings import IngestSettings
 from unistream_ingest.venue import ParseError, RawTrade
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ def synthetic_history(
 
     The last bar closes at ``end_ms`` rounded down to the timeframe (so every bar is closed by
     ``end_ms``), and its close is ``end_price`` (default: the symbol's simulator start price,
-    :func:`~unistream_ingest.core.spec_for`): the simulated market starting at ``end_ms`` from that
+    :func:`~unistream_ingest.synthetic.spec_for`): the simulated market starting at ``end_ms`` from that
     price continues the history without a jump. Bars are oldest first, ``source="SYNTHETIC"``.
 
     The process is bar-level, with the simulator's parameters: log returns with a GARCH(1,1)

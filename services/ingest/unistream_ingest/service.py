@@ -48,12 +48,13 @@ from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.binance.rest import reachable
 from unistream_ingest.binance.websocket import BinanceLiveSource
-from unistream_ingest.core import SyntheticMarket, TickBuffer, TickSource, WrittenTicks
+from unistream_ingest.core import TickBuffer, TickSource, WrittenTicks
 from unistream_ingest.history import provide_history
 from unistream_ingest.livefeed import LiveFeed
 from unistream_ingest.record import Recorder
 from unistream_ingest.replay import ReplaySource
 from unistream_ingest.settings import IngestSettings
+from unistream_ingest.synthetic import SyntheticMarket
 from unistream_ingest.tickwrite import ROLLBACK_KEEP_MS, queue_batch, written
 
 log = logging.getLogger(__name__)
