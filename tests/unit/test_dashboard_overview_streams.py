@@ -110,14 +110,6 @@ def test_fmt_age_picks_a_readable_unit(age_ms: int | None, text: str) -> None:
     assert widgets.fmt_age(age_ms) == text
 
 
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [(1100.0, "1,100"), (0.0123456, "0.01235"), (0.05, "0.05"), (None, "n/a"), (math.nan, "nan"), (2.5e20, "2.5e+20")],
-)
-def test_fmt_metric_shows_counts_whole_and_losses_to_four_digits(value: float | None, text: str) -> None:
-    assert widgets.fmt_metric(value) == text
-
-
 def test_md_escape_neutralises_markdown_in_external_names() -> None:
     assert widgets.md_escape("cnn_v1*[x]$y") == r"cnn\_v1\*\[x\]\$y"
     assert widgets.md_escape("v3-2024.01") == "v3-2024.01"
@@ -126,12 +118,6 @@ def test_md_escape_neutralises_markdown_in_external_names() -> None:
 def test_redacted_hides_the_password_only() -> None:
     assert safe_url("redis://user:secret@redis:6379/0") == "redis://user:***@redis:6379/0"
     assert safe_url("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
-
-
-def test_id_key_orders_ids_as_redis_does() -> None:
-    assert widgets.id_key("10-0") > widgets.id_key("9-5")
-    assert widgets.id_key("10-1") > widgets.id_key("10-0")
-    assert widgets.id_ms("1700000000123-4") == 1_700_000_000_123
 
 
 def test_skipped_text_counts_and_explains_the_first_few() -> None:

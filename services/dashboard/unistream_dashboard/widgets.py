@@ -85,17 +85,6 @@ def fmt_age(age_ms: float | None) -> str:
     return f"{seconds / 86_400:.0f} d"
 
 
-def fmt_metric(value: float | None) -> str:
-    """A metric value: whole numbers with separators, others with 4 significant digits."""
-    if value is None:
-        return NA
-    if not math.isfinite(value):
-        return str(value)
-    if value == int(value) and abs(value) < 1e15:
-        return fmt_int(value)
-    return f"{value:.4g}"
-
-
 def fmt_fetch(ms: float) -> str:
     """How long a read took: ``0.4 ms``, ``12 ms``."""
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
@@ -116,12 +105,6 @@ def utc_datetime(ts_ms: int) -> datetime:
 def id_ms(entry_id: str) -> int:
     """Millisecond part of a stream entry id such as ``1700000000000-0``."""
     return int(entry_id.split("-", 1)[0])
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """Sort key of a stream entry id (``ms-seq``), so ids compare as Redis compares them."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def is_finite(value: float | None) -> bool:
