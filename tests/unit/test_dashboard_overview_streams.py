@@ -120,6 +120,10 @@ def test_redacted_hides_the_password_only() -> None:
     assert safe_url("redis://127.0.0.1:6380/0") == "redis://127.0.0.1:6380/0"
 
 
+def test_id_ms_is_the_time_part_of_an_entry_id() -> None:
+    assert widgets.id_ms("1700000000123-4") == 1_700_000_000_123
+
+
 def test_skipped_text_counts_and_explains_the_first_few() -> None:
     assert overview.skipped_text([]) is None
     items = [Skipped("ui:packets", f"{i}-0", "unknown packet type 'x'") for i in range(5)]
