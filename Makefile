@@ -35,6 +35,9 @@ venv: $(STAMP) ## create .venv with torch (CPU), the dev tools and every package
 $(STAMP): constraints.txt requirements-dev.txt $(LIBS:%=libs/%/pyproject.toml) $(SERVICES:%=services/%/pyproject.toml) tools/pyproject.toml | system
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -c constraints.txt torch==2.13.0 -r requirements-dev.txt $(LIBS:%=-e libs/%) $(SERVICES:%=-e services/%) -e tools
+	@# A .venv from before the tools package owned the `unistream` script: upgrading unistream-common
+	@# there removes the script that unistream-tools has just written, so write it again.
+	test -x $(VENV)/bin/unistream || $(VENV)/bin/pip install --no-deps -e tools
 	touch $@
 
 # After changing a pin in a pyproject.toml or requirements-dev.txt, change (or delete) its line in
