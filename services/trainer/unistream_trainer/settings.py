@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import Field, ValidationInfo, create_model, field_validator
@@ -53,7 +54,8 @@ def _dqn_fields() -> dict[str, Any]:
         hint = hints[name]
         if name == "hidden_sizes":  # "256,256" from the environment: split by the validator below
             hint = Annotated[hint, NoDecode]
-        text = docs[name]
+        # The docstring as Markdown for the configuration table: Sphinx roles and ``literals`` to `code`.
+        text = re.sub(r":[a-z]+:`", "`", docs[name]).replace("``", "`")
         fields[f"dqn_{name}"] = (hint, Field(defaults[name], description=text[:1].upper() + text[1:]))
     return fields
 
