@@ -238,6 +238,14 @@ class StatusLine:
     text: str
 
 
+def line_text(lines: tuple[StatusLine, ...], key: str) -> str:
+    """Text of the line named ``key`` of a card (raises KeyError when there is none)."""
+    for item in lines:
+        if item.key == key:
+            return item.text
+    raise KeyError(key)
+
+
 @dataclass(frozen=True)
 class SymbolStatus:
     """Everything the Training Data Stream panel shows for one symbol."""
@@ -267,10 +275,7 @@ class SymbolStatus:
 
     def line(self, key: str) -> str:
         """Text of the line named ``key`` (raises KeyError when there is none)."""
-        for item in self.lines:
-            if item.key == key:
-                return item.text
-        raise KeyError(key)
+        return line_text(self.lines, key)
 
 
 def _last_tick(batch: TickBatch | None) -> tuple[float | None, int | None]:
@@ -455,10 +460,8 @@ class ServiceHealth:
         return f":{HEALTH_COLOURS[self.state]}-badge[{self.state}]"
 
     def line(self, key: str) -> str:
-        for item in self.lines:
-            if item.key == key:
-                return item.text
-        raise KeyError(key)
+        """Text of the line named ``key`` (raises KeyError when there is none)."""
+        return line_text(self.lines, key)
 
 
 def fmt_uptime(ms: int | None) -> str:
