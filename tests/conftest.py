@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from unistream_tools.redis_server import RedisServer, start_redis
+from unistream_tools.redis_server import RedisCluster, RedisServer, start_cluster, start_redis
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,17 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real Redis Cluster of our own: 3 masters with a replica each on free ports, shared by a
+    module's tests (each test uses its own keys), stopped after."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1, appendonly=True)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 # The password of :func:`password_redis`: what `make deploy/.env` writes (hex, URL-safe).

@@ -55,6 +55,14 @@ def free_port() -> int:
             return port
 
 
+def free_cluster_port() -> int:
+    """A port for a cluster node: free, at most 55535, and with its cluster bus port (+10000) free."""
+    while True:
+        port = free_port()
+        if port <= 55535 and port_is_free(port + 10_000):
+            return port
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could listen on ``host``:``port`` now.
 
@@ -202,3 +210,179 @@ def start_redis(
         time.sleep(0.05)
     server.kill()
     raise RuntimeError(f"redis-server did not answer on port {port} within {timeout}s")
+
+
+def find_redis_cli(server_binary: str) -> str:
+    """Path of the redis-cli beside ``server_binary``, else on PATH; raises RedisNotFound."""
+    beside = Path(server_binary).with_name("redis-cli")
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    raise RedisNotFound("no redis-cli found (it comes with redis-server: apt-get install redis-server)")
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster of redis-server processes that this program started and will stop:
+    ``masters`` masters with ``replicas`` replicas each, on 127.0.0.1."""
+
+    nodes: list[RedisServer]
+    cli: str
+
+    @property
+    def url(self) -> str:
+        """The cluster's URL for unistream (``redis+cluster://`` and every node as a seed)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes) + "/0"
+
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def cli_run(self, port: int, *args: str, timeout: float = 30.0) -> str:
+        """``redis-cli -p port args...``: its output (raises on a non-zero exit)."""
+        done = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def masters(self, view: str | None = None) -> dict[int, list[tuple[int, int]]]:
+        """Live masters by port, with the slot ranges each serves, as the first node that answers
+        sees them (or as ``view``, a CLUSTER NODES reply, says)."""
+        out: dict[int, list[tuple[int, int]]] = {}
+        for line in (view if view is not None else self._cluster_nodes()).splitlines():
+            parts = line.split()
+            if "master" not in parts[2] or "fail" in parts[2]:
+                continue
+            port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+            ranges = []
+            for part in parts[8:]:
+                if part.startswith("["):
+                    continue  # a slot being migrated or imported
+                lo, _, hi = part.partition("-")
+                ranges.append((int(lo), int(hi or lo)))
+            out[port] = ranges
+        return out
+
+    def _cluster_nodes(self) -> str:
+        for n in self.nodes:
+            if n.process.poll() is None:
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    return self.cli_run(n.port, "cluster", "nodes", timeout=5)
+        raise RuntimeError("no node of the cluster answers")
+
+    def master_of(self, slot: int) -> int:
+        """Port of the master that serves ``slot`` now."""
+        for port, ranges in self.masters().items():
+            if any(lo <= slot <= hi for lo, hi in ranges):
+                return port
+        raise LookupError(f"no master serves slot {slot}")
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says ``cluster_state:ok`` and agrees on the masters' slots."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            live = [n for n in self.nodes if n.process.poll() is None]
+            try:
+                states = [self.cli_run(n.port, "cluster", "info", timeout=5) for n in live]
+                views = {self.cli_run(n.port, "cluster", "nodes", timeout=5).count("master") for n in live}
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                last = str(exc)
+            else:
+                if all("cluster_state:ok" in st for st in states) and len(views) == 1:
+                    return
+                last = next((st for st in states if "cluster_state:ok" not in st), "the nodes disagree")
+            time.sleep(0.2)
+        raise RuntimeError(f"the cluster was not ok within {timeout}s: {last[:500]}")
+
+    def wait_failover(self, dead_port: int, timeout: float = 30.0) -> float:
+        """Until the slots of the master at ``dead_port`` (killed) are served by a promoted replica
+        and the cluster is ok again; returns the seconds that took."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                live = [n for n in self.nodes if n.process.poll() is None]
+                views = [self.masters(self.cli_run(n.port, "cluster", "nodes", timeout=5)) for n in live]
+                if all(
+                    dead_port not in v and sum(hi - lo + 1 for r in v.values() for lo, hi in r) == 16_384 for v in views
+                ):
+                    self.wait_ok(timeout=max(0.1, deadline - time.monotonic()))
+                    return time.monotonic() - t0
+            time.sleep(0.1)
+        raise RuntimeError(f"no replica took over from the master on port {dead_port} within {timeout}s")
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def kill(self) -> None:
+        for n in self.nodes:
+            n.kill()
+
+
+def start_cluster(
+    data_dir: Path,
+    masters: int = 3,
+    replicas: int = 1,
+    appendonly: bool = False,
+    binary: str | None = None,
+    node_timeout_ms: int = 2_000,
+    preexec_fn: Callable[[], None] | None = None,
+) -> RedisCluster:
+    """Start a Redis Cluster of ``masters`` masters with ``replicas`` replicas each on free ports of
+    127.0.0.1 (redis-server's cluster mode, joined with ``redis-cli --cluster create``) and wait
+    until it serves every slot. ``node_timeout_ms`` is how long a silent master has before its
+    replica takes over (Redis's default is 15 s; 2 s here, so a failover is quick to test)."""
+    if masters < 3:
+        raise ValueError("Redis Cluster needs at least 3 masters")
+    binary = binary or find_redis_server()
+    cli = find_redis_cli(binary)
+    cluster_args = [
+        "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf",
+        "--cluster-node-timeout", str(node_timeout_ms),
+        # A replica whose link broke a while ago still may take over: better a cluster that
+        # serves (and whose losses unistream detects) than one that is down.
+        "--cluster-replica-validity-factor", "0",
+    ]  # fmt: skip
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(masters * (1 + replicas)):
+            nodes.append(
+                start_redis(
+                    data_dir / f"node-{i}",
+                    port=free_cluster_port(),
+                    appendonly=appendonly,
+                    binary=binary,
+                    preexec_fn=preexec_fn,
+                    extra_args=cluster_args,
+                )
+            )
+        cluster = RedisCluster(nodes, cli)
+        cluster.cli_run(
+            nodes[0].port,
+            "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+            "--cluster-replicas", str(replicas), "--cluster-yes",
+            timeout=60,
+        )  # fmt: skip
+        cluster.wait_ok()
+        # A replica counts once it is attached: wait for each master to see its replicas.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            roles = cluster._cluster_nodes()
+            if roles.count("slave") >= masters * replicas and "handshake" not in roles:
+                # ... and has its master's data (the first full sync is over).
+                links = [cluster.cli_run(n.port, "info", "replication", timeout=5) for n in nodes]
+                if all("role:master" in r or "master_link_status:up" in r for r in links):
+                    return cluster
+            time.sleep(0.2)
+        raise RuntimeError("the replicas did not join their masters within 30 s")
+    except BaseException:
+        for n in nodes:
+            n.kill()
+        raise

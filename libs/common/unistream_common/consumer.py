@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -60,8 +61,10 @@ from unistream_common.redisio import (
     autoclaim_reply,
     blocking_client,
     command_client,
+    is_cluster,
     is_id_too_small,
     read_reply,
+    refresh_topology,
     s,
 )
 from unistream_common.stats import Stats
@@ -300,9 +303,13 @@ class GroupConsumer:
     async def run(self) -> None:
         """Consume until cancelled, reconnecting through Redis outages."""
         delay = self.options.backoff_min_s
+        failed = False
         while True:
             connected_at: float | None = None
             try:
+                if failed:
+                    await self.runtime.refresh_topology()
+                failed = True
                 await self._setup()
                 await self._rewind()
                 await self._drain_pending()
@@ -358,16 +365,18 @@ class GroupConsumer:
                 self._burst_started = True
             while True:
                 streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
-                if not streams:
+                got = 0
+                for group in self.runtime.read_groups(streams):
+                    reply = await self.runtime.cmd.xreadgroup(
+                        self.group, self.consumer, dict.fromkeys(group, ">"), count=self.options.batch_size
+                    )
+                    batch = read_reply(reply)
+                    got += sum(len(entries) for _, entries in batch)
+                    if batch:
+                        await self._deliver(batch, {})
+                if not got:
                     break
-                reply = await self.runtime.cmd.xreadgroup(
-                    self.group, self.consumer, dict.fromkeys(streams, ">"), count=self.options.batch_size
-                )
-                batch = read_reply(reply)
-                if not batch:
-                    break
-                read += sum(len(entries) for _, entries in batch)
-                await self._deliver(batch, {})
+                read += got
             if self.on_timer is not None:
                 await self._run_timer(now_ms)
         return read
@@ -463,41 +472,64 @@ class GroupConsumer:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read_loop(self) -> None:
+        """Blocking reads of this consumer's streams, delivered as they come back.
+
+        One read covers every stream on a single Redis; on a cluster there is one read per hash
+        slot (StreamRuntime.read_groups), each under way on its own while the others' batches
+        are delivered, so a quiet symbol does not hold up a busy one and no command spans two
+        slots. A stream is never in two reads at once: its entries are delivered in order.
+        """
         opts = self.options
-        while True:
-            raise_if_cancel_lost()
-            now = time.monotonic()
-            if now >= self._next_claim:
-                self._next_claim = now + opts.claim_every_s
-                async with self._lock:
-                    await self._claim()
-            streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
-            if not streams:
-                # A dynamic consumer that owns nothing (yet): until add_stream or the next check.
-                self._streams_changed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._streams_changed.wait(), opts.block_ms / 1000)
-                continue
-            self._reading = set(streams)
-            try:
-                reply = await asyncio.wait_for(
-                    self.runtime.reader.xreadgroup(
-                        self.group, self.consumer, dict.fromkeys(streams, ">"), count=opts.batch_size,
-                        block=opts.block_ms,
-                    ),
-                    timeout=opts.block_ms / 1000 + 10,
-                )  # fmt: skip
-            finally:
-                self._reading = set()
+        reads: dict[tuple[str, ...], asyncio.Task[Any]] = {}
+        try:
+            while True:
+                raise_if_cancel_lost()
+                now = time.monotonic()
+                if now >= self._next_claim:
+                    self._next_claim = now + opts.claim_every_s
+                    async with self._lock:
+                        await self._claim()
+                streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
+                busy = {stream for group in reads for stream in group}
+                for group in self.runtime.read_groups(streams):
+                    if busy.isdisjoint(group):
+                        reads[tuple(group)] = asyncio.create_task(self._read(group))
+                if not reads:
+                    # A dynamic consumer that owns nothing (yet): until add_stream or the next check.
+                    self._streams_changed.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._streams_changed.wait(), opts.block_ms / 1000)
+                    continue
+                self._reading = {stream for group in reads for stream in group}
+                done, _ = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
+                replies = [reads.pop(group).result() for group in [g for g, task in reads.items() if task in done]]
+                self._reading = {stream for group in reads for stream in group}
                 self._read_done.set()
-            batch = read_reply(reply)
-            if batch:
-                async with self._lock:
-                    # A stream removed while the read was under way: its entries stay pending
-                    # for whoever reads that stream next.
-                    batch = [(stream, entries) for stream, entries in batch if stream in self.streams]
-                    await self._deliver(batch, {})
-            self.stats.set("consumer_last_read_ms", time.time() * 1000, **self._labels)
+                for reply in replies:
+                    batch = read_reply(reply)
+                    if batch:
+                        async with self._lock:
+                            # A stream removed while the read was under way: its entries stay pending
+                            # for whoever reads that stream next.
+                            batch = [(stream, entries) for stream, entries in batch if stream in self.streams]
+                            await self._deliver(batch, {})
+                self.stats.set("consumer_last_read_ms", time.time() * 1000, **self._labels)
+        finally:
+            for task in reads.values():
+                task.cancel()
+            await asyncio.gather(*reads.values(), return_exceptions=True)
+            self._reading = set()
+            self._read_done.set()
+
+    async def _read(self, streams: list[str]) -> Any:
+        """One blocking XREADGROUP of new entries of ``streams`` (all in one slot on a cluster)."""
+        return await asyncio.wait_for(
+            self.runtime.reader.xreadgroup(
+                self.group, self.consumer, dict.fromkeys(streams, ">"), count=self.options.batch_size,
+                block=self.options.block_ms,
+            ),
+            timeout=self.options.block_ms / 1000 + 10,
+        )  # fmt: skip
 
     def wake_at(self, wall_ms: float) -> None:
         """Run the timer at ``wall_ms`` (ms since the epoch) if that is before its next interval."""
@@ -684,14 +716,17 @@ class GroupConsumer:
     async def _commit(self, result: Result, delivered: list[Message]) -> None:
         """Write the result's packets and state, and acknowledge entries, in one MULTI.
 
-        With ``commit_per_slot`` the result is split by Redis Cluster hash tag and each part
-        goes out in a MULTI of its own (all keys of one part share a slot), in order.
+        With ``commit_per_slot``, and always on a Redis Cluster, the result is split by hash tag
+        and each part goes out in a MULTI of its own (all keys of one part share a slot), in
+        order: what a callback writes for one symbol is atomic with that symbol's
+        acknowledgements, not with another symbol's.
         """
         acks = result.ack if result.ack is not None else [(m.stream, m.id) for m in delivered]
         self._hold(delivered, acks)
         if not result.writes and not acks and not result.state:
             return
-        parts = split_by_slot(result, acks) if self.options.commit_per_slot else [dataclasses.replace(result, ack=acks)]
+        per_slot = self.options.commit_per_slot or self.runtime.cluster
+        parts = split_by_slot(result, acks) if per_slot else [dataclasses.replace(result, ack=acks)]
         for i, part in enumerate(parts):
             try:
                 await self._commit_part(part)
@@ -763,7 +798,8 @@ class GroupConsumer:
         while True:
             async with self.runtime.cmd.pipeline(transaction=True) as pipe:
                 await pipe.watch(*fence_keys)
-                values = await pipe.mget(fence_keys)
+                # One GET per key (a cluster pipeline refuses MGET); a part usually has one fence.
+                values = [await pipe.get(key) for key in fence_keys]
                 found = dict(zip(fence_keys, (None if v is None else s(v) for v in values)))
                 lost = [k for k in fence_keys if found[k] != fence_value(result.fence[k])]
                 if lost:
@@ -796,7 +832,23 @@ class GroupConsumer:
                 return replies[: len(replies) - len(moved)]
 
     async def _dead_letter(self, dead: list[tuple[str, str, dict[bytes, bytes], str]]) -> None:
-        pipe = self.runtime.cmd.pipeline(transaction=True)
+        """XADD each entry to its stream's dead-letter stream and XACK it, in one MULTI (on a
+        cluster one per stream: a tagged stream's dead letters share its slot)."""
+        by_stream: dict[str, list[tuple[str, str, dict[bytes, bytes], str]]] = defaultdict(list)
+        for item in dead:
+            by_stream[item[0] if self.runtime.cluster else ""].append(item)
+        for items in by_stream.values():
+            await self._dead_letter_part(items)
+        for stream, eid, _, _ in dead:
+            self.held.discard((stream, eid))
+        self.stats.inc("consumer_dead_lettered", len(dead), **self._labels)
+
+    async def _dead_letter_part(self, dead: list[tuple[str, str, dict[bytes, bytes], str]]) -> None:
+        # A stream without a hash tag has its dead letters in another slot: written first, then
+        # acknowledged (a crash between the two repeats a dead letter, never loses one).
+        atomic = not self.runtime.cluster or keys.hash_tag(dead[0][0]) == keys.hash_tag(keys.dlq(dead[0][0]))
+        pipe = self.runtime.cmd.pipeline(transaction=atomic)
+        acks = self.runtime.cmd.pipeline(transaction=False) if not atomic else pipe
         now = str(int(time.time() * 1000)).encode()
         for stream, eid, fields, reason in dead:
             entry = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in (fields or {}).items()}
@@ -811,12 +863,11 @@ class GroupConsumer:
                 }
             )
             pipe.xadd(keys.dlq(stream), entry, maxlen=DLQ_MAXLEN, approximate=True)
-            pipe.xack(stream, self.group, eid)
+            acks.xack(stream, self.group, eid)
             log.warning("%s: dead-lettered %s %s: %s", self.group, stream, eid, reason)
         await pipe.execute()
-        for stream, eid, _, _ in dead:
-            self.held.discard((stream, eid))
-        self.stats.inc("consumer_dead_lettered", len(dead), **self._labels)
+        if acks is not pipe:
+            await acks.execute()
 
 
 class StreamRuntime:
@@ -831,6 +882,7 @@ class StreamRuntime:
         self.consumer = consumer
         self.symbols = list(symbols)
         self.stats = stats
+        self.cluster = is_cluster(redis_url)
         self.cmd: aioredis.Redis = command_client(redis_url, name=consumer)
         self.reader: aioredis.Redis = blocking_client(redis_url, name=consumer + ":reader")
         self.consumers: list[GroupConsumer] = []
@@ -891,6 +943,25 @@ class StreamRuntime:
             if read == 0:
                 return total
         raise RuntimeError(f"the consumers still read entries after {max_rounds} rounds")
+
+    def read_groups(self, streams: Sequence[str]) -> list[list[str]]:
+        """``streams`` in the groups one XREADGROUP may read together: all of them on a single
+        Redis, those of one hash slot each on a cluster (in order of first appearance)."""
+        if not streams:
+            return []
+        if not self.cluster:
+            return [list(streams)]
+        groups: dict[int, list[str]] = {}
+        for stream in streams:
+            groups.setdefault(key_slot(stream.encode()), []).append(stream)
+        return list(groups.values())
+
+    async def refresh_topology(self) -> None:
+        """On a cluster, learn its slots and nodes again (after an outage: a failover may have
+        moved slots to a promoted replica); nothing on a single Redis."""
+        if self.cluster:
+            await refresh_topology(self.cmd)
+            await refresh_topology(self.reader)
 
     @property
     def ready(self) -> bool:

@@ -4,17 +4,24 @@
 - Automatic retries are off: a retried ``XADD *`` whose first reply was lost duplicates an
   entry, so callers retry at a level that knows whether a write is idempotent.
 - Blocking readers get their own connection with no socket timeout; BLOCK stays short.
+- A Redis Cluster is named by a URL of its own scheme, ``redis+cluster://[user:password@]host:port[,host:port...]``
+  (any reachable nodes; the client learns the rest): every factory here then returns redis-py's
+  cluster client with the same settings. It follows MOVED/ASK redirections and learns a new
+  topology after a failover; a command whose keys are in two hash slots fails (CROSSSLOT).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -23,6 +30,57 @@ PROTOCOL = 2
 # What a Redis call can raise when Redis is unreachable, restarting or refuses a command: callers
 # that retry or degrade catch these, and nothing broader.
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+CLUSTER_SCHEME = "redis+cluster"
+# What the clients' factories return: one node or a cluster.
+AsyncClient = aioredis.Redis | aiocluster.RedisCluster
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+
+
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://``)."""
+    return url.lower().startswith(CLUSTER_SCHEME + "://")
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A parsed ``redis+cluster://`` URL: seed nodes and credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Seed nodes and credentials of ``redis+cluster://[user:password@]host:port[,host:port...][/0]``.
+
+    Raises ValueError saying what is wrong: no node, a node without a port, a database other
+    than 0 (a cluster has only database 0), or query options (none are understood).
+    """
+    if not is_cluster(url):
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL")
+    rest = url[len(CLUSTER_SCHEME) + 3 :]
+    rest, _, query = rest.partition("?")
+    if query:
+        raise ValueError("a redis+cluster:// URL takes no ?options")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0: end the URL with /0 or nothing")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (unquote(user) or None), (unquote(pw) if colon else None)
+    nodes = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"cluster node {item.strip()!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ValueError("a redis+cluster:// URL names at least one node: redis+cluster://host:port,host:port")
+    return ClusterURL(tuple(nodes), username, password)
 
 
 def _common(url: str, name: str) -> dict[str, Any]:
@@ -35,32 +93,65 @@ def _common(url: str, name: str) -> dict[str, Any]:
     }
 
 
-def command_client(url: str, name: str = "unistream", timeout_s: float = 5.0) -> aioredis.Redis:
+def _async(url: str, name: str, timeout_s: float | None, connect_timeout_s: float) -> Any:
+    if is_cluster(url):
+        parsed = parse_cluster_url(url)
+        return aiocluster.RedisCluster(
+            startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in parsed.nodes],
+            username=parsed.username,
+            password=parsed.password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            **_common(url, name),
+        )
+    return aioredis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s, **_common(url, name)
+    )
+
+
+def command_client(url: str, name: str = "unistream", timeout_s: float = 5.0) -> Any:
     """Client for short commands and MULTI writes (socket timeout ``timeout_s``)."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **_common(url, name)
-    )
+    return _async(url, name, timeout_s, timeout_s)
 
 
-def blocking_client(url: str, name: str = "unistream-reader", connect_timeout_s: float = 5.0) -> aioredis.Redis:
+def blocking_client(url: str, name: str = "unistream-reader", connect_timeout_s: float = 5.0) -> Any:
     """Client for blocking XREADGROUP: no socket timeout, so BLOCK never races it."""
-    return aioredis.Redis.from_url(
-        url, socket_timeout=None, socket_connect_timeout=connect_timeout_s, **_common(url, name)
-    )
+    return _async(url, name, None, connect_timeout_s)
 
 
-def sync_client(url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: float | None = None) -> redis.Redis:
+def sync_client(url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: float | None = None) -> Any:
     """The synchronous client every non-asyncio caller uses (the dashboard, the operator tools,
     the start-up access check): RESP2 pinned (see PROTOCOL), bytes replies, no automatic retry
     (a caller that fails repeats at its own pace), socket timeout ``timeout_s`` seconds and
-    connect timeout ``connect_timeout_s`` (default: ``timeout_s``).
+    connect timeout ``connect_timeout_s`` (default: ``timeout_s``). A ``redis+cluster://`` URL
+    gives the cluster client (it connects to learn the topology when made).
     """
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
-        **_common(url, name),
-    )
+    connect = timeout_s if connect_timeout_s is None else connect_timeout_s
+    if is_cluster(url):
+        parsed = parse_cluster_url(url)
+        return redis.cluster.RedisCluster(
+            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in parsed.nodes],
+            username=parsed.username,
+            password=parsed.password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect,
+            **_common(url, name),
+        )
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect, **_common(url, name))
+
+
+async def refresh_topology(client: Any) -> None:
+    """Make a cluster client learn the cluster's slots and nodes again (nothing for one node).
+
+    redis-py re-learns them after a MOVED reply, but after a connection error it may go on
+    sending to a master that died until a command happens to take the path that refreshes:
+    callers that reconnect after an outage call this first, so the promoted replica is found.
+    """
+    if isinstance(client, aiocluster.RedisCluster):
+        await client.nodes_manager.initialize()  # picks a live master as the default node
+        # Commands whose keys move (XREADGROUP's) are parsed by the default node: one that died
+        # would fail them all, and that failure does not make redis-py refresh.
+        await client.commands_parser.initialize(client.get_default_node())
 
 
 def s(value: Any) -> str:
@@ -139,12 +230,13 @@ def access_problem(url: str, timeout_s: float = 3.0) -> str | None:
     password (:func:`safe_url`).
     """
     where = safe_url(url)
+    client = None
     try:
+        # A cluster client connects when made, so making it is inside the checks too.
         client = sync_client(url, "unistream-access-check", timeout_s)
+        client.ping()
     except ValueError:
         return None  # the settings validate the URL's shape; nothing to add here
-    try:
-        client.ping()
     except redis.AuthenticationError as exc:
         text = str(exc)
         if "without any password configured" in text:
@@ -160,7 +252,8 @@ def access_problem(url: str, timeout_s: float = 3.0) -> str | None:
     except (redis.RedisError, OSError):
         return None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     return None
 
 

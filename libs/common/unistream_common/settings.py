@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from unistream_common.containers import compose_replica
 from unistream_common.keys import check_symbol
+from unistream_common.redisio import is_cluster, parse_cluster_url, safe_url
 
 ENV_PREFIX = "UNISTREAM_"
 
@@ -37,7 +38,10 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server, redis://host:port/db")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis server, redis://host:port/db; a Redis Cluster: redis+cluster://host:port,host:port",
+    )
     symbols: Annotated[tuple[str, ...], NoDecode] = Field(
         ("ETHUSDT", "BTCUSDT"), description="Comma-separated venue symbols"
     )
@@ -68,9 +72,18 @@ class CommonSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
+        if is_cluster(value):
+            try:
+                parse_cluster_url(value)
+            except ValueError as exc:
+                raise ValueError(f"{safe_url(value)!r}: {exc}") from None
+            return value
         parsed = urlparse(value)
         if parsed.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{value!r} is not a Redis URL; use redis://host:port/db")
+            raise ValueError(
+                f"{value!r} is not a Redis URL; use redis://host:port/db, or "
+                "redis+cluster://host:port,host:port for a Redis Cluster"
+            )
         if parsed.scheme != "unix" and not parsed.hostname:
             raise ValueError(f"{value!r} has no host; use redis://host:port/db")
         return value
@@ -129,6 +142,8 @@ def describe_errors(cls: type[BaseSettings], exc: ValidationError) -> str:
             continue
         var = (prefix + str(err["loc"][0])).upper()
         got = err.get("input")
+        if isinstance(got, str) and "://" in got:
+            got = safe_url(got)  # a URL may carry a password
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) else ""
         lines.append(f"  {var}: {msg}{shown}")
     return "\n".join(lines)
