@@ -23,7 +23,7 @@ One run (~6 minutes on a 2-core machine):
    has adopted the newest model published before it was killed);
 5. waits for the replay to end and the bars to settle, then checks: the tick stream holds every
    valid trade exactly once; every valid trade is in exactly one 1s bar; the bar streams of all
-   four timeframes equal the reference, bar for bar, with unique, aligned ids; ``ml:training``
+   four timeframes equal the reference, bar for bar, with unique, aligned ids; ``ml:training:{ETHUSDT}``
    holds one training packet per 1s bar, none twice; every poison entry
    is in the dead-letter stream of its stream with a reason, for every group reading it; the door
    refused every garbage body and counted it; every recovery took at most :data:`RECOVERY_S`.
@@ -81,7 +81,7 @@ SCALE = ("aggregator=2", "trainer=2")
 GROUPS = {  # the streams each consumer group reads (poison goes on each)
     keys.ticks(SYMBOL): (keys.GROUP_AGGREGATOR, keys.GROUP_FEATURES),
     **{keys.bars(SYMBOL, tf): (keys.GROUP_FEATURES,) for tf in keys.TIMEFRAMES},
-    keys.TRAINING: (keys.GROUP_TRAINER,),
+    keys.training(SYMBOL): (keys.GROUP_TRAINER,),
 }
 DOOR_GARBAGE: tuple[tuple[bytes, bool, int], ...] = (  # (body, with the token, the door's answer)
     (b"not json at all", True, 400),
@@ -394,7 +394,7 @@ class Chaos:
                 packet = codec.decode(fields)
                 if isinstance(packet, TickBatch):
                     trade = max(trade, packet.ticks[-1].trade_id)
-        return trade, client.xlen(keys.bars(SYMBOL, "1s")), client.xlen(keys.TRAINING)
+        return trade, client.xlen(keys.bars(SYMBOL, "1s")), client.xlen(keys.training(SYMBOL))
 
     def _repair_counters(self) -> dict[str, float]:
         """The services' counts of rollbacks noticed and trades written again, summed over processes."""
@@ -414,7 +414,7 @@ class Chaos:
         client = self.system.client()
         for stream in GROUPS:
             top = client.xrevrange(stream, count=1)
-            if stream == keys.ticks(SYMBOL) or stream == keys.TRAINING:
+            if stream == keys.ticks(SYMBOL) or stream == keys.training(SYMBOL):
                 entry_id = "*"  # ids from the clock: the next writer's id stays above
             else:  # bar ids are <open_time_ms>-0: go just above the top, below the next bar
                 ms, seq = map(int, top[0][0].decode().split("-")) if top else (0, 0)
@@ -549,7 +549,7 @@ def check_training(client: redis.Redis, reference: dict[str, list[Bar]]) -> Chec
     from unistream_common.packets import TrainingDataPacket
 
     seen: Counter[int] = Counter()
-    for _eid, fields in read_stream(client, keys.TRAINING):
+    for _eid, fields in read_stream(client, keys.training(SYMBOL)):
         with contextlib.suppress(codec.DecodeError):
             packet = codec.decode(fields)
             if isinstance(packet, TrainingDataPacket) and packet.symbol == SYMBOL:
@@ -560,7 +560,7 @@ def check_training(client: redis.Redis, reference: dict[str, list[Bar]]) -> Chec
     extra = len(set(seen) - want)
     return Check(
         "training packets: one per 1s bar", len(want), dup + missing + extra,
-        f"{sum(seen.values())} on ml:training: {missing} missing, {dup} twice, {extra} at no bar's close",
+        f"{sum(seen.values())} on {keys.training(SYMBOL)}: {missing} missing, {dup} twice, {extra} at no bar's close",
     )  # fmt: skip
 
 
@@ -706,7 +706,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument(
-        "--minutes", type=int, default=50, help="event time in the replayed file (ml:training keeps 3,600)"
+        "--minutes", type=int, default=50, help="event time in the replayed file (the training stream keeps 3,600)"
     )
     parser.add_argument("--speed", type=float, default=SPEED, help="replay pace, x real time")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")

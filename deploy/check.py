@@ -290,7 +290,11 @@ def entry_ms(entry_id: str) -> int:
 
 
 def flowing(stack: Stack, trainers: int, out: dict[str, str]) -> None:
-    watched = [*(f"md:ticks:{{{s}}}" for s in SYMBOLS), *(f"md:bars:{{{s}}}:1s" for s in SYMBOLS), "ml:training"]
+    watched = [
+        *(f"md:ticks:{{{s}}}" for s in SYMBOLS),
+        *(f"md:bars:{{{s}}}:1s" for s in SYMBOLS),
+        *(f"ml:training:{{{s}}}" for s in SYMBOLS),
+    ]
     first = {name: entry_ms(last) for name, last in last_ids(stack.status()).items()}
     latest: dict[str, int] = {}
 
@@ -318,17 +322,18 @@ def consumers_of(status: dict[str, Any], stream: str, group: str) -> list[str]:
 
 def trainer_consumers(stack: Stack, trainers: int, out: dict[str, str]) -> None:
     expected = [f"trainer-{i}" for i in range(1, trainers + 1)]
-    names: list[str] = []
+    found: dict[str, list[str]] = {}
 
     def exact() -> bool:
-        names[:] = consumers_of(stack.status(), "ml:training", "trainer")
-        return names == expected
+        status = stack.status()
+        found.update({s: consumers_of(status, f"ml:training:{{{s}}}", "trainer") for s in SYMBOLS})
+        return all(names == expected for names in found.values())
 
     with contextlib.suppress(CheckFailed):
         wait(exact, 30, "trainer consumers")
-    if names != expected:
-        raise CheckFailed(f"group trainer on ml:training has {names}, expected {expected}")
-    out["detail"] = ", ".join(names)
+    if not all(names == expected for names in found.values()):
+        raise CheckFailed(f"group trainer on the training streams has {found}, expected {expected} on each")
+    out["detail"] = ", ".join(expected) + " on each symbol's training stream"
 
 
 def no_stale_consumers(stack: Stack, trainers: int, out: dict[str, str]) -> None:

@@ -165,8 +165,8 @@ def test_tail_json_prints_a_training_packet_s_vectors_as_lists_of_floats(
     client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = [0.1, -2.0, 3.5e-7, 40.0]
-    client.xadd(keys.TRAINING, codec.encode(training_packet(0, state)), id=f"{T0}-0")
-    assert main(["tail", keys.TRAINING, "--json", "--redis-url", redis_url]) == 0
+    client.xadd(keys.training("ETHUSDT"), codec.encode(training_packet(0, state)), id=f"{T0}-0")
+    assert main(["tail", keys.training("ETHUSDT"), "--json", "--redis-url", redis_url]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     record = json.loads(line)
     assert record["state"] == np.asarray(state, np.float32).tolist(), "each float32's value, not base64 text"

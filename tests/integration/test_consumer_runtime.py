@@ -613,7 +613,7 @@ def test_data_types_expand_to_the_public_stream_names(dt: str) -> None:
     expected = {
         "ticks": ["md:ticks:{ETHUSDT}", "md:ticks:{BTCUSDT}"],
         "bars:1s": ["md:bars:{ETHUSDT}:1s", "md:bars:{BTCUSDT}:1s"],
-        "training": ["ml:training"],
+        "training": ["ml:training:{ETHUSDT}", "ml:training:{BTCUSDT}"],
         "ui": ["ui:packets"],
     }[dt]
     assert names == expected
@@ -622,7 +622,12 @@ def test_data_types_expand_to_the_public_stream_names(dt: str) -> None:
 def test_hash_tag_follows_redis_cluster_rules() -> None:
     assert keys.hash_tag("md:bars:{ETHUSDT}:1s") == "ETHUSDT"
     assert keys.hash_tag(keys.agg_owner("BTCUSDT")) == "BTCUSDT"
-    assert keys.hash_tag("ml:training") == "ml:training"  # no tag: the whole key
+    assert keys.hash_tag("ml:metrics") == "ml:metrics"  # no tag: the whole key
+    # The trainer replicas' shared keys are in one slot; each symbol's training stream in its symbol's.
+    trainer = {keys.TRAINER_LEADER, keys.TRAINER_MEMBERS, keys.TRAINER_CNN_CURSOR, keys.TRAINER_BOOKS,
+               keys.trainer_deltas("t-1"), keys.registry("dqn", "v1"), keys.registry_index("dqn")}  # fmt: skip
+    assert {keys.hash_tag(k) for k in trainer} == {"trainer"}
+    assert keys.hash_tag(keys.training("ETHUSDT")) == keys.hash_tag(keys.training_fence("ETHUSDT")) == "ETHUSDT"
     assert keys.hash_tag("a{}b{c}") == "a{}b{c}"  # an empty first tag: the whole key
 
 

@@ -134,7 +134,7 @@ async def test_a_twenty_minute_catch_up_builds_the_states_the_live_engine_builds
             await eventually(lambda: _count(r, 2 * SECONDS), timeout=120, what="every packet of the catch-up")
             assert ctx.stats.get("features_bars_without_all_trades") == 0
         got = {}
-        for _, fields in await r.xrange(keys.TRAINING):
+        for _, fields in [e for symbol in SYMBOLS for e in await r.xrange(keys.training(symbol))]:
             p = codec.decode(fields)
             assert isinstance(p, TrainingDataPacket)
             assert (p.symbol, p.ts_event_ms) not in got, "a packet was written twice"
@@ -156,4 +156,4 @@ def explain(key: tuple[str, int], got: dict[tuple[str, int], bytes], want: dict[
 
 
 async def _count(r, n: int) -> bool:  # type: ignore[no-untyped-def]
-    return int(await r.xlen(keys.TRAINING)) >= n
+    return sum([int(await r.xlen(keys.training(symbol))) for symbol in SYMBOLS]) >= n

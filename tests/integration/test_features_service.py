@@ -79,8 +79,13 @@ async def write_seconds(r: aioredis.Redis, first: int, last: int) -> None:
             await pipe.execute()
 
 
-async def read_all(r: aioredis.Redis, stream: str) -> list[Any]:
-    return [codec.decode(fields) for _, fields in await r.xrange(stream)]
+# Every symbol's training stream, read or counted as one.
+TRAINING = tuple(keys.training(s) for s in SYMBOLS)
+
+
+async def read_all(r: aioredis.Redis, stream: str | tuple[str, ...]) -> list[Any]:
+    streams = (stream,) if isinstance(stream, str) else stream
+    return [codec.decode(fields) for one in streams for _, fields in await r.xrange(one)]
 
 
 def make_settings(redis_url: str, tmp_path: Path, **extra: Any) -> FeaturesSettings:
@@ -91,8 +96,9 @@ def make_settings(redis_url: str, tmp_path: Path, **extra: Any) -> FeaturesSetti
     )  # fmt: skip
 
 
-async def _count(r: aioredis.Redis, stream: str, n: int) -> bool:
-    return int(await r.xlen(stream)) >= n
+async def _count(r: aioredis.Redis, stream: str | tuple[str, ...], n: int) -> bool:
+    streams = (stream,) if isinstance(stream, str) else stream
+    return sum([int(await r.xlen(one)) for one in streams]) >= n
 
 
 async def _stat(ctx: ServiceContext, name: str, n: float) -> bool:
@@ -125,16 +131,16 @@ async def test_history_bars_and_trades_become_warm_training_and_ui_packets(redis
     try:
         await write_seconds(r, 0, 10)  # before history and before the service: a cold start mid-stream
         async with running_worker("features", make_settings(redis_url, tmp_path), worker) as ctx:
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 10))
+            await eventually(lambda: _count(r, TRAINING, 2 * 10))
             await write_history(r)  # ingest's history may land after the service started
             await eventually(lambda: _stat(ctx, "features_history_bars_read", 2 * 4 * (WINDOW + 1)))
             await write_seconds(r, 10, 30)
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 30))
+            await eventually(lambda: _count(r, TRAINING, 2 * 30))
             await eventually(lambda: _count(r, keys.UI, 4))
             await eventually(lambda: _ui_caught_up(r, T0 + 30_000))
             assert ctx.ready()
 
-        training = await read_all(r, keys.TRAINING)
+        training = await read_all(r, TRAINING)
         assert per_symbol(training) == {s: expected_ends(30) for s in SYMBOLS}, "one packet per 1s bar, in order"
         first, last = training[0], training[-1]
         assert first.warm is False and first.warmup["1s"] == pytest.approx(1 / WINDOW)
@@ -184,13 +190,13 @@ async def test_in_burst_mode_the_streams_so_far_become_their_training_packets_wi
         await write_history(r)
         await write_seconds(r, 0, 12)
         assert await rt.run_until_drained() > 0
-        assert per_symbol(await read_all(r, keys.TRAINING)) == {s: expected_ends(12) for s in SYMBOLS}
+        assert per_symbol(await read_all(r, TRAINING)) == {s: expected_ends(12) for s in SYMBOLS}
         await write_seconds(r, 12, 20)
         await rt.run_until_drained()
-        training = await read_all(r, keys.TRAINING)
+        training = await read_all(r, TRAINING)
         assert per_symbol(training) == {s: expected_ends(20) for s in SYMBOLS}, "one packet per 1s bar, in order"
         assert training[-1].warm is True, "the history was read by the timer of the first burst"
-        assert await rt.run_until_drained() == 0 and await r.xlen(keys.TRAINING) == 2 * 20, "nothing new: nothing"
+        assert await rt.run_until_drained() == 0 and len(await read_all(r, TRAINING)) == 2 * 20, "nothing new: nothing"
     finally:
         await rt.close()
         await r.aclose()
@@ -203,14 +209,14 @@ async def test_restarts_and_a_lost_group_neither_lose_nor_repeat_a_packet(redis_
         await write_history(r)
         await write_seconds(r, 0, 20)
         async with running_worker("features", settings, worker):
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 20))
+            await eventually(lambda: _count(r, TRAINING, 2 * 20))
         await write_seconds(r, 20, 70)  # written while it was down, across a minute boundary
         async with running_worker("features", settings, worker):
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 70))
+            await eventually(lambda: _count(r, TRAINING, 2 * 70))
             await write_seconds(r, 70, 75)
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 75))
+            await eventually(lambda: _count(r, TRAINING, 2 * 75))
             await asyncio.sleep(0.3)  # would a duplicate follow?
-        training = await read_all(r, keys.TRAINING)
+        training = await read_all(r, TRAINING)
         assert per_symbol(training) == {s: expected_ends(75) for s in SYMBOLS}
         by_key = {(p.symbol, p.ts_event_ms): p for p in training}
         # The restarted service rebuilt the same windows: a packet after the restart is as warm as before.
@@ -222,9 +228,9 @@ async def test_restarts_and_a_lost_group_neither_lose_nor_repeat_a_packet(redis_
                 await r.xgroup_destroy(stream, keys.GROUP_FEATURES)
         async with running_worker("features", settings, worker):
             await write_seconds(r, 75, 77)
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 77))
+            await eventually(lambda: _count(r, TRAINING, 2 * 77))
             await asyncio.sleep(0.3)
-        training = await read_all(r, keys.TRAINING)
+        training = await read_all(r, TRAINING)
         assert per_symbol(training) == {s: expected_ends(77) for s in SYMBOLS}
         # Same inputs, same state: the packet for a second built after the group was lost equals a fresh build.
         assert all(np.isfinite(codec.f32_from_bytes(p.state)).all() for p in training[-4:])
@@ -252,7 +258,7 @@ async def test_weights_swapped_under_load_lose_and_repeat_no_packet(redis_url: s
         await write_history(r)
         async with running_worker("features", settings, worker) as ctx:
             task = asyncio.create_task(writer())
-            await eventually(lambda: _count(r, keys.TRAINING, 20))
+            await eventually(lambda: _count(r, TRAINING, 20))
             bad = ModelAnnouncement(
                 name="cnn-mtf", version="cnn-1", ts_ms=T0, uri="cnn/cnn-2.safetensors",
                 sha256="0" * 64, producer="test", parameters=1,
@@ -268,9 +274,9 @@ async def test_weights_swapped_under_load_lose_and_repeat_no_packet(redis_url: s
             await asyncio.sleep(0.3)
             stop.set()
             await task
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * written))
+            await eventually(lambda: _count(r, TRAINING, 2 * written))
             await asyncio.sleep(0.3)
-        training = [p for p in await read_all(r, keys.TRAINING) if isinstance(p, TrainingDataPacket)]
+        training = [p for p in await read_all(r, TRAINING) if isinstance(p, TrainingDataPacket)]
         assert per_symbol(training) == {s: expected_ends(written) for s in SYMBOLS}
         for symbol in SYMBOLS:
             versions = [p.model_version for p in training if p.symbol == symbol]
@@ -288,15 +294,16 @@ async def test_a_group_that_falls_behind_the_training_retention_is_reported(redi
     r = command_client(redis_url)
     settings = make_settings(redis_url, tmp_path, training_maxlen=10, overrun_check_s=1)
     try:
-        await r.xgroup_create(keys.TRAINING, "slow", id="0", mkstream=True)
-        await r.xgroup_create(keys.TRAINING, "keeping-up", id="0")
+        for stream in TRAINING:
+            await r.xgroup_create(stream, "slow", id="0", mkstream=True)
+            await r.xgroup_create(stream, "keeping-up", id="0")
         await write_history(r)
         async with running_worker("features", settings, worker) as ctx:
             for first in range(0, 150, 30):
                 await write_seconds(r, first, first + 30)
                 await eventually(lambda n=first + 30: _stat(ctx, "features_training_packets", 2 * n))
-                await r.xreadgroup("keeping-up", "c", {keys.TRAINING: ">"}, count=1_000)
-            assert await r.xlen(keys.TRAINING) < 2 * 150, "retention trimmed the stream"
+                await r.xreadgroup("keeping-up", "c", dict.fromkeys(TRAINING, ">"), count=1_000)
+            assert not await _count(r, TRAINING, 2 * 150), "retention trimmed the streams"
             await eventually(lambda: _gauge(ctx, "features_training_overrun", 1.0, group="slow"), timeout=15)
             await asyncio.sleep(1.5)  # another check runs
             assert ctx.stats.get("features_training_overrun", group="keeping-up") == 0.0
@@ -318,14 +325,15 @@ async def test_each_training_packet_links_its_symbols_previous_packet_also_acros
         await write_history(r)
         await write_seconds(r, 0, 5)
         async with running_worker("features", settings, worker):
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 5))
+            await eventually(lambda: _count(r, TRAINING, 2 * 5))
         await write_seconds(r, 5, 8)
         async with running_worker("features", settings, worker):
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 8))
-        entries = await r.xrange(keys.TRAINING)
-        by_id = {s(entry_id): codec.decode(fields) for entry_id, fields in entries}
+            await eventually(lambda: _count(r, TRAINING, 2 * 8))
         for symbol in SYMBOLS:
-            mine = [(i, p) for i, p in by_id.items() if p.symbol == symbol]
+            entries = await r.xrange(keys.training(symbol))
+            mine = [(s(entry_id), codec.decode(fields)) for entry_id, fields in entries]
+            by_id = dict(mine)
+            assert all(p.symbol == symbol for _, p in mine)
             assert mine[0][1].prev_id == "" and mine[0][1].prev_ts_event_ms == 0
             for (prev_id, prev), (_, p) in itertools.pairwise(mine):
                 assert p.prev_id == prev_id and p.prev_ts_event_ms == prev.ts_event_ms
@@ -350,8 +358,8 @@ async def test_cnn_weights_published_in_the_trainers_redis_registry_are_loaded(r
             await r.xadd(keys.MODELS, codec.encode(ann))
             await eventually(lambda: _stat(ctx, "features_model_loaded", 1))
             await write_seconds(r, 0, 2)
-            await eventually(lambda: _count(r, keys.TRAINING, 2 * 2))
-        training = await read_all(r, keys.TRAINING)
+            await eventually(lambda: _count(r, TRAINING, 2 * 2))
+        training = await read_all(r, TRAINING)
         assert {p.model_version for p in training} == {"cnn-mtf-r0000001"} and training[-1].cnn_state == "LOADED"
     finally:
         await r.aclose()

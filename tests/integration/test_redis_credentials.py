@@ -304,11 +304,11 @@ def test_the_pipeline_runs_end_to_end_with_each_service_as_its_compose_acl_user(
     with processes(specs, tmp_path) as procs:
         deadline = time.monotonic() + 90
         # bars (aggregator), training packets (features), metrics and a merged model published to
-        # the registry (trainer), which features then loads (it reads ml:registry:*)
+        # the registry (trainer), which features then loads (it reads the registry)
         while True:
             lengths = {
                 stream: admin.xlen(stream)
-                for stream in (keys.bars("ETHUSDT", "1s"), keys.TRAINING, keys.METRICS, keys.MODELS)
+                for stream in (keys.bars("ETHUSDT", "1s"), keys.training("ETHUSDT"), keys.METRICS, keys.MODELS)
             }
             loaded = "loaded CNN" in (tmp_path / "features.log").read_text()
             if all(lengths.values()) and loaded:
@@ -378,7 +378,7 @@ def test_a_service_user_cannot_touch_another_service_s_keys_or_run_dangerous_com
     assert ingest.xadd(keys.ticks("ETHUSDT"), {"x": "1"})
     for refused in (
         lambda: ingest.xadd(keys.bars("ETHUSDT", "1s"), {"x": "1"}),  # the aggregator's
-        lambda: ingest.get("ml:registry:dqn:v1"),  # model weights
+        lambda: ingest.get(keys.registry("dqn", "v1")),  # model weights
         lambda: trainer.xadd(keys.ticks("ETHUSDT"), {"x": "1"}),
         lambda: trainer.keys("*"),
         lambda: ingest.flushdb(),

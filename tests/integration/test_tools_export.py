@@ -108,39 +108,43 @@ def test_training_packets_keep_their_vectors_and_name_every_state_value(
     rng = np.random.default_rng(4)
     packets = [packet(symbol, k, rng) for k in range(4) for symbol in ("ETHUSDT", "BTCUSDT")]
     for n, p in enumerate(packets):
-        client.xadd(keys.TRAINING, codec.encode(p), id=f"{p.ts_event_ms}-{n}")
+        client.xadd(keys.training(p.symbol), codec.encode(p), id=f"{p.ts_event_ms}-{n}")
     out = tmp_path / "training"
-    assert main(["export", keys.TRAINING, "--out", str(out), "--chunk", "3", "--redis-url", redis_url]) == 0
-    path = out / "ml_training.parquet"
-    table = pq.read_table(path)
+    streams = [keys.training("ETHUSDT"), keys.training("BTCUSDT")]
+    assert main(["export", *streams, "--out", str(out), "--chunk", "3", "--redis-url", redis_url]) == 0
     dim = LAYOUTS["ETHUSDT"].dim
-    state_type = table.schema.field("state").type
-    assert pa.types.is_fixed_size_list(state_type) and state_type.list_size == dim
-    assert state_type.value_type == pa.float32()
-    frame = pd.read_parquet(path)
-    states = np.stack(frame["state"].to_numpy())
-    assert states.dtype == np.float32 and states.shape == (len(packets), dim)
-    assert np.array_equal(states, np.stack([codec.f32_from_bytes(p.state) for p in packets]))
-    assert np.array_equal(np.stack(pl.read_parquet(path)["cnn_features"].to_numpy()), np.stack(
-        [codec.f32_from_bytes(p.cnn_features) for p in packets]
-    ))  # fmt: skip
-    assert frame["symbol"].tolist() == [p.symbol for p in packets]
-    meta = export.read_metadata(path)
-    assert meta["unistream.layout_version"] == LAYOUTS["ETHUSDT"].tag
-    assert json.loads(meta["unistream.prediction_names"]) == [f"p{i}" for i in range(20)]
-    for symbol in ("ETHUSDT", "BTCUSDT"):  # each symbol's own names: its own blocks come first
-        names = json.loads(meta[f"unistream.state_names.{symbol}"])
+    for symbol in ("ETHUSDT", "BTCUSDT"):
+        mine = [p for p in packets if p.symbol == symbol]
+        path = out / f"ml_training_{symbol}.parquet"
+        table = pq.read_table(path)
+        state_type = table.schema.field("state").type
+        assert pa.types.is_fixed_size_list(state_type) and state_type.list_size == dim
+        assert state_type.value_type == pa.float32()
+        frame = pd.read_parquet(path)
+        states = np.stack(frame["state"].to_numpy())
+        assert states.dtype == np.float32 and states.shape == (len(mine), dim)
+        assert np.array_equal(states, np.stack([codec.f32_from_bytes(p.state) for p in mine]))
+        assert np.array_equal(np.stack(pl.read_parquet(path)["cnn_features"].to_numpy()), np.stack(
+            [codec.f32_from_bytes(p.cnn_features) for p in mine]
+        ))  # fmt: skip
+        assert frame["symbol"].tolist() == [symbol] * len(mine)
+        meta = export.read_metadata(path)
+        assert meta["unistream.layout_version"] == LAYOUTS[symbol].tag
+        assert json.loads(meta["unistream.prediction_names"]) == [f"p{i}" for i in range(20)]
+        names = json.loads(meta[f"unistream.state_names.{symbol}"])  # the symbol's own blocks come first
         assert names == list(LAYOUTS[symbol].feature_names()) and len(names) == dim
     # a configuration that is not the packets' says the names are unknown, and why
     other = tmp_path / "other"
-    assert main(["export", keys.TRAINING, "--out", str(other), "--window-bars", "60", "--redis-url", redis_url]) == 0
-    assert "unknown" in json.loads(export.read_metadata(other / "ml_training.parquet")["unistream.state_names.ETHUSDT"])
+    assert main(["export", streams[0], "--out", str(other), "--window-bars", "60", "--redis-url", redis_url]) == 0
+    meta = export.read_metadata(other / "ml_training_ETHUSDT.parquet")
+    assert "unknown" in json.loads(meta["unistream.state_names.ETHUSDT"])
     # CSV: vectors as JSON arrays, metadata beside the file
     csv_out = tmp_path / "csv"
-    assert main(["export", keys.TRAINING, "--out", str(csv_out), "--format", "csv", "--redis-url", redis_url]) == 0
-    frame = pd.read_csv(csv_out / "ml_training.csv")
+    assert main(["export", streams[0], "--out", str(csv_out), "--format", "csv", "--redis-url", redis_url]) == 0
+    packets = [p for p in packets if p.symbol == "ETHUSDT"]
+    frame = pd.read_csv(csv_out / "ml_training_ETHUSDT.csv")
     assert np.array_equal(np.asarray(json.loads(frame["state"][0]), np.float32), codec.f32_from_bytes(packets[0].state))
-    assert export.read_metadata(csv_out / "ml_training.csv")["unistream.type"] == "training"
+    assert export.read_metadata(csv_out / "ml_training_ETHUSDT.csv")["unistream.type"] == "training"
 
 
 def test_a_missing_stream_is_reported_and_the_others_still_exported(

@@ -61,14 +61,15 @@ def labels_in(packets: list[TrainingDataPacket]) -> int:
     return sum(len(trainer.observe(p)) for p in packets)
 
 
-async def write(r: aioredis.Redis, packets: list[TrainingDataPacket]) -> str:
+async def write(r: aioredis.Redis, packets: list[TrainingDataPacket]) -> dict[str, str]:
+    """Each packet on its symbol's training stream; the last entry id of each."""
     pipe = r.pipeline(transaction=False)
-    entry_id = ""
+    last: dict[str, str] = {}
     for n, p in enumerate(packets):
-        entry_id = f"{p.ts_event_ms}-{n}"
-        pipe.xadd(keys.TRAINING, codec.encode(p), id=entry_id)
+        last[p.symbol] = f"{p.ts_event_ms}-{n}"
+        pipe.xadd(keys.training(p.symbol), codec.encode(p), id=last[p.symbol])
     await pipe.execute()
-    return entry_id
+    return last
 
 
 async def announcements(r: aioredis.Redis, name: str) -> list[ModelAnnouncement]:
@@ -107,9 +108,10 @@ async def test_every_label_and_every_dqn_sample_is_learned_once_whatever_the_rep
             last = await write(r, packets)
 
             async def all_learned() -> bool:
-                return (await r.get(CNN_CURSOR)) == last.encode() and sum(
-                    c.stats.total("trainer_extrema_packets") for c in contexts
-                ) == len(packets)
+                cursors = {k.decode(): v.decode() for k, v in (await r.hgetall(CNN_CURSOR)).items()}
+                return cursors == last and sum(c.stats.total("trainer_extrema_packets") for c in contexts) == len(
+                    packets
+                )
 
             await eventually(all_learned, timeout=120, what="the CNN's owner learned from the whole stream")
 

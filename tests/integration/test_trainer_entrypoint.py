@@ -49,7 +49,7 @@ def test_unistream_trainer_gets_ready_publishes_metrics_and_exits_promptly_on_si
         r = redis.Redis.from_url(redis_url)
         deadline = time.monotonic() + 60
         for t in range(100):
-            r.xadd(keys.TRAINING, codec.encode(training(t)), id=entry_id(t))
+            r.xadd(keys.training("ETHUSDT"), codec.encode(training(t)), id=entry_id(t))
         while True:  # until a metrics packet has seen every packet
             published = [codec.decode(f) for _, f in r.xrange(keys.METRICS)]
             if any(m.metrics["charts/packets"] == 100 for m in published):

@@ -60,7 +60,7 @@ class Writer:
                     prev_id=prev_id, prev_ts_event_ms=prev_ts,
                 )  # fmt: skip
                 self.prev[symbol] = (entry_id, p.ts_event_ms)
-                pipe.xadd(keys.TRAINING, codec.encode(p), id=entry_id)
+                pipe.xadd(keys.training(symbol), codec.encode(p), id=entry_id)
         await pipe.execute()
 
 
@@ -103,7 +103,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
             assert ctx.stats.total("trainer_predecessors_fetched") < 10, "the batch and the cache hold them"
             assert ctx.stats.total("trainer_updates") > 0
         ann = (await announcements(r, "dqn"))[-1]
-        assert ann.uri.startswith("redis:ml:registry:dqn:dqn-r") and ann.metrics["merge/members"] == 1
+        assert ann.uri.startswith("redis:ml:{trainer}:registry:dqn:dqn-r") and ann.metrics["merge/members"] == 1
         data = await r.get(ann.uri[len("redis:") :])
         files = sorted((tmp_path / "dqn").glob("dqn-r*.safetensors"))
         assert files and files[-1].read_bytes() == data, "the registry is in Redis and on the volume"
@@ -125,7 +125,7 @@ async def test_one_replica_learns_from_chains_publishes_merged_models_and_a_rest
         assert published, "weights were there to start from"
 
         # Redis lost the registry and the announcements: the volume still has the newest merged model.
-        await r.delete(keys.MODELS, *[k async for k in r.scan_iter("ml:registry:*")])
+        await r.delete(keys.MODELS, *[k async for k in r.scan_iter(keys.registry_index("*"))])
         async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-3"), worker) as ctx3:
             await writer.seconds(72, 74)
             await eventually(lambda: _stat(ctx3, "trainer_packets", 1))
@@ -157,8 +157,9 @@ async def test_two_replicas_share_the_packets_merge_into_one_model_and_take_over
 
         # A replica that died holding packets: a consumer that read them and never acknowledged.
         await writer.seconds(120, 125)
-        dead = await r.xreadgroup(keys.GROUP_TRAINER, "trainer-dead", {keys.TRAINING: ">"}, count=1000)
-        assert len(dead[0][1]) == 10
+        streams = dict.fromkeys((keys.training(symbol) for symbol in SYMBOLS), ">")
+        dead = await r.xreadgroup(keys.GROUP_TRAINER, "trainer-dead", streams, count=1000)
+        assert sum(len(entries) for _, entries in dead) == 10
         async with running_worker("trainer", a, worker) as ca:
             started = asyncio.get_running_loop().time()
             await eventually(lambda: _claimed(r, ca, 10), timeout=30, what="the dead replica's packets claimed")
@@ -204,8 +205,8 @@ async def _same_version(ca: ServiceContext, cb: ServiceContext) -> bool:
 
 
 async def _claimed(r: aioredis.Redis, ctx: ServiceContext, taken: int) -> bool:
-    pending = await r.xpending(keys.TRAINING, keys.GROUP_TRAINER)
-    return ctx.stats.total("trainer_packets") >= taken and int(pending["pending"]) == 0
+    pending = [await r.xpending(keys.training(symbol), keys.GROUP_TRAINER) for symbol in SYMBOLS]
+    return ctx.stats.total("trainer_packets") >= taken and all(int(p["pending"]) == 0 for p in pending)
 
 
 async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url: str, tmp_path: Path):
@@ -230,36 +231,34 @@ async def test_the_leaders_position_changes_are_written_as_paper_fills(redis_url
         await r.aclose()
 
 
-async def test_a_merge_adds_the_members_deltas_to_the_base_and_takes_a_previous_release_s_whole_weights(
-    redis_url: str, tmp_path: Path
-):
+async def test_a_merge_adds_the_members_deltas_to_the_base_each_counted_once(redis_url: str, tmp_path: Path):
     from unistream_trainer.dqn import QNetwork
-    from unistream_trainer.replicas import DELTA_MODELS, ReplicaSync, deltas_key, pack, weights_key
+    from unistream_trainer.replicas import DELTA_MODELS, ReplicaSync, deltas_key
 
     r = command_client(redis_url)
     try:
-        base, new, old = QNetwork(6, (4, 3)), QNetwork(6, (4, 3)), QNetwork(6, (4, 3))
+        base, new, other = QNetwork(6, (4, 3)), QNetwork(6, (4, 3)), QNetwork(6, (4, 3))
         base_t = {k: v.detach().clone() for k, v in base.state_dict().items()}
         step = {k: v.detach() - base_t[k] for k, v in new.state_dict().items()}  # learned in two submissions
-        old_tensors = {k: v.detach().clone() for k, v in old.state_dict().items()}
-        old_tensors["trunk.0.weight"] = old_tensors.pop("trunk.0.weight_in_out").t().contiguous()
+        step_b = {k: v.detach() - base_t[k] for k, v in other.state_dict().items()}
         leader = ReplicaSync(r, "trainer-new", str(tmp_path), ttl_ms=10_000)
+        follower = ReplicaSync(r, "trainer-b", str(tmp_path / "b"), ttl_ms=10_000)
         delta = {DELTA_MODELS: "dqn"}
         await leader.submit({"dqn": {k: 0.5 * v for k, v in step.items()}}, 40, delta)
         await leader.submit({"dqn": {k: 0.5 * v for k, v in step.items()}}, 60, delta)
+        await follower.submit({"dqn": step_b}, 300, delta)
         assert 9_000 < await r.pttl(deltas_key("trainer-new")) <= 10_000, "kept as long as the heartbeat"
-        # the previous release stored its whole weights (first layer in nn.Linear's layout) under one key
-        await r.set(weights_key("trainer-old"), pack({"dqn": old_tensors}, {"samples": "300"}), px=10_000)
         assert await leader.try_lead()
-        result = await leader.merge(["trainer-new", "trainer-old"], 1_000, {}, {"dqn": base_t})
-        assert result is not None and result.members == ["trainer-new", "trainer-old"] and result.samples == 400
+        result = await leader.merge(["trainer-new", "trainer-b"], 1_000, {}, {"dqn": base_t})
+        assert result is not None and result.members == ["trainer-b", "trainer-new"] and result.samples == 400
         merged = load_safetensors((tmp_path / "dqn" / f"dqn-{result.version}.safetensors").read_bytes())
         for k, b in base_t.items():  # the base + the members' updates averaged by samples (100 and 300)
-            expected = b + 0.25 * step[k] + 0.75 * (old.state_dict()[k].detach() - b)
-            torch.testing.assert_close(merged[k], expected)
-        assert "trunk.0.weight" not in merged
-        assert not await r.exists(deltas_key("trainer-new"), weights_key("trainer-old")), "each counts once"
-        assert await leader.merge(["trainer-new", "trainer-old"], 2_000, {}, {"dqn": base_t}) is None
+            torch.testing.assert_close(merged[k], b + 0.25 * step[k] + 0.75 * step_b[k])
+        assert not await r.exists(deltas_key("trainer-new"), deltas_key("trainer-b")), "each counts once"
+        assert await leader.merge(["trainer-new", "trainer-b"], 2_000, {}, {"dqn": base_t}) is None
+        # Registered under the lease, then announced (ml:models is in another slot on a cluster).
+        ann = codec.decode((await r.xrevrange(keys.MODELS, count=1))[0][1])
+        assert ann.version == f"dqn-{result.version}" and await r.get(ann.uri.removeprefix("redis:")) is not None
     finally:
         await r.aclose()
 
@@ -370,7 +369,7 @@ async def test_a_leader_whose_lease_expired_publishes_nothing(redis_url: str, tm
         assert stale.leader, "it does not know yet"
         assert await stale.merge(["trainer-a"], 1_000, {}) is None
         assert not stale.leader
-        assert await r.xlen(keys.MODELS) == 0 and not [k async for k in r.scan_iter("ml:registry:*")]
+        assert await r.xlen(keys.MODELS) == 0 and not [k async for k in r.scan_iter(keys.registry_index("*"))]
         assert not list(tmp_path.rglob("*.safetensors")), "nor on the volume"
         # the lease holder publishes: registry, index and announcement together
         await holder.submit({"dqn": QNetwork(6, (4,)).state_dict()}, 10, {})
@@ -442,7 +441,7 @@ async def test_after_a_change_of_state_size_the_deltas_merge_onto_the_replicas_o
         assert await old.try_lead()
         await old.submit({"dqn": QNetwork(DIM + 10 + 3, (16,)).state_dict()}, 10, {})
         assert await old.merge(["trainer-old"], 1_000, {}) is not None
-        await r.delete("ml:trainer:leader")
+        await r.delete(keys.TRAINER_LEADER)
         async with running_worker("trainer", make_settings(redis_url, tmp_path, "trainer-1"), worker):
             await writer.seconds(0, 40)
             await eventually(lambda: _n(announcements(r, "dqn"), 2), timeout=20, what="a DQN of the new size")

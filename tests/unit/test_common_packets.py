@@ -139,9 +139,10 @@ def test_bar_type_string_round_trips() -> None:
 def test_stream_names_are_the_public_ones() -> None:
     assert keys.ticks("ETHUSDT") == "md:ticks:{ETHUSDT}"
     assert keys.bars("BTCUSDT", "1h") == "md:bars:{BTCUSDT}:1h"
-    assert keys.dlq(keys.TRAINING) == "ml:training:dlq"
-    assert (keys.TRAINING, keys.UI, keys.METRICS, keys.MODELS) == (
-        "ml:training",
+    assert keys.training("ETHUSDT") == "ml:training:{ETHUSDT}"
+    assert keys.dlq(keys.training("ETHUSDT")) == "ml:training:{ETHUSDT}:dlq"
+    assert keys.parse_training("ml:training:{BTCUSDT}") == "BTCUSDT" and keys.parse_training("ml:training") is None
+    assert (keys.UI, keys.METRICS, keys.MODELS) == (
         "ui:packets",
         "ml:metrics",
         "ml:models",

@@ -1077,11 +1077,12 @@ def test_training_entry_ids_grow_like_redis_ids_and_link_each_packet_to_its_symb
     a = chain.link(pkt("ETHUSDT", 1_000), now_ms=5_000)
     b = chain.link(pkt("BTCUSDT", 1_000), now_ms=5_000)
     c = chain.link(pkt("ETHUSDT", 2_000), now_ms=4_000)  # the wall clock stepped back: ids do not
-    assert [x[0] for x in (a, b, c)] == ["5000-0", "5000-1", "5000-2"]
+    # Each symbol has a stream of its own: ids grow per stream.
+    assert [x[0] for x in (a, b, c)] == ["5000-0", "5000-0", "5000-1"]
     assert (a[1].prev_id, b[1].prev_id) == ("", "")
     assert (c[1].prev_id, c[1].prev_ts_event_ms) == ("5000-0", 1_000)
-    chain.restart((9_000, 3), {"BTCUSDT": ("8000-0", 7_000)})  # what a rewind found in the stream
+    chain.restart({"BTCUSDT": (9_000, 3)}, {"BTCUSDT": ("8000-0", 7_000)})  # what a rewind found in the streams
     d = chain.link(pkt("BTCUSDT", 8_000), now_ms=6_000)
-    e = chain.link(pkt("ETHUSDT", 8_000), now_ms=9_500)
+    e = chain.link(pkt("ETHUSDT", 8_000), now_ms=5_000)
     assert (d[0], d[1].prev_id, d[1].prev_ts_event_ms) == ("9000-4", "8000-0", 7_000)
-    assert (e[0], e[1].prev_id) == ("9500-0", ""), "a symbol the stream no longer holds starts a new chain"
+    assert (e[0], e[1].prev_id) == ("5000-2", ""), "a symbol the stream no longer holds starts a new chain"

@@ -20,44 +20,39 @@ from unistream_common.timeframes import TIMEFRAME_MS, TIMEFRAMES
 SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 
 # Streams without a symbol.
-TRAINING = "ml:training"
-# The features writer's sequenced fence (consumer.SequencedFence): "<holder>#<commits>", moved with
-# every commit to ml:training, so a Redis that lost the last commits is noticed at the next one.
-TRAINING_FENCE = "ml:training:fence"
 UI = "ui:packets"
 METRICS = "ml:metrics"
 MODELS = "ml:models"
 PREDICTIONS = "ui:predictions"  # PredictionPacket per training state (features), for chart markers
 PAPER = "ml:paper"  # PaperFill per position change of the paper trader (trainer leader)
+# The trainer replicas' shared keys carry one hash tag, {trainer}, so that the scripts and MULTIs
+# that check the merge lease and write beside it stay in one slot on a Redis Cluster.
+TRAINER_TAG = "{trainer}"
 # The paper trader's books (ledgers, positions, sensitivity learner), kept by the trainer leader
 # every merge round and taken by the next leader: a torch file of tensors and plain values.
-TRAINER_BOOKS = "ml:trainer:books"
+TRAINER_BOOKS = "ml:{trainer}:books"
 # Trainer replicas (unistream_trainer.replicas): heartbeats, the merge lease, the round counter,
-# the CNN owner's cursor on ml:training, and each replica's queued submissions.
-TRAINER_MEMBERS = "ml:trainer:members"  # sorted set: replica -> heartbeat expiry (ms)
-TRAINER_LEADER = "ml:trainer:leader"  # string: the lease holder's token, "<replica>:<random>"
-TRAINER_ROUND = "ml:trainer:round"  # integer: the last merge round
-TRAINER_CNN_CURSOR = "ml:trainer:cnn_cursor"  # the last ml:training entry the CNN's owner learned from
+# the CNN owner's cursors on the training streams, and each replica's queued submissions.
+TRAINER_MEMBERS = "ml:{trainer}:members"  # sorted set: replica -> heartbeat expiry (ms)
+TRAINER_LEADER = "ml:{trainer}:leader"  # string: the lease holder's token, "<replica>:<random>"
+TRAINER_ROUND = "ml:{trainer}:round"  # integer: the last merge round
+# hash: symbol -> the last entry of the symbol's training stream the CNN's owner learned from
+TRAINER_CNN_CURSOR = "ml:{trainer}:cnn_cursor"
 
 
 def trainer_deltas(member: str) -> str:
     """A trainer replica's submissions not yet merged, oldest first (a list)."""
-    return f"ml:trainer:deltas:{member}"
-
-
-def trainer_weights(member: str) -> str:
-    """A submission of a previous release: one replica's whole weights (read, never written)."""
-    return f"ml:trainer:weights:{member}"
+    return f"ml:{{trainer}}:deltas:{member}"
 
 
 def registry(model: str, version: str) -> str:
     """A published model's bytes (a string): announced on ml:models as ``redis:<this key>``."""
-    return f"ml:registry:{model}:{version}"
+    return f"ml:{{trainer}}:registry:{model}:{version}"
 
 
 def registry_index(model: str) -> str:
     """A model's published versions in the registry, oldest first (a list); the oldest are pruned."""
-    return f"ml:registry:{model}"
+    return f"ml:{{trainer}}:registry:{model}"
 
 
 def lease_holder(value: str | bytes | None) -> str | None:
@@ -97,6 +92,7 @@ DATA_TYPES: tuple[str, ...] = (
 _TICKS_RE = re.compile(r"^md:ticks:\{([A-Z0-9]{2,20})\}$")
 _BARS_RE = re.compile(r"^md:bars:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
 _HISTORY_RE = re.compile(r"^md:history:\{([A-Z0-9]{2,20})\}:(1s|1m|1h|1d)$")
+_TRAINING_RE = re.compile(r"^ml:training:\{([A-Z0-9]{2,20})\}$")
 
 
 def check_symbol(symbol: str) -> str:
@@ -111,6 +107,20 @@ def check_timeframe(timeframe: str) -> str:
     if timeframe not in TIMEFRAME_MS:
         raise ValueError(f"{timeframe!r} is not a timeframe; use one of {', '.join(TIMEFRAMES)}")
     return timeframe
+
+
+def training(symbol: str) -> str:
+    """Training packets of one symbol (features writes them with the acknowledgements of the
+    symbol's bars and trades, which share its hash tag; the trainers read every symbol's)."""
+    return f"ml:training:{{{check_symbol(symbol)}}}"
+
+
+def training_fence(symbol: str) -> str:
+    """The features writer's sequenced fence for one symbol (consumer.SequencedFence):
+    ``<holder>#<commits>``, moved with every commit to the symbol's training stream, so a Redis
+    that lost the last commits (a restart, a failover to a lagging replica) is noticed at the
+    next one; also what makes one features replica the symbol's only writer."""
+    return f"ml:training:{{{check_symbol(symbol)}}}:fence"
 
 
 def ticks(symbol: str) -> str:
@@ -236,6 +246,12 @@ def parse_bars(stream: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+def parse_training(stream: str) -> str | None:
+    """Symbol of a training stream name, or None if ``stream`` is not one."""
+    m = _TRAINING_RE.match(stream)
+    return m.group(1) if m else None
+
+
 def parse_history(stream: str) -> tuple[str, str] | None:
     """(symbol, timeframe) of a history stream name, or None if ``stream`` is not one."""
     m = _HISTORY_RE.match(stream)
@@ -252,7 +268,7 @@ def streams_for(data_types: Iterable[str], symbols: Iterable[str]) -> list[str]:
         elif dt.startswith("bars:"):
             out.extend(bars(s, dt.split(":", 1)[1]) for s in symbols)
         elif dt == "training":
-            out.append(TRAINING)
+            out.extend(training(s) for s in symbols)
         elif dt == "ui":
             out.append(UI)
         elif dt == "metrics":

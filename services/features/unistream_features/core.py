@@ -564,26 +564,29 @@ class FeatureEngine:
 class TrainingChain:
     """The entry id of every training packet, and the link from each to its symbol's previous one.
 
-    Training entries get explicit ids, assigned here as Redis would (``<ms>-<seq>``, ``ms`` the
-    wall clock passed in, never going back), so that a packet can name its symbol's previous packet
-    (``prev_id``, ``prev_ts_event_ms``) before either is written. After a restart or a rewind the
-    chain continues from what the stream holds (:meth:`restart`). Pure: no I/O, no clock.
+    Training entries get explicit ids on their symbol's stream, assigned here as Redis would
+    (``<ms>-<seq>``, ``ms`` the wall clock passed in, never going back on that stream), so that a
+    packet can name its symbol's previous packet (``prev_id``, ``prev_ts_event_ms``) before either
+    is written. After a restart or a rewind the chain continues from what the streams hold
+    (:meth:`restart`). Pure: no I/O, no clock.
     """
 
     def __init__(self) -> None:
-        self.last_id: tuple[int, int] = (0, 0)
+        self.last_id: dict[str, tuple[int, int]] = {}  # symbol -> the last id given on its stream
         self.newest: dict[str, tuple[str, int]] = {}  # symbol -> (entry id, ts_event_ms) of its newest packet
 
-    def restart(self, last_id: tuple[int, int], newest: dict[str, tuple[str, int]]) -> None:
-        """Continue after the stream's last generated id and the newest packet of each symbol in it."""
-        self.last_id = max(self.last_id, last_id)
+    def restart(self, last_ids: dict[str, tuple[int, int]], newest: dict[str, tuple[str, int]]) -> None:
+        """Continue after each symbol stream's last generated id and the newest packet in it."""
+        for symbol, last in last_ids.items():
+            self.last_id[symbol] = max(self.last_id.get(symbol, (0, 0)), last)
         self.newest = dict(newest)
 
     def link(self, packet: TrainingDataPacket, now_ms: int) -> tuple[str, TrainingDataPacket]:
-        """(entry id, the packet naming its symbol's previous one) for the next packet written."""
-        ms, seq = self.last_id
-        self.last_id = (ms, seq + 1) if now_ms <= ms else (now_ms, 0)
-        entry_id = f"{self.last_id[0]}-{self.last_id[1]}"
+        """(entry id, the packet naming its symbol's previous one) for the symbol's next packet written."""
+        ms, seq = self.last_id.get(packet.symbol, (0, 0))
+        last = (ms, seq + 1) if now_ms <= ms else (now_ms, 0)
+        self.last_id[packet.symbol] = last
+        entry_id = f"{last[0]}-{last[1]}"
         prev_id, prev_ts = self.newest.get(packet.symbol, ("", 0))
         linked = msgspec.structs.replace(packet, prev_id=prev_id, prev_ts_event_ms=prev_ts)
         self.newest[packet.symbol] = (entry_id, packet.ts_event_ms)

@@ -9,7 +9,10 @@
   are queued and no bar waits for them, its 1m/1h/1d bars while :data:`MAX_BARS_AHEAD` of them
   are ahead of the states (those streams always lead the 1s stream in time). Memory stays bounded
   whatever the backlog.
-- Restart (``on_rewind``): the newest training packet of each symbol on ``ml:training`` is the
+- Training packets go to their symbol's stream ``ml:training:{SYMBOL}``, in the MULTI that
+  acknowledges the symbol's bars and trades (one hash slot: on a Redis Cluster every commit is
+  split per symbol, and each part moves that symbol's sequenced fence).
+- Restart (``on_rewind``): the newest training packet on each symbol's training stream is the
   mark; buffers are reloaded from history and from the bar streams up to the mark, and the group
   is set back (XGROUP SETID) so that it delivers again, in order, every bar after the mark and
   the trades the states after it need. Nothing is lost or repeated, and no pending entry has to
@@ -19,7 +22,7 @@
   at rewind and then polled every ``history_poll_ms``.
 - Every ``cycle_ms`` (on_timer): UI packets (at most ``ui_max_per_s``), bars whose trades did not
   come in time, the model registry every ``model_poll_ms``, and every ``overrun_check_s`` whether a
-  group reading ``ml:training`` lost entries to trimming.
+  group reading a training stream lost entries to trimming.
 - The registry (``ml:models``) is read with XREVRANGE rather than through a consumer group: every
   replica must see every announcement. Only ``cnn-mtf`` announcements newer than the running weights
   are loaded; the swap happens between two batches, so no packet is lost or built twice.
@@ -138,11 +141,11 @@ class FeaturesService:
         self._models_seen_id = "-"  # registry entries up to this id were looked at
         self._rejected: set[tuple[str, str]] = set()  # (version, sha256) that failed to load: not retried
         self.last_model_error = ""
-        self.overrun: dict[str, bool] = {}  # group on ml:training -> lost entries to trimming
+        self.overrun: dict[str, bool] = {}  # group on a training stream -> lost entries to trimming
         self.chain = TrainingChain()  # explicit entry ids and prev_id links of the training packets
-        # Every commit expects the fence where this process's last one left it (set at each rewind):
-        # Redis that rolled back is noticed before anything is written on top of it.
-        self.fence = self._new_fence()
+        # Every commit expects each symbol's fence where this process's last one left it (set at
+        # each rewind): Redis that rolled back is noticed before anything is written on top of it.
+        self.fences = self._new_fences()
         self.paused: set[str] = set()
 
     @property
@@ -189,14 +192,21 @@ class FeaturesService:
 
     # --- start and rewind --------------------------------------------------------------------
 
-    def _new_fence(self) -> SequencedFence:
-        """A fence of this process's own (a fresh token), at its first commit."""
-        return SequencedFence(keys.TRAINING_FENCE, f"{self.runtime.consumer}:{secrets.token_hex(6)}")
+    def _new_fences(self) -> dict[str, SequencedFence]:
+        """A fence per symbol, of this process's own (a fresh token), at its first commit."""
+        holder = f"{self.runtime.consumer}:{secrets.token_hex(6)}"
+        return {symbol: SequencedFence(keys.training_fence(symbol), holder) for symbol in self.settings.symbols}
+
+    def _fence_for(self, streams: set[str]) -> dict[str, SequencedFence]:
+        """The fences of the symbols whose keys a result touches (all of them if it touches none)."""
+        symbols = {keys.hash_tag(stream) for stream in streams} & set(self.fences)
+        return {f.key: f for symbol, f in self.fences.items() if symbol in symbols or not symbols}
 
     async def on_rewind(self) -> None:
         """Reload the buffers as of each symbol's mark and set the group back to deliver what follows."""
-        self.fence = self._new_fence()
-        await self.cmd.set(self.fence.key, self.fence.value)
+        self.fences = self._new_fences()
+        for fence in self.fences.values():
+            await self.cmd.set(fence.key, fence.value)
         marks = await self._emission_marks()
         bars: list[Bar] = []
         for symbol in self.settings.symbols:
@@ -292,36 +302,37 @@ class FeaturesService:
                 self.stats.inc("features_history_bars_read", len(entries))
 
     async def _emission_marks(self) -> dict[str, int]:
-        """Close time of the newest training packet of each symbol, searched from the stream's end.
+        """Close time of the newest training packet of each symbol, searched from its stream's end.
 
-        Also sets where the next entry id and each symbol's ``prev_id`` continue from.
+        Also sets where each symbol's next entry id and ``prev_id`` continue from.
         """
         marks: dict[str, int] = {}
         newest: dict[str, tuple[str, int]] = {}
-        last_id = (0, 0)
-        try:
-            info = await self.cmd.xinfo_stream(keys.TRAINING)
-            last_id = id_pair(info["last-generated-id"])
-        except ResponseError:
-            pass  # no stream yet
-        wanted = set(self.settings.symbols)
-        upper = "+"
-        scanned = 0
-        while scanned < TRAINING_SCAN_MAX and not wanted <= set(marks):
-            entries = await self.cmd.xrevrange(keys.TRAINING, upper, "-", count=200)
-            for entry_id, fields in entries:
-                try:
-                    packet = codec.decode(fields)
-                except codec.DecodeError:
-                    continue
-                if isinstance(packet, TrainingDataPacket) and packet.symbol not in marks:
-                    marks[packet.symbol] = packet.ts_event_ms
-                    newest[packet.symbol] = (s(entry_id), packet.ts_event_ms)
-            scanned += len(entries)
-            if len(entries) < 200:
-                break
-            upper = "(" + s(entries[-1][0])
-        self.chain.restart(last_id, newest)
+        last_ids: dict[str, tuple[int, int]] = {}
+        for symbol in self.settings.symbols:
+            stream = keys.training(symbol)
+            try:
+                info = await self.cmd.xinfo_stream(stream)
+                last_ids[symbol] = id_pair(info["last-generated-id"])
+            except ResponseError:
+                continue  # no stream yet
+            upper, scanned = "+", 0
+            while scanned < TRAINING_SCAN_MAX and symbol not in marks:
+                entries = await self.cmd.xrevrange(stream, upper, "-", count=200)
+                for entry_id, fields in entries:
+                    try:
+                        packet = codec.decode(fields)
+                    except codec.DecodeError:
+                        continue
+                    if isinstance(packet, TrainingDataPacket) and packet.symbol == symbol:
+                        marks[symbol] = packet.ts_event_ms
+                        newest[symbol] = (s(entry_id), packet.ts_event_ms)
+                        break
+                scanned += len(entries)
+                if len(entries) < 200:
+                    break
+                upper = "(" + s(entries[-1][0])
+        self.chain.restart(last_ids, newest)
         return marks
 
     def _decode_all(self, entries: list[tuple[Any, Any]]) -> list[Any]:
@@ -346,7 +357,9 @@ class FeaturesService:
                 self.stats.observe(
                     "features_bar_to_packet_seconds", max(0, now_ms - p.ts_event_ms) / 1000, symbol=p.symbol
                 )
-            writes.append(Write(keys.TRAINING, p, id=entry_id, maxlen=self.settings.training_maxlen, renumber=True))
+            writes.append(
+                Write(keys.training(p.symbol), p, id=entry_id, maxlen=self.settings.training_maxlen, renumber=True)
+            )
             marker = PredictionPacket(
                 symbol=p.symbol, ts_event_ms=p.ts_event_ms, price=p.price, model_version=p.model_version,
                 names=p.prediction_names, values=p.cnn_predictions,
@@ -367,7 +380,8 @@ class FeaturesService:
                 self.engine.on_bar(packet, now_ms)
         writes = self._training_writes(now_ms)
         self._count_events()
-        return Result(writes=writes, fence={self.fence.key: self.fence})
+        touched = {m.stream for m in messages} | {w.stream for w in writes}
+        return Result(writes=writes, fence=self._fence_for(touched))
 
     async def on_timer(self, now_ms: int) -> Result:
         """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
@@ -385,31 +399,37 @@ class FeaturesService:
         self.recent_ui.extend(ui)
         writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
         self._count_events()
-        return Result(writes=writes, fence={self.fence.key: self.fence})
+        return Result(writes=writes, fence=self._fence_for({w.stream for w in writes}))
 
     async def check_overrun(self) -> None:
-        """Did trimming ``ml:training`` delete entries a consumer group had not read yet? (gauge per group)
+        """Did trimming a training stream delete entries a consumer group had not read yet? (gauge per
+        group: 1 while any symbol's stream lost entries to it)
 
         The rule is :func:`unistream_common.groups.group_overrun`, the one ``unistream status`` shows.
         """
-        try:
-            info = await self.cmd.xinfo_stream(keys.TRAINING)
-            groups = await self.cmd.xinfo_groups(keys.TRAINING)
-        except ResponseError:
-            return  # no stream yet
-        first = s(info["first-entry"][0]) if info.get("first-entry") else None
-        for g in groups:
-            name = s(g["name"])
-            lost = group_overrun(
-                s(g["last-delivered-id"]), g.get("entries-read"), int(info["length"]), first,
-                s(info["last-generated-id"]), info.get("entries-added"),
-            )  # fmt: skip
+        lost_by_group: dict[str, list[str]] = {}
+        for symbol in self.settings.symbols:
+            stream = keys.training(symbol)
+            try:
+                info = await self.cmd.xinfo_stream(stream)
+                groups = await self.cmd.xinfo_groups(stream)
+            except ResponseError:
+                continue  # no stream yet
+            first = s(info["first-entry"][0]) if info.get("first-entry") else None
+            for g in groups:
+                lost = group_overrun(
+                    s(g["last-delivered-id"]), g.get("entries-read"), int(info["length"]), first,
+                    s(info["last-generated-id"]), info.get("entries-added"),
+                )  # fmt: skip
+                lost_by_group.setdefault(s(g["name"]), []).extend([stream] if lost else [])
+        for name, streams in lost_by_group.items():
+            lost = bool(streams)
             if lost and not self.overrun.get(name):
                 self.stats.inc("features_training_overruns", group=name)
                 log.warning(
-                    "group %s on %s fell behind what retention keeps: entries were trimmed before it read them; "
+                    "group %s fell behind what retention keeps on %s: entries were trimmed before it read them; "
                     "raise UNISTREAM_TRAINING_MAXLEN or add consumers",
-                    name, keys.TRAINING,
+                    name, ", ".join(streams),
                 )  # fmt: skip
             self.overrun[name] = lost
             self.stats.set("features_training_overrun", 1.0 if lost else 0.0, group=name)

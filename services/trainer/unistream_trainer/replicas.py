@@ -1,15 +1,16 @@
 """Trainer replicas converge to one model: weight averaging through Redis (local SGD / federated averaging).
 
-Every replica trains on its share of ``ml:training`` (one consumer group: each packet is learned
-from once). Every ``merge_every_s`` each replica
+Every replica trains on its share of the training streams ``ml:training:{SYMBOL}`` (one consumer
+group: each packet is learned from once). The replicas' shared keys below all carry the hash tag
+``{trainer}`` (one slot on a Redis Cluster: the lease is checked in the script that writes beside it). Every ``merge_every_s`` each replica
 
-1. renews its heartbeat in ``ml:trainer:members`` (a sorted set: name -> expiry, ms) and drops
+1. renews its heartbeat in ``ml:{trainer}:members`` (a sorted set: name -> expiry, ms) and drops
    members whose heartbeat expired: replicas join and leave at any time;
 2. when it learned something since its last submission, appends a submission to its list
-   ``ml:trainer:deltas:{name}`` (safetensors; the list expires 3 rounds after the last one): the
+   ``ml:{trainer}:deltas:<name>`` (safetensors; the list expires 3 rounds after the last one): the
    DQN as a *delta*, what its online weights learned since its previous submission or adoption,
    with the number of samples behind it; the CNN (learned by one replica, its owner) as weights;
-3. tries to hold the lease ``ml:trainer:leader`` (one replica at a time; its value is the holder's
+3. tries to hold the lease ``ml:{trainer}:leader`` (one replica at a time; its value is the holder's
    :attr:`ReplicaSync.token`, ``<member>:<random>``, new in every process, so a replica restarted
    under the same name never takes its former self's lease for its own: it leads once that
    lease is released or runs out). The leader takes every
@@ -17,11 +18,13 @@ from once). Every ``merge_every_s`` each replica
    publishes the merged version: the DQN is the newest published DQN (the base) plus the
    members' deltas averaged by samples, each member's deltas summed (they are consecutive steps
    of one run); the CNN is its submitted weights (averaged by labelled samples if several
-   replicas submitted one). Bytes go to the registry ``ml:registry:{model}:{version}``
-   (Redis, for distribution; the newest few kept) with a ModelAnnouncement on ``ml:models``, in one
-   script that first checks the lease (a leader whose lease expired during a stall publishes
-   nothing), then a file under ``<model_dir>/<model>/`` with a JSON of its metadata (the volume,
-   for persistence).
+   replicas submitted one). Bytes go to the registry ``ml:{trainer}:registry:<model>:<version>``
+   (Redis, for distribution; the newest few kept) in a script that first checks the lease (a
+   leader whose lease expired during a stall publishes nothing), then a ModelAnnouncement on
+   ``ml:models`` (a public stream in another slot: written after the script, so a leader that
+   dies between the two leaves a version in the registry that nobody announced, never an
+   announcement without its bytes), then a file under ``<model_dir>/<model>/`` with a JSON of its
+   metadata (the volume, for persistence).
 4. Every replica loads each newer merged version it sees announced (also the leader), and a new or
    restarted replica starts from the newest one: nobody starts from scratch once a model exists.
    A replica adopts the merged weights *plus* what it learned since its last submission (its next
@@ -35,8 +38,7 @@ local SGD (Stich 2019; Lin et al. 2020); keeping the local update made since the
 communication on top of the new average is how asynchronous variants avoid the overwrite.
 Replicas' deltas start from the merged version they last adopted, which may be a round behind
 the base they are added to (the staleness of asynchronous SGD, bounded by a round). With one
-replica the published DQN is exactly its weights. A submission of an older release (whole
-weights, under ``ml:trainer:weights:{name}``) is taken as its weights less the base.
+replica the published DQN is exactly its weights.
 
 :func:`average` is pure; :class:`ReplicaSync` is the I/O.
 """
@@ -79,18 +81,16 @@ return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
 
 
-# A merged version is published only by the lease holder, in one step: its registry entry, the
-# registry index and its announcement on ml:models (ARGV[5..]: the entry's fields and values).
+# A merged version is registered only by the lease holder, in one step: its registry entry and
+# the registry index (its announcement follows: see the module's docstring).
 _PUBLISH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
 return 1
 """
 
 
-weights_key = keys.trainer_weights
 deltas_key = keys.trainer_deltas
 
 
@@ -228,19 +228,14 @@ class ReplicaSync:
         return self.leader
 
     async def collect(self, members: Sequence[str]) -> list[Submission]:
-        """Take the live members' submissions, oldest first per member (each list and any
-        previous-release submission read and deleted at once); undecodable ones are dropped with a warning."""
+        """Take the live members' submissions, oldest first per member (each list read and deleted
+        at once); undecodable ones are dropped with a warning."""
         pipe = self.redis.pipeline(transaction=True)
         for m in members:
-            pipe.getdel(weights_key(m))
             pipe.lrange(deltas_key(m), 0, -1)
             pipe.delete(deltas_key(m))
         replies = await pipe.execute()
-        taken = [
-            (m, data)
-            for k, m in enumerate(members)
-            for data in ([replies[3 * k]] if replies[3 * k] else []) + list(replies[3 * k + 1])
-        ]
+        taken = [(m, data) for k, m in enumerate(members) for data in replies[2 * k]]
         out = []
         for m, data in taken:
             try:
@@ -320,14 +315,14 @@ class ReplicaSync:
                 producer=self.member, parameters=sum(t.numel() for t in merged.values()), metrics=metrics,
                 members=names,
             )  # fmt: skip
-            fields = [part for pair in codec.encode(ann).items() for part in pair]
-            keys_ = [LEADER, key, keys.registry_index(model), keys.MODELS]
-            if not await self._publish(keys=keys_, args=[self.token, data, version, self.models_maxlen, *fields]):
+            keys_ = [LEADER, key, keys.registry_index(model)]
+            if not await self._publish(keys=keys_, args=[self.token, data, version]):
                 # The lease expired (a stall longer than its TTL) and another replica may lead: a
                 # stale leader publishes nothing, and the submissions it took are lost for this round.
                 self.leader = False
                 log.warning("merge round %d not published: %s no longer holds the lease", round_no, self.member)
                 return None
+            await self.redis.xadd(keys.MODELS, codec.encode(ann), maxlen=self.models_maxlen, approximate=True)
             path = self.model_dir / model / f"{version}.safetensors"
             write_atomic(path, data)
             path.with_suffix(".json").write_text(json.dumps(metadata, indent=1, sort_keys=True))

@@ -1,4 +1,5 @@
-"""The trainer I/O shell: the ``trainer`` group over ``ml:training``, replicas merged into one model.
+"""The trainer I/O shell: the ``trainer`` group over every symbol's training stream
+(``ml:training:{SYMBOL}``), replicas merged into one model.
 
 - Each consumed batch (as many packets as earn the most gradient steps a batch takes: 4 at the
   defaults, so a backlog is learned at the live rate, at the pace of learning): every packet gets
@@ -9,8 +10,8 @@
 - The CNN has one owner, the replica holding the lease: an extremum label needs the packet of its
   bar and the one ``k`` bars later (hours apart for 1h bars), which the group hands to different
   replicas, so a learner fed one replica's share lost most labels (about half at two replicas).
-  The owner reads every ``ml:training`` packet in stream order, from the cursor
-  ``ml:trainer:cnn_cursor`` the previous owner left (the stream's start at the first), learns the
+  The owner reads every symbol's training packets in stream order, from the symbol's cursor in
+  ``ml:{trainer}:cnn_cursor`` the previous owner left (the stream's start at the first), learns the
   heads from the labels that became known and moves the cursor on (only while it holds the lease).
   A new owner starts from the newest merged CNN; labels whose bar came before the cursor and whose
   later bar comes after it are lost at a change of owner (at most ``k`` bars per timeframe and symbol).
@@ -21,10 +22,10 @@
   merged DQN, take the CNN (by labelled samples: its owner's alone) and publish both (registry in
   Redis + files + ``ml:models``). Every replica adopts each newer merged version plus its own
   learning since its submission; a new replica starts from the newest.
-- The leader also paper-trades the current policy on every packet as it arrives (``ml:training``
-  read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
+- The leader also paper-trades the current policy on every packet as it arrives (the training
+  streams read without the group, so it sees all of them), with fees and baselines, learns sensitivity from
   the closed trades, and publishes ``paper/*`` and ``sensitivity/*`` metrics. It keeps these books
-  (ledgers, positions, the sensitivity learner) in ``ml:trainer:books`` every merge round and when
+  (ledgers, positions, the sensitivity learner) in ``ml:{trainer}:books`` every merge round and when
   it stops, under the lease; a new or returning leader takes them and goes on from the stream's
   head, so a change of leader keeps the figures. What was booked since the last keeping is lost
   with a leader that dies (one round at most; none at a clean stop).
@@ -48,7 +49,7 @@ from safetensors.torch import load as load_safetensors
 from unistream_common import codec, keys
 from unistream_common.consumer import ConsumerOptions, GroupConsumer, Message, Result, StreamRuntime, Write
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, PaperFill, TrainingDataPacket
-from unistream_common.redisio import s
+from unistream_common.redisio import read_reply, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_trainer.checkpoint import MODEL_NAME, VALUES, read_metadata
@@ -65,11 +66,12 @@ CNN_MODEL = "cnn-mtf"
 PAPER_READ = 500
 CNN_READ = 64  # training packets the CNN's owner reads per timer tick: short ticks, 128 packets/s at most
 CNN_CURSOR = keys.TRAINER_CNN_CURSOR
-# Claim the entries after the cursor up to ARGV[3]: only the lease holder, only from where the cursor is.
+# Claim the entries of symbol ARGV[2] after its cursor up to ARGV[4]: only the lease holder, only
+# from where the cursor is (ARGV[3]).
 _CLAIM_CNN_BATCH = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if (redis.call('GET', KEYS[2]) or '0-0') ~= ARGV[2] then return 0 end
-redis.call('SET', KEYS[2], ARGV[3]) return 1
+if (redis.call('HGET', KEYS[2], ARGV[2]) or '0-0') ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4]) return 1
 """
 
 
@@ -96,17 +98,18 @@ class TrainerService:
         self.extrema = make_extrema(settings)
         self.paper = make_paper(settings)
         self.sync: ReplicaSync | None = None
-        self._cache: OrderedDict[str, TrainingDataPacket] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], TrainingDataPacket] = OrderedDict()  # (symbol, entry id)
         start = wall_ms()
         self._next_metrics_ms = start + int(settings.metrics_every_s * 1000)
         self._next_merge_ms = start + int(settings.merge_every_s * 1000)
         self._adopted_ts = {MODEL_NAME: 0, CNN_MODEL: 0}
-        self._paper_id = "$"
+        self._paper_ids: dict[str, str] | None = None  # leading: per symbol, the last packet paper-traded
         self.last_merge: dict[str, Any] = {}
         self.members: list[str] = []
         self._extrema_samples = 0  # labelled CNN samples since the last submission
         self.extrema_labels = 0  # labelled CNN samples learned while owning the CNN, in all
-        self._cnn_id: str | None = None  # owning the CNN: the last ml:training entry learned from
+        # Owning the CNN: per symbol, the last entry of its training stream learned from.
+        self._cnn_ids: dict[str, str] | None = None
         self._claim_cnn_batch: Any = None
         self._keep_books: Any = None
         self._leading = False  # held the lease at the last timer tick
@@ -195,8 +198,9 @@ class TrainerService:
     # --- learning ----------------------------------------------------------------------------
 
     def _remember(self, entry_id: str, packet: TrainingDataPacket) -> None:
-        self._cache[entry_id] = packet
-        self._cache.move_to_end(entry_id)
+        key = (packet.symbol, entry_id)  # ids are per symbol's stream
+        self._cache[key] = packet
+        self._cache.move_to_end(key)
         while len(self._cache) > self.settings.chain_cache:
             self._cache.popitem(last=False)
 
@@ -204,14 +208,14 @@ class TrainerService:
         """Up to n_step + fill_lag predecessors of each packet, oldest first (cache, then fetched by id, level by level)."""
         n = self.core.hp.n_step + self.core.hp.fill_lag
         chains: list[list[TrainingDataPacket]] = [[] for _ in packets]
-        heads: list[str] = [p.prev_id for p in packets]
+        heads: list[tuple[str, str]] = [(p.symbol, p.prev_id) for p in packets]
         for _ in range(n):
-            missing = sorted({h for h in heads if h and h not in self._cache})
+            missing = sorted({h for h in heads if h[1] and h not in self._cache})
             if missing:
                 pipe = self.runtime.cmd.pipeline(transaction=False)
-                for entry_id in missing:
-                    pipe.xrange(keys.TRAINING, entry_id, entry_id, count=1)
-                for entry_id, reply in zip(missing, await pipe.execute(), strict=True):
+                for symbol, entry_id in missing:
+                    pipe.xrange(keys.training(symbol), entry_id, entry_id, count=1)
+                for (symbol, entry_id), reply in zip(missing, await pipe.execute(), strict=True):
                     if not reply:
                         self.stats.inc("trainer_predecessor_trimmed")
                         continue
@@ -219,16 +223,16 @@ class TrainerService:
                         packet = codec.decode(reply[0][1])
                     except codec.DecodeError:
                         continue
-                    if isinstance(packet, TrainingDataPacket):
+                    if isinstance(packet, TrainingDataPacket) and packet.symbol == symbol:
                         self._remember(entry_id, packet)
                         self.stats.inc("trainer_predecessors_fetched")
             for k, h in enumerate(heads):
-                prev = self._cache.get(h) if h else None
+                prev = self._cache.get(h) if h[1] else None
                 if prev is None:
-                    heads[k] = ""
+                    heads[k] = (h[0], "")
                     continue
                 chains[k].insert(0, prev)
-                heads[k] = prev.prev_id
+                heads[k] = (h[0], prev.prev_id)
         return chains
 
     async def on_messages(self, messages: list[Message]) -> Result:
@@ -257,38 +261,50 @@ class TrainerService:
         assert self.extrema is not None
         return int(self.extrema.learn(packets, self.settings.extrema_updates_per_packet))
 
+    async def _read_training(self, cursors: dict[str, str], count: int) -> dict[str, list[tuple[str, Any]]]:
+        """Entries after ``cursors`` (symbol -> entry id) of the symbols' training streams, at most
+        ``count`` per stream: one XREAD per hash slot (one for all on a single Redis)."""
+        by_stream = {keys.training(symbol): cursor for symbol, cursor in cursors.items()}
+        out: dict[str, list[tuple[str, Any]]] = {}
+        for group in self.runtime.read_groups(list(by_stream)):
+            reply = await self.runtime.cmd.xread({stream: by_stream[stream] for stream in group}, count=count)
+            for stream, entries in read_reply(reply):
+                symbol = keys.parse_training(stream)
+                if symbol is not None and entries:
+                    out[symbol] = entries
+        return out
+
     async def cnn_learn(self) -> None:
-        """As the CNN's owner (the lease holder): learn from the next ``CNN_READ`` packets of the stream."""
+        """As the CNN's owner (the lease holder): learn from the next ``CNN_READ`` packets of each
+        symbol's training stream."""
         assert self.extrema is not None and self.sync is not None
-        cmd = self.runtime.cmd
-        if self._cnn_id is None:
-            cursor = await cmd.get(CNN_CURSOR)
-            self._cnn_id = s(cursor) if cursor else "0-0"
-        reply = await cmd.xread({keys.TRAINING: self._cnn_id}, count=CNN_READ)
-        last, packets = self._cnn_id, []
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                last = s(entry_id)
+        if self._cnn_ids is None:
+            saved = await self.runtime.cmd.hgetall(CNN_CURSOR)
+            self._cnn_ids = {symbol: s(saved.get(symbol.encode(), b"0-0")) for symbol in self.settings.symbols}
+        cursors = self._cnn_ids
+        for symbol, entries in (await self._read_training(cursors, CNN_READ)).items():
+            start, packets = cursors[symbol], []
+            for _, fields in entries:
                 try:
                     packet = codec.decode(fields)
                 except codec.DecodeError:
                     continue  # counted by the group's consumer, which reads the same entry
                 if isinstance(packet, TrainingDataPacket):
                     packets.append(packet)
-        if last == self._cnn_id:
-            return
-        # The batch is claimed before it is learned, so that each entry is learned once: a lease
-        # lost meanwhile, or a cursor another owner moved, leaves it to the owner of the cursor.
-        if not await self._claim_cnn_batch(keys=[LEADER, CNN_CURSOR], args=[self.sync.token, self._cnn_id, last]):
-            self._cnn_id = None
-            self.stats.inc("trainer_extrema_batches_not_claimed")
-            return
-        self._cnn_id = last
-        labelled = await asyncio.to_thread(self._learn_extrema, packets)
-        self._extrema_samples += labelled
-        self.extrema_labels += labelled
-        self.stats.inc("trainer_extrema_packets", len(packets))
-        self.stats.inc("trainer_extrema_labels", labelled)
+            last = entries[-1][0]
+            # The batch is claimed before it is learned, so that each entry is learned once: a lease
+            # lost meanwhile, or a cursor another owner moved, leaves it to the owner of the cursor.
+            claim = [self.sync.token, symbol, start, last]
+            if not await self._claim_cnn_batch(keys=[LEADER, CNN_CURSOR], args=claim):
+                self._cnn_ids = None
+                self.stats.inc("trainer_extrema_batches_not_claimed")
+                return
+            cursors[symbol] = last
+            labelled = await asyncio.to_thread(self._learn_extrema, packets)
+            self._extrema_samples += labelled
+            self.extrema_labels += labelled
+            self.stats.inc("trainer_extrema_packets", len(packets))
+            self.stats.inc("trainer_extrema_labels", labelled)
 
     # --- the cycle ---------------------------------------------------------------------------
 
@@ -308,8 +324,8 @@ class TrainerService:
             # A next turn as leader owns the CNN from the cursor in Redis, and paper-trades from the
             # stream's head, never packets of the time it did not lead (which the group has meanwhile
             # trained on: in-sample decisions).
-            self._cnn_id = None
-            self._paper_id = "$"
+            self._cnn_ids = None
+            self._paper_ids = None
         if leader and self.paper is not None:
             writes.extend(await self.paper_trade())
         if now_ms >= self._next_metrics_ms:
@@ -428,14 +444,15 @@ class TrainerService:
         """
         fills: list[Write] = []
         assert self.paper is not None
-        if self._paper_id == "$":
-            # Just became leader: from the newest packet on (XREAD "$" without BLOCK reads nothing).
-            top = await self.runtime.cmd.xrevrange(keys.TRAINING, "+", "-", count=1)
-            self._paper_id = s(top[0][0]) if top else "0-0"
-        reply = await self.runtime.cmd.xread({keys.TRAINING: self._paper_id}, count=PAPER_READ)
-        for _, entries in reply or []:
+        if self._paper_ids is None:
+            # Just became leader: from each symbol's newest packet on.
+            self._paper_ids = {}
+            for symbol in self.settings.symbols:
+                top = await self.runtime.cmd.xrevrange(keys.training(symbol), "+", "-", count=1)
+                self._paper_ids[symbol] = s(top[0][0]) if top else "0-0"
+        for symbol, entries in (await self._read_training(self._paper_ids, PAPER_READ)).items():
             for entry_id, fields in entries:
-                self._paper_id = s(entry_id)
+                self._paper_ids[symbol] = entry_id
                 try:
                     packet = codec.decode(fields)
                 except codec.DecodeError:
@@ -452,7 +469,7 @@ class TrainerService:
         return fills
 
     async def keep_books(self, now_ms: int) -> bool:
-        """As leader: the paper books into ``ml:trainer:books`` (only while the lease is this replica's).
+        """As leader: the paper books into ``ml:{trainer}:books`` (only while the lease is this replica's).
 
         Not before a new leader has taken its predecessor's books (the timer tick after the one
         that won the lease): it would overwrite them with its own."""
@@ -506,7 +523,7 @@ class TrainerService:
             "last_merge": self.last_merge,
             "layout_version": core.agent_layout,
             "layout_error": core.layout_error,
-            "cnn_owner": self._cnn_id is not None,
+            "cnn_owner": self._cnn_ids is not None,
             "extrema_labels": self.extrema_labels,
             "paper_books_from": self.books_from,
             "hyperparameters": {k: v for k, v in vars(core.hp).items()},
