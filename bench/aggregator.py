@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import clients
 import numpy as np
 import redis.asyncio as aioredis
 
@@ -146,7 +147,7 @@ async def aggregator_ticks_per_s(url: str, n: int, batch: int) -> float:
     data = replay_data(n, batch)
     if not data.countable:
         raise RuntimeError(f"--ticks {n:,} leaves no entry to count: each symbol needs more than one --batch")
-    client = aioredis.Redis.from_url(url)
+    client = clients.client(url)
     await client.flushall()
     await _fill(client, data)
     quality_keys = [keys.quality(symbol) for symbol in SYMBOLS]

@@ -38,7 +38,7 @@ NOTES: dict[str, list[str]] = {}
 
 
 def _streams(part: int) -> list[str]:
-    return [keys.bars("ETHUSDT", "1s") + f":d{part}", keys.TRAINING + f":d{part}"]
+    return [keys.bars("ETHUSDT", "1s") + f":d{part}", keys.training("ETHUSDT") + f":d{part}"]
 
 
 def _fill(url: str, part: int) -> list[str]:

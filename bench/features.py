@@ -17,13 +17,13 @@ Scenarios (each a fresh process, its start-up never timed):
 - latency: history and :data:`WARM_SECONDS` live seconds are written first and the service
   catches up on them (its tick cache is then as full as in production), then live seconds are
   written at :data:`LIVE_PACE_S` of wall time per second (10x real time, both symbols, trades
-  then bars) for :data:`LATENCY_SECONDS` seconds. A blocking XREAD on ``ml:training`` on its own
+  then bars) for :data:`LATENCY_SECONDS` seconds. A blocking XREAD on the training streams on its own
   connection timestamps every training packet; latency = that time minus the time the EXEC of
   the packet's 1s bar returned (``time.perf_counter`` on both sides, one process).
 - catch-up: history and :data:`CATCHUP_SECONDS` live seconds are written, then the service
   starts; packets/s = packets over the time from the first packet's ``ts_emit_ms`` (the service's
   clock as its first batch is processed: import, rewind and history load excluded) until XLEN of
-  ``ml:training`` counts them all (polled every 5 ms).
+  the training streams count them all (polled every 5 ms).
 - memory: history and :data:`WARM_SECONDS` seconds, caught up, then VmRSS of the process
   (``/proc/<pid>/status``) is the start; one simulated hour (:data:`HOUR_SECONDS` seconds of both
   symbols, crossing 06:00 so a 1h bar is in it) is then written as fast as Redis takes it (the
@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import clients
 import numpy as np
 import redis.asyncio as aioredis
 from aggregator import percentile, stop_process  # the shared helpers (bench/ is on sys.path, as for run.py)
@@ -273,13 +274,18 @@ class _Features:
             print(f"features log:\n{log[-3000:]}", file=sys.stderr)
 
 
+TRAINING = [keys.training(s) for s in SYMBOLS]
+
+
 async def _packets_added(client: aioredis.Redis) -> int:
-    """Training packets ever added to ``ml:training`` (trimming does not lower it)."""
-    try:
-        info = await client.xinfo_stream(keys.TRAINING)
-    except aioredis.ResponseError:
-        return 0
-    return int(info["entries-added"])
+    """Training packets ever added to the symbols' training streams (trimming does not lower it)."""
+    added = 0
+    for stream in TRAINING:
+        try:
+            added += int((await client.xinfo_stream(stream))["entries-added"])
+        except aioredis.ResponseError:
+            pass  # not created yet
+    return added
 
 
 async def _wait_packets(client: aioredis.Redis, proc: _Features, n: int, timeout_s: float) -> float:
@@ -292,7 +298,7 @@ async def _wait_packets(client: aioredis.Redis, proc: _Features, n: int, timeout
 
 
 async def _check_packets(client: aioredis.Redis, seconds: range, added: int) -> list[TrainingDataPacket]:
-    """One packet per symbol and live second in ``seconds`` on ``ml:training`` (all retained), no more.
+    """One packet per symbol and live second in ``seconds`` on the training streams (all retained), no more.
 
     Returns the packets (read in pages, oldest first).
     """
@@ -300,10 +306,12 @@ async def _check_packets(client: aioredis.Redis, seconds: range, added: int) -> 
     expected = {(s, T0 + 1000 * (i + 1)) for s in SYMBOLS for i in seconds}
     total = await _packets_added(client)
     packets: list[TrainingDataPacket] = []
-    lower = "-"
-    while entries := await client.xrange(keys.TRAINING, lower, "+", count=500):
-        packets.extend(p for _, fields in entries if isinstance(p := codec.decode(fields), TrainingDataPacket))
-        lower = "(" + entries[-1][0].decode()
+    for stream in TRAINING:
+        lower = "-"
+        while entries := await client.xrange(stream, lower, "+", count=500):
+            packets.extend(p for _, fields in entries if isinstance(p := codec.decode(fields), TrainingDataPacket))
+            lower = "(" + entries[-1][0].decode()
+    packets.sort(key=lambda p: (p.ts_emit_ms, p.ts_event_ms))
     got = [(p.symbol, p.ts_event_ms) for p in packets]
     if total != added or len(got) != len(set(got)) or set(got) != expected:
         missing = sorted(expected - set(got))[:5]
@@ -331,20 +339,20 @@ _CACHE: dict[str, Any] = {}
 async def bar_to_packet_latencies(url: str, extra_env: dict[str, str] | None = None) -> tuple[list[float], str]:
     """Latencies (ms) of the measured live bars of one run, and a note on them (see the module docstring)."""
     d = data()
-    client = aioredis.Redis.from_url(url)
-    reader = aioredis.Redis.from_url(url, socket_timeout=None)
+    client = clients.client(url)
+    reader = clients.reader(url)
     await client.flushall()
     written: dict[tuple[str, int], float] = {}
     received: dict[tuple[str, int], float] = {}
     stop = asyncio.Event()
 
-    async def read(last: str) -> None:
+    async def read(last: dict[str, Any]) -> None:
         while not stop.is_set():
-            reply = await reader.xread({keys.TRAINING: last}, block=200)
+            reply = await reader.xread(last, block=200)
             now = time.perf_counter()
-            for _stream, entries in reply or []:
+            for stream, entries in reply or []:
                 for eid, fields in entries:
-                    last = eid
+                    last[stream.decode()] = eid
                     p = codec.decode(fields)
                     if isinstance(p, TrainingDataPacket):
                         received.setdefault((p.symbol, p.ts_event_ms), now)
@@ -354,8 +362,10 @@ async def bar_to_packet_latencies(url: str, extra_env: dict[str, str] | None = N
         await _write(client, _second_entries(d.seconds[:WARM_SECONDS]))
         with _Features(url, extra_env) as proc:
             await _wait_packets(client, proc, 2 * WARM_SECONDS, 120)
-            last = (await client.xrevrange(keys.TRAINING, count=1))[0][0]
-            reading = asyncio.create_task(read(last))
+            last = {stream: (await client.xrevrange(stream, count=1) or [(b"0-0", None)])[0][0] for stream in TRAINING}
+            readers = [  # one blocking read per hash slot on a cluster
+                asyncio.create_task(read({s: last[s] for s in group})) for group in clients.read_groups(url, TRAINING)
+            ]
             await asyncio.sleep(0.05)
             lap = time.perf_counter()
             for per_symbol in d.seconds[WARM_SECONDS : WARM_SECONDS + LATENCY_SECONDS]:
@@ -374,7 +384,7 @@ async def bar_to_packet_latencies(url: str, extra_env: dict[str, str] | None = N
             await _wait_packets(client, proc, 2 * (WARM_SECONDS + LATENCY_SECONDS), 30)
             await asyncio.sleep(0.2)
             stop.set()
-            await reading
+            await asyncio.gather(*readers)
             packets = await _check_packets(
                 client, range(WARM_SECONDS + LATENCY_SECONDS), 2 * (WARM_SECONDS + LATENCY_SECONDS)
             )
@@ -462,11 +472,14 @@ async def features_catchup_packets_per_s(url: str, n: int, batch: int) -> float:
         await _write(client, _second_entries(d.seconds[:CATCHUP_SECONDS]))
         with _Features(url) as proc:
             deadline = time.monotonic() + 120
-            while not await client.xlen(keys.TRAINING):
+            while not await _packets_added(client):
                 proc.check("a training packet", deadline)
                 await asyncio.sleep(0.005)
-            first = codec.decode((await client.xrange(keys.TRAINING, count=1))[0][1])
-            while (count := await client.xlen(keys.TRAINING)) < expected:
+            first = min(
+                (codec.decode(entries[0][1]) for s in TRAINING if (entries := await client.xrange(s, count=1))),
+                key=lambda p: p.ts_emit_ms,
+            )
+            while (count := await _packets_added(client)) < expected:
                 proc.check(f"{expected:,} training packets (at {count:,})", deadline + expected / 100)
                 await asyncio.sleep(0.005)
             end_s = time.time()
@@ -548,7 +561,7 @@ async def rss_over_an_hour(url: str) -> list[float]:
                 writing.cancel()
             # The hour's packets are trimmed away in part (UNISTREAM_TRAINING_MAXLEN): count them and look at the newest.
             added = await _packets_added(client)
-            newest = {codec.decode(f).ts_event_ms for _, f in await client.xrevrange(keys.TRAINING, count=2)}
+            newest = {codec.decode(f).ts_event_ms for s in TRAINING for _, f in await client.xrevrange(s, count=1)}
             if added != 2 * end or newest != {T0 + 1000 * end}:
                 raise RuntimeError(f"{added:,} training packets added, expected {2 * end:,}; newest at {newest}")
     finally:

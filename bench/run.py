@@ -44,7 +44,7 @@ Rows (ticks/s unless stated):
 - ``features_bar_to_packet_p50_ms`` / ``features_bar_to_packet_p99_ms``: ``unistream features``
   as its own process (default settings: two symbols, 300-bar windows, four timeframes), warm and
   caught up, fed live seconds at 10x real time (trades, then each symbol's 1s bar in a MULTI, the
-  1m bar with it at a minute's end): from the bar's EXEC until a blocked XREAD on ``ml:training``
+  1m bar with it at a minute's end): from the bar's EXEC until a blocked XREAD on the training streams
   returns its training packet, ~200 bars a run (ms); reference: ``redis_xadd_roundtrip_p50_ms``,
   one XADD of a 54 KB entry (a training packet's size) until a blocked XREAD returns it. Goal:
   p99 < 20 ms;
@@ -66,7 +66,7 @@ Rows (ticks/s unless stated):
   gymnasium Box of the same size, same batch and replay. Goal: >= 1.5 x the reference;
 - ``trainer_packets_per_s_1_replica`` / ``_2_replicas`` / ``_3_replicas``: training packets
   learned per second by 1, 2 and 3 ``unistream trainer`` processes (default settings, full states)
-  from a backlog on ``ml:training``, first acknowledgement to nothing read or pending (XINFO
+  from a backlog on the training streams, first acknowledgement to nothing read or pending (XINFO
   GROUPS); the 2- and 3-replica rows' reference is the 1-replica row. Goal (2 replicas): >= 1.7 x
   (on a machine with a core per replica);
 - ``trainer_updates_per_packet_1_replica`` / ``_2_replicas`` / ``_3_replicas``: DQN updates per
@@ -192,7 +192,7 @@ from trainer import (
 
 from unistream_common import codec
 from unistream_common.packets import Tick, TickBatch
-from unistream_tools.redis_server import start_redis
+from unistream_tools.redis_server import start_cluster, start_redis
 
 T0 = 1_760_000_000_000
 # Goals ((comparison, value); "x>=": the ratio to the row's reference), run caps and notes by row.
@@ -215,6 +215,25 @@ GOALS = {**AGGREGATOR_GOALS, **features.GOALS, **trainer.GOALS, **dashboard.GOAL
 MAX_RUNS = {
     **SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS, **evaluation.MAX_RUNS, **export.MAX_RUNS,
 }  # fmt: skip
+# The same rows on a Redis Cluster of 3 masters with a replica each (started by run() when one of
+# them is selected), each beside its single-Redis row of the same run as its reference.
+CLUSTER_ROWS = (
+    "aggregator_ticks_per_s", "features_bar_to_packet_p50_ms", "features_bar_to_packet_p99_ms",
+    "trainer_packets_per_s_1_replica",
+)  # fmt: skip
+MAX_RUNS.update({f"{name}_cluster": MAX_RUNS.get(name, 3) for name in CLUSTER_ROWS})
+_CLUSTER_URL: list[str] = []
+
+
+def on_cluster(fn: Row) -> Row:
+    """``fn`` run against the bench's Redis Cluster instead of its single Redis."""
+
+    async def row(url: str, n: int, batch: int) -> float:
+        return await fn(_CLUSTER_URL[0], n, batch)
+
+    return row
+
+
 NOTES = (
     features.NOTES,
     trainer.NOTES,
@@ -530,11 +549,18 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
     "dashboard_cpu_streams_pct": (dashboard_cpu_streams_pct, "dashboard_cpu_idle_pct", "% core"),
     "dashboard_redis_commands_per_refresh": (dashboard_redis_commands_per_refresh, None, "commands"),
 }
+for _name in CLUSTER_ROWS:
+    _fn, _ref, _unit = ROWS[_name]
+    ROWS[f"{_name}_cluster"] = (on_cluster(_fn), _name, _unit)
 
 
 async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp), appendonly=False)
+        cluster = None
+        if any(name.endswith("_cluster") for name in (only or ROWS)):
+            cluster = start_cluster(Path(tmp) / "cluster", masters=3, replicas=1)
+            _CLUSTER_URL[:] = [cluster.url]
         try:
             results: dict[str, list[float]] = {}
             spent: dict[str, float] = {}  # seconds each row took, all its runs
@@ -557,6 +583,8 @@ async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str
                     await client.aclose()
         finally:
             server.stop()
+            if cluster is not None:
+                cluster.stop()
     rows = []
     for name, values in results.items():
         _fn, ref, unit = ROWS[name]

@@ -74,6 +74,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import clients
 import httpx
 import numpy as np
 import redis.asyncio as aioredis
@@ -270,11 +271,11 @@ async def sb3_dqn_updates_per_s(url: str, n: int, batch: int) -> float:
 
 @dataclass(frozen=True)
 class Packets:
-    """Encoded training packets, oldest first: (entry id, fields) per second and symbol."""
+    """Encoded training packets, oldest first: (stream, entry id, fields) per second and symbol."""
 
-    entries: list[tuple[str, dict[bytes, bytes]]]
+    entries: list[tuple[str, str, dict[bytes, bytes]]]
 
-    def seconds(self, first: int, last: int) -> list[tuple[str, dict[bytes, bytes]]]:
+    def seconds(self, first: int, last: int) -> list[tuple[str, str, dict[bytes, bytes]]]:
         return self.entries[len(SYMBOLS) * first : len(SYMBOLS) * last]
 
 
@@ -314,15 +315,20 @@ def packets() -> Packets:
                 ts_emit_ms=ts, prev_id=prev_id, prev_ts_event_ms=prev_ts,
             )  # fmt: skip
             prev[sym] = (entry_id, ts)
-            entries.append((entry_id, codec.encode(p)))
+            entries.append((keys.training(sym), entry_id, codec.encode(p)))
     _PACKETS.append(Packets(entries))
     return _PACKETS[0]
 
 
-async def _write(client: aioredis.Redis, entries: list[tuple[str, dict[bytes, bytes]]], per_round: int = 100) -> None:
+TRAINING = [keys.training(sym) for sym in SYMBOLS]
+
+
+async def _write(
+    client: aioredis.Redis, entries: list[tuple[str, str, dict[bytes, bytes]]], per_round: int = 100
+) -> None:
     pipe = client.pipeline(transaction=False)
-    for entry_id, fields in entries:
-        pipe.xadd(keys.TRAINING, fields, id=entry_id)
+    for stream, entry_id, fields in entries:
+        pipe.xadd(stream, fields, id=entry_id)
         if len(pipe) >= per_round:
             await pipe.execute()
     await pipe.execute()
@@ -416,10 +422,17 @@ def _machine_cpu() -> dict[str, float]:
 
 
 async def _group(client: aioredis.Redis) -> dict[str, Any]:
-    for g in await client.xinfo_groups(keys.TRAINING):
-        if s(g["name"]) == keys.GROUP_TRAINER:
-            return g
-    raise RuntimeError("no trainer group on ml:training")
+    """The trainer group over every symbol's training stream: entries read and pending summed, the
+    last delivered id of each stream."""
+    out: dict[str, Any] = {"entries-read": 0, "pending": 0, "last-delivered-id": {}}
+    for stream in TRAINING:
+        g = next((g for g in await client.xinfo_groups(stream) if s(g["name"]) == keys.GROUP_TRAINER), None)
+        if g is None:
+            raise RuntimeError(f"no trainer group on {stream}")
+        out["entries-read"] += int(g["entries-read"] or 0)
+        out["pending"] += int(g["pending"])
+        out["last-delivered-id"][stream] = s(g["last-delivered-id"])
+    return out
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -429,15 +442,18 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
     """Hand the pre-written backlog to the ready replicas; packets/s from the first ack to the end."""
     backlog = packets().seconds(0, BACKLOG_SECONDS)
     total = len(backlog)
-    last_id = backlog[-1][0]
+    last = backlog[-len(SYMBOLS) :]  # the last second: one entry per symbol's stream
+    last_ids = {stream: eid for stream, eid, _ in last}
     for p in reps.procs:
         await p.ready()
     await asyncio.sleep(0.5)  # every replica is in its blocking read
     cpu0 = [p.cpu_s() for p in reps.procs]
     machine0 = _machine_cpu()
     stats0 = [await p.stats() for p in reps.procs]
-    await client.xgroup_setid(keys.TRAINING, keys.GROUP_TRAINER, "0", entries_read=0)
-    await client.xadd(keys.TRAINING, backlog[-1][1], id=last_id)  # wakes the blocked reads
+    for stream in TRAINING:
+        await client.xgroup_setid(stream, keys.GROUP_TRAINER, "0", entries_read=0)
+    for stream, eid, fields in last:
+        await client.xadd(stream, fields, id=eid)  # wakes the blocked reads
     deadline = time.monotonic() + 300
     start = end = 0.0
     acked0 = 0
@@ -447,7 +463,7 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
         read, pending = int(g["entries-read"] or 0), int(g["pending"])
         if not start and read - pending > 0:
             start, acked0 = now, read - pending
-        if s(g["last-delivered-id"]) == last_id and pending == 0:
+        if g["last-delivered-id"] == last_ids and pending == 0:
             end = now
             break
         for p in reps.procs:
@@ -487,11 +503,12 @@ async def _replay(client: aioredis.Redis, reps: _Replicas, row: str) -> float:
 
 
 async def _start(url: str, n: int) -> tuple[aioredis.Redis, _Replicas]:
-    client = aioredis.Redis.from_url(url)
+    client = clients.client(url)
     await client.flushall()
     backlog = packets().seconds(0, BACKLOG_SECONDS)
-    await _write(client, backlog[:-1])
-    await client.xgroup_create(keys.TRAINING, keys.GROUP_TRAINER, id="$")  # the replicas start at the end
+    await _write(client, backlog[: -len(SYMBOLS)])
+    for stream in TRAINING:  # the replicas start at the end
+        await client.xgroup_create(stream, keys.GROUP_TRAINER, id="$", mkstream=True)
     return client, _Replicas(url, n)
 
 
@@ -576,20 +593,25 @@ async def _watch_merges(reps: _Replicas, rounds: dict[int, tuple[int, float, str
 async def _claim(client: aioredis.Redis, reps: _Replicas) -> float:
     """A consumer takes DEAD_SECONDS of packets and dies; seconds until none of them is pending."""
     dead = packets().seconds(BACKLOG_SECONDS, BACKLOG_SECONDS + DEAD_SECONDS)
-    ids = [eid for eid, _ in dead]
+    ids = sorted((stream, eid) for stream, eid, _ in dead)
     pipe = client.pipeline(transaction=True)
-    for eid, fields in dead:
-        pipe.xadd(keys.TRAINING, fields, id=eid)
-    pipe.xreadgroup(keys.GROUP_TRAINER, DEAD_CONSUMER, {keys.TRAINING: ">"}, count=len(dead))
+    for stream, eid, fields in dead:
+        pipe.xadd(stream, fields, id=eid)
+    pipe.xreadgroup(keys.GROUP_TRAINER, DEAD_CONSUMER, dict.fromkeys(TRAINING, ">"), count=len(dead))
     *_, reply = await pipe.execute()
     read_at = time.perf_counter()
-    got = [s(eid) for eid, _ in reply[0][1]] if reply else []
+    got = sorted((s(stream), s(eid)) for stream, entries in reply or [] for eid, _ in entries)
     if got != ids:
         raise RuntimeError(f"the dead consumer read {len(got)} entries, not its {len(ids)}")
     owner_changed = 0.0
     deadline = time.monotonic() + CLAIM_TIMEOUT_S
     while True:
-        rows = await client.xpending_range(keys.TRAINING, keys.GROUP_TRAINER, min=ids[0], max=ids[-1], count=100)
+        rows = [
+            row
+            for stream in TRAINING
+            for row in await client.xpending_range(stream, keys.GROUP_TRAINER, min="-", max="+", count=100)
+            if (stream, s(row["message_id"])) in set(ids)
+        ]
         now = time.perf_counter()
         if not owner_changed and any(s(r["consumer"]) != DEAD_CONSUMER for r in rows):
             owner_changed = now

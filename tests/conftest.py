@@ -62,6 +62,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def module_one_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A one-node Redis Cluster (every slot on one server) shared by a module's tests."""
+    cluster = start_cluster(tmp_path_factory.mktemp("one-node-cluster"), masters=1, replicas=0)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 # The password of :func:`password_redis`: what `make deploy/.env` writes (hex, URL-safe).
 REDIS_PASSWORD = "0f3a9c1d7e5b2a4c6e8f0a1b"
 
@@ -76,17 +86,25 @@ def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-@pytest.fixture
-def dashboard_redis(module_redis: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
+@pytest.fixture(params=["single", "cluster"])
+def dashboard_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
     """The module's Redis, emptied, as the dashboard pages read it (UNISTREAM_REDIS_URL, two
     symbols, no heartbeat thread), with no cached reads from an earlier test (the cache key is the
-    URL, which every test of the module shares)."""
+    URL, which every test of the module shares). Each test runs twice: on a single Redis and on a
+    one-node Redis Cluster (every slot on one server: the dashboard reads with the cluster client,
+    and the server refuses what spans two slots), which the test writes to with a plain client."""
     import streamlit as st
 
-    monkeypatch.setenv("UNISTREAM_REDIS_URL", module_redis.url)
+    if request.param == "cluster":
+        server = request.getfixturevalue("module_one_node_cluster").nodes[0]
+        url = request.getfixturevalue("module_one_node_cluster").url
+    else:
+        server = request.getfixturevalue("module_redis")
+        url = server.url
+    monkeypatch.setenv("UNISTREAM_REDIS_URL", url)
     monkeypatch.setenv("UNISTREAM_SYMBOLS", "ETHUSDT,BTCUSDT")
     monkeypatch.setenv("UNISTREAM_HEARTBEAT_S", "0")
-    conn = redis.Redis.from_url(module_redis.url)
+    conn = redis.Redis(port=server.port)
     conn.flushall()
     st.cache_data.clear()
     try:

@@ -304,7 +304,7 @@ def heartbeat(
     (:func:`unistream_common.heartbeat.queue_beat`) with the pid and host a test wants to see."""
     fields = {"service": service, "consumer": consumer, "started_ms": started_ms, "ready": int(ready), "pid": pid,
               "host": host}  # fmt: skip
-    pipe = client.pipeline(transaction=True)
+    pipe = client.pipeline(transaction=False)  # as on a cluster: the hash and svc:index are in two slots
     queue_beat(pipe, service, consumer, fields, updated_ms)
     pipe.execute()
 
@@ -405,7 +405,7 @@ def announcement(
         name=name,
         version=version,
         ts_ms=ts_ms,
-        uri=f"redis:ml:registry:{name}:{version}",
+        uri=f"redis:{keys.registry(name, version)}",
         sha256="0" * 64,
         producer=producer,
         parameters=1000,

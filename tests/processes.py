@@ -105,11 +105,17 @@ class RunningSystem:
 
 @contextlib.contextmanager
 def unistream_run(
-    command: list[str], tmp_path: Path, trainers: int, ports: Iterable[int], merge_every_s: float = 3
+    command: list[str],
+    tmp_path: Path,
+    trainers: int,
+    ports: Iterable[int],
+    merge_every_s: float = 3,
+    extra_env: dict[str, str] | None = None,
+    extra_args: Iterable[str] = (),
 ) -> Iterator[RunningSystem]:
     """``unistream run --scale trainer=N`` (``command`` is the ``unistream`` executable) in
     ``tmp_path`` with its own Redis on a free port, synthetic data and merges every
-    ``merge_every_s`` (default 30 s). Afterwards, a test that failed midway included: Ctrl-C,
+    ``merge_every_s`` (default 30 s); ``extra_env`` and ``extra_args`` (e.g. a cluster) on top. Afterwards, a test that failed midway included: Ctrl-C,
     then SIGKILL of whatever is left of the tree started here."""
     redis_port = free_port()
     offset = pick_port_offset(ports)
@@ -117,6 +123,7 @@ def unistream_run(
     # synthetic explicitly: with internet access, auto would pick live Binance and the labels would differ
     env.update({"PYTHONUNBUFFERED": "1", "UNISTREAM_LOG_LEVEL": "INFO", "UNISTREAM_SOURCE": "synthetic"})
     env["UNISTREAM_MERGE_EVERY_S"] = f"{merge_every_s:g}"
+    env.update(extra_env or {})
     log_path = tmp_path / "run.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -126,6 +133,7 @@ def unistream_run(
                 "--scale", f"trainer={trainers}",
                 "--port-offset", str(offset),
                 "--redis-port", str(redis_port),
+                *extra_args,
             ],
             cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,

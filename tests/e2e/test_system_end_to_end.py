@@ -96,16 +96,15 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
         assert groups[(keys.ticks(sym), "aggregator")]["consumers"] >= 1
         assert groups[(keys.ticks(sym), "features")]["consumers"] >= 1
         assert groups[(keys.bars(sym, "1s"), "features")]["consumers"] >= 1
-    assert groups[(keys.TRAINING, "trainer")]["consumers"] == 2
+        assert groups[(keys.training(sym), "trainer")]["consumers"] == 2
 
     # The trainers learn: metrics arrive from both replicas.
     client = redis.Redis.from_url(system.redis_url, protocol=2)
 
     # Warm-up from ingest's history: every window of every timeframe is full within 30 s of the
     # first state (here at once: the synthetic market's history covers 300 bars of each).
-    training = [codec.decode(fields) for _, fields in client.xrange(keys.TRAINING, count=5_000)]
     for sym in SYMBOLS:
-        mine = [p for p in training if p.symbol == sym]  # type: ignore[union-attr]
+        mine = [codec.decode(fields) for _, fields in client.xrange(keys.training(sym), count=5_000)]
         assert mine, f"no training packet for {sym}"
         warm = [p for p in mine if p.warm]  # type: ignore[union-attr]
         assert warm and warm[0].ts_emit_ms - mine[0].ts_emit_ms <= 30_000, (sym, mine[0].warmup)  # type: ignore[union-attr]

@@ -306,7 +306,7 @@ def test_training_page_says_when_nothing_was_reported(client: redis.Redis) -> No
     at = _training()
     infos = [i.value for i in at.info]
     assert infos.count("No trainer metrics yet: ml:metrics is empty (is a trainer running?).") == 3
-    assert "No trainer replicas: no metrics on ml:metrics, nobody in ml:trainer:members, no heartbeats." in infos
+    assert "No trainer replicas: no metrics on ml:metrics, nobody in ml:{trainer}:members, no heartbeats." in infos
     assert not _charts(at) and not at.error
     assert any("nobody holds the lease · no model announced yet (ml:models is empty)" in c for c in _captions(at))
 

@@ -271,7 +271,7 @@ def test_stream_table_shows_lengths_rates_ages_groups_and_lag_na(client: redis.R
     client.xgroup_create(keys.bars("ETHUSDT", "1s"), keys.GROUP_FEATURES, id=last_bar)
     at = _run("streams")
     statistics = _in(at, "streams")
-    _find(statistics, r"Streams: 7 present, 17 not created yet · groups 5 · consumers 4 · pending 4")
+    _find(statistics, r"Streams: 7 present, 18 not created yet · groups 5 · consumers 4 · pending 4")
     streams = _table(at, "entries").set_index("stream")
     assert streams.loc["md:bars:{ETHUSDT}:1s", ["entries", "added", "groups"]].tolist() == ["120", "120", "1"]
     assert streams.loc["ml:metrics", "entries"] == "10"
@@ -317,7 +317,7 @@ def test_dead_letters_are_counted_per_stream_with_the_latest_reasons(
     bars = keys.bars("ETHUSDT", "1s")
     for i, reason in enumerate(["bar rejected: one", "bar rejected: two", "bar rejected: three"]):
         samples.dead_letter(client, bars, reason, group="features", consumer="features-1", ts_ms=now - 3_000 + i)
-    samples.dead_letter(client, keys.TRAINING, "state_dim 12 != 512", group="trainer", consumer="trainer-a",
+    samples.dead_letter(client, keys.training("ETHUSDT"), "state_dim 12 != 512", group="trainer", consumer="trainer-a",
                         ts_ms=now - 60_000)  # fmt: skip
     at = _run("streams")
     assert "Dead letters: 4 in 2 streams" in _in(at, "dlq")
@@ -326,7 +326,10 @@ def test_dead_letters_are_counted_per_stream_with_the_latest_reasons(
     _find(rows.loc[bars, "latest reasons"], r"^\d\.\d s ago by features-1 \(features\): bar rejected: three; "
                                              r"\d\.\d s ago by features-1 \(features\): bar rejected: two$")  # fmt: skip
     # 60 s old when written; a render that takes more than a second on a busy machine says 61 or 62
-    _find(rows.loc[keys.TRAINING, "latest reasons"], r"^6[012] s ago by trainer-a \(trainer\): state_dim 12 != 512$")
+    _find(
+        rows.loc[keys.training("ETHUSDT"), "latest reasons"],
+        r"^6[012] s ago by trainer-a \(trainer\): state_dim 12 != 512$",
+    )
 
 
 def test_data_quality_per_symbol_shows_the_counters_and_score(client: redis.Redis) -> None:
@@ -349,7 +352,7 @@ def test_an_empty_redis_is_said_plainly_on_the_streams_page(client: redis.Redis)
     at = _run("streams")
     text = _text(at)
     assert "No streams in Redis yet: nothing has been written (is ingest running?)." in text
-    assert "Streams: 0 present, 24 not created yet" in text
+    assert "Streams: 0 present, 25 not created yet" in text
     assert "Dead letters: none" in text
     assert "No data-quality counters yet: the aggregator has not emitted a bar." in text
     assert not at.error

@@ -30,12 +30,16 @@ class SwallowingPipeline:
     def set(self, *args: Any, **kwargs: Any) -> None:
         self.commands.append("set")
 
+    def get(self, *args: Any, **kwargs: Any) -> None:  # a tick stream's mark
+        self.commands.append("get")
+
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if "xadd" in self.commands:
             self.entered.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.01)
-        return [[] if c == "xrevrange" else True if c == "set" else [1, b"1-0"] for c in self.commands]
+        replies = {"xrevrange": [], "set": True, "get": None}
+        return [replies.get(c, [1, b"1-0"]) for c in self.commands]
 
 
 class SwallowingRedis:
@@ -47,9 +51,6 @@ class SwallowingRedis:
 
     async def ping(self) -> bool:
         return True
-
-    async def mget(self, names: list[str]) -> list[None]:
-        return [None for _ in names]
 
 
 async def test_writer_stops_on_cancel_even_when_a_redis_call_swallows_the_cancellation() -> None:

@@ -13,7 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +55,12 @@ def free_port() -> int:
             return port
 
 
-def free_cluster_port() -> int:
-    """A port for a cluster node: free, at most 55535, and with its cluster bus port (+10000) free."""
+def free_cluster_port(avoid: Collection[int] = ()) -> int:
+    """A port for a cluster node: free, at most 55535, with its cluster bus port (+10000) free, and
+    neither of them in ``avoid`` (ports free now that something else is about to take)."""
     while True:
         port = free_port()
-        if port <= 55535 and port_is_free(port + 10_000):
+        if port <= 55535 and port_is_free(port + 10_000) and not {port, port + 10_000} & set(avoid):
             return port
 
 
@@ -230,6 +231,7 @@ class RedisCluster:
 
     nodes: list[RedisServer]
     cli: str
+    password: str | None = None  # the default user's, when it has one (redis-cli logs in with it)
 
     @property
     def url(self) -> str:
@@ -241,9 +243,10 @@ class RedisCluster:
 
     def cli_run(self, port: int, *args: str, timeout: float = 30.0) -> str:
         """``redis-cli -p port args...``: its output (raises on a non-zero exit)."""
+        env = {**os.environ, "REDISCLI_AUTH": self.password} if self.password else None
         done = subprocess.run(
             [self.cli, "-h", "127.0.0.1", "-p", str(port), *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True, text=True, timeout=timeout, check=False, env=env,
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli {' '.join(args)} failed: {done.stdout}{done.stderr}")
@@ -333,13 +336,19 @@ def start_cluster(
     binary: str | None = None,
     node_timeout_ms: int = 2_000,
     preexec_fn: Callable[[], None] | None = None,
+    extra_args: list[str] | None = None,
+    password: str | None = None,
+    avoid: Collection[int] = (),
 ) -> RedisCluster:
     """Start a Redis Cluster of ``masters`` masters with ``replicas`` replicas each on free ports of
     127.0.0.1 (redis-server's cluster mode, joined with ``redis-cli --cluster create``) and wait
-    until it serves every slot. ``node_timeout_ms`` is how long a silent master has before its
+    until it serves every slot. ``masters=1``: one node that serves every slot. ``extra_args`` go
+    to every node (e.g. ACL users); ``password``: the default user's, for redis-cli and for the
+    replicas to log in to their masters; ``avoid``: ports the nodes and their cluster buses must not
+    take (the services' ports, free until they start). ``node_timeout_ms`` is how long a silent master has before its
     replica takes over (Redis's default is 15 s; 2 s here, so a failover is quick to test)."""
-    if masters < 3:
-        raise ValueError("Redis Cluster needs at least 3 masters")
+    if masters < 1 or (1 < masters < 3) or (masters == 1 and replicas):
+        raise ValueError("a cluster here is 1 master alone (every slot on one node) or 3 and more masters")
     binary = binary or find_redis_server()
     cli = find_redis_cli(binary)
     cluster_args = [
@@ -349,6 +358,8 @@ def start_cluster(
         # A replica whose link broke a while ago still may take over: better a cluster that
         # serves (and whose losses unistream detects) than one that is down.
         "--cluster-replica-validity-factor", "0",
+        *(["--masterauth", password] if password else []),
+        *(extra_args or []),
     ]  # fmt: skip
     nodes: list[RedisServer] = []
     try:
@@ -356,14 +367,19 @@ def start_cluster(
             nodes.append(
                 start_redis(
                     data_dir / f"node-{i}",
-                    port=free_cluster_port(),
+                    port=free_cluster_port(avoid),
                     appendonly=appendonly,
                     binary=binary,
                     preexec_fn=preexec_fn,
                     extra_args=cluster_args,
                 )
             )
-        cluster = RedisCluster(nodes, cli)
+        cluster = RedisCluster(nodes, cli, password)
+        if masters == 1:
+            # One node serving every slot: a real cluster (cluster clients, CROSSSLOT refusals) on one process.
+            cluster.cli_run(nodes[0].port, "cluster", "addslotsrange", "0", "16383")
+            cluster.wait_ok()
+            return cluster
         cluster.cli_run(
             nodes[0].port,
             "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),

@@ -49,12 +49,14 @@ from unistream_common.redisio import access_problem, safe_url
 from unistream_common.settings import EXIT_BAD_CONFIG
 from unistream_tools import compose as composefile
 from unistream_tools.redis_server import (
+    RedisCluster,
     RedisNotFound,
     RedisServer,
     find_redis_server,
     free_port,
     port_is_free,
     redis_server_version,
+    start_cluster,
     start_redis,
 )
 
@@ -797,6 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"port of the Redis that run starts (default {DEFAULT_REDIS_PORT}; 0 or a busy port: a free one); "
         "ignored when UNISTREAM_REDIS_URL is set",
     )  # fmt: skip
+    parser.add_argument(
+        "--redis-cluster", type=int, default=None, metavar="N",
+        help="start a Redis Cluster instead: N masters (3 or more) with a replica each, on free ports, with "
+        "compose's redis options on every node (1: one node serving every slot); ignored when "
+        "UNISTREAM_REDIS_URL is set",
+    )  # fmt: skip
     parser.add_argument("--compose", type=Path, default=None, help="compose file (default deploy/docker-compose.yml)")
     parser.add_argument("--run-dir", type=Path, default=Path(".run"), help="logs, models and Redis data (default .run)")
     parser.add_argument(
@@ -839,6 +847,39 @@ def _start_redis(
         flush=True,
     )
     return server
+
+
+def _start_cluster(
+    masters: int, run_dir: Path, parent_pid: int, binary: str, args: list[str], avoid: list[int]
+) -> RedisCluster:
+    """Our own Redis Cluster (``args``: compose's redis command, on every node) under
+    ``<run dir>/redis-cluster``, tied to this process; replicas log in with the default user's
+    password; no node or cluster bus takes a port in ``avoid`` (the services' probes)."""
+    admin = _default_password(args)
+    cluster = start_cluster(
+        run_dir / "redis-cluster", masters=masters, replicas=1 if masters > 1 else 0, appendonly=True,
+        binary=binary, extra_args=args, password=admin, node_timeout_ms=5_000, preexec_fn=make_preexec(parent_pid),
+        avoid=avoid,
+    )  # fmt: skip
+    shape = f"{masters} masters with a replica each" if masters > 1 else "one node serving every slot"
+    print(
+        f"[supervisor] Redis Cluster of {shape}: {safe_url(cluster.url)} (pids "
+        f"{', '.join(str(n.process.pid) for n in cluster.nodes)}, data in {run_dir / 'redis-cluster'})",
+        flush=True,
+    )
+    return cluster
+
+
+def _default_password(args: list[str]) -> str | None:
+    """The password the default user gets in redis-server ``args`` (``--user default ... >PASSWORD``)."""
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--user" and args[i + 1] == "default":
+            for rule in args[i + 2 :]:
+                if rule.startswith("--"):
+                    break
+                if rule.startswith(">"):
+                    return rule[1:]
+    return None
 
 
 MIN_ACL_REDIS = (7, 0)  # compose's dashboard user reads every key through a read-only selector (%R~)
@@ -916,6 +957,7 @@ def previous_run(state_path: Path) -> tuple[int | None, list[tuple[str, int]]]:
     supervisor = _recorded([("supervisor", state.get("supervisor_pid"), state.get("supervisor_start_ticks"))])
     children = [(p.get("name"), p.get("pid"), p.get("start_ticks")) for p in state.get("processes") or []]
     children.append(("redis-server", state.get("redis_pid"), state.get("redis_start_ticks")))
+    children.extend(("redis-server", n.get("pid"), n.get("start_ticks")) for n in state.get("redis_nodes") or [])
     return (supervisor[0][1] if supervisor else None), _recorded(children)
 
 
@@ -968,6 +1010,8 @@ def main(argv: list[str]) -> int:
     try:
         if args.redis_port is not None and not 0 <= args.redis_port < 65536:
             raise PlanError(f"--redis-port {args.redis_port} is not a port number")
+        if args.redis_cluster is not None and not (args.redis_cluster == 1 or 3 <= args.redis_cluster <= 64):
+            raise PlanError(f"--redis-cluster {args.redis_cluster}: a cluster has 3 to 64 masters (or 1 node alone)")
         compose = composefile.load(args.compose or default_compose_path())
         if not given_redis_url:
             redis_binary, redis_args, secrets_ = _local_redis(compose, environ)
@@ -1008,7 +1052,7 @@ def main(argv: list[str]) -> int:
         print(f"unistream run: port(s) in use: {names}; stop what holds them or pass --port-offset", file=sys.stderr)
         return 1
 
-    server: RedisServer | None = None
+    server: RedisServer | RedisCluster | None = None
     supervisor: Supervisor | None = None
 
     def on_signal(signum: int, frame: object) -> None:
@@ -1027,7 +1071,11 @@ def main(argv: list[str]) -> int:
             )
         else:
             try:
-                server = _start_redis(args.redis_port, run_dir, os.getpid(), redis_binary, redis_args)
+                if args.redis_cluster:
+                    probes = [spec.http_port for spec in plan if spec.http_port]
+                    server = _start_cluster(args.redis_cluster, run_dir, os.getpid(), redis_binary, redis_args, probes)
+                else:
+                    server = _start_redis(args.redis_port, run_dir, os.getpid(), redis_binary, redis_args)
             except (RedisNotFound, RuntimeError, ValueError) as exc:
                 print(f"unistream run: cannot start Redis: {exc}", file=sys.stderr)
                 return 1
@@ -1048,8 +1096,13 @@ def main(argv: list[str]) -> int:
         extra_state: dict[str, Any] = {
             # masked: run.json is for reading; `unistream status` logs in with tools_redis_url
             "redis_url": safe_url(redis_url),
-            "redis_pid": server.process.pid if server else None,
-            "redis_start_ticks": start_ticks(server.process.pid) if server else None,
+            "redis_pid": server.process.pid if isinstance(server, RedisServer) else None,
+            "redis_start_ticks": start_ticks(server.process.pid) if isinstance(server, RedisServer) else None,
+            # a cluster's nodes, all stopped with the run
+            "redis_nodes": [
+                {"pid": n.process.pid, "start_ticks": start_ticks(n.process.pid)}
+                for n in (server.nodes if isinstance(server, RedisCluster) else [])
+            ],
         }
         if server is not None and secrets_ is not None:
             # The operator tools (status, tail) log in as the read-only dashboard user; run.json is

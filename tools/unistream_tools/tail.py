@@ -20,7 +20,7 @@ import redis
 
 from unistream_common import codec
 from unistream_common.packets import Tick, TickBatch
-from unistream_common.redisio import s
+from unistream_common.redisio import REDIS_ERRORS, s
 from unistream_tools.connection import (
     ToolError,
     add_redis_url_argument,
@@ -157,7 +157,7 @@ def tail_main(argv: list[str]) -> int:
         # blocking reads need a socket timeout longer than BLOCK
         client = connect(url, timeout_s=FOLLOW_BLOCK_MS / 1000 + 5)
         return tail(client, args.stream, args.count, args.json, args.follow, sys.stdout, sys.stderr)
-    except (ToolError, redis.RedisError) as exc:
+    except (ToolError, *REDIS_ERRORS) as exc:
         return report_failure("unistream tail", url, exc)
     except KeyboardInterrupt:
         return 0

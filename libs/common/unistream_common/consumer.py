@@ -52,7 +52,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import RedisClusterException, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from unistream_common import codec, keys
@@ -72,7 +72,10 @@ from unistream_common.stats import Stats
 log = logging.getLogger(__name__)
 
 DLQ_MAXLEN = 100_000
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+# RedisClusterException: the cluster client found no reachable node, or no node serving a slot (mid-failover).
+CONNECTION_ERRORS = (
+    RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError, RedisClusterException,
+)  # fmt: skip
 
 
 HEALTHY_S = 10.0  # connected this long: the next failure backs off from the shortest delay again

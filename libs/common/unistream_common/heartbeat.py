@@ -46,7 +46,7 @@ def beat_fields(service: str, consumer: str, *, started_ms: int, ready: bool) ->
 
 def queue_beat(pipe: Any, service: str, consumer: str, fields: Mapping[str, str | int], now_ms: int) -> None:
     """Queue one beat of ``service``/``consumer`` at ``now_ms`` (epoch ms) on ``pipe``, a sync or
-    async redis-py pipeline (``transaction=True``); the caller executes it."""
+    async redis-py pipeline (:func:`unistream_common.redisio.beat_pipeline`); the caller executes it."""
     key = keys.heartbeat(service, consumer)
     pipe.hset(key, mapping={**fields, "updated_ms": now_ms})
     pipe.pexpire(key, HEARTBEAT_TTL_MS)

@@ -23,13 +23,15 @@ import redis.asyncio as aioredis
 import redis.asyncio.cluster as aiocluster
 import redis.cluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 PROTOCOL = 2
 # What a Redis call can raise when Redis is unreachable, restarting or refuses a command: callers
-# that retry or degrade catch these, and nothing broader.
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+# that retry or degrade catch these, and nothing broader. redis-py's cluster client says "no node
+# of the cluster can be reached" (and a slot nobody serves, mid-failover) with an exception that is
+# not a RedisError.
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError, RedisClusterException)
 
 
 CLUSTER_SCHEME = "redis+cluster"
@@ -138,6 +140,18 @@ def sync_client(url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: 
             **_common(url, name),
         )
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect, **_common(url, name))
+
+
+def is_cluster_client(client: Any) -> bool:
+    """Whether ``client`` (sync or asyncio) talks to a Redis Cluster."""
+    return isinstance(client, (aiocluster.RedisCluster, redis.cluster.RedisCluster))
+
+
+def beat_pipeline(client: Any) -> Any:
+    """The pipeline a heartbeat is written in: one MULTI on a single Redis; on a cluster, where a
+    process's hash and the index ``svc:index`` are in different slots, a plain pipeline (the hash
+    and its expiry stay in order on their node; the index is tidied by every beat)."""
+    return client.pipeline(transaction=not is_cluster_client(client))
 
 
 async def refresh_topology(client: Any) -> None:

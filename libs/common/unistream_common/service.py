@@ -22,10 +22,9 @@ import redis.asyncio as aioredis
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
-from redis.exceptions import RedisError
 
 from unistream_common.heartbeat import HEARTBEAT_EVERY_S, beat_fields, queue_beat, queue_goodbye
-from unistream_common.redisio import access_problem, command_client, safe_url
+from unistream_common.redisio import REDIS_ERRORS, access_problem, beat_pipeline, command_client, safe_url
 from unistream_common.settings import EXIT_BAD_CONFIG, CommonSettings
 from unistream_common.stats import Stats
 
@@ -91,10 +90,10 @@ async def heartbeat(ctx: ServiceContext, started_ms: int) -> None:
     while True:
         fields = beat_fields(ctx.name, consumer, started_ms=started_ms, ready=ctx.ready())
         try:
-            pipe = ctx.redis.pipeline(transaction=True)
+            pipe = beat_pipeline(ctx.redis)
             queue_beat(pipe, ctx.name, consumer, fields, int(time.time() * 1000))
             await pipe.execute()
-        except RedisError:
+        except REDIS_ERRORS:
             ctx.stats.inc("heartbeat_errors")
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 
@@ -129,8 +128,8 @@ def create_app(ctx: ServiceContext, worker: Worker, on_worker_exit: Callable[[],
             await asyncio.wait({task}, timeout=10)
             if not task.done():
                 log.error("%s worker ignored cancellation for 10 s; exiting anyway", ctx.name)
-            with contextlib.suppress(RedisError, OSError):
-                pipe = ctx.redis.pipeline(transaction=True)
+            with contextlib.suppress(*REDIS_ERRORS):
+                pipe = beat_pipeline(ctx.redis)
                 queue_goodbye(pipe, ctx.name, ctx.settings.consumer(ctx.name))
                 await pipe.execute()
             await ctx.redis.aclose()

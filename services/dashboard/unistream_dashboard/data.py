@@ -37,8 +37,8 @@ from unistream_common.packets import (
     TickBatch,
     UIDataPacket,
 )
+from unistream_common.redisio import REDIS_ERRORS, beat_pipeline, is_cluster_client, sync_client
 from unistream_common.redisio import s as text
-from unistream_common.redisio import sync_client
 
 # A page refresh must not hang on a dead server: fail fast, the next refresh tries again.
 CONNECT_TIMEOUT_S = 1.0
@@ -233,7 +233,7 @@ class HealthRead:
 
 @st.cache_data(ttl=CACHE_TTL_S, max_entries=32, show_spinner=False)
 def read_health(url: str) -> HealthRead:
-    """Every heartbeat listed in svc:index whose hash has not expired, and ml:trainer:leader.
+    """Every heartbeat listed in svc:index whose hash has not expired, and ml:{trainer}:leader.
 
     The index keeps members for a while after their process stopped; only the hashes (which
     expire 10 s after the last beat) say a process is alive.
@@ -414,15 +414,20 @@ def read_streams(url: str, symbols: tuple[str, ...], dlq_reasons: int = 3) -> St
     started = time.perf_counter()
     client = redis_client(url)
     names = keys.all_streams(symbols) + keys.history_streams(symbols)
+    # The server's clock in the same round trip; a cluster pipeline refuses a keyless command, so
+    # there it is a command of its own (to any node).
+    cluster = is_cluster_client(client)
     pipe = client.pipeline(transaction=False)
-    pipe.time()
+    if not cluster:
+        pipe.time()
     for name in names:
         pipe.xinfo_stream(name)
         pipe.xinfo_groups(name)
     for name in names:
         pipe.xinfo_stream(keys.dlq(name))
         pipe.xrevrange(keys.dlq(name), count=dlq_reasons)
-    time_reply, *replies = pipe.execute(raise_on_error=False)
+    replies = pipe.execute(raise_on_error=False)
+    time_reply = client.time() if cluster else replies.pop(0)
     if isinstance(time_reply, Exception):
         raise time_reply
     now_ms = _time_ms(time_reply)
@@ -714,8 +719,8 @@ def read_trainer(url: str, metrics_count: int) -> TrainerRead:
 
 
 def beat_once(client: redis.Redis, consumer: str, fields: dict[str, str | int]) -> None:
-    """One beat of ``svc:dashboard:{consumer}`` (MULTI/EXEC, as the services beat)."""
-    pipe = client.pipeline(transaction=True)
+    """One beat of ``svc:dashboard:{consumer}`` (as the services beat: redisio.beat_pipeline)."""
+    pipe = beat_pipeline(client)
     heartbeat.queue_beat(pipe, SERVICE_NAME, consumer, fields, int(time.time() * 1000))
     pipe.execute()
 
@@ -737,7 +742,7 @@ def start_heartbeat(url: str, consumer: str, every_s: float) -> threading.Event:
         while not stop.is_set():
             try:
                 beat_once(client, consumer, fields)
-            except redis.RedisError:
+            except REDIS_ERRORS:
                 pass
             stop.wait(every_s)
         client.close()

@@ -32,12 +32,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
-import redis
 import streamlit as st
 from plotly.subplots import make_subplots
 
 from unistream_common import keys
 from unistream_common.packets import Bar, PaperFill
+from unistream_common.redisio import REDIS_ERRORS
 from unistream_dashboard import charts
 from unistream_dashboard.data import BOTTOM, TOP, Predictions, read_candles, read_markers
 from unistream_dashboard.settings import DashboardSettings
@@ -446,7 +446,7 @@ def _chart_panel(settings: DashboardSettings, symbol: str, max_candles: int, thr
     try:
         candles = read_candles(settings.redis_url, symbol, timeframe, max_candles)
         markers = read_markers(settings.redis_url)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         show_redis_error(settings, exc)
         return
     series = candle_series(symbol, timeframe, candles.bars, candles.forming, max_candles)

@@ -17,14 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis
 import streamlit as st
 
 from unistream_common import codec
 from unistream_common.heartbeat import HEARTBEAT_TTL_MS
 from unistream_common.keys import TIMEFRAMES
 from unistream_common.packets import MetricsPacket, ModelAnnouncement, ModelStatus, TickBatch, UIDataPacket
-from unistream_common.redisio import safe_url
+from unistream_common.redisio import REDIS_ERRORS, safe_url
 from unistream_dashboard import data
 from unistream_dashboard.data import Heartbeat, Skipped
 from unistream_dashboard.settings import DashboardSettings
@@ -554,7 +553,7 @@ def training_data_stream_panel(settings: DashboardSettings) -> None:
         try:
             status = data.read_status(settings.redis_url, symbols)
             training = data.read_training(settings.redis_url, settings.metrics_history)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             show_redis_error(settings, exc)
             return
         now_ms = clock_ms()
@@ -595,7 +594,7 @@ def services_panel(settings: DashboardSettings) -> None:
         st.subheader("Services")
         try:
             health = data.read_health(settings.redis_url)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             show_redis_error(settings, exc)
             return
         now_ms = clock_ms()

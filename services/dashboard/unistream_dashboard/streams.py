@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-import redis
 import streamlit as st
 
 from unistream_common.groups import group_overrun
-from unistream_common.redisio import safe_url
+from unistream_common.redisio import REDIS_ERRORS, safe_url
 from unistream_dashboard import data
 from unistream_dashboard.data import DeadLetter, DeadLetters, GroupInfo, StreamInfo
 from unistream_dashboard.settings import DashboardSettings
@@ -251,7 +250,7 @@ def _read_streams(settings: DashboardSettings) -> data.StreamsRead | None:
     that Redis failed."""
     try:
         return data.read_streams(settings.redis_url, settings.symbols, settings.dlq_reasons)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         show_redis_error(settings, exc)
         return None
 
@@ -305,7 +304,7 @@ def data_quality_panel(settings: DashboardSettings) -> None:
         st.subheader("Data quality")
         try:
             quality = data.read_quality(settings.redis_url, settings.symbols)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             show_redis_error(settings, exc)
             return
         now_ms = clock_ms()

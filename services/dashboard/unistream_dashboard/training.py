@@ -10,8 +10,8 @@ Two layers, top to bottom:
 * :func:`render`, called by the app's page: four self-refreshing ``st.fragment`` panels keyed
   ``training-learning``, ``training-paper``, ``training-cnn`` and ``training-replicas``, all
   reading through one cached read shared by every panel of every tab,
-  :func:`unistream_dashboard.data.read_trainer` (ml:metrics, ml:models, ml:trainer:members,
-  ml:trainer:leader and the replicas' heartbeat hashes ``svc:trainer:<name>``).
+  :func:`unistream_dashboard.data.read_trainer` (ml:metrics, ml:models, ml:{trainer}:members,
+  ml:{trainer}:leader and the replicas' heartbeat hashes ``svc:trainer:<name>``).
 
 Metric names are the trainer's CleanRL-style ones (``losses/td_loss``, ``charts/epsilon``,
 ``paper/pnl``, ``extrema/pr_auc_top_1s``, ``sensitivity/edge``, ``merge/duration_ms``...).
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import plotly.graph_objects as go
-import redis
 import streamlit as st
 
 from unistream_common import heartbeat, keys
 from unistream_common.packets import MetricsPacket, ModelAnnouncement
+from unistream_common.redisio import REDIS_ERRORS
 from unistream_common.redisio import s as text
 from unistream_dashboard import charts
 from unistream_dashboard.data import TrainerRead, read_trainer
@@ -275,7 +275,7 @@ def replica_rows(
     """One row per trainer replica, by name, for every replica named by a metrics packet, the
     members set (name -> heartbeat expiry ms) or a heartbeat hash (``updated_ms``, ``ready``):
 
-    ``replica``, ``lease`` (holds ml:trainer:leader), ``alive`` (its heartbeat hash is at most
+    ``replica``, ``lease`` (holds ml:{trainer}:leader), ``alive`` (its heartbeat hash is at most
     :data:`ALIVE_MS` old or its membership has not expired), ``ready``, ``packets/s``,
     ``updates/s`` and ``step`` of its newest metrics, ``heartbeat age s`` (from its heartbeat
     hash), ``member expires in s`` (negative: expired), ``metrics age s``, ``model round`` (of the
@@ -482,7 +482,7 @@ def _read(settings: DashboardSettings) -> TrainerRead | None:
     """The cached read, or None after showing the Redis banner."""
     try:
         return read_trainer(settings.redis_url, settings.metrics_history)
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         show_redis_error(settings, exc)
         return None
 
@@ -624,7 +624,7 @@ def _cnn_panel(settings: DashboardSettings) -> None:
 
 
 REPLICA_COLUMNS: dict[str, Any] = {
-    "lease": st.column_config.CheckboxColumn("lease", help="Holds ml:trainer:leader: merges and paper-trades"),
+    "lease": st.column_config.CheckboxColumn("lease", help="Holds ml:{trainer}:leader: merges and paper-trades"),
     "packets/s": st.column_config.NumberColumn("packets/s", format="%.1f"),
     "updates/s": st.column_config.NumberColumn("updates/s", format="%.1f"),
     "heartbeat age s": st.column_config.NumberColumn("heartbeat age", format="%.1f s"),

@@ -138,7 +138,7 @@ def refresh_text(settings: DashboardSettings) -> str:
     return "paused" if settings.paused else f"refresh every {settings.refresh_s:g} s"
 
 
-def show_redis_error(settings: DashboardSettings, exc: redis.RedisError) -> None:
+def show_redis_error(settings: DashboardSettings, exc: BaseException) -> None:
     """Banner for a failed read; the panel's next scheduled refresh simply tries again."""
     where = safe_url(settings.redis_url)
     reason = str(exc).rstrip(".") or type(exc).__name__

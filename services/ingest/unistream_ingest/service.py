@@ -43,7 +43,7 @@ import redis.asyncio as aioredis
 from unistream_common import codec, keys
 from unistream_common.consumer import raise_if_cancel_lost
 from unistream_common.packets import GapMarker, Tick, TickBatch
-from unistream_common.redisio import REDIS_ERRORS, command_client, top_packets
+from unistream_common.redisio import REDIS_ERRORS, command_client, refresh_topology, top_packets
 from unistream_common.service import ServiceContext
 from unistream_common.stats import Stats
 from unistream_ingest.binance.rest import reachable
@@ -329,6 +329,9 @@ class IngestService:
         if time.monotonic() < self._retry_at:
             return
         try:
+            if self._last_error:
+                # After a failed write: on a cluster the failover may have moved the slots to a replica.
+                await refresh_topology(self.redis)
             await self._write(now_ms)
             await self._write_watermarks(now_ms)
         except REDIS_ERRORS as exc:
@@ -400,7 +403,10 @@ class IngestService:
 
     async def _read_marks(self) -> dict[str, int | None]:
         """Each tick stream's mark (the last trade id written; None where there is none)."""
-        values = await self.redis.mget([keys.ticks_mark(symbol) for symbol in self.symbols])
+        pipe = self.redis.pipeline(transaction=False)  # one GET each: the marks are in their symbols' slots
+        for symbol in self.symbols:
+            pipe.get(keys.ticks_mark(symbol))
+        values = await pipe.execute()
         return {symbol: int(v) if v else None for symbol, v in zip(self.symbols, values)}
 
     def _reconcile(self, symbol: str, mark: int | None) -> None:
