@@ -103,7 +103,11 @@ Rows (ticks/s unless stated):
   trainer metrics packet a second). Goal: < 15 % each;
 - ``dashboard_redis_commands_per_refresh``: Redis commands the dashboard issues per panel
   refresh (INFO commandstats over the tab's window, the feeder's and the idle rate taken off,
-  divided by the fragment runs the browser received).
+  divided by the fragment runs the browser received);
+- ``aggregator_ticks_per_s_cluster``, ``features_bar_to_packet_p50_ms_cluster`` /
+  ``_p99_ms_cluster``, ``trainer_packets_per_s_1_replica_cluster``: the same rows with every
+  process on a Redis Cluster of 3 masters with a replica each (started once for the run, on free
+  ports); reference: the row on the single Redis, measured in the same run.
 The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in
 ``bench/aggregator.py``, the features rows in ``bench/features.py`` (at most ``MAX_RUNS`` = 3 runs
 each: one pass over them takes ~50 s), the trainer rows in ``bench/trainer.py`` (3 runs of the
