@@ -66,6 +66,7 @@ from aggregator import percentile, stop_process  # the shared helpers (bench/ is
 from unistream_common import codec, keys
 from unistream_common.bars import BarAccumulator, roll_up
 from unistream_common.packets import Bar, Tick, TickBatch, TrainingDataPacket
+from unistream_common.redisio import is_cluster
 from unistream_tools.redis_server import free_port
 
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
@@ -415,7 +416,8 @@ async def bar_to_packet_latencies(url: str, extra_env: dict[str, str] | None = N
 async def features_bar_to_packet_p50_ms(url: str, n: int, batch: int) -> float:
     values, note = await bar_to_packet_latencies(url)
     _CACHE["latency"] = values
-    NOTES.setdefault("features_bar_to_packet_p99_ms", []).append(note)
+    suffix = "_cluster" if is_cluster(url) else ""  # the same row on a Redis Cluster (bench/run.py)
+    NOTES.setdefault(f"features_bar_to_packet_p99_ms{suffix}", []).append(note)
     return percentile(values, 0.50)
 
 
