@@ -35,9 +35,6 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError, RedisClusterException
 
 
 CLUSTER_SCHEME = "redis+cluster"
-# What the clients' factories return: one node or a cluster.
-AsyncClient = aioredis.Redis | aiocluster.RedisCluster
-SyncClient = redis.Redis | redis.cluster.RedisCluster
 
 
 def is_cluster(url: str) -> bool:
@@ -80,8 +77,6 @@ def parse_cluster_url(url: str) -> ClusterURL:
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"cluster node {item.strip()!r} is not host:port")
         nodes.append((host.strip("[]"), int(port)))
-    if not nodes:
-        raise ValueError("a redis+cluster:// URL names at least one node: redis+cluster://host:port,host:port")
     return ClusterURL(tuple(nodes), username, password)
 
 
@@ -95,17 +90,23 @@ def _common(url: str, name: str) -> dict[str, Any]:
     }
 
 
+def _cluster(module: Any, url: str, name: str, timeout_s: float | None, connect_timeout_s: float) -> Any:
+    """redis-py's cluster client of ``module`` (``redis.cluster`` or ``redis.asyncio.cluster``) for a
+    ``redis+cluster://`` URL, with the settings of the single-node clients."""
+    parsed = parse_cluster_url(url)
+    return module.RedisCluster(
+        startup_nodes=[module.ClusterNode(host, port) for host, port in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        **_common(url, name),
+    )
+
+
 def _async(url: str, name: str, timeout_s: float | None, connect_timeout_s: float) -> Any:
     if is_cluster(url):
-        parsed = parse_cluster_url(url)
-        return aiocluster.RedisCluster(
-            startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in parsed.nodes],
-            username=parsed.username,
-            password=parsed.password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            **_common(url, name),
-        )
+        return _cluster(aiocluster, url, name, timeout_s, connect_timeout_s)
     return aioredis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s, **_common(url, name)
     )
@@ -130,15 +131,7 @@ def sync_client(url: str, name: str, timeout_s: float = 5.0, connect_timeout_s: 
     """
     connect = timeout_s if connect_timeout_s is None else connect_timeout_s
     if is_cluster(url):
-        parsed = parse_cluster_url(url)
-        return redis.cluster.RedisCluster(
-            startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in parsed.nodes],
-            username=parsed.username,
-            password=parsed.password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=connect,
-            **_common(url, name),
-        )
+        return _cluster(redis.cluster, url, name, timeout_s, connect)
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=connect, **_common(url, name))
 
 
