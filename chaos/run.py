@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
+from redis.crc import key_slot
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -67,7 +67,7 @@ from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_common.redisio import sync_client
-from unistream_tools.redis_server import RedisServer, start_redis
+from unistream_tools.redis_server import RedisCluster, RedisServer, start_cluster, start_redis
 
 SYMBOL = "ETHUSDT"
 MIDNIGHT_MS = 1_710_028_800_000  # 2024-03-10 00:00:00 UTC
@@ -202,16 +202,26 @@ class System:
     offset: int
     proc: subprocess.Popen[bytes] | None = None
     server: RedisServer | None = None
+    cluster: RedisCluster | None = None  # --cluster: 3 masters with a replica each instead of ``server``
+    clustered: bool = False
 
     @property
     def url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def client(self) -> redis.Redis:
+    def client(self) -> Any:
+        """A client of the system's Redis (redis-py's cluster client on a cluster)."""
         return sync_client(self.url, "unistream-chaos", timeout_s=5.0, connect_timeout_s=2.0)
 
     def start_redis(self) -> None:
-        self.server = start_redis(self.redis_dir, port=self.port, appendonly=True)
+        if self.clustered:
+            self.cluster = start_cluster(
+                self.redis_dir, masters=3, replicas=1, appendonly=True, avoid=[p + self.offset for p in PORTS]
+            )
+        else:
+            self.server = start_redis(self.redis_dir, port=self.port, appendonly=True)
 
     def stop_redis(self) -> None:
         assert self.server is not None
@@ -273,7 +283,8 @@ class Chaos:
     poison: list[tuple[str, str]] = field(default_factory=list)  # (stream, entry id)
     door: list[tuple[int, int]] = field(default_factory=list)  # (status, expected status)
     door_counted: int = 0
-    rollbacks: list[tuple[float, int, list[int], dict[str, float]]] = field(default_factory=list)
+    # Redis SIGKILLs: (seconds lost, AOF bytes cut, ...); master kills: (target, failover s, ...)
+    rollbacks: list[tuple[Any, Any, list[int], dict[str, float]]] = field(default_factory=list)
 
     def record(self, fault: Fault) -> None:
         self.faults.append(fault)
@@ -385,6 +396,51 @@ class Chaos:
         self.rollbacks.append((lose_s, cut, lost, repaired))
         say(f"  {what}")
 
+    def master_kill(self, key: str, label: str) -> None:
+        """SIGKILL the cluster master serving ``key``'s slot; its replica is promoted and the killed
+        node is started again (it rejoins as the new master's replica).
+
+        The detail reports the failover's seconds, what the promoted replica lacked (trades, 1s bars
+        and training packets behind the streams' tops at the kill) and what the services counted
+        repairing it. Ready-again is counted from the kill (the failover included)."""
+        cluster = self.system.cluster
+        assert cluster is not None
+        port = cluster.master_of(key_slot(key.encode()))
+        before = self._repair_counters()
+        tops = self._tops()
+        started = time.monotonic()
+        cluster.node(port).kill()
+        took = cluster.wait_failover(port, timeout=60)
+        promoted = self._tops()
+        cluster.restart(port)
+        fault = Fault("master SIGKILL", f"{label}'s master :{port}")
+        self._recover(fault, started, flowing=True)
+        wait(lambda: self._tops()[0] >= tops[0], 30, 0.2)  # trades the replica lacked written again
+        repaired = {k: v - before.get(k, 0) for k, v in self._repair_counters().items()}
+        lost = [max(0, a - b) for a, b in zip(tops, promoted)]
+        what = (
+            f"(failover {took:.1f} s; the promoted replica lacked {lost[0]:,} trades, {lost[1]:,} 1s bars, "
+            f"{lost[2]:,} training packets; repaired: " + ", ".join(f"{k} {v:g}" for k, v in repaired.items()) + ")"
+        )
+        fault.detail += " " + what
+        self.rollbacks.append((f"{label}'s master :{port}", took, lost, repaired))
+        say(f"  {what}")
+
+    def migrate(self) -> None:
+        """Move :data:`SYMBOL`'s slot (its ticks, bars, training packets, leases, fences, state) to
+        another master while the services use it. Ready-again is counted from the move's end."""
+        cluster = self.system.cluster
+        assert cluster is not None
+        slot = key_slot(keys.ticks(SYMBOL).encode())
+        source = cluster.master_of(slot)
+        target = self.rng.choice(sorted(p for p in cluster.masters() if p != source))
+        started = time.monotonic()
+        moved = cluster.migrate_slot(slot, target)
+        done = time.monotonic()
+        fault = Fault("slot migrated", f"slot {slot} :{source} -> :{target}")
+        fault.detail = f"({moved} keys moved in {done - started:.1f} s)"
+        self._recover(fault, done, flowing=True)
+
     def _tops(self) -> tuple[int, int, int]:
         """Newest trade id on the tick stream, 1s bars and training packets written (counts)."""
         client = self.system.client()
@@ -450,7 +506,7 @@ def round_of(version: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def newest_round(client: redis.Redis, model: str) -> int:
+def newest_round(client: Any, model: str) -> int:
     for _eid, fields in client.xrevrange(keys.MODELS, count=200):
         with contextlib.suppress(codec.DecodeError):
             packet = codec.decode(fields)
@@ -470,7 +526,7 @@ class Check:
     detail: str = ""
 
 
-def read_stream(client: redis.Redis, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
+def read_stream(client: Any, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
     out: list[tuple[str, dict[bytes, bytes]]] = []
     last = "-"
     while True:
@@ -482,7 +538,7 @@ def read_stream(client: redis.Redis, stream: str) -> list[tuple[str, dict[bytes,
         last = out[-1][0]
 
 
-def check_ticks(client: redis.Redis, archive: Archive) -> Check:
+def check_ticks(client: Any, archive: Archive) -> Check:
     ids: list[int] = []
     for _eid, fields in read_stream(client, keys.ticks(SYMBOL)):
         with contextlib.suppress(codec.DecodeError):
@@ -500,7 +556,7 @@ def check_ticks(client: redis.Redis, archive: Archive) -> Check:
     )  # fmt: skip
 
 
-def check_bars(client: redis.Redis, reference: dict[str, list[Bar]], archive: Archive) -> list[Check]:
+def check_bars(client: Any, reference: dict[str, list[Bar]], archive: Archive) -> list[Check]:
     checks = []
     for tf in keys.TIMEFRAMES:
         got: list[Bar] = []
@@ -544,7 +600,7 @@ def check_bars(client: redis.Redis, reference: dict[str, list[Bar]], archive: Ar
     return checks
 
 
-def check_training(client: redis.Redis, reference: dict[str, list[Bar]]) -> Check:
+def check_training(client: Any, reference: dict[str, list[Bar]]) -> Check:
     """One training packet per live 1s bar (at the bar's close), none twice, none missing."""
     from unistream_common.packets import TrainingDataPacket
 
@@ -564,7 +620,7 @@ def check_training(client: redis.Redis, reference: dict[str, list[Bar]]) -> Chec
     )  # fmt: skip
 
 
-def check_dead_letters(client: redis.Redis, poison: list[tuple[str, str]]) -> Check:
+def check_dead_letters(client: Any, poison: list[tuple[str, str]]) -> Check:
     found: dict[tuple[str, str], set[str]] = defaultdict(set)
     reasons: dict[tuple[str, str], str] = {}
     for stream in GROUPS:
@@ -634,6 +690,8 @@ def stop_system(system: System) -> None:
             system.proc.wait()
     if system.server is not None:
         system.server.stop()
+    if system.cluster is not None:
+        system.cluster.stop()
 
 
 def plan_faults(chaos: Chaos) -> list[Callable[[], None]]:
@@ -644,8 +702,13 @@ def plan_faults(chaos: Chaos) -> list[Callable[[], None]]:
     for name in ("aggregator-1", "aggregator-2", "trainer-1", "trainer-2"):
         faults += [lambda n=name: chaos.kill(n)]
     faults += [chaos.kill_owner, chaos.kill_owner, chaos.kill_leader]
-    faults += [lambda: chaos.redis_restart(0.0), lambda: chaos.redis_restart(10.0)]
-    faults += [lambda: chaos.redis_kill(1.0), lambda: chaos.redis_kill(2.0)]
+    if chaos.system.clustered:
+        faults += [lambda: chaos.master_kill(keys.ticks(SYMBOL), SYMBOL)] * 2
+        faults += [lambda: chaos.master_kill(keys.TRAINER_LEADER, "{trainer}")]
+        faults += [chaos.migrate, chaos.migrate]
+    else:
+        faults += [lambda: chaos.redis_restart(0.0), lambda: chaos.redis_restart(10.0)]
+        faults += [lambda: chaos.redis_kill(1.0), lambda: chaos.redis_kill(2.0)]
     faults += [chaos.inject_poison, chaos.inject_poison, chaos.door_garbage]
     chaos.rng.shuffle(faults)
     return faults
@@ -687,13 +750,18 @@ def summary(chaos: Chaos, checks: list[Check], archive: Archive, elapsed_s: floa
         print(f"| {f.kind} | {f.target} | {f.at_s:.0f} | {took} | {'ok' if f.ok else 'SLOW'} {f.detail} |")
     if chaos.rollbacks:
         print()
-        print(
-            "| Redis SIGKILL | AOF cut (bytes) | rolled back: trades / 1s bars / training packets | repaired (counted) |"
-        )
+        if chaos.system.clustered:
+            print("| master SIGKILL | failover s | the promoted replica lacked: trades / 1s bars / training packets "
+                  "| repaired (counted) |")  # fmt: skip
+        else:
+            print("| Redis SIGKILL | AOF cut (bytes) | rolled back: trades / 1s bars / training packets "
+                  "| repaired (counted) |")  # fmt: skip
         print("|---|---|---|---|")
-        for lose_s, cut, lost, repaired in chaos.rollbacks:
+        for what, size, lost, repaired in chaos.rollbacks:
             counted = ", ".join(f"{k} {v:g}" for k, v in repaired.items() if v)
-            print(f"| last {lose_s:g} s lost | {cut:,} | {lost[0]:,} / {lost[1]:,} / {lost[2]:,} | {counted or '-'} |")
+            first = what if chaos.system.clustered else f"last {what:g} s lost"
+            second = f"{size:.1f}" if chaos.system.clustered else f"{size:,}"
+            print(f"| {first} | {second} | {lost[0]:,} / {lost[1]:,} / {lost[2]:,} | {counted or '-'} |")
     failed = [c for c in checks if c.mismatches] + slow
     if door_wrong or chaos.door_counted < len(chaos.door):
         failed.append(Check("door", len(chaos.door), door_wrong))
@@ -710,6 +778,11 @@ def main() -> int:
     )
     parser.add_argument("--speed", type=float, default=SPEED, help="replay pace, x real time")
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
+    parser.add_argument(
+        "--cluster", action="store_true",
+        help="on a Redis Cluster of 3 masters with a replica each: master SIGKILLs and slot migrations "
+        "instead of the single Redis's restarts and AOF losses",
+    )  # fmt: skip
     args = parser.parse_args()
     globals()["SPEED"] = args.speed
     started = time.monotonic()
@@ -723,7 +796,7 @@ def main() -> int:
     )
     from unistream_tools.redis_server import free_port
 
-    system = System(tmp / "run", tmp / "redis", free_port(), pick_port_offset(PORTS))
+    system = System(tmp / "run", tmp / "redis", free_port(), pick_port_offset(PORTS), clustered=args.cluster)
     ok = False
     try:
         system.start_redis()

@@ -232,6 +232,8 @@ class RedisCluster:
     nodes: list[RedisServer]
     cli: str
     password: str | None = None  # the default user's, when it has one (redis-cli logs in with it)
+    node_args: tuple[str, ...] = ()  # every node's redis-server arguments beyond start_redis's own
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
@@ -319,6 +321,45 @@ class RedisCluster:
             time.sleep(0.1)
         raise RuntimeError(f"no replica took over from the master on port {dead_port} within {timeout}s")
 
+    def restart(self, port: int) -> RedisServer:
+        """Start the (stopped or killed) node of ``port`` again on its data and ``nodes.conf``: it
+        rejoins the cluster, as a replica when its slots were failed over meanwhile."""
+        old = self.node(port)
+        if old.process.poll() is None:
+            raise RuntimeError(f"the node on port {port} is still running")
+        new = start_redis(
+            old.data_dir, port=port, appendonly=self.appendonly, binary=old.binary, extra_args=list(self.node_args)
+        )
+        self.nodes[self.nodes.index(old)] = new
+        return new
+
+    def migrate_slot(self, slot: int, to_port: int, batch: int = 10, timeout_ms: int = 60_000) -> int:
+        """Move ``slot`` from the master serving it to the master of ``to_port`` with its keys, the
+        way ``redis-cli --cluster reshard`` does (IMPORTING / MIGRATING, MIGRATE in batches, SETSLOT
+        NODE on every master), while clients go on using it (they are sent ASK, or TRYAGAIN for a
+        command whose keys are split between the two). Returns the keys moved."""
+        source = self.master_of(slot)
+        if source == to_port:
+            return 0
+        source_id = self.cli_run(source, "cluster", "myid").strip()
+        target_id = self.cli_run(to_port, "cluster", "myid").strip()
+        self.cli_run(to_port, "cluster", "setslot", str(slot), "importing", source_id)
+        self.cli_run(source, "cluster", "setslot", str(slot), "migrating", target_id)
+        auth = ["auth", self.password] if self.password else []
+        moved = 0
+        while True:
+            names = self.cli_run(source, "cluster", "getkeysinslot", str(slot), str(batch)).split()
+            if not names:
+                break
+            self.cli_run(
+                source, "migrate", "127.0.0.1", str(to_port), "", "0", str(timeout_ms), *auth, "keys", *names,
+                timeout=2 * timeout_ms / 1000,
+            )  # fmt: skip
+            moved += len(names)
+        for port in [to_port, source, *(p for p in self.masters() if p not in (to_port, source))]:
+            self.cli_run(port, "cluster", "setslot", str(slot), "node", target_id)
+        return moved
+
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
@@ -374,7 +415,7 @@ def start_cluster(
                     extra_args=cluster_args,
                 )
             )
-        cluster = RedisCluster(nodes, cli, password)
+        cluster = RedisCluster(nodes, cli, password, tuple(cluster_args), appendonly)
         if masters == 1:
             # One node serving every slot: a real cluster (cluster clients, CROSSSLOT refusals) on one process.
             cluster.cli_run(nodes[0].port, "cluster", "addslotsrange", "0", "16383")
