@@ -13,7 +13,8 @@ LIBS := common model
 SERVICES := ingest aggregator features trainer dashboard
 # deploy/.env holds the stack's secrets (never committed; `make deploy/.env` writes one) and
 # COMPOSE_PROFILES; PROFILE picks where ticks come from (auto, live or replay: see the compose file).
-COMPOSE := docker compose -f deploy/docker-compose.yml --env-file deploy/.env
+# CLUSTER=1 adds the Redis Cluster overlay (six Redis nodes: deploy/docker-compose.cluster.yml).
+COMPOSE := docker compose -f deploy/docker-compose.yml $(if $(CLUSTER),-f deploy/docker-compose.cluster.yml )--env-file deploy/.env
 PROFILE ?= auto
 PROFILES := auto live replay
 N ?= 3
@@ -59,12 +60,12 @@ test: venv system ## the whole test suite (two workers; TEST_WORKERS=0 runs it i
 bench: venv system ## one Markdown table: every row beside its same-run reference (medians of 1-5 runs; bench-results/*.json; ~10.5 min)
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
-chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and SIGKILLs, poison; fails on any loss (~6 min)
+chaos: venv system ## the whole system from a replayed file under kills, Redis restarts and SIGKILLs, poison; fails on any loss (~6 min; ARGS=--cluster: on a Redis Cluster)
 	$(VENV)/bin/python chaos/run.py $(ARGS)
 
-lint: venv ## hadolint on deploy/Dockerfile, compose file against the compose spec, ruff
+lint: venv ## hadolint on deploy/Dockerfile, compose files against the compose spec, ruff
 	$(VENV)/bin/hadolint --config .hadolint.yaml deploy/Dockerfile
-	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml deploy/docker-compose.cluster.yml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
@@ -88,5 +89,6 @@ logs: deploy/.env ## follow the Docker stack's logs (every profile)
 scale-trainer: deploy/.env ## run N trainer replicas in Docker (make scale-trainer N=3; same PROFILE as up)
 	$(COMPOSE) --profile $(PROFILE) up -d --no-recreate --scale trainer=$(N) --wait --wait-timeout 300
 
-compose-check: venv system ## build and run the Docker stack for real, check it as a user would (needs a Docker engine; ~5 min)
+compose-check: venv system ## build and run the Docker stack for real, on one Redis then on a Redis Cluster, check it as a user would (needs a Docker engine; ~9 min)
 	$(VENV)/bin/python deploy/check.py $(ARGS)
+	$(VENV)/bin/python deploy/check.py --cluster $(ARGS)

@@ -1,6 +1,6 @@
 """``make compose-check``: the Docker Compose stack built and run in a real engine, checked the way a user looks at it.
 
-    .venv/bin/python deploy/check.py [--no-cache] [--keep] [--trainers 3]
+    .venv/bin/python deploy/check.py [--no-cache] [--keep] [--trainers 3] [--cluster]
 
 Under its own project name (``unistream-check``), an env file of its own (fresh random passwords,
 synthetic market data, a free host port for the dashboard), it:
@@ -19,6 +19,11 @@ synthetic market data, a free host port for the dashboard), it:
 8. ``down`` and ``up`` again with the volumes kept: every group holds only the live replicas
    (no stale consumers), and the stack is healthy again;
 9. ``down -v``: no container, volume or network of the project is left.
+
+``--cluster`` runs the same on the cluster overlay (deploy/docker-compose.cluster.yml: six Redis
+nodes formed into three masters with a replica each): step 3 logs in on every node, a step checks
+the cluster's shape and that its nodes announce their compose hostnames, and the Redis crash of
+step 7 is a master's (the ``redis`` node serves slots until then).
 
 One summary table at the end; exit status 1 if any check failed, 0 when all passed. Without a
 Docker engine it prints one line saying so and exits 0. Needs Docker Engine >= 25 and Compose
@@ -49,6 +54,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "deploy" / "docker-compose.yml"
+CLUSTER_FILE = REPO / "deploy" / "docker-compose.cluster.yml"
+CLUSTER_NODES = ("redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6")
+CLUSTER_INIT = "redis-cluster-init"  # the overlay's one-shot service: exits 0 once the cluster is formed
 ENV_EXAMPLE = REPO / "deploy" / ".env.example"
 PROJECT = "unistream-check"
 SERVICES = ("ingest", "aggregator", "features", "trainer", "dashboard")
@@ -151,9 +159,16 @@ class Stack:
     env_file: Path
     env: dict[str, str]
     port: int
+    cluster: bool = False  # with the Redis Cluster overlay
+
+    @property
+    def redis_nodes(self) -> tuple[str, ...]:
+        return CLUSTER_NODES if self.cluster else ("redis",)
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = ["docker", "compose", "-f", str(COMPOSE_FILE), "--env-file", str(self.env_file), "-p", PROJECT, *args]
+        files = [COMPOSE_FILE, CLUSTER_FILE] if self.cluster else [COMPOSE_FILE]
+        cmd = ["docker", "compose", *(f for path in files for f in ("-f", str(path))),
+               "--env-file", str(self.env_file), "-p", PROJECT, *args]  # fmt: skip
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, env=self.env)
 
     def cli(self, *args: str) -> str:
@@ -251,6 +266,10 @@ def up(stack: Stack, trainers: int, out: dict[str, str]) -> None:
     )  # fmt: skip
     healthy_s = time.monotonic() - started
     rows = stack.containers()
+    formed = [r for r in rows if r["Service"] == CLUSTER_INIT]  # done: exited 0
+    if any(r.get("State") != "exited" or r.get("ExitCode") != 0 for r in formed):
+        raise CheckFailed(f"{CLUSTER_INIT} did not form the cluster: {formed}")
+    rows = [r for r in rows if r["Service"] != CLUSTER_INIT]
     unhealthy = [f"{r['Name']}: {r.get('State')}/{r.get('Health') or 'no healthcheck'}" for r in rows
                  if r.get("State") != "running" or r.get("Health") != "healthy"]  # fmt: skip
     if unhealthy:
@@ -262,22 +281,48 @@ def up(stack: Stack, trainers: int, out: dict[str, str]) -> None:
 
 
 def acl_users(stack: Stack, out: dict[str, str]) -> None:
-    """Every ACL user of the compose file logs in with its password; without a login, nothing answers."""
+    """Every ACL user of the compose file logs in with its password; without a login, nothing answers
+    (on every node of a cluster)."""
     secrets = env_values(stack.env_file)
-    logged_in = []
-    for user in ("default", *SERVICES):
-        password = secrets[f"UNISTREAM_REDIS_PASSWORD_{'ADMIN' if user == 'default' else user.upper()}"]
-        who = stack.compose(
-            "exec", "-T", "redis", "redis-cli", "--no-auth-warning", "--user", user, "--pass", password, "ACL", "WHOAMI"
-        ).stdout.strip()
-        if who != user:
-            raise CheckFailed(f"logging in as {user} gave {who!r}")
-        logged_in.append(user)
-    # the container's REDISCLI_AUTH (the healthcheck's login) left out: a client without one
-    anonymous = stack.compose("exec", "-T", "redis", "env", "-u", "REDISCLI_AUTH", "redis-cli", "PING", check=False)
-    if "NOAUTH" not in anonymous.stdout + anonymous.stderr:
-        raise CheckFailed(f"a client without a login got {anonymous.stdout.strip()!r}")
-    out["detail"] = f"{len(logged_in)} users log in ({', '.join(logged_in)}); without a login: NOAUTH"
+    users = ("default", *SERVICES)
+    for node in stack.redis_nodes:
+        for user in users:
+            password = secrets[f"UNISTREAM_REDIS_PASSWORD_{'ADMIN' if user == 'default' else user.upper()}"]
+            who = stack.compose(
+                "exec", "-T", node, "redis-cli", "--no-auth-warning", "--user", user, "--pass", password,
+                "ACL", "WHOAMI",
+            ).stdout.strip()  # fmt: skip
+            if who != user:
+                raise CheckFailed(f"{node}: logging in as {user} gave {who!r}")
+        # the container's REDISCLI_AUTH (the healthcheck's login) left out: a client without one
+        anonymous = stack.compose("exec", "-T", node, "env", "-u", "REDISCLI_AUTH", "redis-cli", "PING", check=False)
+        if "NOAUTH" not in anonymous.stdout + anonymous.stderr:
+            raise CheckFailed(f"{node}: a client without a login got {anonymous.stdout.strip()!r}")
+    where = f" on each of {len(stack.redis_nodes)} nodes" if stack.cluster else ""
+    out["detail"] = f"{len(users)} users log in ({', '.join(users)}){where}; without a login: NOAUTH"
+
+
+def cluster_shape(stack: Stack, out: dict[str, str]) -> None:
+    """Three masters serving all 16,384 slots, a replica each, every node announcing its hostname."""
+    nodes = stack.compose("exec", "-T", "redis", "redis-cli", "cluster", "nodes").stdout
+    masters = [line for line in nodes.splitlines() if " master " in f" {line.split()[2].replace(',', ' ')} "]
+    replicas = [line for line in nodes.splitlines() if "slave" in line.split()[2]]
+    slots = 0
+    for line in masters:
+        for part in line.split()[8:]:
+            lo, _, hi = part.partition("-")
+            slots += int(hi or lo) - int(lo) + 1
+    # CLUSTER NODES: <id> <ip:port@bus,hostname> <flags> ...
+    hostnames = sorted(line.split()[1].partition(",")[2] for line in nodes.splitlines())
+    if len(masters) != 3 or len(replicas) != 3 or slots != 16_384 or hostnames != sorted(CLUSTER_NODES):
+        raise CheckFailed(f"{len(masters)} masters, {len(replicas)} replicas, {slots} slots, hostnames {hostnames}")
+    endpoints = stack.compose("exec", "-T", "redis", "redis-cli", "cluster", "slots").stdout.split()
+    announced = sorted({e for e in endpoints if e in CLUSTER_NODES})
+    if announced != sorted(CLUSTER_NODES):
+        raise CheckFailed(f"CLUSTER SLOTS names {announced}, not every node's hostname")
+    out["detail"] = (
+        f"3 masters with a replica each, {slots:,} slots; CLUSTER SLOTS answers hostnames {', '.join(announced)}"
+    )
 
 
 def last_ids(status: dict[str, Any]) -> dict[str, str]:
@@ -460,6 +505,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="build the images from scratch (a cold build)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running at the end (no down -v)")
     parser.add_argument("--trainers", type=int, default=3, help="trainer replicas (default 3)")
+    parser.add_argument("--cluster", action="store_true", help="on the Redis Cluster overlay (six nodes)")
     parser.add_argument(
         "--engine-only", action="store_true",
         help=f"only check that an engine answers and is new enough (Engine >= {MIN_ENGINE[0]}, "
@@ -484,7 +530,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="compose-check-") as tmp:
         port = free_port()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("UNISTREAM_", "COMPOSE_"))}
-        stack = Stack(make_env_file(Path(tmp), port, dict(os.environ)), environ, port)
+        stack = Stack(make_env_file(Path(tmp), port, dict(os.environ)), environ, port, cluster=args.cluster)
         stack.compose("down", "--volumes", "--remove-orphans", timeout=180)  # whatever an aborted run left
         try:
             with report.check("build images") as out:
@@ -495,6 +541,9 @@ def main(argv: list[str]) -> int:
                 since_ms = int(time.time() * 1000) + 2_000
                 with report.check("Redis ACL users") as out:
                     acl_users(stack, out)
+                if stack.cluster:
+                    with report.check("Redis Cluster: shape, hostnames announced") as out:
+                        cluster_shape(stack, out)
                 with report.check("ticks, 1s bars, training packets, merged models") as out:
                     flowing(stack, args.trainers, out)
                 with report.check(f"group trainer: {args.trainers} consumers") as out:
@@ -503,7 +552,7 @@ def main(argv: list[str]) -> int:
                     dashboard(stack, out)
                 with report.check("aggregator crash (SIGKILL)") as out:
                     crash_and_recover(stack, "aggregator", out)
-                with report.check("Redis crash (SIGKILL)") as out:
+                with report.check("Redis master crash (SIGKILL)" if stack.cluster else "Redis crash (SIGKILL)") as out:
                     crash_and_recover(stack, "redis", out)
                 with report.check("no bar or tick lost") as out:
                     nothing_lost(stack, since_ms, out)
