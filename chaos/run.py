@@ -8,12 +8,12 @@ One run (~6 minutes on a 2-core machine):
 2. computes the reference: the aggregator's pure core (``BarAggregator``) fed every valid trade
    in one uninterrupted pass, in process;
 3. starts a Redis with AOF (everysec) on a free port and ``unistream run`` against it (the
-   compose file's services as local processes; aggregator and trainer scaled to 2), ingest
-   replaying the file at :data:`SPEED` x real time;
+   compose file's services as local processes; aggregator, features and trainer scaled to 2),
+   ingest replaying the file at :data:`SPEED` x real time;
 4. injects faults one after another, in a seeded random order with random pauses: SIGKILL of
    each service several times (the supervisor restarts it, as compose's restart policy would),
-   of the aggregator replica that owns the symbol and of the trainer replica holding the merge
-   lease; a Redis restart (SIGTERM, AOF kept) and Redis taken away for 10 s; Redis SIGKILLed
+   of the aggregator replica that owns the symbol, of the features replica that writes its
+   training packets and of the trainer replica holding the merge lease; a Redis restart (SIGTERM, AOF kept) and Redis taken away for 10 s; Redis SIGKILLed
    with the last 1 s and 2 s of its append-only file lost (what ``appendfsync everysec`` risks:
    the file is cut back to its size that long before the kill, and Redis restarts from it, so
    every service finds Redis behind what it wrote or acknowledged and must notice and repair);
@@ -31,6 +31,13 @@ One run (~6 minutes on a 2-core machine):
 It prints a summary table (faults injected, ticks in, bars checked, mismatches, recovery times)
 and exits 1 on any loss, mismatch or slow recovery. Options: ``--seed``, ``--minutes`` (event
 time in the file), ``--speed``, ``--keep`` (leave the run directory for inspection).
+
+``--cluster``: the same on a Redis Cluster of 3 masters with a replica each (AOF on every node),
+where the Redis faults are those of a cluster: SIGKILL of the master serving the symbol's slot
+(twice) and of the one serving the trainers' ``{trainer}`` slot, each promoting its replica (the
+killed node is started again and rejoins as a replica), and the symbol's slot migrated to another
+master twice while the services use it (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE: the clients
+get ASK and TRYAGAIN meanwhile). The checks are the same.
 """
 
 from __future__ import annotations
@@ -76,11 +83,14 @@ RECOVERY_S = 10.0
 TOKEN = "chaos-door-token"
 UNISTREAM = REPO / ".venv" / "bin" / "unistream"
 # compose's probe ports; replicas of a scaled service add 100 x (replica - 1)
-PORTS = (8001, 8002, 8102, 8003, 8004, 8104, 8501)
-SCALE = ("aggregator=2", "trainer=2")
+PORTS = (8001, 8002, 8102, 8003, 8103, 8004, 8104, 8501)
+SCALE = ("aggregator=2", "features=2", "trainer=2")
+PROCESSES = 8  # ingest, dashboard and two of each of the others
+# Each features replica reads every stream in a group of its own (keys.features_group).
+FEATURES_GROUPS = (keys.features_group("features-1"), keys.features_group("features-2"))
 GROUPS = {  # the streams each consumer group reads (poison goes on each)
-    keys.ticks(SYMBOL): (keys.GROUP_AGGREGATOR, keys.GROUP_FEATURES),
-    **{keys.bars(SYMBOL, tf): (keys.GROUP_FEATURES,) for tf in keys.TIMEFRAMES},
+    keys.ticks(SYMBOL): (keys.GROUP_AGGREGATOR, *FEATURES_GROUPS),
+    **{keys.bars(SYMBOL, tf): FEATURES_GROUPS for tf in keys.TIMEFRAMES},
     keys.training(SYMBOL): (keys.GROUP_TRAINER,),
 }
 DOOR_GARBAGE: tuple[tuple[bytes, bool, int], ...] = (  # (body, with the token, the door's answer)
@@ -349,6 +359,14 @@ class Chaos:
         if name not in self.system.processes():
             name = "aggregator-1"
         self.kill(name, "SIGKILL owner", flowing=True)
+
+    def kill_writer(self) -> None:
+        """SIGKILL the features replica that writes :data:`SYMBOL`'s training packets (its lease's
+        holder); the other takes the symbol over once the lease runs out."""
+        name = keys.lease_holder(self.system.client().get(keys.features_owner(SYMBOL))) or ""
+        if name not in self.system.processes():
+            name = "features-1"
+        self.kill(name, "SIGKILL writer", flowing=True)
 
     def kill_leader(self) -> None:
         leader = keys.lease_holder(self.system.client().get(keys.TRAINER_LEADER)) or ""
@@ -697,11 +715,11 @@ def stop_system(system: System) -> None:
 def plan_faults(chaos: Chaos) -> list[Callable[[], None]]:
     """Every fault once or more, in a seeded random order."""
     faults: list[Callable[[], None]] = []
-    for name in ("ingest-1", "features-1", "dashboard-1"):
+    for name in ("ingest-1", "dashboard-1"):
         faults += [lambda n=name: chaos.kill(n)] * 2
-    for name in ("aggregator-1", "aggregator-2", "trainer-1", "trainer-2"):
+    for name in ("aggregator-1", "aggregator-2", "features-1", "features-2", "trainer-1", "trainer-2"):
         faults += [lambda n=name: chaos.kill(n)]
-    faults += [chaos.kill_owner, chaos.kill_owner, chaos.kill_leader]
+    faults += [chaos.kill_owner, chaos.kill_owner, chaos.kill_writer, chaos.kill_writer, chaos.kill_leader]
     if chaos.system.clustered:
         faults += [lambda: chaos.master_kill(keys.ticks(SYMBOL), SYMBOL)] * 2
         faults += [lambda: chaos.master_kill(keys.TRAINER_LEADER, "{trainer}")]
@@ -801,7 +819,7 @@ def main() -> int:
     try:
         system.start_redis()
         start_system(system, archive, tmp / "run.log")
-        took = wait(lambda: len(system.processes()) == 7 and not system.all_ready(), 180, 0.5)
+        took = wait(lambda: len(system.processes()) == PROCESSES and not system.all_ready(), 180, 0.5)
         if took is None:
             raise RuntimeError(f"the system did not get ready: {system.all_ready()}; see {tmp / 'run.log'}")
         say(f"system ready after {took:.0f} s; replay at {SPEED:g}x")

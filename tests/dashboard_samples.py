@@ -275,9 +275,12 @@ def write_snapshot(
         client, keys.MODELS, model_announcement("dqn", "v3", ts_ms=now_ms, producer="trainer-0", parameters=3_500_000)
     )
     for symbol in symbols:
-        for group, stream in ((keys.GROUP_AGGREGATOR, keys.ticks(symbol)), (keys.GROUP_FEATURES, keys.ticks(symbol))):
-            ensure_group(client, stream, group)
-            client.xreadgroup(group, f"{group}-1", {stream: ">"}, count=1)
+        for group, consumer in (
+            (keys.GROUP_AGGREGATOR, "aggregator-1"),
+            (keys.features_group("features-1"), "features-1"),
+        ):
+            ensure_group(client, keys.ticks(symbol), group)
+            client.xreadgroup(group, consumer, {keys.ticks(symbol): ">"}, count=1)
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str, start_id: str = "0") -> None:

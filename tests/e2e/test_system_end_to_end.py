@@ -94,8 +94,8 @@ def test_user_starts_the_system_sees_live_numbers_and_it_recovers_and_stops_clea
     groups = {(g["stream"], g["name"]): g for g in status["groups"]}  # type: ignore[index]
     for sym in SYMBOLS:
         assert groups[(keys.ticks(sym), "aggregator")]["consumers"] >= 1
-        assert groups[(keys.ticks(sym), "features")]["consumers"] >= 1
-        assert groups[(keys.bars(sym, "1s"), "features")]["consumers"] >= 1
+        assert groups[(keys.ticks(sym), keys.features_group("features-1"))]["consumers"] >= 1
+        assert groups[(keys.bars(sym, "1s"), keys.features_group("features-1"))]["consumers"] >= 1
         assert groups[(keys.training(sym), "trainer")]["consumers"] == 2
 
     # The trainers learn: metrics arrive from both replicas.

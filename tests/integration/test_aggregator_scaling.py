@@ -426,16 +426,16 @@ def test_entries_a_former_owner_read_after_the_owner_s_own_read_are_applied_afte
 def test_a_lease_is_renewed_by_its_holder_and_after_it_ran_out_only_if_nobody_took_the_symbol(
     redis_url: str,
 ) -> None:
-    from unistream_aggregator.service import _RELEASE, _RENEW, _TAKE
+    from unistream_common.leases import RELEASE, RENEW, TAKE
 
     client = redis.Redis.from_url(redis_url)
     lease, fence = keys.agg_owner("ETHUSDT"), keys.agg_fence("ETHUSDT")
 
     def take(token: str) -> int:
-        return client.eval(_TAKE, 2, lease, fence, token, 5_000, token.split(":")[0] + ":")
+        return client.eval(TAKE, 2, lease, fence, token, 5_000, token.split(":")[0] + ":")
 
     def renew(token: str) -> object:
-        return client.eval(_RENEW, 2, lease, fence, token, 5_000)
+        return client.eval(RENEW, 2, lease, fence, token, 5_000)
 
     assert take("aggregator-1:a") == 1 and client.get(fence) == b"aggregator-1:a#0"
     assert take("aggregator-2:b") == 0, "held"
@@ -445,7 +445,7 @@ def test_a_lease_is_renewed_by_its_holder_and_after_it_ran_out_only_if_nobody_to
     assert renew("aggregator-1:a") == 1 and client.get(lease) == b"aggregator-1:a", "its state is still the truth"
     client.delete(lease)
     assert take("aggregator-2:b") == 1 and client.get(fence) == b"aggregator-2:b#0"
-    assert client.eval(_RELEASE, 1, lease, "aggregator-2:b") == 1  # handed back: the lease is free again
+    assert client.eval(RELEASE, 1, lease, "aggregator-2:b") == 1  # handed back: the lease is free again
     assert renew("aggregator-1:a") is None, "taken and let go in between: its state is stale"
     assert take("aggregator-1:c") == 1, "a restarted aggregator-1 takes it back"
     client.close()

@@ -225,7 +225,7 @@ async def test_restarts_and_a_lost_group_neither_lose_nor_repeat_a_packet(redis_
         # The group is lost (NOGROUP recovery recreates it from 0): nothing is emitted twice.
         for symbol in SYMBOLS:
             for stream in (keys.ticks(symbol), *(keys.bars(symbol, tf) for tf in keys.TIMEFRAMES)):
-                await r.xgroup_destroy(stream, keys.GROUP_FEATURES)
+                assert await r.xgroup_destroy(stream, keys.features_group("features-test")) == 1
         async with running_worker("features", settings, worker):
             await write_seconds(r, 75, 77)
             await eventually(lambda: _count(r, TRAINING, 2 * 77))

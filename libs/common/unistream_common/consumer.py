@@ -149,6 +149,12 @@ class FenceLost(Exception):
         self.rolled_back = rolled_back
 
 
+class RewindRequested(Exception):
+    """Raised by a callback or timer that wants its state rebuilt from Redis now (``on_rewind``),
+    e.g. after it took over a symbol whose state another process was building. Nothing of the
+    call is written; the runtime rewinds at once, without a backoff."""
+
+
 @dataclass
 class SequencedFence:
     """A fencing key holding ``<holder>#<n>``, where ``n`` counts the holder's commits.
@@ -323,6 +329,12 @@ class GroupConsumer:
             except asyncio.CancelledError:
                 self.connected = False
                 raise
+            except RewindRequested as exc:
+                self.connected = False
+                failed = False  # not an outage: the topology is as it was
+                self.stats.inc("consumer_rewinds_requested", **self._labels)
+                log.info("%s/%s: rewinding (%s)", self.group, self.consumer, exc)
+                continue
             except FenceLost as exc:
                 # Another process holds the fence now: forget everything built on it and start over.
                 self.connected = False

@@ -74,8 +74,21 @@ DLQ_SUFFIX = ":dlq"
 
 # Consumer groups (the design's registered consumers).
 GROUP_AGGREGATOR = "aggregator"
-GROUP_FEATURES = "features"
+GROUP_FEATURES = "features"  # the prefix of each features replica's own group: see features_group
 GROUP_TRAINER = "trainer"
+
+
+def features_group(consumer: str) -> str:
+    """The consumer group of one features replica: ``features:<consumer>``. Every replica reads
+    every symbol's bars and trades (a symbol's state holds all symbols' windows), so each has a
+    group of its own; it writes the packets of the symbols it holds the lease of."""
+    return f"{GROUP_FEATURES}:{consumer}"
+
+
+def is_features_group(group: str) -> bool:
+    """A features replica's group (or the single group ``features`` of releases before replicas)."""
+    return group == GROUP_FEATURES or group.startswith(GROUP_FEATURES + ":")
+
 
 # Data types accepted by ``register_consumer(..., data_types=[...])``.
 DATA_TYPES: tuple[str, ...] = (
@@ -119,8 +132,18 @@ def training_fence(symbol: str) -> str:
     """The features writer's sequenced fence for one symbol (consumer.SequencedFence):
     ``<holder>#<commits>``, moved with every commit to the symbol's training stream, so a Redis
     that lost the last commits (a restart, a failover to a lagging replica) is noticed at the
-    next one; also what makes one features replica the symbol's only writer."""
+    next one; also what makes one features replica the symbol's only writer (taking the
+    symbol's lease, :func:`features_owner`, sets it to the taker's token)."""
     return f"ml:training:{{{check_symbol(symbol)}}}:fence"
+
+
+FEATURES_MEMBERS = "ml:features:members"  # sorted set: features consumer -> heartbeat expiry (ms)
+
+
+def features_owner(symbol: str) -> str:
+    """Lease naming the features replica that writes one symbol's training packets:
+    ``ml:training:{SYMBOL}:owner`` (``<consumer>:<token>``, expires unless renewed)."""
+    return f"ml:training:{{{check_symbol(symbol)}}}:owner"
 
 
 def ticks(symbol: str) -> str:

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -62,8 +60,9 @@ from unistream_common.consumer import (
     Write,
     raise_if_cancel_lost,
 )
+from unistream_common.leases import SymbolLeases, fair_share
 from unistream_common.packets import Bar, GapMarker, TickBatch
-from unistream_common.redisio import REDIS_ERRORS, id_pair, s, top_packets
+from unistream_common.redisio import id_pair, s, top_packets
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_common.timeframes import TIMEFRAMES
@@ -79,25 +78,6 @@ FORMING_TTL_MS = 10_000  # forming bars vanish when no owner refreshes them
 # JSON: the exact sums outgrow msgpack's 64-bit integers, and a person can read the key.
 _CHECKPOINT = msgspec.json.Decoder(SymbolCheckpoint)
 _ENCODER = msgspec.json.Encoder()
-
-# Compare-and-set scripts on a symbol's lease (KEYS[1], expires) and fence (KEYS[2], the token of
-# the last taker; commits are fenced on it). Renew: 1 when renewed, also when the lease ran out
-# and the fence shows nobody took the symbol since (this process's state is still the truth),
-# else who holds the lease now (false: nobody, but another took it in between).
-_RENEW = (
-    "local v = redis.call('GET', KEYS[1]) "
-    "if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end "
-    "local f = redis.call('GET', KEYS[2]) "
-    "if v == false and f and string.sub(f, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '#' then "
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return v"
-)
-# Take: when the lease is free or held by a former self (ARGV[3]: this consumer's prefix).
-_TAKE = (
-    "local v = redis.call('GET', KEYS[1]) "
-    "if v == false or string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then "
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('SET', KEYS[2], ARGV[1] .. '#0') return 1 end return 0"
-)
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 async def read_last_bars(client: aioredis.Redis, symbols: Iterable[str], timeframe: str) -> dict[str, Bar | None]:
@@ -124,7 +104,10 @@ class AggregatorService:
         self.core = BarAggregator(settings.grace_ms, settings.max_fill_gap_s)
         self.restart_requested = asyncio.Event()
         self.core_error: BaseException | None = None
-        self.token = f"{runtime.consumer}:{secrets.token_hex(6)}"
+        self.leases = SymbolLeases(
+            runtime.consumer, settings.owner_ttl_ms, keys.agg_owner, keys.agg_fence, keys.AGGREGATOR_MEMBERS
+        )
+        self.token = self.leases.token
         self._fences: dict[str, SequencedFence] = {}  # per owned symbol, made at the take
         self.owned: dict[str, float] = {}  # symbol -> monotonic time it was taken
         self.quality: dict[str, dict[str, int]] = {}  # committed totals of owned symbols
@@ -132,11 +115,8 @@ class AggregatorService:
         self._next_lease_s = 0.0
         self._published: dict[str, tuple[tuple[Any, ...], int]] = {}  # symbol -> (what, when) last written
         self._seen: dict[str, tuple[int, int]] = {}  # newest tick-stream entry applied, per owned symbol
-        self._valid_until: dict[str, float] = {}  # monotonic time each owned lease runs out at the latest
         self._holding: set[str] = set()  # symbols whose bars wait for ingest's watermark (logged once)
         self.venue_offsets: dict[str, int] = {}  # symbol -> ingest host ms - venue ms, from the newest watermark
-        # Leases the keeper (keep_leases) could not renew: symbol -> who holds it now (None: nobody).
-        self._lost: dict[str, str | None] = {}
         self._retake: set[str] = set()  # owned symbols dropped to be taken again (stranded entries)
         stats.describe("aggregator_ticks_late", "trades for a 1s interval already closed: counted, not applied")
         stats.describe("aggregator_ticks_duplicate", "trades whose id was seen before: not applied again")
@@ -269,32 +249,15 @@ class AggregatorService:
         """
         while True:
             await asyncio.sleep(self.lease_ms / 5_000)
-            owned = list(self.owned)
-            if not owned:
-                continue
-            pipe = self.runtime.cmd.pipeline(transaction=False)
-            for symbol in owned:
-                pipe.eval(_RENEW, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms)
-            sent = time.monotonic()
-            try:
-                replies = await pipe.execute()
-            except REDIS_ERRORS:
-                self.stats.inc("aggregator_lease_renewal_errors")
-                continue  # the consumer sees the outage too; the leases run out on their own
-            for symbol, reply in zip(owned, replies, strict=True):
-                if symbol not in self.owned:
-                    continue  # given up while the renewal was under way
-                if reply == 1:
-                    self._valid_until[symbol] = sent + self.lease_ms / 1000
-                else:
-                    self._lost[symbol] = s(reply) if reply else None
+            if not await self.leases.renew(self.runtime.cmd, list(self.owned)):
+                self.stats.inc("aggregator_lease_renewal_errors")  # the consumer sees the outage too
 
     async def _maintain_leases(self, now_ms: int) -> None:
         """Heartbeat, give up the leases the keeper lost, retake symbols with stranded entries, take or hand back."""
         cmd = self.runtime.cmd
         me = self.runtime.consumer
-        for symbol, holder in list(self._lost.items()):
-            del self._lost[symbol]
+        for symbol, holder in list(self.leases.lost.items()):
+            del self.leases.lost[symbol]
             if symbol not in self.owned:
                 continue
             if holder is None:
@@ -319,14 +282,14 @@ class AggregatorService:
         for symbol in sorted(self._retake):
             self._retake.discard(symbol)
             await self._try_take(symbol)
-        fair = math.ceil(len(self.symbols) / members)
+        fair = fair_share(len(self.symbols), members)
         if len(self.owned) > fair and members > 1:
             symbol = max(self.owned, key=lambda sym: self.owned[sym])  # the newest: least state built
             log.info("%s: handing over (own %d, fair share %d of %d members)", symbol, len(self.owned), fair, members)
             self._forget(symbol)
             assert self.gc is not None
             await self.gc.quiesce(keys.ticks(symbol))  # what a read under way takes stays pending here
-            await cmd.eval(_RELEASE, 1, keys.agg_owner(symbol), self.token)
+            await self.leases.release(cmd, [symbol])
             self.stats.inc("aggregator_handovers", symbol=symbol)
             return
         for symbol in self.symbols:
@@ -337,13 +300,8 @@ class AggregatorService:
 
     async def _try_take(self, symbol: str) -> bool:
         """Take ``symbol``'s lease when it is free or a former self's, and with it the symbol."""
-        sent = time.monotonic()
-        taken = await self.runtime.cmd.eval(
-            _TAKE, 2, keys.agg_owner(symbol), keys.agg_fence(symbol), self.token, self.lease_ms,
-            self.runtime.consumer + ":",
-        )  # fmt: skip
+        taken = await self.leases.take(self.runtime.cmd, symbol)
         if taken:
-            self._valid_until[symbol] = sent + self.lease_ms / 1000
             self._fences[symbol] = SequencedFence(keys.agg_fence(symbol), self.token)  # what _TAKE set
             await self._take(symbol)
         return bool(taken)
@@ -410,7 +368,7 @@ class AggregatorService:
         """
         # Renewals come every lease/5: a margin of lease/4 tolerates one late renewal.
         limit = time.monotonic() + (BLOCK_MS + self.lease_ms / 4) / 1000
-        return [st for st in streams if self._valid_until.get(keys.parse_ticks(st) or "", 0.0) > limit]
+        return [st for st in streams if self.leases.valid_until.get(keys.parse_ticks(st) or "", 0.0) > limit]
 
     def _fence(self, symbol: str) -> SequencedFence:
         """The symbol's fence: this taker's token and its commits since the take (``_TAKE`` set #0)."""
@@ -421,7 +379,7 @@ class AggregatorService:
     def _forget(self, symbol: str) -> None:
         self.owned.pop(symbol, None)
         self._fences.pop(symbol, None)
-        self._valid_until.pop(symbol, None)
+        self.leases.forget(symbol)
         self.quality.pop(symbol, None)
         self._published.pop(symbol, None)
         self._seen.pop(symbol, None)
@@ -432,12 +390,7 @@ class AggregatorService:
 
     async def release_all(self) -> None:
         """On a clean stop: hand every symbol back at once and leave the members."""
-        cmd = self.runtime.cmd
-        pipe = cmd.pipeline(transaction=False)
-        for symbol in self.owned:
-            pipe.eval(_RELEASE, 1, keys.agg_owner(symbol), self.token)
-        pipe.zrem(keys.AGGREGATOR_MEMBERS, self.runtime.consumer)
-        await pipe.execute()
+        await self.leases.leave(self.runtime.cmd)
 
     async def _restore(self, symbol: str) -> None:
         """Core state of ``symbol`` from its checkpoint, else from its bar streams."""

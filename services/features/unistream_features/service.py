@@ -16,8 +16,16 @@
   mark; buffers are reloaded from history and from the bar streams up to the mark, and the group
   is set back (XGROUP SETID) so that it delivers again, in order, every bar after the mark and
   the trades the states after it need. Nothing is lost or repeated, and no pending entry has to
-  survive a crash, so entries are acknowledged at once. This makes the features service a single
-  consumer: run one per deployment.
+  survive a crash, so entries are acknowledged at once.
+- Replicas (``--scale features=2``): a symbol's state holds every symbol's windows, so every
+  replica reads every symbol's bars and trades, in a consumer group of its own
+  (``features:<consumer>``, :func:`keys.features_group`), and builds every state; it writes the
+  packets of the symbols it holds the lease of (:mod:`unistream_common.leases`: fair shares,
+  hand-backs, a dead replica's symbols taken once its leases run out). Taking a lease sets the
+  symbol's fence to the taker, so a former holder cannot write for it any more, and the taker
+  rewinds (:class:`~unistream_common.consumer.RewindRequested`): the symbol goes on from the
+  newest packet on its stream, whoever wrote it, exactly as after a restart. Groups of replicas
+  gone for good (scaled down) are removed after :data:`DEAD_GROUP_IDLE_MS`.
 - Warm-up history (``md:history:*``, written by ingest at its start, possibly after ours) is read
   at rewind and then polled every ``history_poll_ms``.
 - Every ``cycle_ms`` (on_timer): UI packets (at most ``ui_max_per_s``), bars whose trades did not
@@ -32,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import deque
 from pathlib import Path
@@ -48,11 +55,13 @@ from unistream_common.consumer import (
     GroupConsumer,
     Message,
     Result,
+    RewindRequested,
     SequencedFence,
     StreamRuntime,
     Write,
 )
 from unistream_common.groups import group_overrun
+from unistream_common.leases import SymbolLeases, fair_share
 from unistream_common.packets import (
     Bar,
     GapMarker,
@@ -89,6 +98,8 @@ MODEL_SCAN = 50  # newest registry entries looked at per poll
 HISTORY_PAGE = 1_000
 RECENT_TRAINING = 100  # the seed's in-process buffers
 RECENT_UI = 50
+DEAD_GROUP_IDLE_MS = 600_000  # a group of a replica that left the members, unread this long, is removed
+DEAD_GROUP_CHECK_S = 60
 
 
 def wall_ms() -> int:
@@ -143,10 +154,19 @@ class FeaturesService:
         self.last_model_error = ""
         self.overrun: dict[str, bool] = {}  # group on a training stream -> lost entries to trimming
         self.chain = TrainingChain()  # explicit entry ids and prev_id links of the training packets
-        # Every commit expects each symbol's fence where this process's last one left it (set at
-        # each rewind): Redis that rolled back is noticed before anything is written on top of it.
-        self.fences = self._new_fences()
+        self.group = keys.features_group(runtime.consumer)
+        self.leases = SymbolLeases(
+            runtime.consumer, settings.writer_lease_ms, keys.features_owner, keys.training_fence, keys.FEATURES_MEMBERS
+        )
+        # The symbols whose packets this replica writes, in the order taken; each commit expects
+        # their fences where this replica's last one left them (taken at each rewind): Redis that
+        # rolled back is noticed before anything is written on top of it.
+        self.owned: list[str] = []
+        self.fences: dict[str, SequencedFence] = {}
+        self._next_lease_s = 0.0
+        self._next_group_check_s = time.monotonic() + DEAD_GROUP_CHECK_S
         self.paused: set[str] = set()
+        stats.describe("features_owned_symbols", "symbols whose training packets this replica writes")
 
     @property
     def cmd(self) -> aioredis.Redis:
@@ -154,7 +174,7 @@ class FeaturesService:
 
     def register(self) -> GroupConsumer:
         self.consumer = self.runtime.register_consumer(
-            keys.GROUP_FEATURES,
+            self.group,
             self.on_messages,
             ["ticks", *(f"bars:{tf}" for tf in TIMEFRAMES)],
             options=ConsumerOptions(
@@ -192,21 +212,107 @@ class FeaturesService:
 
     # --- start and rewind --------------------------------------------------------------------
 
-    def _new_fences(self) -> dict[str, SequencedFence]:
-        """A fence per symbol, of this process's own (a fresh token), at its first commit."""
-        holder = f"{self.runtime.consumer}:{secrets.token_hex(6)}"
-        return {symbol: SequencedFence(keys.training_fence(symbol), holder) for symbol in self.settings.symbols}
-
     def _fence_for(self, streams: set[str]) -> dict[str, SequencedFence]:
-        """The fences of the symbols whose keys a result touches (all of them if it touches none)."""
-        symbols = {keys.hash_tag(stream) for stream in streams} & set(self.fences)
-        return {f.key: f for symbol, f in self.fences.items() if symbol in symbols or not symbols}
+        """The fences of the owned symbols whose keys a result touches (all owned ones if it touches
+        no symbol's key)."""
+        touched = {keys.hash_tag(stream) for stream in streams} & set(self.settings.symbols)
+        return {f.key: f for symbol, f in self.fences.items() if symbol in touched or not touched}
+
+    # --- ownership ---------------------------------------------------------------------------
+
+    async def _take_symbols(self, now_ms: int) -> None:
+        """At a rewind: this replica's fair share of the symbols, those it held first.
+
+        A fresh token: every lease taken (or taken back) sets its symbol's fence to ``token#0``,
+        where the new fences start. Symbols held before and not taken back are handed back.
+        """
+        before, old_token = list(self.owned), self.leases.token
+        self.leases = SymbolLeases(
+            self.runtime.consumer, self.settings.writer_lease_ms, keys.features_owner, keys.training_fence,
+            keys.FEATURES_MEMBERS,
+        )  # fmt: skip
+        fair = fair_share(len(self.settings.symbols), await self.leases.heartbeat(self.cmd, now_ms))
+        self.owned, self.fences = [], {}
+        for symbol in [*before, *(sym for sym in self.settings.symbols if sym not in before)]:
+            if len(self.owned) < fair and await self.leases.take(self.cmd, symbol):
+                self.owned.append(symbol)
+                self.fences[symbol] = SequencedFence(keys.training_fence(symbol), self.leases.token)
+        await self.leases.release(self.cmd, [sym for sym in before if sym not in self.owned], token=old_token)
+        self._next_lease_s = time.monotonic() + self.settings.writer_lease_ms / 5_000
+        self.stats.set("features_owned_symbols", len(self.owned))
+        log.info("writing the training packets of %s", ", ".join(self.owned) or "no symbol (all held by others)")
+
+    async def keep_leases(self) -> None:
+        """Renew the held leases every ``writer_lease_ms / 5``, apart from the consumer's lock (a long
+        batch must not outlast them); a lease found taken is given up by the next timer."""
+        while True:
+            await asyncio.sleep(self.settings.writer_lease_ms / 5_000)
+            if not await self.leases.renew(self.cmd):
+                self.stats.inc("features_lease_renewal_errors")
+
+    async def _maintain_leases(self, now_ms: int) -> None:
+        """Give up leases lost, heartbeat, hand one back above the fair share, take a free one.
+
+        Taking one rewinds (:class:`RewindRequested`): the symbol's packets go on from the newest
+        on its stream, and the rewind takes the lease again (a former self's) with the others.
+        """
+        for symbol, holder in list(self.leases.lost.items()):
+            self._give_up(symbol)
+            self.stats.inc("features_leases_lost", symbol=symbol)
+            log.warning("%s: lease lost to %s; no longer writing its packets", symbol, holder or "nobody")
+        members = await self.leases.heartbeat(self.cmd, now_ms)
+        fair = fair_share(len(self.settings.symbols), members)
+        if len(self.owned) > fair and members > 1:
+            symbol = self.owned[-1]  # the newest taken
+            log.info("%s: handing over (hold %d, fair share %d of %d replicas)", symbol, len(self.owned), fair, members)
+            self._give_up(symbol)
+            await self.leases.release(self.cmd, [symbol])
+            self.stats.inc("features_handovers", symbol=symbol)
+            return
+        if len(self.owned) >= fair:
+            return
+        for symbol in self.settings.symbols:
+            if symbol not in self.owned and await self.leases.take(self.cmd, symbol):
+                self.stats.inc("features_takeovers", symbol=symbol)
+                self.owned.append(symbol)  # the rewind takes it back with the others, first
+                raise RewindRequested(f"took {symbol}'s lease: its packets go on from the newest on its stream")
+
+    def _give_up(self, symbol: str) -> None:
+        """Stop writing ``symbol``'s packets (its states are still built: the others' need its inputs)."""
+        if symbol in self.owned:
+            self.owned.remove(symbol)
+        self.fences.pop(symbol, None)
+        self.leases.forget(symbol)
+        self.stats.set("features_owned_symbols", len(self.owned))
+
+    async def _forget_dead_groups(self, now_ms: int) -> None:
+        """Remove the groups of features replicas that left the members and have not read for
+        :data:`DEAD_GROUP_IDLE_MS` (scaled down for good; a restarted one makes its group again),
+        and the single ``features`` group of releases before replicas."""
+        live = set(await self.leases.members(self.cmd, now_ms)) | {self.runtime.consumer}
+        live_groups = {keys.features_group(c) for c in live}
+        for stream in self.consumer.streams if self.consumer is not None else []:
+            try:
+                groups = await self.cmd.xinfo_groups(stream)
+            except ResponseError:
+                continue
+            for g in groups:
+                name = s(g["name"])
+                if not keys.is_features_group(name) or name in live_groups:
+                    continue
+                consumers = await self.cmd.xinfo_consumers(stream, name)
+                if any(int(c.get("idle", 0)) < DEAD_GROUP_IDLE_MS for c in consumers):
+                    continue
+                await self.cmd.xgroup_destroy(stream, name)
+                self.stats.inc("features_dead_groups_removed")
+                log.info("removed group %s on %s (its replica left)", name, stream)
+
+    # --- rewind ------------------------------------------------------------------------------
 
     async def on_rewind(self) -> None:
-        """Reload the buffers as of each symbol's mark and set the group back to deliver what follows."""
-        self.fences = self._new_fences()
-        for fence in self.fences.values():
-            await self.cmd.set(fence.key, fence.value)
+        """Take the leases, reload the buffers as of each symbol's mark and set the group back to
+        deliver what follows."""
+        await self._take_symbols(wall_ms())
         marks = await self._emission_marks()
         bars: list[Bar] = []
         for symbol in self.settings.symbols:
@@ -224,7 +330,7 @@ class FeaturesService:
         self._count_events()
 
     async def _set_group(self, stream: str, entry_id: str) -> None:
-        await self.cmd.xgroup_setid(stream, keys.GROUP_FEATURES, entry_id)
+        await self.cmd.xgroup_setid(stream, self.group, entry_id)
 
     async def _rewind_bars(self, symbol: str, tf: str, mark: int) -> list[Bar]:
         """Bars of ``tf`` closed by ``mark`` (the window's worth); the group restarts after them."""
@@ -247,7 +353,7 @@ class FeaturesService:
             await self._set_group(stream, "0")
             return
         groups = {s(g["name"]): g for g in await self.cmd.xinfo_groups(stream)}
-        position = s(groups[keys.GROUP_FEATURES]["last-delivered-id"]) if keys.GROUP_FEATURES in groups else "0-0"
+        position = s(groups[self.group]["last-delivered-id"]) if self.group in groups else "0-0"
         if position == "0-0":
             return
         oldest_needed = mark - self.engine.config.tick_max_age_ms
@@ -351,6 +457,8 @@ class FeaturesService:
         its symbol's previous packet (``prev_id``)."""
         writes = []
         for p in self.engine.emit(now_ms):
+            if p.symbol not in self.fences:
+                continue  # another replica writes this symbol's packets
             entry_id, p = self.chain.link(p, now_ms)
             self.recent_training.append(p)
             if p.source != "REPLAY":  # live: from the 1s bar's end (the state's time) to its packet
@@ -384,7 +492,13 @@ class FeaturesService:
         return Result(writes=writes, fence=self._fence_for(touched))
 
     async def on_timer(self, now_ms: int) -> Result:
-        """The processing cycle: late-ready training packets, UI packets, and now and then the registry."""
+        """The processing cycle: leases, late-ready training packets, UI packets, and now and then the registry."""
+        if time.monotonic() >= self._next_lease_s:
+            self._next_lease_s = time.monotonic() + self.settings.writer_lease_ms / 5_000
+            await self._maintain_leases(now_ms)
+        if time.monotonic() >= self._next_group_check_s:
+            self._next_group_check_s = time.monotonic() + DEAD_GROUP_CHECK_S
+            await self._forget_dead_groups(now_ms)
         if now_ms >= self._next_model_poll_ms:
             self._next_model_poll_ms = now_ms + self.settings.model_poll_ms
             await self.poll_models(now_ms)
@@ -395,7 +509,7 @@ class FeaturesService:
             self._next_overrun_check_ms = now_ms + 1000 * self.settings.overrun_check_s
             await self.check_overrun()
         writes = self._training_writes(now_ms)
-        ui = self.engine.ui_packets(now_ms)
+        ui = [p for p in self.engine.ui_packets(now_ms) if p.symbol in self.fences]
         self.recent_ui.extend(ui)
         writes.extend(Write(keys.UI, p, maxlen=self.settings.ui_maxlen) for p in ui)
         self._count_events()
@@ -487,6 +601,8 @@ class FeaturesService:
                 "blocks": {b.name: [b.start, b.stop] for b in layout.blocks},
             },
             "cnn": {"version": st.version, "state": st.state, "parameters": st.parameters},
+            "group": self.group,
+            "owned": list(self.owned),
             "last_model_error": self.last_model_error,
             "paused_streams": sorted(self.paused),
             "training_overrun": self.overrun,
@@ -533,4 +649,21 @@ async def worker(ctx: ServiceContext) -> None:
     runtime = StreamRuntime(settings.redis_url, settings.consumer(SERVICE), settings.symbols, ctx.stats)
     service = FeaturesService(settings, runtime, ctx.stats)
     service.register()
-    await run_consumers(ctx, runtime, service.info)
+    try:
+        await run_consumers(ctx, runtime, service.info, run=lambda: run_with_leases(runtime, service))
+    finally:
+        try:
+            await asyncio.wait_for(service.leases.leave(runtime.cmd), 2.0)
+        except Exception as exc:  # noqa: BLE001 - best effort: the leases expire anyway
+            log.info("could not hand the symbols back (%r); their leases expire in %d ms", exc,
+                     settings.writer_lease_ms)  # fmt: skip
+
+
+async def run_with_leases(runtime: StreamRuntime, service: FeaturesService) -> None:
+    """The runtime, with the lease keeper beside it."""
+    keeper = asyncio.create_task(service.keep_leases(), name="features:leases")
+    try:
+        await runtime.run()
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)

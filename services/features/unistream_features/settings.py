@@ -46,6 +46,13 @@ class FeaturesSettings(CommonSettings):
         description="Training packets kept on ml:training (XADD MAXLEN ~): size it for the longest trainer outage "
         "to survive; one packet is ~54 KB, 3,600 = 30 min of 2 symbols",
     )
+    writer_lease_ms: int = Field(
+        10_000,
+        ge=1_000,
+        le=600_000,
+        description="Lease of a features replica on a symbol's training packets, ms: a dead replica's symbols are "
+        "taken over after this",
+    )
     ui_maxlen: int = Field(50, ge=1, description="Approximate retention of the UI stream, entries")
     predictions_maxlen: int = Field(
         5_000,
