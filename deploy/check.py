@@ -427,8 +427,14 @@ def crash(container: str) -> int:
     return restarts
 
 
+def node_role(stack: Stack, node: str) -> str:
+    """``master`` or ``slave``, as the cluster node ``node`` says of itself (ROLE)."""
+    return stack.compose("exec", "-T", node, "redis-cli", "role").stdout.split()[0]
+
+
 def crash_and_recover(stack: Stack, service: str, out: dict[str, str]) -> None:
     container = stack.container(service)
+    role = node_role(stack, service) if stack.cluster and service == "redis" else None
     restarts = crash(container)
     back_s = wait(
         lambda: (
@@ -442,6 +448,8 @@ def crash_and_recover(stack: Stack, service: str, out: dict[str, str]) -> None:
     before = last_ids(stack.status())
     wait(lambda: all(entry_ms(last_ids(stack.status())[b]) > entry_ms(before[b]) for b in bars), 60, "1s bars again")
     out["detail"] = f"SIGKILLed; restarted and healthy in {back_s:.1f} s; bars flowing"
+    if role is not None:  # a master back within the node timeout stays one; later, its replica took over
+        out["detail"] += f"; the node was {role}, is {node_role(stack, service)} now"
 
 
 def nothing_lost(stack: Stack, since_ms: int, out: dict[str, str]) -> None:

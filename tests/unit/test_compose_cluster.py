@@ -100,6 +100,15 @@ def test_services_wait_for_the_node_that_is_healthy_once_the_cluster_serves_ever
 
 
 @pytest.mark.parametrize("name", ALL_APP_SERVICES)
+def test_each_service_waits_for_the_cluster_to_be_formed(overlay: dict, name: str) -> None:
+    # Also what tells `up --wait` that the init's exit is its success, not a failure (seen with
+    # Compose 2.26: without it `make up CLUSTER=1` failed on "redis-cluster-init exited (0)").
+    assert overlay["services"][name]["depends_on"] == {
+        "redis-cluster-init": {"condition": "service_completed_successfully"}
+    }
+
+
+@pytest.mark.parametrize("name", ALL_APP_SERVICES)
 def test_each_service_reaches_every_node_as_its_own_user(overlay: dict, name: str) -> None:
     user = name.split("-")[0]
     url = interpolate(overlay["services"][name]["environment"]["UNISTREAM_REDIS_URL"], SECRETS)
