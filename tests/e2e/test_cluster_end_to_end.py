@@ -39,6 +39,7 @@ from unistream_common.redisio import sync_client
 from unistream_tools.redis_server import start_cluster
 
 SERVICE_PORTS = (8001, 8002, 8003, 8004, 8104, 8501)  # two trainers: 8004 and 8104
+SCALED_PORTS = (*SERVICE_PORTS, 8103)  # and two features replicas: 8003 and 8103
 SYMBOLS = ("ETHUSDT", "BTCUSDT")
 MAIN = '[data-testid="stMain"]'
 ADMIN_PASSWORD = "a1b2c3d4e5f60718293a4b5c"
@@ -116,8 +117,8 @@ def test_no_command_the_system_sends_spans_two_hash_slots(tmp_path: Path) -> Non
 
 def test_the_system_runs_on_a_three_master_cluster_and_through_a_master_kill(tmp_path: Path) -> None:
     env = {"UNISTREAM_REDIS_PASSWORD_ADMIN": ADMIN_PASSWORD}
-    with unistream_run(unistream_command(), tmp_path, 2, SERVICE_PORTS, extra_env=env,
-                       extra_args=("--redis-cluster", "3")) as system:  # fmt: skip
+    with unistream_run(unistream_command(), tmp_path, 2, SCALED_PORTS, extra_env=env,
+                       extra_args=("--redis-cluster", "3", "--scale", "features=2")) as system:  # fmt: skip
         system.wait_log("unistream is running", 120)
         state = json.loads((tmp_path / ".run" / "run.json").read_text())
         assert len(state["redis_nodes"]) == 6 and state["redis_pid"] is None
@@ -127,6 +128,14 @@ def test_the_system_runs_on_a_three_master_cluster_and_through_a_master_kill(tmp
         wait_until(lambda: all(client.xlen(keys.training(s)) >= 10 for s in SYMBOLS), 120, "training packets")
         wait_until(lambda: merged_by(client, 2), 120, "a DQN merged from two trainers")
         wait_until(lambda: client.hlen(keys.TRAINER_CNN_CURSOR) == len(SYMBOLS), 60, "the CNN owner's cursors")
+
+        def writers() -> list[str | None]:
+            return sorted(str(keys.lease_holder(client.get(keys.features_owner(s)))) for s in SYMBOLS)
+
+        wait_until(lambda: writers() == ["features-1", "features-2"], 60, "one symbol's packets per features replica")
+        for s in SYMBOLS:  # each replica reads every symbol's inputs in a group of its own
+            groups = {g["name"].decode() for g in client.xinfo_groups(keys.bars(s, "1s"))}
+            assert {keys.features_group("features-1"), keys.features_group("features-2")} <= groups
         with chromium() as browser, open_app(browser, system.dashboard) as page:
             wait_for_text(page, MAIN, r"LIVE", timeout_s=60)
         # SIGKILL the master that serves ETHUSDT's keys while its replica lags: the replica is
@@ -195,7 +204,7 @@ def test_the_system_runs_on_a_three_master_cluster_and_through_a_master_kill(tmp
             )
         after[0].close()
         client.close()
-        system.ctrl_c_stops_everything(at_least=6)
+        system.ctrl_c_stops_everything(at_least=7)
 
 
 def _covers(slot_range: str, slot: int) -> bool:
