@@ -107,7 +107,10 @@ Rows (ticks/s unless stated):
 - ``aggregator_ticks_per_s_cluster``, ``features_bar_to_packet_p50_ms_cluster`` /
   ``_p99_ms_cluster``, ``trainer_packets_per_s_1_replica_cluster``: the same rows with every
   process on a Redis Cluster of 3 masters with a replica each (started once for the run, on free
-  ports); reference: the row on the single Redis, measured in the same run.
+  ports); reference: the row on the single Redis, measured in the same run;
+- ``cluster_10_symbols_packets_per_s``, ``cluster_10_symbols_close_to_packet_p50_ms`` / ``_p99_ms``:
+  ten synthetic symbols on that cluster with two aggregators and two features replicas (bench/scaled.py);
+  reference: the same with one of each (``..._1x1``), in the same run.
 The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in
 ``bench/aggregator.py``, the features rows in ``bench/features.py`` (at most ``MAX_RUNS`` = 3 runs
 each: one pass over them takes ~50 s), the trainer rows in ``bench/trainer.py`` (3 runs of the
@@ -142,6 +145,7 @@ import evaluation
 import export
 import features
 import redis.asyncio as aioredis
+import scaled
 import trainer
 from aggregator import (
     aggregator_ticks_per_s,
@@ -218,6 +222,7 @@ SLOW_ROWS = dict.fromkeys(
 GOALS = {**AGGREGATOR_GOALS, **features.GOALS, **trainer.GOALS, **dashboard.GOALS}
 MAX_RUNS = {
     **SLOW_ROWS, **features.MAX_RUNS, **trainer.MAX_RUNS, **dashboard.MAX_RUNS, **evaluation.MAX_RUNS, **export.MAX_RUNS,
+    **scaled.MAX_RUNS,
 }  # fmt: skip
 # The same rows on a Redis Cluster of 3 masters with a replica each (started by run() when one of
 # them is selected), each beside its single-Redis row of the same run as its reference.
@@ -239,6 +244,7 @@ def on_cluster(fn: Row) -> Row:
 
 
 NOTES = (
+    scaled.NOTES,
     features.NOTES,
     trainer.NOTES,
     dashboard.NOTES,
@@ -556,13 +562,20 @@ ROWS: dict[str, tuple[Row, str | None, str]] = {
 for _name in CLUSTER_ROWS:
     _fn, _ref, _unit = ROWS[_name]
     ROWS[f"{_name}_cluster"] = (on_cluster(_fn), _name, _unit)
+# Ten symbols on the cluster: one aggregator and one features process (the reference), then two of each.
+for _suffix, _ref_suffix in (("_1x1", None), ("", "_1x1")):
+    for _what, _unit in (("packets_per_s", "packets/s"), ("close_to_packet_p50_ms", "ms"),
+                         ("close_to_packet_p99_ms", "ms")):  # fmt: skip
+        _name = f"cluster_10_symbols_{_what}{_suffix}"
+        _ref = None if _ref_suffix is None else f"cluster_10_symbols_{_what}{_ref_suffix}"
+        ROWS[_name] = (on_cluster(getattr(scaled, _name)), _ref, _unit)
 
 
 async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str, object]]:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_redis(Path(tmp), appendonly=False)
         cluster = None
-        if any(name.endswith("_cluster") for name in (only or ROWS)):
+        if any(name.endswith("_cluster") or name.startswith("cluster_") for name in (only or ROWS)):
             cluster = start_cluster(Path(tmp) / "cluster", masters=3, replicas=1)
             _CLUSTER_URL[:] = [cluster.url]
         try:

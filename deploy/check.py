@@ -6,12 +6,14 @@ Under its own project name (``unistream-check``), an env file of its own (fresh 
 synthetic market data, a free host port for the dashboard), it:
 
 1. builds the five images (``--no-cache``: from scratch) and reads their sizes;
-2. starts the stack with N trainer replicas and waits until every container is healthy;
+2. starts the stack with N trainer replicas and two features replicas and waits until every
+   container is healthy;
 3. logs in to Redis as every ACL user of the compose file, and as nobody (refused);
 4. sees ticks, 1s bars and training packets grow and a model merged from all N trainers,
    read with ``unistream status`` and ``tail`` inside the dashboard container (its read-only user;
    the check copies the tools in, no image carries them);
-5. finds exactly N consumers in group ``trainer``, named trainer-1..N;
+5. finds exactly N consumers in group ``trainer``, named trainer-1..N, and the two features
+   replicas writing one symbol's training packets each (their leases);
 6. opens the dashboard in Chromium through the published port: the Training Data Stream panel;
 7. SIGKILLs the aggregator's and Redis's processes (a crash, not ``docker kill``, which Docker
    counts as a deliberate stop and never restarts): both come back healthy, and from the start on
@@ -22,8 +24,9 @@ synthetic market data, a free host port for the dashboard), it:
 
 ``--cluster`` runs the same on the cluster overlay (deploy/docker-compose.cluster.yml: six Redis
 nodes formed into three masters with a replica each): step 3 logs in on every node, a step checks
-the cluster's shape and that its nodes announce their compose hostnames, and the Redis crash of
-step 7 is a master's (the ``redis`` node serves slots until then).
+the cluster's shape and that its nodes announce their compose hostnames, the Redis crash of step 7
+is a master's (restarted at once, within the node timeout: it stays the master), and a step kills
+that master and keeps it down until its replica is promoted, then starts it again (a replica now).
 
 One summary table at the end; exit status 1 if any check failed, 0 when all passed. Without a
 Docker engine it prints one line saying so and exits 0. Needs Docker Engine >= 25 and Compose
@@ -64,6 +67,7 @@ SYMBOLS = ("ETHUSDT", "BTCUSDT")
 MIN_ENGINE = (25, 0)
 MIN_COMPOSE = (2, 20)
 UP_TIMEOUT_S = 240
+FEATURES = 2  # features replicas: each writes one symbol's training packets (its lease)
 TOOLS_IN_CONTAINER = "/tmp/unistream_tools"  # where Stack.cli copies the tools' package
 
 sys.path.insert(0, str(REPO / "tests"))
@@ -261,7 +265,8 @@ def build(stack: Stack, no_cache: bool, out: dict[str, str]) -> None:
 def up(stack: Stack, trainers: int, out: dict[str, str]) -> None:
     started = time.monotonic()
     stack.compose(
-        "up", "--detach", "--scale", f"trainer={trainers}", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
+        "up", "--detach", "--scale", f"trainer={trainers}", "--scale", f"features={FEATURES}",
+        "--wait", "--wait-timeout", str(UP_TIMEOUT_S),
         timeout=UP_TIMEOUT_S + 60,
     )  # fmt: skip
     healthy_s = time.monotonic() - started
@@ -361,6 +366,23 @@ def flowing(stack: Stack, trainers: int, out: dict[str, str]) -> None:
     )
 
 
+def features_writers(stack: Stack, out: dict[str, str]) -> None:
+    """Each features replica holds one symbol's lease (writes its training packets)."""
+    held: dict[str, str] = {}
+
+    def split() -> bool:
+        for symbol in SYMBOLS:  # -c: redis-cli follows the cluster's redirections
+            value = stack.compose("exec", "-T", "redis", "redis-cli", "-c", "get", f"ml:training:{{{symbol}}}:owner")
+            held[symbol] = value.stdout.strip().rpartition(":")[0]
+        return sorted(held.values()) == [f"features-{i}" for i in range(1, FEATURES + 1)]
+
+    with contextlib.suppress(CheckFailed):
+        wait(split, 60, "one symbol per features replica")
+    if not split():
+        raise CheckFailed(f"the training packets' writers are {held}, expected one symbol per features replica")
+    out["detail"] = ", ".join(f"{symbol} by {who}" for symbol, who in held.items())
+
+
 def consumers_of(status: dict[str, Any], stream: str, group: str) -> list[str]:
     return sorted(c["name"] for c in status["consumers"] if c["stream"] == stream and c["group"] == group)
 
@@ -450,6 +472,38 @@ def crash_and_recover(stack: Stack, service: str, out: dict[str, str]) -> None:
     out["detail"] = f"SIGKILLed; restarted and healthy in {back_s:.1f} s; bars flowing"
     if role is not None:  # a master back within the node timeout stays one; later, its replica took over
         out["detail"] += f"; the node was {role}, is {node_role(stack, service)} now"
+
+
+def master_failover(stack: Stack, out: dict[str, str]) -> None:
+    """The cluster's ``redis`` node, a master, killed and kept down (``docker kill``: not
+    restarted) past the node timeout: its replica is promoted and the system goes on; started
+    again, the node rejoins as a replica."""
+    if node_role(stack, "redis") != "master":
+        raise CheckFailed("the redis node is not a master: nothing to fail over")
+    bars = [f"md:bars:{{{symbol}}}:1s" for symbol in SYMBOLS]
+    before = last_ids(stack.status())
+    node_id = stack.compose("exec", "-T", "redis", "redis-cli", "cluster", "myid").stdout.strip()
+
+    def failed_over() -> bool:  # as redis-2 sees it: the node marked failed, every slot served again
+        seen = stack.compose("exec", "-T", "redis-2", "redis-cli", "cluster", "nodes").stdout
+        flags = next((line.split()[2] for line in seen.splitlines() if line.startswith(node_id)), "")
+        info = stack.compose("exec", "-T", "redis-2", "redis-cli", "cluster", "info").stdout
+        return "fail" in flags.split(",") and "cluster_state:ok" in info
+
+    started = time.monotonic()
+    stack.compose("kill", "-s", "SIGKILL", "redis")
+    failover_s = wait(failed_over, 60, "the redis node's replica promoted", step_s=0.2)
+    wait(lambda: all(entry_ms(last_ids(stack.status())[b]) > entry_ms(before[b]) for b in bars), 60, "1s bars again")
+    flowing_s = time.monotonic() - started
+    stack.compose("start", "redis")
+    wait(lambda: docker_inspect(stack.container("redis"), "{{.State.Health.Status}}") == "healthy", 60, "redis back")
+    role = node_role(stack, "redis")
+    if role != "slave":
+        raise CheckFailed(f"the redis node came back as {role}, not as its promoted replica's replica")
+    out["detail"] = (
+        f"killed and kept down: its replica promoted (cluster ok) after {failover_s:.1f} s, 1s bars on both symbols "
+        f"after {flowing_s:.1f} s; started again, the node is a replica"
+    )
 
 
 def nothing_lost(stack: Stack, since_ms: int, out: dict[str, str]) -> None:
@@ -558,12 +612,17 @@ def main(argv: list[str]) -> int:
                     flowing(stack, args.trainers, out)
                 with report.check(f"group trainer: {args.trainers} consumers") as out:
                     trainer_consumers(stack, args.trainers, out)
+                with report.check(f"features x{FEATURES}: a symbol's packets each") as out:
+                    features_writers(stack, out)
                 with report.check("dashboard in Chromium") as out:
                     dashboard(stack, out)
                 with report.check("aggregator crash (SIGKILL)") as out:
                     crash_and_recover(stack, "aggregator", out)
                 with report.check("Redis master crash (SIGKILL)" if stack.cluster else "Redis crash (SIGKILL)") as out:
                     crash_and_recover(stack, "redis", out)
+                if stack.cluster:
+                    with report.check("Redis master failover (killed, kept down)") as out:
+                        master_failover(stack, out)
                 with report.check("no bar or tick lost") as out:
                     nothing_lost(stack, since_ms, out)
                 with report.check("down, up (volumes kept), all healthy") as out:
