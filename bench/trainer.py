@@ -82,7 +82,7 @@ from aggregator import stop_process  # the shared helper (bench/ is on sys.path)
 
 from unistream_common import codec, keys
 from unistream_common.packets import TrainingDataPacket
-from unistream_common.redisio import s
+from unistream_common.redisio import is_cluster, s
 from unistream_common.timeframes import TIMEFRAMES
 from unistream_tools.redis_server import free_port
 
@@ -522,7 +522,8 @@ async def _replicas_replay(url: str, n: int, row: str) -> float:
 
 
 async def trainer_packets_per_s_1_replica(url: str, n: int, batch: int) -> float:
-    return await _replicas_replay(url, 1, "trainer_packets_per_s_1_replica")
+    suffix = "_cluster" if is_cluster(url) else ""  # the same row on a Redis Cluster (bench/run.py)
+    return await _replicas_replay(url, 1, f"trainer_packets_per_s_1_replica{suffix}")
 
 
 async def trainer_packets_per_s_3_replicas(url: str, n: int, batch: int) -> float:
