@@ -110,7 +110,10 @@ Rows (ticks/s unless stated):
   ports); reference: the row on the single Redis, measured in the same run;
 - ``cluster_10_symbols_packets_per_s``, ``cluster_10_symbols_close_to_packet_p50_ms`` / ``_p99_ms``:
   ten synthetic symbols on that cluster with two aggregators and two features replicas (bench/scaled.py);
-  reference: the same with one of each (``..._1x1``), in the same run.
+  reference: the same with one of each (``..._1x1``), in the same run;
+- ``cluster_xadd_wait_p50_ms``: an XADD of a 54 KB entry (a training packet) on a cluster master
+  followed by ``WAIT 1`` (until its replica has it), what a commit would pay to wait for a replica;
+  reference: ``cluster_xadd_p50_ms``, the XADD alone on the same connection.
 The evaluate rows live in ``bench/evaluation.py`` (~1.5 min). The aggregator rows live in
 ``bench/aggregator.py``, the features rows in ``bench/features.py`` (at most ``MAX_RUNS`` = 3 runs
 each: one pass over them takes ~50 s), the trainer rows in ``bench/trainer.py`` (3 runs of the
@@ -569,6 +572,9 @@ for _suffix, _ref_suffix in (("_1x1", None), ("", "_1x1")):
         _name = f"cluster_10_symbols_{_what}{_suffix}"
         _ref = None if _ref_suffix is None else f"cluster_10_symbols_{_what}{_ref_suffix}"
         ROWS[_name] = (on_cluster(getattr(scaled, _name)), _ref, _unit)
+# What waiting for a replica (WAIT 1) would add to each commit on the cluster (not done: see docs/operations.md).
+ROWS["cluster_xadd_p50_ms"] = (on_cluster(scaled.cluster_xadd_p50_ms), None, "ms")
+ROWS["cluster_xadd_wait_p50_ms"] = (on_cluster(scaled.cluster_xadd_wait_p50_ms), "cluster_xadd_p50_ms", "ms")
 
 
 async def run(repeat: int, n: int, batch: int, only: list[str]) -> list[dict[str, object]]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import clients
+import redis.asyncio as aioredis
 from aggregator import percentile, stop_process
 
 from unistream_common import codec, keys
@@ -150,3 +151,50 @@ cluster_10_symbols_close_to_packet_p99_ms = _row(SCALED, "p99")
 cluster_10_symbols_packets_per_s_1x1 = _row(1, "packets_per_s")
 cluster_10_symbols_close_to_packet_p50_ms_1x1 = _row(1, "p50")
 cluster_10_symbols_close_to_packet_p99_ms_1x1 = _row(1, "p99")
+
+
+# --- what WAIT would cost ---------------------------------------------------------------------
+
+WAIT_SAMPLES = 300
+PACKET_BYTES = 54_000  # a training packet's size
+
+
+async def _xadd_latencies(url: str, wait_replicas: int) -> list[float]:
+    """XADD of a training-packet-sized entry to a cluster master, alone or followed by ``WAIT n``
+    (until n replicas acknowledge it), ms each, on a direct connection to the key's master."""
+    key = "bench:wait:{ETHUSDT}"
+    cluster = clients.client(url)
+    await cluster.initialize()
+    node = cluster.get_node_from_key(key)
+    await cluster.aclose()
+    master = aioredis.Redis(host=node.host, port=node.port)
+    payload = {b"type": b"training", b"v": b"1", b"data": os.urandom(PACKET_BYTES)}
+    out = []
+    try:
+        for _ in range(WAIT_SAMPLES):
+            started = time.perf_counter()
+            await master.xadd(key, payload, maxlen=100, approximate=True)
+            if wait_replicas:
+                acked = await master.execute_command("WAIT", wait_replicas, 1_000)
+                if int(acked) < wait_replicas:
+                    raise RuntimeError(f"WAIT: {acked} replicas acknowledged within 1 s")
+            out.append((time.perf_counter() - started) * 1000)
+        await master.delete(key)
+    finally:
+        await master.aclose()
+    return out
+
+
+async def cluster_xadd_p50_ms(url: str, n: int, batch: int) -> float:
+    return percentile(await _xadd_latencies(url, 0), 0.50)
+
+
+async def cluster_xadd_wait_p50_ms(url: str, n: int, batch: int) -> float:
+    values = await _xadd_latencies(url, 1)
+    NOTES.setdefault("cluster_xadd_wait_p50_ms", []).append(
+        f"{len(values)} XADD + WAIT 1; p99 {percentile(values, 0.99):.2f} ms"
+    )
+    return percentile(values, 0.50)
+
+
+MAX_RUNS.update({"cluster_xadd_p50_ms": 3, "cluster_xadd_wait_p50_ms": 3})
