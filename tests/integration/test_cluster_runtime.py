@@ -4,6 +4,7 @@ commits per hash slot, dead letters, fences, and a master killed under a running
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import redis
@@ -164,6 +165,55 @@ async def test_a_consumer_carries_on_through_a_master_failover(redis_cluster: Re
         check.close()
         await writer.aclose()
         assert rt.stats.total("consumer_reconnects") >= 1, promoted_s
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await rt.close()
+        await client.aclose()
+
+
+async def test_a_consumer_commits_every_entry_once_while_its_slot_is_migrated(redis_cluster: RedisCluster) -> None:
+    """Fenced commits (WATCH, MULTI/EXEC straight to the slot's master) go on while the slot moves
+    to another master key by key: ASK and TRYAGAIN meanwhile, MOVED after; every entry once."""
+    a, _ = streams_on_two_masters(redis_cluster, "t5")
+    tag = keys.hash_tag(a)
+    fence = SequencedFence(f"t5:fence:{{{tag}}}", "me")
+    client = command_client(redis_cluster.url)
+    await client.set(fence.key, fence.value)
+    for i in range(200):  # keys of the slot beside the streams: the migration takes a while
+        await client.set(f"t5:pad:{{{tag}}}:{i}", "x" * 1_000)
+
+    def fenced(messages: list[Message]) -> Result:
+        return Result(writes=[Write(out(m.stream), m.packet) for m in messages], fence={fence.key: fence})
+
+    rt = StreamRuntime(redis_cluster.url, "c5", [], Stats("test"))
+    rt.register_consumer("g", fenced, [], options=dataclasses.replace(FAST, batch_size=5), streams=[a])
+    task = asyncio.create_task(rt.run())
+    written = 0
+
+    async def write(n: int) -> None:
+        nonlocal written
+        for _ in range(n):
+            await client.xadd(a, codec.encode(metric(written)))
+            written += 1
+            await asyncio.sleep(0.002)
+
+    try:
+        await write(100)
+        source = redis_cluster.master_of(_slot(a))
+        target = next(port for port in redis_cluster.masters() if port != source)
+        writer = asyncio.create_task(write(300))
+        moved = await asyncio.to_thread(redis_cluster.migrate_slot, _slot(a), target, 2)
+        await writer
+        assert moved >= 200 and redis_cluster.master_of(_slot(a)) == target
+        await eventually(lambda: _true(rt.stats.total("consumer_acked") >= written), 30)
+        steps = [codec.decode(f).step for _, f in await client.xrange(out(a))]
+        assert sorted(steps) == list(range(written)), "every entry once"
+        assert (await client.xpending(a, "g"))["pending"] == 0
+        assert (await client.get(fence.key)).decode().startswith("me#")
+        # The moves were met in the commit (redirected, tried again), not as errors that rewind.
+        assert rt.stats.total("consumer_redirects") > 0
+        assert rt.stats.total("consumer_redis_errors") == 0
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

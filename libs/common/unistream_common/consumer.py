@@ -58,14 +58,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from unistream_common import codec, keys
 from unistream_common.packets import Packet
 from unistream_common.redisio import (
+    REDIRECTS,
     autoclaim_reply,
     blocking_client,
+    close_transaction_clients,
     command_client,
     is_cluster,
     is_id_too_small,
     read_reply,
     refresh_topology,
     s,
+    transaction_client,
 )
 from unistream_common.stats import Stats
 
@@ -79,6 +82,7 @@ CONNECTION_ERRORS = (
 
 
 HEALTHY_S = 10.0  # connected this long: the next failure backs off from the shortest delay again
+REDIRECT_WAIT_S = 30.0  # a commit waits this long for its slot to be served again (a migration, a failover)
 
 
 @dataclass(frozen=True)
@@ -755,12 +759,7 @@ class GroupConsumer:
         by_stream: dict[str, list[str]] = defaultdict(list)
         for stream, eid in acks:
             by_stream[stream].append(eid)
-        if result.fence:
-            replies = await self._fenced(result, by_stream)
-        else:
-            pipe = self.runtime.cmd.pipeline(transaction=True)
-            self._queue(pipe, result, by_stream)
-            replies = await pipe.execute(raise_on_error=False)
+        tx, replies = await self._transaction(result, by_stream)
         renumber: list[Write] = []
         for w, reply in zip(result.writes, replies):
             if isinstance(reply, Exception):
@@ -775,7 +774,7 @@ class GroupConsumer:
         if renumber:
             # Another writer's entry is above the ids chosen here: these go after it (and after any
             # later packet of this result that did fit below it).
-            pipe = self.runtime.cmd.pipeline(transaction=True)
+            pipe = tx.pipeline(transaction=True)
             for w in renumber:
                 pipe.xadd(w.stream, codec.encode(w.packet), id="*", maxlen=w.maxlen, approximate=True)
             await pipe.execute()
@@ -807,11 +806,43 @@ class GroupConsumer:
         for stream, ids in by_stream.items():
             pipe.xack(stream, self.group, *ids)
 
-    async def _fenced(self, result: Result, by_stream: Mapping[str, list[str]]) -> list[Any]:
+    async def _transaction(self, result: Result, by_stream: Mapping[str, list[str]]) -> tuple[Any, list[Any]]:
+        """The part's MULTI (under WATCH of its fences, if any) and the client it went through.
+
+        On a cluster the part's keys share a slot, and the MULTI goes straight to the master that
+        serves it (:func:`~unistream_common.redisio.transaction_client`); a slot that moved or is
+        being migrated (:data:`~unistream_common.redisio.REDIRECTS`: nothing was applied) makes it
+        learn the topology and try again, for up to :data:`REDIRECT_WAIT_S`.
+        """
+        key = next(
+            iter(
+                [w.stream for w in result.writes]
+                + [sw.key for sw in result.state]
+                + list(by_stream)
+                + list(result.fence)
+            )
+        )
+        deadline = time.monotonic() + REDIRECT_WAIT_S
+        while True:
+            tx = await transaction_client(self.runtime.cmd, key)
+            try:
+                if result.fence:
+                    return tx, await self._fenced(tx, result, by_stream)
+                pipe = tx.pipeline(transaction=True)
+                self._queue(pipe, result, by_stream)
+                return tx, await pipe.execute(raise_on_error=False)
+            except REDIRECTS as exc:
+                if time.monotonic() > deadline:
+                    raise RedisConnectionError(f"the slot of {key} was not served for {REDIRECT_WAIT_S:g} s: {exc!r}")
+                self.stats.inc("consumer_redirects", **self._labels)
+                await asyncio.sleep(0.05)
+                await self.runtime.refresh_topology()
+
+    async def _fenced(self, tx: Any, result: Result, by_stream: Mapping[str, list[str]]) -> list[Any]:
         """The MULTI under WATCH of the fencing keys; FenceLost when one holds another value."""
         fence_keys = list(result.fence)
         while True:
-            async with self.runtime.cmd.pipeline(transaction=True) as pipe:
+            async with tx.pipeline(transaction=True) as pipe:
                 await pipe.watch(*fence_keys)
                 # One GET per key (a cluster pipeline refuses MGET); a part usually has one fence.
                 values = [await pipe.get(key) for key in fence_keys]
@@ -862,7 +893,8 @@ class GroupConsumer:
         # A stream without a hash tag has its dead letters in another slot: written first, then
         # acknowledged (a crash between the two repeats a dead letter, never loses one).
         atomic = not self.runtime.cluster or keys.hash_tag(dead[0][0]) == keys.hash_tag(keys.dlq(dead[0][0]))
-        pipe = self.runtime.cmd.pipeline(transaction=atomic)
+        tx = await transaction_client(self.runtime.cmd, dead[0][0]) if atomic else self.runtime.cmd
+        pipe = tx.pipeline(transaction=atomic)
         acks = self.runtime.cmd.pipeline(transaction=False) if not atomic else pipe
         now = str(int(time.time() * 1000)).encode()
         for stream, eid, fields, reason in dead:
@@ -983,5 +1015,6 @@ class StreamRuntime:
         return bool(self.consumers) and all(gc.connected for gc in self.consumers)
 
     async def close(self) -> None:
+        await close_transaction_clients(self.cmd)
         await self.cmd.aclose()
         await self.reader.aclose()
