@@ -69,6 +69,7 @@ from unistream_common.redisio import (
     refresh_topology,
     s,
     transaction_client,
+    xreadgroup,
 )
 from unistream_common.stats import Stats
 
@@ -386,8 +387,8 @@ class GroupConsumer:
                 streams = self.readable(list(self.streams)) if self.readable is not None else list(self.streams)
                 got = 0
                 for group in self.runtime.read_groups(streams):
-                    reply = await self.runtime.cmd.xreadgroup(
-                        self.group, self.consumer, dict.fromkeys(group, ">"), count=self.options.batch_size
+                    reply = await xreadgroup(
+                        self.runtime.cmd, self.group, self.consumer, dict.fromkeys(group, ">"), self.options.batch_size
                     )
                     batch = read_reply(reply)
                     got += sum(len(entries) for _, entries in batch)
@@ -543,9 +544,9 @@ class GroupConsumer:
     async def _read(self, streams: list[str]) -> Any:
         """One blocking XREADGROUP of new entries of ``streams`` (all in one slot on a cluster)."""
         return await asyncio.wait_for(
-            self.runtime.reader.xreadgroup(
-                self.group, self.consumer, dict.fromkeys(streams, ">"), count=self.options.batch_size,
-                block=self.options.block_ms,
+            xreadgroup(
+                self.runtime.reader, self.group, self.consumer, dict.fromkeys(streams, ">"), self.options.batch_size,
+                self.options.block_ms,
             ),
             timeout=self.options.block_ms / 1000 + 10,
         )  # fmt: skip
@@ -581,8 +582,8 @@ class GroupConsumer:
             last = "0"
             while True:
                 raise_if_cancel_lost()
-                reply = await self.runtime.cmd.xreadgroup(
-                    self.group, self.consumer, {stream: last}, count=self.options.batch_size
+                reply = await xreadgroup(
+                    self.runtime.cmd, self.group, self.consumer, {stream: last}, self.options.batch_size
                 )
                 batch = read_reply(reply)
                 entries = batch[0][1] if batch else []

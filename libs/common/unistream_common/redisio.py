@@ -195,6 +195,27 @@ async def transaction_client(client: Any, key: str) -> Any:
     return master
 
 
+async def xreadgroup(
+    client: Any, group: str, consumer: str, streams: dict[str, str], count: int, block_ms: int | None = None
+) -> Any:
+    """XREADGROUP of ``streams`` (all in one hash slot on a cluster), the reply as redis-py parses it.
+
+    On a cluster it goes straight to the master serving the slot: redis-py would first ask its
+    default node COMMAND GETKEYS (XREADGROUP's keys are "movable"), a round trip per read, and
+    first reads made at once over new connections failed there ("Connection closed by server",
+    seen with ten symbols' reads starting together); a redirection is redis-py's as for any command.
+    """
+    if not isinstance(client, aiocluster.RedisCluster):
+        return await client.xreadgroup(group, consumer, streams, count=count, block=block_ms)
+    if client._initialize:
+        await client.initialize()
+    pieces: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+    if block_ms is not None:
+        pieces += ["BLOCK", block_ms]
+    pieces += ["STREAMS", *streams, *streams.values()]
+    return await client.execute_command(*pieces, target_nodes=client.get_node_from_key(next(iter(streams))))
+
+
 async def close_transaction_clients(client: Any) -> None:
     """Close the per-master clients :func:`transaction_client` made for ``client``."""
     for master in client.__dict__.pop("_unistream_masters", {}).values():

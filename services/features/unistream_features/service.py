@@ -263,19 +263,25 @@ class FeaturesService:
         members = await self.leases.heartbeat(self.cmd, now_ms)
         fair = fair_share(len(self.settings.symbols), members)
         if len(self.owned) > fair and members > 1:
-            symbol = self.owned[-1]  # the newest taken
-            log.info("%s: handing over (hold %d, fair share %d of %d replicas)", symbol, len(self.owned), fair, members)
-            self._give_up(symbol)
-            await self.leases.release(self.cmd, [symbol])
-            self.stats.inc("features_handovers", symbol=symbol)
+            # All the excess at once (the newest taken): each take costs the taker a rewind.
+            excess = self.owned[fair:]
+            log.info("handing over %s (held %d, fair share %d of %d replicas)", ", ".join(excess),
+                     len(self.owned), fair, members)  # fmt: skip
+            for symbol in excess:
+                self._give_up(symbol)
+                self.stats.inc("features_handovers", symbol=symbol)
+            await self.leases.release(self.cmd, excess)
             return
-        if len(self.owned) >= fair:
-            return
+        taken = []
         for symbol in self.settings.symbols:
+            if len(self.owned) + len(taken) >= fair:
+                break
             if symbol not in self.owned and await self.leases.take(self.cmd, symbol):
                 self.stats.inc("features_takeovers", symbol=symbol)
-                self.owned.append(symbol)  # the rewind takes it back with the others, first
-                raise RewindRequested(f"took {symbol}'s lease: its packets go on from the newest on its stream")
+                taken.append(symbol)
+        if taken:
+            self.owned.extend(taken)  # the rewind takes them back with the others, first
+            raise RewindRequested(f"took {', '.join(taken)}: their packets go on from the newest on their streams")
 
     def _give_up(self, symbol: str) -> None:
         """Stop writing ``symbol``'s packets (its states are still built: the others' need its inputs)."""
