@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 import redis
@@ -55,6 +56,14 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def stop(task: asyncio.Task[None], rt: StreamRuntime, client: Any) -> None:
+    """Cancel a running runtime and close its clients and the test's."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await rt.close()
+    await client.aclose()
+
+
 def test_the_cluster_fixture_is_three_masters_with_a_replica_each(redis_cluster: RedisCluster) -> None:
     masters = redis_cluster.masters()
     assert len(masters) == 3
@@ -83,10 +92,7 @@ async def test_one_consumer_reads_and_commits_per_slot_across_masters(redis_clus
             assert (await client.xpending(stream, "g"))["pending"] == 0
         assert rt.stats.total("consumer_redis_errors") == 0
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await rt.close()
-        await client.aclose()
+        await stop(task, rt, client)
 
 
 async def test_burst_mode_dead_letters_and_fences_work_per_slot(redis_cluster: RedisCluster) -> None:
@@ -166,10 +172,7 @@ async def test_a_consumer_carries_on_through_a_master_failover(redis_cluster: Re
         await writer.aclose()
         assert rt.stats.total("consumer_reconnects") >= 1, promoted_s
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await rt.close()
-        await client.aclose()
+        await stop(task, rt, client)
 
 
 async def test_a_consumer_commits_every_entry_once_while_its_slot_is_migrated(redis_cluster: RedisCluster) -> None:
@@ -215,7 +218,4 @@ async def test_a_consumer_commits_every_entry_once_while_its_slot_is_migrated(re
         assert rt.stats.total("consumer_redirects") > 0
         assert rt.stats.total("consumer_redis_errors") == 0
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await rt.close()
-        await client.aclose()
+        await stop(task, rt, client)

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import itertools
 import logging
 import random
 import time
@@ -816,12 +817,7 @@ class GroupConsumer:
         learn the topology and try again, for up to :data:`REDIRECT_WAIT_S`.
         """
         key = next(
-            iter(
-                [w.stream for w in result.writes]
-                + [sw.key for sw in result.state]
-                + list(by_stream)
-                + list(result.fence)
-            )
+            itertools.chain((w.stream for w in result.writes), (sw.key for sw in result.state), by_stream, result.fence)
         )
         deadline = time.monotonic() + REDIRECT_WAIT_S
         while True:

@@ -77,6 +77,12 @@ class SymbolLeases:
         self.valid_until: dict[str, float] = {}
         self.lost: dict[str, str | None] = {}
 
+    def restart(self) -> None:
+        """A fresh token and nothing held (a holder starting over: its next takes set ``token#0``)."""
+        self.token = new_token(self.consumer)
+        self.valid_until.clear()
+        self.lost.clear()
+
     @property
     def held(self) -> list[str]:
         return list(self.valid_until)

@@ -227,10 +227,7 @@ class FeaturesService:
         where the new fences start. Symbols held before and not taken back are handed back.
         """
         before, old_token = list(self.owned), self.leases.token
-        self.leases = SymbolLeases(
-            self.runtime.consumer, self.settings.writer_lease_ms, keys.features_owner, keys.training_fence,
-            keys.FEATURES_MEMBERS,
-        )  # fmt: skip
+        self.leases.restart()
         fair = fair_share(len(self.settings.symbols), await self.leases.heartbeat(self.cmd, now_ms))
         self.owned, self.fences = [], {}
         for symbol in [*before, *(sym for sym in self.settings.symbols if sym not in before)]:
