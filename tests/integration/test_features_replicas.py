@@ -67,6 +67,13 @@ async def reference_packets(url: str, tmp_path: Path, seconds: int) -> dict[tupl
     return {(p.symbol, p.ts_event_ms): p for p in packets}
 
 
+async def hold_lease(r: Any, symbol: str) -> None:
+    """Keep a crashed replica's lease from running out (until cancelled)."""
+    while True:
+        await r.pexpire(keys.features_owner(symbol), 2 * LEASE_MS)
+        await asyncio.sleep(LEASE_MS / 5_000)
+
+
 @pytest.fixture(params=["single", "cluster"])
 def redis_under_test(request: pytest.FixtureRequest) -> str:
     """A single Redis, or a 3-master cluster where the two symbols' slots live on two masters."""
@@ -115,7 +122,18 @@ async def test_two_replicas_split_the_symbols_and_a_crashed_one_s_symbol_goes_on
                     await two.__aexit__(None, None, None)
                 crashed = True
                 assert (await holders(r))[taken] == "features-2", "still held: the lease has not run out yet"
-                await write_seconds(r, 30, 50)
+                # The lease runs out only once the survivor's own symbol is at second 50, 20 s ahead of
+                # the crashed one's (as when the survivor runs ahead of a dying peer): the take-over
+                # then finds the symbols' marks apart, and the taken symbol's next states still need
+                # the other's inputs as of their own time.
+                own = next(sym for sym in SYMBOLS if sym != taken)
+                still = asyncio.create_task(hold_lease(r, taken))
+                try:
+                    await write_seconds(r, 30, 50)
+                    await eventually(lambda: _count(r, keys.training(own), 50), 30, f"{own} at second 50")
+                    assert int(await r.xlen(keys.training(taken))) == 30, "the crashed replica's symbol waits"
+                finally:
+                    still.cancel()
 
                 async def taken_over() -> bool:
                     return set((await holders(r)).values()) == {"features-1"}

@@ -790,6 +790,54 @@ def test_a_rebuild_at_the_mark_continues_with_the_packets_of_an_engine_that_neve
     assert eng.symbols[ETH].training_packets == (N_SECONDS - k if fresh else N_SECONDS)
 
 
+@pytest.mark.parametrize("behind", [ETH, BTC])
+@pytest.mark.parametrize("lag", [1, 9])
+def test_a_rebuild_where_one_symbol_s_packets_are_behind_the_other_s_goes_on_as_if_never_stopped(behind: str, lag: int):
+    """Each symbol's packets are committed on their own (on a cluster, one commit per symbol), and a
+    replica taking a symbol over finds it behind the ones it wrote itself: the marks differ. The
+    states of the symbol behind hold the other's windows and trades as of their own time.
+
+    Read back as the service does (bars closed by the earliest mark; the trades after it
+    delivered again, those of the symbol ahead last, after every bar: its streams may live on
+    another node), the rebuilt engine gives the packets of one that never stopped, and none of
+    the symbol ahead twice."""
+    ahead = next(s for s in SYMBOLS if s != behind)
+    seconds = market(1)
+    hist = history(1)
+    expected = reference(1, "second_at_once")
+    k, reread = 40, 12  # every state of seconds < k was built; the packets of `behind` lag by `lag` seconds
+    first = engine()
+    built = feed(first, seconds[:k], "second_at_once", hist)
+    marks = {s: seconds[k - 1 - (lag if s == behind else 0)].close_ms for s in SYMBOLS}
+    before = [p for p in built if p.ts_event_ms <= marks[p.symbol]]
+    start = marks[behind]
+    done, again = [sec for sec in seconds if sec.close_ms <= start], [sec for sec in seconds if sec.close_ms > start]
+    eng = engine()
+    now = again[0].now_ms + 5_000
+    eng.rebuild([*hist, *(b for sec in done for b in (*sec.bars.values(), *sec.closing))], [], marks, now)
+    assert {s: eng.pending_bars(s) for s in SYMBOLS} == dict.fromkeys(SYMBOLS, 0)
+    for sec in done:  # the trades the states after the mark need (the tick groups are set back)
+        for s in SYMBOLS:
+            if sec.trades[s]:
+                eng.on_ticks(batch(s, sec.trades[s]))
+    after: list[TrainingDataPacket] = []
+    backlog = again[: lag + reread]
+    for item in [
+        *(x for sec in backlog for x in second_inputs(sec, "symbol_by_symbol") if x.symbol == behind),
+        *(x for sec in backlog for x in (*sec.closing, sec.bars[ahead]) if x.symbol == ahead),
+        *(batch(ahead, sec.trades[ahead]) for sec in backlog if sec.trades[ahead]),
+    ]:
+        if isinstance(item, TickBatch):
+            eng.on_ticks(item)
+        else:
+            eng.on_bar(item, now)
+        after.extend(eng.emit(now))
+    assert {s: eng.pending_bars(s) for s in SYMBOLS} == dict.fromkeys(SYMBOLS, 0)
+    after.extend(feed(eng, again[lag + reread :], "second_at_once"))
+    assert_same_packets(expected, before + after)
+    assert eng.symbols[ahead].training_packets == len(again) - lag, "the states up to its mark were not output"
+
+
 def test_a_rebuild_does_not_count_the_trades_it_reads_back_as_seen():
     seconds = market(0, n=5)
     eng = engine()

@@ -25,7 +25,12 @@ is built without them (counted), so a tick stream that was trimmed away cannot s
 Restarts: :meth:`rebuild` loads what the streams held up to where the consumer group had read,
 with ``emitted_until_ms``, the close time of the newest training packet already written for the
 symbol; live 1s bars after that mark are (re)queued, older ones never, so a restart neither loses
-nor repeats training packets.
+nor repeats training packets. The marks of the symbols may differ (each symbol's packets are
+committed on their own, and a replica that takes a symbol over finds it behind its own): every
+state holds every symbol's windows and trades, so the engine restarts all symbols together from
+the earliest mark (:func:`rewind_point`); a symbol ahead of it has its bars and trades after it
+read again and its states up to its own mark built again (the others' states wait for its inputs
+as they always do) without its packets being output twice.
 
 Times: ``*_ms`` venue/event times come from the data; ``now_ms`` (wall clock) is passed in.
 """
@@ -111,7 +116,8 @@ class SymbolState:
     released_until_ms: int = 0  # trades before this time go straight into the cache
     tick_watermark_ms: int = 0  # newest trade time received
     queue: deque[tuple[Bar, int]] = field(default_factory=deque)  # live 1s bars awaiting their packet, wall ms
-    emitted_until_ms: int = 0  # close time of the newest bar a training packet exists for
+    emitted_until_ms: int = 0  # close time of the newest bar whose state was built (or whose packet exists)
+    written_until_ms: int = 0  # after a restart: packets exist until here; states up to it are built, not output
     ticks_seen: int = 0
     gaps_seen: int = 0
     trades_missing: int = 0
@@ -128,6 +134,18 @@ class SymbolState:
 
 def _close_time(bar: Bar) -> int:
     return bar.close_time_ms
+
+
+def rewind_point(emitted_until_ms: dict[str, int], symbols: Iterable[str]) -> int:
+    """Where a restart takes up the states of all symbols: the earliest mark of a symbol that has
+    packets (0: none has). The states built after it need every symbol's bars and trades as they
+    were then, so every symbol's inputs are read again from there.
+
+    A symbol without packets yet (added to the configuration, or no bar so far) does not hold the
+    others back: it starts from the beginning of its streams as at a first start, its first states
+    seeing the others' trades from this point on.
+    """
+    return min((m for s in symbols if (m := emitted_until_ms.get(s, 0)) > 0), default=0)
 
 
 def state_layouts(config: FeatureConfig) -> dict[str, StateLayout]:
@@ -170,10 +188,13 @@ class FeatureEngine:
         self._ui_tokens = float(len(config.symbols))
         self._ui_refill_ms = now_ms
 
-    def _new_symbol(self, emitted_until_ms: int = 0) -> SymbolState:
+    def _new_symbol(self, start_ms: int = 0, written_until_ms: int = 0) -> SymbolState:
+        """A symbol whose states go on from ``start_ms``, its packets being output after ``written_until_ms``."""
         cache = micro.TickCache(self.config.tick_capacity, self.config.tick_max_age_ms)
-        cache.anchor(emitted_until_ms)  # age counts from the symbol's own states, not from trades ahead of them
-        return SymbolState(cache=cache, emitted_until_ms=emitted_until_ms, released_until_ms=emitted_until_ms)
+        cache.anchor(start_ms)  # age counts from the states, not from trades ahead of them
+        return SymbolState(
+            cache=cache, emitted_until_ms=start_ms, released_until_ms=start_ms, written_until_ms=written_until_ms
+        )
 
     def layout_version(self, symbol: str) -> str:
         """``<version>/<role fingerprint>`` of the layout of ``symbol``'s states (the same for every
@@ -265,14 +286,19 @@ class FeatureEngine:
         """Forget every buffer and queue; load history, bars and trades read back from the streams.
 
         ``emitted_until_ms``: per symbol, the close time of the newest training packet on the
-        stream; live 1s bars closing after it are queued again. Counters are kept.
+        stream. The states of every symbol go on from :func:`rewind_point`: live 1s bars closing
+        after it are queued again, other bars wait for their states, trades from it on are queued.
+        A symbol whose mark is later has its states up to its mark built again (the other symbols'
+        states wait for its inputs as always) but not output. Counters are kept.
         """
         self.windows = BarWindows(self._capacity, symbols=self.config.symbols)
         self._ahead.clear()
-        self._frontier_ms = max(emitted_until_ms.values(), default=0)
+        start = rewind_point(emitted_until_ms, self.config.symbols)
+        self._frontier_ms = start
         for s in self.config.symbols:
             old = self.symbols[s]
-            st = self.symbols[s] = self._new_symbol(emitted_until_ms.get(s, 0))
+            mark = emitted_until_ms.get(s, 0)
+            st = self.symbols[s] = self._new_symbol(start if mark else 0, mark)
             for name in ("ticks_seen", "gaps_seen", "trades_missing", "bars_seen", "training_packets", "source"):
                 setattr(st, name, getattr(old, name))
         before = Counter(self.events)
@@ -421,17 +447,21 @@ class FeatureEngine:
                 return out
             t = min(b.close_time_ms for b in ready.values())
             due = {s: b for s, b in ready.items() if b.close_time_ms == t}
-            out.extend(self._packets_at(t, due, now_ms))
+            # A state rebuilt after a restart whose packet exists already is built (it moves the
+            # buffers and caches as the first time) and not output.
+            new = {s: b for s, b in due.items() if t > self.symbols[s].written_until_ms}
+            out.extend(self._packets_at(t, new, now_ms))
             for s, bar in due.items():
                 st = self.symbols[s]
-                if bar.trade_count and not self._has_trades(st, bar):
-                    self.events["bars_without_all_trades"] += 1
-                if self.config.symbol_sync_ms and self._inputs_missing(s, t):
-                    self.events["states_without_other_symbols"] += 1
+                if s in new:
+                    if bar.trade_count and not self._has_trades(st, bar):
+                        self.events["bars_without_all_trades"] += 1
+                    if self.config.symbol_sync_ms and self._inputs_missing(s, t):
+                        self.events["states_without_other_symbols"] += 1
+                    st.training_packets += 1
                 st.queue.popleft()
                 st.emitted_until_ms = t
-                st.training_packets += 1
-            self.events["training_packets"] += len(due)
+            self.events["training_packets"] += len(new)
 
     def _packets_at(self, t: int, due: dict[str, Bar], now_ms: int) -> list[TrainingDataPacket]:
         cfg = self.config

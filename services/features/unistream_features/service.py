@@ -13,10 +13,12 @@
   acknowledges the symbol's bars and trades (one hash slot: on a Redis Cluster every commit is
   split per symbol, and each part moves that symbol's sequenced fence).
 - Restart (``on_rewind``): the newest training packet on each symbol's training stream is the
-  mark; buffers are reloaded from history and from the bar streams up to the mark, and the group
-  is set back (XGROUP SETID) so that it delivers again, in order, every bar after the mark and
-  the trades the states after it need. Nothing is lost or repeated, and no pending entry has to
-  survive a crash, so entries are acknowledged at once.
+  symbol's mark; buffers are reloaded from history and from the bar streams up to the earliest
+  mark (:func:`~unistream_features.core.rewind_point`: a state holds every symbol's inputs, and the
+  marks differ when a crash fell between two symbols' commits or a replica takes a symbol over),
+  and the group is set back (XGROUP SETID) so that it delivers again, in order, every bar after it
+  and the trades the states after it need. Nothing is lost or repeated, and no pending entry has
+  to survive a crash, so entries are acknowledged at once.
 - Replicas (``--scale features=2``): a symbol's state holds every symbol's windows, so every
   replica reads every symbol's bars and trades, in a consumer group of its own
   (``features:<consumer>``, :func:`keys.features_group`), and builds every state; it writes the
@@ -75,7 +77,7 @@ from unistream_common.redisio import id_pair, s
 from unistream_common.service import ServiceContext, run_consumers
 from unistream_common.stats import Stats
 from unistream_common.timeframes import TIMEFRAMES
-from unistream_features.core import FeatureConfig, FeatureEngine, TrainingChain
+from unistream_features.core import FeatureConfig, FeatureEngine, TrainingChain, rewind_point
 from unistream_features.settings import FeaturesSettings
 from unistream_model.cnn import MODEL_NAME, ModelRejected
 
@@ -317,13 +319,16 @@ class FeaturesService:
         deliver what follows."""
         await self._take_symbols(wall_ms())
         marks = await self._emission_marks()
+        # Every state holds every symbol's inputs: all symbols are read again from the earliest mark
+        # (a symbol ahead of it gets its bars and trades after it again, not its packets).
+        start = rewind_point(marks, self.settings.symbols)
         bars: list[Bar] = []
         for symbol in self.settings.symbols:
-            mark = marks.get(symbol, 0)
+            point = start if marks.get(symbol, 0) else 0
             bars.extend(await self._read_history(symbol))
             for tf in TIMEFRAMES:
-                bars.extend(await self._rewind_bars(symbol, tf, mark))
-            await self._rewind_ticks(symbol, mark)
+                bars.extend(await self._rewind_bars(symbol, tf, point))
+            await self._rewind_ticks(symbol, point)
         self.engine.rebuild(bars, [], marks, wall_ms())
         for symbol in self.settings.symbols:
             log.info(
