@@ -219,3 +219,42 @@ async def test_a_consumer_commits_every_entry_once_while_its_slot_is_migrated(re
         assert rt.stats.total("consumer_redis_errors") == 0
     finally:
         await stop(task, rt, client)
+
+
+async def test_a_timer_waiting_for_a_read_to_end_is_not_held_up_by_another_slot_s_batch(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The aggregator hands a symbol back from its timer, under the consumer's lock, and first waits
+    until no read of the symbol's stream is under way (``quiesce``). On a cluster each slot has a
+    read of its own: another slot's read may come back meanwhile, its batch waiting for that lock.
+    The wait ends when the stream's own read does (seen: an aggregator stuck for good with nine of
+    ten symbols, the lock held by a wait on a read loop that waited for the lock)."""
+    a, b = streams_on_two_masters(redis_cluster, "t6")
+    client = command_client(redis_cluster.url)
+    rt = StreamRuntime(redis_cluster.url, "c6", [], Stats("test"))
+    go, waited = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    async def hand_back_b(now_ms: int) -> None:
+        if not go.is_set() or waited.done():
+            return
+        await client.xadd(a, codec.encode(metric(1)))  # a's read comes back with it: its batch waits for the lock
+        await asyncio.sleep(0.3)
+        started = asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(gc.quiesce(b), 5)
+            waited.set_result(asyncio.get_running_loop().time() - started)
+        except TimeoutError:
+            waited.set_result(None)
+
+    options = dataclasses.replace(FAST, block_ms=500, timer_interval_s=0.05)
+    gc = rt.register_consumer("g", per_tag, [], options=options, streams=[a, b], on_timer=hand_back_b)
+    task = asyncio.create_task(rt.run())
+    try:
+        await eventually(lambda: _true(len(gc._reads) == 2), 10, "a read under way on each slot")
+        go.set()
+        took = await asyncio.wait_for(waited, 15)
+        assert took is not None, "quiesce(b) never returned: b's read ended, the read loop waited for the lock"
+        assert took < 1.0, "b's read ends within its block time"
+        await eventually(lambda: _true(rt.stats.total("consumer_acked") == 1), 10, "a's batch delivered after")
+    finally:
+        await stop(task, rt, client)

@@ -296,8 +296,8 @@ class GroupConsumer:
         self._wake_ms: float | None = None  # see wake_at
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one delivery or timer call at a time
-        self._reading: set[str] = set()  # streams of the blocking read under way
-        self._read_done = asyncio.Event()
+        # The blocking reads under way (one per hash slot on a cluster), by the streams they read.
+        self._reads: dict[tuple[str, ...], asyncio.Task[Any]] = {}
         self._streams_changed = asyncio.Event()
         # Which of its streams a dynamic consumer may read now (e.g. those whose lease outlasts
         # the next blocking read); None: all of them.
@@ -467,10 +467,14 @@ class GroupConsumer:
             start = "(" + s(rows[-1]["message_id"])
 
     async def quiesce(self, stream: str) -> None:
-        """Wait until no read of ``stream`` is under way (at most one blocking read's time)."""
-        while stream in self._reading:
-            self._read_done.clear()
-            await self._read_done.wait()
+        """Wait until no read of ``stream`` is under way (at most one blocking read's time).
+
+        Waits on the read itself, not on the read loop: the caller may hold the lock the loop
+        needs to deliver another slot's batch (on a cluster reads of several slots are under way
+        at once), and the loop would then never come back to notice the read had ended.
+        """
+        while under_way := [task for streams, task in self._reads.items() if stream in streams and not task.done()]:
+            await asyncio.wait(under_way)
 
     async def _loop(self) -> None:
         """Read and deliver batches; alongside, run the timer on its own clock.
@@ -501,7 +505,7 @@ class GroupConsumer:
         slots. A stream is never in two reads at once: its entries are delivered in order.
         """
         opts = self.options
-        reads: dict[tuple[str, ...], asyncio.Task[Any]] = {}
+        reads = self._reads
         try:
             while True:
                 raise_if_cancel_lost()
@@ -521,11 +525,8 @@ class GroupConsumer:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._streams_changed.wait(), opts.block_ms / 1000)
                     continue
-                self._reading = {stream for group in reads for stream in group}
                 done, _ = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
                 replies = [reads.pop(group).result() for group in [g for g, task in reads.items() if task in done]]
-                self._reading = {stream for group in reads for stream in group}
-                self._read_done.set()
                 for reply in replies:
                     batch = read_reply(reply)
                     if batch:
@@ -539,8 +540,7 @@ class GroupConsumer:
             for task in reads.values():
                 task.cancel()
             await asyncio.gather(*reads.values(), return_exceptions=True)
-            self._reading = set()
-            self._read_done.set()
+            reads.clear()
 
     async def _read(self, streams: list[str]) -> Any:
         """One blocking XREADGROUP of new entries of ``streams`` (all in one slot on a cluster)."""
