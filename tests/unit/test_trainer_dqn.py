@@ -344,9 +344,12 @@ def test_core_takes_gradient_steps_after_learning_starts_bounded_per_batch():
     packets = [packet(t, 100.0 + (t % 3)) for t in range(42)]
     assert feed(core, packets[:6]) == 0, "replay below learning_starts"
     steps = feed(core, packets[6:40])
-    assert steps == 4, "bounded by max_updates_per_batch"
+    assert core.transitions == 38
+    # what was owed below learning_starts is capped at max_updates_per_batch (4, not 2 x 8), then
+    # each of the 30 transitions after earns its 2, batch by batch (2 packets a batch)
+    assert steps == 4 + 2 * (38 - 8)
     m = core.metrics(T0)
-    assert m["charts/updates"] == 4 and "losses/td_loss" in m and math.isfinite(m["losses/td_loss"])
+    assert m["charts/updates"] == steps and "losses/td_loss" in m and math.isfinite(m["losses/td_loss"])
     assert m["charts/packets"] == 40 and m["charts/replay_size"] == len(core.agent.replay)  # type: ignore[union-attr]
     assert 0 < m["charts/epsilon"] < 1
     feed(core, packets[39:42])
@@ -580,6 +583,13 @@ def test_a_consumed_batch_holds_the_packets_whose_updates_fit_in_one_batch_so_a_
         batch = packets[first : first + n]
         backlog.process(batch, [[packets[first + k - 1]] for k in range(len(batch))])
     assert n == 4 and backlog.updates == live.updates > 100
+    # one delivery may hold several batches' packets (COUNT is per stream: one read of two symbols'
+    # streams on a single Redis gives up to 2 x n): each packet still earns its steps
+    wide = TrainerCore(hp)
+    for first in range(1, 81, 2 * n):
+        batch = packets[first : first + 2 * n]
+        wide.process(batch, [[packets[first + k - 1]] for k in range(len(batch))])
+    assert wide.updates == live.updates
 
 
 def test_a_bf16_update_keeps_float32_weights_and_agrees_with_float32_to_bf16_precision():

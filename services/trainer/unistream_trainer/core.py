@@ -375,10 +375,21 @@ class TrainerCore:
     def process(
         self, packets: Sequence[TrainingDataPacket], ancestors: Sequence[Sequence[TrainingDataPacket]] | None = None
     ) -> int:
-        """Observe a batch of packets (each with its predecessors), then take the gradient steps they earned."""
-        for k, p in enumerate(packets):
-            self.observe(p, ancestors[k] if ancestors is not None else ())
-        return self.train(self.updates_due())
+        """Observe packets (each with its predecessors) and take the gradient steps they earned,
+        :func:`packets_per_batch` packets at a time.
+
+        A delivery may hold more than one batch's packets: XREADGROUP's COUNT is per stream, and
+        on a single Redis one read covers every symbol's training stream (2 symbols: up to 8
+        packets where a batch is 4). Capping the steps of the whole delivery at
+        ``max_updates_per_batch`` learned such a backlog at half the rate per packet of one read per
+        slot on a cluster (measured: 488 against 944 steps for the same 300 packets)."""
+        chunk = packets_per_batch(self.hp)
+        steps = 0
+        for start in range(0, len(packets), chunk):
+            for k in range(start, min(start + chunk, len(packets))):
+                self.observe(packets[k], ancestors[k] if ancestors is not None else ())
+            steps += self.train(self.updates_due())
+        return steps
 
     # --- reporting -------------------------------------------------------------------------
 

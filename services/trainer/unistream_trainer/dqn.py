@@ -57,9 +57,10 @@ class Hyperparameters:
     updates_per_transition: Annotated[float, Ge(0)] = 4.0
     """gradient steps owed per new transition (the replay ratio)"""
     max_updates_per_batch: Annotated[int, Ge(1)] = 16
-    """at most this many gradient steps per consumed batch: the trainer consumes this over
-    ``updates_per_transition`` packets at a time (``core.packets_per_batch``), so every packet earns
-    its steps in a backlog as live, and a batch is learned in well under a second"""
+    """at most this many gradient steps per batch: the trainer reads this over
+    ``updates_per_transition`` packets at a time (``core.packets_per_batch``) and learns a delivery
+    holding more (one read of several symbols' streams) batch by batch, so every packet earns its
+    steps in a backlog as live, and a batch is learned in well under a second"""
     tau: Annotated[float, Gt(0), Le(1)] = 0.005
     """target network update rate: 1.0 copies the weights, smaller values are Polyak averaging"""
     target_network_frequency: Annotated[int, Ge(1)] = 1
