@@ -36,6 +36,7 @@ import redis.asyncio as aioredis
 
 from unistream_aggregator.settings import AggregatorSettings
 from unistream_common import codec, keys
+from unistream_common.leases import symbols_fingerprint
 from unistream_common.packets import Bar, Tick, TickBatch
 from unistream_tools.redis_server import free_port
 
@@ -158,7 +159,7 @@ async def aggregator_ticks_per_s(url: str, n: int, batch: int) -> float:
             deadline = time.monotonic() + 60 + n / 20_000
             while True:
                 pipe = client.pipeline(transaction=False)
-                pipe.zscore(keys.AGGREGATOR_MEMBERS, CONSUMER)
+                pipe.zscore(keys.AGGREGATOR_MEMBERS, f"{CONSUMER}|{symbols_fingerprint(SYMBOLS)}")
                 for key in quality_keys:
                     pipe.hget(key, "ticks_applied")
                 heartbeat, *counts = await pipe.execute()

@@ -451,6 +451,35 @@ def test_a_lease_is_renewed_by_its_holder_and_after_it_ran_out_only_if_nobody_to
     client.close()
 
 
+async def test_the_fair_share_counts_only_members_configured_with_the_same_symbols(redis_url: str) -> None:
+    """A replica configured with other symbols (a leftover process, a configuration being rolled
+    out) heartbeats in the same members set: counted, it lowered everyone's share (10 symbols, 2
+    aggregators and a stray one of ETHUSDT/BTCUSDT: 4 each, 2 symbols with no aggregator)."""
+    from unistream_common.leases import SymbolLeases, fair_share
+    from unistream_common.redisio import command_client
+
+    ten = [f"SYM{i}USDT" for i in range(10)]
+
+    def member(name: str, symbols: Sequence[str]) -> SymbolLeases:
+        return SymbolLeases(name, 5_000, keys.agg_owner, keys.agg_fence, keys.AGGREGATOR_MEMBERS, symbols)
+
+    client = command_client(redis_url)
+    try:
+        one, two, stray = member("a-1", ten), member("a-2", list(reversed(ten))), member("a-9", list(SYMBOLS))
+        now = int(time.time() * 1000)
+        for m in (one, two, stray):
+            await m.heartbeat(client, now)
+        assert await one.heartbeat(client, now) == 2, "the same symbols in another order are the same configuration"
+        assert fair_share(len(ten), await two.heartbeat(client, now)) == 5
+        assert await stray.heartbeat(client, now) == 1
+        assert sorted(await one.members(client, now)) == ["a-1", "a-2", "a-9"], "names, whatever the configuration"
+        await two.leave(client)
+        assert await one.heartbeat(client, now) == 1
+        assert await one.heartbeat(client, now + 6_000) == 1, "the others expired; itself counts"
+    finally:
+        await client.aclose()
+
+
 def test_a_catch_up_beside_busy_cores_keeps_its_leases_and_redelivers_nothing(
     redis_server: RedisServer, tmp_path: Path, entries: list[TickBatch], expected: Expected, reference: Reference
 ) -> None:

@@ -189,7 +189,9 @@ async def test_a_replica_that_lost_its_symbol_writes_nothing_more_for_it(redis_u
         async with running_worker("features", settings, worker) as ctx:
             await eventually(lambda: _count(r, TRAINING, 2 * 5), 30)
             # Another replica takes ETHUSDT as if features-1's lease had run out (its fence moves).
-            other = SymbolLeases("features-9", 60_000, keys.features_owner, keys.training_fence, keys.FEATURES_MEMBERS)
+            other = SymbolLeases(
+                "features-9", 60_000, keys.features_owner, keys.training_fence, keys.FEATURES_MEMBERS, SYMBOLS
+            )
             await r.delete(keys.features_owner("ETHUSDT"))
             assert await other.take(r, "ETHUSDT")
             await write_seconds(r, 5, 10)

@@ -49,7 +49,9 @@ class FakeRedis:
         if command == "xrevrange":
             top = self.tops.get(args[0])
             return [(top.encode(), {b"type": b"tick_batch"})] if top else []
-        return {"zcard": 1, "eval": 1}.get(command, 0)  # members: only us; _RENEW: renewed
+        if command == "zrange":
+            return []  # members: nobody else (heartbeat counts at least itself)
+        return {"eval": 1}.get(command, 0)  # _RENEW: renewed
 
 
 class _Pipeline:

@@ -7,18 +7,23 @@ after ``lease_ms`` unless renewed; beside it, in the same hash slot, a fence key
 ``<token>#0``, so a former holder that wakes up cannot commit for the symbol any more. The fence
 is a key of its own so that renewing the lease never aborts a long commit's WATCH.
 
-Live replicas heartbeat in a sorted set (``members_key``: consumer -> expiry, ms); each takes
-free symbols up to its fair share (symbols / live members, rounded up) and hands one back when it
-holds more, so the symbols spread over the replicas and a dead one's are taken once its leases
-run out. The aggregator and the features service both split their symbols this way.
+Live replicas heartbeat in a sorted set (``members_key``: ``<consumer>|<symbols>`` -> expiry,
+ms; ``<symbols>`` a fingerprint of the replica's configured symbols); each takes free symbols up to
+its fair share (symbols / live members configured with the same symbols, rounded up) and hands one
+back when it holds more, so the symbols spread over the replicas and a dead one's are taken once
+its leases run out. A replica configured with other symbols (a stray process, a configuration
+being rolled out) does not count: it would lower everyone's share and leave symbols with nobody
+(seen: a leftover aggregator of two other symbols left 2 of 10 symbols without bars). The
+aggregator and the features service both split their symbols this way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from unistream_common.redisio import REDIS_ERRORS, s
@@ -47,6 +52,11 @@ def fair_share(symbols: int, members: int) -> int:
     return math.ceil(symbols / max(1, members))
 
 
+def symbols_fingerprint(symbols: Iterable[str]) -> str:
+    """A short name of a set of symbols (order and repeats do not matter)."""
+    return hashlib.sha256(",".join(sorted(set(symbols))).encode()).hexdigest()[:12]
+
+
 def new_token(consumer: str) -> str:
     """``<consumer>:<random>``: the consumer part lets a restarted replica take back its own leases."""
     return f"{consumer}:{secrets.token_hex(6)}"
@@ -67,8 +77,11 @@ class SymbolLeases:
         owner_key: Callable[[str], str],
         fence_key: Callable[[str], str],
         members_key: str,
+        symbols: Sequence[str],
     ) -> None:
         self.consumer = consumer
+        self.fingerprint = symbols_fingerprint(symbols)
+        self.member = f"{consumer}|{self.fingerprint}"
         self.lease_ms = lease_ms
         self.owner_key = owner_key
         self.fence_key = fence_key
@@ -88,17 +101,19 @@ class SymbolLeases:
         return list(self.valid_until)
 
     async def heartbeat(self, cmd: Any, now_ms: int) -> int:
-        """Say this replica lives (until ``now_ms + lease_ms``), drop expired members; live members."""
+        """Say this replica lives (until ``now_ms + lease_ms``), drop expired members; the live
+        members configured with the same symbols (this one included)."""
         pipe = cmd.pipeline(transaction=False)
-        pipe.zadd(self.members_key, {self.consumer: now_ms + self.lease_ms})
+        pipe.zadd(self.members_key, {self.member: now_ms + self.lease_ms})
         pipe.zremrangebyscore(self.members_key, "-inf", now_ms)
-        pipe.zcard(self.members_key)
+        pipe.zrange(self.members_key, 0, -1)
         replies = await pipe.execute()
-        return max(1, int(replies[2]))
+        alike = [m for m in map(s, replies[2]) if m.rpartition("|")[2] == self.fingerprint]
+        return max(1, len(alike))
 
     async def members(self, cmd: Any, now_ms: int) -> list[str]:
-        """Live members' names."""
-        return [s(m) for m in await cmd.zrangebyscore(self.members_key, now_ms, "+inf")]
+        """Live members' consumer names, whatever symbols they are configured with."""
+        return [s(m).rpartition("|")[0] or s(m) for m in await cmd.zrangebyscore(self.members_key, now_ms, "+inf")]
 
     async def take(self, cmd: Any, symbol: str) -> bool:
         """Take ``symbol``'s lease when it is free or a former self's (its fence becomes ``token#0``)."""
@@ -157,4 +172,4 @@ class SymbolLeases:
     async def leave(self, cmd: Any) -> None:
         """On a clean stop: hand every lease back and leave the members."""
         await self.release(cmd, self.held)
-        await cmd.zrem(self.members_key, self.consumer)
+        await cmd.zrem(self.members_key, self.member)

@@ -105,8 +105,9 @@ class AggregatorService:
         self.restart_requested = asyncio.Event()
         self.core_error: BaseException | None = None
         self.leases = SymbolLeases(
-            runtime.consumer, settings.owner_ttl_ms, keys.agg_owner, keys.agg_fence, keys.AGGREGATOR_MEMBERS
-        )
+            runtime.consumer, settings.owner_ttl_ms, keys.agg_owner, keys.agg_fence, keys.AGGREGATOR_MEMBERS,
+            self.symbols,
+        )  # fmt: skip
         self.token = self.leases.token
         self._fences: dict[str, SequencedFence] = {}  # per owned symbol, made at the take
         self.owned: dict[str, float] = {}  # symbol -> monotonic time it was taken
@@ -267,16 +268,13 @@ class AggregatorService:
                 log.warning("%s: lease lost to %s; dropping it", symbol, holder.rsplit(":", 1)[0])
             self.stats.inc("aggregator_leases_lost", symbol=symbol)
             self._forget(symbol)
+        members = await self.leases.heartbeat(cmd, now_ms)
         pipe = cmd.pipeline(transaction=False)
-        pipe.zadd(keys.AGGREGATOR_MEMBERS, {me: now_ms + self.lease_ms})
-        pipe.zremrangebyscore(keys.AGGREGATOR_MEMBERS, "-inf", now_ms)
-        pipe.zcard(keys.AGGREGATOR_MEMBERS)
         owned = list(self.owned)
         for symbol in owned:
             pipe.xpending(keys.ticks(symbol), keys.GROUP_AGGREGATOR)
-        replies = await pipe.execute()
-        members = max(1, int(replies[2]))
-        for symbol, pending in zip(owned, replies[3:], strict=True):
+        replies = await pipe.execute() if owned else []
+        for symbol, pending in zip(owned, replies, strict=True):
             if any(s(c["name"]) != me for c in pending.get("consumers") or []):
                 self._drop_stranded(symbol)
         for symbol in sorted(self._retake):

@@ -158,8 +158,9 @@ class FeaturesService:
         self.chain = TrainingChain()  # explicit entry ids and prev_id links of the training packets
         self.group = keys.features_group(runtime.consumer)
         self.leases = SymbolLeases(
-            runtime.consumer, settings.writer_lease_ms, keys.features_owner, keys.training_fence, keys.FEATURES_MEMBERS
-        )
+            runtime.consumer, settings.writer_lease_ms, keys.features_owner, keys.training_fence, keys.FEATURES_MEMBERS,
+            settings.symbols,
+        )  # fmt: skip
         # The symbols whose packets this replica writes, in the order taken; each commit expects
         # their fences where this replica's last one left them (taken at each rewind): Redis that
         # rolled back is noticed before anything is written on top of it.
