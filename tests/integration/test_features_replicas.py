@@ -112,23 +112,24 @@ async def test_two_replicas_split_the_symbols_and_a_crashed_one_s_symbol_goes_on
                 await write_seconds(r, 10, 30)
                 await eventually(lambda: _count(r, TRAINING, 2 * 30), 30, "packets from both replicas")
                 taken = next(sym for sym, who in (await holders(r)).items() if who == "features-2")
-                # A crash: the replica stops without handing its lease back; the lease runs out.
-                with monkeypatch.context() as m:
-
-                    async def no_goodbye(self: SymbolLeases, cmd: Any) -> None:
-                        return None
-
-                    m.setattr(SymbolLeases, "leave", no_goodbye)
-                    await two.__aexit__(None, None, None)
-                crashed = True
-                assert (await holders(r))[taken] == "features-2", "still held: the lease has not run out yet"
-                # The lease runs out only once the survivor's own symbol is at second 50, 20 s ahead of
-                # the crashed one's (as when the survivor runs ahead of a dying peer): the take-over
-                # then finds the symbols' marks apart, and the taken symbol's next states still need
-                # the other's inputs as of their own time.
                 own = next(sym for sym in SYMBOLS if sym != taken)
+                # The crashed replica's lease runs out only once the survivor's own symbol is at
+                # second 50, 20 s ahead of the crashed one's (as when the survivor runs ahead of a
+                # dying peer): the take-over then finds the symbols' marks apart, and the taken
+                # symbol's next states still need the other's inputs as of their own time. Held from
+                # before the crash: a loaded machine may take longer to stop the replica than a lease.
                 still = asyncio.create_task(hold_lease(r, taken))
                 try:
+                    # A crash: the replica stops without handing its lease back.
+                    with monkeypatch.context() as m:
+
+                        async def no_goodbye(self: SymbolLeases, cmd: Any) -> None:
+                            return None
+
+                        m.setattr(SymbolLeases, "leave", no_goodbye)
+                        await two.__aexit__(None, None, None)
+                    crashed = True
+                    assert (await holders(r))[taken] == "features-2", "still held: the lease has not run out"
                     await write_seconds(r, 30, 50)
                     await eventually(lambda: _count(r, keys.training(own), 50), 30, f"{own} at second 50")
                     assert int(await r.xlen(keys.training(taken))) == 30, "the crashed replica's symbol waits"
