@@ -808,32 +808,42 @@ class GroupConsumer:
         for stream, ids in by_stream.items():
             pipe.xack(stream, self.group, *ids)
 
-    async def _transaction(self, result: Result, by_stream: Mapping[str, list[str]]) -> tuple[Any, list[Any]]:
-        """The part's MULTI (under WATCH of its fences, if any) and the client it went through.
+    async def _on_slot(self, key: str, run: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``run(client)``, a MULTI on ``key``'s slot, through the client it goes through.
 
-        On a cluster the part's keys share a slot, and the MULTI goes straight to the master that
-        serves it (:func:`~unistream_common.redisio.transaction_client`); a slot that moved or is
-        being migrated (:data:`~unistream_common.redisio.REDIRECTS`: nothing was applied) makes it
-        learn the topology and try again, for up to :data:`REDIRECT_WAIT_S`.
+        On a cluster that is the master serving the slot
+        (:func:`~unistream_common.redisio.transaction_client`); a slot that moved or is being
+        migrated (:data:`~unistream_common.redisio.REDIRECTS`: nothing of the MULTI was applied)
+        makes it learn the topology and run again, for up to :data:`REDIRECT_WAIT_S`.
         """
-        key = next(
-            itertools.chain((w.stream for w in result.writes), (sw.key for sw in result.state), by_stream, result.fence)
-        )
         deadline = time.monotonic() + REDIRECT_WAIT_S
         while True:
             tx = await transaction_client(self.runtime.cmd, key)
             try:
-                if result.fence:
-                    return tx, await self._fenced(tx, result, by_stream)
-                pipe = tx.pipeline(transaction=True)
-                self._queue(pipe, result, by_stream)
-                return tx, await pipe.execute(raise_on_error=False)
+                return await run(tx)
             except REDIRECTS as exc:
                 if time.monotonic() > deadline:
                     raise RedisConnectionError(f"the slot of {key} was not served for {REDIRECT_WAIT_S:g} s: {exc!r}")
                 self.stats.inc("consumer_redirects", **self._labels)
                 await asyncio.sleep(0.05)
                 await self.runtime.refresh_topology()
+
+    async def _transaction(self, result: Result, by_stream: Mapping[str, list[str]]) -> tuple[Any, list[Any]]:
+        """The part's MULTI (under WATCH of its fences, if any) and the client it went through (on a
+        cluster the part's keys share a slot: :meth:`_on_slot`)."""
+        key = next(
+            itertools.chain((w.stream for w in result.writes), (sw.key for sw in result.state), by_stream, result.fence)
+        )
+
+        async def commit(tx: Any) -> tuple[Any, list[Any]]:
+            if result.fence:
+                return tx, await self._fenced(tx, result, by_stream)
+            pipe = tx.pipeline(transaction=True)
+            self._queue(pipe, result, by_stream)
+            return tx, await pipe.execute(raise_on_error=False)
+
+        tx, replies = await self._on_slot(key, commit)
+        return tx, replies
 
     async def _fenced(self, tx: Any, result: Result, by_stream: Mapping[str, list[str]]) -> list[Any]:
         """The MULTI under WATCH of the fencing keys; FenceLost when one holds another value."""
@@ -882,6 +892,8 @@ class GroupConsumer:
             by_stream[item[0] if self.runtime.cluster else ""].append(item)
         for items in by_stream.values():
             await self._dead_letter_part(items)
+        for stream, eid, _, reason in dead:
+            log.warning("%s: dead-lettered %s %s: %s", self.group, stream, eid, reason)
         for stream, eid, _, _ in dead:
             self.held.discard((stream, eid))
         self.stats.inc("consumer_dead_lettered", len(dead), **self._labels)
@@ -890,9 +902,16 @@ class GroupConsumer:
         # A stream without a hash tag has its dead letters in another slot: written first, then
         # acknowledged (a crash between the two repeats a dead letter, never loses one).
         atomic = not self.runtime.cluster or keys.hash_tag(dead[0][0]) == keys.hash_tag(keys.dlq(dead[0][0]))
-        tx = await transaction_client(self.runtime.cmd, dead[0][0]) if atomic else self.runtime.cmd
-        pipe = tx.pipeline(transaction=atomic)
-        acks = self.runtime.cmd.pipeline(transaction=False) if not atomic else pipe
+        if atomic:
+            await self._on_slot(dead[0][0], lambda tx: self._write_dead(tx, dead, atomic=True))
+        else:
+            await self._write_dead(self.runtime.cmd, dead, atomic=False)
+
+    async def _write_dead(
+        self, client: Any, dead: list[tuple[str, str, dict[bytes, bytes], str]], atomic: bool
+    ) -> None:
+        pipe = client.pipeline(transaction=atomic)
+        acks = pipe if atomic else client.pipeline(transaction=False)
         now = str(int(time.time() * 1000)).encode()
         for stream, eid, fields, reason in dead:
             entry = {k if isinstance(k, bytes) else str(k).encode(): v for k, v in (fields or {}).items()}
@@ -908,7 +927,6 @@ class GroupConsumer:
             )
             pipe.xadd(keys.dlq(stream), entry, maxlen=DLQ_MAXLEN, approximate=True)
             acks.xack(stream, self.group, eid)
-            log.warning("%s: dead-lettered %s %s: %s", self.group, stream, eid, reason)
         await pipe.execute()
         if acks is not pipe:
             await acks.execute()
